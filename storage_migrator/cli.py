@@ -1,0 +1,152 @@
+"""The ``storage-migrate`` command line: parses options, calls one library function per
+command, and renders the result object as text or as one JSON document. Nothing else."""
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+
+from .config import DEFAULT_DATABASE_URL, DEFAULT_PATH_PREFIX, DEFAULT_STORAGE_ROOT, Settings, normalize_database_url
+from .report import RunReport
+
+
+@dataclass(frozen=True)
+class Output:
+    """How to print: JSON or text, and how much."""
+
+    as_json: bool
+    quiet: bool
+    verbose: bool
+
+    def show_progress(self) -> bool:
+        return not (self.as_json or self.quiet) and sys.stderr.isatty()
+
+
+@dataclass(frozen=True)
+class Context:
+    settings: Settings
+    output: Output
+
+
+pass_context = click.make_pass_decorator(Context)
+
+
+def _human_bytes(count: int) -> str:
+    size = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{count} B"
+
+
+def progress_bar(output: Output, description: str) -> Callable[[int], Callable[[], None]] | None:
+    """A tqdm bar on stderr, only when stderr is a terminal and output is not JSON or quiet."""
+    if not output.show_progress():
+        return None
+
+    def start(total: int) -> Callable[[], None]:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, desc=description, unit="gen", file=sys.stderr, leave=False)
+        return lambda: bar.update(1)
+
+    return start
+
+
+def render_report(report: RunReport, output: Output) -> None:
+    if output.as_json:
+        click.echo(json.dumps(report.to_json(), indent=2))
+        return
+    for outcome in report.outcomes:
+        line = f"{outcome.project_id} v{outcome.version} {outcome.id}: {outcome.action}"
+        if outcome.failed:
+            click.echo(f"{line}: {outcome.error}", err=True)
+            continue
+        if output.quiet:
+            continue
+        noteworthy = report.dry_run or output.verbose or outcome.action in ("skipped", "skip")
+        if not noteworthy:
+            continue
+        if outcome.from_path:
+            line += f" {outcome.from_path} -> {outcome.storage_path}"
+        elif outcome.storage_path and outcome.action not in ("skip", "skipped"):
+            line += f" -> {outcome.storage_path}"
+        if outcome.from_version:
+            line += f" (diff from v{outcome.from_version})"
+        if outcome.reason:
+            line += f" ({outcome.reason})"
+        click.echo(line)
+    if not output.quiet:
+        for orphan in report.orphans:
+            click.echo(f"orphan folder (no row; left alone): {orphan}")
+        verb = "would migrate" if report.dry_run else "migrated"
+        summary = f"{report.command}: {verb} {report.migrated}, skipped {report.skipped}, failed {report.failed}"
+        if not report.dry_run:
+            summary += f"; {_human_bytes(report.bytes_handled)} in {report.seconds:.1f} s"
+        else:
+            summary += "; nothing was changed (dry run)"
+        click.echo(summary)
+
+
+@click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--database-url", envvar="DATABASE_URL", default=DEFAULT_DATABASE_URL, show_default=True,
+              help="SQLAlchemy URL; postgresql:// means psycopg 3.")
+@click.option("--storage-root", envvar="STORAGE_ROOT", default=DEFAULT_STORAGE_ROOT, show_default=True,
+              type=click.Path(path_type=Path), help="ROOT: the folder holding the generation folders.")
+@click.option("--path-prefix", envvar="STORAGE_PATH_PREFIX", default=DEFAULT_PATH_PREFIX, show_default=True,
+              help="How the application spells ROOT in generations.storage_path.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout instead of text.")
+@click.option("-q", "--quiet", is_flag=True, help="Print only errors.")
+@click.option("-v", "--verbose", is_flag=True, help="Print every generation.")
+@click.option("--dry-run", is_flag=True, help="Same as `run --dry-run`.")
+@click.pass_context
+def main(click_context: click.Context, database_url: str, storage_root: Path, path_prefix: str,
+         as_json: bool, quiet: bool, verbose: bool, dry_run: bool) -> None:
+    """Move generation folders into the versioned layout and keep database and disk in agreement."""
+    settings = Settings(normalize_database_url(database_url), storage_root, path_prefix)
+    click_context.obj = Context(settings, Output(as_json, quiet, verbose))
+    if click_context.invoked_subcommand is None:
+        if dry_run:
+            click_context.invoke(run, dry_run=True)
+        else:
+            click.echo(click_context.get_help())
+
+
+@main.command()
+@click.option("--dry-run", is_flag=True, help="Print the plan; change nothing on disk or in the database.")
+@pass_context
+def run(context: Context, dry_run: bool) -> None:
+    """Migrate every generation still in the legacy layout."""
+    from .migrate import migrate
+
+    report = migrate(context.settings, dry_run=dry_run, progress=progress_bar(context.output, "migrating"))
+    render_report(report, context.output)
+    sys.exit(report.exit_code)
+
+
+@main.command("demo-data")
+@click.option("--projects", default=6, show_default=True, help="Number of projects.")
+@click.option("--generations", default=6, show_default=True, help="Average generations per project.")
+@click.option("--files", default=40, show_default=True, help="Average files per generation.")
+@click.option("--seed", default=0, show_default=True, help="Same seed, same installation.")
+@pass_context
+def demo_data(context: Context, projects: int, generations: int, files: int, seed: int) -> None:
+    """Create a sample legacy installation (database at e011ab9dd223 plus folders) to try the tool on."""
+    from .demo import create_demo_installation
+
+    installation = create_demo_installation(context.settings, projects, generations, files, seed)
+    if context.output.as_json:
+        click.echo(json.dumps({"demo_project_id": installation.demo_project_id,
+                               "projects": len(installation.project_ids),
+                               "generations": len(installation.generation_ids),
+                               "files": installation.file_count}))
+    elif not context.output.quiet:
+        click.echo(f"created {len(installation.project_ids)} projects, {len(installation.generation_ids)} generations, "
+                   f"{installation.file_count} files under {context.settings.storage_root}")
+        click.echo(f"demo project: {installation.demo_project_id}")
+        click.echo("next: alembic upgrade head && storage-migrate --dry-run")

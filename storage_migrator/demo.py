@@ -1,0 +1,35 @@
+"""``storage-migrate demo-data``: a fresh database at the base revision plus sample folders,
+built with the project's own sample-data generator, for the README's quick start."""
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from .config import BASE_REVISION, Settings
+from .db import create_database_engine, display_url
+from .errors import UsageError
+from .sample_data import SampleInstallation, SampleSize, generate_installation
+from .schema import current_revision, upgrade_schema
+
+
+def create_demo_installation(settings: Settings, projects: int, generations: int, files: int, seed: int) -> SampleInstallation:
+    """Refuses any database that already has a schema and any non-empty ROOT: demo data never
+    mixes with a real installation."""
+    engine = create_database_engine(settings.database_url, command="storage-migrate demo-data")
+    try:
+        try:
+            with engine.connect() as connection:
+                revision = current_revision(connection)
+        except sa.exc.DBAPIError as error:
+            raise UsageError(f"cannot connect to the database {display_url(settings.database_url)}: "
+                             f"{str(getattr(error, 'orig', error)).splitlines()[0]}") from None
+        if revision is not None:
+            raise UsageError(f"the database {display_url(settings.database_url)} already has a schema (revision "
+                             f"{revision}); demo-data needs an empty one — remove it or point --database-url elsewhere")
+        root = settings.storage_root
+        if root.exists() and any(root.iterdir()):
+            raise UsageError(f"{root} is not empty; demo-data needs an empty storage root")
+        upgrade_schema(settings.database_url, BASE_REVISION)
+        size = SampleSize(projects=projects, generations_per_project=generations, files_per_generation=files)
+        return generate_installation(engine, root, size, seed=seed)
+    finally:
+        engine.dispose()

@@ -1,0 +1,181 @@
+"""Where everything lives, as pure path arithmetic: legacy folders, the versioned layout, the
+tool's own state folder, and the mapping between database paths and disk paths.
+
+Nothing here touches the disk. Every id that becomes a path component goes through
+``check_path_component`` first, so no row in the database can steer a path out of ROOT.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+STATE_DIR = ".storage-migrate"
+GENERATIONS_DIR = "generations"
+SOURCE_DIR = "source"
+ARTIFACTS_DIR = "artifacts"
+MANIFEST_FILE = "manifest.json"
+ACTIVE_LINK = "active"
+PARTIAL_SOURCE_DIR = ".source.partial"
+TEMP_SUFFIX = ".tmp"
+MAX_COMPONENT_LENGTH = 255
+
+_TARGET_NAME = re.compile(r"^v(?P<version>[1-9][0-9]*)__(?P<generation_id>.+)$")
+_PATCH_NAME = re.compile(r"^diff_from_v(?P<version>[1-9][0-9]*)\.patch$")
+
+
+class UnsafePathComponent(ValueError):
+    """An id that cannot be used as one folder name: it would escape or confuse the layout."""
+
+
+def check_path_component(value: object, what: str) -> str:
+    """Return ``value`` if it is usable as exactly one folder name below ROOT, else raise.
+
+    Rejected: non-strings, empty, ``.``/``..``, anything with ``/``, ``\\`` or NUL or another
+    control character, a leading dot (names starting with a dot are the tool's own, e.g.
+    ``.storage-migrate``), and names longer than a filesystem allows.
+    """
+    if not isinstance(value, str) or value == "":
+        raise UnsafePathComponent(f"{what} is empty")
+    if value in (".", ".."):
+        raise UnsafePathComponent(f"{what} {value!r} is a relative path component")
+    if "/" in value or "\\" in value:
+        raise UnsafePathComponent(f"{what} {value!r} contains a path separator")
+    if any(ord(character) < 32 or ord(character) == 127 for character in value):
+        raise UnsafePathComponent(f"{what} {value!r} contains a NUL or control character")
+    if value.startswith("."):
+        raise UnsafePathComponent(f"{what} {value!r} starts with a dot")
+    if len(value.encode("utf-8", "surrogateescape")) > MAX_COMPONENT_LENGTH - 8:
+        raise UnsafePathComponent(f"{what} {value[:20]!r}… is too long for a folder name")
+    return value
+
+
+def target_dir_name(version: int, generation_id: str) -> str:
+    return f"v{version}__{generation_id}"
+
+
+def parse_target_dir_name(name: str) -> tuple[int, str] | None:
+    """``v3__abc`` → ``(3, "abc")``; None for any other name."""
+    match = _TARGET_NAME.match(name)
+    if match is None:
+        return None
+    return int(match["version"]), match["generation_id"]
+
+
+def patch_file_name(from_version: int) -> str:
+    return f"diff_from_v{from_version}.patch"
+
+
+def parse_patch_file_name(name: str) -> int | None:
+    match = _PATCH_NAME.match(name)
+    return int(match["version"]) if match else None
+
+
+def join_storage_path(prefix: str, *parts: str) -> str:
+    """The one join for database paths: ``prefix`` + ``/`` + parts, never doubling slashes."""
+    return "/".join([prefix.rstrip("/") or "/", *parts]).replace("//", "/")
+
+
+@dataclass(frozen=True)
+class StorageLayout:
+    """The layout of one installation: ROOT on disk and the prefix the application stores.
+
+    ``root`` is where the folders are on this machine; ``path_prefix`` is how the application
+    spells ROOT in ``generations.storage_path`` (``./storage/projects`` by default). The two may
+    differ, e.g. when the tool runs from another working directory or host.
+    """
+
+    root: Path
+    path_prefix: str
+
+    @property
+    def state_dir(self) -> Path:
+        return self.root / STATE_DIR
+
+    @property
+    def lock_file(self) -> Path:
+        return self.state_dir / "lock"
+
+    @property
+    def trash_dir(self) -> Path:
+        """Where a legacy folder goes, by one rename, once its copy is verified; emptied later."""
+        return self.state_dir / "trash"
+
+    def legacy_dir(self, generation_id: str) -> Path:
+        return self.root / check_path_component(generation_id, "generation id")
+
+    def project_dir(self, project_id: str) -> Path:
+        return self.root / check_path_component(project_id, "project id")
+
+    def generations_dir(self, project_id: str) -> Path:
+        return self.project_dir(project_id) / GENERATIONS_DIR
+
+    def target_dir(self, project_id: str, version: int, generation_id: str) -> Path:
+        check_path_component(generation_id, "generation id")
+        return self.generations_dir(project_id) / target_dir_name(version, generation_id)
+
+    def active_link(self, project_id: str) -> Path:
+        return self.generations_dir(project_id) / ACTIVE_LINK
+
+    def legacy_storage_path(self, generation_id: str) -> str:
+        return join_storage_path(self.path_prefix, check_path_component(generation_id, "generation id"))
+
+    def target_storage_path(self, project_id: str, version: int, generation_id: str) -> str:
+        return join_storage_path(
+            self.path_prefix,
+            check_path_component(project_id, "project id"),
+            GENERATIONS_DIR,
+            target_dir_name(version, check_path_component(generation_id, "generation id")),
+        )
+
+    def patch_storage_path(self, project_id: str, version: int, generation_id: str, from_version: int) -> str:
+        return join_storage_path(
+            self.target_storage_path(project_id, version, generation_id), patch_file_name(from_version)
+        )
+
+    def disk_path(self, storage_path: str) -> Path | None:
+        """The disk path of a database path under ``path_prefix``; None if it is not under it
+        or would leave ROOT (``..``), so a hand-edited row can never point the tool elsewhere."""
+        prefix = self.path_prefix.rstrip("/") + "/"
+        if not storage_path.startswith(prefix):
+            return None
+        parts = [part for part in storage_path[len(prefix):].split("/") if part not in ("", ".")]
+        if not parts or any(part == ".." for part in parts):
+            return None
+        return self.root.joinpath(*parts)
+
+
+def source_dir(target_dir: Path) -> Path:
+    return target_dir / SOURCE_DIR
+
+
+def artifacts_dir(target_dir: Path) -> Path:
+    return target_dir / ARTIFACTS_DIR
+
+
+def manifest_path(target_dir: Path) -> Path:
+    return target_dir / MANIFEST_FILE
+
+
+def partial_source_dir(target_dir: Path) -> Path:
+    """Where a cross-filesystem copy or a rebuild is assembled before one rename makes it
+    ``source/``; only the tool writes here, so a leftover is always safe to discard."""
+    return target_dir / PARTIAL_SOURCE_DIR
+
+
+def temp_path(final: Path) -> Path:
+    """The sibling a file is written to before an atomic rename onto ``final``."""
+    return final.with_name(f".{final.name}{TEMP_SUFFIX}")
+
+
+def check_relative_file_path(value: object) -> str:
+    """A file path from the ``output_files`` column, usable below ``source/``: relative,
+    ``/``-separated, no empty, ``.`` or ``..`` part, no NUL or backslash."""
+    if not isinstance(value, str) or value == "":
+        raise UnsafePathComponent("file path is empty")
+    parts = value.split("/")
+    if value.startswith("/") or any(part in ("", ".", "..") for part in parts):
+        raise UnsafePathComponent(f"file path {value!r} is not a plain relative path")
+    if "\x00" in value or "\\" in value:
+        raise UnsafePathComponent(f"file path {value!r} contains a NUL or a backslash")
+    return value

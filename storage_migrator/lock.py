@@ -1,0 +1,103 @@
+"""One run at a time: an flock on ``<ROOT>/.storage-migrate/lock`` (and, on PostgreSQL, an
+advisory lock), released by the kernel or the server even when the holder is killed -9.
+
+The lock file holds who took it, so the second run can name the holder in its message.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import socket
+import time
+from pathlib import Path
+from types import TracebackType
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from .errors import LockHeld, UsageError
+
+ADVISORY_LOCK_KEY = 0x5354_4F52_4D49_47  # "STORMIG": one key for every storage-migrate
+
+
+def _holder_description(lock_file: Path) -> str:
+    try:
+        holder = json.loads(lock_file.read_text())
+        return (f"{holder['command']} (pid {holder['pid']} on {holder['host']}, "
+                f"since {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(holder['since']))})")
+    except (OSError, ValueError, KeyError, TypeError):
+        return "an unknown process"
+
+
+class RunLock:
+    """Context manager: raises LockHeld (exit 75) at once if another run holds either lock."""
+
+    def __init__(self, lock_file: Path, engine: Engine, command: str) -> None:
+        self.lock_file = lock_file
+        self.engine = engine
+        self.command = command
+        self._descriptor: int | None = None
+        self._connection: Connection | None = None
+
+    def __enter__(self) -> "RunLock":
+        self._take_file_lock()
+        try:
+            self._take_advisory_lock()
+        except BaseException:
+            self._release_file_lock()
+            raise
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None) -> None:
+        if self._connection is not None:
+            try:
+                self._connection.execute(sa.text("SELECT pg_advisory_unlock(:key)"), {"key": ADVISORY_LOCK_KEY})
+                self._connection.close()
+            except sa.exc.DBAPIError:
+                pass
+        self._release_file_lock()
+
+    def _take_file_lock(self) -> None:
+        try:
+            self.lock_file.parent.mkdir(parents=True, exist_ok=True)
+            descriptor = os.open(self.lock_file, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        except OSError as error:
+            raise UsageError(f"cannot create the lock file {self.lock_file}: {error.strerror}") from None
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(descriptor)
+            raise LockHeld(f"another run holds {self.lock_file}: {_holder_description(self.lock_file)}; "
+                           "try again when it has finished") from None
+        holder = {"command": self.command, "pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
+        os.ftruncate(descriptor, 0)
+        os.pwrite(descriptor, json.dumps(holder).encode(), 0)
+        self._descriptor = descriptor
+
+    def _release_file_lock(self) -> None:
+        if self._descriptor is not None:
+            fcntl.flock(self._descriptor, fcntl.LOCK_UN)
+            os.close(self._descriptor)
+            self._descriptor = None
+
+    def _take_advisory_lock(self) -> None:
+        if self.engine.dialect.name != "postgresql":
+            return
+        connection = self.engine.connect()
+        taken = connection.execute(sa.text("SELECT pg_try_advisory_lock(:key)"), {"key": ADVISORY_LOCK_KEY}).scalar()
+        connection.commit()
+        if taken:
+            self._connection = connection
+            return
+        holder = connection.execute(
+            sa.text(
+                "SELECT a.application_name, a.pid, a.client_addr FROM pg_locks l "
+                "JOIN pg_stat_activity a ON a.pid = l.pid "
+                "WHERE l.locktype = 'advisory' AND l.granted AND l.database = "
+                "(SELECT oid FROM pg_database WHERE datname = current_database()) LIMIT 1"
+            )
+        ).first()
+        connection.close()
+        named = f"{holder.application_name} (backend {holder.pid})" if holder else "another session"
+        raise LockHeld(f"another run holds the database's advisory lock: {named}; try again when it has finished")

@@ -1,0 +1,90 @@
+"""What a command did, as one object: the CLI renders it as text or as the SPEC §6 JSON document,
+and its exit code follows from it."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from .errors import EXIT_OK, EXIT_SOME_FAILED
+
+MIGRATED_ACTIONS = frozenset({"moved", "copied", "rebuilt", "refreshed", "finished-move", "restored",
+                              "move", "rebuild", "refresh", "finish-move", "restore"})
+FAILED_ACTIONS = frozenset({"failed", "fail"})
+
+
+@dataclass(frozen=True)
+class GenerationOutcome:
+    """One generation's line in a report. ``action`` is planned (``move``) in a dry run and
+    done (``moved``) in a real one; ``reason`` says why it was skipped or redone."""
+
+    id: str
+    project_id: str
+    version: int | None
+    action: str
+    storage_path: str | None
+    error: str | None = None
+    reason: str | None = None
+    from_path: str | None = None
+    from_version: int | None = None
+
+    @property
+    def failed(self) -> bool:
+        return self.action in FAILED_ACTIONS
+
+    def to_json(self) -> dict:
+        return {
+            "id": self.id,
+            "project_id": self.project_id,
+            "version": self.version,
+            "action": self.action,
+            "storage_path": self.storage_path,
+            "error": self.error,
+            "reason": self.reason,
+            "from_version": self.from_version,
+        }
+
+
+@dataclass
+class RunReport:
+    """The result of ``run``, ``--dry-run``, ``resync`` or ``rollback``."""
+
+    command: str
+    dry_run: bool = False
+    outcomes: list[GenerationOutcome] = field(default_factory=list)
+    orphans: list[str] = field(default_factory=list)
+    bytes_handled: int = 0
+    started: float = field(default_factory=time.monotonic)
+    finished: float | None = None
+
+    @property
+    def migrated(self) -> int:
+        return sum(outcome.action in MIGRATED_ACTIONS for outcome in self.outcomes)
+
+    @property
+    def failed(self) -> int:
+        return sum(outcome.failed for outcome in self.outcomes)
+
+    @property
+    def skipped(self) -> int:
+        return len(self.outcomes) - self.migrated - self.failed
+
+    @property
+    def seconds(self) -> float:
+        return (self.finished or time.monotonic()) - self.started
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_SOME_FAILED if self.failed else EXIT_OK
+
+    def to_json(self) -> dict:
+        return {
+            "command": self.command,
+            "dry_run": self.dry_run,
+            "migrated": self.migrated,
+            "skipped": self.skipped,
+            "failed": self.failed,
+            "bytes": self.bytes_handled,
+            "seconds": round(self.seconds, 3),
+            "orphans": self.orphans,
+            "generations": [outcome.to_json() for outcome in self.outcomes],
+        }
