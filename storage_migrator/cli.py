@@ -150,3 +150,82 @@ def demo_data(context: Context, projects: int, generations: int, files: int, see
                    f"{installation.file_count} files under {context.settings.storage_root}")
         click.echo(f"demo project: {installation.demo_project_id}")
         click.echo("next: alembic upgrade head && storage-migrate --dry-run")
+
+
+@main.command("diff")
+@click.argument("project_id")
+@click.option("--patch", "with_patch", is_flag=True, help="Print the patch text too.")
+@click.option("--from", "from_version", type=int, help="Compare this version …")
+@click.option("--to", "to_version", type=int, help="… with this one, on the fly.")
+@pass_context
+def diff_command(context: Context, project_id: str, with_patch: bool, from_version: int | None,
+                 to_version: int | None) -> None:
+    """Per version: from-version, added / modified / deleted counts and the patch path."""
+    from .project_diff import project_diff
+
+    report = project_diff(context.settings, project_id, from_version, to_version, with_patch)
+    if context.output.as_json:
+        click.echo(json.dumps(report.to_json(), indent=2))
+        return
+    for version in report.versions:
+        origin = f"v{version.from_version}" if version.from_version else "—"
+        click.echo(f"v{version.version} {version.generation_id} from {origin}: +{version.added} "
+                   f"~{version.modified} -{version.deleted}  {version.patch or ''}".rstrip())
+        if version.patch_text:
+            sys.stdout.flush()
+            sys.stdout.buffer.write(version.patch_text)
+            sys.stdout.buffer.flush()
+
+
+@main.command()
+@pass_context
+def resync(context: Context) -> None:
+    """The cron job: migrate stragglers, re-read changed generations, repair metadata, report orphans."""
+    from .migrate import migrate
+
+    report = migrate(context.settings, resync=True, progress=progress_bar(context.output, "resyncing"))
+    render_report(report, context.output)
+    sys.exit(report.exit_code)
+
+
+@main.command()
+@pass_context
+def verify(context: Context) -> None:
+    """Read-only check of the database against the disk; exit 3 on any problem."""
+    from .verify import verify as verify_installation
+
+    report = verify_installation(context.settings)
+    if context.output.as_json:
+        click.echo(json.dumps(report.to_json(), indent=2))
+    else:
+        for problem in report.problems:
+            click.echo(f"{problem.generation_id or '-'} {problem.kind}: {problem.detail}")
+        if not context.output.quiet or not report.ok:
+            click.echo(f"verify: {report.generations_checked} generations checked, "
+                       f"{len(report.problems)} problem(s)", err=not report.ok)
+    sys.exit(report.exit_code)
+
+
+@main.command()
+@pass_context
+def rollback(context: Context) -> None:
+    """Move every generation back to <ROOT>/<generation_id>/ and restore storage_path."""
+    from .rollback import rollback as rollback_installation
+
+    report = rollback_installation(context.settings)
+    render_report(report, context.output)
+    sys.exit(report.exit_code)
+
+
+@main.command()
+@click.option("--debounce", default=2.0, show_default=True, help="Seconds of quiet before a folder is resynced.")
+@pass_context
+def watch(context: Context, debounce: float) -> None:
+    """Resync a generation within seconds of a change inside its folder (Ctrl-C stops)."""
+    from .watch import watch as watch_storage
+
+    def on_report(report: RunReport) -> None:
+        if report.outcomes or report.failed:
+            render_report(report, context.output)
+
+    watch_storage(context.settings, debounce_seconds=debounce, on_report=on_report)

@@ -200,13 +200,31 @@ def load_projects(connection: Connection, project_ids: Sequence[str]) -> list[Pr
     return records
 
 
-def iter_project_records(engine: Engine, batch_size: int = 200) -> Iterator[ProjectRecord]:
-    """Stream every project, ``batch_size`` projects per query pair."""
+def iter_project_records(
+    engine: Engine, batch_size: int = 200, only: Sequence[str] | None = None
+) -> Iterator[ProjectRecord]:
+    """Stream every project (or those in ``only``), ``batch_size`` projects per query pair."""
     with engine.connect() as connection:
-        project_ids = iter_project_ids(connection)
+        project_ids = iter_project_ids(connection) if only is None else sorted(set(only))
     for start in range(0, len(project_ids), batch_size):
         with engine.connect() as connection:
             yield from load_projects(connection, project_ids[start : start + batch_size])
+
+
+def project_ids_for_names(engine: Engine, names: Sequence[str]) -> set[str]:
+    """The projects that folder names under ROOT belong to: a name is a project id (new layout)
+    or a generation id (legacy layout)."""
+    if not names:
+        return set()
+    with engine.connect() as connection:
+        found = {row[0] for row in connection.execute(sa.select(projects.c.id).where(projects.c.id.in_(names)))}
+        found |= {
+            row[0]
+            for row in connection.execute(
+                sa.select(generations.c.project_id).where(generations.c.id.in_(names))
+            )
+        }
+    return found
 
 
 def load_output_files(engine: Engine, generation_id: str) -> dict[str, str] | None:

@@ -6,7 +6,7 @@ re-read and unchanged ones are not) and a report of folders on disk that no row 
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 import sqlalchemy as sa
 
@@ -62,14 +62,16 @@ def migrate(
     dry_run: bool = False,
     resync: bool = False,
     progress: ProgressFactory | None = None,
+    only_projects: Collection[str] | None = None,
 ) -> RunReport:
-    """Plan every project and, unless ``dry_run``, carry the plans out. Returns the report."""
+    """Plan every project (or those in ``only_projects``) and, unless ``dry_run``, carry the
+    plans out. Returns the report."""
     command = "resync" if resync else "run"
     layout, engine = open_installation(settings, command)
     report = RunReport(command=command, dry_run=dry_run)
     try:
         if dry_run:
-            for record in iter_project_records(engine):
+            for record in iter_project_records(engine, only=None if only_projects is None else sorted(only_projects)):
                 plan = plan_project(record, layout, check_fingerprints=resync)
                 report.outcomes.extend(plan_outcome(generation_plan) for generation_plan in plan.generations)
         else:
@@ -78,14 +80,14 @@ def migrate(
                 tick = progress(count_generations(engine)) if progress else (lambda: None)
                 executor = Executor(layout, engine, report, on_generation=tick)
                 seen_generation_ids: set[str] = set()
-                for record in iter_project_records(engine):
+                for record in iter_project_records(engine, only=None if only_projects is None else sorted(only_projects)):
                     plan = plan_project(record, layout, check_fingerprints=resync)
                     executor.carry_out(plan)
                     seen_generation_ids.update(generation.id for generation in record.generations)
                 executor.finish()
-                if resync:
+                if resync and only_projects is None:
                     report.orphans = find_orphans(layout, seen_generation_ids)
-        if resync and dry_run:
+        if resync and dry_run and only_projects is None:
             report.orphans = find_orphans(layout, {o.id for o in report.outcomes})
     finally:
         engine.dispose()

@@ -48,8 +48,8 @@ _SHARE_OF_FILES_ON_DISK = 0.95
 @dataclass(frozen=True)
 class SampleSize:
     """How big the installation is. Both per-project figures are averages: each project varies
-    deterministically around them. A code base never has fewer files than its fixed skeleton
-    (about 15 files), so tiny ``files_per_generation`` values give slightly bigger trees."""
+    deterministically around them. A code base always has its skeleton and at least one
+    resource (about 20 files), so tiny ``files_per_generation`` values give bigger trees."""
 
     projects: int = 6
     generations_per_project: int = 6
@@ -131,12 +131,13 @@ def generate_installation(
     benchmark corpus), except the missing-folder generation, which always keeps its files there.
     """
     tables = _reflect_legacy_tables(engine)
+    with engine.connect() as connection:
+        _refuse_non_empty_database(connection, tables)
     _refuse_non_empty_storage(storage_root)
     storage_root.mkdir(parents=True, exist_ok=True)
     plans = _plan_projects(size, seed)
     tally = _Tally()
     with engine.begin() as connection:
-        _refuse_non_empty_database(connection, tables)
         users, organizations = _account_rows(seed)
         connection.execute(tables["users"].insert(), users)
         connection.execute(tables["organizations"].insert(), organizations)
@@ -160,6 +161,7 @@ _TABLES = ("users", "organizations", "projects", "generations")
 
 
 def _reflect_legacy_tables(engine: sa.Engine) -> dict[str, sa.Table]:
+    """The four legacy tables, after checking the database is at the legacy revision."""
     with engine.connect() as connection:
         revision = current_revision(connection)
     if revision != BASE_REVISION:
@@ -211,6 +213,8 @@ class ProjectRole(enum.Enum):
 
 
 class GenerationKind(enum.Enum):
+    """A generation's status plus what is on disk for it."""
+
     COMPLETED = "completed"
     COMPLETED_MISSING_FOLDER = "completed_missing_folder"
     FAILED_NO_FOLDER = "failed_no_folder"
@@ -614,6 +618,7 @@ _DEMO_SCHEDULE = {
 """Demo versions 2-4 each show given kinds of change, so the README's diff has them all."""
 
 _RENAMED_FOLDERS = {
+    "app/models/": "app/db/models/",
     "app/routers/": "app/api/routes/",
     "app/services/": "app/domain/",
     "app/schemas/": "app/api/schemas/",
@@ -640,7 +645,8 @@ class _CodeBase:
 
     def start(self, *, with_large_file: bool, oddities: tuple[str, ...]) -> None:
         self.tree = _skeleton(self.project_name, self.entities[:4], self.rng, with_large_file, oddities)
-        while len(self.tree) < self.target_files:
+        skeleton_size = len(self.tree)
+        while len(self.tree) < max(self.target_files, skeleton_size + _FILES_PER_ENTITY):
             self._add_file(self.tree)
 
     def accept(self, tree: dict[str, bytes]) -> None:
@@ -655,17 +661,20 @@ class _CodeBase:
         adds = rng.choice((0, 1, 1, 2)) + (1 if drift < -2 else 0) + (1 if Change.ADD in forced else 0)
         deletes = rng.choice((0, 0, 1, 1)) + (1 if drift > 2 else 0) + (1 if Change.DELETE in forced else 0)
         added = [self._add_file(tree) for _ in range(adds)]
-        for _ in range(deletes):
-            self._delete_file(tree)
+        # Files added or renamed in this version are left alone by the other changes, so a
+        # rename stays a pure move and an add stays an add.
+        untouched = set(added)
         if Change.RENAME in forced or rng.random() < 0.1:
-            self._rename_file(tree)
+            untouched.update(self._rename_file(tree, untouched))
+        for _ in range(deletes):
+            self._delete_file(tree, untouched)
         if Change.BINARY in forced or rng.random() < 0.2:
-            self._change_binary(tree)
+            self._change_binary(tree, forced=Change.BINARY in forced)
         if Change.ODD_TEXT in forced or rng.random() < 0.2:
             for path in (CRLF_PATH, LATIN1_PATH, UNICODE_NAME_PATH):
                 if path in tree:
                     tree[path] = _edited(path, tree[path], rng)
-        self._modify_files(tree, rng.randint(1, 4) + (1 if Change.MODIFY in forced else 0))
+        self._modify_files(tree, rng.randint(1, 4) + (1 if Change.MODIFY in forced else 0), untouched)
         subject = Path(added[0]).stem if added else rng.choice(self.entities[:4])
         return tree, rng.choice(_FOLLOW_UP_PROMPTS).format(subject=subject.replace("_", " "))
 
@@ -688,32 +697,36 @@ class _CodeBase:
         tree[path] = content
         return path
 
-    def _movable(self, tree: dict[str, bytes]) -> list[str]:
-        return sorted(path for path in tree if path not in _SKELETON_PATHS and not path.startswith("alembic/"))
+    def _movable(self, tree: dict[str, bytes], untouched: set[str]) -> list[str]:
+        return sorted(path for path in tree if path not in _SKELETON_PATHS and path not in untouched
+                      and not path.startswith("alembic/"))
 
-    def _delete_file(self, tree: dict[str, bytes]) -> None:
-        movable = self._movable(tree)
+    def _delete_file(self, tree: dict[str, bytes], untouched: set[str]) -> None:
+        movable = self._movable(tree, untouched)
         if movable:
             del tree[self.rng.choice(movable)]
 
-    def _rename_file(self, tree: dict[str, bytes]) -> None:
-        movable = self._movable(tree)
+    def _rename_file(self, tree: dict[str, bytes], untouched: set[str]) -> list[str]:
+        """Move one file to another folder, unchanged; returns the new path (none if nothing fits)."""
+        movable = self._movable(tree, untouched)
         for path in self.rng.sample(movable, len(movable)):
             for old, new in _RENAMED_FOLDERS.items():
                 renamed = new + path[len(old):]
                 if path.startswith(old) and not path.startswith(new) and renamed not in tree:
                     tree[renamed] = tree.pop(path)
-                    return
+                    return [renamed]
+        return []
 
-    def _change_binary(self, tree: dict[str, bytes]) -> None:
+    def _change_binary(self, tree: dict[str, bytes], *, forced: bool) -> None:
+        """Redraw one binary file; the logo when the change is forced (the demo shows it)."""
         present = [path for path in BINARY_PATHS if path in tree]
         if present:
-            path = self.rng.choice(present)
+            path = BINARY_PATHS[0] if forced and BINARY_PATHS[0] in tree else self.rng.choice(present)
             tree[path] = _render_binary(path, self.rng)
 
-    def _modify_files(self, tree: dict[str, bytes], count: int) -> None:
-        editable = sorted(path for path, content in tree.items()
-                          if content and path not in BINARY_PATHS and path != LARGE_FILE_PATH)
+    def _modify_files(self, tree: dict[str, bytes], count: int, untouched: set[str]) -> None:
+        editable = sorted(path for path, content in tree.items() if content and path not in untouched
+                          and path not in BINARY_PATHS and path != LARGE_FILE_PATH)
         for path in self.rng.sample(editable, min(count, len(editable))):
             tree[path] = _edited(path, tree[path], self.rng)
         if LARGE_FILE_PATH in tree and self.rng.random() < 0.3:
@@ -986,6 +999,10 @@ _ENTITY_FILES = (
     ("app/services/{entity}_service.py", _render_service),
     ("tests/test_{entities}.py", _render_test),
 )
+
+
+_FILES_PER_ENTITY = len(_ENTITY_FILES) + 1
+"""The entity's files plus its Alembic migration."""
 
 
 def _render_binary(path: str, rng: random.Random) -> bytes:

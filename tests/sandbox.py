@@ -1,0 +1,114 @@
+"""Realistic installations for tests, built with the project's own sample-data generator, and the
+means to compare two of them: a digest of the disk tree and a dump of the tables."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import stat
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from storage_migrator.config import BASE_REVISION, HEAD_REVISION, Settings
+from storage_migrator.sample_data import SampleInstallation, SampleSize, generate_installation
+from storage_migrator.schema import upgrade_schema
+
+SMALL = SampleSize(projects=5, generations_per_project=4, files_per_generation=12)
+PATH_PREFIX = "./storage/projects"
+
+
+@dataclass(frozen=True)
+class Installation:
+    settings: Settings
+    sample: SampleInstallation
+
+    @property
+    def root(self) -> Path:
+        return self.settings.storage_root
+
+    @property
+    def database_url(self) -> str:
+        return self.settings.database_url
+
+    def engine(self) -> sa.Engine:
+        return sa.create_engine(self.database_url, poolclass=sa.pool.NullPool)
+
+    def cli_environment(self) -> dict[str, str]:
+        return {
+            **os.environ,
+            "DATABASE_URL": self.database_url,
+            "STORAGE_ROOT": str(self.root),
+            "STORAGE_PATH_PREFIX": PATH_PREFIX,
+        }
+
+
+def build_installation(database_url: str, root: Path, size: SampleSize = SMALL, seed: int = 0,
+                       to_head: bool = True) -> Installation:
+    """A legacy installation, upgraded to head (as an operator would before running the tool)."""
+    upgrade_schema(database_url, BASE_REVISION)
+    engine = sa.create_engine(database_url, poolclass=sa.pool.NullPool)
+    sample = generate_installation(engine, root, size, seed=seed)
+    engine.dispose()
+    if to_head:
+        upgrade_schema(database_url, HEAD_REVISION)
+    return Installation(Settings(database_url, root, PATH_PREFIX), sample)
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    """Every entry below ``root`` (the tool's lock and trash aside) → its kind and content hash,
+    link target or mode, so two trees compare byte for byte."""
+    digest: dict[str, str] = {}
+    for directory, folders, files in os.walk(root):
+        relative_dir = Path(directory).relative_to(root)
+        if relative_dir.parts[:1] == (".storage-migrate",):
+            continue
+        for name in folders + files:
+            path = Path(directory) / name
+            relative = str(relative_dir / name)
+            status = path.lstat()
+            if stat.S_ISLNK(status.st_mode):
+                digest[relative] = "link:" + os.readlink(path)
+            elif stat.S_ISDIR(status.st_mode):
+                digest[relative] = "dir"
+            else:
+                content = hashlib.sha256(path.read_bytes()).hexdigest()
+                # The tool's own files (manifest, patch) are compared by content; the generated
+                # files also by mtime, which a move or a verified copy must keep.
+                ours = name == "manifest.json" or name.endswith(".patch")
+                digest[relative] = f"file:{content}" + ("" if ours else f":{status.st_mtime_ns}")
+    digest.pop(".storage-migrate", None)
+    return digest
+
+
+def dump_tables(database_url: str) -> dict[str, list[dict]]:
+    """Both tables' rows, every column, sorted by id, JSON-normalised."""
+    engine = sa.create_engine(database_url, poolclass=sa.pool.NullPool)
+    tables: dict[str, list[dict]] = {}
+    with engine.connect() as connection:
+        for table in ("projects", "generations"):
+            result = connection.execute(sa.text(f"SELECT * FROM {table} ORDER BY id"))
+            rows = []
+            for row in result.mappings():
+                normalised = {}
+                for key, value in row.items():
+                    if isinstance(value, str) and key in ("changes_summary", "output_files", "constraints", "context"):
+                        value = json.loads(value)
+                    normalised[key] = value if isinstance(value, (int, float, str, type(None), dict, list, bool)) else str(value)
+                rows.append(normalised)
+            tables[table] = rows
+    engine.dispose()
+    return tables
+
+
+def run_cli(installation: Installation, *arguments: str, extra_environment: dict[str, str] | None = None,
+            timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """The real command in its own process, configured through the environment like cron would."""
+    environment = {**installation.cli_environment(), **(extra_environment or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "storage_migrator", *arguments],
+        env=environment, capture_output=True, text=True, timeout=timeout,
+    )
