@@ -1,0 +1,108 @@
+"""kill -9 at every step boundary of the real `run` and `rollback` processes, then a rerun: the end
+state must equal an uninterrupted run byte for byte (disk tree and tables)."""
+from __future__ import annotations
+
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from storage_migrator.config import Settings
+from storage_migrator.faults import CRASH_AT_VARIABLE
+from storage_migrator.sample_data import SampleSize
+
+from .sandbox import Installation, build_installation, dump_tables, run_cli, tree_digest
+
+TINY = SampleSize(projects=5, generations_per_project=2, files_per_generation=4)
+pytestmark = pytest.mark.slow
+
+
+def end_state(installation: Installation) -> tuple[dict, dict]:
+    tables = dump_tables(installation.database_url)
+    for rows in tables.values():
+        for row in rows:
+            row.pop("updated_at", None)
+    return tree_digest(installation.root), tables
+
+
+def sqlite_copy(template: Installation, destination: Path) -> Installation:
+    """A byte-identical copy of an SQLite installation (mtimes kept), far cheaper than a rebuild."""
+    destination.mkdir()
+    shutil.copytree(template.root, destination / "projects", symlinks=True)
+    database = Path(template.database_url.removeprefix("sqlite:///"))
+    shutil.copy2(database, destination / "codebegen.db")
+    settings = Settings(f"sqlite:///{destination / 'codebegen.db'}", destination / "projects", template.settings.path_prefix)
+    return replace(template, settings=settings)
+
+
+def crash_then_rerun(installation: Installation, command: str, step: int) -> bool:
+    """Kill the command at ``step``; False if it finished before reaching it. Then rerun it."""
+    crashed = run_cli(installation, command, extra_environment={CRASH_AT_VARIABLE: str(step)})
+    if crashed.returncode == 0:
+        return False
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr
+    rerun = run_cli(installation, command)
+    assert rerun.returncode == 0, rerun.stderr
+    return True
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory: pytest.TempPathFactory) -> Installation:
+    folder = tmp_path_factory.mktemp("template")
+    return build_installation(f"sqlite:///{folder / 'codebegen.db'}", folder / "projects", TINY)
+
+
+@pytest.fixture(scope="module")
+def reference(template: Installation, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, dict]:
+    installation = sqlite_copy(template, tmp_path_factory.mktemp("reference") / "x")
+    assert run_cli(installation, "run").returncode == 0
+    return end_state(installation)
+
+
+def test_kill_at_every_step_of_run(template: Installation, reference: tuple[dict, dict], tmp_path: Path) -> None:
+    step = 0
+    while True:
+        step += 1
+        installation = sqlite_copy(template, tmp_path / f"step{step}")
+        if not crash_then_rerun(installation, "run", step):
+            break
+        assert end_state(installation) == reference, f"killed at step {step}"
+        shutil.rmtree(tmp_path / f"step{step}")
+    assert step > 20, "the run should pass many step boundaries"
+
+
+def test_kill_at_random_moments(template: Installation, reference: tuple[dict, dict], tmp_path: Path) -> None:
+    chooser = random.Random(7)
+    for attempt in range(4):
+        installation = sqlite_copy(template, tmp_path / f"attempt{attempt}")
+        process = subprocess.Popen([sys.executable, "-m", "storage_migrator", "run"],
+                                   env=installation.cli_environment(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(chooser.uniform(0.3, 1.2))
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        rerun = run_cli(installation, "run")
+        assert rerun.returncode == 0, rerun.stderr
+        assert end_state(installation) == reference, f"attempt {attempt}"
+
+
+def test_kill_at_every_step_of_rollback(template: Installation, tmp_path: Path) -> None:
+    migrated = sqlite_copy(template, tmp_path / "migrated")
+    assert run_cli(migrated, "run").returncode == 0
+    uninterrupted = sqlite_copy(migrated, tmp_path / "uninterrupted")
+    assert run_cli(uninterrupted, "rollback").returncode == 0
+    expected = end_state(uninterrupted)
+    step = 0
+    while True:
+        step += 1
+        installation = sqlite_copy(migrated, tmp_path / f"rollback{step}")
+        if not crash_then_rerun(installation, "rollback", step):
+            break
+        assert end_state(installation) == expected, f"rollback killed at step {step}"
+        shutil.rmtree(tmp_path / f"rollback{step}")
+    assert step > 10
