@@ -81,6 +81,8 @@ def render_report(report: RunReport, output: Output) -> None:
         if outcome.reason:
             line += f" ({outcome.reason})"
         click.echo(line)
+    if report.error:
+        click.echo(f"error: {report.error}", err=True)
     if not output.quiet:
         for orphan in report.orphans:
             click.echo(f"orphan folder (no row; left alone): {orphan}")

@@ -77,15 +77,20 @@ def create_database_engine(database_url: str, command: str = "storage-migrate") 
     return sa.create_engine(parsed, pool_pre_ping=True, connect_args=connect_args)
 
 
+def first_line(error: BaseException) -> str:
+    """The first line of a driver error, without SQLAlchemy's SQL dump and background link."""
+    text = str(getattr(error, "orig", None) or error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 def check_at_head(engine: Engine) -> None:
     """Refuse to work on a database that cannot be reached or is not at this tool's head."""
     try:
         with engine.connect() as connection:
             revision = current_revision(connection)
     except sa.exc.DBAPIError as error:
-        reason = str(getattr(error, "orig", error)).strip().splitlines()[0] if str(getattr(error, "orig", error)).strip() else type(error).__name__
         raise DatabaseUnavailable(
-            f"cannot connect to the database {display_url(str(engine.url))}: {reason}; "
+            f"cannot connect to the database {display_url(str(engine.url))}: {first_line(error)}; "
             "check --database-url / DATABASE_URL and that the server is up"
         ) from None
     if revision != HEAD_REVISION:
@@ -208,7 +213,8 @@ def iter_project_records(
         project_ids = iter_project_ids(connection) if only is None else sorted(set(only))
     for start in range(0, len(project_ids), batch_size):
         with engine.connect() as connection:
-            yield from load_projects(connection, project_ids[start : start + batch_size])
+            batch = load_projects(connection, project_ids[start : start + batch_size])
+        yield from batch     # outside the connection: a consumer may take its time, or stop
 
 
 def project_ids_for_names(engine: Engine, names: Sequence[str]) -> set[str]:

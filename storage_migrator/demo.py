@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 
 from .config import BASE_REVISION, Settings
-from .db import create_database_engine, display_url
+from .db import create_database_engine, display_url, first_line
 from .errors import UsageError
 from .sample_data import SampleInstallation, SampleSize, generate_installation
 from .schema import current_revision, upgrade_schema
@@ -21,7 +21,7 @@ def create_demo_installation(settings: Settings, projects: int, generations: int
                 revision = current_revision(connection)
         except sa.exc.DBAPIError as error:
             raise UsageError(f"cannot connect to the database {display_url(settings.database_url)}: "
-                             f"{str(getattr(error, 'orig', error)).splitlines()[0]}") from None
+                             f"{first_line(error)}") from None
         if revision is not None:
             raise UsageError(f"the database {display_url(settings.database_url)} already has a schema (revision "
                              f"{revision}); demo-data needs an empty one — remove it or point --database-url elsewhere")

@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from . import diff
-from .db import GenerationRow, GenerationUpdate, ProjectUpdate, load_output_files, write_updates
+from .db import first_line, GenerationRow, GenerationUpdate, ProjectUpdate, load_output_files, write_updates
 from .errors import GenerationError
 from .faults import checkpoint
 from .fsops import (
@@ -134,8 +134,7 @@ class Executor:
             checkpoint("after-database-write")
             self.report.outcomes.extend(pending.outcome for pending in self._pending)
         except sa.exc.DBAPIError as error:
-            reason = str(getattr(error, "orig", error)).strip().splitlines()
-            message = f"database write failed ({reason[0] if reason else type(error).__name__}); rerun to finish"
+            message = f"database write failed ({first_line(error)}); rerun to finish"
             for pending in self._pending:
                 outcome = pending.outcome
                 if pending.update is not None and not outcome.failed:

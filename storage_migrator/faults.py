@@ -1,7 +1,8 @@
-"""Test-only crash points: with STORAGE_MIGRATOR_CRASH_AT=k the process kills itself (SIGKILL,
-like ``kill -9``) at the k-th step boundary, so a test can interrupt a real run anywhere.
+"""Test-only step hooks: with STORAGE_MIGRATOR_CRASH_AT=k the process kills itself (SIGKILL, like
+``kill -9``) at the k-th step boundary; with STORAGE_MIGRATOR_PAUSE_AT=k it stops itself
+(SIGSTOP) there, so a test can break the database connection before it continues.
 
-Unset (as in production) a checkpoint costs one dictionary lookup.
+Unset (as in production) a checkpoint costs two dictionary lookups.
 """
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import os
 import signal
 
 CRASH_AT_VARIABLE = "STORAGE_MIGRATOR_CRASH_AT"
+PAUSE_AT_VARIABLE = "STORAGE_MIGRATOR_PAUSE_AT"
 _steps_taken = 0
 
 
@@ -16,8 +18,11 @@ def checkpoint(step: str) -> None:
     """Mark a step boundary: every state the disk and database are in here must be resumable."""
     global _steps_taken
     crash_at = os.environ.get(CRASH_AT_VARIABLE)
-    if not crash_at:
+    pause_at = os.environ.get(PAUSE_AT_VARIABLE)
+    if not (crash_at or pause_at):
         return
     _steps_taken += 1
-    if _steps_taken == int(crash_at):
+    if crash_at and _steps_taken == int(crash_at):
         os.kill(os.getpid(), signal.SIGKILL)
+    if pause_at and _steps_taken == int(pause_at):
+        os.kill(os.getpid(), signal.SIGSTOP)

@@ -72,7 +72,8 @@ class RunLock:
                            "try again when it has finished") from None
         holder = {"command": self.command, "pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
         os.ftruncate(descriptor, 0)
-        os.pwrite(descriptor, json.dumps(holder).encode(), 0)
+        os.lseek(descriptor, 0, os.SEEK_SET)
+        os.write(descriptor, json.dumps(holder).encode())
         self._descriptor = descriptor
 
     def _release_file_lock(self) -> None:

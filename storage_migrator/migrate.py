@@ -11,7 +11,7 @@ from collections.abc import Callable, Collection
 import sqlalchemy as sa
 
 from .config import Settings
-from .db import check_at_head, create_database_engine, generations, iter_project_records
+from .db import first_line, check_at_head, create_database_engine, generations, iter_project_records
 from .errors import UsageError
 from .execute import Executor
 from .fsops import empty_trash
@@ -65,34 +65,54 @@ def migrate(
     only_projects: Collection[str] | None = None,
 ) -> RunReport:
     """Plan every project (or those in ``only_projects``) and, unless ``dry_run``, carry the
-    plans out. Returns the report."""
+    plans out under the run lock. Returns the report.
+
+    Losing the database mid-run is not a crash: the generations already on disk stay
+    consistent, the report says what happened, and the exit code is 1.
+    """
     command = "resync" if resync else "run"
     layout, engine = open_installation(settings, command)
     report = RunReport(command=command, dry_run=dry_run)
+    only = None if only_projects is None else sorted(only_projects)
     try:
         if dry_run:
-            for record in iter_project_records(engine, only=None if only_projects is None else sorted(only_projects)):
-                plan = plan_project(record, layout, check_fingerprints=resync)
-                report.outcomes.extend(plan_outcome(generation_plan) for generation_plan in plan.generations)
+            _plan_only(layout, engine, report, resync, only)
         else:
             with RunLock(layout.lock_file, engine, f"storage-migrate {command}"):
-                empty_trash(layout.trash_dir)
-                tick = progress(count_generations(engine)) if progress else (lambda: None)
-                executor = Executor(layout, engine, report, on_generation=tick)
-                seen_generation_ids: set[str] = set()
-                for record in iter_project_records(engine, only=None if only_projects is None else sorted(only_projects)):
-                    plan = plan_project(record, layout, check_fingerprints=resync)
-                    executor.carry_out(plan)
-                    seen_generation_ids.update(generation.id for generation in record.generations)
-                executor.finish()
-                if resync and only_projects is None:
-                    report.orphans = find_orphans(layout, seen_generation_ids)
-        if resync and dry_run and only_projects is None:
-            report.orphans = find_orphans(layout, {o.id for o in report.outcomes})
+                _carry_out(layout, engine, report, resync, only, progress)
+    except sa.exc.DBAPIError as error:
+        report.error = (f"lost the database mid-run ({first_line(error)}); what is on disk is consistent — "
+                        f"rerun `storage-migrate {command}` when the database is back")
     finally:
         engine.dispose()
     report.finished = report.started + report.seconds
     return report
+
+
+def _plan_only(layout: StorageLayout, engine: sa.Engine, report: RunReport, resync: bool, only: list[str] | None) -> None:
+    seen: set[str] = set()
+    for record in iter_project_records(engine, only=only):
+        plan = plan_project(record, layout, check_fingerprints=resync)
+        report.outcomes.extend(plan_outcome(generation_plan) for generation_plan in plan.generations)
+        seen.update(generation.id for generation in record.generations)
+    if resync and only is None:
+        report.orphans = find_orphans(layout, seen)
+
+
+def _carry_out(layout: StorageLayout, engine: sa.Engine, report: RunReport, resync: bool, only: list[str] | None,
+               progress: ProgressFactory | None) -> None:
+    empty_trash(layout.trash_dir)
+    tick = progress(count_generations(engine)) if progress else (lambda: None)
+    executor = Executor(layout, engine, report, on_generation=tick)
+    seen: set[str] = set()
+    try:
+        for record in iter_project_records(engine, only=only):
+            executor.carry_out(plan_project(record, layout, check_fingerprints=resync))
+            seen.update(generation.id for generation in record.generations)
+    finally:
+        executor.finish()
+    if resync and only is None:
+        report.orphans = find_orphans(layout, seen)
 
 
 def find_orphans(layout: StorageLayout, generation_ids: set[str]) -> list[str]:

@@ -53,6 +53,7 @@ class RunReport:
     outcomes: list[GenerationOutcome] = field(default_factory=list)
     orphans: list[str] = field(default_factory=list)
     bytes_handled: int = 0
+    error: str | None = None          # why the run stopped early (e.g. the database went away)
     started: float = field(default_factory=time.monotonic)
     finished: float | None = None
 
@@ -74,7 +75,7 @@ class RunReport:
 
     @property
     def exit_code(self) -> int:
-        return EXIT_SOME_FAILED if self.failed else EXIT_OK
+        return EXIT_SOME_FAILED if self.failed or self.error else EXIT_OK
 
     def to_json(self) -> dict:
         return {
@@ -86,5 +87,6 @@ class RunReport:
             "bytes": self.bytes_handled,
             "seconds": round(self.seconds, 3),
             "orphans": self.orphans,
+            "error": self.error,
             "generations": [outcome.to_json() for outcome in self.outcomes],
         }

@@ -1,0 +1,105 @@
+"""Faults the filesystem throws at a run (pyfakefs controls the disk, the SQLite database is real):
+a target on another filesystem (EXDEV), a full disk (ENOSPC) and permission denied (EACCES).
+Each leaves a consistent state; once the fault is gone, a rerun completes."""
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from pyfakefs.fake_filesystem import set_uid
+from pyfakefs.fake_filesystem_unittest import Patcher
+
+from storage_migrator.migrate import migrate
+from storage_migrator.tree import scan_tree
+
+from .sandbox import Installation, build_installation
+
+
+@pytest.fixture
+def installation(sqlite_url: str, tmp_path: Path) -> Installation:
+    return build_installation(sqlite_url, tmp_path / "projects")
+
+
+@pytest.fixture
+def fake_disk(installation: Installation) -> Iterator:
+    """The installation's ROOT inside a fake filesystem (writes stay in memory)."""
+    legacy = {g: scan_tree(installation.root / g).checksums()
+              for g in installation.sample.generation_ids if (installation.root / g).is_dir()}
+    with Patcher(additional_skip_names=["sqlalchemy", "alembic"]) as patcher:
+        patcher.fs.add_real_directory(str(installation.root), read_only=False)
+        patcher.fs.legacy_checksums = legacy
+        yield patcher.fs
+
+
+def generations_by_project(installation: Installation) -> dict[str, list[tuple[str, int, str]]]:
+    engine = installation.engine()
+    with engine.connect() as connection:
+        rows = connection.execute(sa.text("SELECT project_id, id, version, status FROM generations ORDER BY version")).all()
+    engine.dispose()
+    result: dict[str, list[tuple[str, int, str]]] = {}
+    for project_id, generation_id, version, status in rows:
+        result.setdefault(project_id, []).append((generation_id, version, status))
+    return result
+
+
+def assert_migrated_intact(installation: Installation, legacy: dict[str, dict[str, str]]) -> None:
+    for project_id, generations in generations_by_project(installation).items():
+        for generation_id, version, status in generations:
+            if generation_id not in legacy or status in ("pending", "processing"):
+                continue
+            target = installation.root / project_id / "generations" / f"v{version}__{generation_id}"
+            assert scan_tree(target / "source").checksums() == legacy[generation_id]
+            assert not (installation.root / generation_id).exists()
+
+
+def demo_legacy_ids(installation: Installation, fs) -> list[str]:
+    return [g for g, _, _ in generations_by_project(installation)[installation.sample.demo_project_id]
+            if g in fs.legacy_checksums]
+
+
+def test_target_on_another_filesystem_is_copied_and_verified(installation: Installation, fake_disk) -> None:
+    fake_disk.add_mount_point(str(installation.root / installation.sample.demo_project_id))
+    report = migrate(installation.settings)
+    assert report.failed == 0, [o.error for o in report.outcomes if o.failed]
+    assert_migrated_intact(installation, fake_disk.legacy_checksums)
+    assert not any((installation.root / ".storage-migrate" / "trash").iterdir())
+
+
+def test_disk_full_during_a_copy_keeps_the_source_and_resumes(installation: Installation, fake_disk) -> None:
+    mount = installation.root / installation.sample.demo_project_id
+    fake_disk.add_mount_point(str(mount), total_size=20_000)
+    report = migrate(installation.settings)
+    failed = {o.id: o.error for o in report.outcomes if o.failed}
+    assert failed and all("disk is full" in error for error in failed.values()), failed
+    assert report.exit_code == 1
+    for generation_id in failed:
+        assert scan_tree(installation.root / generation_id).checksums() == fake_disk.legacy_checksums[generation_id]
+    assert not list(mount.rglob(".source.partial")), "no half copy is left behind"
+    fake_disk.set_disk_usage(10**9, str(mount))
+    again = migrate(installation.settings)
+    assert again.failed == 0, [o.error for o in again.outcomes if o.failed]
+    assert_migrated_intact(installation, fake_disk.legacy_checksums)
+
+
+def test_permission_denied_fails_that_generation_only(installation: Installation, fake_disk) -> None:
+    victim = demo_legacy_ids(installation, fake_disk)[1]
+    unreadable = installation.root / victim / "app" / "main.py"
+    for path in [installation.root, *installation.root.rglob("*")]:
+        os.chown(path, 1000, 1000, follow_symlinks=False)
+    os.chmod(unreadable, 0)
+    set_uid(1000)     # an ordinary user: root would read the file anyway
+    try:
+        report = migrate(installation.settings)
+    finally:
+        set_uid(0)
+    failed = {o.id: o.error for o in report.outcomes if o.failed}
+    assert list(failed) == [victim] and "permission denied" in failed[victim]
+    assert report.exit_code == 1 and report.migrated > 5
+    assert (installation.root / victim).is_dir()
+    os.chmod(unreadable, 0o644)
+    again = migrate(installation.settings)
+    assert again.failed == 0
+    assert_migrated_intact(installation, fake_disk.legacy_checksums)

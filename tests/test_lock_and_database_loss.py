@@ -1,0 +1,97 @@
+"""One run at a time (exit 75 naming the holder), and a database that goes away mid-run: the run
+reports and exits 1, the disk stays consistent, and a later run completes."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from storage_migrator.db import create_database_engine
+from storage_migrator.faults import PAUSE_AT_VARIABLE
+from storage_migrator.layout import StorageLayout
+from storage_migrator.lock import RunLock
+
+from .sandbox import Installation, build_installation, run_cli
+
+
+@pytest.fixture
+def installation(database_url: str, tmp_path: Path) -> Installation:
+    return build_installation(database_url, tmp_path / "projects")
+
+
+@pytest.mark.parametrize("command", ["run", "resync", "rollback"])
+def test_second_run_exits_75_naming_the_holder(installation: Installation, command: str) -> None:
+    engine = create_database_engine(installation.database_url, command="storage-migrate run")
+    layout = StorageLayout(installation.root, "./storage/projects")
+    with RunLock(layout.lock_file, engine, "storage-migrate run"):
+        started = time.monotonic()
+        result = run_cli(installation, command)
+        elapsed = time.monotonic() - started
+    engine.dispose()
+    assert result.returncode == 75, result.stderr
+    assert f"pid {os.getpid()}" in result.stderr and "storage-migrate run" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert elapsed < 30, "the second run must give up at once, not wait"
+
+
+@pytest.mark.postgres
+def test_advisory_lock_is_shared_across_storage_roots(postgres_url: str, tmp_path: Path) -> None:
+    installation = build_installation(postgres_url, tmp_path / "projects")
+    other_root = tmp_path / "other-root"
+    other_root.mkdir()
+    engine = create_database_engine(postgres_url, command="storage-migrate run")
+    with RunLock(StorageLayout(other_root, "./x").lock_file, engine, "storage-migrate run"):
+        result = run_cli(installation, "run")
+    engine.dispose()
+    assert result.returncode == 75
+    assert "advisory lock" in result.stderr and f"pid={os.getpid()}" in result.stderr
+
+
+def _wait_until_stopped(process: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = Path(f"/proc/{process.pid}/stat").read_text().split(") ")[1][0]
+        if state == "T":
+            return
+        if process.poll() is not None:
+            raise AssertionError(f"the run ended before pausing: {process.returncode}")
+        time.sleep(0.05)
+    raise AssertionError("the run never paused")
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("pause_at", [3, 12])
+def test_database_lost_mid_run(postgres_url: str, tmp_path: Path, pause_at: int) -> None:
+    installation = build_installation(postgres_url, tmp_path / "projects")
+    database = sa.make_url(postgres_url).database
+    admin = sa.create_engine(sa.make_url(postgres_url).set(database="postgres"), isolation_level="AUTOCOMMIT")
+    environment = {**installation.cli_environment(), PAUSE_AT_VARIABLE: str(pause_at)}
+    process = subprocess.Popen([sys.executable, "-m", "storage_migrator", "--json", "run"], env=environment,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_until_stopped(process)
+        with admin.connect() as connection:
+            connection.execute(sa.text(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false'))
+            connection.execute(sa.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                                       "WHERE datname = :name AND pid <> pg_backend_pid()"), {"name": database})
+        process.send_signal(signal.SIGCONT)
+        stdout, stderr = process.communicate(timeout=120)
+    finally:
+        with admin.connect() as connection:
+            connection.execute(sa.text(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true'))
+        admin.dispose()
+    assert process.returncode == 1, stderr
+    assert "Traceback" not in stderr
+    document = json.loads(stdout)
+    assert document["failed"] > 0 or document["error"]
+    rerun = run_cli(installation, "--json", "run")
+    assert rerun.returncode == 0, rerun.stderr
+    assert run_cli(installation, "verify").returncode == 0
+    assert json.loads(run_cli(installation, "--json", "run").stdout)["migrated"] == 0
