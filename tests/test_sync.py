@@ -1,0 +1,196 @@
+"""Keeping disk and database in agreement after the migration: verify finds tampering, resync
+repairs it (incrementally), stragglers and completed-since-run generations are migrated,
+orphans survive, watch reacts within seconds, and rollback is byte-exact."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from storage_migrator.config import BASE_REVISION
+from storage_migrator.migrate import migrate
+from storage_migrator.schema import downgrade_schema, upgrade_schema
+
+from .sandbox import Installation, build_installation, dump_tables, run_cli, tree_digest
+
+
+@pytest.fixture
+def installation(database_url: str, tmp_path: Path) -> Installation:
+    return build_installation(database_url, tmp_path / "projects")
+
+
+@pytest.fixture
+def migrated(installation: Installation) -> Installation:
+    result = run_cli(installation, "run")
+    assert result.returncode == 0, result.stderr
+    return installation
+
+
+def rows(installation: Installation, sql: str, **parameters: object) -> list[sa.Row]:
+    engine = installation.engine()
+    with engine.connect() as connection:
+        found = connection.execute(sa.text(sql), parameters).all()
+    engine.dispose()
+    return found
+
+
+def execute(installation: Installation, sql: str, **parameters: object) -> None:
+    engine = installation.engine()
+    with engine.begin() as connection:
+        connection.execute(sa.text(sql), parameters)
+    engine.dispose()
+
+
+def demo_versions(installation: Installation) -> list[sa.Row]:
+    return rows(installation, "SELECT id, version, file_count, total_size_bytes, changes_summary, diff_from_previous "
+                "FROM generations WHERE project_id = :p AND status = 'completed' ORDER BY version",
+                p=installation.sample.demo_project_id)
+
+
+def source_of(installation: Installation, generation_id: str, version: int) -> Path:
+    return installation.root / installation.sample.demo_project_id / "generations" / f"v{version}__{generation_id}" / "source"
+
+
+def summary(row: sa.Row) -> dict:
+    value = row.changes_summary
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def verify_json(installation: Installation) -> tuple[int, dict]:
+    result = run_cli(installation, "--json", "verify")
+    return result.returncode, json.loads(result.stdout)
+
+
+def test_verify_is_clean_after_run(migrated: Installation) -> None:
+    code, document = verify_json(migrated)
+    assert (code, document["problems"]) == (0, [])
+    assert document["ok"] is True
+
+
+def test_tampered_middle_version_is_found_and_repaired(migrated: Installation) -> None:
+    v1, v2, v3 = demo_versions(migrated)[:3]
+    middle = source_of(migrated, v2.id, v2.version)
+    (middle / "app" / "main.py").write_bytes((middle / "app" / "main.py").read_bytes() + b"# edited by hand\n")
+    (middle / "HAND_ADDED.md").write_text("added by hand\n")
+    deleted = sorted(p for p in middle.rglob("*.py") if p.name != "main.py" and p.stat().st_size > 0)[0]
+    deleted.unlink()
+    tables_before = dump_tables(migrated.database_url)
+
+    code, document = verify_json(migrated)
+    assert code == 3
+    kinds = {(problem["generation_id"], problem["kind"]) for problem in document["problems"]}
+    assert (v2.id, "checksum") in kinds and (v2.id, "size") in kinds
+    assert dump_tables(migrated.database_url) == tables_before, "verify is read-only"
+
+    result = run_cli(migrated, "--json", "resync")
+    assert result.returncode == 0, result.stderr
+    refreshed = {entry["id"] for entry in json.loads(result.stdout)["generations"] if entry["action"] == "refreshed"}
+    assert refreshed == {v2.id, v3.id}, "the changed version and the next one, no other"
+    code, document = verify_json(migrated)
+    assert (code, document["problems"]) == (0, [])
+    new_v1, new_v2, new_v3 = demo_versions(migrated)[:3]
+    assert new_v2.file_count == v2.file_count
+    assert summary(new_v2)["added"] == summary(v2)["added"] + 1
+    assert summary(new_v3)["from_version"] == v2.version
+    assert summary(new_v3)["deleted"] == summary(v3)["deleted"] + 1, "HAND_ADDED.md is gone again in v3"
+    assert new_v1 == v1
+
+
+def test_resync_of_unchanged_storage_reads_no_file(migrated: Installation, monkeypatch: pytest.MonkeyPatch) -> None:
+    opened: list[str] = []
+    real_open = os.open
+
+    def counting_open(path, flags, *args, **kwargs):
+        if "/source/" in os.fsdecode(path) or "/generations/" in os.fsdecode(path) and os.fsdecode(path).endswith(".patch"):
+            opened.append(os.fsdecode(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", counting_open)
+    report = migrate(migrated.settings, resync=True)
+    assert report.migrated == 0 and report.failed == 0
+    assert opened == []
+
+
+def test_resync_migrates_stragglers_and_completed_since_run(migrated: Installation) -> None:
+    processing = migrated.sample.processing_generation_id
+    execute(migrated, "UPDATE generations SET status = 'completed' WHERE id = :id", id=processing)
+    project_id, latest = rows(migrated, "SELECT id, latest_version FROM projects WHERE id = "
+                              "(SELECT project_id FROM generations WHERE id = :id)", id=processing)[0]
+    straggler = "0a0a0a0a-0000-4000-8000-00000000beef"
+    folder = migrated.root / straggler
+    (folder / "app").mkdir(parents=True)
+    (folder / "app" / "main.py").write_text("print('written by the old code')\n")
+    execute(migrated, "INSERT INTO generations (id, project_id, user_id, prompt, status, version, storage_path) "
+            "SELECT :id, id, user_id, 'p', 'completed', :version, :path FROM projects WHERE id = :project",
+            id=straggler, version=latest + 1, path=f"./storage/projects/{straggler}", project=project_id)
+
+    result = run_cli(migrated, "--json", "resync")
+    assert result.returncode == 0, result.stderr
+    actions = {entry["id"]: entry["action"] for entry in json.loads(result.stdout)["generations"]}
+    assert actions[processing] == "moved" and actions[straggler] == "moved"
+    assert not folder.exists() and not (migrated.root / processing).exists()
+    assert rows(migrated, "SELECT latest_version FROM projects WHERE id = :p", p=project_id)[0][0] == latest + 1
+    code, document = verify_json(migrated)
+    assert (code, document["problems"]) == (0, [])
+
+
+def test_orphans_are_reported_never_deleted(migrated: Installation) -> None:
+    orphan = migrated.root / "not-a-known-generation"
+    orphan.mkdir()
+    (orphan / "file.txt").write_text("keep me")
+    ghost = migrated.root / migrated.sample.demo_project_id / "generations" / "v99__ghost-generation"
+    (ghost / "source").mkdir(parents=True)
+    result = run_cli(migrated, "--json", "resync")
+    assert result.returncode == 0
+    assert set(json.loads(result.stdout)["orphans"]) == {str(orphan), str(ghost)}
+    assert (orphan / "file.txt").read_text() == "keep me" and ghost.is_dir()
+
+
+def test_rollback_restores_the_legacy_installation(installation: Installation, database_url: str) -> None:
+    before_tree, before_tables = tree_digest(installation.root), dump_tables(installation.database_url)
+    assert run_cli(installation, "run").returncode == 0
+    result = run_cli(installation, "--json", "rollback")
+    assert result.returncode == 0, result.stderr
+    after_tree = tree_digest(installation.root)
+    rebuilt = installation.sample.missing_folder_generation_id
+    extra = {path for path in after_tree if path.split("/")[0] == rebuilt}
+    assert {path: value for path, value in after_tree.items() if path not in extra} == before_tree
+    assert extra, "the generation rebuilt from output_files is now a legacy folder too"
+    after_tables = dump_tables(installation.database_url)
+    for table in ("projects", "generations"):
+        for row in before_tables[table] + after_tables[table]:
+            row.pop("updated_at", None)
+    assert after_tables == before_tables
+    downgrade_schema(database_url, BASE_REVISION)
+    upgrade_schema(database_url, "head")
+    assert run_cli(installation, "run").returncode == 0
+    assert run_cli(installation, "verify").returncode == 0
+
+
+def test_watch_resyncs_a_changed_generation(migrated: Installation) -> None:
+    v1 = demo_versions(migrated)[0]
+    target = source_of(migrated, v1.id, v1.version)
+    process = subprocess.Popen([sys.executable, "-m", "storage_migrator", "watch", "--debounce", "0.5"],
+                               env=migrated.cli_environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(2)   # the observer is up
+        (target / "WATCHED.md").write_bytes(b"x" * 1234)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            row = rows(migrated, "SELECT file_count, total_size_bytes FROM generations WHERE id = :id", id=v1.id)[0]
+            if row.file_count == v1.file_count + 1:
+                break
+            time.sleep(0.3)
+        assert row.file_count == v1.file_count + 1 and row.total_size_bytes == v1.total_size_bytes + 1234
+    finally:
+        process.send_signal(signal.SIGTERM)
+        stdout, stderr = process.communicate(timeout=30)
+    assert process.returncode == 0, stderr
+    assert "Traceback" not in stderr
