@@ -3,6 +3,7 @@ command, and renders the result object as text or as one JSON document. Nothing 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -114,19 +115,26 @@ def main(click_context: click.Context, database_url: str, storage_root: Path, pa
     click_context.obj = Context(settings, Output(as_json, quiet, verbose))
     if click_context.invoked_subcommand is None:
         if dry_run:
-            click_context.invoke(run, dry_run=True)
+            click_context.invoke(run, dry_run=True, workers=1)
         else:
             click.echo(click_context.get_help())
 
 
+def workers_option(function: Callable) -> Callable:
+    return click.option("--workers", type=click.IntRange(min=1), default=os.cpu_count() or 1, show_default="cores",
+                        help="Processes; each project is handled by one of them.")(function)
+
+
 @main.command()
 @click.option("--dry-run", is_flag=True, help="Print the plan; change nothing on disk or in the database.")
+@workers_option
 @pass_context
-def run(context: Context, dry_run: bool) -> None:
+def run(context: Context, dry_run: bool, workers: int) -> None:
     """Migrate every generation still in the legacy layout."""
     from .migrate import migrate
 
-    report = migrate(context.settings, dry_run=dry_run, progress=progress_bar(context.output, "migrating"))
+    report = migrate(context.settings, dry_run=dry_run, progress=progress_bar(context.output, "migrating"),
+                     workers=workers)
     render_report(report, context.output)
     sys.exit(report.exit_code)
 
@@ -180,12 +188,14 @@ def diff_command(context: Context, project_id: str, with_patch: bool, from_versi
 
 
 @main.command()
+@workers_option
 @pass_context
-def resync(context: Context) -> None:
+def resync(context: Context, workers: int) -> None:
     """The cron job: migrate stragglers, re-read changed generations, repair metadata, report orphans."""
     from .migrate import migrate
 
-    report = migrate(context.settings, resync=True, progress=progress_bar(context.output, "resyncing"))
+    report = migrate(context.settings, resync=True, progress=progress_bar(context.output, "resyncing"),
+                     workers=workers)
     render_report(report, context.output)
     sys.exit(report.exit_code)
 

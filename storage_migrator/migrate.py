@@ -6,12 +6,19 @@ re-read and unchanged ones are not) and a report of folders on disk that no row 
 """
 from __future__ import annotations
 
+import ctypes
+import multiprocessing
+import os
+import signal
 from collections.abc import Callable, Collection
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from itertools import repeat
 
 import sqlalchemy as sa
 
 from .config import Settings
-from .db import first_line, check_at_head, create_database_engine, generations, iter_project_records
+from .db import check_at_head, create_database_engine, first_line, generations, iter_project_ids, iter_project_records
 from .errors import UsageError
 from .execute import Executor
 from .fsops import empty_trash
@@ -21,6 +28,8 @@ from .plan import Action, GenerationPlan, ProjectPlan, plan_project
 from .report import GenerationOutcome, RunReport
 
 ProgressFactory = Callable[[int], Callable[[], None]]
+WORKER_CHUNK_PROJECTS = 16
+PR_SET_PDEATHSIG = 1
 
 
 def open_installation(settings: Settings, command: str) -> tuple[StorageLayout, sa.Engine]:
@@ -63,6 +72,7 @@ def migrate(
     resync: bool = False,
     progress: ProgressFactory | None = None,
     only_projects: Collection[str] | None = None,
+    workers: int = 1,
 ) -> RunReport:
     """Plan every project (or those in ``only_projects``) and, unless ``dry_run``, carry the
     plans out under the run lock. Returns the report.
@@ -79,7 +89,7 @@ def migrate(
             _plan_only(layout, engine, report, resync, only)
         else:
             with RunLock(layout.lock_file, engine, f"storage-migrate {command}"):
-                _carry_out(layout, engine, report, resync, only, progress)
+                _carry_out(layout, engine, report, resync, only, progress, workers)
     except sa.exc.DBAPIError as error:
         report.error = (f"lost the database mid-run ({first_line(error)}); what is on disk is consistent — "
                         f"rerun `storage-migrate {command}` when the database is back")
@@ -100,9 +110,20 @@ def _plan_only(layout: StorageLayout, engine: sa.Engine, report: RunReport, resy
 
 
 def _carry_out(layout: StorageLayout, engine: sa.Engine, report: RunReport, resync: bool, only: list[str] | None,
-               progress: ProgressFactory | None) -> None:
+               progress: ProgressFactory | None, workers: int) -> None:
     empty_trash(layout.trash_dir)
     tick = progress(count_generations(engine)) if progress else (lambda: None)
+    if workers > 1 and only is None:
+        seen = _carry_out_in_workers(layout, engine, report, resync, tick, workers)
+    else:
+        seen = _carry_out_projects(layout, engine, report, resync, only, tick)
+    if resync and only is None and report.error is None:
+        report.orphans = find_orphans(layout, seen)
+
+
+def _carry_out_projects(layout: StorageLayout, engine: sa.Engine, report: RunReport, resync: bool,
+                        only: list[str] | None, tick: Callable[[], None]) -> set[str]:
+    """The executor over a stream of projects; returns the ids of the generations it saw."""
     executor = Executor(layout, engine, report, on_generation=tick)
     seen: set[str] = set()
     try:
@@ -111,8 +132,62 @@ def _carry_out(layout: StorageLayout, engine: sa.Engine, report: RunReport, resy
             seen.update(generation.id for generation in record.generations)
     finally:
         executor.finish()
-    if resync and only is None:
-        report.orphans = find_orphans(layout, seen)
+    return seen
+
+
+def _carry_out_in_workers(layout: StorageLayout, engine: sa.Engine, report: RunReport, resync: bool,
+                          tick: Callable[[], None], workers: int) -> set[str]:
+    """Projects in chunks over ``workers`` forked processes; each project is wholly one worker's,
+    so the per-project ordering (v<P> written before the diff of v<N>) holds as in one process.
+
+    The parent holds the run lock for all of them (the workers inherit the lock file), and each
+    worker dies with the parent, so a killed run never leaves a worker writing behind a rerun.
+    """
+    with engine.connect() as connection:
+        project_ids = iter_project_ids(connection)
+    chunk_size = max(1, min(WORKER_CHUNK_PROJECTS, len(project_ids) // (workers * 4) or 1))
+    chunks = [project_ids[start : start + chunk_size] for start in range(0, len(project_ids), chunk_size)]
+    engine.dispose()
+    seen: set[str] = set()
+    context = multiprocessing.get_context("fork")
+    database_url = engine.url.render_as_string(hide_password=False)
+    try:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_die_with_parent) as pool:
+            for chunk_report in pool.map(_migrate_chunk, repeat(layout), repeat(database_url), chunks, repeat(resync)):
+                report.outcomes.extend(chunk_report.outcomes)
+                report.bytes_handled += chunk_report.bytes_handled
+                report.error = report.error or chunk_report.error
+                seen.update(outcome.id for outcome in chunk_report.outcomes)
+                for _ in chunk_report.outcomes:
+                    tick()
+    except BrokenProcessPool:
+        report.error = ("a worker process died (killed, or out of memory); what is on disk is consistent — "
+                        "rerun the command")
+    return seen
+
+
+def _migrate_chunk(layout: StorageLayout, database_url: str, project_ids: list[str], resync: bool) -> RunReport:
+    """One worker's share: its own engine, its own batches."""
+    engine = create_database_engine(database_url, command="storage-migrate worker")
+    report = RunReport(command="worker")
+    try:
+        _carry_out_projects(layout, engine, report, resync, project_ids, lambda: None)
+    except sa.exc.DBAPIError as error:
+        report.error = f"lost the database mid-run ({first_line(error)}); rerun when the database is back"
+    finally:
+        engine.dispose()
+    return report
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to SIGKILL this worker when the parent dies (prctl PR_SET_PDEATHSIG)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except OSError:
+        pass
+    if os.getppid() == 1:
+        os._exit(1)
 
 
 def find_orphans(layout: StorageLayout, generation_ids: set[str]) -> list[str]:
