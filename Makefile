@@ -16,7 +16,7 @@ $(BIN)/storage-migrate: pyproject.toml
 # Sample data -> schema migration -> dry run -> migration -> diff of the demo project.
 demo: $(BIN)/storage-migrate
 	rm -rf storage
-	$(BIN)/storage-migrate demo-data --json > .demo.json
+	$(BIN)/storage-migrate --json demo-data > .demo.json
 	$(BIN)/alembic upgrade head
 	$(BIN)/storage-migrate --dry-run
 	$(BIN)/storage-migrate run
