@@ -77,6 +77,8 @@ def render_report(report: RunReport, output: Output) -> None:
             line += f" {outcome.from_path} -> {outcome.storage_path}"
         elif outcome.storage_path and outcome.action not in ("skip", "skipped"):
             line += f" -> {outcome.storage_path}"
+        if outcome.file_count is not None:
+            line += f" ({outcome.file_count} files, {_human_bytes(outcome.total_size_bytes or 0)})"
         if outcome.from_version:
             line += f" (diff from v{outcome.from_version})"
         if outcome.reason:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -375,7 +375,5 @@ def _timestamp_ns(created_at: datetime | None) -> int:
     if created_at is None:
         return 0
     if created_at.tzinfo is None:
-        from datetime import timezone
-
-        created_at = created_at.replace(tzinfo=timezone.utc)
+        created_at = created_at.replace(tzinfo=timezone.utc)     # SQLite hands back naive UTC
     return int(created_at.timestamp()) * 1_000_000_000

@@ -18,7 +18,7 @@ from typing import BinaryIO
 
 from .errors import GenerationError
 from .layout import temp_path
-from .tree import READ_FLAGS, TreeSnapshot, read_regular_file, sha256_hex
+from .tree import TreeSnapshot, read_regular_file, sha256_hex
 
 WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
 
@@ -172,15 +172,6 @@ def empty_trash(trash_dir: Path) -> None:
                 shutil.rmtree(entry, ignore_errors=True)
             else:
                 _remove_quietly(entry)
-
-
-def is_same_file_content(path: Path, sha256: str) -> bool:
-    try:
-        descriptor = os.open(path, READ_FLAGS)
-    except OSError:
-        return False
-    with os.fdopen(descriptor, "rb") as stream:
-        return sha256_hex(stream.read()) == sha256
 
 
 def _remove_quietly(path: Path) -> None:

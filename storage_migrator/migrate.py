@@ -19,13 +19,14 @@ import sqlalchemy as sa
 
 from .config import Settings
 from .db import check_at_head, create_database_engine, first_line, generations, iter_project_ids, iter_project_records
-from .errors import UsageError
+from .errors import GenerationError, UsageError
 from .execute import Executor
 from .fsops import empty_trash
 from .layout import STATE_DIR, StorageLayout, parse_target_dir_name
 from .lock import RunLock
-from .plan import Action, GenerationPlan, ProjectPlan, plan_project
+from .plan import Action, GenerationPlan, plan_project
 from .report import GenerationOutcome, RunReport
+from .tree import fingerprint_tree
 
 ProgressFactory = Callable[[int], Callable[[], None]]
 WORKER_CHUNK_PROJECTS = 16
@@ -49,19 +50,33 @@ def count_generations(engine: sa.Engine) -> int:
 
 
 def plan_outcome(plan: GenerationPlan) -> GenerationOutcome:
-    """A planned action as a report line (the dry run's rendering of the plan)."""
+    """A planned action as a report line (the dry run's rendering of the plan). A folder to be
+    moved is walked with one lstat per file — never read — for the counts the run will write,
+    and so that a symlink inside it shows as a planned failure."""
     generation = plan.generation
-    failed = plan.action == Action.FAIL
+    action, reason, error = plan.action, plan.reason, None
+    file_count = total_size_bytes = None
+    if action == Action.MOVE and plan.legacy_dir is not None:
+        try:
+            fingerprints = fingerprint_tree(plan.legacy_dir)
+            file_count = len(fingerprints)
+            total_size_bytes = sum(fingerprint.size for fingerprint in fingerprints.values())
+        except GenerationError as problem:
+            action, error = Action.FAIL, str(problem)
+    if action == Action.FAIL:
+        error, reason = error or reason, None
     return GenerationOutcome(
         id=generation.id,
         project_id=generation.project_id,
         version=generation.version,
-        action=plan.action.value,
-        storage_path=plan.storage_path,
-        error=plan.reason if failed else None,
-        reason=None if failed else plan.reason,
-        from_path=str(plan.legacy_dir) if plan.action == Action.MOVE else None,
-        from_version=plan.from_version if plan.action.ends_on_disk else None,
+        action=action.value,
+        storage_path=plan.storage_path if action != Action.FAIL else generation.storage_path,
+        error=error,
+        reason=reason,
+        from_path=str(plan.legacy_dir) if action == Action.MOVE else None,
+        from_version=plan.from_version if action.ends_on_disk else None,
+        file_count=file_count,
+        total_size_bytes=total_size_bytes,
     )
 
 

@@ -22,7 +22,7 @@ from .layout import (
     source_dir,
 )
 from .manifest import Manifest, read_manifest
-from .tree import Fingerprint, fingerprint_tree
+from .tree import fingerprint_tree
 from .errors import GenerationError
 
 UNFINISHED_STATUSES = frozenset({"pending", "processing"})

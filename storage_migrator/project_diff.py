@@ -2,10 +2,8 @@
 paths from the database), or any two versions compared on the fly from their folders."""
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass, field
 
-import sqlalchemy as sa
 
 from . import diff
 from .config import Settings

@@ -26,6 +26,8 @@ class GenerationOutcome:
     reason: str | None = None
     from_path: str | None = None
     from_version: int | None = None
+    file_count: int | None = None
+    total_size_bytes: int | None = None
 
     @property
     def failed(self) -> bool:
@@ -41,6 +43,8 @@ class GenerationOutcome:
             "error": self.error,
             "reason": self.reason,
             "from_version": self.from_version,
+            "file_count": self.file_count,
+            "total_size_bytes": self.total_size_bytes,
         }
 
 

@@ -6,7 +6,6 @@ sizes, checksums, the patch (re-rendered and compared byte for byte) and the ``a
 """
 from __future__ import annotations
 
-import io
 import os
 from dataclasses import dataclass, field
 

@@ -17,7 +17,7 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
 from .config import Settings
-from .db import create_database_engine, project_ids_for_names
+from .db import project_ids_for_names
 from .errors import LockHeld
 from .layout import ACTIVE_LINK, MANIFEST_FILE, STATE_DIR, TEMP_SUFFIX, parse_patch_file_name
 from .migrate import migrate, open_installation

@@ -73,7 +73,7 @@ def test_database_lost_mid_run(postgres_url: str, tmp_path: Path, pause_at: int)
     database = sa.make_url(postgres_url).database
     admin = sa.create_engine(sa.make_url(postgres_url).set(database="postgres"), isolation_level="AUTOCOMMIT")
     environment = {**installation.cli_environment(), PAUSE_AT_VARIABLE: str(pause_at)}
-    process = subprocess.Popen([sys.executable, "-m", "storage_migrator", "--json", "run"], env=environment,
+    process = subprocess.Popen([sys.executable, "-m", "storage_migrator", "--json", "run", "--workers", "1"], env=environment,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         _wait_until_stopped(process)
@@ -84,6 +84,9 @@ def test_database_lost_mid_run(postgres_url: str, tmp_path: Path, pause_at: int)
         process.send_signal(signal.SIGCONT)
         stdout, stderr = process.communicate(timeout=120)
     finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
         with admin.connect() as connection:
             connection.execute(sa.text(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true'))
         admin.dispose()
