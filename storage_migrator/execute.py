@@ -33,13 +33,12 @@ from .fsops import (
 )
 from .layout import (
     ARTIFACTS_DIR,
-    MANIFEST_FILE,
     PARTIAL_SOURCE_DIR,
-    TEMP_SUFFIX,
     StorageLayout,
     UnsafePathComponent,
     artifacts_dir,
     check_relative_file_path,
+    is_tool_written,
     manifest_path,
     parse_patch_file_name,
     partial_source_dir,
@@ -227,19 +226,14 @@ class Executor:
             raise GenerationError(f"{target} is a symlink; it is never followed — remove it and rerun")
         if target.is_dir():
             for entry in target.iterdir():
-                name = entry.name
-                if name == PARTIAL_SOURCE_DIR:
-                    discard_partial(entry)
-                elif name.startswith(".") and name.endswith(TEMP_SUFFIX) and not entry.is_dir():
-                    entry.unlink()
-                elif name == MANIFEST_FILE or parse_patch_file_name(name) is not None:
-                    continue
-                elif name == ARTIFACTS_DIR and entry.is_dir() and not entry.is_symlink() and not any(entry.iterdir()):
-                    continue
+                if entry.name == PARTIAL_SOURCE_DIR:
+                    discard_partial(entry)          # a copy or rebuild that a killed run began
+                elif is_tool_written(entry.name) or _is_empty_artifacts(entry):
+                    continue                        # rewritten later in this run
                 else:
                     raise GenerationError(
-                        f"the target {target} already exists and holds {name!r}, which this tool did not "
-                        "write: move it away and rerun"
+                        f"the target {target} already exists and holds {entry.name!r}, which this tool did "
+                        "not write: move it away and rerun"
                     )
         make_dirs(artifacts_dir(target))
 
@@ -353,6 +347,10 @@ def _flag_only_update(generation: GenerationRow, is_active: bool) -> GenerationU
         changes_summary=generation.changes_summary,
         is_active=is_active,
     )
+
+
+def _is_empty_artifacts(entry: Path) -> bool:
+    return entry.name == ARTIFACTS_DIR and entry.is_dir() and not entry.is_symlink() and not any(entry.iterdir())
 
 
 def _write_if_different(path: Path, content: bytes) -> None:

@@ -168,6 +168,16 @@ def temp_path(final: Path) -> Path:
     return final.with_name(f".{final.name}{TEMP_SUFFIX}")
 
 
+def is_tool_written(name: str) -> bool:
+    """True for a name the tool itself writes beside ``source/`` in a target folder (manifest,
+    patches, temp files, a staging copy): safe to rewrite or remove; anything else is not ours."""
+    return (
+        name in (MANIFEST_FILE, PARTIAL_SOURCE_DIR)
+        or parse_patch_file_name(name) is not None
+        or (name.startswith(".") and name.endswith(TEMP_SUFFIX))
+    )
+
+
 def check_relative_file_path(value: object) -> str:
     """A file path from the ``output_files`` column, usable below ``source/``: relative,
     ``/``-separated, no empty, ``.`` or ``..`` part, no NUL or backslash."""

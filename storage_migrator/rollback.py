@@ -18,12 +18,9 @@ from .faults import checkpoint
 from .fsops import discard_tree, empty_trash, move_tree
 from .layout import (
     ARTIFACTS_DIR,
-    MANIFEST_FILE,
-    PARTIAL_SOURCE_DIR,
-    TEMP_SUFFIX,
     StorageLayout,
     UnsafePathComponent,
-    parse_patch_file_name,
+    is_tool_written,
     source_dir,
 )
 from .lock import RunLock
@@ -126,15 +123,13 @@ def _remove_tool_files(target: Path) -> None:
     if not target.is_dir() or target.is_symlink():
         return
     for entry in target.iterdir():
-        name = entry.name
-        if name == MANIFEST_FILE or parse_patch_file_name(name) is not None or (
-            name.startswith(".") and name.endswith(TEMP_SUFFIX)
-        ):
-            entry.unlink()
-        elif name == PARTIAL_SOURCE_DIR:
-            shutil.rmtree(entry, ignore_errors=True)
-        elif name == ARTIFACTS_DIR and entry.is_dir() and not any(entry.iterdir()):
+        is_folder = entry.is_dir() and not entry.is_symlink()
+        if is_folder and entry.name == ARTIFACTS_DIR and not any(entry.iterdir()):
             entry.rmdir()
+        elif is_folder and is_tool_written(entry.name):
+            shutil.rmtree(entry, ignore_errors=True)
+        elif is_tool_written(entry.name):
+            entry.unlink()
     try:
         target.rmdir()
         checkpoint("target-removed")
