@@ -5,10 +5,10 @@ from __future__ import annotations
 import sqlalchemy as sa
 
 from .config import BASE_REVISION, Settings
-from .db import create_database_engine, display_url, first_line
+from .db import create_database_engine, current_revision, display_url, first_line
 from .errors import UsageError
 from .sample_data import SampleInstallation, SampleSize, generate_installation
-from .schema import current_revision, upgrade_schema
+from .schema import upgrade_schema
 
 
 def create_demo_installation(settings: Settings, projects: int, generations: int, files: int, seed: int) -> SampleInstallation:

@@ -26,7 +26,7 @@ from .fsops import (
     atomic_write_bytes,
     discard_partial,
     discard_tree,
-    fsync_dir,
+    flush_to_disk,
     make_dirs,
     move_tree,
     replace_symlink,
@@ -45,7 +45,7 @@ from .layout import (
     patch_file_name,
     source_dir,
 )
-from .manifest import Manifest, read_manifest
+from .manifest import Manifest
 from .plan import Action, GenerationPlan, ProjectPlan
 from .report import GenerationOutcome, RunReport
 from .tree import TreeSnapshot, fingerprint_tree, read_regular_file, scan_tree
@@ -128,6 +128,7 @@ class Executor:
         this batch are reported failed (their disk state is complete: the next run only writes)."""
         updates = [pending.update for pending in self._pending if pending.update is not None]
         try:
+            flush_to_disk()
             checkpoint("before-database-write")
             write_updates(self.engine, updates, self._project_updates)
             checkpoint("after-database-write")
@@ -176,11 +177,9 @@ class Executor:
         return outcome, update, tree
 
     def _unchanged_tree(self, plan: GenerationPlan) -> SourceTree:
-        target = _target(plan)
-        manifest = read_manifest(manifest_path(target))
-        if manifest is None:
-            raise GenerationError(f"{manifest_path(target)} disappeared during the run; rerun")
-        return ManifestTree(source_dir(target), manifest)
+        """An unchanged generation as the next version's diff base: its manifest, read by the plan."""
+        assert plan.manifest is not None, "the plan calls a generation unchanged only with a manifest"
+        return ManifestTree(source_dir(_target(plan)), plan.manifest)
 
     def _put_in_place(self, plan: GenerationPlan) -> SourceTree:
         """Make ``target/source`` hold the generation's files; return them as read."""
@@ -209,9 +208,8 @@ class Executor:
             self._rebuild_from_database(plan)
             checkpoint("rebuilt")
             return scan_tree(source)
-        manifest = read_manifest(manifest_path(target))
-        if manifest is not None and fingerprint_tree(source) == manifest.fingerprints:
-            return ManifestTree(source, manifest)
+        if plan.manifest is not None and fingerprint_tree(source) == plan.manifest.fingerprints:
+            return ManifestTree(source, plan.manifest)    # only metadata or the diff to redo
         return scan_tree(source)
 
     def _prepare_target(self, plan: GenerationPlan) -> None:
@@ -257,10 +255,7 @@ class Executor:
                 destination.parent.mkdir(parents=True, exist_ok=True)
                 atomic_write_bytes(destination, content.encode("utf-8", "surrogateescape"))
                 os.utime(destination, ns=(timestamp_ns, timestamp_ns))
-            for directory, _, _ in os.walk(staging, topdown=False):
-                fsync_dir(Path(directory))
             os.rename(staging, source_dir(target))
-            fsync_dir(target)
         except UnsafePathComponent as error:
             discard_partial(staging)
             raise GenerationError(f"output_files holds an unsafe path: {error}") from None

@@ -20,6 +20,7 @@ PARTIAL_SOURCE_DIR = ".source.partial"
 TEMP_SUFFIX = ".tmp"
 MAX_COMPONENT_LENGTH = 255
 
+_CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f]")
 _TARGET_NAME = re.compile(r"^v(?P<version>[1-9][0-9]*)__(?P<generation_id>.+)$")
 _PATCH_NAME = re.compile(r"^diff_from_v(?P<version>[1-9][0-9]*)\.patch$")
 
@@ -41,7 +42,7 @@ def check_path_component(value: object, what: str) -> str:
         raise UnsafePathComponent(f"{what} {value!r} is a relative path component")
     if "/" in value or "\\" in value:
         raise UnsafePathComponent(f"{what} {value!r} contains a path separator")
-    if any(ord(character) < 32 or ord(character) == 127 for character in value):
+    if _CONTROL_CHARACTER.search(value):
         raise UnsafePathComponent(f"{what} {value!r} contains a NUL or control character")
     if value.startswith("."):
         raise UnsafePathComponent(f"{what} {value!r} starts with a dot")

@@ -60,7 +60,7 @@ def plan_outcome(plan: GenerationPlan) -> GenerationOutcome:
         try:
             fingerprints = fingerprint_tree(plan.legacy_dir)
             file_count = len(fingerprints)
-            total_size_bytes = sum(fingerprint.size for fingerprint in fingerprints.values())
+            total_size_bytes = sum(size for size, _ in fingerprints.values())
         except GenerationError as problem:
             action, error = Action.FAIL, str(problem)
     if action == Action.FAIL:

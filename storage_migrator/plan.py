@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import stat
 from collections import Counter
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path
 
@@ -64,6 +64,7 @@ class GenerationPlan:
     storage_path: str | None = None       # what storage_path will be
     from_version: int | None = None       # P, the version the diff will be taken from
     content_changes: bool = False         # source/ is new or differs from its manifest
+    manifest: Manifest | None = field(default=None, repr=False)   # as probed; the executor reuses it
 
 
     @property
@@ -214,7 +215,7 @@ def _decide_generation(
         changes = action == Action.FINISH_MOVE or (
             action == Action.REFRESH and (disk.manifest is None or disk.fingerprints_match is False)
         )
-        return replace(base, action=action, reason=reason, content_changes=changes)
+        return replace(base, action=action, reason=reason, content_changes=changes, manifest=disk.manifest)
     if disk.legacy_kind == "dir":
         return replace(base, action=Action.MOVE, content_changes=True)
     if generation.has_output_files:

@@ -15,7 +15,7 @@ from .config import Settings
 from .db import GenerationRow, GenerationUpdate, ProjectRecord, iter_project_records, write_updates
 from .errors import GenerationError
 from .faults import checkpoint
-from .fsops import discard_tree, empty_trash, move_tree
+from .fsops import discard_tree, empty_trash, flush_to_disk, move_tree
 from .layout import (
     ARTIFACTS_DIR,
     StorageLayout,
@@ -56,6 +56,7 @@ def rollback(settings: Settings) -> RunReport:
 
 
 def _flush(engine, updates: list[GenerationUpdate], outcomes: list[GenerationOutcome], report: RunReport) -> None:
+    flush_to_disk()
     checkpoint("before-database-write")
     write_updates(engine, updates, [])
     checkpoint("after-database-write")

@@ -19,7 +19,7 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from storage_migrator.config import BASE_REVISION
-from storage_migrator.schema import current_revision
+from storage_migrator.db import current_revision
 
 MIN_PROJECTS = 5
 """Demo, two edge-case projects, one project without a completed generation, one without any."""

@@ -1,16 +1,11 @@
-"""Alembic driven from Python: upgrade/downgrade a database and tell which revision it is at.
-
-The tool refuses to touch a database that is not at head, and the demo and the tests build
-databases through the same migrations an operator runs.
-"""
+"""Alembic driven from Python: the demo and the tests build databases through the very
+migrations an operator runs (``alembic upgrade``), never through a schema of their own."""
 from __future__ import annotations
 
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from sqlalchemy.engine import Connection
 
 ALEMBIC_INI = Path(__file__).resolve().parent.parent / "alembic.ini"
 
@@ -32,7 +27,3 @@ def upgrade_schema(database_url: str, revision: str = "head") -> None:
 
 def downgrade_schema(database_url: str, revision: str) -> None:
     command.downgrade(alembic_config(database_url), revision)
-
-
-def current_revision(connection: Connection) -> str | None:
-    return MigrationContext.configure(connection).get_current_revision()

@@ -36,12 +36,9 @@ class FileRecord:
     sha256: str
 
 
-@dataclass(frozen=True)
-class Fingerprint:
-    """What one ``lstat`` says of a file; equal fingerprints mean resync need not read it."""
-
-    size: int
-    mtime_ns: int
+Fingerprint = tuple[int, int]
+"""(size, mtime_ns) of one file, from one ``lstat``: equal fingerprints mean resync need not
+read the file. A plain tuple: resync builds and compares one per file of every generation."""
 
 
 @dataclass
@@ -71,31 +68,28 @@ class TreeSnapshot:
         return read_regular_file(self.root, path)
 
 
-def _relative(parts: tuple[str, ...]) -> str:
-    return "/".join(parts)
-
-
 def walk_files(root: Path) -> Iterator[tuple[str, os.stat_result]]:
-    """Every regular file below ``root`` as (relative '/' path, lstat), depth first, sorted.
+    """Every regular file below ``root`` as (relative '/' path, lstat), depth first.
 
     Raises GenerationError for a symlink, a socket, a device or a FIFO anywhere in the tree:
     such an entry is never followed, read or copied, and the generation is left where it is.
+    Works on strings, not Path objects: this runs once per file of every generation.
     """
-    stack: list[tuple[Path, tuple[str, ...]]] = [(root, ())]
+    stack: list[tuple[str, str]] = [(os.fspath(root), "")]
     while stack:
-        directory, parts = stack.pop()
+        directory, prefix = stack.pop()
         try:
             with os.scandir(directory) as entries:
                 children = sorted(entries, key=lambda entry: entry.name, reverse=True)
         except PermissionError as error:
             raise GenerationError(f"cannot list {directory}: permission denied; fix its permissions and rerun") from error
         for entry in children:
-            child_parts = (*parts, entry.name)
+            relative = prefix + entry.name
             status = entry.stat(follow_symlinks=False)
             if stat.S_ISDIR(status.st_mode):
-                stack.append((Path(entry.path), child_parts))
+                stack.append((entry.path, relative + "/"))
             elif stat.S_ISREG(status.st_mode):
-                yield _relative(child_parts), status
+                yield relative, status
             elif stat.S_ISLNK(status.st_mode):
                 raise GenerationError(
                     f"{entry.path} is a symlink; it is never followed: replace it with the file it "
@@ -107,7 +101,7 @@ def walk_files(root: Path) -> Iterator[tuple[str, os.stat_result]]:
 
 def read_regular_file(root: Path, relative_path: str) -> bytes:
     """Read a file below ``root`` without following a symlink at its last component."""
-    full_path = root / relative_path
+    full_path = os.path.join(root, relative_path)
     try:
         descriptor = os.open(full_path, READ_FLAGS)
     except PermissionError as error:
@@ -137,6 +131,6 @@ def scan_tree(root: Path, keep_contents: bool = True) -> TreeSnapshot:
 def fingerprint_tree(root: Path) -> dict[str, Fingerprint]:
     """One lstat per file and nothing read: what resync compares with the manifest."""
     return {
-        relative_path: Fingerprint(size=status.st_size, mtime_ns=status.st_mtime_ns)
+        relative_path: (status.st_size, status.st_mtime_ns)
         for relative_path, status in walk_files(root)
     }
