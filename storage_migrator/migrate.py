@@ -18,7 +18,15 @@ from itertools import repeat
 import sqlalchemy as sa
 
 from .config import Settings
-from .db import check_at_head, create_database_engine, first_line, generations, iter_project_ids, iter_project_records
+from .db import (
+    check_at_head,
+    create_database_engine,
+    first_line,
+    generations,
+    iter_project_ids,
+    iter_project_records,
+    load_output_files,
+)
 from .errors import GenerationError, UsageError
 from .execute import Executor
 from .fsops import empty_trash
@@ -42,6 +50,10 @@ def open_installation(settings: Settings, command: str) -> tuple[StorageLayout, 
     engine = create_database_engine(settings.database_url, command=f"storage-migrate {command}")
     check_at_head(engine)
     return StorageLayout(root, settings.path_prefix), engine
+
+
+def output_files_checker(engine: sa.Engine) -> Callable[[str], bool]:
+    return lambda generation_id: bool(load_output_files(engine, generation_id))
 
 
 def count_generations(engine: sa.Engine) -> int:
@@ -117,7 +129,7 @@ def migrate(
 def _plan_only(layout: StorageLayout, engine: sa.Engine, report: RunReport, resync: bool, only: list[str] | None) -> None:
     seen: set[str] = set()
     for record in iter_project_records(engine, only=only):
-        plan = plan_project(record, layout, check_fingerprints=resync)
+        plan = plan_project(record, layout, resync, output_files_checker(engine))
         report.outcomes.extend(plan_outcome(generation_plan) for generation_plan in plan.generations)
         seen.update(generation.id for generation in record.generations)
     if resync and only is None:
@@ -143,7 +155,7 @@ def _carry_out_projects(layout: StorageLayout, engine: sa.Engine, report: RunRep
     seen: set[str] = set()
     try:
         for record in iter_project_records(engine, only=only):
-            executor.carry_out(plan_project(record, layout, check_fingerprints=resync))
+            executor.carry_out(plan_project(record, layout, resync, output_files_checker(engine)))
             seen.update(generation.id for generation in record.generations)
     finally:
         executor.finish()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import stat
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path
@@ -230,12 +231,31 @@ def _decide_generation(
 
 
 def plan_project(
-    record: ProjectRecord, layout: StorageLayout, check_fingerprints: bool = False
+    record: ProjectRecord,
+    layout: StorageLayout,
+    check_fingerprints: bool = False,
+    has_output_files: Callable[[str], bool] | None = None,
 ) -> ProjectPlan:
-    """Probe the disk for every generation of ``record`` and decide."""
+    """Probe the disk for every generation of ``record`` and decide.
+
+    ``has_output_files(generation_id)`` confirms, for a generation without any folder, that its
+    ``output_files`` holds files: the row query only knows the column is not SQL NULL, and a
+    JSON ``null`` or ``{}`` must not be planned as a rebuild.
+    """
     disks: dict[str, DiskState] = {}
     for generation in record.generations:
         if _is_safe(generation.id, "generation id") or _is_safe(generation.project_id, "project id"):
             continue
         disks[generation.id] = probe_disk(layout, generation, check_fingerprints)
+    if has_output_files is not None:
+        record = replace(record, generations=tuple(
+            replace(generation, has_output_files=has_output_files(generation.id))
+            if generation.id in disks and _has_no_folder(disks[generation.id]) and generation.has_output_files
+            else generation
+            for generation in record.generations
+        ))
     return decide_project(record, layout, disks)
+
+
+def _has_no_folder(disk: DiskState) -> bool:
+    return disk.legacy_kind == "missing" and not disk.source_exists

@@ -147,3 +147,19 @@ def test_generation_whose_project_row_is_gone(sqlite_url: str, tmp_path: Path) -
     entry = by_id(document)[generation_id]
     assert entry["action"] == "failed" and "no row in projects" in entry["error"]
     assert (installation.root / generation_id).is_dir()
+
+
+def test_output_files_holding_json_null_is_not_a_rebuild(installation: Installation) -> None:
+    failed_id = installation.sample.failed_without_folder_generation_ids[0]
+    completed_id = installation.sample.missing_folder_generation_id
+    cast = "CAST('null' AS JSON)" if installation.engine().dialect.name == "postgresql" else "'null'"
+    execute(installation, f"UPDATE generations SET output_files = {cast} WHERE id IN (:a, :b)", a=failed_id, b=completed_id)
+    planned = by_id(json.loads(run_cli(installation, "--json", "--dry-run").stdout))
+    assert planned[failed_id]["action"] == "skip"
+    assert planned[completed_id]["action"] == "fail" and "output_files is empty" in planned[completed_id]["error"]
+    code, document = run_json(installation)
+    assert code == 1
+    entries = by_id(document)
+    assert entries[failed_id]["action"] == "skipped"
+    assert entries[completed_id]["action"] == "failed"
+    assert_others_migrated(document, {completed_id})
