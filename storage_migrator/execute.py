@@ -268,7 +268,8 @@ class Executor:
     ) -> tuple[diff.ChangeSummary, str | None]:
         generation = plan.generation
         target = _target(plan)
-        make_dirs(artifacts_dir(target))
+        if not os.path.isdir(artifacts_dir(target)):
+            make_dirs(artifacts_dir(target))        # a folder put in place by hand or by an older run
         manifest = tree.manifest if isinstance(tree, ManifestTree) else Manifest.from_snapshot(
             tree, generation.id, generation.project_id, generation.version or 0, generation.created_at
         )

@@ -80,7 +80,7 @@ class Manifest:
             total_size_bytes=int(document["total_size_bytes"]),
             checksums=dict(document["checksums"]),
             fingerprints={
-                path: (int(pair[0]), int(pair[1]))
+                path: tuple(pair)
                 for path, pair in document.get("fingerprints", {}).items()
             },
         )
