@@ -23,6 +23,10 @@ class Output:
     quiet: bool
     verbose: bool
 
+    def keeps_every_line(self) -> bool:
+        """JSON and -v print every generation; text mode needs only failures and skips."""
+        return self.as_json or self.verbose
+
     def show_progress(self) -> bool:
         return not (self.as_json or self.quiet) and sys.stderr.isatty()
 
@@ -45,16 +49,16 @@ def _human_bytes(count: int) -> str:
     return f"{count} B"
 
 
-def progress_bar(output: Output, description: str) -> Callable[[int], Callable[[], None]] | None:
+def progress_bar(output: Output, description: str) -> Callable[[int], Callable[[int], None]] | None:
     """A tqdm bar on stderr, only when stderr is a terminal and output is not JSON or quiet."""
     if not output.show_progress():
         return None
 
-    def start(total: int) -> Callable[[], None]:
+    def start(total: int) -> Callable[[int], None]:
         from tqdm import tqdm
 
         bar = tqdm(total=total, desc=description, unit="gen", file=sys.stderr, leave=False)
-        return lambda: bar.update(1)
+        return lambda count=1: bar.update(count)
 
     return start
 
@@ -136,7 +140,7 @@ def run(context: Context, dry_run: bool, workers: int) -> None:
     from .migrate import migrate
 
     report = migrate(context.settings, dry_run=dry_run, progress=progress_bar(context.output, "migrating"),
-                     workers=workers)
+                     workers=workers, keep_all=dry_run or context.output.keeps_every_line())
     render_report(report, context.output)
     sys.exit(report.exit_code)
 
@@ -197,7 +201,7 @@ def resync(context: Context, workers: int) -> None:
     from .migrate import migrate
 
     report = migrate(context.settings, resync=True, progress=progress_bar(context.output, "resyncing"),
-                     workers=workers)
+                     workers=workers, keep_all=context.output.keeps_every_line())
     render_report(report, context.output)
     sys.exit(report.exit_code)
 
@@ -226,7 +230,7 @@ def rollback(context: Context) -> None:
     """Move every generation back to <ROOT>/<generation_id>/ and restore storage_path."""
     from .rollback import rollback as rollback_installation
 
-    report = rollback_installation(context.settings)
+    report = rollback_installation(context.settings, keep_all=context.output.keeps_every_line())
     render_report(report, context.output)
     sys.exit(report.exit_code)
 
@@ -239,7 +243,7 @@ def watch(context: Context, debounce: float) -> None:
     from .watch import watch as watch_storage
 
     def on_report(report: RunReport) -> None:
-        if report.outcomes or report.failed:
+        if report.migrated or report.failed:
             render_report(report, context.output)
 
     watch_storage(context.settings, debounce_seconds=debounce, on_report=on_report)

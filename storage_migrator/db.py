@@ -241,6 +241,14 @@ def project_ids_for_names(engine: Engine, names: Sequence[str]) -> set[str]:
     return found
 
 
+def existing_generation_ids(engine: Engine, candidates: Sequence[str]) -> set[str]:
+    """Which of ``candidates`` are generation ids in the database (one query)."""
+    if not candidates:
+        return set()
+    with engine.connect() as connection:
+        return set(connection.execute(sa.select(generations.c.id).where(generations.c.id.in_(candidates))).scalars())
+
+
 def load_output_files(engine: Engine, generation_id: str) -> dict[str, str] | None:
     """The ``output_files`` JSON of one generation: only read when its folder must be rebuilt."""
     with engine.connect() as connection:

@@ -97,7 +97,7 @@ class Executor:
     engine: Engine
     report: RunReport
     batch_size: int = 500
-    on_generation: Callable[[], None] = lambda: None
+    on_generation: Callable[[int], None] = lambda count: None
     _pending: list[PendingWrite] = field(default_factory=list)
     _project_updates: list[ProjectUpdate] = field(default_factory=list)
 
@@ -110,7 +110,7 @@ class Executor:
             self._pending.append(PendingWrite(outcome, update))
             if tree is not None:
                 previous, previous_version = tree, generation_plan.generation.version
-            self.on_generation()
+            self.on_generation(1)
         self._point_active_link(plan)
         record = plan.record
         if record.exists and (
@@ -132,7 +132,8 @@ class Executor:
             checkpoint("before-database-write")
             write_updates(self.engine, updates, self._project_updates)
             checkpoint("after-database-write")
-            self.report.outcomes.extend(pending.outcome for pending in self._pending)
+            for pending in self._pending:
+                self.report.add(pending.outcome)
         except sa.exc.DBAPIError as error:
             message = f"database write failed ({first_line(error)}); rerun to finish"
             for pending in self._pending:
@@ -140,7 +141,7 @@ class Executor:
                 if pending.update is not None and not outcome.failed:
                     outcome = GenerationOutcome(outcome.id, outcome.project_id, outcome.version, "failed",
                                                 outcome.storage_path, error=message)
-                self.report.outcomes.append(outcome)
+                self.report.add(outcome)
         self._pending.clear()
         self._project_updates.clear()
 
@@ -299,7 +300,7 @@ class Executor:
             try:
                 replace_symlink(link, active.target_dir.name)
             except GenerationError as error:
-                self.report.outcomes.append(_outcome(active, "failed", active.storage_path, error=str(error)))
+                self.report.add(_outcome(active, "failed", active.storage_path, error=str(error)))
             checkpoint("active-link")
         elif link.is_symlink():
             link.unlink()

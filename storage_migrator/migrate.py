@@ -24,6 +24,7 @@ from .db import (
     first_line,
     generations,
     iter_project_ids,
+    existing_generation_ids,
     iter_project_records,
     load_output_files,
 )
@@ -36,8 +37,9 @@ from .plan import Action, GenerationPlan, plan_project
 from .report import GenerationOutcome, RunReport
 from .tree import fingerprint_tree
 
-ProgressFactory = Callable[[int], Callable[[], None]]
+ProgressFactory = Callable[[int], Callable[[int], None]]
 WORKER_CHUNK_PROJECTS = 16
+ORPHAN_LOOKUP_BATCH = 500
 PR_SET_PDEATHSIG = 1
 
 
@@ -100,6 +102,7 @@ def migrate(
     progress: ProgressFactory | None = None,
     only_projects: Collection[str] | None = None,
     workers: int = 1,
+    keep_all: bool = True,
 ) -> RunReport:
     """Plan every project (or those in ``only_projects``) and, unless ``dry_run``, carry the
     plans out under the run lock. Returns the report.
@@ -109,7 +112,7 @@ def migrate(
     """
     command = "resync" if resync else "run"
     layout, engine = open_installation(settings, command)
-    report = RunReport(command=command, dry_run=dry_run)
+    report = RunReport(command=command, dry_run=dry_run, keep_all=keep_all)
     only = None if only_projects is None else sorted(only_projects)
     try:
         if dry_run:
@@ -127,43 +130,39 @@ def migrate(
 
 
 def _plan_only(layout: StorageLayout, engine: sa.Engine, report: RunReport, resync: bool, only: list[str] | None) -> None:
-    seen: set[str] = set()
     for record in iter_project_records(engine, only=only):
         plan = plan_project(record, layout, resync, output_files_checker(engine))
-        report.outcomes.extend(plan_outcome(generation_plan) for generation_plan in plan.generations)
-        seen.update(generation.id for generation in record.generations)
+        for generation_plan in plan.generations:
+            report.add(plan_outcome(generation_plan))
     if resync and only is None:
-        report.orphans = find_orphans(layout, seen)
+        report.orphans = find_orphans(layout, engine)
 
 
 def _carry_out(layout: StorageLayout, engine: sa.Engine, report: RunReport, resync: bool, only: list[str] | None,
                progress: ProgressFactory | None, workers: int) -> None:
     empty_trash(layout.trash_dir)
-    tick = progress(count_generations(engine)) if progress else (lambda: None)
+    tick = progress(count_generations(engine)) if progress else (lambda count: None)
     if workers > 1 and only is None:
-        seen = _carry_out_in_workers(layout, engine, report, resync, tick, workers)
+        _carry_out_in_workers(layout, engine, report, resync, tick, workers)
     else:
-        seen = _carry_out_projects(layout, engine, report, resync, only, tick)
+        _carry_out_projects(layout, engine, report, resync, only, tick)
     if resync and only is None and report.error is None:
-        report.orphans = find_orphans(layout, seen)
+        report.orphans = find_orphans(layout, engine)
 
 
 def _carry_out_projects(layout: StorageLayout, engine: sa.Engine, report: RunReport, resync: bool,
-                        only: list[str] | None, tick: Callable[[], None]) -> set[str]:
-    """The executor over a stream of projects; returns the ids of the generations it saw."""
+                        only: list[str] | None, tick: Callable[[int], None]) -> None:
+    """The executor over a stream of projects."""
     executor = Executor(layout, engine, report, on_generation=tick)
-    seen: set[str] = set()
     try:
         for record in iter_project_records(engine, only=only):
             executor.carry_out(plan_project(record, layout, resync, output_files_checker(engine)))
-            seen.update(generation.id for generation in record.generations)
     finally:
         executor.finish()
-    return seen
 
 
 def _carry_out_in_workers(layout: StorageLayout, engine: sa.Engine, report: RunReport, resync: bool,
-                          tick: Callable[[], None], workers: int) -> set[str]:
+                          tick: Callable[[int], None], workers: int) -> None:
     """Projects in chunks over ``workers`` forked processes; each project is wholly one worker's,
     so the per-project ordering (v<P> written before the diff of v<N>) holds as in one process.
 
@@ -175,30 +174,26 @@ def _carry_out_in_workers(layout: StorageLayout, engine: sa.Engine, report: RunR
     chunk_size = max(1, min(WORKER_CHUNK_PROJECTS, len(project_ids) // (workers * 4) or 1))
     chunks = [project_ids[start : start + chunk_size] for start in range(0, len(project_ids), chunk_size)]
     engine.dispose()
-    seen: set[str] = set()
     context = multiprocessing.get_context("fork")
     database_url = engine.url.render_as_string(hide_password=False)
     try:
         with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_die_with_parent) as pool:
-            for chunk_report in pool.map(_migrate_chunk, repeat(layout), repeat(database_url), chunks, repeat(resync)):
-                report.outcomes.extend(chunk_report.outcomes)
-                report.bytes_handled += chunk_report.bytes_handled
-                report.error = report.error or chunk_report.error
-                seen.update(outcome.id for outcome in chunk_report.outcomes)
-                for _ in chunk_report.outcomes:
-                    tick()
+            for chunk_report in pool.map(_migrate_chunk, repeat(layout), repeat(database_url), chunks,
+                                         repeat(resync), repeat(report.keep_all)):
+                report.merge(chunk_report)
+                tick(chunk_report.migrated + chunk_report.skipped + chunk_report.failed)
     except BrokenProcessPool:
         report.error = ("a worker process died (killed, or out of memory); what is on disk is consistent — "
                         "rerun the command")
-    return seen
 
 
-def _migrate_chunk(layout: StorageLayout, database_url: str, project_ids: list[str], resync: bool) -> RunReport:
+def _migrate_chunk(layout: StorageLayout, database_url: str, project_ids: list[str], resync: bool,
+                   keep_all: bool) -> RunReport:
     """One worker's share: its own engine, its own batches."""
     engine = create_database_engine(database_url, command="storage-migrate worker")
-    report = RunReport(command="worker")
+    report = RunReport(command="worker", keep_all=keep_all)
     try:
-        _carry_out_projects(layout, engine, report, resync, project_ids, lambda: None)
+        _carry_out_projects(layout, engine, report, resync, project_ids, lambda count: None)
     except sa.exc.DBAPIError as error:
         report.error = f"lost the database mid-run ({first_line(error)}); rerun when the database is back"
     finally:
@@ -217,20 +212,24 @@ def _die_with_parent() -> None:
         os._exit(1)
 
 
-def find_orphans(layout: StorageLayout, generation_ids: set[str]) -> list[str]:
-    """Folders on disk that no generation row owns; reported, never deleted."""
-    orphans: list[str] = []
+def find_orphans(layout: StorageLayout, engine: sa.Engine) -> list[str]:
+    """Folders on disk that no generation row owns; reported, never deleted. Names are looked up
+    in the database in batches, so memory does not grow with the number of generations."""
+    candidates: list[tuple[str, str]] = []          # (generation id it would belong to, folder)
     for entry in sorted(layout.root.iterdir()):
-        if entry.name == STATE_DIR or entry.name.startswith("."):
+        if entry.name == STATE_DIR or entry.name.startswith(".") or not entry.is_dir() or entry.is_symlink():
             continue
         generations_dir = entry / "generations"
-        if entry.name in generation_ids:
-            continue
         if generations_dir.is_dir() and not generations_dir.is_symlink():
             for child in sorted(generations_dir.iterdir()):
                 parsed = parse_target_dir_name(child.name)
-                if parsed is not None and parsed[1] not in generation_ids:
-                    orphans.append(str(child))
-        elif entry.is_dir():
-            orphans.append(str(entry))
+                if parsed is not None and not child.is_symlink():
+                    candidates.append((parsed[1], str(child)))
+        else:
+            candidates.append((entry.name, str(entry)))
+    orphans: list[str] = []
+    for start in range(0, len(candidates), ORPHAN_LOOKUP_BATCH):
+        batch = candidates[start : start + ORPHAN_LOOKUP_BATCH]
+        known = existing_generation_ids(engine, [generation_id for generation_id, _ in batch])
+        orphans.extend(folder for generation_id, folder in batch if generation_id not in known)
     return orphans

@@ -50,28 +50,44 @@ class GenerationOutcome:
 
 @dataclass
 class RunReport:
-    """The result of ``run``, ``--dry-run``, ``resync`` or ``rollback``."""
+    """The result of ``run``, ``--dry-run``, ``resync`` or ``rollback``.
+
+    Counts every generation, but keeps the line of a generation that went as planned
+    (migrated, unchanged) only with ``keep_all``, which the JSON document and ``-v`` need: so a
+    cron resync over any number of generations holds only its failures and skips in memory.
+    """
 
     command: str
     dry_run: bool = False
+    keep_all: bool = True
     outcomes: list[GenerationOutcome] = field(default_factory=list)
     orphans: list[str] = field(default_factory=list)
     bytes_handled: int = 0
     error: str | None = None          # why the run stopped early (e.g. the database went away)
+    migrated: int = 0
+    skipped: int = 0
+    failed: int = 0
     started: float = field(default_factory=time.monotonic)
     finished: float | None = None
 
-    @property
-    def migrated(self) -> int:
-        return sum(outcome.action in MIGRATED_ACTIONS for outcome in self.outcomes)
+    def add(self, outcome: GenerationOutcome) -> None:
+        if outcome.failed:
+            self.failed += 1
+        elif outcome.action in MIGRATED_ACTIONS:
+            self.migrated += 1
+        else:
+            self.skipped += 1
+        if self.keep_all or outcome.failed or outcome.action in ("skip", "skipped"):
+            self.outcomes.append(outcome)
 
-    @property
-    def failed(self) -> int:
-        return sum(outcome.failed for outcome in self.outcomes)
-
-    @property
-    def skipped(self) -> int:
-        return len(self.outcomes) - self.migrated - self.failed
+    def merge(self, other: "RunReport") -> None:
+        """Fold a worker's report into this one (its lines were already filtered the same way)."""
+        self.outcomes.extend(other.outcomes)
+        self.migrated += other.migrated
+        self.skipped += other.skipped
+        self.failed += other.failed
+        self.bytes_handled += other.bytes_handled
+        self.error = self.error or other.error
 
     @property
     def seconds(self) -> float:

@@ -31,9 +31,9 @@ from .tree import scan_tree
 BATCH_SIZE = 500
 
 
-def rollback(settings: Settings) -> RunReport:
+def rollback(settings: Settings, keep_all: bool = True) -> RunReport:
     layout, engine = open_installation(settings, "rollback")
-    report = RunReport(command="rollback")
+    report = RunReport(command="rollback", keep_all=keep_all)
     try:
         with RunLock(layout.lock_file, engine, "storage-migrate rollback"):
             empty_trash(layout.trash_dir)
@@ -60,7 +60,8 @@ def _flush(engine, updates: list[GenerationUpdate], outcomes: list[GenerationOut
     checkpoint("before-database-write")
     write_updates(engine, updates, [])
     checkpoint("after-database-write")
-    report.outcomes.extend(outcomes)
+    for outcome in outcomes:
+        report.add(outcome)
     updates.clear()
     outcomes.clear()
 

@@ -100,7 +100,7 @@ def watch(
             if not project_ids:
                 continue
             try:
-                on_report(migrate(settings, resync=True, only_projects=project_ids))
+                on_report(migrate(settings, resync=True, only_projects=project_ids, keep_all=False))
             except LockHeld:
                 collector.put_back(names)
     except KeyboardInterrupt:

@@ -166,3 +166,10 @@ def test_missing_storage_root_is_a_usage_error(tmp_path: Path, sqlite_url: str) 
     installation = build_installation(sqlite_url, tmp_path / "projects")
     result = run_cli(installation, "run", extra_environment={"STORAGE_ROOT": str(tmp_path / "nowhere")})
     assert result.returncode == 2 and "storage root" in result.stderr
+
+
+def test_text_mode_report_keeps_only_failures_and_skips(installation: Installation) -> None:
+    report = migrate(installation.settings, keep_all=False)
+    assert report.migrated > 10 and report.failed == 0
+    assert {outcome.action for outcome in report.outcomes} == {"skipped"}
+    assert report.skipped == len(report.outcomes)
