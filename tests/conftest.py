@@ -16,6 +16,8 @@ import sqlalchemy as sa
 
 from storage_migrator.config import normalize_database_url
 
+from .sandbox import empty_public_schema
+
 DEFAULT_TEST_DATABASE_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 
 
@@ -52,11 +54,7 @@ def postgres_database() -> Iterator[str]:
 @pytest.fixture
 def postgres_url(postgres_database: str) -> Iterator[str]:
     """The session's database, emptied before each test (faster than a database per test)."""
-    engine = sa.create_engine(postgres_database, poolclass=sa.pool.NullPool)
-    with engine.begin() as connection:
-        connection.execute(sa.text("DROP SCHEMA public CASCADE"))
-        connection.execute(sa.text("CREATE SCHEMA public"))
-    engine.dispose()
+    empty_public_schema(postgres_database)
     yield postgres_database
 
 

@@ -22,18 +22,10 @@ def installation(database_url: str, tmp_path: Path) -> Installation:
     return build_installation(database_url, tmp_path / "projects")
 
 
-def generation_rows(installation: Installation) -> dict[str, sa.RowMapping]:
+def rows_by_id(installation: Installation, table: str) -> dict[str, sa.RowMapping]:
     engine = installation.engine()
     with engine.connect() as connection:
-        rows = {row["id"]: row for row in connection.execute(sa.text("SELECT * FROM generations")).mappings()}
-    engine.dispose()
-    return rows
-
-
-def project_rows(installation: Installation) -> dict[str, sa.RowMapping]:
-    engine = installation.engine()
-    with engine.connect() as connection:
-        rows = {row["id"]: row for row in connection.execute(sa.text("SELECT * FROM projects")).mappings()}
+        rows = {row["id"]: row for row in connection.execute(sa.text(f"SELECT * FROM {table}")).mappings()}
     engine.dispose()
     return rows
 
@@ -73,8 +65,8 @@ def test_run_builds_the_versioned_layout(installation: Installation) -> None:
     }
     report = migrate(installation.settings)
     assert report.failed == 0, [outcome for outcome in report.outcomes if outcome.failed]
-    rows = generation_rows(installation)
-    projects = project_rows(installation)
+    rows = rows_by_id(installation, "generations")
+    projects = rows_by_id(installation, "projects")
     layout = StorageLayout(installation.root, "./storage/projects")
     processing = installation.sample.processing_generation_id
     assert (installation.root / processing).is_dir(), "a processing generation is never moved"

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from storage_migrator.migrate import migrate
 from storage_migrator.sample_data import SampleSize
 
-from .sandbox import build_installation
+from .sandbox import build_installation, empty_public_schema
 
 
 @contextmanager
@@ -32,11 +32,7 @@ def empty_database(database_url: str, folder: Path) -> str:
     """A fresh SQLite file, or the PostgreSQL test database emptied."""
     if database_url.startswith("sqlite"):
         return f"sqlite:///{folder / 'codebegen.db'}"
-    engine = sa.create_engine(database_url, poolclass=sa.pool.NullPool)
-    with engine.begin() as connection:
-        connection.execute(sa.text("DROP SCHEMA public CASCADE"))
-        connection.execute(sa.text("CREATE SCHEMA public"))
-    engine.dispose()
+    empty_public_schema(database_url)
     return database_url
 
 
