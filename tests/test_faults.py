@@ -103,3 +103,27 @@ def test_permission_denied_fails_that_generation_only(installation: Installation
     again = migrate(installation.settings)
     assert again.failed == 0
     assert_migrated_intact(installation, fake_disk.legacy_checksums)
+
+
+def test_permission_denied_at_the_copy_target_keeps_the_source(installation: Installation, fake_disk) -> None:
+    project_dir = installation.root / installation.sample.demo_project_id
+    fake_disk.add_mount_point(str(project_dir))
+    for path in [installation.root, *installation.root.rglob("*")]:
+        os.chown(path, 1000, 1000, follow_symlinks=False)
+    (project_dir / "generations").mkdir()
+    os.chown(project_dir / "generations", 1000, 1000)
+    os.chmod(project_dir / "generations", 0o555)        # the other filesystem refuses our writes
+    set_uid(1000)
+    try:
+        report = migrate(installation.settings)
+    finally:
+        set_uid(0)
+    failed = {o.id: o.error for o in report.outcomes if o.failed}
+    demo_ids = demo_legacy_ids(installation, fake_disk)
+    assert set(failed) == set(demo_ids) and all("permission denied" in error for error in failed.values()), failed
+    for generation_id in demo_ids:
+        assert scan_tree(installation.root / generation_id).checksums() == fake_disk.legacy_checksums[generation_id]
+    os.chmod(project_dir / "generations", 0o755)
+    again = migrate(installation.settings)
+    assert again.failed == 0, [o.error for o in again.outcomes if o.failed]
+    assert_migrated_intact(installation, fake_disk.legacy_checksums)
