@@ -3,7 +3,9 @@ batch mode on SQLite, whose ALTER TABLE cannot change columns or constraints in 
 from __future__ import annotations
 
 from alembic import context
-from sqlalchemy import create_engine, pool
+from pathlib import Path
+
+from sqlalchemy import create_engine, make_url, pool
 
 from storage_migrator.config import database_url_from_env, ensure_sqlite_parent, normalize_database_url
 
@@ -29,8 +31,9 @@ def run_migrations_offline() -> None:
 
 
 def run_migrations_online() -> None:
-    url = _database_url()
-    ensure_sqlite_parent(url)
+    url = make_url(_database_url())
+    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+        ensure_sqlite_parent(Path(url.database))
     engine = create_engine(url, poolclass=pool.NullPool)
     with engine.connect() as connection:
         context.configure(

@@ -1,10 +1,14 @@
 """Benchmark: `storage-migrate run` against the shell pipeline an operator would otherwise write
 (`mv` per folder, `find | wc -l`, `du -sb`, `diff -ruN` per consecutive pair) and against the
-`sha256sum` floor (every byte read once), on copies of one generated corpus, in one run.
+`sha256sum` floor (every byte read once), on copies of one corpus, in one run, per corpus.
 
-    .venv/bin/python benchmarks/bench_run.py [--generations 1000 --files 60000] [--scale K]
+    .venv/bin/python benchmarks/bench_run.py [--corpus real|synthetic|both] [--scale K]
                                               [--database sqlite,postgresql]
+                                              [--generations 1000 --files 60000]
 
+The corpus that counts is `real` (benchmarks/real_corpus.py: consecutive releases of real
+packages, fetched once into benchmarks/.cache/); `synthetic` is sample_data's generated one.
+`--scale K` lays out K copies of each real project, or K times the synthetic size.
 Every contender gets a fresh `cp -a` copy and a warm page cache (the corpus is read once before
 each timing: dropping caches needs privileges a CI machine may lack). Wall time and peak RSS come
 from GNU time. The tool's result is checked with `storage-migrate verify` (not timed).
@@ -26,12 +30,16 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from storage_migrator.config import BASE_REVISION, HEAD_REVISION
-from storage_migrator.sample_data import SampleSize, generate_installation
+from storage_migrator.demo import SampleSize, generate_installation
 from storage_migrator.schema import upgrade_schema
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from real_corpus import build_real_installation, versions_per_project
 
 TOOL = [sys.executable, "-m", "storage_migrator"]
 SERVER_URL = os.environ.get("TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 LEGACY_TABLES = ("users", "organizations", "projects", "generations")
+DRY_RUN, RUN_ONE, RUN, RESYNC = "dry-run", "run --workers 1", "run", "resync"
 
 
 @dataclass(frozen=True)
@@ -42,16 +50,38 @@ class Timing:
     peak_rss_mb: float
     files: int
 
-    def row(self) -> str:
-        rate = self.files / self.seconds if self.seconds else float("inf")
-        return f"| {self.contender} | {self.database} | {self.seconds:.2f} | {self.peak_rss_mb:.0f} | {rate:,.0f} |"
+
+@dataclass(frozen=True)
+class Corpus:
+    """A legacy installation on disk (``folder/projects``) with its rows in ``folder/codebegen.db``."""
+
+    name: str
+    description: str
+    folder: Path
+    sqlite_url: str
+    files: int
+
+
+@dataclass(frozen=True)
+class PostgresCopy:
+    """A template database holding the corpus rows, and the working database made from it."""
+
+    template: str
+    url: str
+
+
+@dataclass(frozen=True)
+class Contender:
+    key: str
+    label: str
+    arguments: tuple[str, ...]
 
 
 def timed(command: list[str], environment: dict[str, str] | None = None) -> tuple[float, float]:
     """Wall seconds and peak RSS (MB) of a command, by GNU time; fails loudly if it fails."""
     report = Path(tempfile.mktemp(prefix="bench-time-"))
     result = subprocess.run(["/usr/bin/time", "-o", str(report), "-f", "%e %M", *command],
-                            env=environment, capture_output=True, text=True)
+                            env=environment, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         sys.exit(f"{shlex.join(command)} failed ({result.returncode}):\n{result.stderr[-3000:]}")
     seconds, kilobytes = report.read_text().split()[-2:]
@@ -59,14 +89,34 @@ def timed(command: list[str], environment: dict[str, str] | None = None) -> tupl
     return float(seconds), int(kilobytes) / 1024
 
 
-def build_corpus(folder: Path, size: SampleSize) -> tuple[str, int]:
-    """The legacy corpus on SQLite (rows at base revision), returns its URL and file count."""
+# --------------------------------------------------------------------------- corpora
+
+
+def _legacy_database(folder: Path) -> tuple[str, sa.Engine]:
     url = f"sqlite:///{folder / 'codebegen.db'}"
     upgrade_schema(url, BASE_REVISION)
-    engine = sa.create_engine(url)
+    return url, sa.create_engine(url)
+
+
+def build_synthetic(folder: Path, size: SampleSize) -> Corpus:
+    """sample_data's generated corpus, rows at the base revision, output_files left NULL."""
+    url, engine = _legacy_database(folder)
     sample = generate_installation(engine, folder / "projects", size, store_output_files=False)
     engine.dispose()
-    return url, sample.file_count
+    description = (f"synthetic (sample_data): {size.projects} projects x ~{size.generations_per_project} "
+                   f"generations, {sample.file_count:,} files, {sample.total_bytes / 1024**2:.0f} MiB")
+    return Corpus("synthetic", description, folder, url, sample.file_count)
+
+
+def build_real(folder: Path, scale: int) -> Corpus:
+    """Consecutive releases of real packages (benchmarks/real_corpus.py), K copies for --scale K."""
+    url, engine = _legacy_database(folder)
+    installation = build_real_installation(engine, folder / "projects", scale)
+    engine.dispose()
+    return Corpus("real", installation.describe(versions_per_project()), folder, url, installation.files)
+
+
+# --------------------------------------------------------------------------- databases
 
 
 def copy_rows(source_url: str, target_url: str) -> None:
@@ -85,14 +135,45 @@ def copy_rows(source_url: str, target_url: str) -> None:
     target.dispose()
 
 
-def fresh_copy(corpus: Path, destination: Path, database_url: str) -> tuple[Path, str]:
+def _admin(statements: list[str]) -> None:
+    admin = sa.create_engine(sa.make_url(SERVER_URL), isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        for statement in statements:
+            connection.execute(sa.text(statement))
+    admin.dispose()
+
+
+def prepare_postgres(sqlite_url: str) -> PostgresCopy:
+    """A template at the head revision with the corpus rows: each contender starts from a clone."""
+    template, working = f"bench_template_{uuid.uuid4().hex[:8]}", f"bench_{uuid.uuid4().hex[:8]}"
+    _admin([f'CREATE DATABASE "{template}"'])
+    template_url = sa.make_url(SERVER_URL).set(database=template).render_as_string(hide_password=False)
+    copy_rows(sqlite_url, template_url)
+    upgrade_schema(template_url, HEAD_REVISION)
+    return PostgresCopy(template, sa.make_url(SERVER_URL).set(database=working).render_as_string(hide_password=False))
+
+
+def reset_postgres(copy: PostgresCopy) -> None:
+    """Give PostgreSQL the corpus rows afresh: the working database is recreated from the template."""
+    name = sa.make_url(copy.url).database
+    _admin([f'DROP DATABASE IF EXISTS "{name}"', f'CREATE DATABASE "{name}" TEMPLATE "{copy.template}"'])
+
+
+def drop_postgres(copy: PostgresCopy) -> None:
+    _admin([f'DROP DATABASE IF EXISTS "{sa.make_url(copy.url).database}"', f'DROP DATABASE IF EXISTS "{copy.template}"'])
+
+
+# --------------------------------------------------------------------------- contenders
+
+
+def fresh_copy(corpus: Corpus, destination: Path, database_url: str) -> tuple[Path, str]:
     """A copy of the folders (mtimes kept) and, for SQLite, of the database file; warm cache."""
     if destination.exists():
         shutil.rmtree(destination)
     destination.mkdir(parents=True)
-    subprocess.run(["cp", "-a", str(corpus / "projects"), str(destination / "projects")], check=True)
+    subprocess.run(["cp", "-a", str(corpus.folder / "projects"), str(destination / "projects")], check=True)
     if database_url.startswith("sqlite"):
-        shutil.copy2(corpus / "codebegen.db", destination / "codebegen.db")
+        shutil.copy2(corpus.folder / "codebegen.db", destination / "codebegen.db")
         database_url = f"sqlite:///{destination / 'codebegen.db'}"
     subprocess.run(f"sync; find {shlex.quote(str(destination))} -type f -print0 | xargs -0 cat > /dev/null",
                    shell=True, check=True)
@@ -124,115 +205,143 @@ def shell_pipeline(database_url: str, root: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def bench_database(label: str, database_url: str, corpus: Path, work: Path, files: int, workers: int) -> list[Timing]:
-    timings = []
-    tool_env = lambda root, url: {**os.environ, "DATABASE_URL": url, "STORAGE_ROOT": str(root)}  # noqa: E731
-    for contender, arguments in (("storage-migrate --dry-run", ["-q", "--dry-run"]),
-                                 ("storage-migrate run --workers 1", ["-q", "run", "--workers", "1"]),
-                                 (f"storage-migrate run --workers {workers}", ["-q", "run", "--workers", str(workers)])):
+def contenders(workers: int | None) -> tuple[Contender, ...]:
+    """The tool's commands in the order they are timed; ``workers`` None keeps the tool's default."""
+    chosen = ("--workers", str(workers)) if workers else ()
+    named = f"--workers {workers}" if workers else f"(default workers: {os.cpu_count()} cores)"
+    return (Contender(DRY_RUN, "storage-migrate --dry-run", ("-q", "--dry-run")),
+            Contender(RUN_ONE, "storage-migrate run --workers 1", ("-q", "run", "--workers", "1")),
+            Contender(RUN, f"storage-migrate run {named}", ("-q", "run", *chosen)))
+
+
+def tool_env(root: Path, url: str) -> dict[str, str]:
+    return {**os.environ, "DATABASE_URL": url, "STORAGE_ROOT": str(root)}
+
+
+def bench_database(label: str, database_url: str, corpus: Corpus, work: Path, workers: int | None,
+                   postgres: PostgresCopy | None) -> dict[str, Timing]:
+    """Each contender on a fresh copy; an unchanged resync right after the last run; then verify."""
+    timings: dict[str, Timing] = {}
+    for contender in contenders(workers):
         root, url = fresh_copy(corpus, work / label, database_url)
-        if not url.startswith("sqlite"):
-            reset_postgres(url, corpus)
-        seconds, rss = timed([*TOOL, *arguments], tool_env(root, url))
-        timings.append(Timing(contender, label, seconds, rss, files))
-    seconds, rss = timed([*TOOL, "-q", "resync", "--workers", str(workers)], tool_env(root, url))
-    timings.append(Timing(f"storage-migrate resync --workers {workers} (unchanged)", label, seconds, rss, files))
-    check = subprocess.run([*TOOL, "-q", "verify"], env=tool_env(root, url), capture_output=True, text=True)
+        if postgres:
+            reset_postgres(postgres)
+        seconds, rss = timed([*TOOL, *contender.arguments], tool_env(root, url))
+        timings[contender.key] = Timing(contender.label, label, seconds, rss, corpus.files)
+    resync = ("-q", "resync", *(("--workers", str(workers)) if workers else ()))
+    seconds, rss = timed([*TOOL, *resync], tool_env(root, url))
+    timings[RESYNC] = Timing("storage-migrate resync right after run (unchanged)", label, seconds, rss, corpus.files)
+    check = subprocess.run([*TOOL, "-q", "verify"], env=tool_env(root, url), capture_output=True, text=True, check=False)
     if check.returncode != 0:
         sys.exit(f"verify failed after the run on {label}:\n{check.stdout[-3000:]}{check.stderr[-2000:]}")
+    shutil.rmtree(work / label, ignore_errors=True)
     return timings
 
 
-_postgres_template: dict[str, str] = {}
+def bench_baselines(corpus: Corpus, work: Path) -> tuple[Timing, Timing]:
+    """The shell pipeline and the sha256sum floor, each on its own fresh copy."""
+    root, url = fresh_copy(corpus, work / "shell", corpus.sqlite_url)
+    script = work / "pipeline.sh"
+    script.write_text(shell_pipeline(url, root))
+    seconds, rss = timed(["bash", str(script)])
+    shell = Timing("shell pipeline (mv, find|wc, du -sb, diff -ruN)", "-", seconds, rss, corpus.files)
+    shutil.rmtree(work / "shell", ignore_errors=True)
+    root, _ = fresh_copy(corpus, work / "floor", corpus.sqlite_url)
+    seconds, rss = timed(["bash", "-c", f"find {shlex.quote(str(root))} -type f -print0 | xargs -0 sha256sum > /dev/null"])
+    floor = Timing("sha256sum of every file (floor)", "-", seconds, rss, corpus.files)
+    shutil.rmtree(work / "floor", ignore_errors=True)
+    return shell, floor
 
 
-def reset_postgres(url: str, corpus: Path) -> None:
-    """Give PostgreSQL the corpus rows afresh: the database is recreated from a template."""
-    admin = sa.create_engine(sa.make_url(SERVER_URL), isolation_level="AUTOCOMMIT")
-    name = sa.make_url(url).database
-    with admin.connect() as connection:
-        connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}"'))
-        connection.execute(sa.text(f'CREATE DATABASE "{name}" TEMPLATE "{_postgres_template["name"]}"'))
-    admin.dispose()
-
-
-def prepare_postgres(sqlite_url: str) -> str:
-    admin = sa.create_engine(sa.make_url(SERVER_URL), isolation_level="AUTOCOMMIT")
-    template, working = f"bench_template_{uuid.uuid4().hex[:8]}", f"bench_{uuid.uuid4().hex[:8]}"
-    with admin.connect() as connection:
-        connection.execute(sa.text(f'CREATE DATABASE "{template}"'))
-    admin.dispose()
-    template_url = sa.make_url(SERVER_URL).set(database=template).render_as_string(hide_password=False)
-    copy_rows(sqlite_url, template_url)
-    upgrade_schema(template_url, HEAD_REVISION)
-    _postgres_template["name"] = template
-    return sa.make_url(SERVER_URL).set(database=working).render_as_string(hide_password=False)
-
-
-def drop_postgres(url: str) -> None:
-    admin = sa.create_engine(sa.make_url(SERVER_URL), isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        for name in (sa.make_url(url).database, _postgres_template.get("name")):
-            if name:
-                connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}"'))
-    admin.dispose()
+# --------------------------------------------------------------------------- report
 
 
 def machine() -> str:
     model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                   if line.startswith("model name")), platform.processor())
     memory = next(line.split()[1] for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal"))
-    return f"{os.cpu_count()} cores ({model}), {int(memory) // 1024**2} GiB, Python {platform.python_version()}"
+    return f"nproc {os.cpu_count()} ({model}), {int(memory) / 1024**2:.0f} GiB RAM, Python {platform.python_version()}"
+
+
+def _ratio(numerator: float, denominator: float) -> str:
+    return f"{numerator / denominator:.2f}" if denominator else "n/a"
+
+
+def timings_table(by_database: dict[str, dict[str, Timing]], shell: Timing, floor: Timing) -> list[str]:
+    lines = ["| contender | database | wall s | peak RSS MB | files/s | / shell | / sha256sum |",
+             "|---|---|---|---|---|---|---|"]
+    every = [timing for timings in by_database.values() for timing in timings.values()] + [shell, floor]
+    for timing in every:
+        rate = timing.files / timing.seconds if timing.seconds else float("inf")
+        lines.append(f"| {timing.contender} | {timing.database} | {timing.seconds:.2f} | {timing.peak_rss_mb:.0f} "
+                     f"| {rate:,.0f} | {_ratio(timing.seconds, shell.seconds)} | {_ratio(timing.seconds, floor.seconds)} |")
+    return lines
+
+
+def ratios_table(by_database: dict[str, dict[str, Timing]], shell: Timing, floor: Timing) -> list[str]:
+    lines = ["| database | run/shell | run/sha256sum | run --workers 1/shell | resync/run | peak RSS of run MB |",
+             "|---|---|---|---|---|---|"]
+    for label, timings in by_database.items():
+        run, single, resync = timings[RUN], timings[RUN_ONE], timings[RESYNC]
+        lines.append(f"| {label} | {_ratio(run.seconds, shell.seconds)} | {_ratio(run.seconds, floor.seconds)} "
+                     f"| {_ratio(single.seconds, shell.seconds)} | {_ratio(resync.seconds, run.seconds)} "
+                     f"| {run.peak_rss_mb:.0f} |")
+    return lines
+
+
+# --------------------------------------------------------------------------- main
+
+
+def bench_corpus(name: str, arguments: argparse.Namespace, work: Path) -> None:
+    """Build one corpus, time every contender on every database, print its header and tables."""
+    work.mkdir(parents=True, exist_ok=True)
+    folder = work / "corpus"
+    folder.mkdir()
+    if name == "real":
+        corpus = build_real(folder, arguments.scale)
+    else:
+        corpus = build_synthetic(folder, SampleSize.scaled(arguments.generations * arguments.scale,
+                                                           arguments.files * arguments.scale))
+    databases = [label.strip() for label in arguments.database.split(",") if label.strip()]
+    postgres = prepare_postgres(corpus.sqlite_url) if "postgresql" in databases else None
+    try:
+        upgrade_schema(corpus.sqlite_url, HEAD_REVISION)
+        by_database = {}
+        for label in databases:
+            url = corpus.sqlite_url if label == "sqlite" else postgres.url  # type: ignore[union-attr]
+            by_database[label] = bench_database(label, url, corpus, work, arguments.workers,
+                                                postgres if label == "postgresql" else None)
+        shell, floor = bench_baselines(corpus, work)
+    finally:
+        if postgres:
+            drop_postgres(postgres)
+    print(f"## {name} corpus\n\nmachine: {machine()}\ncorpus: {corpus.description}; "
+          f"warm page cache for every contender\n")
+    print("\n".join(timings_table(by_database, shell, floor)) + "\n")
+    print("\n".join(ratios_table(by_database, shell, floor)) + "\n", flush=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--generations", type=int, default=1000)
-    parser.add_argument("--files", type=int, default=60_000)
-    parser.add_argument("--scale", type=float, default=1.0, help="multiply generations and files")
+    parser.add_argument("--corpus", choices=("real", "synthetic", "both"), default="both")
+    parser.add_argument("--scale", type=int, default=1, help="K copies of each real project, K times the synthetic size")
+    parser.add_argument("--generations", type=int, default=1000, help="synthetic corpus only")
+    parser.add_argument("--files", type=int, default=60_000, help="synthetic corpus only")
     parser.add_argument("--database", default="sqlite,postgresql")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--workers", type=int, default=None, help="for run and resync; default: the tool's own")
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--keep", action="store_true")
     arguments = parser.parse_args()
+    if arguments.scale < 1:
+        parser.error("--scale must be at least 1")
     work = arguments.workdir or Path(tempfile.mkdtemp(prefix="storage-migrate-bench-"))
-    corpus = work / "corpus"
-    corpus.mkdir(parents=True, exist_ok=True)
-    size = SampleSize.scaled(int(arguments.generations * arguments.scale), int(arguments.files * arguments.scale))
+    names = ("real", "synthetic") if arguments.corpus == "both" else (arguments.corpus,)
     try:
-        sqlite_url, files = build_corpus(corpus, size)
-        databases = [name.strip() for name in arguments.database.split(",")]
-        postgres_url = prepare_postgres(sqlite_url) if "postgresql" in databases else None
-        upgrade_schema(sqlite_url, HEAD_REVISION)
-        total_bytes = sum(path.stat().st_size for path in (corpus / "projects").rglob("*") if path.is_file())
-        print(f"machine: {machine()}")
-        print(f"corpus: {size.projects} projects, ~{size.projects * size.generations_per_project} generations, "
-              f"{files:,} files, {total_bytes / 1024**2:.0f} MiB; warm page cache for every contender\n")
-        timings: list[Timing] = []
-        for label in databases:
-            url = sqlite_url if label == "sqlite" else postgres_url
-            timings += bench_database(label, url, corpus, work, files, arguments.workers)
-        root, url = fresh_copy(corpus, work / "shell", sqlite_url)
-        script = work / "pipeline.sh"
-        script.write_text(shell_pipeline(url, root))
-        seconds, rss = timed(["bash", str(script)])
-        shell = Timing("shell pipeline (mv, find|wc, du -sb, diff -ruN)", "-", seconds, rss, files)
-        root, _ = fresh_copy(corpus, work / "floor", sqlite_url)
-        seconds, rss = timed(["bash", "-c", f"find {shlex.quote(str(root))} -type f -print0 | xargs -0 sha256sum > /dev/null"])
-        floor = Timing("sha256sum of every file (floor)", "-", seconds, rss, files)
-        print("| contender | database | wall s | peak RSS MB | files/s |\n|---|---|---|---|---|")
-        for timing in [*timings, shell, floor]:
-            print(timing.row())
-        print()
-        for label in databases:
-            by_name = {t.contender: t for t in timings if t.database == label}
-            run = by_name[f"storage-migrate run --workers {arguments.workers}"]
-            resync = by_name[f"storage-migrate resync --workers {arguments.workers} (unchanged)"]
-            print(f"{label}: run/shell = {run.seconds / shell.seconds:.2f}, run/floor = {run.seconds / floor.seconds:.2f}, "
-                  f"resync/run = {resync.seconds / run.seconds:.2f}, peak RSS of run = {run.peak_rss_mb:.0f} MB")
+        for name in names:
+            bench_corpus(name, arguments, work / name)
+            if not arguments.keep:
+                shutil.rmtree(work / name, ignore_errors=True)
     finally:
-        if postgres_url_in_use := locals().get("postgres_url"):
-            drop_postgres(postgres_url_in_use)
         if not arguments.keep:
             shutil.rmtree(work, ignore_errors=True)
 

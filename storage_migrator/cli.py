@@ -4,15 +4,56 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import click
 
-from .config import DEFAULT_DATABASE_URL, DEFAULT_PATH_PREFIX, DEFAULT_STORAGE_ROOT, Settings, normalize_database_url
+from .config import DEFAULT_DATABASE_URL, Settings, default_path_prefix, normalize_database_url, storage_root_from_env
+from .errors import EXIT_INTERRUPTED, EXIT_USAGE, CommandError
 from .report import RunReport
+
+
+class ToolGroup(click.Group):
+    """Click's group with the library's boundary: a ``CommandError`` becomes one line on stderr
+    and its exit code; a database error that escapes a command does too. Nothing else is caught:
+    a traceback means a bug."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        import sqlalchemy as sa
+
+        try:
+            with _sigterm_as_interrupt():
+                return super().invoke(ctx)
+        except CommandError as error:
+            click.echo(f"error: {error.message}", err=True)
+            ctx.exit(error.exit_code)
+        except sa.exc.DBAPIError as error:
+            from .db import first_line
+            click.echo(f"error: the database failed: {first_line(error)}; nothing is lost — rerun when it is back", err=True)
+            ctx.exit(EXIT_USAGE)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            ctx.exit(EXIT_INTERRUPTED)
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (systemd, kill) stops a command the way Ctrl-C does: after the step at hand,
+    with what was done reported."""
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @dataclass(frozen=True)
@@ -68,18 +109,18 @@ def render_report(report: RunReport, output: Output) -> None:
         click.echo(json.dumps(report.to_json(), indent=2))
         return
     for outcome in report.outcomes:
-        line = f"{outcome.project_id} v{outcome.version} {outcome.id}: {outcome.action}"
+        line = f"{outcome.project_id} v{outcome.version} {outcome.id}: {outcome.action.value}"
         if outcome.failed:
             click.echo(f"{line}: {outcome.error}", err=True)
             continue
         if output.quiet:
             continue
-        noteworthy = report.dry_run or output.verbose or outcome.action in ("skipped", "skip")
+        noteworthy = report.dry_run or output.verbose or outcome.skipped
         if not noteworthy:
             continue
         if outcome.from_path:
             line += f" {outcome.from_path} -> {outcome.storage_path}"
-        elif outcome.storage_path and outcome.action not in ("skip", "skipped"):
+        elif outcome.storage_path and not outcome.skipped:
             line += f" -> {outcome.storage_path}"
         if outcome.file_count is not None:
             line += f" ({outcome.file_count} files, {_human_bytes(outcome.total_size_bytes or 0)})"
@@ -90,9 +131,13 @@ def render_report(report: RunReport, output: Output) -> None:
         click.echo(line)
     if report.error:
         click.echo(f"error: {report.error}", err=True)
+    if report.interrupted:
+        click.echo("interrupted: stopped after the generation at hand; rerun to finish", err=True)
     if not output.quiet:
         for orphan in report.orphans:
             click.echo(f"orphan folder (no row; left alone): {orphan}")
+        for leftover in report.leftovers:
+            click.echo(f"leftover folder (the application's scratch copy; left alone): {leftover}")
         verb = "would migrate" if report.dry_run else "migrated"
         summary = f"{report.command}: {verb} {report.migrated}, skipped {report.skipped}, failed {report.failed}"
         if not report.dry_run:
@@ -102,22 +147,26 @@ def render_report(report: RunReport, output: Output) -> None:
         click.echo(summary)
 
 
-@click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=ToolGroup, invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--database-url", envvar="DATABASE_URL", default=DEFAULT_DATABASE_URL, show_default=True,
-              help="SQLAlchemy URL; postgresql:// means psycopg 3.")
-@click.option("--storage-root", envvar="STORAGE_ROOT", default=DEFAULT_STORAGE_ROOT, show_default=True,
-              type=click.Path(path_type=Path), help="ROOT: the folder holding the generation folders.")
-@click.option("--path-prefix", envvar="STORAGE_PATH_PREFIX", default=DEFAULT_PATH_PREFIX, show_default=True,
+              help="SQLAlchemy URL; postgresql:// (and +asyncpg, +psycopg2) means psycopg 3.")
+@click.option("--storage-root", default=storage_root_from_env, show_default="STORAGE_ROOT, else FILE_STORAGE_PATH, "
+              "else ./storage/projects", type=click.Path(path_type=Path),
+              help="ROOT: the folder holding the generation folders.")
+@click.option("--path-prefix", envvar="STORAGE_PATH_PREFIX", default=default_path_prefix,
+              show_default="FILE_STORAGE_PATH as the application spells it: storage/projects",
               help="How the application spells ROOT in generations.storage_path.")
+@click.option("--legacy-links/--no-legacy-links", default=True, show_default=True,
+              help="Leave <ROOT>/<generation_id> as a link to the moved source/ for the application's flat-layout code.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout instead of text.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only errors.")
 @click.option("-v", "--verbose", is_flag=True, help="Print every generation.")
 @click.option("--dry-run", is_flag=True, help="Same as `run --dry-run`.")
 @click.pass_context
-def main(click_context: click.Context, database_url: str, storage_root: Path, path_prefix: str,
+def main(click_context: click.Context, database_url: str, storage_root: Path, path_prefix: str, legacy_links: bool,
          as_json: bool, quiet: bool, verbose: bool, dry_run: bool) -> None:
     """Move generation folders into the versioned layout and keep database and disk in agreement."""
-    settings = Settings(normalize_database_url(database_url), storage_root, path_prefix)
+    settings = Settings(normalize_database_url(database_url), Path(storage_root), path_prefix, legacy_links)
     click_context.obj = Context(settings, Output(as_json, quiet, verbose))
     if click_context.invoked_subcommand is None:
         if dry_run:
@@ -165,7 +214,7 @@ def demo_data(context: Context, projects: int, generations: int, files: int, see
         click.echo(f"created {len(installation.project_ids)} projects, {len(installation.generation_ids)} generations, "
                    f"{installation.file_count} files under {context.settings.storage_root}")
         click.echo(f"demo project: {installation.demo_project_id}")
-        click.echo("next: alembic upgrade head && storage-migrate --dry-run")
+        click.echo("next: storage-migrate db upgrade && storage-migrate --dry-run")
 
 
 @main.command("diff")
@@ -247,3 +296,43 @@ def watch(context: Context, debounce: float) -> None:
             render_report(report, context.output)
 
     watch_storage(context.settings, debounce_seconds=debounce, on_report=on_report)
+
+
+@main.group("db")
+def db_group() -> None:
+    """The schema migration (Alembic), from wherever the tool is installed."""
+
+
+@db_group.command("upgrade")
+@click.argument("revision", default="head")
+@click.option("--sql", is_flag=True, help="Print the SQL instead of running it (offline mode).")
+@pass_context
+def db_upgrade(context: Context, revision: str, sql: bool) -> None:
+    """Upgrade the schema to REVISION (default: head)."""
+    from .db_commands import upgrade
+
+    upgrade(context.settings.database_url, revision, sql=sql)
+
+
+@db_group.command("downgrade")
+@click.argument("revision")
+@click.option("--sql", is_flag=True, help="Print the SQL instead of running it (offline mode).")
+@pass_context
+def db_downgrade(context: Context, revision: str, sql: bool) -> None:
+    """Downgrade the schema to REVISION (e.g. e011ab9dd223, after `storage-migrate rollback`)."""
+    from .db_commands import downgrade
+
+    downgrade(context.settings.database_url, revision, sql=sql)
+
+
+@db_group.command("current")
+@pass_context
+def db_current(context: Context) -> None:
+    """Print the revision the database is at."""
+    from .db_commands import current
+
+    revision = current(context.settings.database_url)
+    if context.output.as_json:
+        click.echo(json.dumps({"revision": revision}))
+    else:
+        click.echo(revision or "(no revision: an empty database)")

@@ -1,26 +1,32 @@
 """Where the database and the storage live: defaults, environment variables and URL spelling.
 
-One place for these facts so that the CLI, Alembic's env.py and the tests agree on them.
+One place for these facts so that the CLI, Alembic's env.py and the tests agree on them. The
+application's own settings (``DATABASE_URL`` in any of its spellings, ``FILE_STORAGE_PATH``) are
+accepted as they are, so an operator can source the application's ``.env``.
 """
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
 
 DEFAULT_DATABASE_URL = "sqlite:///storage/codebegen.db"
 DEFAULT_STORAGE_ROOT = "./storage/projects"
-DEFAULT_PATH_PREFIX = "./storage/projects"
 HEAD_REVISION = "39e7f45c72f1"
 BASE_REVISION = "e011ab9dd223"
+DB_UPGRADE_COMMAND = "storage-migrate db upgrade"
+
+# Every spelling of a PostgreSQL URL the application uses; this tool talks psycopg 3 for all.
+_POSTGRES_SCHEMES = ("postgresql+asyncpg://", "postgresql+psycopg2://", "postgresql+psycopg://",
+                     "postgresql://", "postgres://")
 
 
 def normalize_database_url(url: str) -> str:
-    """Spell a URL the way SQLAlchemy 2 needs it: plain ``postgresql://`` means psycopg 3.
+    """Spell a URL the way SQLAlchemy 2 needs it here: every PostgreSQL spelling means psycopg 3.
 
-    SQLAlchemy would otherwise pick psycopg2, which this project does not install.
+    SQLAlchemy would otherwise pick psycopg2 or asyncpg, which this project does not install.
     """
-    for scheme in ("postgresql://", "postgres://"):
+    for scheme in _POSTGRES_SCHEMES:
         if url.startswith(scheme):
             return "postgresql+psycopg://" + url[len(scheme):]
     return url
@@ -31,17 +37,27 @@ def database_url_from_env() -> str:
     return normalize_database_url(os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL)
 
 
-def ensure_sqlite_parent(url: str) -> None:
-    """Create the folder of a file-based SQLite URL, so a fresh checkout can start from nothing."""
-    prefix = "sqlite:///"
-    if url.startswith(prefix) and ":memory:" not in url:
-        Path(url[len(prefix):]).parent.mkdir(parents=True, exist_ok=True)
+def storage_root_from_env() -> str:
+    """``STORAGE_ROOT``, else the application's ``FILE_STORAGE_PATH``, else the default."""
+    return os.environ.get("STORAGE_ROOT") or os.environ.get("FILE_STORAGE_PATH") or DEFAULT_STORAGE_ROOT
+
+
+def default_path_prefix() -> str:
+    """How the application spells ROOT in new rows: ``str(Path(FILE_STORAGE_PATH))``, which
+    drops a leading ``./`` (``storage/projects``)."""
+    return str(PurePath(os.environ.get("FILE_STORAGE_PATH") or DEFAULT_STORAGE_ROOT))
+
+
+def ensure_sqlite_parent(database_file: Path) -> None:
+    """Create the folder of a SQLite database file, so a fresh checkout can start from nothing."""
+    database_file.parent.mkdir(parents=True, exist_ok=True)
 
 
 @dataclass(frozen=True)
 class Settings:
-    """The three facts every command needs; built once by the CLI from options and environment."""
+    """What every command needs; built once by the CLI from options and environment."""
 
     database_url: str
     storage_root: Path
-    path_prefix: str = DEFAULT_PATH_PREFIX
+    path_prefix: str = "storage/projects"
+    legacy_links: bool = True

@@ -1,24 +1,78 @@
-"""The one database access layer: connecting, checking the schema revision, reading a project's
-rows and writing metadata back in batches.
+"""The one database access layer: connecting, checking that the tables have the columns the
+tool works with, reading a project's rows and writing metadata back in batches.
 
 Reads stream project by project (a project's generations, never their ``output_files`` unless a
 folder must be rebuilt), and writes are ``executemany`` batches, so the number of round trips
-grows with the number of batches, not with generations or files.
+grows with the number of batches, not with generations or files. Column types are lenient on
+read: one row with an odd value (an integer ``created_at`` on SQLite, malformed JSON) reads as
+"unknown" instead of aborting the stream for every project after it.
 """
 from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from .config import HEAD_REVISION, ensure_sqlite_parent, normalize_database_url
-from .errors import DatabaseNotAtHead, DatabaseUnavailable
+from .config import DB_UPGRADE_COMMAND, ensure_sqlite_parent, normalize_database_url
+from .errors import DatabaseUnavailable, SchemaMissing
+from .records import OWNED_GENERATION_COLUMNS, GenerationRow, GenerationUpdate, ProjectRecord, ProjectUpdate
+
+REQUIRED_COLUMNS: dict[str, frozenset[str]] = {
+    "generations": frozenset({"version", "is_active", "storage_path", "file_count", "total_size_bytes",
+                              "diff_from_previous", "changes_summary"}),
+    "projects": frozenset({"active_generation_id", "latest_version"}),
+}
+
+
+class LenientDateTime(sa.types.TypeDecorator):
+    """A timestamp that reads as None when the stored value is not one (SQLite keeps whatever
+    it is given, e.g. an integer), instead of raising for the whole result set."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: sa.Dialect) -> sa.types.TypeEngine:
+        # On SQLite the stored text is parsed here, not by SQLAlchemy's strict processor.
+        return dialect.type_descriptor(sa.Text() if dialect.name == "sqlite" else sa.DateTime(timezone=True))
+
+    def process_result_value(self, value: Any, dialect: sa.Dialect) -> datetime | None:
+        if isinstance(value, datetime) or value is None:
+            return value
+        if isinstance(value, str):
+            try:
+                return datetime.fromisoformat(value)
+            except ValueError:
+                return None
+        return None
+
+
+class LenientJSON(sa.types.TypeDecorator):
+    """JSON that reads as the string ``MALFORMED_JSON`` when the stored text does not parse."""
+
+    impl = sa.JSON(none_as_null=True)
+    cache_ok = True
+
+    def result_processor(self, dialect: sa.Dialect, coltype: Any) -> Callable[[Any], Any] | None:
+        strict = super().result_processor(dialect, coltype)
+        if strict is None:
+            return None
+
+        def process(value: Any) -> Any:
+            try:
+                return strict(value)
+            except (ValueError, TypeError, RecursionError):
+                return MALFORMED_JSON
+
+        return process
+
+
+MALFORMED_JSON = "<malformed JSON>"
 
 metadata = sa.MetaData()
 
@@ -34,17 +88,17 @@ generations = sa.Table(
     "generations",
     metadata,
     sa.Column("id", sa.String(36), primary_key=True),
-    sa.Column("created_at", sa.DateTime(timezone=True)),
+    sa.Column("created_at", LenientDateTime()),
     sa.Column("project_id", sa.String(36)),
     sa.Column("status", sa.String(20)),
-    sa.Column("output_files", sa.JSON(none_as_null=True)),
+    sa.Column("output_files", LenientJSON()),
     sa.Column("version", sa.Integer),
     sa.Column("is_active", sa.Boolean),
     sa.Column("storage_path", sa.String(500)),
     sa.Column("file_count", sa.Integer),
     sa.Column("total_size_bytes", sa.BigInteger),
     sa.Column("diff_from_previous", sa.Text),
-    sa.Column("changes_summary", sa.JSON(none_as_null=True)),
+    sa.Column("changes_summary", LenientJSON()),
 )
 
 
@@ -52,26 +106,52 @@ def display_url(database_url: str) -> str:
     """The URL as it may be printed: never with its password."""
     try:
         return sa.make_url(database_url).render_as_string(hide_password=True)
-    except sa.exc.ArgumentError:
+    except (sa.exc.ArgumentError, ValueError):
         return "<unparseable database URL>"
 
 
-def create_database_engine(database_url: str, command: str = "storage-migrate") -> Engine:
-    """An engine whose PostgreSQL sessions carry ``application_name`` = who and where, so a
-    second run can name the holder of the lock."""
-    url = normalize_database_url(database_url)
+def _parse_url(url: str) -> sa.URL:
+    """The URL parsed and its driver importable, or a one-line UsageError naming what is wrong."""
+    fix = "fix --database-url / DATABASE_URL"
     try:
         parsed = sa.make_url(url)
-    except sa.exc.ArgumentError as error:
-        raise DatabaseUnavailable(f"database URL {url!r} is not valid: {error}; fix --database-url / DATABASE_URL")
+        parsed.get_dialect()            # an unknown dialect or driver fails here, not at first use
+        parsed.port                     # a non-numeric port fails here
+    except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError, ValueError, ImportError) as error:
+        raise DatabaseUnavailable(f"database URL {display_url(url)!r} is not usable ({first_line(error)}); {fix}") from None
+    if parsed.get_backend_name() not in ("postgresql", "sqlite"):
+        raise DatabaseUnavailable(f"database URL {display_url(url)!r}: only PostgreSQL and SQLite are supported; {fix}")
+    return parsed
+
+
+def sqlite_file(parsed: sa.URL) -> Path | None:
+    """The file of a file-based SQLite URL (None for PostgreSQL or an in-memory database)."""
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database)
+
+
+def create_database_engine(database_url: str, command: str = "storage-migrate", *, create: bool = True) -> Engine:
+    """An engine whose PostgreSQL sessions carry ``application_name`` = who and where, so a
+    second run can name the holder of the lock.
+
+    With ``create=False`` (read-only commands) a SQLite file that does not exist is an error
+    rather than a new empty database.
+    """
+    parsed = _parse_url(normalize_database_url(database_url))
     connect_args: dict[str, Any] = {}
     if parsed.get_backend_name() == "postgresql":
         connect_args = {
             "application_name": f"{command} pid={os.getpid()} host={socket.gethostname()}"[:63],
             "connect_timeout": 10,
         }
-    elif parsed.get_backend_name() == "sqlite":
-        ensure_sqlite_parent(url)
+    else:
+        database_file = sqlite_file(parsed)
+        if database_file is not None and not database_file.exists():
+            if not create:
+                raise DatabaseUnavailable(f"the SQLite database {database_file} does not exist; "
+                                          "check --database-url / DATABASE_URL")
+            ensure_sqlite_parent(database_file)
         connect_args = {"timeout": 30}
     return sa.create_engine(parsed, pool_pre_ping=True, connect_args=connect_args)
 
@@ -91,50 +171,49 @@ def current_revision(connection: Connection) -> str | None:
     return ",".join(sorted(revisions)) or None
 
 
-def check_at_head(engine: Engine) -> None:
-    """Refuse to work on a database that cannot be reached or is not at this tool's head."""
+def missing_columns(connection: Connection) -> dict[str, list[str]]:
+    """Per table, the required columns it lacks (a missing table lacks them all)."""
+    inspector = sa.inspect(connection)
+    missing: dict[str, list[str]] = {}
+    for table, required in REQUIRED_COLUMNS.items():
+        present = {column["name"] for column in inspector.get_columns(table)} if inspector.has_table(table) else set()
+        if required - present:
+            missing[table] = sorted(required - present)
+    return missing
+
+
+def check_schema(engine: Engine) -> None:
+    """The precondition of every command is a capability, not a revision: the tables have the
+    columns this tool reads and writes. A database at any later revision of the application's
+    own history passes; one that cannot be reached or lacks a column gets the fix."""
     try:
         with engine.connect() as connection:
-            revision = current_revision(connection)
+            missing = missing_columns(connection)
     except sa.exc.DBAPIError as error:
         raise DatabaseUnavailable(
             f"cannot connect to the database {display_url(str(engine.url))}: {first_line(error)}; "
             "check --database-url / DATABASE_URL and that the server is up"
         ) from None
-    if revision != HEAD_REVISION:
-        raise DatabaseNotAtHead(
-            f"the database {display_url(str(engine.url))} is at revision {revision or 'none'}, not "
-            f"{HEAD_REVISION}: run `alembic upgrade head` (with DATABASE_URL set to it) first"
+    if missing:
+        listed = "; ".join(f"{table} lacks {', '.join(columns)}" for table, columns in missing.items())
+        raise SchemaMissing(
+            f"the database {display_url(str(engine.url))} does not have the versioning columns ({listed}): "
+            f"run `{DB_UPGRADE_COMMAND}` (with DATABASE_URL set to it) first"
         )
 
 
-@dataclass(frozen=True)
-class GenerationRow:
-    """A generation as the tool needs it; ``output_files`` is fetched only to rebuild a folder."""
-
-    id: str
-    project_id: str
-    version: int | None
-    status: str
-    created_at: datetime | None
-    storage_path: str | None
-    file_count: int
-    total_size_bytes: int | None
-    diff_from_previous: str | None
-    changes_summary: dict | None
-    is_active: bool
-    has_output_files: bool
+def has_active_generation_key(engine: Engine) -> bool:
+    """True if some foreign key runs projects.active_generation_id → generations.id, whatever
+    its name or ON DELETE rule (the application's later revisions replace the seed's key)."""
+    for key in sa.inspect(engine).get_foreign_keys("projects"):
+        if key.get("constrained_columns") == ["active_generation_id"] and key.get("referred_table") == "generations":
+            return True
+    return False
 
 
-@dataclass(frozen=True)
-class ProjectRecord:
-    """One project's row (None if the row is gone) and its generations in version order."""
-
-    project_id: str
-    exists: bool
-    active_generation_id: str | None
-    latest_version: int
-    generations: tuple[GenerationRow, ...]
+def count_generations(engine: Engine) -> int:
+    with engine.connect() as connection:
+        return connection.execute(sa.select(sa.func.count()).select_from(generations)).scalar_one()
 
 
 def iter_project_ids(connection: Connection) -> list[str]:
@@ -258,37 +337,13 @@ def load_output_files(engine: Engine, generation_id: str) -> dict[str, str] | No
     return value if isinstance(value, dict) else None
 
 
-@dataclass(frozen=True)
-class GenerationUpdate:
-    """Every column the tool owns for one generation, as it must be after this run."""
-
-    generation_id: str
-    storage_path: str | None
-    file_count: int
-    total_size_bytes: int | None
-    diff_from_previous: str | None
-    changes_summary: dict | None
-    is_active: bool
-
-
-@dataclass(frozen=True)
-class ProjectUpdate:
-    project_id: str
-    latest_version: int
-    active_generation_id: str | None
-
-
 _UPDATE_GENERATION = (
     generations.update()
     .where(generations.c.id == sa.bindparam("b_id"))
-    .values(
-        storage_path=sa.bindparam("b_storage_path"),
-        file_count=sa.bindparam("b_file_count"),
-        total_size_bytes=sa.bindparam("b_total_size_bytes"),
-        diff_from_previous=sa.bindparam("b_diff_from_previous"),
-        changes_summary=sa.bindparam("b_changes_summary", type_=sa.JSON(none_as_null=True)),
-        is_active=sa.bindparam("b_is_active"),
-    )
+    .values({
+        name: sa.bindparam(f"b_{name}", type_=generations.c[name].type)
+        for name in OWNED_GENERATION_COLUMNS
+    })
 )
 
 _UPDATE_PROJECT = (
@@ -316,15 +371,8 @@ def write_updates(
             connection.execute(
                 _UPDATE_GENERATION,
                 [
-                    {
-                        "b_id": update.generation_id,
-                        "b_storage_path": update.storage_path,
-                        "b_file_count": update.file_count,
-                        "b_total_size_bytes": update.total_size_bytes,
-                        "b_diff_from_previous": update.diff_from_previous,
-                        "b_changes_summary": update.changes_summary,
-                        "b_is_active": update.is_active,
-                    }
+                    {"b_id": update.generation_id,
+                     **{f"b_{name}": value for name, value in update.column_values().items()}}
                     for update in generation_updates
                 ],
             )

@@ -1,29 +1,38 @@
-"""Compare two versions of a generation's source tree and render the git-style patch between them.
+"""Compare two versions of a generation's source tree, write the git-style patch between them
+(libgit2 makes each file's hunks and binary patch), and read patches back to check what they name.
 
 Pure: callers hand in path → sha256 maps (from manifests) and a way to read bytes; nothing here
 touches the disk. The patch is bytes, so non-UTF-8 content and CRLF line endings round-trip, and
-``git apply`` in a copy of the old tree reproduces the new one byte for byte.
+``git apply`` in a copy of the old tree reproduces the new one byte for byte — except for a file
+larger than ``LARGE_FILE_LIMIT`` (64 MiB): it is never read, its section only says
+``Binary files a/P and b/P differ`` with both blob ids, and ``git apply`` refuses such a section.
 """
 from __future__ import annotations
 
-import base64
-import difflib
+import datetime
 import hashlib
 import io
-import zlib
-from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+import re
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, Literal
 
+import pygit2
+from pygit2.enums import DiffOption
+
+LARGE_FILE_LIMIT = 64 << 20        # bytes; a bigger changed file is named in the patch, not diffed
 CONTEXT_LINES = 3
-BINARY_SNIFF_BYTES = 8000          # git's rule: a NUL byte in the first 8000 bytes means binary
-MAX_EDIT_DISTANCE = 500            # past this many edits in one gap, the gap is replaced whole
-MAX_DEPTH = 40                     # nested anchor searches before a gap goes to Myers directly
 NULL_BLOB_ID = "0" * 40
 FILE_MODE = b"100644"
+# SHOW_BINARY: a binary change as a `GIT binary patch` that git apply can use, not "differ".
+# INDENT_HEURISTIC: git's default since 2.14, so hunks slide to the same places as `git diff`.
+LIBGIT2_FLAGS = DiffOption.SHOW_BINARY | DiffOption.INDENT_HEURISTIC
+# The header is written here, so the name libgit2 sees never reaches the patch; a constant one
+# also spares pygit2 names it cannot pass (it encodes str strictly, a non-UTF-8 name fails).
+_LIBGIT2_NAME = "file"
 
 Reader = Callable[[str], bytes]
+BlobIdOf = Callable[[str], str]
 
 
 @dataclass(frozen=True)
@@ -61,11 +70,11 @@ class ChangeSummary:
     from_version: int | None
 
     @classmethod
-    def first_version(cls, file_count: int) -> "ChangeSummary":
+    def first_version(cls, file_count: int) -> ChangeSummary:
         return cls(added=file_count, modified=0, deleted=0, from_version=None)
 
     @classmethod
-    def from_comparison(cls, comparison: TreeComparison, from_version: int) -> "ChangeSummary":
+    def from_comparison(cls, comparison: TreeComparison, from_version: int) -> ChangeSummary:
         return cls(len(comparison.added), len(comparison.modified), len(comparison.deleted), from_version)
 
     def to_json(self) -> dict:
@@ -78,61 +87,150 @@ def git_blob_id(content: bytes) -> str:
     return hashlib.sha1(b"blob %d\0" % len(content) + content).hexdigest()
 
 
-def is_binary(content: bytes) -> bool:
-    return b"\0" in content[:BINARY_SNIFF_BYTES]
+# -- writing -------------------------------------------------------------------------------
 
 
-def write_patch(out: BinaryIO, comparison: TreeComparison, read_old: Reader, read_new: Reader) -> None:
-    """Stream the patch, file by file in path order; only changed paths are read."""
+@dataclass(frozen=True)
+class _Side:
+    """One tree as the patch sees it. ``sizes`` and ``blob_id`` let a large file be named in the
+    patch without being read; without them its size is only known once its bytes are."""
+
+    read: Reader
+    sizes: Mapping[str, int] | None
+    blob_id: BlobIdOf | None
+
+    def known_to_be_large(self, path: str) -> bool:
+        size = self.sizes.get(path) if self.sizes is not None else None
+        return size is not None and size > LARGE_FILE_LIMIT
+
+    def blob_id_of(self, path: str, content: bytes | None) -> str:
+        if self.blob_id is not None:
+            return self.blob_id(path)
+        return git_blob_id(content if content is not None else self.read(path))
+
+
+def write_patch(
+    out: BinaryIO,
+    comparison: TreeComparison,
+    read_old: Reader,
+    read_new: Reader,
+    *,
+    old_sizes: Mapping[str, int] | None = None,
+    new_sizes: Mapping[str, int] | None = None,
+    blob_id_old: BlobIdOf | None = None,
+    blob_id_new: BlobIdOf | None = None,
+) -> None:
+    """Stream the patch, file by file in path order; only changed paths are read, and a file that
+    ``old_sizes``/``new_sizes`` say is over ``LARGE_FILE_LIMIT`` is not read at all: its ids come
+    from ``blob_id_old``/``blob_id_new``, which must therefore come with the sizes."""
+    for sizes, blob_id, side in ((old_sizes, blob_id_old, "old"), (new_sizes, blob_id_new, "new")):
+        if sizes is not None and blob_id is None:
+            raise TypeError(f"{side}_sizes needs blob_id_{side}: a large file's id must come without reading it")
+    old_side, new_side = _Side(read_old, old_sizes, blob_id_old), _Side(read_new, new_sizes, blob_id_new)
     added, deleted = set(comparison.added), set(comparison.deleted)
-    for path in comparison.changed_paths():
-        old = None if path in added else read_old(path)
-        new = None if path in deleted else read_new(path)
-        out.write(file_patch(path, old, new))
+    out.writelines(file_patch(path, None if path in added else old_side, None if path in deleted else new_side)
+                   for path in comparison.changed_paths())
 
 
-def render_patch(comparison: TreeComparison, read_old: Reader, read_new: Reader) -> bytes:
+def render_patch(
+    comparison: TreeComparison,
+    read_old: Reader,
+    read_new: Reader,
+    *,
+    old_sizes: Mapping[str, int] | None = None,
+    new_sizes: Mapping[str, int] | None = None,
+    blob_id_old: BlobIdOf | None = None,
+    blob_id_new: BlobIdOf | None = None,
+) -> bytes:
+    """``write_patch`` into bytes (for comparing a stored patch with a fresh one)."""
     buffer = io.BytesIO()
-    write_patch(buffer, comparison, read_old, read_new)
+    write_patch(buffer, comparison, read_old, read_new, old_sizes=old_sizes, new_sizes=new_sizes,
+                blob_id_old=blob_id_old, blob_id_new=blob_id_new)
     return buffer.getvalue()
 
 
-# -- one file ------------------------------------------------------------------------------
+def file_patch(path: str, old_side: _Side | None, new_side: _Side | None) -> bytes:
+    """One file's section; ``None`` for the side where the file does not exist."""
+    if any(side is not None and side.known_to_be_large(path) for side in (old_side, new_side)):
+        return _large_section(path, old_side, new_side, None, None)
+    old = old_side.read(path) if old_side is not None else None
+    new = new_side.read(path) if new_side is not None else None
+    if any(content is not None and len(content) > LARGE_FILE_LIMIT for content in (old, new)):
+        return _large_section(path, old_side, new_side, old, new)
+    return _diffed_section(path, old, new)
 
 
-def file_patch(path: str, old: bytes | None, new: bytes | None) -> bytes:
-    """The patch of one file; ``None`` for the side where it does not exist."""
-    name = path.encode("utf-8", "surrogateescape")
-    a_name, b_name = quote_path(b"a/" + name), quote_path(b"b/" + name)
-    old_id = git_blob_id(old) if old is not None else NULL_BLOB_ID
-    new_id = git_blob_id(new) if new is not None else NULL_BLOB_ID
-    header = [b"diff --git " + a_name + b" " + b_name + b"\n"]
-    if old is None:
-        header.append(b"new file mode " + FILE_MODE + b"\n")
-        header.append(f"index {old_id}..{new_id}\n".encode())
-    elif new is None:
-        header.append(b"deleted file mode " + FILE_MODE + b"\n")
-        header.append(f"index {old_id}..{new_id}\n".encode())
-    else:
-        header.append(f"index {old_id}..{new_id} ".encode() + FILE_MODE + b"\n")
-    old_bytes, new_bytes = old or b"", new or b""
-    if is_binary(old_bytes) or is_binary(new_bytes):
-        return b"".join(header) + binary_hunks(old_bytes, new_bytes)
-    if not old_bytes and not new_bytes:
-        return b"".join(header)         # an empty file added or deleted: the header says it all
-    tab_a = b"\t" if b" " in name else b""      # git ends a name with a space by a tab
-    header.append(b"--- " + (a_name + tab_a if old is not None else b"/dev/null") + b"\n")
-    header.append(b"+++ " + (b_name + tab_a if new is not None else b"/dev/null") + b"\n")
-    return b"".join(header) + text_hunks(split_lines(old_bytes), split_lines(new_bytes))
+def _diffed_section(path: str, old: bytes | None, new: bytes | None) -> bytes:
+    """libgit2 diffs the bytes (hunks, or a ``GIT binary patch``); the header is ours because
+    libgit2 abbreviates the ``index`` ids to 7 digits when the text is shown."""
+    patch = pygit2.Patch.create_from(old, new, old_as_path=_LIBGIT2_NAME, new_as_path=_LIBGIT2_NAME,
+                                     flag=LIBGIT2_FLAGS, context_lines=CONTEXT_LINES)
+    old_id, new_id = str(patch.delta.old_file.id), str(patch.delta.new_file.id)
+    if old is not None and new is not None and old_id == new_id:
+        return b""                      # same bytes after all: nothing to apply
+    body, is_text = _libgit2_body(patch.data)
+    return _header(path, old is not None, new is not None, old_id, new_id, with_names=is_text) + body
+
+
+def _libgit2_body(data: bytes) -> tuple[bytes, bool]:
+    """What follows libgit2's header, and whether it is text hunks (which need ``---``/``+++``).
+    Nothing follows for an empty file added or deleted: git writes the header alone then."""
+    binary = data.find(b"\nGIT binary patch\n")
+    if binary >= 0:
+        return data[binary + 1:], False
+    hunks = data.find(b"\n@@ -")
+    return (data[hunks + 1:], True) if hunks >= 0 else (b"", False)
+
+
+def _large_section(path: str, old_side: _Side | None, new_side: _Side | None,
+                   old: bytes | None, new: bytes | None) -> bytes:
+    """git's section for a binary change shown without content: enough to see what changed,
+    not to apply. Ids come from the callers' ``blob_id`` (streamed) when given."""
+    old_id = old_side.blob_id_of(path, old) if old_side is not None else NULL_BLOB_ID
+    new_id = new_side.blob_id_of(path, new) if new_side is not None else NULL_BLOB_ID
+    old_label, new_label = _labels(path, old_side is not None, new_side is not None)
+    header = _header(path, old_side is not None, new_side is not None, old_id, new_id, with_names=False)
+    return header + b"Binary files " + old_label + b" and " + new_label + b" differ\n"
+
+
+def _header(path: str, has_old: bool, has_new: bool, old_id: str, new_id: str, *, with_names: bool) -> bytes:
+    """``diff --git``, the mode line of an added or deleted file, ``index`` with full ids (what
+    ``git diff --full-index`` writes) and, before text hunks, the ``---``/``+++`` lines."""
+    name = _path_bytes(path)
+    lines = [b"diff --git " + quote_path(b"a/" + name) + b" " + quote_path(b"b/" + name) + b"\n"]
+    if not has_old:
+        lines.append(b"new file mode " + FILE_MODE + b"\n")
+    elif not has_new:
+        lines.append(b"deleted file mode " + FILE_MODE + b"\n")
+    mode = b" " + FILE_MODE if has_old and has_new else b""
+    lines.append(b"index " + old_id.encode() + b".." + new_id.encode() + mode + b"\n")
+    if with_names:
+        tab = b"\t" if b" " in name else b""      # git ends a name holding a space with a tab
+        old_label, new_label = _labels(path, has_old, has_new)
+        lines.append(b"--- " + old_label + (tab if has_old else b"") + b"\n")
+        lines.append(b"+++ " + new_label + (tab if has_new else b"") + b"\n")
+    return b"".join(lines)
+
+
+def _labels(path: str, has_old: bool, has_new: bool) -> tuple[bytes, bytes]:
+    name = _path_bytes(path)
+    return (quote_path(b"a/" + name) if has_old else b"/dev/null",
+            quote_path(b"b/" + name) if has_new else b"/dev/null")
+
+
+def _path_bytes(path: str) -> bytes:
+    """The file name as on disk: paths come from os.walk, which decodes with surrogateescape."""
+    return path.encode("utf-8", "surrogateescape")
 
 
 _C_ESCAPES = {0x07: b"\\a", 0x08: b"\\b", 0x09: b"\\t", 0x0A: b"\\n", 0x0B: b"\\v", 0x0C: b"\\f",
               0x0D: b"\\r", 0x22: b'\\"', 0x5C: b"\\\\"}
+_C_UNESCAPES = {escape[1]: byte for byte, escape in _C_ESCAPES.items()}
 
 
 def quote_path(name: bytes) -> bytes:
-    """git's C-style quoting (core.quotePath): a name with a quote, backslash, control byte or
-    any byte >= 0x80 is written in double quotes with escapes; others as they are."""
+    """git's C-style quoting (core.quotePath, as libgit2 does too): a name with a quote,
+    backslash, control byte or byte >= 0x7f is written in double quotes with escapes."""
     if not any(byte < 0x20 or byte >= 0x7F or byte in (0x22, 0x5C) for byte in name):
         return name
     quoted = bytearray(b'"')
@@ -143,219 +241,390 @@ def quote_path(name: bytes) -> bytes:
             quoted += b"\\%03o" % byte
         else:
             quoted.append(byte)
-    quoted += b'"'
-    return bytes(quoted)
+    return bytes(quoted + b'"')
 
 
-# -- text ----------------------------------------------------------------------------------
+# -- reading -------------------------------------------------------------------------------
+
+Change = Literal["added", "modified", "deleted", "one-sided"]
 
 
-def split_lines(content: bytes) -> list[bytes]:
-    """Lines ending in ``\\n`` (a ``\\r`` stays part of its line); the last may lack one."""
-    lines = content.split(b"\n")
-    last = lines.pop()
-    result = [line + b"\n" for line in lines]
-    if last:
-        result.append(last)
-    return result
+@dataclass(frozen=True)
+class PatchEntry:
+    """One file a patch changes, for checking a stored patch against the two trees by meaning.
+
+    ``old_blob``/``new_blob`` are the ``index`` line's ids as written: full from this module and
+    ``git diff --full-index``, a prefix from plain ``git diff``; ``None`` for the side where the
+    file does not exist, and on both sides when the patch has no ids (GNU ``diff -ru``, or a git
+    section without an ``index`` line) — ``has_blob_ids`` tells. ``change`` says which sides
+    exist; ``one-sided`` is a GNU ``Only in`` line whose directory the patch does not place.
+    A GNU ``Only in`` line may name a whole directory (``may_be_directory``): ``covers`` and
+    ``expand_directories`` turn it into the files below it."""
+
+    path: str
+    change: Change
+    old_blob: str | None = None
+    new_blob: str | None = None
+    may_be_directory: bool = False
+
+    @property
+    def has_blob_ids(self) -> bool:
+        return self.old_blob is not None or self.new_blob is not None
+
+    def covers(self, path: str) -> bool:
+        """Whether this entry is about ``path`` (itself, or a file below a directory entry)."""
+        return path == self.path or (self.may_be_directory and path.startswith(self.path + "/"))
+
+    def agrees_with(self, old_blob: str | None, new_blob: str | None) -> bool:
+        """Whether a file's real ids (full; ``None`` where it does not exist) fit this entry:
+        the same sides exist, and each id the patch names is the real one or a prefix of it."""
+        sides = {"added": (False, True), "modified": (True, True), "deleted": (True, False)}
+        if self.change == "one-sided":
+            if (old_blob is None) == (new_blob is None):
+                return False
+        elif sides[self.change] != (old_blob is not None, new_blob is not None):
+            return False
+        return _id_fits(self.old_blob, old_blob) and _id_fits(self.new_blob, new_blob)
 
 
-def text_hunks(old: Sequence[bytes], new: Sequence[bytes]) -> bytes:
-    """Unified hunks with three lines of context, merged where their context overlaps."""
-    grouper = difflib.SequenceMatcher(None, (), ())
-    grouper.matching_blocks = matching_blocks(old, new)   # our blocks, difflib's grouping
-    grouper.opcodes = None
-    output = io.BytesIO()
-    for group in grouper.get_grouped_opcodes(CONTEXT_LINES):
-        first, last = group[0], group[-1]
-        old_range = _unified_range(first[1], last[2])
-        new_range = _unified_range(first[3], last[4])
-        output.write(f"@@ -{old_range} +{new_range} @@\n".encode())
-        for tag, old_start, old_end, new_start, new_end in group:
-            if tag == "equal":
-                _write_lines(output, b" ", old[old_start:old_end])
-                continue
-            _write_lines(output, b"-", old[old_start:old_end])
-            _write_lines(output, b"+", new[new_start:new_end])
-    return output.getvalue()
+def _id_fits(named: str | None, real: str | None) -> bool:
+    return named is None or (real is not None and real.startswith(named))
 
 
-def _unified_range(start: int, stop: int) -> str:
-    length = stop - start
-    if length == 1:
-        return str(start + 1)
-    return f"{start + 1 if length else start},{length}"
+def expand_directories(entries: Sequence[PatchEntry], old_paths: Collection[str],
+                       new_paths: Collection[str]) -> list[PatchEntry]:
+    """Each ``Only in`` entry naming a directory of the tree it is only in becomes one entry
+    per file below it (a ``one-sided`` one is placed by the tree that has the files)."""
+    expanded: list[PatchEntry] = []
+    for entry in entries:
+        below = [] if not entry.may_be_directory or entry.path in old_paths or entry.path in new_paths \
+            else _files_below(entry, old_paths, new_paths)
+        expanded.extend(below or [entry])
+    return expanded
 
 
-def _write_lines(output: io.BytesIO, marker: bytes, lines: Sequence[bytes]) -> None:
-    for line in lines:
-        output.write(marker + line)
-        if not line.endswith(b"\n"):
-            output.write(b"\n\\ No newline at end of file\n")
-
-
-# -- the line diff -------------------------------------------------------------------------
-#
-# Why this is fast: the cost must follow the size of the change, not the size of the file.
-# 1. Common leading and trailing lines are cut off first (free for the usual small edit).
-# 2. Lines that occur exactly once in both sides are anchors (patience diff); their longest
-#    increasing subsequence splits the middle into small independent gaps, recursively.
-# 3. Only a gap without anchors goes to Myers' O(ND) algorithm, which is linear when the edit
-#    distance D is small; past MAX_EDIT_DISTANCE the gap is replaced whole (still a correct
-#    patch, just not a minimal one), so no input can make it quadratic.
-# difflib.SequenceMatcher alone is quadratic on files with many repeated lines.
-
-
-def matching_blocks(old: Sequence[bytes], new: Sequence[bytes]) -> list[tuple[int, int, int]]:
-    """Equal runs as (old index, new index, length), ascending, ending with difflib's sentinel."""
-    pairs: list[tuple[int, int]] = []
-    _match_range(old, new, 0, len(old), 0, len(new), pairs)
-    blocks: list[tuple[int, int, int]] = []
-    for old_index, new_index in pairs:
-        if blocks and blocks[-1][0] + blocks[-1][2] == old_index and blocks[-1][1] + blocks[-1][2] == new_index:
-            start_old, start_new, length = blocks[-1]
-            blocks[-1] = (start_old, start_new, length + 1)
-        else:
-            blocks.append((old_index, new_index, 1))
-    blocks.append((len(old), len(new), 0))
-    return blocks
-
-
-def _match_range(old: Sequence[bytes], new: Sequence[bytes], old_lo: int, old_hi: int, new_lo: int, new_hi: int,
-                 pairs: list[tuple[int, int]], depth: int = 0) -> None:
-    """Append matching (old, new) line index pairs for the two ranges, in order."""
-    while old_lo < old_hi and new_lo < new_hi and old[old_lo] == new[new_lo]:
-        pairs.append((old_lo, new_lo))
-        old_lo, new_lo = old_lo + 1, new_lo + 1
-    tail: list[tuple[int, int]] = []
-    while old_lo < old_hi and new_lo < new_hi and old[old_hi - 1] == new[new_hi - 1]:
-        old_hi, new_hi = old_hi - 1, new_hi - 1
-        tail.append((old_hi, new_hi))
-    if old_lo < old_hi and new_lo < new_hi:
-        anchors = _unique_anchors(old, new, old_lo, old_hi, new_lo, new_hi) if depth < MAX_DEPTH else []
-        if anchors:
-            previous_old, previous_new = old_lo, new_lo
-            for anchor_old, anchor_new in anchors:
-                _match_range(old, new, previous_old, anchor_old, previous_new, anchor_new, pairs, depth + 1)
-                pairs.append((anchor_old, anchor_new))
-                previous_old, previous_new = anchor_old + 1, anchor_new + 1
-            _match_range(old, new, previous_old, old_hi, previous_new, new_hi, pairs, depth + 1)
-        else:
-            pairs.extend(_myers(old, new, old_lo, old_hi, new_lo, new_hi))
-    pairs.extend(reversed(tail))
-
-
-def _unique_anchors(old: Sequence[bytes], new: Sequence[bytes], old_lo: int, old_hi: int, new_lo: int,
-                    new_hi: int) -> list[tuple[int, int]]:
-    """Lines unique in both ranges, reduced to their longest run in the same order (patience)."""
-    old_counts = Counter(old[old_lo:old_hi])
-    new_counts = Counter(new[new_lo:new_hi])
-    new_position = {new[index]: index for index in range(new_lo, new_hi) if new_counts[new[index]] == 1}
-    candidates = [
-        (index, new_position[old[index]])
-        for index in range(old_lo, old_hi)
-        if old_counts[old[index]] == 1 and old[index] in new_position
-    ]
-    return _longest_increasing(candidates)
-
-
-def _longest_increasing(candidates: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    """The longest subsequence increasing in the new index (patience sorting, O(n log n))."""
-    import bisect
-
-    tops: list[int] = []
-    top_index: list[int] = []
-    previous: list[int] = []
-    for position, (_, new_index) in enumerate(candidates):
-        pile = bisect.bisect_left(tops, new_index)
-        if pile == len(tops):
-            tops.append(new_index)
-            top_index.append(position)
-        else:
-            tops[pile] = new_index
-            top_index[pile] = position
-        previous.append(top_index[pile - 1] if pile else -1)
-    result: list[tuple[int, int]] = []
-    position = top_index[-1] if top_index else -1
-    while position >= 0:
-        result.append(candidates[position])
-        position = previous[position]
-    result.reverse()
-    return result
-
-
-def _myers(old: Sequence[bytes], new: Sequence[bytes], old_lo: int, old_hi: int, new_lo: int,
-           new_hi: int) -> list[tuple[int, int]]:
-    """Matching pairs of a shortest edit script (Myers 1986, greedy forward with a trace);
-    an empty list (replace everything) if the edit distance passes MAX_EDIT_DISTANCE."""
-    a, b = old[old_lo:old_hi], new[new_lo:new_hi]
-    n, m = len(a), len(b)
-    offset = n + m + 1
-    furthest = [0] * (2 * offset + 1)
-    trace: list[list[int]] = []
-    for distance in range(min(n + m, MAX_EDIT_DISTANCE) + 1):
-        trace.append(furthest[offset - distance - 1 : offset + distance + 2])
-        for diagonal in range(-distance, distance + 1, 2):
-            if diagonal == -distance or (diagonal != distance and furthest[offset + diagonal - 1] < furthest[offset + diagonal + 1]):
-                x = furthest[offset + diagonal + 1]
-            else:
-                x = furthest[offset + diagonal - 1] + 1
-            y = x - diagonal
-            while x < n and y < m and a[x] == b[y]:
-                x, y = x + 1, y + 1
-            furthest[offset + diagonal] = x
-            if x >= n and y >= m:
-                return [(old_lo + i, new_lo + j) for i, j in _backtrack(trace, a, b, distance)]
+def _files_below(entry: PatchEntry, old_paths: Collection[str], new_paths: Collection[str]) -> list[PatchEntry]:
+    trees: list[tuple[Change, Collection[str]]] = [("deleted", old_paths), ("added", new_paths)]
+    for change, paths in trees:
+        if entry.change in (change, "one-sided"):
+            below = sorted(path for path in paths if entry.covers(path))
+            if below:
+                return [PatchEntry(path, change) for path in below]
     return []
 
 
-def _backtrack(trace: list[list[int]], a: Sequence[bytes], b: Sequence[bytes], distance: int) -> list[tuple[int, int]]:
-    """Walk the saved frontiers back from (n, m) and collect the diagonal (matching) steps."""
-    x, y = len(a), len(b)
-    pairs: list[tuple[int, int]] = []
-    for step in range(distance, 0, -1):
-        frontier = trace[step]          # furthest x per diagonal before this step, around 0
-        base = step + 1                 # index of diagonal 0 in this slice
+def comparison_of(entries: Sequence[PatchEntry]) -> TreeComparison:
+    """The entries as a ``TreeComparison``, to compare with ``compare_trees`` of the two trees
+    (``one-sided`` entries, which a comparison cannot hold, are left out; expand GNU
+    directories first)."""
+    def paths(change: Change) -> tuple[str, ...]:
+        return tuple(sorted(entry.path for entry in entries if entry.change == change))
+    return TreeComparison(added=paths("added"), modified=paths("modified"), deleted=paths("deleted"))
 
-        def reach(diagonal: int) -> int:
-            return frontier[base + diagonal]
 
-        diagonal = x - y
-        if diagonal == -step or (diagonal != step and reach(diagonal - 1) < reach(diagonal + 1)):
-            previous_diagonal = diagonal + 1
-            previous_x = reach(previous_diagonal)
-            start_x = previous_x
+def parse_patch(patch: bytes) -> list[PatchEntry] | None:
+    """The files a patch names, in its order: from this module, ``git diff`` (renames become a
+    deletion and an addition, as ``compare_trees`` sees them) or GNU ``diff -ru``/``-ruN``
+    (no ids; paths relative to the two directories compared). ``[]`` for an empty patch,
+    ``None`` for bytes that are no patch at all. Hunk lines are counted, so a removed line
+    ``-- x`` is never taken for a header; nothing in the input can make it raise.
+
+    GNU ``diff`` limits: ``-N`` hides an added or deleted empty file, and writes an added or
+    deleted binary file as ``Binary files ... differ`` exactly like a modified one (``modified``)."""
+    reader = _PatchReader(patch.split(b"\n"))
+    entries = reader.read()
+    if not entries and patch.strip():
+        return None
+    return entries
+
+
+_INDEX = re.compile(rb"index ([0-9a-f]{4,64})\.\.([0-9a-f]{4,64})(?: [0-7]{6})?\s*$")
+_HUNK = re.compile(rb"@@ -\d{1,12}(?:,(\d{1,12}))? \+\d{1,12}(?:,(\d{1,12}))? @@")
+_TIMESTAMP = re.compile(rb"(\d{4})-(\d\d)-(\d\d) (\d\d):(\d\d):(\d\d)(?:\.\d{1,9})? ([+-])(\d\d)(\d\d)")
+_GIT_EXTENDED = (b"old mode ", b"new mode ", b"deleted file mode ", b"new file mode ", b"copy from ",
+                 b"copy to ", b"rename from ", b"rename to ", b"similarity index ",
+                 b"dissimilarity index ", b"index ")
+_CONVENTIONAL_ROOTS = [(b"a", b"b"), (b"old", b"new")]
+
+
+@dataclass
+class _GitSection:
+    """What a ``diff --git`` section's header says, names still with their a/ b/ prefix."""
+
+    old_name: bytes | None = None
+    new_name: bytes | None = None
+    created: bool = False
+    removed: bool = False
+    rename_from: bytes | None = None
+    rename_to: bytes | None = None
+    copied: bool = False
+    old_blob: str | None = None
+    new_blob: str | None = None
+
+
+class _PatchReader:
+    """One pass over the lines; GNU ``Only in`` lines are placed once every pair of directory
+    names in the patch has been seen (GNU diff may write them first)."""
+
+    def __init__(self, lines: list[bytes]) -> None:
+        self.lines = [line[:-1] if line.endswith(b"\r") else line for line in lines]
+        self.position = 0
+        self.entries: list[PatchEntry | bytes] = []     # bytes: an ``Only in`` path not yet placed
+        self.roots: list[tuple[bytes, bytes]] = []
+
+    def read(self) -> list[PatchEntry]:
+        while self.position < len(self.lines):
+            line = self.lines[self.position]
+            self.position += 1
+            if line.startswith(b"diff --git "):
+                self._git_section(line[len(b"diff --git "):])
+            elif line.startswith(b"--- ") and self._peek().startswith(b"+++ "):
+                self._unified_pair(line[4:], self._next()[4:])
+            elif line.startswith(b"Binary files ") and line.endswith(b" differ"):
+                self._gnu_binary(line[len(b"Binary files "):-len(b" differ")])
+            elif line.startswith(b"Only in ") and b": " in line:
+                directory, _, name = line[len(b"Only in "):].partition(b": ")
+                self.entries.append(directory.rstrip(b"/") + b"/" + name)
+        return [entry if isinstance(entry, PatchEntry) else self._place(entry) for entry in self.entries]
+
+    def _peek(self) -> bytes:
+        return self.lines[self.position] if self.position < len(self.lines) else b""
+
+    def _next(self) -> bytes:
+        line = self._peek()
+        self.position += 1
+        return line
+
+    # git
+
+    def _git_section(self, names: bytes) -> None:
+        section = _GitSection()
+        section.old_name, section.new_name = _split_git_names(names)
+        while self._peek().startswith(_GIT_EXTENDED):
+            self._git_extended(section, self._next())
+        following = self._peek()
+        if following.startswith(b"--- ") and self.position + 1 < len(self.lines) \
+                and self.lines[self.position + 1].startswith(b"+++ "):
+            old_label, new_label = _label_name(self._next()[4:]), _label_name(self._next()[4:])
+            section.created = section.created or old_label == b"/dev/null"
+            section.removed = section.removed or new_label == b"/dev/null"
+            section.old_name = old_label if old_label not in (None, b"/dev/null") else section.old_name
+            section.new_name = new_label if new_label not in (None, b"/dev/null") else section.new_name
+            self._skip_hunks()
+        elif following == b"GIT binary patch":
+            self._skip_binary()
+        elif following.startswith(b"Binary files "):
+            self.position += 1
+        self.entries.extend(_git_entries(section))
+
+    def _git_extended(self, section: _GitSection, line: bytes) -> None:
+        if line.startswith(b"new file mode "):
+            section.created = True
+        elif line.startswith(b"deleted file mode "):
+            section.removed = True
+        elif line.startswith((b"rename from ", b"copy from ")):
+            section.rename_from = _unquote_name(line.split(b" ", 2)[2])
+            section.copied = line.startswith(b"copy")
+        elif line.startswith((b"rename to ", b"copy to ")):
+            section.rename_to = _unquote_name(line.split(b" ", 2)[2])
+        elif match := _INDEX.match(line):
+            section.old_blob, section.new_blob = (_blob_or_none(group) for group in match.groups())
+
+    def _skip_hunks(self) -> None:
+        """Consume ``@@`` hunks by their line counts, so their lines are never read as headers."""
+        while match := _HUNK.match(self._peek()):
+            self.position += 1
+            old_left, new_left = (int(count) if count is not None else 1 for count in match.groups())
+            while (old_left > 0 or new_left > 0) and self.position < len(self.lines):
+                line = self._peek()
+                marker = line[:1]
+                if marker == b"\\":
+                    self.position += 1
+                    continue
+                if marker not in (b" ", b"", b"-", b"+"):
+                    break                   # a short hunk: the patch is damaged, carry on reading
+                old_left -= marker in (b" ", b"", b"-")
+                new_left -= marker in (b" ", b"", b"+")
+                self.position += 1
+            while self._peek().startswith(b"\\"):
+                self.position += 1
+
+    def _skip_binary(self) -> None:
+        """``GIT binary patch``, then ``literal``/``delta`` blocks of base85 lines, each ended by
+        an empty line."""
+        self.position += 1
+        while self._peek().startswith((b"literal ", b"delta ")):
+            while self.position < len(self.lines) and self._next():
+                pass
+
+    # GNU diff
+
+    def _unified_pair(self, old_label: bytes, new_label: bytes) -> None:
+        """A ``---``/``+++`` pair outside a git section: GNU ``diff -ru``/``-ruN`` or bare ``diff -u``."""
+        old_name, new_name = _label_name(old_label), _label_name(new_label)
+        if old_name is None or new_name is None:
+            return
+        self._skip_hunks()
+        change: Change = "modified"
+        if old_name == b"/dev/null" or _is_epoch(old_label):
+            change = "added"
+        elif new_name == b"/dev/null" or _is_epoch(new_label):
+            change = "deleted"
+        if b"/dev/null" in (old_name, new_name):
+            path = _strip_prefix(new_name if old_name == b"/dev/null" else old_name) or b""
         else:
-            previous_diagonal = diagonal - 1
-            previous_x = reach(previous_diagonal)
-            start_x = previous_x + 1
-        start_y = start_x - diagonal
-        while x > start_x and y > start_y:
-            x, y = x - 1, y - 1
-            pairs.append((x, y))
-        x, y = previous_x, previous_x - previous_diagonal
-    while x > 0 and y > 0:
-        x, y = x - 1, y - 1
-        pairs.append((x, y))
-    pairs.reverse()
-    return pairs
+            old_root, new_root, path = _split_roots(old_name, new_name)
+            self.roots.append((old_root, new_root))
+        self.entries.append(PatchEntry(_path_str(path), change))
+
+    def _gnu_binary(self, names: bytes) -> None:
+        pair = _split_binary_names(names)
+        if pair is None:
+            return
+        old_root, new_root, path = _split_roots(*pair)
+        self.roots.append((old_root, new_root))
+        self.entries.append(PatchEntry(_path_str(path), "modified"))
+
+    def _place(self, full_path: bytes) -> PatchEntry:
+        """An ``Only in`` path: deleted below the old directory, added below the new one. With no
+        pair of directory names in the patch, git's ``a``/``b`` or ``old``/``new`` are tried."""
+        for old_root, new_root in self.roots or _CONVENTIONAL_ROOTS:
+            if old_root and full_path.startswith(old_root + b"/"):
+                return PatchEntry(_path_str(full_path[len(old_root) + 1:]), "deleted", may_be_directory=True)
+            if new_root and full_path.startswith(new_root + b"/"):
+                return PatchEntry(_path_str(full_path[len(new_root) + 1:]), "added", may_be_directory=True)
+        return PatchEntry(_path_str(_strip_prefix(full_path) or full_path), "one-sided", may_be_directory=True)
 
 
-# -- binary --------------------------------------------------------------------------------
+def _git_entries(section: _GitSection) -> Iterator[PatchEntry]:
+    """A rename is a deletion plus an addition (and a copy an addition), as compare_trees has it."""
+    old_path, new_path = _strip_prefix(section.old_name), _strip_prefix(section.new_name)
+    if section.rename_to is not None:
+        if section.rename_from is not None and not section.copied:
+            yield PatchEntry(_path_str(section.rename_from), "deleted", section.old_blob, None)
+        yield PatchEntry(_path_str(section.rename_to), "added", None, section.new_blob)
+        return
+    path = old_path if section.removed else new_path
+    if path is None:
+        path = old_path if new_path is None else new_path
+    if path is None:
+        return
+    change: Change = "added" if section.created else "deleted" if section.removed else "modified"
+    yield PatchEntry(_path_str(path), change, section.old_blob, section.new_blob)
 
 
-def binary_hunks(old: bytes, new: bytes) -> bytes:
-    """``GIT binary patch`` with the new content as a forward literal and the old as reverse."""
-    return b"GIT binary patch\n" + _literal(new) + _literal(old)
+def _blob_or_none(hex_id: bytes) -> str | None:
+    """An all-zero id is git's way of saying the file does not exist on that side."""
+    return None if not hex_id.strip(b"0") else hex_id.decode()
 
 
-def _literal(content: bytes) -> bytes:
-    compressed = zlib.compress(content, 9)
-    lines = [b"literal %d\n" % len(content)]
-    for start in range(0, len(compressed), 52):
-        chunk = compressed[start : start + 52]
-        length = len(chunk)
-        marker = bytes([ord("A") + length - 1]) if length <= 26 else bytes([ord("a") + length - 27])
-        lines.append(marker + base64.b85encode(chunk, pad=True) + b"\n")
-    lines.append(b"\n")
-    return b"".join(lines)
+def _split_git_names(names: bytes) -> tuple[bytes | None, bytes | None]:
+    """The two names of ``diff --git A B``. Unquoted names may hold spaces; git itself then
+    relies on both names being equal, so the line is cut in the middle."""
+    if names.startswith(b'"'):
+        first, rest = _unquote_prefix(names)
+        if first is None or not rest.startswith(b" "):
+            return None, None
+        return first, _unquote_name(rest[1:])
+    if names.endswith(b'"') and b' "' in names:
+        first, _, second = names.partition(b' "')
+        return first, _unquote_name(b'"' + second)
+    middle = len(names) // 2
+    if len(names) % 2 and names[middle:middle + 1] == b" " \
+            and _strip_prefix(names[:middle]) == _strip_prefix(names[middle + 1:]):
+        return names[:middle], names[middle + 1:]
+    first, _, second = names.partition(b" ")
+    return first, second or None
+
+
+def _split_binary_names(names: bytes) -> tuple[bytes, bytes] | None:
+    """``X and Y`` of GNU's ``Binary files X and Y differ``. GNU leaves spaces unquoted here, so
+    of several `` and `` the cut after which both names end alike wins."""
+    if names.startswith(b'"'):
+        first, rest = _unquote_prefix(names)
+        second = _unquote_name(rest[len(b" and "):]) if rest.startswith(b" and ") else None
+        return (first, second) if first is not None and second is not None else None
+    pairs = [(names[:cut.start()], _unquote_name(names[cut.end():])) for cut in re.finditer(rb" and ", names)]
+    named = [(first, second) for first, second in pairs if second is not None]
+    alike = [pair for pair in named if _split_roots(*pair)[0]]
+    return next(iter(alike or named), None)
+
+
+def _split_roots(old_name: bytes, new_name: bytes) -> tuple[bytes, bytes, bytes]:
+    """(old directory, new directory, path) of a GNU pair of names: the path is the longest run
+    of trailing components both share (at least the first component is a directory)."""
+    old_parts, new_parts = old_name.split(b"/"), new_name.split(b"/")
+    shared = 0
+    while shared < min(len(old_parts), len(new_parts)) - 1 and old_parts[-1 - shared] == new_parts[-1 - shared]:
+        shared += 1
+    if shared == 0:
+        return b"", b"", new_name
+    return b"/".join(old_parts[:-shared]), b"/".join(new_parts[:-shared]), b"/".join(new_parts[-shared:])
+
+
+def _strip_prefix(name: bytes | None) -> bytes | None:
+    """``git apply -p1``: drop the ``a/``/``b/`` (or any first) component."""
+    if name is None:
+        return None
+    return name.partition(b"/")[2] or name
+
+
+def _label_name(label: bytes) -> bytes | None:
+    """The name of a ``---``/``+++`` line: quoted, or up to the tab before a timestamp."""
+    if label.startswith(b'"'):
+        return _unquote_prefix(label)[0]
+    return label.partition(b"\t")[0].rstrip(b" ") or None
+
+
+def _is_epoch(label: bytes) -> bool:
+    """GNU ``diff -N`` dates a missing file at the epoch (in the local time zone)."""
+    match = _TIMESTAMP.search(label.rpartition(b"\t")[2])
+    if match is None:
+        return False
+    year, month, day, hour, minute, second, sign, zone_hours, zone_minutes = match.groups()
+    try:
+        offset = datetime.timedelta(hours=int(zone_hours), minutes=int(zone_minutes))
+        zone = datetime.timezone(offset if sign == b"+" else -offset)
+        moment = datetime.datetime(int(year), int(month), int(day), int(hour), int(minute), int(second),
+                                   tzinfo=zone)
+    except ValueError:
+        return False
+    return moment.timestamp() == 0
+
+
+def _unquote_name(name: bytes) -> bytes | None:
+    """A whole name, quoted or not."""
+    if not name.startswith(b'"'):
+        return name or None
+    unquoted, rest = _unquote_prefix(name)
+    return unquoted if unquoted is not None and not rest.strip() else None
+
+
+def _unquote_prefix(text: bytes) -> tuple[bytes | None, bytes]:
+    """Undo git's (and GNU diff's) C-style quoting of the quoted name ``text`` starts with;
+    (None, text) when it is not well formed."""
+    result = bytearray()
+    index = 1
+    while index < len(text):
+        byte = text[index]
+        if byte == 0x22:
+            return bytes(result), text[index + 1:]
+        if byte != 0x5C:
+            result.append(byte)
+            index += 1
+            continue
+        escape = text[index + 1:index + 2]
+        digits = text[index + 1:index + 4]
+        if len(digits) == 3 and all(0x30 <= digit <= 0x37 for digit in digits):
+            result.append(int(digits, 8) & 0xFF)
+            index += 4
+        elif escape and escape[0] in _C_UNESCAPES:
+            result.append(_C_UNESCAPES[escape[0]])
+            index += 2
+        else:
+            return None, text
+    return None, text
+
+
+def _path_str(path: bytes) -> str:
+    return path.decode("utf-8", "surrogateescape")

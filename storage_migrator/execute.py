@@ -1,10 +1,12 @@
-"""The executor: carries out a ``ProjectPlan`` — moves, manifests, patches, the ``active`` link —
-and queues the metadata, written in batches.
+"""The executor: carries out a ``ProjectPlan`` — moves, manifests, patches, the ``active`` link,
+the backward-compatibility links — and hands the metadata to the batch writer.
 
 Crash safety comes from the order of steps, not from a journal: each step is one atomic rename
 (see fsops), and ``plan`` recognises every state between two steps (a target without source, a
 source without manifest, both legacy and copy, metadata not yet written) and finishes the job.
 Within a project, versions are handled in order so the diff of v<N> reads v<P> as just written.
+``_handle`` is the one place a generation is handled: any exception there fails that
+generation alone, with a one-line reason, and the run goes on.
 """
 from __future__ import annotations
 
@@ -13,23 +15,26 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
-import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from . import diff
-from .db import first_line, GenerationRow, GenerationUpdate, ProjectUpdate, load_output_files, write_updates
+from .batch import BatchWriter
+from .db import load_output_files
 from .errors import GenerationError
 from .faults import checkpoint
 from .fsops import (
+    adopt_owner,
     atomic_write,
     atomic_write_bytes,
     discard_partial,
     discard_tree,
-    flush_to_disk,
     make_dirs,
     move_tree,
+    rename_dir,
     replace_symlink,
+    remove_symlink,
 )
 from .layout import (
     ARTIFACTS_DIR,
@@ -45,17 +50,11 @@ from .layout import (
     patch_file_name,
     source_dir,
 )
-from .manifest import Manifest
-from .plan import Action, GenerationPlan, ProjectPlan
-from .report import GenerationOutcome, RunReport
-from .tree import TreeSnapshot, fingerprint_tree, read_regular_file, scan_tree
-
-DONE_ACTIONS = {
-    Action.MOVE: "moved",
-    Action.FINISH_MOVE: "finished-move",
-    Action.REBUILD: "rebuilt",
-    Action.REFRESH: "refreshed",
-}
+from .manifest import Manifest, read_manifest_document
+from .plan import Action, GenerationPlan, ProjectPlan, is_legacy_link_text
+from .records import GenerationRow, GenerationUpdate, ProjectUpdate
+from .report import GenerationOutcome, Outcome, RunReport
+from .tree import TreeSnapshot, fingerprint_tree, git_blob_id_file, read_regular_file, scan_tree
 
 
 @dataclass
@@ -76,6 +75,9 @@ class ManifestTree:
     def checksums(self) -> dict[str, str]:
         return self.manifest.checksums
 
+    def sizes(self) -> dict[str, int]:
+        return {path: size for path, (size, _) in self.manifest.fingerprints.items()}
+
     def read(self, path: str) -> bytes:
         return read_regular_file(self.root, path)
 
@@ -83,10 +85,18 @@ class ManifestTree:
 SourceTree = TreeSnapshot | ManifestTree
 
 
-@dataclass
-class PendingWrite:
-    outcome: GenerationOutcome
-    update: GenerationUpdate | None
+def write_tree_patch(stream: Any, old: SourceTree, new: SourceTree, comparison: diff.TreeComparison) -> None:
+    """The patch between two trees; files above the size limit are named, never read whole."""
+    diff.write_patch(
+        stream, comparison, old.read, new.read,
+        old_sizes=old.sizes(), new_sizes=new.sizes(),
+        blob_id_old=lambda path: _git_blob_id_of(old.root, path),
+        blob_id_new=lambda path: _git_blob_id_of(new.root, path),
+    )
+
+
+def _git_blob_id_of(root: Path, path: str) -> str:
+    return git_blob_id_file(root, path)
 
 
 @dataclass
@@ -96,10 +106,13 @@ class Executor:
     layout: StorageLayout
     engine: Engine
     report: RunReport
+    legacy_links: bool = True
     batch_size: int = 500
     on_generation: Callable[[int], None] = lambda count: None
-    _pending: list[PendingWrite] = field(default_factory=list)
-    _project_updates: list[ProjectUpdate] = field(default_factory=list)
+    _writer: BatchWriter = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._writer = BatchWriter(self.engine, self.report, self.batch_size)
 
     def carry_out(self, plan: ProjectPlan) -> None:
         previous: SourceTree | None = None
@@ -107,80 +120,83 @@ class Executor:
         for generation_plan in plan.generations:
             is_active = generation_plan.id == plan.active_generation_id
             outcome, update, tree = self._handle(generation_plan, previous, previous_version, is_active)
-            self._pending.append(PendingWrite(outcome, update))
-            if tree is not None:
+            self._writer.add(outcome, update)
+            if tree is not None and generation_plan.is_diff_base:
                 previous, previous_version = tree, generation_plan.generation.version
+            if generation_plan.leftover is not None:
+                self.report.leftovers.append(str(generation_plan.leftover))
             self.on_generation(1)
         self._point_active_link(plan)
         record = plan.record
         if record.exists and (
             record.latest_version != plan.latest_version or record.active_generation_id != plan.active_generation_id
         ):
-            self._project_updates.append(ProjectUpdate(plan.project_id, plan.latest_version, plan.active_generation_id))
-        if len(self._pending) >= self.batch_size:
-            self.flush()
+            self._writer.add_project(ProjectUpdate(plan.project_id, plan.latest_version, plan.active_generation_id))
+        self._writer.flush_if_full()
 
     def finish(self) -> None:
-        self.flush()
-
-    def flush(self) -> None:
-        """Write the queued metadata in one transaction; on a database error the generations of
-        this batch are reported failed (their disk state is complete: the next run only writes)."""
-        updates = [pending.update for pending in self._pending if pending.update is not None]
-        try:
-            flush_to_disk()
-            checkpoint("before-database-write")
-            write_updates(self.engine, updates, self._project_updates)
-            checkpoint("after-database-write")
-            for pending in self._pending:
-                self.report.add(pending.outcome)
-        except sa.exc.DBAPIError as error:
-            message = f"database write failed ({first_line(error)}); rerun to finish"
-            for pending in self._pending:
-                outcome = pending.outcome
-                if pending.update is not None and not outcome.failed:
-                    outcome = GenerationOutcome(outcome.id, outcome.project_id, outcome.version, "failed",
-                                                outcome.storage_path, error=message)
-                self.report.add(outcome)
-        self._pending.clear()
-        self._project_updates.clear()
+        self._writer.flush()
 
     # -- one generation ------------------------------------------------------------------
 
     def _handle(
         self, plan: GenerationPlan, previous: SourceTree | None, previous_version: int | None, is_active: bool
     ) -> tuple[GenerationOutcome, GenerationUpdate | None, SourceTree | None]:
+        """Handle one generation; whatever goes wrong fails this generation alone."""
         generation = plan.generation
         if plan.action in (Action.SKIP, Action.FAIL):
-            outcome = _outcome(plan, "failed" if plan.action == Action.FAIL else "skipped",
-                               generation.storage_path, error=plan.reason if plan.action == Action.FAIL else None)
+            error = plan.reason if plan.action == Action.FAIL else None
+            outcome = _outcome(plan, plan.action.done, generation.storage_path, error=error)
             return outcome, _flag_only_update(generation, is_active), None
         try:
-            if plan.action == Action.UNCHANGED:
-                tree = self._unchanged_tree(plan)
-                return _outcome(plan, "unchanged", plan.storage_path), _flag_only_update(generation, is_active), tree
-            tree = self._put_in_place(plan)
-            summary, patch_path = self._write_manifest_and_patch(plan, tree, previous, previous_version)
+            return self._carry_out_generation(plan, previous, previous_version, is_active)
         except GenerationError as error:
-            return _outcome(plan, "failed", generation.storage_path, error=str(error)), None, None
-        update = GenerationUpdate(
-            generation_id=generation.id,
+            return _outcome(plan, Outcome.FAILED, generation.storage_path, error=str(error)), None, None
+        except (OSError, UnsafePathComponent, ValueError, UnicodeError, RecursionError) as error:
+            reason = f"{type(error).__name__}: {error}".splitlines()[0]
+            return _outcome(plan, Outcome.FAILED, generation.storage_path, error=reason), None, None
+
+    def _carry_out_generation(
+        self, plan: GenerationPlan, previous: SourceTree | None, previous_version: int | None, is_active: bool
+    ) -> tuple[GenerationOutcome, GenerationUpdate | None, SourceTree | None]:
+        generation = plan.generation
+        if plan.action == Action.UNCHANGED:
+            tree = self._unchanged_tree(plan)
+            self._keep_legacy_link(plan)
+            return _outcome(plan, Outcome.UNCHANGED, plan.storage_path), _flag_only_update(generation, is_active), tree
+        self._renumber_folder(plan)
+        tree = self._put_in_place(plan)
+        summary, patch_path = self._write_manifest_and_patch(plan, tree, previous, previous_version)
+        self._keep_legacy_link(plan)
+        update = GenerationUpdate.from_row(
+            generation,
             storage_path=plan.storage_path,
             file_count=tree.file_count,
             total_size_bytes=tree.total_size_bytes,
             diff_from_previous=patch_path,
-            changes_summary=summary.to_json(),
+            changes_summary=_merged_summary(generation, summary),
             is_active=is_active,
         )
         self.report.bytes_handled += tree.total_size_bytes
-        outcome = _outcome(plan, DONE_ACTIONS[plan.action], plan.storage_path,
-                           from_version=previous_version)
+        done = Outcome.RENUMBERED if plan.renumbered_from is not None and plan.action == Action.REFRESH \
+            else plan.action.done
+        outcome = _outcome(plan, done, plan.storage_path, from_version=previous_version if patch_path else None)
         return outcome, update, tree
 
     def _unchanged_tree(self, plan: GenerationPlan) -> SourceTree:
         """An unchanged generation as the next version's diff base: its manifest, read by the plan."""
         assert plan.manifest is not None, "the plan calls a generation unchanged only with a manifest"
         return ManifestTree(source_dir(_target(plan)), plan.manifest)
+
+    def _renumber_folder(self, plan: GenerationPlan) -> None:
+        """A duplicate version given a new number: ``v<old>__id`` → ``v<new>__id`` by one rename."""
+        if plan.renumbered_from is None:
+            return
+        generation = plan.generation
+        old = self.layout.target_dir(generation.project_id, plan.renumbered_from, generation.id)
+        if _is_real_dir(old) and not os.path.lexists(_target(plan)):
+            rename_dir(old, _target(plan))
+            checkpoint("renumbered")
 
     def _put_in_place(self, plan: GenerationPlan) -> SourceTree:
         """Make ``target/source`` hold the generation's files; return them as read."""
@@ -190,7 +206,7 @@ class Executor:
             snapshot = scan_tree(_legacy(plan))      # reads and checks everything before anything moves
             self._prepare_target(plan)
             checkpoint("target-prepared")
-            move_tree(_legacy(plan), source, snapshot, self.layout.trash_dir)
+            move_tree(_legacy(plan), source, snapshot, self.layout.state_dir)
             snapshot.root = source
             checkpoint("moved")
             return snapshot
@@ -234,7 +250,9 @@ class Executor:
                         f"the target {target} already exists and holds {entry.name!r}, which this tool did "
                         "not write: move it away and rerun"
                     )
-        make_dirs(artifacts_dir(target))
+        owner_like = plan.legacy_dir if plan.legacy_dir is not None and _is_real_dir(plan.legacy_dir) else self.layout.root
+        for created in make_dirs(artifacts_dir(target)):
+            adopt_owner(created, owner_like)
 
     def _rebuild_from_database(self, plan: GenerationPlan) -> None:
         """Write the ``output_files`` column into ``source/`` through a staging folder, so the
@@ -253,35 +271,53 @@ class Executor:
                 if not isinstance(content, str):
                     raise GenerationError(f"output_files[{relative_path!r}] is not text; cannot rebuild it")
                 destination = staging / relative_path
-                destination.parent.mkdir(parents=True, exist_ok=True)
+                if os.path.lexists(destination):
+                    raise GenerationError(f"output_files names {relative_path!r} twice (or as a file and a folder)")
+                for created in make_dirs(destination.parent):
+                    adopt_owner(created, self.layout.root)
                 atomic_write_bytes(destination, content.encode("utf-8", "surrogateescape"))
+                adopt_owner(destination, self.layout.root)
                 os.utime(destination, ns=(timestamp_ns, timestamp_ns))
             os.rename(staging, source_dir(target))
         except UnsafePathComponent as error:
             discard_partial(staging)
             raise GenerationError(f"output_files holds an unsafe path: {error}") from None
-        except OSError as error:
+        except (OSError, UnicodeError) as error:
             discard_partial(staging)
-            raise GenerationError(f"cannot rebuild {source_dir(target)}: {error.strerror}") from None
+            raise GenerationError(f"cannot rebuild {source_dir(target)}: {error}") from None
+        except GenerationError:
+            discard_partial(staging)
+            raise
 
     def _write_manifest_and_patch(
         self, plan: GenerationPlan, tree: SourceTree, previous: SourceTree | None, previous_version: int | None
-    ) -> tuple[diff.ChangeSummary, str | None]:
+    ) -> tuple[diff.ChangeSummary | None, str | None]:
+        """The manifest (merged into the application's), then the patch from P. A failed
+        generation gets a manifest but no diff: it is never compared."""
         generation = plan.generation
         target = _target(plan)
         if not os.path.isdir(artifacts_dir(target)):
-            make_dirs(artifacts_dir(target))        # a folder put in place by hand or by an older run
+            for created in make_dirs(artifacts_dir(target)):  # a folder put in place by hand or by an older run
+                adopt_owner(created, self.layout.root)
+        existing = read_manifest_document(manifest_path(target))
         manifest = tree.manifest if isinstance(tree, ManifestTree) else Manifest.from_snapshot(
             tree, generation.id, generation.project_id, generation.version or 0, generation.created_at
         )
-        _write_if_different(manifest_path(target), manifest.to_bytes())
+        if manifest.version != generation.version:
+            manifest = Manifest(generation.id, generation.project_id, generation.version or 0, manifest.created_at,
+                                manifest.file_count, manifest.total_size_bytes, manifest.checksums,
+                                manifest.fingerprints)
+        _write_if_different(manifest_path(target), manifest.with_extra(existing).to_bytes(), self.layout.root)
         checkpoint("manifest-written")
+        if generation.status != "completed":
+            return None, None
         if previous is None or previous_version is None:
             _remove_patches(target, keep=None)
             return diff.ChangeSummary.first_version(tree.file_count), None
         comparison = diff.compare_trees(previous.checksums(), tree.checksums())
         patch_file = target / patch_file_name(previous_version)
-        atomic_write(patch_file, lambda stream: diff.write_patch(stream, comparison, previous.read, tree.read))
+        atomic_write(patch_file, lambda stream: write_tree_patch(stream, previous, tree, comparison))
+        adopt_owner(patch_file, self.layout.root)
         _remove_patches(target, keep=previous_version)
         checkpoint("patch-written")
         patch_path = self.layout.patch_storage_path(
@@ -289,21 +325,53 @@ class Executor:
         )
         return diff.ChangeSummary.from_comparison(comparison, previous_version), patch_path
 
+    def _keep_legacy_link(self, plan: GenerationPlan) -> None:
+        """``<ROOT>/<id>`` → ``<project>/generations/v<N>__<id>/source``, so the application's
+        flat-layout endpoints keep reading and editing the generation. A real folder there (the
+        application's scratch copy) and foreign links are never touched."""
+        generation = plan.generation
+        link = self.layout.legacy_dir(generation.id)
+        expected = self.layout.legacy_link_text(generation.project_id, generation.version or 0, generation.id)
+        current = os.readlink(link) if os.path.islink(link) else None
+        ours = current is not None and is_legacy_link_text(self.layout, generation, current)
+        if os.path.lexists(link) and not ours:
+            return
+        if self.legacy_links and _is_real_dir(source_dir(_target(plan))):
+            if current != expected:
+                replace_symlink(link, expected)
+                adopt_owner(link, self.layout.root)
+                checkpoint("legacy-link")
+        elif ours:
+            remove_symlink(link)
+
     def _point_active_link(self, plan: ProjectPlan) -> None:
         """``active`` → the active generation's folder if it is in the new layout; else no link."""
         generations_dir = self.layout.generations_dir(plan.project_id)
         if not generations_dir.is_dir() or generations_dir.is_symlink():
             return
-        link = generations_dir / "active"
+        link = self.layout.active_link(plan.project_id)
         active = next((p for p in plan.generations if p.id == plan.active_generation_id), None)
-        if active is not None and active.target_dir is not None and source_dir(active.target_dir).is_dir():
+        if active is not None and active.target_dir is not None and _is_real_dir(source_dir(active.target_dir)):
             try:
                 replace_symlink(link, active.target_dir.name)
+                adopt_owner(link, self.layout.root)
             except GenerationError as error:
-                self.report.add(_outcome(active, "failed", active.storage_path, error=str(error)))
+                self.report.error = self.report.error or str(error)
             checkpoint("active-link")
         elif link.is_symlink():
-            link.unlink()
+            remove_symlink(link)
+
+
+def _merged_summary(generation: GenerationRow, summary: diff.ChangeSummary | None) -> Any:
+    """``changes_summary`` as the tool computes it, merged into the application's keys; for a
+    failed generation (no diff) the column is left as it is."""
+    if summary is None:
+        return generation.changes_summary
+    return {**generation.summary, **summary.to_json()}
+
+
+def _is_real_dir(path: Path) -> bool:
+    return os.path.isdir(path) and not os.path.islink(path)
 
 
 def _target(plan: GenerationPlan) -> Path:
@@ -316,7 +384,7 @@ def _legacy(plan: GenerationPlan) -> Path:
     return plan.legacy_dir
 
 
-def _outcome(plan: GenerationPlan, action: str, storage_path: str | None, error: str | None = None,
+def _outcome(plan: GenerationPlan, action: Outcome, storage_path: str | None, error: str | None = None,
              from_version: int | None = None) -> GenerationOutcome:
     generation = plan.generation
     return GenerationOutcome(
@@ -335,34 +403,28 @@ def _flag_only_update(generation: GenerationRow, is_active: bool) -> GenerationU
     """Keep every column but ``is_active``, which must agree with the project's active id."""
     if generation.is_active == is_active:
         return None
-    return GenerationUpdate(
-        generation_id=generation.id,
-        storage_path=generation.storage_path,
-        file_count=generation.file_count,
-        total_size_bytes=generation.total_size_bytes,
-        diff_from_previous=generation.diff_from_previous,
-        changes_summary=generation.changes_summary,
-        is_active=is_active,
-    )
+    return GenerationUpdate.from_row(generation, is_active=is_active)
 
 
 def _is_empty_artifacts(entry: Path) -> bool:
     return entry.name == ARTIFACTS_DIR and entry.is_dir() and not entry.is_symlink() and not any(entry.iterdir())
 
 
-def _write_if_different(path: Path, content: bytes) -> None:
+def _write_if_different(path: Path, content: bytes, owner_like: Path) -> None:
     try:
-        if path.read_bytes() == content:
+        if read_regular_file(path.parent, path.name, max_bytes=len(content)) == content:
             return
-    except OSError:
+    except GenerationError:
         pass
     atomic_write_bytes(path, content)
+    adopt_owner(path, owner_like)
 
 
 def _remove_patches(target: Path, keep: int | None) -> None:
+    """Remove the tool's stale patches; a directory of that name is not the tool's and stays."""
     for entry in target.iterdir():
         version = parse_patch_file_name(entry.name)
-        if version is not None and version != keep:
+        if version is not None and version != keep and not _is_real_dir(entry):
             entry.unlink()
 
 
@@ -372,3 +434,4 @@ def _timestamp_ns(created_at: datetime | None) -> int:
     if created_at.tzinfo is None:
         created_at = created_at.replace(tzinfo=timezone.utc)     # SQLite hands back naive UTC
     return int(created_at.timestamp()) * 1_000_000_000
+

@@ -12,17 +12,18 @@ which a caller uses only on a folder whose verified copy exists.
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
-import shutil
 import stat
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
-from .errors import GenerationError
-from .layout import temp_path
-from .tree import TreeSnapshot, read_regular_file, sha256_hex
+from .errors import GenerationError, UsageError
+from .faults import checkpoint
+from .layout import HELD_SEPARATOR, MOVING_DIR, TRASH_DIR, temp_path
+from .tree import CHUNK_SIZE, READ_FLAGS, TreeSnapshot, sha256_file, walk_dirs, walk_files
 
 WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
 
@@ -86,21 +87,62 @@ def replace_symlink(link: Path, target_name: str) -> None:
         raise GenerationError(describe_os_error(error, "set the link", link)) from error
 
 
-def make_dirs(path: Path) -> None:
+def make_dirs(path: Path) -> list[Path]:
+    """Create ``path`` and its missing parents; returns the folders created (outermost first),
+    so the caller can hand them to the right owner."""
+    missing: list[Path] = []
+    current = path
+    while not os.path.lexists(current):
+        missing.append(current)
+        current = current.parent
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise GenerationError(describe_os_error(error, "create", path)) from error
+    return list(reversed(missing))
 
 
-def move_tree(source: Path, destination: Path, expected: TreeSnapshot, trash_dir: Path) -> bool:
+def adopt_owner(path: Path, like: Path) -> None:
+    """Give ``path`` (never followed) the owner and group of ``like``, so storage created by a
+    migration run as root stays writable by the application's user. A no-op unless root."""
+    if os.geteuid() != 0:
+        return
+    try:
+        model = os.lstat(like)
+        status = os.lstat(path)
+        if (status.st_uid, status.st_gid) != (model.st_uid, model.st_gid):
+            os.lchown(path, model.st_uid, model.st_gid)
+    except OSError as error:
+        raise GenerationError(describe_os_error(error, "set the owner of", path)) from error
+
+
+def rename_dir(source: Path, destination: Path) -> None:
+    try:
+        os.rename(source, destination)
+    except OSError as error:
+        raise GenerationError(describe_os_error(error, "rename", source)) from error
+
+
+def remove_symlink(link: Path) -> None:
+    """Remove a link the tool made (never what it points to)."""
+    try:
+        if os.path.islink(link):
+            os.unlink(link)
+    except OSError as error:
+        raise GenerationError(describe_os_error(error, "remove the link", link)) from error
+
+
+def move_tree(source: Path, destination: Path, expected: TreeSnapshot, state_dir: Path) -> bool:
     """Move folder ``source`` to ``destination`` (which must not exist); True if it was copied.
 
     On one filesystem this is a single rename: no byte is copied and no instant exists where the
     files are in neither place. Across filesystems (EXDEV) the tree is copied next to the
-    destination, fsynced, every file verified against ``expected``'s sha256, renamed into place,
-    and only then is ``source`` removed (by a rename into the trash first, so a crash never leaves
-    a half-deleted source that could be mistaken for different content).
+    destination, fsynced and verified against ``expected``; then ``source`` is taken out of the
+    application's way by one rename into ``<state>/moving/`` and re-scanned: if any file changed
+    or appeared while it was copied, it goes back and the copy is discarded (the generation is
+    retried next run). Only then does the copy become ``destination`` and the source go to the
+    trash. A run killed in between finds the source in ``moving/`` and puts it back first
+    (``recover_moving``).
     """
     try:
         os.rename(source, destination)
@@ -112,67 +154,179 @@ def move_tree(source: Path, destination: Path, expected: TreeSnapshot, trash_dir
     discard_partial(staging)
     try:
         copy_tree_verified(source, staging, expected)
-        os.rename(staging, destination)
-        fsync_dir(destination.parent)
     except OSError as error:
         discard_partial(staging)
         raise GenerationError(describe_os_error(error, "copy to", destination)) from error
     except GenerationError:
         discard_partial(staging)
         raise
-    discard_tree(source, trash_dir)
+    held = _hold_aside(source, state_dir)
+    if _fingerprints(held) != {path: (record.size, record.mtime_ns) for path, record in expected.files.items()}:
+        os.rename(held, source)
+        discard_partial(staging)
+        raise GenerationError(f"files in {source} changed while it was copied (the application is writing it); "
+                              "left where it was — the next run retries")
+    try:
+        os.rename(staging, destination)
+        fsync_dir(destination.parent)
+    except OSError as error:
+        os.rename(held, source)
+        discard_partial(staging)
+        raise GenerationError(describe_os_error(error, "move to", destination)) from error
+    checkpoint("copy-in-place")
+    discard_tree(held, state_dir / TRASH_DIR)
     return True
 
 
+def _hold_aside(source: Path, state_dir: Path) -> Path:
+    """Rename ``source`` into ``<state>/moving/`` (same filesystem as ROOT, checked at start)."""
+    holding = state_dir / MOVING_DIR
+    holding.mkdir(parents=True, exist_ok=True)
+    held = holding / f"{source.name}{HELD_SEPARATOR}{time.time_ns()}"
+    try:
+        os.rename(source, held)
+    except OSError as error:
+        raise GenerationError(describe_os_error(error, "move aside", source)) from error
+    return held
+
+
+def _fingerprints(root: Path) -> dict[str, tuple[int, int]] | None:
+    try:
+        return {path: (status.st_size, status.st_mtime_ns) for path, status in walk_files(root)}
+    except (GenerationError, OSError):
+        return None
+
+
+def recover_moving(root: Path, state_dir: Path) -> None:
+    """Put back every source a killed cross-filesystem move held aside, so the planner sees it
+    again (as a legacy folder, or beside its verified copy)."""
+    holding = state_dir / MOVING_DIR
+    if not holding.is_dir() or holding.is_symlink():
+        return
+    for name in sorted(os.listdir(holding)):
+        original = name.rpartition(HELD_SEPARATOR)[0]
+        if original and not os.path.lexists(root / original):
+            os.rename(holding / name, root / original)
+
+
 def copy_tree_verified(source: Path, destination: Path, expected: TreeSnapshot) -> None:
-    """Copy every folder and file of ``source`` (modes and mtimes kept), fsync, then re-read each
-    copy and compare its sha256 with ``expected``; raises GenerationError on any difference."""
+    """Copy every folder and file of ``source`` (modes and mtimes kept) in chunks, fsync, then
+    re-read each copy and compare its sha256 with ``expected``; raises GenerationError on any
+    difference (a file that changed while it was read included)."""
     destination.mkdir(parents=True)
-    for directory, subdirectories, _ in os.walk(source):
-        relative = Path(directory).relative_to(source)
-        for name in subdirectories:
-            (destination / relative / name).mkdir()
+    for relative_dir in walk_dirs(source):
+        os.mkdir(os.path.join(destination, relative_dir))
     for relative_path, record in expected.files.items():
-        content = expected.read(relative_path)
-        target = destination / relative_path
-        mode = stat.S_IMODE(os.lstat(source / relative_path).st_mode)
-        descriptor = os.open(target, WRITE_FLAGS | os.O_EXCL, 0o600)
-        with os.fdopen(descriptor, "wb") as stream:
-            stream.write(content)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.chmod(target, mode)
-        os.utime(target, ns=(record.mtime_ns, record.mtime_ns))
-    for directory, _, _ in os.walk(destination, topdown=False):
-        fsync_dir(Path(directory))
+        copied = _copy_file(source / relative_path, destination / relative_path, record.mtime_ns)
+        if copied != record.sha256:
+            raise GenerationError(f"{source / relative_path} changed while it was copied; source kept, retried next run")
+    fsync_dir(destination)
+    for relative_dir in walk_dirs(destination):
+        fsync_dir(destination / relative_dir)
     for relative_path, record in expected.files.items():
-        if sha256_hex(read_regular_file(destination, relative_path)) != record.sha256:
+        if sha256_file(destination, relative_path) != record.sha256:
             raise GenerationError(f"the copy of {source / relative_path} does not match its checksum; source kept")
+
+
+def _copy_file(source: Path, target: Path, mtime_ns: int) -> str:
+    """Stream one file (never through a symlink), fsync it; returns the sha256 of what was read."""
+    digest = hashlib.sha256()
+    source_descriptor = os.open(source, READ_FLAGS | os.O_NONBLOCK)
+    try:
+        status = os.fstat(source_descriptor)
+        if not stat.S_ISREG(status.st_mode):
+            raise GenerationError(f"{source} is not a regular file; it is never copied")
+        target_descriptor = os.open(target, WRITE_FLAGS | os.O_EXCL, 0o600)
+        try:
+            while chunk := os.read(source_descriptor, CHUNK_SIZE):
+                digest.update(chunk)
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(target_descriptor, view):]
+            os.fsync(target_descriptor)
+            os.fchmod(target_descriptor, stat.S_IMODE(status.st_mode))
+            os.utime(target_descriptor, ns=(mtime_ns, mtime_ns))
+        finally:
+            os.close(target_descriptor)
+    finally:
+        os.close(source_descriptor)
+    return digest.hexdigest()
 
 
 def discard_partial(path: Path) -> None:
     """Remove a staging folder this tool made (a leftover of a crash or a failed copy)."""
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
+    remove_tree(path)
+
+
+def prepare_state_dir(state_dir: Path) -> None:
+    """Create ``<ROOT>/.storage-migrate`` and its ``trash/`` and ``moving/`` as real folders
+    (mode 0700: only the tool's user writes there), refusing a symlink at any of them."""
+    for folder in (state_dir, state_dir / TRASH_DIR, state_dir / MOVING_DIR):
+        try:
+            os.mkdir(folder, 0o700)
+        except FileExistsError:
+            pass
+        except OSError as error:
+            raise UsageError(describe_os_error(error, "create", folder)) from None
+        if not _is_real_dir(folder):
+            raise UsageError(f"{folder} is not a real folder (a symlink is never followed); remove it and rerun")
+
+
+def _is_real_dir(path: Path) -> bool:
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return False
 
 
 def discard_tree(path: Path, trash_dir: Path) -> None:
-    """Remove ``path`` by renaming it into the trash first, then deleting the trash entry."""
-    trash_dir.mkdir(parents=True, exist_ok=True)
+    """Remove ``path`` by renaming it into the trash first (one rename: a crash never leaves a
+    half-deleted folder in view), then deleting the trash entry."""
+    if not _is_real_dir(trash_dir):
+        raise GenerationError(f"{trash_dir} is not a real folder; nothing is removed — rerun")
     entry = trash_dir / f"{path.name}.{os.getpid()}.{time.time_ns()}"
     try:
         os.rename(path, entry)
     except OSError as error:
         raise GenerationError(describe_os_error(error, "remove", path)) from error
-    shutil.rmtree(entry, ignore_errors=True)
+    remove_tree(entry)
+
+
+def remove_tree(path: Path) -> None:
+    """Delete a folder the tool owns (a trash entry, a staging copy) without following any
+    symlink, iteratively, so a tree thousands of levels deep is no problem."""
+    if not _is_real_dir(path):
+        return
+    stack = [os.fspath(path)]
+    while stack:
+        directory = stack[-1]
+        try:
+            with os.scandir(directory) as entries:
+                subfolders = []
+                for entry in entries:
+                    if entry.is_dir(follow_symlinks=False):
+                        subfolders.append(entry.path)
+                    else:
+                        _remove_quietly(Path(entry.path))
+        except OSError:
+            subfolders = []
+        if subfolders:
+            stack.extend(subfolders)
+            continue
+        try:
+            os.rmdir(directory)
+        except OSError:
+            pass
+        stack.pop()
 
 
 def empty_trash(trash_dir: Path) -> None:
     """Finish deletions a killed run began; everything in the trash has a verified copy."""
-    if trash_dir.is_dir():
-        for entry in trash_dir.iterdir():
-            if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry, ignore_errors=True)
+    if _is_real_dir(trash_dir):
+        for name in os.listdir(trash_dir):
+            entry = trash_dir / name
+            if _is_real_dir(entry):
+                remove_tree(entry)
             else:
                 _remove_quietly(entry)
 

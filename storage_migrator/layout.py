@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 STATE_DIR = ".storage-migrate"
 GENERATIONS_DIR = "generations"
@@ -16,8 +17,13 @@ SOURCE_DIR = "source"
 ARTIFACTS_DIR = "artifacts"
 MANIFEST_FILE = "manifest.json"
 ACTIVE_LINK = "active"
+ARCHIVE_DIR = "archive"
+TRASH_DIR = "trash"
+MOVING_DIR = "moving"
+HELD_SEPARATOR = ".held-"
+LOCK_FILE = "lock"
 PARTIAL_SOURCE_DIR = ".source.partial"
-TEMP_SUFFIX = ".tmp"
+TEMP_SUFFIX = ".storage-migrate.tmp"
 MAX_COMPONENT_LENGTH = 255
 
 _CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f]")
@@ -95,12 +101,12 @@ class StorageLayout:
 
     @property
     def lock_file(self) -> Path:
-        return self.state_dir / "lock"
+        return self.state_dir / LOCK_FILE
 
     @property
     def trash_dir(self) -> Path:
         """Where a legacy folder goes, by one rename, once its copy is verified; emptied later."""
-        return self.state_dir / "trash"
+        return self.state_dir / TRASH_DIR
 
     def legacy_dir(self, generation_id: str) -> Path:
         return self.root / check_path_component(generation_id, "generation id")
@@ -118,6 +124,15 @@ class StorageLayout:
     def active_link(self, project_id: str) -> Path:
         return self.generations_dir(project_id) / ACTIVE_LINK
 
+    def archive_dir(self, project_id: str, version: int, generation_id: str) -> Path:
+        """Where the application's ``cleanup_old_generations`` puts an old version."""
+        check_path_component(generation_id, "generation id")
+        return self.project_dir(project_id) / ARCHIVE_DIR / target_dir_name(version, generation_id)
+
+    def generation_target(self, generation: "HasPlace") -> Path:
+        """The target folder of a generation row (version 0 stands for "no version yet")."""
+        return self.target_dir(generation.project_id, generation.version or 0, generation.id)
+
     def legacy_storage_path(self, generation_id: str) -> str:
         return join_storage_path(self.path_prefix, check_path_component(generation_id, "generation id"))
 
@@ -134,16 +149,47 @@ class StorageLayout:
             self.target_storage_path(project_id, version, generation_id), patch_file_name(from_version)
         )
 
-    def disk_path(self, storage_path: str) -> Path | None:
-        """The disk path of a database path under ``path_prefix``; None if it is not under it
-        or would leave ROOT (``..``), so a hand-edited row can never point the tool elsewhere."""
-        prefix = self.path_prefix.rstrip("/") + "/"
-        if not storage_path.startswith(prefix):
+    def relative_parts(self, storage_path: object) -> tuple[str, ...] | None:
+        """The components below ROOT of a database path, however the prefix is spelled
+        (``./storage/projects/…`` and ``storage/projects/…`` are the same place); None if it is
+        not under the prefix, not a string, or would leave ROOT (``..``), so a hand-edited row
+        can never point the tool elsewhere."""
+        if not isinstance(storage_path, str) or "\x00" in storage_path:
             return None
-        parts = [part for part in storage_path[len(prefix):].split("/") if part not in ("", ".")]
-        if not parts or any(part == ".." for part in parts):
+        prefix = _normalized_parts(self.path_prefix)
+        parts = _normalized_parts(storage_path)
+        if parts is None or prefix is None or parts[: len(prefix)] != prefix:
             return None
-        return self.root.joinpath(*parts)
+        below = parts[len(prefix):]
+        return below or None
+
+    def disk_path(self, storage_path: object) -> Path | None:
+        """The disk path of a database path under ``path_prefix`` (see ``relative_parts``)."""
+        parts = self.relative_parts(storage_path)
+        return None if parts is None else self.root.joinpath(*parts)
+
+    def names_target(self, storage_path: object, project_id: str, version: int, generation_id: str) -> bool:
+        """True if ``storage_path`` (in any spelling) is this generation's target folder."""
+        return self.relative_parts(storage_path) == (project_id, GENERATIONS_DIR, target_dir_name(version, generation_id))
+
+    def legacy_link_text(self, project_id: str, version: int, generation_id: str) -> str:
+        """What the backward-compatibility link ``<ROOT>/<id>`` holds: a relative path to the
+        generation's ``source/``, so the application's flat-layout code keeps working."""
+        return "/".join((project_id, GENERATIONS_DIR, target_dir_name(version, generation_id), SOURCE_DIR))
+
+
+def _normalized_parts(path: str) -> tuple[str, ...] | None:
+    """``./a//b/`` → ``("a", "b")``; None if a part is ``..``. Absolute stays distinguishable."""
+    parts = [part for part in path.split("/") if part not in ("", ".")]
+    if any(part == ".." for part in parts):
+        return None
+    return (("/",) if path.startswith("/") else ()) + tuple(parts)
+
+
+class HasPlace(Protocol):
+    id: str
+    project_id: str
+    version: int | None
 
 
 def source_dir(target_dir: Path) -> Path:
@@ -165,7 +211,8 @@ def partial_source_dir(target_dir: Path) -> Path:
 
 
 def temp_path(final: Path) -> Path:
-    """The sibling a file is written to before an atomic rename onto ``final``."""
+    """The sibling a file is written to before an atomic rename onto ``final``. The suffix is
+    the tool's own, so it cannot be a file the application wrote (``.config.yml.tmp``)."""
     return final.with_name(f".{final.name}{TEMP_SUFFIX}")
 
 

@@ -9,6 +9,7 @@ import fcntl
 import json
 import os
 import socket
+import stat
 import time
 from pathlib import Path
 from types import TracebackType
@@ -16,17 +17,19 @@ from types import TracebackType
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from .errors import LockHeld, UsageError
+from .errors import GenerationError, LockHeld, UsageError
+from .fsops import prepare_state_dir
+from .tree import read_regular_file
 
 ADVISORY_LOCK_KEY = 0x5354_4F52_4D49_47  # "STORMIG": one key for every storage-migrate
 
 
 def _holder_description(lock_file: Path) -> str:
     try:
-        holder = json.loads(lock_file.read_text())
+        holder = json.loads(read_regular_file(lock_file.parent, lock_file.name, max_bytes=4096))
         return (f"{holder['command']} (pid {holder['pid']} on {holder['host']}, "
                 f"since {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(holder['since']))})")
-    except (OSError, ValueError, KeyError, TypeError):
+    except (GenerationError, ValueError, KeyError, TypeError, OverflowError):
         return "an unknown process"
 
 
@@ -59,22 +62,28 @@ class RunLock:
         self._release_file_lock()
 
     def _take_file_lock(self) -> None:
+        prepare_state_dir(self.lock_file.parent)
         try:
-            self.lock_file.parent.mkdir(parents=True, exist_ok=True)
-            descriptor = os.open(self.lock_file, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+            descriptor = os.open(self.lock_file, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
         except OSError as error:
-            raise UsageError(f"cannot create the lock file {self.lock_file}: {error.strerror}") from None
+            raise UsageError(f"cannot open the lock file {self.lock_file}: {error.strerror}; "
+                             "it must be a plain file the tool can write") from None
+        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+            os.close(descriptor)
+            raise UsageError(f"the lock file {self.lock_file} is not a plain file; remove it and rerun")
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(descriptor)
             raise LockHeld(f"another run holds {self.lock_file}: {_holder_description(self.lock_file)}; "
                            "try again when it has finished") from None
-        holder = {"command": self.command, "pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
-        os.ftruncate(descriptor, 0)
-        os.lseek(descriptor, 0, os.SEEK_SET)
-        os.write(descriptor, json.dumps(holder).encode())
         self._descriptor = descriptor
+        holder = {"command": self.command, "pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
+        try:
+            os.ftruncate(descriptor, 0)
+            os.pwrite(descriptor, json.dumps(holder).encode(), 0)
+        except OSError:
+            pass        # the lock is held all the same; only the holder's name is missing (e.g. disk full)
 
     def _release_file_lock(self) -> None:
         if self._descriptor is not None:

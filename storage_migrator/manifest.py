@@ -2,18 +2,26 @@
 
 The application reads ``files``; the tool reads ``checksums`` (diffs without re-reading the
 older side) and ``fingerprints`` (resync skips a generation whose files all stat the same).
-The text is a pure function of the tree and the row, so reruns write identical bytes.
+The text is a pure function of the tree, the row and the keys already there: the tool merges
+into a manifest the application wrote (its ``metadata`` and ``created_at`` stay), so reruns write
+identical bytes. A manifest is untrusted input: read with a size cap, never through a symlink or
+from a FIFO, and any unexpected type makes it "unreadable" (rewritten), never an exception.
 """
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
-from .tree import Fingerprint, TreeSnapshot
+from .tree import Fingerprint, TreeSnapshot, read_regular_file
 
 MANIFEST_FORMAT = 1
+MAX_MANIFEST_BYTES = 256 << 20
+# Keys the tool writes; every other key of an existing manifest is the application's and stays.
+OWNED_KEYS = frozenset({"format", "generation_id", "project_id", "version", "file_count", "total_size_bytes",
+                        "files", "checksums", "fingerprints"})
 
 
 @dataclass(frozen=True)
@@ -26,6 +34,7 @@ class Manifest:
     total_size_bytes: int
     checksums: dict[str, str]
     fingerprints: dict[str, Fingerprint]
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)   # the application's keys
 
     @property
     def files(self) -> list[str]:
@@ -49,13 +58,22 @@ class Manifest:
             },
         )
 
+    def with_extra(self, existing: dict[str, Any] | None) -> "Manifest":
+        """This manifest keeping the keys of ``existing`` that the tool does not own."""
+        if not existing:
+            return self
+        extra = {key: value for key, value in existing.items() if key not in OWNED_KEYS}
+        return Manifest(self.generation_id, self.project_id, self.version, self.created_at, self.file_count,
+                        self.total_size_bytes, self.checksums, self.fingerprints, extra)
+
     def to_bytes(self) -> bytes:
         document = {
+            **self.extra,
             "format": MANIFEST_FORMAT,
             "generation_id": self.generation_id,
             "project_id": self.project_id,
             "version": self.version,
-            "created_at": self.created_at,
+            "created_at": self.extra.get("created_at", self.created_at),
             "file_count": self.file_count,
             "total_size_bytes": self.total_size_bytes,
             "files": self.files,
@@ -69,31 +87,57 @@ class Manifest:
         return (json.dumps(document, ensure_ascii=False) + "\n").encode("utf-8", "surrogateescape")
 
     @classmethod
-    def from_bytes(cls, raw: bytes) -> "Manifest":
-        document = json.loads(raw.decode("utf-8", "surrogateescape"))
+    def from_document(cls, document: dict[str, Any]) -> "Manifest":
+        """Raises ValueError/TypeError/KeyError for anything not of the expected shape."""
+        checksums = document["checksums"]
+        fingerprints = document.get("fingerprints", {})
+        if not isinstance(checksums, dict) or not isinstance(fingerprints, dict):
+            raise TypeError("checksums and fingerprints must be objects")
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in checksums.items()):
+            raise TypeError("checksums must map paths to strings")
+        pairs: dict[str, Fingerprint] = {}
+        for path, pair in fingerprints.items():
+            if not (isinstance(pair, list) and len(pair) == 2 and all(type(n) is int for n in pair)):
+                raise TypeError("a fingerprint must be [size, mtime_ns]")
+            pairs[path] = (pair[0], pair[1])
+        integers = [document["version"], document["file_count"], document["total_size_bytes"]]
+        if not all(type(number) is int for number in integers):
+            raise TypeError("version, file_count and total_size_bytes must be integers")
+        created_at = document.get("created_at")
         return cls(
-            generation_id=document["generation_id"],
-            project_id=document["project_id"],
-            version=int(document["version"]),
-            created_at=document.get("created_at"),
-            file_count=int(document["file_count"]),
-            total_size_bytes=int(document["total_size_bytes"]),
-            checksums=dict(document["checksums"]),
-            fingerprints={
-                path: tuple(pair)
-                for path, pair in document.get("fingerprints", {}).items()
-            },
+            generation_id=str(document["generation_id"]),
+            project_id=str(document["project_id"]),
+            version=integers[0],
+            created_at=created_at if isinstance(created_at, str) else None,
+            file_count=integers[1],
+            total_size_bytes=integers[2],
+            checksums=dict(checksums),
+            fingerprints=pairs,
+            extra={key: value for key, value in document.items() if key not in OWNED_KEYS},
         )
 
 
-def read_manifest(path: Path) -> Manifest | None:
-    """The manifest at ``path``, or None if it is missing or unreadable (then it is rewritten)."""
+def read_manifest_document(path: Path) -> dict[str, Any] | None:
+    """The JSON object in ``path`` if it is a regular file (not a symlink, FIFO or device) of
+    sane size holding an object; else None."""
     try:
-        return Manifest.from_bytes(path.read_bytes())
-    except (OSError, ValueError, KeyError, TypeError):
+        raw = read_regular_file(path.parent, path.name, max_bytes=MAX_MANIFEST_BYTES)
+        document = json.loads(raw.decode("utf-8", "surrogateescape"))
+    except Exception:       # untrusted bytes: any failure (incl. RecursionError) means "no manifest"
         return None
+    return document if isinstance(document, dict) else None
 
 
+def read_manifest(path: Path) -> Manifest | None:
+    """The tool's manifest at ``path``, or None if missing, unreadable or not the tool's format
+    (then it is rewritten, keeping the application's keys)."""
+    document = read_manifest_document(path)
+    if document is None:
+        return None
+    try:
+        return Manifest.from_document(document)
+    except (ValueError, KeyError, TypeError):
+        return None
 def format_timestamp(value: datetime | str | None) -> str | None:
     """ISO 8601 in UTC; SQLite hands back naive datetimes, which the schema stores as UTC."""
     if value is None or isinstance(value, str):

@@ -1,19 +1,22 @@
 """The plan: for every generation, what will happen to it and why, decided from the database rows
-and a look at the disk (stat and manifests only, no file content).
+and a look at the disk (stat, readlink and manifests only, no file content).
 
 ``--dry-run`` prints this plan; ``run`` and ``resync`` hand the very same plan to the executor.
-The decision itself (``decide_project``) is a pure function of the rows and the observed disk.
+The decision itself (``decide_project``) is a pure function of the rows and the observed disk;
+the rules it applies beside the running application are in ``docs/design.md``.
 """
 from __future__ import annotations
 
+import os
 import stat
-from collections import Counter
+from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
 from enum import Enum
 from pathlib import Path
 
-from .db import GenerationRow, ProjectRecord
+from .errors import GenerationError
 from .layout import (
     StorageLayout,
     UnsafePathComponent,
@@ -23,10 +26,9 @@ from .layout import (
     source_dir,
 )
 from .manifest import Manifest, read_manifest
+from .records import GenerationRow, ProjectRecord
+from .report import Outcome, Tally
 from .tree import fingerprint_tree
-from .errors import GenerationError
-
-UNFINISHED_STATUSES = frozenset({"pending", "processing"})
 
 
 class Action(str, Enum):
@@ -35,29 +37,64 @@ class Action(str, Enum):
     REBUILD = "rebuild"            # no folder: written from the output_files column
     REFRESH = "refresh"            # in the new layout; manifest, diff or metadata to redo
     UNCHANGED = "unchanged"        # nothing to do
-    SKIP = "skip"                  # left alone on purpose (still being written, nothing to move)
+    SKIP = "skip"                  # left alone on purpose (still being written, archived, nothing to move)
     FAIL = "fail"                  # cannot be handled; the reason says what to fix
 
     @property
     def ends_on_disk(self) -> bool:
         return self not in (Action.SKIP, Action.FAIL)
 
+    @property
+    def tally(self) -> Tally:
+        if self is Action.FAIL:
+            return Tally.FAILED
+        if self in (Action.SKIP, Action.UNCHANGED):
+            return Tally.SKIPPED
+        return Tally.MIGRATED
+
+    @property
+    def done(self) -> Outcome:
+        """The outcome a real run reports when this action succeeds."""
+        return _DONE[self]
+
+
+_DONE = {
+    Action.MOVE: Outcome.MOVED,
+    Action.FINISH_MOVE: Outcome.FINISHED_MOVE,
+    Action.REBUILD: Outcome.REBUILT,
+    Action.REFRESH: Outcome.REFRESHED,
+    Action.UNCHANGED: Outcome.UNCHANGED,
+    Action.SKIP: Outcome.SKIPPED,
+    Action.FAIL: Outcome.FAILED,
+}
+
+
+class LegacyKind(str, Enum):
+    """What ``<ROOT>/<generation_id>`` is."""
+
+    MISSING = "missing"
+    DIR = "dir"                # a real folder: legacy, an interrupted copy, or the application's scratch copy
+    OUR_LINK = "our-link"      # the tool's backward-compatibility link, pointing where it should
+    STALE_LINK = "stale-link"  # a link of the tool's shape pointing at another version of this generation
+    OTHER = "other"            # a file or a foreign symlink: never followed, never touched
+
 
 @dataclass(frozen=True)
 class DiskState:
     """What the disk shows for one generation, gathered with stats and one manifest read."""
 
-    legacy_kind: str                 # "dir", "missing" or "other" (a symlink or a file: never followed)
+    legacy_kind: LegacyKind
     target_exists: bool
     source_exists: bool
     manifest: Manifest | None
     patch_versions: tuple[int, ...]  # the P of every diff_from_vP.patch in the target folder
     fingerprints_match: bool | None  # None when not checked
+    archived: bool = False           # <ROOT>/<project>/archive/v<N>__<id>/ exists
 
 
 @dataclass(frozen=True)
 class GenerationPlan:
-    generation: GenerationRow
+    generation: GenerationRow             # with its version as it will be (renumbered if so)
     action: Action
     reason: str | None = None
     legacy_dir: Path | None = None
@@ -65,12 +102,18 @@ class GenerationPlan:
     storage_path: str | None = None       # what storage_path will be
     from_version: int | None = None       # P, the version the diff will be taken from
     content_changes: bool = False         # source/ is new or differs from its manifest
+    renumbered_from: int | None = None    # the duplicate version it had; its folder is renamed
+    leftover: Path | None = None          # the application's scratch copy beside the target
     manifest: Manifest | None = field(default=None, repr=False)   # as probed; the executor reuses it
-
 
     @property
     def id(self) -> str:
         return self.generation.id
+
+    @property
+    def is_diff_base(self) -> bool:
+        """Only a completed generation that ends on disk can be the next version's P."""
+        return self.action.ends_on_disk and self.generation.status == "completed"
 
 
 @dataclass(frozen=True)
@@ -89,74 +132,139 @@ class ProjectPlan:
         return any(plan.action != Action.UNCHANGED for plan in self.generations)
 
 
-def _is_safe(value: str, what: str) -> str | None:
+def _unsafe_reason(generation: GenerationRow) -> str | None:
     try:
-        check_path_component(value, what)
+        check_path_component(generation.id, "generation id")
+        check_path_component(generation.project_id, "project id")
     except UnsafePathComponent as error:
         return str(error)
     return None
 
 
-def _kind_of(path: Path) -> str:
+def _legacy_kind(layout: StorageLayout, generation: GenerationRow) -> LegacyKind:
+    path = layout.legacy_dir(generation.id)
     try:
-        mode = path.lstat().st_mode
+        mode = os.lstat(path).st_mode
     except FileNotFoundError:
-        return "missing"
-    return "dir" if stat.S_ISDIR(mode) else "other"
+        return LegacyKind.MISSING
+    except OSError:
+        return LegacyKind.OTHER
+    if stat.S_ISDIR(mode):
+        return LegacyKind.DIR
+    if not stat.S_ISLNK(mode):
+        return LegacyKind.OTHER
+    text = os.readlink(path)
+    if text == layout.legacy_link_text(generation.project_id, generation.version or 0, generation.id):
+        return LegacyKind.OUR_LINK
+    return LegacyKind.STALE_LINK if is_legacy_link_text(layout, generation, text) else LegacyKind.OTHER
+
+
+def is_legacy_link_text(layout: StorageLayout, generation: GenerationRow, text: str) -> bool:
+    """True if ``text`` has the shape of this tool's link for this generation, at any version
+    (a renumbered generation's old link)."""
+    parts = text.split("/")
+    if len(parts) != 4 or parts[0] != generation.project_id or parts[3] != "source":
+        return False
+    from .layout import GENERATIONS_DIR, parse_target_dir_name
+    parsed = parse_target_dir_name(parts[2])
+    return parts[1] == GENERATIONS_DIR and parsed is not None and parsed[1] == generation.id
+
+
+def _is_real_dir(path: Path) -> bool:
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return False
 
 
 def probe_disk(layout: StorageLayout, generation: GenerationRow, check_fingerprints: bool) -> DiskState:
     """Look at one generation's folders. Reads at most its manifest; with ``check_fingerprints``
-    also one lstat per file (resync), never file content."""
-    legacy_kind = _kind_of(layout.legacy_dir(generation.id))
-    target = layout.target_dir(generation.project_id, generation.version or 0, generation.id)
-    target_exists = _kind_of(target) == "dir"
-    source_exists = target_exists and _kind_of(source_dir(target)) == "dir"
+    also one lstat per file (resync), never file content. Nothing here follows a symlink."""
+    legacy_kind = _legacy_kind(layout, generation)
+    target = layout.generation_target(generation)
+    target_exists = _is_real_dir(layout.project_dir(generation.project_id)) and \
+        _is_real_dir(layout.generations_dir(generation.project_id)) and _is_real_dir(target)
+    source_exists = target_exists and _is_real_dir(source_dir(target))
     manifest = read_manifest(manifest_path(target)) if source_exists else None
     patch_versions: tuple[int, ...] = ()
     if target_exists:
-        patch_versions = tuple(
-            sorted(version for entry in target.iterdir() if (version := parse_patch_file_name(entry.name)) is not None)
-        )
+        patch_versions = tuple(sorted(
+            version for name in os.listdir(target) if (version := parse_patch_file_name(name)) is not None
+        ))
     fingerprints_match: bool | None = None
     if check_fingerprints and manifest is not None:
         try:
             fingerprints_match = fingerprint_tree(source_dir(target)) == manifest.fingerprints
         except GenerationError:
             fingerprints_match = False
-    return DiskState(legacy_kind, target_exists, source_exists, manifest, patch_versions, fingerprints_match)
+    archived = not source_exists and _is_real_dir(
+        layout.archive_dir(generation.project_id, generation.version or 0, generation.id))
+    return DiskState(legacy_kind, target_exists, source_exists, manifest, patch_versions, fingerprints_match, archived)
 
 
-def _problem(generation: GenerationRow, record: ProjectRecord, duplicate_versions: set[int]) -> str | None:
+def _sort_key(generation: GenerationRow) -> tuple[datetime, str]:
+    created = generation.created_at
+    if created is None:
+        created = datetime.max.replace(tzinfo=timezone.utc)
+    elif created.tzinfo is None:
+        created = created.replace(tzinfo=timezone.utc)
+    return created, generation.id
+
+
+def renumber_duplicates(record: ProjectRecord) -> dict[str, int]:
+    """New versions for rows that share a version with an older row of the same project: the
+    oldest keeps it; each later completed or failed one gets the next free number above
+    ``latest_version``. Pending/processing rows keep theirs until they finish (the application
+    may still be writing them). Returns generation id → new version."""
+    by_version: dict[int, list[GenerationRow]] = defaultdict(list)
+    for generation in record.generations:
+        if generation.version is not None and generation.version >= 1:
+            by_version[generation.version].append(generation)
+    next_free = max([record.latest_version, *by_version.keys()], default=0) + 1
+    renumbered: dict[str, int] = {}
+    for version in sorted(by_version):
+        later = sorted(by_version[version], key=_sort_key)[1:]
+        for generation in later:
+            if generation.is_unfinished:
+                continue
+            renumbered[generation.id] = next_free
+            next_free += 1
+    return renumbered
+
+
+def _problem(generation: GenerationRow, record: ProjectRecord) -> str | None:
     """Why a generation cannot be handled at all, before the disk is even looked at."""
-    unsafe = _is_safe(generation.id, "generation id") or _is_safe(generation.project_id, "project id")
+    unsafe = _unsafe_reason(generation)
     if unsafe:
         return f"{unsafe}; it cannot name a folder — fix the row"
     if not record.exists:
         return f"project {generation.project_id} has no row in projects; restore it or delete the generation"
-    if generation.version is None or generation.version < 1:
-        return "has no version; run `alembic upgrade head` or set one"
-    if generation.version in duplicate_versions:
-        return f"version {generation.version} is used by more than one generation of this project; renumber them"
+    if not isinstance(generation.version, int) or generation.version < 1:
+        return "has no version; run `storage-migrate db upgrade` or set one"
     return None
 
 
+def _summary_is_ours(generation: GenerationRow, expected_from: int | None) -> bool:
+    summary = generation.summary
+    counts_ok = all(isinstance(summary.get(key), int) for key in ("added", "modified", "deleted"))
+    return counts_ok and "from_version" in summary and summary.get("from_version") == expected_from
+
+
 def _decide_on_disk(
-    generation: GenerationRow, disk: DiskState, expected_storage_path: str, expected_from: int | None
+    generation: GenerationRow, disk: DiskState, path_is_right: bool, expected_from: int | None
 ) -> tuple[Action, str | None]:
     """The decision for a generation whose target folder holds a ``source/``."""
-    if disk.legacy_kind == "dir":
-        return Action.FINISH_MOVE, "both the legacy folder and source/ exist (an interrupted copy)"
     if disk.manifest is None:
-        return Action.REFRESH, "manifest missing or unreadable"
+        return Action.REFRESH, "manifest missing, unreadable or written by the application"
     if disk.fingerprints_match is False:
         return Action.REFRESH, "files changed on disk"
-    if generation.storage_path != expected_storage_path:
+    if not path_is_right:
         return Action.REFRESH, "storage_path not written yet"
     if disk.manifest.file_count != generation.file_count or disk.manifest.total_size_bytes != generation.total_size_bytes:
         return Action.REFRESH, "file_count or total_size_bytes disagree with the manifest"
-    summary = generation.changes_summary or {}
-    if not generation.changes_summary or summary.get("from_version") != expected_from:
+    if generation.status != "completed":
+        return Action.UNCHANGED, None       # a failed generation gets no diff
+    if not _summary_is_ours(generation, expected_from):
         return Action.REFRESH, f"diff must be taken from {'v%d' % expected_from if expected_from else 'nothing'}"
     if disk.patch_versions != ((expected_from,) if expected_from else ()):
         return Action.REFRESH, "patch file missing or stale"
@@ -167,27 +275,45 @@ def decide_project(
     record: ProjectRecord, layout: StorageLayout, disks: dict[str, DiskState], keep_active: bool = True
 ) -> ProjectPlan:
     """Decide every generation of one project, in version order. Pure: ``disks`` holds what
-    ``probe_disk`` saw. ``P`` (from_version) is the nearest lower version that will have a folder
-    in the new layout after the run; a generation whose P's content is rewritten is refreshed too."""
-    versions = Counter(generation.version for generation in record.generations)
-    duplicate_versions = {version for version, count in versions.items() if count > 1 and version is not None}
+    ``probe_disk`` saw (for renumbered generations: at their old version). ``P`` (from_version)
+    is the nearest lower version whose generation is completed and ends on disk; a generation
+    whose P's content is rewritten is refreshed too."""
+    renumbered = renumber_duplicates(record)
+    ordered = sorted(
+        (replace(g, version=renumbered[g.id]) if g.id in renumbered else g for g in record.generations),
+        key=lambda g: (g.version if isinstance(g.version, int) else 0, *_sort_key(g)),
+    )
+    old_versions = {g.id: g.version for g in record.generations}
     plans: list[GenerationPlan] = []
-    previous_on_disk: GenerationPlan | None = None
-    for generation in record.generations:
-        problem = _problem(generation, record, duplicate_versions)
+    previous_base: GenerationPlan | None = None
+    for generation in ordered:
+        problem = _problem(generation, record)
         if problem:
             plans.append(GenerationPlan(generation, Action.FAIL, problem))
             continue
-        plan = _decide_generation(generation, layout, disks[generation.id], previous_on_disk)
+        plan = _decide_generation(generation, layout, disks[generation.id], previous_base)
+        if generation.id in renumbered:
+            plan = _renumbered(plan, old_versions[generation.id])
         plans.append(plan)
-        if plan.action.ends_on_disk:
-            previous_on_disk = plan
+        if plan.is_diff_base:
+            previous_base = plan
     active_id = record.active_generation_id if keep_active else None
-    if active_id is None:
-        completed = [g for g in record.generations if g.status == "completed" and g.version is not None]
-        active_id = max(completed, key=lambda g: g.version).id if completed else None
-    latest = max((g.version or 0 for g in record.generations), default=0)
+    if active_id is None or active_id not in {g.id for g in record.generations}:
+        completed = [g for g in ordered if g.status == "completed" and isinstance(g.version, int)]
+        active_id = max(completed, key=lambda g: (g.version, *_sort_key(g))).id if completed else None
+    versions = [g.version for g in ordered if isinstance(g.version, int)]
+    latest = max([record.latest_version, *versions], default=0)
     return ProjectPlan(record, tuple(plans), active_id, latest)
+
+
+def _renumbered(plan: GenerationPlan, old_version: int | None) -> GenerationPlan:
+    """A duplicate given a new number: its folder (if in the new layout) is renamed and its
+    metadata rewritten, so it is at least refreshed."""
+    if plan.action in (Action.FAIL, Action.SKIP):
+        return replace(plan, renumbered_from=old_version)
+    action = Action.REFRESH if plan.action == Action.UNCHANGED else plan.action
+    reason = f"version {old_version} is shared with an older generation; renumbered to v{plan.generation.version}"
+    return replace(plan, action=action, reason=reason, renumbered_from=old_version, content_changes=True)
 
 
 def _decide_generation(
@@ -195,39 +321,47 @@ def _decide_generation(
 ) -> GenerationPlan:
     version = generation.version or 0
     target = layout.target_dir(generation.project_id, version, generation.id)
+    path_is_right = layout.names_target(generation.storage_path, generation.project_id, version, generation.id)
     base = GenerationPlan(
         generation,
         Action.SKIP,
         legacy_dir=layout.legacy_dir(generation.id),
         target_dir=target,
-        storage_path=layout.target_storage_path(generation.project_id, version, generation.id),
-        from_version=previous.generation.version if previous else None,
+        storage_path=generation.storage_path if path_is_right
+        else layout.target_storage_path(generation.project_id, version, generation.id),
+        from_version=previous.generation.version if previous and generation.status == "completed" else None,
     )
-    if generation.status in UNFINISHED_STATUSES and not disk.source_exists:
+    keep_row = {"storage_path": generation.storage_path, "from_version": None}
+    if generation.is_unfinished:
         return replace(base, reason=f"status is {generation.status}: the application may still be writing it; "
-                       "a later resync picks it up", storage_path=generation.storage_path, from_version=None)
-    if disk.legacy_kind == "other":
+                       "a later resync picks it up", **keep_row)
+    if disk.legacy_kind == LegacyKind.OTHER:
         return replace(base, action=Action.FAIL, reason=f"{base.legacy_dir} is not a folder (a symlink or a file); "
-                       "it is never followed — replace it with the real folder")
+                       "it is never followed — replace it with the real folder", **keep_row)
     if disk.source_exists:
-        action, reason = _decide_on_disk(generation, disk, base.storage_path or "", base.from_version)
-        if action == Action.UNCHANGED and previous is not None and previous.content_changes:
+        leftover = None
+        if disk.legacy_kind == LegacyKind.DIR:
+            if not path_is_right:
+                return replace(base, action=Action.FINISH_MOVE, content_changes=True, manifest=disk.manifest,
+                               reason="both the legacy folder and source/ exist (an interrupted copy)")
+            leftover = base.legacy_dir       # the application's scratch copy: reported, never touched
+        action, reason = _decide_on_disk(generation, disk, path_is_right, base.from_version)
+        if action == Action.UNCHANGED and previous is not None and previous.content_changes and base.from_version:
             action, reason = Action.REFRESH, f"v{previous.generation.version} changed, so the diff from it is redone"
-        changes = action == Action.FINISH_MOVE or (
-            action == Action.REFRESH and (disk.manifest is None or disk.fingerprints_match is False)
-        )
-        return replace(base, action=action, reason=reason, content_changes=changes, manifest=disk.manifest)
-    if disk.legacy_kind == "dir":
+        changes = action == Action.REFRESH and (disk.manifest is None or disk.fingerprints_match is False)
+        return replace(base, action=action, reason=reason, content_changes=changes, manifest=disk.manifest,
+                       leftover=leftover)
+    if disk.legacy_kind == LegacyKind.DIR:
         return replace(base, action=Action.MOVE, content_changes=True)
+    if disk.archived:
+        return replace(base, reason="archived by the application (archive/ folder); left as it is", **keep_row)
     if generation.has_output_files:
         return replace(base, action=Action.REBUILD, reason="folder missing; rebuilt from the output_files column",
                        content_changes=True)
     if generation.status == "completed":
-        return replace(base, action=Action.FAIL, storage_path=generation.storage_path, from_version=None,
-                       reason=f"completed, but {base.legacy_dir} is missing and output_files is empty: "
-                       "restore the folder from a backup")
-    return replace(base, reason=f"status is {generation.status} and there are no files to move",
-                   storage_path=generation.storage_path, from_version=None)
+        return replace(base, action=Action.FAIL, reason=f"completed, but {base.legacy_dir} is missing and "
+                       "output_files is empty: restore the folder from a backup", **keep_row)
+    return replace(base, reason=f"status is {generation.status} and there are no files to move", **keep_row)
 
 
 def plan_project(
@@ -240,13 +374,24 @@ def plan_project(
 
     ``has_output_files(generation_id)`` confirms, for a generation without any folder, that its
     ``output_files`` holds files: the row query only knows the column is not SQL NULL, and a
-    JSON ``null`` or ``{}`` must not be planned as a rebuild.
+    JSON ``null`` or ``{}`` must not be planned as a rebuild. A generation whose disk cannot
+    even be probed (permission denied, a name the filesystem refuses) fails alone.
     """
     disks: dict[str, DiskState] = {}
+    unprobed: dict[str, str] = {}
+    renumbered = renumber_duplicates(record)
     for generation in record.generations:
-        if _is_safe(generation.id, "generation id") or _is_safe(generation.project_id, "project id"):
+        if _unsafe_reason(generation) or not isinstance(generation.version, int):
             continue
-        disks[generation.id] = probe_disk(layout, generation, check_fingerprints)
+        if generation.id in renumbered:
+            # A killed run may already have renamed the folder to the new number.
+            moved = replace(generation, version=renumbered[generation.id])
+            if _is_real_dir(layout.generation_target(moved)):
+                generation = moved
+        try:
+            disks[generation.id] = probe_disk(layout, generation, check_fingerprints)
+        except (OSError, ValueError, UnicodeError) as error:
+            unprobed[generation.id] = f"cannot look at its folders: {error}"
     if has_output_files is not None:
         record = replace(record, generations=tuple(
             replace(generation, has_output_files=has_output_files(generation.id))
@@ -254,8 +399,17 @@ def plan_project(
             else generation
             for generation in record.generations
         ))
-    return decide_project(record, layout, disks)
+    plan = decide_project(record, layout, {**disks, **{gid: _UNPROBED for gid in unprobed}})
+    if not unprobed:
+        return plan
+    return replace(plan, generations=tuple(
+        replace(p, action=Action.FAIL, reason=unprobed[p.id]) if p.id in unprobed else p for p in plan.generations
+    ))
+
+
+_UNPROBED = DiskState(LegacyKind.MISSING, False, False, None, (), None)
 
 
 def _has_no_folder(disk: DiskState) -> bool:
-    return disk.legacy_kind == "missing" and not disk.source_exists
+    return disk.legacy_kind in (LegacyKind.MISSING, LegacyKind.OUR_LINK, LegacyKind.STALE_LINK) \
+        and not disk.source_exists and not disk.archived

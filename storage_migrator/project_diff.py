@@ -2,18 +2,24 @@
 paths from the database), or any two versions compared on the fly from their folders."""
 from __future__ import annotations
 
+import io
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 
 from . import diff
 from .config import Settings
-from .db import GenerationRow, load_projects
+from .db import load_projects
 from .errors import GenerationError, UsageError
-from .execute import ManifestTree
-from .layout import StorageLayout, manifest_path, source_dir
+from .execute import ManifestTree, write_tree_patch
+from .installation import open_installation
+from .layout import StorageLayout, UnsafePathComponent, manifest_path, source_dir
 from .manifest import read_manifest
-from .migrate import open_installation
-from .tree import TreeSnapshot, scan_tree
+from .records import GenerationRow
+from .tree import TreeSnapshot, read_regular_file, scan_tree
+
+MAX_PATCH_BYTES = 512 << 20
 
 
 @dataclass(frozen=True)
@@ -61,12 +67,10 @@ def project_diff(
     """The recorded history, or — with both ``from_version`` and ``to_version`` — a fresh
     comparison of those two versions (any two, also non-consecutive). Exit 2 for an unknown
     project or version."""
-    layout, engine = open_installation(settings, "diff")
-    try:
-        with engine.connect() as connection:
+    with open_installation(settings, "diff", read_only=True) as installation:
+        layout = installation.layout
+        with installation.engine.connect() as connection:
             records = load_projects(connection, [project_id])
-    finally:
-        engine.dispose()
     record = records[0]
     if not record.exists and not record.generations:
         raise UsageError(f"project {project_id!r} not found in the database; check the id")
@@ -79,11 +83,8 @@ def project_diff(
         report.versions.append(_compare_on_the_fly(layout, old, new, with_patch))
         return report
     for version, generation in sorted(by_version.items()):
-        summary = generation.changes_summary or {}
-        patch_text = None
-        if with_patch and generation.diff_from_previous:
-            patch_file = layout.disk_path(generation.diff_from_previous)
-            patch_text = patch_file.read_bytes() if patch_file and patch_file.is_file() else b""
+        summary = generation.summary
+        patch_text = _recorded_patch(layout, generation) if with_patch and generation.diff_from_previous else None
         report.versions.append(
             VersionChanges(
                 version=version,
@@ -99,6 +100,31 @@ def project_diff(
     return report
 
 
+def _recorded_patch(layout: StorageLayout, generation: GenerationRow) -> bytes:
+    """The patch file a row names, read without following any symlink; a path outside ROOT or
+    through a link is refused with a one-line error."""
+    patch_file = layout.disk_path(generation.diff_from_previous)
+    if patch_file is None:
+        raise UsageError(f"v{generation.version}: diff_from_previous {generation.diff_from_previous!r} is not under "
+                         "the storage root; fix the row or run `storage-migrate resync`")
+    if any(os.path.islink(parent) for parent in _parents_below(layout.root, patch_file)):
+        raise UsageError(f"v{generation.version}: {patch_file} lies behind a symlink; it is never followed")
+    try:
+        return read_regular_file(patch_file.parent, patch_file.name, max_bytes=MAX_PATCH_BYTES)
+    except GenerationError as error:
+        raise UsageError(f"v{generation.version}: {error}") from None
+
+
+def _parents_below(root: Path, path: Path) -> list[Path]:
+    """Every folder between ``root`` (excluded) and ``path`` (excluded)."""
+    parents = []
+    current = path.parent
+    while current != root and root in current.parents:
+        parents.append(current)
+        current = current.parent
+    return parents
+
+
 def _generation(by_version: dict[int, GenerationRow], version: int, project_id: str) -> GenerationRow:
     if version not in by_version:
         known = ", ".join(str(number) for number in sorted(by_version)) or "none"
@@ -107,9 +133,12 @@ def _generation(by_version: dict[int, GenerationRow], version: int, project_id: 
 
 
 def _source_tree(layout: StorageLayout, generation: GenerationRow) -> ManifestTree | TreeSnapshot:
-    target = layout.target_dir(generation.project_id, generation.version or 0, generation.id)
+    try:
+        target = layout.generation_target(generation)
+    except UnsafePathComponent as error:
+        raise UsageError(str(error)) from None
     folder = source_dir(target)
-    if not folder.is_dir():
+    if not folder.is_dir() or any(os.path.islink(p) for p in (folder, *_parents_below(layout.root, folder))):
         raise UsageError(f"version {generation.version} ({generation.id}) has no folder in the new layout; "
                          "run `storage-migrate run` first")
     manifest = read_manifest(manifest_path(target))
@@ -122,7 +151,11 @@ def _compare_on_the_fly(layout: StorageLayout, old: GenerationRow, new: Generati
     try:
         old_tree, new_tree = _source_tree(layout, old), _source_tree(layout, new)
         comparison = diff.compare_trees(old_tree.checksums(), new_tree.checksums())
-        patch_text = diff.render_patch(comparison, old_tree.read, new_tree.read) if with_patch else None
+        patch_text = None
+        if with_patch:
+            buffer = io.BytesIO()
+            write_tree_patch(buffer, old_tree, new_tree, comparison)
+            patch_text = buffer.getvalue()
     except GenerationError as error:
         raise UsageError(str(error)) from None
     summary = diff.ChangeSummary.from_comparison(comparison, old.version or 0)

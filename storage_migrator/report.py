@@ -1,26 +1,65 @@
-"""What a command did, as one object: the CLI renders it as text or as the SPEC §6 JSON document,
-and its exit code follows from it."""
+"""What a command did, as one object: the CLI renders it as text or as the JSON document, and
+its exit code follows from it. ``Outcome`` is the one vocabulary of what happened to a
+generation; a dry run reports the planner's ``Action`` instead, which maps onto it."""
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from enum import Enum
+from typing import Protocol
 
-from .errors import EXIT_OK, EXIT_SOME_FAILED
+from .errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_SOME_FAILED
 
-MIGRATED_ACTIONS = frozenset({"moved", "copied", "rebuilt", "refreshed", "finished-move", "restored",
-                              "move", "rebuild", "refresh", "finish-move", "restore"})
-FAILED_ACTIONS = frozenset({"failed", "fail"})
+
+class Tally(str, Enum):
+    """The three counters of a report."""
+
+    MIGRATED = "migrated"
+    SKIPPED = "skipped"
+    FAILED = "failed"
+
+
+class Outcome(str, Enum):
+    """What a real run did to one generation (the JSON ``action``)."""
+
+    MOVED = "moved"                    # legacy folder → source/
+    FINISHED_MOVE = "finished-move"    # a killed copy completed
+    REBUILT = "rebuilt"                # written from output_files
+    REFRESHED = "refreshed"            # manifest, diff or metadata redone
+    RENUMBERED = "renumbered"          # a duplicate version got the next free number
+    RESTORED = "restored"              # rollback moved it back to the legacy folder
+    UNCHANGED = "unchanged"
+    SKIPPED = "skipped"
+    FAILED = "failed"
+
+    @property
+    def tally(self) -> Tally:
+        if self is Outcome.FAILED:
+            return Tally.FAILED
+        if self in (Outcome.UNCHANGED, Outcome.SKIPPED):
+            return Tally.SKIPPED
+        return Tally.MIGRATED
+
+
+class ReportedAction(Protocol):
+    """What a report needs of an action: an ``Outcome`` or the planner's ``Action``."""
+
+    @property
+    def value(self) -> str: ...
+
+    @property
+    def tally(self) -> Tally: ...
 
 
 @dataclass(frozen=True)
 class GenerationOutcome:
-    """One generation's line in a report. ``action`` is planned (``move``) in a dry run and
-    done (``moved``) in a real one; ``reason`` says why it was skipped or redone."""
+    """One generation's line in a report. ``action`` is an ``Outcome``, or in a dry run the
+    planned ``Action`` (``move``); ``reason`` says why it was skipped or redone."""
 
     id: str
     project_id: str
     version: int | None
-    action: str
+    action: ReportedAction
     storage_path: str | None
     error: str | None = None
     reason: str | None = None
@@ -30,15 +69,23 @@ class GenerationOutcome:
     total_size_bytes: int | None = None
 
     @property
+    def tally(self) -> Tally:
+        return self.action.tally
+
+    @property
     def failed(self) -> bool:
-        return self.action in FAILED_ACTIONS
+        return self.tally is Tally.FAILED
+
+    @property
+    def skipped(self) -> bool:
+        return self.action in (Outcome.SKIPPED, "skip")
 
     def to_json(self) -> dict:
         return {
             "id": self.id,
             "project_id": self.project_id,
             "version": self.version,
-            "action": self.action,
+            "action": self.action.value,
             "storage_path": self.storage_path,
             "error": self.error,
             "reason": self.reason,
@@ -62,8 +109,10 @@ class RunReport:
     keep_all: bool = True
     outcomes: list[GenerationOutcome] = field(default_factory=list)
     orphans: list[str] = field(default_factory=list)
+    leftovers: list[str] = field(default_factory=list)
     bytes_handled: int = 0
     error: str | None = None          # why the run stopped early (e.g. the database went away)
+    interrupted: bool = False         # Ctrl-C or SIGTERM: what was done is still reported
     migrated: int = 0
     skipped: int = 0
     failed: int = 0
@@ -71,23 +120,30 @@ class RunReport:
     finished: float | None = None
 
     def add(self, outcome: GenerationOutcome) -> None:
-        if outcome.failed:
+        tally = outcome.tally
+        if tally is Tally.FAILED:
             self.failed += 1
-        elif outcome.action in MIGRATED_ACTIONS:
+        elif tally is Tally.MIGRATED:
             self.migrated += 1
         else:
             self.skipped += 1
-        if self.keep_all or outcome.failed or outcome.action in ("skip", "skipped"):
+        if self.keep_all or outcome.failed or outcome.skipped:
             self.outcomes.append(outcome)
 
     def merge(self, other: "RunReport") -> None:
         """Fold a worker's report into this one (its lines were already filtered the same way)."""
         self.outcomes.extend(other.outcomes)
+        self.leftovers.extend(other.leftovers)
         self.migrated += other.migrated
         self.skipped += other.skipped
         self.failed += other.failed
         self.bytes_handled += other.bytes_handled
         self.error = self.error or other.error
+        self.interrupted = self.interrupted or other.interrupted
+
+    def finish(self) -> "RunReport":
+        self.finished = time.monotonic()
+        return self
 
     @property
     def seconds(self) -> float:
@@ -95,6 +151,8 @@ class RunReport:
 
     @property
     def exit_code(self) -> int:
+        if self.interrupted:
+            return EXIT_INTERRUPTED
         return EXIT_SOME_FAILED if self.failed or self.error else EXIT_OK
 
     def to_json(self) -> dict:
@@ -107,6 +165,8 @@ class RunReport:
             "bytes": self.bytes_handled,
             "seconds": round(self.seconds, 3),
             "orphans": self.orphans,
+            "leftovers": self.leftovers,
             "error": self.error,
+            "interrupted": self.interrupted,
             "generations": [outcome.to_json() for outcome in self.outcomes],
         }

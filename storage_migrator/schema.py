@@ -1,29 +1,55 @@
-"""Alembic driven from Python: the demo and the tests build databases through the very
-migrations an operator runs (``alembic upgrade``), never through a schema of their own."""
+"""The schema migration driven through Alembic's command API: ``storage-migrate db …``, the demo
+and the tests build databases through the very migrations an operator runs.
+
+The scripts ship inside the wheel as ``storage_migrator/migrations`` (mapped from the
+repository's top-level ``alembic/``); in a checkout they are read from ``alembic/`` directly.
+No ``alembic.ini`` is needed: the configuration is built here.
+"""
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
-from alembic import command
-from alembic.config import Config
+from .config import normalize_database_url
+from .errors import UsageError
 
-ALEMBIC_INI = Path(__file__).resolve().parent.parent / "alembic.ini"
+PACKAGE_DIR = Path(__file__).resolve().parent
 
 
-def alembic_config(database_url: str) -> Config:
-    """An Alembic config pointing at this repository's scripts and at ``database_url``."""
-    if not ALEMBIC_INI.is_file():
-        raise FileNotFoundError(
-            f"{ALEMBIC_INI} not found: install storage-migrator from its checkout (pip install -e .)"
-        )
-    config = Config(str(ALEMBIC_INI))
-    config.attributes["database_url"] = database_url
+def script_location() -> Path:
+    """Where the migration scripts are: inside the installed package, else the checkout."""
+    for candidate in (PACKAGE_DIR / "migrations", PACKAGE_DIR.parent / "alembic"):
+        if (candidate / "env.py").is_file():
+            return candidate
+    raise UsageError("the migration scripts are missing from this installation; reinstall storage-migrator")
+
+
+def alembic_config(database_url: str, output: io.TextIOBase | None = None):  # -> alembic.config.Config
+    """An Alembic config pointing at the shipped scripts and at ``database_url``."""
+    from alembic.config import Config
+
+    config = Config(stdout=output) if output is not None else Config()
+    config.set_main_option("script_location", str(script_location()))
+    config.attributes["database_url"] = normalize_database_url(database_url)
     return config
 
 
-def upgrade_schema(database_url: str, revision: str = "head") -> None:
-    command.upgrade(alembic_config(database_url), revision)
+def upgrade_schema(database_url: str, revision: str = "head", sql: bool = False) -> None:
+    from alembic import command
+
+    command.upgrade(alembic_config(database_url), revision, sql=sql)
 
 
-def downgrade_schema(database_url: str, revision: str) -> None:
-    command.downgrade(alembic_config(database_url), revision)
+def downgrade_schema(database_url: str, revision: str, sql: bool = False) -> None:
+    from alembic import command
+
+    command.downgrade(alembic_config(database_url), revision, sql=sql)
+
+
+def current_revision_text(database_url: str) -> str:
+    """What ``alembic current`` prints, as text."""
+    from alembic import command
+
+    buffer = io.StringIO()
+    command.current(alembic_config(database_url, output=buffer))
+    return buffer.getvalue().strip()

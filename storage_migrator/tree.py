@@ -19,10 +19,12 @@ READ_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC
 CHUNK_SIZE = 1 << 20
 # Bytes of file content kept in memory per tree for the next diff; past it, files are read again.
 CONTENT_CACHE_LIMIT = 64 << 20
+# A single file larger than this is never kept in memory whole by a scan.
+KEEP_FILE_LIMIT = 8 << 20
 
 
 def sha256_hex(content: bytes) -> str:
-    """The project's one checksum: sha256 hex of a file's bytes."""
+    """sha256 hex of bytes already in memory (the same checksum as ``sha256_file``)."""
     return hashlib.sha256(content).hexdigest()
 
 
@@ -59,6 +61,9 @@ class TreeSnapshot:
 
     def checksums(self) -> dict[str, str]:
         return {path: record.sha256 for path, record in self.files.items()}
+
+    def sizes(self) -> dict[str, int]:
+        return {path: record.size for path, record in self.files.items()}
 
     def read(self, path: str) -> bytes:
         """The bytes of ``path``: from memory if kept, else read again (without following links)."""
@@ -99,16 +104,44 @@ def walk_files(root: Path) -> Iterator[tuple[str, os.stat_result]]:
                 raise GenerationError(f"{entry.path} is not a regular file; remove it and rerun")
 
 
-def read_regular_file(root: Path, relative_path: str) -> bytes:
-    """Read a file below ``root`` without following a symlink at its last component."""
-    full_path = os.path.join(root, relative_path)
+def walk_dirs(root: Path | str) -> Iterator[str]:
+    """Every folder below ``root`` as a relative '/' path, parents before children; iterative,
+    so a tree thousands of levels deep costs no recursion. Symlinks are not folders here."""
+    stack: list[tuple[str, str]] = [(os.fspath(root), "")]
+    while stack:
+        directory, prefix = stack.pop()
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    relative = prefix + entry.name
+                    yield relative
+                    stack.append((entry.path, relative + "/"))
+
+
+def _open_regular(full_path: str) -> tuple[int, os.stat_result]:
+    """Open a regular file without following a symlink at its last component and without
+    blocking on a FIFO; anything but a regular file is refused."""
     try:
-        descriptor = os.open(full_path, READ_FLAGS)
+        descriptor = os.open(full_path, READ_FLAGS | os.O_NONBLOCK)
     except PermissionError as error:
         raise GenerationError(f"cannot read {full_path}: permission denied; fix its permissions and rerun") from error
     except OSError as error:
         raise GenerationError(f"cannot read {full_path}: {error.strerror}") from error
+    status = os.fstat(descriptor)
+    if not stat.S_ISREG(status.st_mode):
+        os.close(descriptor)
+        raise GenerationError(f"{full_path} is not a regular file; it is never read")
+    return descriptor, status
+
+
+def read_regular_file(root: Path | str, relative_path: str, max_bytes: int | None = None) -> bytes:
+    """Read a regular file below ``root`` (never through a symlink at its last component,
+    never a FIFO or device); with ``max_bytes``, a larger file is refused unread."""
+    full_path = os.path.join(root, relative_path)
+    descriptor, status = _open_regular(full_path)
     try:
+        if max_bytes is not None and status.st_size > max_bytes:
+            raise GenerationError(f"{full_path} is larger than {max_bytes} bytes; not read")
         # Plain os.read: a file object per file cost a run ~10% of its time in the profile.
         parts = []
         while chunk := os.read(descriptor, CHUNK_SIZE):
@@ -120,18 +153,72 @@ def read_regular_file(root: Path, relative_path: str) -> bytes:
         os.close(descriptor)
 
 
+def read_prefix(root: Path | str, relative_path: str, length: int) -> bytes:
+    """The first ``length`` bytes of a regular file (e.g. to recognise a patch's format)."""
+    full_path = os.path.join(root, relative_path)
+    descriptor, _ = _open_regular(full_path)
+    try:
+        return os.read(descriptor, length)
+    finally:
+        os.close(descriptor)
+
+
+def hash_file(root: Path | str, relative_path: str, keep_up_to: int) -> tuple[str, int, bytes | None]:
+    """sha256 hex, size and — if the file is at most ``keep_up_to`` bytes — its content, read in
+    chunks: memory does not grow with the file's size."""
+    full_path = os.path.join(root, relative_path)
+    descriptor, _ = _open_regular(full_path)
+    digest = hashlib.sha256()
+    kept: list[bytes] | None = []
+    size = 0
+    try:
+        while chunk := os.read(descriptor, CHUNK_SIZE):
+            digest.update(chunk)
+            size += len(chunk)
+            if kept is not None:
+                kept.append(chunk)
+                if size > keep_up_to:
+                    kept = None
+    except OSError as error:
+        raise GenerationError(f"cannot read {full_path}: {error.strerror}") from error
+    finally:
+        os.close(descriptor)
+    return digest.hexdigest(), size, (b"".join(kept) if kept is not None else None)
+
+
+def sha256_file(root: Path | str, relative_path: str) -> str:
+    """The project's one checksum, streamed: sha256 hex of a file's bytes."""
+    return hash_file(root, relative_path, keep_up_to=0)[0]
+
+
+def git_blob_id_file(root: Path | str, relative_path: str) -> str:
+    """git's object id of a file (sha1 over ``blob <size>\\0`` + bytes), streamed: what a
+    patch's ``index`` line names for a file too large to enter the patch."""
+    full_path = os.path.join(root, relative_path)
+    descriptor, status = _open_regular(full_path)
+    digest = hashlib.sha1(b"blob %d\0" % status.st_size)
+    try:
+        while chunk := os.read(descriptor, CHUNK_SIZE):
+            digest.update(chunk)
+    finally:
+        os.close(descriptor)
+    return digest.hexdigest()
+
+
 def scan_tree(root: Path, keep_contents: bool = True) -> TreeSnapshot:
-    """Read and hash every file below ``root`` once. Bytes are kept (up to a bound) for the diff."""
+    """Read and hash every file below ``root`` once, in chunks. Bytes of small files are kept
+    (up to a bound per tree) for the diff; others are read again when the diff needs them."""
     snapshot = TreeSnapshot(root=root, files={})
     kept = 0
     for relative_path, status in walk_files(root):
-        content = read_regular_file(root, relative_path)
+        room = CONTENT_CACHE_LIMIT - kept if keep_contents else -1
+        checksum, size, content = hash_file(root, relative_path, keep_up_to=min(room, KEEP_FILE_LIMIT))
         snapshot.files[relative_path] = FileRecord(
-            path=relative_path, size=len(content), mtime_ns=status.st_mtime_ns, sha256=sha256_hex(content)
+            path=relative_path, size=size, mtime_ns=status.st_mtime_ns, sha256=checksum
         )
-        if keep_contents and kept + len(content) <= CONTENT_CACHE_LIMIT:
+        if content is not None and keep_contents:
             snapshot.contents[relative_path] = content
-            kept += len(content)
+            kept += size
     snapshot.files = dict(sorted(snapshot.files.items()))
     return snapshot
 

@@ -1,8 +1,11 @@
 """``storage-migrate verify``: a read-only comparison of the database with the disk.
 
-It checks what the application's ``validate_migration.py`` lists (columns, key, sequential
-versions, storage paths, active ids, ``is_active``) and, per generation, the folder, counts,
-sizes, checksums, the patch (re-rendered and compared byte for byte) and the ``active`` link.
+It checks the schema (columns, and a foreign key by its columns), per project the active
+generation and ``latest_version``, and per generation the folder, counts, sizes, checksums, the
+patch (by meaning: file list and blob ids), the ``active`` link and the backward-compatibility
+link. Every normal state of the running application is accepted: rows still being written,
+failed rows without files, version gaps and duplicates (resync renumbers), archived versions,
+the application's manifests and patches.
 """
 from __future__ import annotations
 
@@ -13,20 +16,17 @@ import sqlalchemy as sa
 
 from . import diff
 from .config import Settings
-from .db import GenerationRow, ProjectRecord, iter_project_records
+from .db import has_active_generation_key, iter_project_records, missing_columns
 from .errors import EXIT_OK, EXIT_VERIFY_PROBLEMS, GenerationError
 from .execute import ManifestTree
-from .layout import StorageLayout, UnsafePathComponent, manifest_path, patch_file_name, source_dir
+from .installation import open_installation
+from .layout import StorageLayout, UnsafePathComponent, check_path_component, manifest_path, source_dir
 from .manifest import read_manifest
-from .migrate import open_installation
-from .plan import UNFINISHED_STATUSES
-from .tree import TreeSnapshot, scan_tree
+from .records import GenerationRow, ProjectRecord
+from .tree import TreeSnapshot, read_regular_file, scan_tree
 
-REQUIRED_COLUMNS = {
-    "generations": {"version", "version_name", "is_active", "storage_path", "file_count", "total_size_bytes",
-                    "diff_from_previous", "changes_summary"},
-    "projects": {"active_generation_id", "latest_version"},
-}
+MAX_PATCH_BYTES = 512 << 20
+SourceTree = ManifestTree | TreeSnapshot
 
 
 @dataclass(frozen=True)
@@ -58,138 +58,169 @@ class VerifyReport:
 
 
 def verify(settings: Settings) -> VerifyReport:
-    layout, engine = open_installation(settings, "verify")
     report = VerifyReport()
-    try:
-        report.problems.extend(_schema_problems(engine))
-        for record in iter_project_records(engine):
-            report.problems.extend(_project_problems(layout, record))
+    with open_installation(settings, "verify", read_only=True) as installation:
+        report.problems.extend(_schema_problems(installation.engine))
+        for record in iter_project_records(installation.engine):
+            report.problems.extend(_project_problems(installation.layout, record, settings.legacy_links))
             report.generations_checked += len(record.generations)
-    finally:
-        engine.dispose()
     return report
 
 
 def _schema_problems(engine: sa.Engine) -> list[Problem]:
-    inspector = sa.inspect(engine)
     problems = []
-    for table, required in REQUIRED_COLUMNS.items():
-        missing = required - {column["name"] for column in inspector.get_columns(table)}
-        if missing:
-            problems.append(Problem(None, "schema", f"{table} lacks columns {sorted(missing)}"))
-    keys = {key["name"] for key in inspector.get_foreign_keys("projects")}
-    if "fk_projects_active_generation" not in keys:
-        problems.append(Problem(None, "schema", "foreign key fk_projects_active_generation is missing"))
+    with engine.connect() as connection:
+        for table, columns in missing_columns(connection).items():
+            problems.append(Problem(None, "schema", f"{table} lacks columns {columns}"))
+    if not has_active_generation_key(engine):
+        problems.append(Problem(None, "schema", "no foreign key from projects.active_generation_id to generations.id"))
     return problems
 
 
-def _project_problems(layout: StorageLayout, record: ProjectRecord) -> list[Problem]:
+def _project_problems(layout: StorageLayout, record: ProjectRecord, legacy_links: bool) -> list[Problem]:
     problems: list[Problem] = []
+    try:
+        check_path_component(record.project_id, "project id")
+    except UnsafePathComponent as error:
+        return [Problem(None, "unsafe-id", str(error))]
     generations = record.generations
-    versions = sorted(generation.version or 0 for generation in generations)
-    if versions != list(range(1, len(generations) + 1)):
-        problems.append(Problem(None, "version-sequence", f"project {record.project_id}: versions {versions} are not 1..{len(generations)}"))
-    if record.exists and record.latest_version != max(versions, default=0):
-        problems.append(Problem(None, "latest-version", f"project {record.project_id}: latest_version {record.latest_version} != {max(versions, default=0)}"))
+    versions = [g.version for g in generations if isinstance(g.version, int)]
+    if record.exists and record.latest_version < max(versions, default=0):
+        problems.append(Problem(None, "latest-version", f"project {record.project_id}: latest_version "
+                                f"{record.latest_version} is below its highest version {max(versions)}"))
     completed = [generation for generation in generations if generation.status == "completed"]
     ids = {generation.id for generation in generations}
     if completed and record.active_generation_id not in ids:
-        problems.append(Problem(None, "active", f"project {record.project_id} has completed generations but active_generation_id is {record.active_generation_id!r}"))
+        problems.append(Problem(None, "active", f"project {record.project_id} has completed generations but "
+                                f"active_generation_id is {record.active_generation_id!r}"))
     for generation in generations:
         if generation.is_active != (generation.id == record.active_generation_id):
-            problems.append(Problem(generation.id, "is-active", f"is_active is {generation.is_active} but the project's active generation is {record.active_generation_id}"))
-    previous: tuple[GenerationRow, ManifestTree | TreeSnapshot] | None = None
+            problems.append(Problem(generation.id, "is-active", f"is_active is {generation.is_active} but the "
+                                    f"project's active generation is {record.active_generation_id}"))
+    trees: dict[int, SourceTree] = {}
     for generation in generations:
         try:
-            checked = _generation_problems(layout, generation, previous, problems)
-        except (GenerationError, UnsafePathComponent) as error:
-            problems.append(Problem(generation.id, "unreadable", str(error)))
-            checked = None
-        if checked is not None:
-            previous = (generation, checked)
+            tree = _generation_problems(layout, generation, trees, problems, legacy_links)
+        except (GenerationError, UnsafePathComponent, OSError, ValueError) as error:
+            problems.append(Problem(generation.id, "unreadable", str(error).splitlines()[0]))
+            tree = None
+        if tree is not None and isinstance(generation.version, int) and generation.status == "completed":
+            trees.setdefault(generation.version, tree)
     problems.extend(_active_link_problems(layout, record))
     return problems
 
 
 def _generation_problems(
-    layout: StorageLayout,
-    generation: GenerationRow,
-    previous: tuple[GenerationRow, ManifestTree | TreeSnapshot] | None,
-    problems: list[Problem],
-) -> TreeSnapshot | None:
-    """Check one generation; returns its tree as read (for the next version's patch) if it is in
+    layout: StorageLayout, generation: GenerationRow, trees: dict[int, SourceTree], problems: list[Problem],
+    legacy_links: bool,
+) -> SourceTree | None:
+    """Check one generation; returns its tree as read (for a later version's patch) if it is in
     the new layout."""
-    if generation.storage_path is None:
-        problems.append(Problem(generation.id, "storage-path", "storage_path is NULL"))
-        return None
-    target = layout.target_dir(generation.project_id, generation.version or 0, generation.id)
-    expected_path = layout.target_storage_path(generation.project_id, generation.version or 0, generation.id)
-    if generation.storage_path != expected_path:
-        if generation.status not in UNFINISHED_STATUSES and layout.legacy_dir(generation.id).is_dir():
-            problems.append(Problem(generation.id, "not-migrated", f"still at {generation.storage_path}; run `storage-migrate resync`"))
+    if generation.is_unfinished or not isinstance(generation.version, int):
+        return None                     # the application may be writing it; resync picks it up later
+    check_path_component(generation.id, "generation id")
+    version = generation.version
+    target = layout.target_dir(generation.project_id, version, generation.id)
+    if layout.archive_dir(generation.project_id, version, generation.id).is_dir():
+        return None                     # archived by the application
+    if not layout.names_target(generation.storage_path, generation.project_id, version, generation.id):
+        legacy = layout.legacy_dir(generation.id)
+        if os.path.isdir(legacy) and not os.path.islink(legacy):
+            problems.append(Problem(generation.id, "not-migrated",
+                                    f"still at {generation.storage_path}; run `storage-migrate resync`"))
         elif generation.status == "completed":
-            problems.append(Problem(generation.id, "storage-path", f"storage_path {generation.storage_path} is not {expected_path}"))
+            problems.append(Problem(generation.id, "storage-path", f"storage_path {generation.storage_path} does "
+                                    f"not name {layout.target_storage_path(generation.project_id, version, generation.id)}"))
         return None
     folder = source_dir(target)
-    if not folder.is_dir():
+    if not folder.is_dir() or folder.is_symlink():
         problems.append(Problem(generation.id, "missing-folder", f"{folder} does not exist"))
         return None
-    snapshot = scan_tree(folder)
+    snapshot = scan_tree(folder, keep_contents=False)
     if generation.file_count != snapshot.file_count:
         problems.append(Problem(generation.id, "file-count", f"file_count {generation.file_count}, disk {snapshot.file_count}"))
     if generation.total_size_bytes != snapshot.total_size_bytes:
         problems.append(Problem(generation.id, "size", f"total_size_bytes {generation.total_size_bytes}, disk {snapshot.total_size_bytes}"))
     manifest = read_manifest(manifest_path(target))
-    if manifest is None:
-        problems.append(Problem(generation.id, "manifest", f"{manifest_path(target)} is missing or unreadable"))
-    elif manifest.checksums != snapshot.checksums():
+    if manifest is not None and manifest.checksums != snapshot.checksums():
         changed = sorted(set(manifest.checksums.items()) ^ set(snapshot.checksums().items()))
         problems.append(Problem(generation.id, "checksum", f"{len(changed)} file(s) differ from the manifest, e.g. {changed[0][0]}"))
-    problems.extend(_patch_problems(layout, generation, target, snapshot, previous))
+    if generation.status == "completed":
+        problems.extend(_patch_problems(layout, generation, snapshot, trees))
+    problems.extend(_legacy_link_problems(layout, generation, legacy_links))
     return snapshot
 
 
 def _patch_problems(
-    layout: StorageLayout,
-    generation: GenerationRow,
-    target: "os.PathLike[str]",
-    snapshot: TreeSnapshot,
-    previous: tuple[GenerationRow, ManifestTree | TreeSnapshot] | None,
+    layout: StorageLayout, generation: GenerationRow, snapshot: TreeSnapshot, trees: dict[int, SourceTree]
 ) -> list[Problem]:
-    summary = generation.changes_summary or {}
-    if previous is None:
-        if generation.diff_from_previous is not None or summary.get("from_version") is not None:
-            return [Problem(generation.id, "patch", "has a diff but no lower version is on disk")]
+    """The recorded counts and the patch must describe the change from the recorded
+    from-version to this one. A summary without counts (the application's) is not checked."""
+    summary = generation.summary
+    from_version = summary.get("from_version")
+    if not all(isinstance(summary.get(key), int) for key in ("added", "modified", "deleted")):
+        return []
+    if from_version is None:
         if summary.get("added") != snapshot.file_count:
             return [Problem(generation.id, "changes-summary", f"changes_summary {summary} for a first version")]
         return []
-    previous_row, previous_tree = previous
-    expected = layout.patch_storage_path(generation.project_id, generation.version or 0, generation.id, previous_row.version or 0)
-    if generation.diff_from_previous != expected:
-        return [Problem(generation.id, "patch", f"diff_from_previous is {generation.diff_from_previous}, expected {expected}")]
-    comparison = diff.compare_trees(previous_tree.checksums(), snapshot.checksums())
-    if diff.ChangeSummary.from_comparison(comparison, previous_row.version or 0).to_json() != summary:
+    previous = trees.get(from_version) if isinstance(from_version, int) else None
+    if previous is None:
+        return [Problem(generation.id, "changes-summary", f"diff from v{from_version}, which is not on disk")]
+    comparison = diff.compare_trees(previous.checksums(), snapshot.checksums())
+    if diff.ChangeSummary.from_comparison(comparison, from_version).to_json() != {
+            key: summary.get(key) for key in ("added", "modified", "deleted", "from_version")}:
         return [Problem(generation.id, "changes-summary", f"changes_summary {summary} does not match the folders")]
-    patch_file = layout.disk_path(expected)
-    if patch_file is None or not patch_file.is_file():
-        return [Problem(generation.id, "patch", f"{patch_file_name(previous_row.version or 0)} is missing")]
-    if patch_file.read_bytes() != diff.render_patch(comparison, previous_tree.read, snapshot.read):
-        return [Problem(generation.id, "patch", f"{patch_file} does not turn v{previous_row.version} into v{generation.version}")]
+    if generation.diff_from_previous is None:
+        return [Problem(generation.id, "patch", f"no diff_from_previous for a diff from v{from_version}")]
+    patch_file = layout.disk_path(generation.diff_from_previous)
+    if patch_file is None:
+        return [Problem(generation.id, "patch", f"diff_from_previous {generation.diff_from_previous!r} is not under ROOT")]
+    try:
+        patch = read_regular_file(patch_file.parent, patch_file.name, max_bytes=MAX_PATCH_BYTES)
+    except GenerationError as error:
+        return [Problem(generation.id, "patch", str(error))]
+    return _patch_meaning_problems(generation, patch, comparison, previous, snapshot)
+
+
+def _patch_meaning_problems(generation: GenerationRow, patch: bytes, comparison: diff.TreeComparison,
+                            previous: SourceTree, snapshot: TreeSnapshot) -> list[Problem]:
+    entries = diff.parse_patch(patch)
+    if entries is None:
+        return [Problem(generation.id, "patch", "the patch file is not a patch")]
+    changed = set(comparison.changed_paths())
+    listed = {entry.path for entry in entries}
+    if listed != changed:
+        missing, extra = sorted(changed - listed), sorted(listed - changed)
+        return [Problem(generation.id, "patch", f"the patch does not list the changed files "
+                        f"(missing {missing[:3]}, extra {extra[:3]})")]
     return []
 
 
+def _legacy_link_problems(layout: StorageLayout, generation: GenerationRow, legacy_links: bool) -> list[Problem]:
+    link = layout.legacy_dir(generation.id)
+    expected = layout.legacy_link_text(generation.project_id, generation.version or 0, generation.id)
+    if os.path.islink(link):
+        found = os.readlink(link)
+        if found != expected:
+            return [Problem(generation.id, "legacy-link", f"{link} points to {found}, expected {expected}")]
+        return []
+    if legacy_links and not os.path.lexists(link):
+        return [Problem(generation.id, "legacy-link", f"{link} is missing; run `storage-migrate resync`")]
+    return []                           # a real folder there is the application's scratch copy
+
+
 def _active_link_problems(layout: StorageLayout, record: ProjectRecord) -> list[Problem]:
-    try:
-        link = layout.active_link(record.project_id)
-    except UnsafePathComponent:
-        return []
+    link = layout.active_link(record.project_id)
     active = next((g for g in record.generations if g.id == record.active_generation_id), None)
-    if active is None or not source_dir(layout.target_dir(record.project_id, active.version or 0, active.id)).is_dir():
-        if link.is_symlink():
-            return [Problem(record.active_generation_id, "active-link", f"{link} exists but the active generation is not in the new layout")]
+    if active is None or not _is_real_dir(source_dir(layout.generation_target(active))):
         return []
-    expected = layout.target_dir(record.project_id, active.version or 0, active.id).name
+    expected = layout.generation_target(active).name
     if not link.is_symlink() or os.readlink(link) != expected:
         found = os.readlink(link) if link.is_symlink() else "nothing"
         return [Problem(active.id, "active-link", f"{link} points to {found}, expected {expected}")]
     return []
+
+
+def _is_real_dir(path: os.PathLike[str]) -> bool:
+    return os.path.isdir(path) and not os.path.islink(path)

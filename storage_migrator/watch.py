@@ -19,8 +19,9 @@ from watchdog.observers import Observer
 from .config import Settings
 from .db import project_ids_for_names
 from .errors import LockHeld
-from .layout import ACTIVE_LINK, MANIFEST_FILE, STATE_DIR, TEMP_SUFFIX, parse_patch_file_name
-from .migrate import migrate, open_installation
+from .installation import open_installation
+from .layout import ACTIVE_LINK, is_tool_written
+from .migrate import migrate
 from .report import RunReport
 
 POLL_SECONDS = 0.2
@@ -32,14 +33,20 @@ def top_level_name(root: Path, path: str) -> str | None:
         parts = PurePath(path).relative_to(root).parts
     except ValueError:
         return None
-    if not parts or parts[0] == STATE_DIR or parts[0].startswith("."):
-        return None
+    if not parts or parts[0].startswith(".") or not _is_utf8(parts[0]):
+        return None                     # the tool's state folder, or a name no row can have
     name = parts[-1]
-    if name in (MANIFEST_FILE, ACTIVE_LINK) or parse_patch_file_name(name) is not None:
-        return None
-    if name.startswith(".") and (name.endswith(TEMP_SUFFIX) or name.endswith(".partial")):
+    if name == ACTIVE_LINK or is_tool_written(name) or (name.startswith(".") and name.endswith(".partial")):
         return None
     return parts[0]
+
+
+def _is_utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 class ChangeCollector(FileSystemEventHandler):
@@ -83,7 +90,8 @@ def watch(
 ) -> None:
     """Run until ``stop`` is set, Ctrl-C or SIGTERM. A busy lock (another run) postpones the
     resync instead of failing it."""
-    layout, engine = open_installation(settings, "watch")
+    installation = open_installation(settings, "watch")
+    layout, engine = installation.layout, installation.engine
     stop = stop or threading.Event()
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())

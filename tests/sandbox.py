@@ -14,7 +14,7 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from storage_migrator.config import BASE_REVISION, HEAD_REVISION, Settings
-from storage_migrator.sample_data import SampleInstallation, SampleSize, generate_installation
+from storage_migrator.demo import SampleInstallation, SampleSize, generate_installation
 from storage_migrator.schema import upgrade_schema
 
 SMALL = SampleSize(projects=5, generations_per_project=4, files_per_generation=12)

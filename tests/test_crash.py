@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from storage_migrator.config import Settings
+from storage_migrator.demo import SampleSize
 from storage_migrator.faults import CRASH_AT_VARIABLE
-from storage_migrator.sample_data import SampleSize
 
 from .sandbox import Installation, build_installation, dump_tables, run_cli, tree_digest
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -47,7 +48,7 @@ def apply(tool: str, old: Tree, patch: bytes, workdir: Path) -> Tree:
     (workdir / "change.patch").write_bytes(patch)
     command = (["git", "apply", "--allow-empty", "--whitespace=nowarn", str(workdir / "change.patch")] if tool == "git"
                else ["patch", "-p1", "--binary", "--quiet", "--force", "-i", str(workdir / "change.patch")])
-    result = subprocess.run(command, cwd=tree_dir, capture_output=True)
+    result = subprocess.run(command, cwd=tree_dir, capture_output=True, check=False)
     assert result.returncode == 0, result.stderr.decode(errors="replace") + patch.decode(errors="replace")
     return read_tree(tree_dir)
 
@@ -109,7 +110,7 @@ def test_patch_matches_git_for_a_simple_change(tmp_path: Path) -> None:
     old, new = {"app/main.py": b"one\ntwo\nthree\nfour\nfive\nsix\nseven\n"}, {"app/main.py": b"one\ntwo\nthree\n4\nfive\nsix\nseven\n"}
     write_tree(tmp_path / "a", old)
     write_tree(tmp_path / "b", new)
-    git = subprocess.run(["git", "diff", "--no-index", "--full-index", "a", "b"], cwd=tmp_path, capture_output=True).stdout
+    git = subprocess.run(["git", "diff", "--no-index", "--full-index", "a", "b"], cwd=tmp_path, capture_output=True, check=False).stdout
     ours = make_patch(old, new)
     strip = lambda text: [line for line in text.splitlines() if not line.startswith((b"diff --git", b"---", b"+++"))]
     assert strip(ours) == strip(git)
@@ -125,9 +126,11 @@ def test_paths_are_sorted_and_quoted_like_git() -> None:
                        b'diff --git "a/\\303\\251.txt" "b/\\303\\251.txt"']
 
 
-def test_binary_patch_names_full_blob_ids() -> None:
-    patch = make_patch({"b.png": PNG}, {"b.png": PNG + b"\0"})
-    assert b"GIT binary patch\nliteral " in patch
+def test_binary_patch_names_full_blob_ids(tmp_path: Path) -> None:
+    old, new = {"b.png": PNG}, {"b.png": PNG + b"\0"}
+    patch = make_patch(old, new)
+    assert re.search(rb"GIT binary patch\n(literal|delta) \d+\n", patch)     # libgit2 picks the smaller
+    assert apply("git", old, patch, tmp_path) == new
     assert f"index {diff.git_blob_id(PNG)}..{diff.git_blob_id(PNG + bytes(1))}".encode() in patch
 
 
@@ -181,13 +184,19 @@ NAMES = st.sampled_from(["app/main.py", "app/models/user.py", "README.md", "docs
                          "docs/\u00fcn\u00efcode.md", "static/logo.png", "scripts/run.bat", "tests/test_x.py"])
 
 
+def split_lines(content: bytes) -> list[bytes]:
+    """Lines ending in ``\\n`` (a ``\\r`` stays part of its line); the last may lack one."""
+    *lines, last = content.split(b"\n")
+    return [line + b"\n" for line in lines] + ([last] if last else [])
+
+
 @st.composite
 def tree_pairs(draw: st.DrawFn) -> tuple[Tree, Tree]:
     old = draw(st.dictionaries(NAMES, file_contents(), max_size=6))
     new: Tree = {}
     for name in draw(st.sets(NAMES, max_size=7)):
         if name in old and draw(st.booleans()):
-            lines = diff.split_lines(old[name])
+            lines = split_lines(old[name])
             edits = draw(st.lists(st.tuples(st.integers(0, 30), file_contents()), max_size=3))
             for position, replacement in edits:
                 lines[position % (len(lines) + 1):position % (len(lines) + 1) + 1] = [replacement]
@@ -202,3 +211,275 @@ def tree_pairs(draw: st.DrawFn) -> tuple[Tree, Tree]:
 def test_random_trees_round_trip_through_git_apply(tmp_path_factory: pytest.TempPathFactory, pair: tuple[Tree, Tree]) -> None:
     old, new = pair
     assert apply("git", old, make_patch(old, new), tmp_path_factory.mktemp("h")) == new
+
+
+# -- the header is git's own ------------------------------------------------------------------
+
+
+def git_no_index(old: Tree, new: Tree, workdir: Path, *options: str) -> bytes:
+    """`git diff --no-index` of two directories named a and b: with --no-prefix its names are
+    a/P and b/P, like ours (git names an added file b/P b/P and a deleted one a/P a/P)."""
+    write_tree(workdir / "a", old)
+    write_tree(workdir / "b", new)
+    result = subprocess.run(["git", "diff", "--no-index", "--no-prefix", "--no-renames", *options, "a", "b"],
+                            cwd=workdir, capture_output=True, check=False)
+    assert result.returncode in (0, 1), result.stderr
+    return result.stdout
+
+
+TEXT_CASES = [name for name, (old, new) in CASES.items()
+              if not any(b"\0" in content for content in [*old.values(), *new.values()])]
+
+
+@pytest.mark.parametrize("name", sorted(TEXT_CASES))
+def test_text_patch_is_what_git_diff_full_index_writes(name: str, tmp_path: Path) -> None:
+    old, new = CASES[name]
+    git = git_no_index(old, new, tmp_path, "--full-index")
+    ours = make_patch(old, new)
+    if old.keys() == new.keys():
+        assert ours == git
+    else:
+        without_names = lambda text: [line for line in text.splitlines() if not line.startswith(b"diff --git ")]
+        assert without_names(ours) == without_names(git)
+
+
+def test_names_are_quoted_like_libgit2_quotes_them() -> None:
+    """libgit2's own header (which we do not use, for its 7-digit ids) names files as we do."""
+    import pygit2
+
+    for name in ["\u00e9 t\u00e9.txt", 'q"uote', "back\\slash", "tab\there", "del\x7f", "ctl\x01", "plain.py"]:
+        theirs = pygit2.Patch.create_from(b"a\n", b"b\n", old_as_path=name, new_as_path=name).data
+        ours = make_patch({name: b"a\n"}, {name: b"b\n"})
+        assert ours.split(b"\n")[0] == theirs.split(b"\n")[0]
+
+
+def test_a_non_utf8_name_is_quoted_and_applies(tmp_path: Path) -> None:
+    name = b"caf\xe9.txt".decode("utf-8", "surrogateescape")     # as os.walk gives it
+    old, new = {name: b"a\n"}, {name: b"b\n"}
+    patch = make_patch(old, new)
+    assert patch.startswith(b'diff --git "a/caf\\351.txt" "b/caf\\351.txt"\n')
+    tree_dir = tmp_path / "tree"
+    tree_dir.mkdir()
+    (tree_dir / os.fsencode(name).decode("utf-8", "surrogateescape")).write_bytes(b"a\n")
+    (tmp_path / "p").write_bytes(patch)
+    subprocess.run(["git", "apply", str(tmp_path / "p")], cwd=tree_dir, check=True)
+    assert (tree_dir / name).read_bytes() == b"b\n"
+
+
+# -- large files: named, not read -------------------------------------------------------------
+
+
+@pytest.fixture
+def small_limit(monkeypatch: pytest.MonkeyPatch) -> int:
+    monkeypatch.setattr(diff, "LARGE_FILE_LIMIT", 10)
+    return 10
+
+
+def never_read_large(tree: Tree, large: set[str], read: list[str]) -> diff.Reader:
+    def read_file(path: str) -> bytes:
+        assert path not in large, f"{path} is over the limit and must not be read"
+        read.append(path)
+        return tree[path]
+    return read_file
+
+
+def large_patch(old: Tree, new: Tree, read: list[str]) -> bytes:
+    large = {path for tree in (old, new) for path, content in tree.items() if len(content) > diff.LARGE_FILE_LIMIT}
+    comparison = diff.compare_trees(checksums(old), checksums(new))
+    return diff.render_patch(
+        comparison, never_read_large(old, large, read), never_read_large(new, large, read),
+        old_sizes={path: len(content) for path, content in old.items()},
+        new_sizes={path: len(content) for path, content in new.items()},
+        blob_id_old=lambda path: diff.git_blob_id(old[path]),      # the caller would stream this
+        blob_id_new=lambda path: diff.git_blob_id(new[path]),
+    )
+
+
+def test_a_large_file_is_named_with_its_blob_ids_and_never_read(small_limit: int, tmp_path: Path) -> None:
+    big_old, big_new = b"x" * 11, b"y" * 12
+    old = {"big.bin": big_old, "gone.bin": b"z" * 20, "small.txt": b"a\n"}
+    new = {"big.bin": big_new, "added.bin": b"w" * 30, "small.txt": b"b\n"}
+    read: list[str] = []
+    patch = large_patch(old, new, read)
+    assert read == ["small.txt", "small.txt"]
+    sections = {section.split(b"\n", 1)[0]: section for section in re.split(rb"(?m)^(?=diff --git )", patch) if section}
+    null = "0" * 40
+    assert sections[b"diff --git a/big.bin b/big.bin"] == (
+        f"diff --git a/big.bin b/big.bin\nindex {diff.git_blob_id(big_old)}..{diff.git_blob_id(big_new)} 100644\n"
+        "Binary files a/big.bin and b/big.bin differ\n").encode()
+    assert sections[b"diff --git a/added.bin b/added.bin"] == (
+        f"diff --git a/added.bin b/added.bin\nnew file mode 100644\nindex {null}..{diff.git_blob_id(new['added.bin'])}\n"
+        "Binary files /dev/null and b/added.bin differ\n").encode()
+    assert sections[b"diff --git a/gone.bin b/gone.bin"] == (
+        f"diff --git a/gone.bin b/gone.bin\ndeleted file mode 100644\nindex {diff.git_blob_id(old['gone.bin'])}..{null}\n"
+        "Binary files a/gone.bin and /dev/null differ\n").encode()
+    # As documented: git apply refuses such sections, and applies the rest once told to skip them.
+    (tmp_path / "p").write_bytes(patch)
+    write_tree(tmp_path / "t", old)
+    assert subprocess.run(["git", "apply", str(tmp_path / "p")], cwd=tmp_path / "t", capture_output=True, check=False).returncode != 0
+    subprocess.run(["git", "apply", "--exclude=big.bin", "--exclude=gone.bin", "--exclude=added.bin", str(tmp_path / "p")],
+                   cwd=tmp_path / "t", check=True)
+    assert (tmp_path / "t" / "small.txt").read_bytes() == b"b\n"
+
+
+def test_a_large_quoted_name_is_quoted_in_the_binary_line(small_limit: int) -> None:
+    patch = large_patch({"\u00e9 x": b"1" * 11}, {"\u00e9 x": b"2" * 11}, [])
+    assert patch.endswith(b'Binary files "a/\\303\\251 x" and "b/\\303\\251 x" differ\n')
+
+
+def test_without_sizes_a_large_file_is_read_but_still_not_diffed(small_limit: int) -> None:
+    old, new = {"big.txt": b"line\n" * 5}, {"big.txt": b"line\n" * 6}
+    patch = make_patch(old, new)
+    assert patch == (f"diff --git a/big.txt b/big.txt\nindex {diff.git_blob_id(old['big.txt'])}..{diff.git_blob_id(new['big.txt'])} 100644\n"
+                     "Binary files a/big.txt and b/big.txt differ\n").encode()
+
+
+def test_sizes_come_with_blob_ids() -> None:
+    comparison = diff.compare_trees({"a": "1"}, {"a": "2"})
+    with pytest.raises(TypeError):
+        diff.render_patch(comparison, lambda path: b"1", lambda path: b"2", old_sizes={"a": 1})
+
+
+def test_the_limit_is_64_mib() -> None:
+    assert diff.LARGE_FILE_LIMIT == 64 << 20
+
+
+# -- reading patches back -----------------------------------------------------------------------
+
+
+def expected_entries(old: Tree, new: Tree) -> list[diff.PatchEntry]:
+    comparison = diff.compare_trees(checksums(old), checksums(new))
+    change = {**dict.fromkeys(comparison.added, "added"), **dict.fromkeys(comparison.modified, "modified"),
+              **dict.fromkeys(comparison.deleted, "deleted")}
+    return [diff.PatchEntry(path, change[path],  # type: ignore[arg-type]
+                            diff.git_blob_id(old[path]) if path in old else None,
+                            diff.git_blob_id(new[path]) if path in new else None)
+            for path in comparison.changed_paths()]
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_parse_patch_reads_our_patches(name: str) -> None:
+    old, new = CASES[name]
+    entries = diff.parse_patch(make_patch(old, new))
+    assert entries == expected_entries(old, new)
+    assert diff.comparison_of(entries) == diff.compare_trees(checksums(old), checksums(new))
+    for entry in entries:
+        real_old = diff.git_blob_id(old[entry.path]) if entry.path in old else None
+        real_new = diff.git_blob_id(new[entry.path]) if entry.path in new else None
+        assert entry.has_blob_ids and entry.agrees_with(real_old, real_new)
+        assert not entry.agrees_with(real_old and "f" * 40, real_new and "e" * 40)
+        assert not entry.agrees_with(real_new, real_old) or real_old == real_new
+
+
+TRICKY_OLD: Tree = {"db/schema.sql": b"-- drop this\nselect 1;\n++ and this\n", "same.txt": b"s\n",
+                    "gone dir/old file.txt": b"bye\n", "static/logo.png": PNG, "caf\u00e9.md": b"a\r\n"}
+TRICKY_NEW: Tree = {"db/schema.sql": b"--- added\nselect 1;\n+++ too\n", "same.txt": b"s\n",
+                    "new dir/new file.txt": b"hi\n", "static/logo.png": PNG[::-1], "caf\u00e9.md": b"b\r\n",
+                    "sub/deep/x.py": b"pass\n"}
+
+
+def test_parse_patch_reads_git_diff(tmp_path: Path) -> None:
+    full = git_no_index(TRICKY_OLD, TRICKY_NEW, tmp_path, "--full-index", "--binary")
+    assert diff.parse_patch(full) == expected_entries(TRICKY_OLD, TRICKY_NEW)
+    short = diff.parse_patch(git_no_index(TRICKY_OLD, TRICKY_NEW, tmp_path / "short"))
+    assert short is not None and [(entry.path, entry.change) for entry in short] == \
+        [(entry.path, entry.change) for entry in expected_entries(TRICKY_OLD, TRICKY_NEW)]
+    for entry in short:                  # 7-digit ids: prefixes of the real ones
+        assert entry.agrees_with(diff.git_blob_id(TRICKY_OLD[entry.path]) if entry.path in TRICKY_OLD else None,
+                                 diff.git_blob_id(TRICKY_NEW[entry.path]) if entry.path in TRICKY_NEW else None)
+
+
+def test_parse_patch_reads_a_git_rename_as_delete_plus_add(tmp_path: Path) -> None:
+    write_tree(tmp_path, {"old name.py": b"same\n" * 20})
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], cwd=tmp_path, check=True)
+    subprocess.run([*git, "add", "."], cwd=tmp_path, check=True)
+    subprocess.run([*git, "commit", "-qm", "v1"], cwd=tmp_path, check=True)
+    (tmp_path / "old name.py").rename(tmp_path / "new name.py")
+    subprocess.run([*git, "add", "-A"], cwd=tmp_path, check=True)
+    patch = subprocess.run([*git, "diff", "--cached", "-M", "--full-index"], cwd=tmp_path, capture_output=True, check=True).stdout
+    assert b"rename from old name.py" in patch
+    # An exact rename has no index line: the entries say which paths, not which ids.
+    assert diff.parse_patch(patch) == [diff.PatchEntry("old name.py", "deleted"), diff.PatchEntry("new name.py", "added")]
+    (tmp_path / "new name.py").write_bytes(b"same\n" * 19 + b"other\n")
+    subprocess.run([*git, "add", "-A"], cwd=tmp_path, check=True)
+    patch = subprocess.run([*git, "diff", "--cached", "-M", "--full-index"], cwd=tmp_path, capture_output=True, check=True).stdout
+    assert b"\nsimilarity index " in patch and b"\nindex " in patch
+    assert diff.parse_patch(patch) == [
+        diff.PatchEntry("old name.py", "deleted", diff.git_blob_id(b"same\n" * 20), None),
+        diff.PatchEntry("new name.py", "added", None, diff.git_blob_id(b"same\n" * 19 + b"other\n"))]
+
+
+def gnu_diff(old: Tree, new: Tree, workdir: Path, option: str) -> bytes:
+    write_tree(workdir / "v1" / "source", old)
+    write_tree(workdir / "v2" / "source", new)
+    result = subprocess.run(["diff", option, "v1/source", "v2/source"], cwd=workdir, capture_output=True, check=False)
+    assert result.returncode == 1, result.stderr
+    return result.stdout
+
+
+@pytest.mark.parametrize("option", ["-ru", "-ruN"])
+def test_parse_patch_reads_gnu_diff(option: str, tmp_path: Path) -> None:
+    patch = gnu_diff(TRICKY_OLD, TRICKY_NEW, tmp_path, option)
+    entries = diff.parse_patch(patch)
+    assert entries is not None and not any(entry.has_blob_ids for entry in entries)
+    # GNU diff compared v1/source with v2/source: a path below source/ is kept whole.
+    expected = diff.compare_trees(checksums(TRICKY_OLD), checksums(TRICKY_NEW))
+    entries = diff.expand_directories(entries, {f"source/{path}" for path in TRICKY_OLD},
+                                      {f"source/{path}" for path in TRICKY_NEW})
+    assert diff.comparison_of(entries) == diff.TreeComparison(
+        *(tuple(f"source/{path}" for path in paths) for paths in (expected.added, expected.modified, expected.deleted)))
+    for entry in entries:
+        path = entry.path.removeprefix("source/")
+        assert entry.agrees_with(diff.git_blob_id(TRICKY_OLD[path]) if path in TRICKY_OLD else None,
+                                 diff.git_blob_id(TRICKY_NEW[path]) if path in TRICKY_NEW else None)
+
+
+def test_parse_patch_places_only_in_lines_by_the_directories_compared(tmp_path: Path) -> None:
+    patch = gnu_diff({"a.txt": b"1\n", "gone.txt": b"x\n"}, {"a.txt": b"2\n", "new.txt": b"y\n"}, tmp_path, "-ru")
+    assert patch.startswith(b"diff -ru v1/source/a.txt v2/source/a.txt\n")
+    assert diff.parse_patch(patch) == [diff.PatchEntry("source/a.txt", "modified"),
+                                       diff.PatchEntry("source/gone.txt", "deleted", may_be_directory=True),
+                                       diff.PatchEntry("source/new.txt", "added", may_be_directory=True)]
+    assert diff.parse_patch(b"Only in b/app: new.py\nOnly in a: old.py\n") == [
+        diff.PatchEntry("app/new.py", "added", may_be_directory=True),
+        diff.PatchEntry("old.py", "deleted", may_be_directory=True)]
+    unplaced = diff.parse_patch(b"Only in left: x\n")
+    assert unplaced == [diff.PatchEntry("x", "one-sided", may_be_directory=True)]
+    assert unplaced[0].agrees_with(None, "1" * 40) and not unplaced[0].agrees_with("1" * 40, "2" * 40)
+    assert unplaced[0].covers("x/y.py") and not unplaced[0].covers("xy.py")
+    assert diff.expand_directories(unplaced, {"a.py"}, {"x/y.py", "x/z/w.py", "xy.py"}) == [
+        diff.PatchEntry("x/y.py", "added"), diff.PatchEntry("x/z/w.py", "added")]
+
+
+def test_parse_patch_empty_and_not_a_patch() -> None:
+    assert diff.parse_patch(b"") == []
+    assert diff.parse_patch(b"\n") == []
+    assert diff.parse_patch(b"hello\nworld\n") is None
+    assert diff.parse_patch(PNG) is None
+    assert diff.parse_patch(b"diff -ru a b\n") is None
+
+
+PATCH_LINES = st.sampled_from([
+    b"diff --git a/x b/x", b'diff --git "a/\\303" "b/\\3', b"diff --git a/x y", b"diff --git ", b"index 0000..1111",
+    b"index abcd..0000 100644", b"new file mode 100644", b"deleted file mode 100644", b"rename from x",
+    b"rename to", b"copy from y", b"copy to z", b"--- a/x", b"+++ b/x", b"--- /dev/null", b"+++ /dev/null",
+    b"--- x\t1970-01-01 00:00:00.000000000 +0000", b"+++ y\t9999-99-99 99:99:99.0 +9999", b"@@ -1 +1 @@",
+    b"@@ -1,99999999999999999999 +0,0 @@", b"@@ -0,0 +1,3 @@", b"-a", b"+b", b" c", b"", b"\\ No newline at end of file",
+    b"GIT binary patch", b"literal 3", b"delta 1", b"zcmV?d", b"Binary files a and b differ",
+    b'Binary files "a/\\" and  and b differ', b"Binary files  and  differ", b"Only in a: x", b"Only in : ",
+    b'--- "a/\\q"', b'+++ "b/\\377"', b"diff -ru a/x b/x", b"\r", b"\xff\xfe"])
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(st.one_of(st.binary(max_size=400), st.lists(PATCH_LINES, max_size=30).map(b"\n".join)))
+def test_parse_patch_never_raises(data: bytes) -> None:
+    entries = diff.parse_patch(data)
+    assert entries is None or all(isinstance(entry, diff.PatchEntry) for entry in entries)
+
+
+@settings(max_examples=40, deadline=None, derandomize=True)
+@given(tree_pairs())
+def test_parse_patch_reads_every_random_patch(pair: tuple[Tree, Tree]) -> None:
+    old, new = pair
+    assert diff.parse_patch(make_patch(old, new)) == expected_entries(old, new)

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
+from storage_migrator.demo import SampleSize
 from storage_migrator.migrate import migrate
-from storage_migrator.sample_data import SampleSize
 
 from .sandbox import build_installation, empty_public_schema
 

@@ -6,13 +6,14 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
 from storage_migrator.config import BASE_REVISION
-from storage_migrator.sample_data import (
+from storage_migrator.demo import (
     BINARY_PATHS,
     CRLF_PATH,
     EMPTY_PATH,
@@ -118,7 +119,7 @@ def test_same_seed_gives_identical_files_mtimes_rows_and_ids(tmp_path: Path) -> 
 def test_a_different_seed_gives_different_ids_and_files(tmp_path: Path, built: Built) -> None:
     other = build(tmp_path, seed=1)
     assert not set(other.installation.generation_ids) & set(built.installation.generation_ids)
-    contents = lambda root: sorted(content for content, _ in disk_snapshot(root).values() if content)  # noqa: E731
+    contents = lambda root: sorted(content for content, _ in disk_snapshot(root).values() if content)
     assert contents(other.root) != contents(built.root)
 
 
@@ -270,7 +271,7 @@ def test_demo_versions_modify_add_delete_rename_and_change_odd_files(built: Buil
     assert len(demo) >= 5 and {row.status for row in demo} == {"completed"}
     trees = [folder_files(built.root, row.id) for row in demo]
     seen: set[str] = set()
-    for before, after in zip(trees, trees[1:]):
+    for before, after in pairwise(trees):
         added, deleted = set(after) - set(before), set(before) - set(after)
         modified = {path for path in set(before) & set(after) if before[path] != after[path]}
         assert added or deleted or modified
@@ -295,7 +296,7 @@ def test_edits_keep_line_endings_encoding_and_missing_final_newline(built: Built
 def test_consecutive_completed_versions_always_differ(built: Built) -> None:
     completed = generations(built.engine, status="completed")
     on_disk = [row for row in completed if (built.root / row.id).is_dir()]
-    for before, after in zip(on_disk, on_disk[1:]):
+    for before, after in pairwise(on_disk):
         if before.project_id == after.project_id:
             assert folder_files(built.root, before.id) != folder_files(built.root, after.id)
 

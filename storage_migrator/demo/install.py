@@ -2,13 +2,18 @@
 built with the project's own sample-data generator, for the README's quick start."""
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import sqlalchemy as sa
 
-from .config import BASE_REVISION, Settings
-from .db import create_database_engine, current_revision, display_url, first_line
-from .errors import UsageError
-from .sample_data import SampleInstallation, SampleSize, generate_installation
-from .schema import upgrade_schema
+from ..config import BASE_REVISION, Settings
+from ..db import create_database_engine, current_revision, display_url, first_line
+from ..errors import UsageError
+from ..fsops import remove_tree
+from ..schema import downgrade_schema, upgrade_schema
+from .generate import SampleInstallation, generate_installation
+from .sizes import SampleSize
 
 
 def create_demo_installation(settings: Settings, projects: int, generations: int, files: int, seed: int) -> SampleInstallation:
@@ -28,8 +33,25 @@ def create_demo_installation(settings: Settings, projects: int, generations: int
         root = settings.storage_root
         if root.exists() and any(root.iterdir()):
             raise UsageError(f"{root} is not empty; demo-data needs an empty storage root")
-        upgrade_schema(settings.database_url, BASE_REVISION)
         size = SampleSize(projects=projects, generations_per_project=generations, files_per_generation=files)
-        return generate_installation(engine, root, size, seed=seed)
+        upgrade_schema(settings.database_url, BASE_REVISION)
+        try:
+            return generate_installation(engine, root, size, seed=seed)
+        except BaseException:
+            _undo(settings, root)
+            raise
     finally:
         engine.dispose()
+
+
+def _undo(settings: Settings, root: Path) -> None:
+    """A failed demo-data leaves what it found (an empty database and an empty ROOT), so a
+    retry works; both were checked empty before anything was written."""
+    downgrade_schema(settings.database_url, "base")
+    if root.is_dir():
+        for name in os.listdir(root):
+            entry = root / name
+            if entry.is_dir() and not entry.is_symlink():
+                remove_tree(entry)
+            else:
+                entry.unlink()

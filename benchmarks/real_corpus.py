@@ -1,0 +1,314 @@
+"""Real code history for the benchmark: 24 consecutive releases of five popular Python packages,
+fetched once as sdists (never built, only unpacked), laid out as a LEGACY installation with one
+project per package and one completed generation per release.
+
+    .venv/bin/python benchmarks/real_corpus.py      # fetch into benchmarks/.cache/ and print sizes
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import uuid
+import zipfile
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path, PurePosixPath
+
+import sqlalchemy as sa
+
+from storage_migrator.config import BASE_REVISION
+from storage_migrator.db import current_revision
+
+CACHE = Path(__file__).resolve().parent / ".cache"
+RELEASES: dict[str, tuple[str, ...]] = {
+    # Pinned, not "the latest 24": the corpus must be the same bytes on every machine and every
+    # day. Each line is 24 consecutive non-pre-releases in version order (yanked ones skipped by
+    # the index). starlette brings a uv.lock and PNGs, fastapi long modules and a large test
+    # tree, pydantic a long changelog, requests and rich many small edits.
+    "fastapi": ("0.156.7", "0.156.8", "0.157.0", "0.158.0", "0.158.1", "0.158.2", "0.159.0", "0.159.1",
+                "0.160.0", "0.161.0", "0.161.1", "0.162.0", "0.162.1", "0.162.2", "0.162.3", "0.162.4",
+                "0.162.5", "0.162.6", "0.162.7", "0.163.0", "0.163.1", "0.163.2", "0.164.0", "0.165.0"),
+    "starlette": ("0.49.0", "0.49.1", "0.49.2", "0.49.3", "0.50.0", "0.51.0", "0.52.0", "0.52.1",
+                  "1.0.0", "1.0.1", "1.1.0", "1.2.0", "1.2.1", "1.3.0", "1.3.1", "1.4.0",
+                  "1.4.1", "1.5.0", "1.5.1", "1.6.0", "1.7.0", "1.8.0", "1.9.0", "1.10.0"),
+    "pydantic": ("2.11.3", "2.11.4", "2.11.5", "2.11.6", "2.11.7", "2.11.8", "2.11.9", "2.11.10",
+                 "2.12.0", "2.12.2", "2.12.3", "2.12.4", "2.12.5", "2.13.0", "2.13.1", "2.13.2",
+                 "2.13.3", "2.13.4", "2.13.5", "2.14.0", "2.14.1", "2.14.2", "2.14.3", "2.14.4"),
+    "requests": ("2.21.0", "2.22.0", "2.23.0", "2.24.0", "2.25.0", "2.25.1", "2.26.0", "2.27.0",
+                 "2.27.1", "2.28.0", "2.28.1", "2.28.2", "2.29.0", "2.30.0", "2.31.0", "2.32.2",
+                 "2.32.3", "2.32.4", "2.32.5", "2.33.0", "2.33.1", "2.34.0", "2.34.1", "2.34.2"),
+    "rich": ("13.4.2", "13.5.0", "13.5.1", "13.5.2", "13.5.3", "13.6.0", "13.7.0", "13.7.1",
+             "13.8.0", "13.8.1", "13.9.0", "13.9.1", "13.9.2", "13.9.3", "13.9.4", "14.0.0",
+             "14.1.0", "14.2.0", "14.3.0", "14.3.1", "14.3.2", "14.3.3", "14.3.4", "15.0.0"),
+}
+
+_ID_NAMESPACE = uuid.UUID("0c9e6a57-3f0b-4d43-9a41-7d2f1b5e8c60")
+_EPOCH = datetime(2025, 1, 6, 9, 0, 0, tzinfo=timezone.utc)
+_DOWNLOAD_JOBS = 2
+"""pip spends most of its time waiting on the index: two at a time halves a cold fetch."""
+
+
+@dataclass(frozen=True)
+class Release:
+    package: str
+    version: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.package}-{self.version}"
+
+
+@dataclass(frozen=True)
+class RealInstallation:
+    """What build_real_installation laid out; the benchmark prints it and divides by it."""
+
+    projects: int
+    generations: int
+    files: int
+    bytes: int
+
+    def describe(self, versions: int) -> str:
+        return (f"real code history: {self.projects} projects x {versions} releases "
+                f"({', '.join(RELEASES)}), {self.generations} generations, {self.files:,} files, "
+                f"{self.bytes / 1024**2:.0f} MiB")
+
+
+@dataclass(frozen=True)
+class TreeSize:
+    files: int
+    bytes: int
+
+
+# --------------------------------------------------------------------------- fetching
+
+
+def all_releases() -> list[Release]:
+    return [Release(package, version) for package, versions in RELEASES.items() for version in versions]
+
+
+def versions_per_project() -> int:
+    return min(len(versions) for versions in RELEASES.values())
+
+
+def sdist_path(release: Release, cache: Path = CACHE) -> Path | None:
+    """The cached sdist, whatever archive suffix and name spelling the index served."""
+    folder = cache / "sdists" / release.label
+    found = sorted(folder.glob("*")) if folder.is_dir() else []
+    return found[0] if found else None
+
+
+def fetch_sdist(release: Release, cache: Path = CACHE) -> Path:
+    """Download one sdist with pip (the registry's own client), into its own cache folder.
+
+    One pip call per release: pip refuses two versions of one package in a single call. pip
+    prepares the sdist's metadata, but nothing is built or installed. The archive lands in a
+    scratch folder first so that an interrupted download never looks cached.
+    """
+    cached = sdist_path(release, cache)
+    if cached:
+        return cached
+    target = cache / "sdists" / release.label
+    scratch = Path(tempfile.mkdtemp(prefix=f".{release.label}-", dir=cache))
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:",
+             "--disable-pip-version-check", "-d", str(scratch), f"{release.package}=={release.version}"],
+            capture_output=True, text=True, check=False)
+        archives = [path for path in scratch.iterdir() if path.name.endswith((".tar.gz", ".zip"))]
+        if result.returncode != 0 or len(archives) != 1:
+            raise RuntimeError(f"pip download {release.label} failed ({result.returncode}):\n{result.stderr[-2000:]}")
+        target.mkdir(parents=True, exist_ok=True)
+        return Path(shutil.move(str(archives[0]), target / archives[0].name))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _stripped(name: str) -> str | None:
+    """An archive member's path without the top-level ``name-version/`` folder (None: that folder)."""
+    parts = PurePosixPath(name).parts
+    return str(PurePosixPath(*parts[1:])) if len(parts) > 1 else None
+
+
+def _extract_tar(archive: Path, destination: Path) -> None:
+    with tarfile.open(archive) as tar:
+        members = []
+        for member in tar.getmembers():
+            # Only files and folders: a code generator writes neither links nor devices.
+            stripped = _stripped(member.name)
+            if stripped and (member.isfile() or member.isdir()):
+                member.name = stripped
+                members.append(member)
+        tar.extractall(destination, members=members, filter="data")
+
+
+def _extract_zip(archive: Path, destination: Path) -> None:
+    with zipfile.ZipFile(archive) as bundle:
+        for info in bundle.infolist():
+            stripped = _stripped(info.filename)
+            if not stripped or info.is_dir():
+                continue
+            target = destination / stripped
+            if not target.resolve().is_relative_to(destination.resolve()):
+                raise ValueError(f"{archive.name}: {info.filename} points outside the archive")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with bundle.open(info) as source, target.open("wb") as sink:
+                shutil.copyfileobj(source, sink)
+
+
+def extracted_tree(release: Release, cache: Path = CACHE) -> Path:
+    """The release's files, unpacked once under the cache; renamed into place when complete."""
+    tree = cache / "trees" / release.package / release.version
+    if tree.is_dir():
+        return tree
+    archive = fetch_sdist(release, cache)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{release.label}-", dir=cache))
+    try:
+        (_extract_zip if archive.name.endswith(".zip") else _extract_tar)(archive, scratch)
+        tree.parent.mkdir(parents=True, exist_ok=True)
+        scratch.rename(tree)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return tree
+
+
+def ensure_corpus(cache: Path = CACHE) -> dict[Release, Path]:
+    """Every release's unpacked tree, fetching only what the cache lacks."""
+    cache.mkdir(parents=True, exist_ok=True)
+    releases = all_releases()
+    with ThreadPoolExecutor(_DOWNLOAD_JOBS) as pool:
+        trees = list(pool.map(lambda release: extracted_tree(release, cache), releases))
+    return dict(zip(releases, trees))
+
+
+def tree_size(tree: Path) -> TreeSize:
+    files = [path for path in _walk_files(tree)]
+    return TreeSize(len(files), sum(path.stat().st_size for path in files))
+
+
+def _walk_files(tree: Path) -> Iterator[Path]:
+    for folder, _, names in os.walk(tree):
+        for name in names:
+            yield Path(folder, name)
+
+
+# --------------------------------------------------------------------------- laying out
+
+
+def _uuid(*parts: object) -> str:
+    return str(uuid.uuid5(_ID_NAMESPACE, "/".join(map(str, parts))))
+
+
+def _copy_tree(source: Path, destination: Path, moment: datetime) -> None:
+    """Copy one release as the application would have written it: every mtime at created_at."""
+    shutil.copytree(source, destination, copy_function=shutil.copyfile)
+    stamp = int(moment.timestamp()) * 1_000_000_000
+    for folder, _, names in os.walk(destination, topdown=False):
+        for name in names:
+            os.utime(Path(folder, name), ns=(stamp, stamp))
+        os.utime(folder, ns=(stamp, stamp))
+
+
+def _legacy_tables(engine: sa.Engine) -> dict[str, sa.Table]:
+    """The legacy tables, refusing a database at another revision or one that already has rows."""
+    with engine.connect() as connection:
+        revision = current_revision(connection)
+        if revision != BASE_REVISION:
+            raise ValueError(f"the real corpus is a LEGACY installation: the database must be at "
+                             f"{BASE_REVISION}, found {revision!r}")
+        metadata = sa.MetaData()
+        metadata.reflect(bind=connection, only=["users", "projects", "generations"])
+        for table in metadata.tables.values():
+            if connection.execute(sa.select(sa.literal(1)).select_from(table).limit(1)).first():
+                raise ValueError(f"refusing to add the real corpus: table {table.name!r} already has rows")
+    return dict(metadata.tables)
+
+
+def _project_row(package: str, copy: int, user_id: str, created_at: datetime) -> dict[str, object]:
+    return {
+        "id": _uuid("project", package, copy),
+        "created_at": created_at,
+        "updated_at": created_at,
+        "user_id": user_id,
+        "name": package if copy == 0 else f"{package} (copy {copy + 1})",
+        "description": f"Release history of {package}, one generation per sdist.",
+        "domain": "developer_tools",
+        "tech_stack": "python_library",
+        "status": "active",
+        "is_public": False,
+    }
+
+
+def _generation_row(project: dict[str, object], release: Release, copy: int,
+                    created_at: datetime) -> dict[str, object]:
+    # Columns left out are NULL: output_files stays NULL, as for the synthetic benchmark corpus.
+    return {
+        "id": _uuid("generation", release.package, release.version, copy),
+        "created_at": created_at,
+        "updated_at": created_at + timedelta(minutes=3),
+        "project_id": project["id"],
+        "user_id": project["user_id"],
+        "prompt": f"Release {release.package} {release.version}",
+        "status": "completed",
+        "total_time": 180.0,
+    }
+
+
+def build_real_installation(engine: sa.Engine, root: Path, scale: int = 1) -> RealInstallation:
+    """Insert users, projects and generations at revision e011ab9dd223 and write one folder
+    ``<root>/<generation_id>/`` per release; ``scale`` K lays out K copies of each project with
+    fresh ids, to grow the corpus without downloading more.
+
+    Releases follow version order, one day apart, so created_at order is release order. The
+    rows go in one transaction; ``root`` must be empty or absent.
+    """
+    if scale < 1:
+        raise ValueError("scale must be at least 1")
+    if root.exists() and any(root.iterdir()):
+        raise ValueError(f"refusing to add the real corpus: {root} is not empty")
+    tables = _legacy_tables(engine)
+    trees = ensure_corpus()
+    sizes = {release: tree_size(tree) for release, tree in trees.items()}
+    root.mkdir(parents=True, exist_ok=True)
+    user = {"id": _uuid("user"), "email": "releases@example.com", "created_at": _EPOCH, "updated_at": _EPOCH}
+    projects = generations = 0
+    with engine.begin() as connection:
+        connection.execute(tables["users"].insert(), [user])
+        for copy in range(scale):
+            for index, package in enumerate(RELEASES):
+                started = _EPOCH + timedelta(hours=len(RELEASES) * copy + index)
+                project = _project_row(package, copy, str(user["id"]), started)
+                connection.execute(tables["projects"].insert(), [project])
+                rows = []
+                for position, version in enumerate(RELEASES[package]):
+                    release = Release(package, version)
+                    row = _generation_row(project, release, copy, started + timedelta(days=position + 1))
+                    _copy_tree(trees[release], root / str(row["id"]), row["created_at"])  # type: ignore[arg-type]
+                    rows.append(row)
+                connection.execute(tables["generations"].insert(), rows)
+                projects, generations = projects + 1, generations + len(rows)
+    return RealInstallation(projects, generations, scale * sum(size.files for size in sizes.values()),
+                            scale * sum(size.bytes for size in sizes.values()))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cache", type=Path, default=CACHE)
+    arguments = parser.parse_args()
+    trees = ensure_corpus(arguments.cache)
+    downloaded = sum(path.stat().st_size for path in (arguments.cache / "sdists").rglob("*") if path.is_file())
+    for package, versions in RELEASES.items():
+        sizes = [tree_size(trees[Release(package, version)]) for version in versions]
+        print(f"{package}: {versions[0]} .. {versions[-1]} ({len(versions)} releases), "
+              f"{sum(s.files for s in sizes):,} files, {sum(s.bytes for s in sizes) / 1024**2:.0f} MiB")
+    print(f"sdists: {downloaded / 1024**2:.0f} MiB in {arguments.cache / 'sdists'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+"""The one batch writer: generations' outcomes and their metadata are queued and written to
+the database in one transaction per batch, after one ``sync`` makes the disk state durable.
+
+Every command that writes metadata (run, resync, rollback) goes through it, so a database
+failure is handled the same everywhere: the batch's generations are reported failed (their
+disk state is complete; a rerun only writes the metadata) and the command goes on or stops
+cleanly, never with a traceback.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from .db import first_line, write_updates
+from .faults import checkpoint
+from .fsops import flush_to_disk
+from .records import GenerationUpdate, ProjectUpdate
+from .report import GenerationOutcome, Outcome, RunReport
+
+DEFAULT_BATCH_SIZE = 500
+
+
+@dataclass
+class _Pending:
+    outcome: GenerationOutcome
+    update: GenerationUpdate | None
+
+
+@dataclass
+class BatchWriter:
+    """Queue with ``add``; ``flush`` (or ``flush_if_full``) writes. The report learns of a
+    generation only once its metadata is committed, so it never claims what the database lost."""
+
+    engine: Engine
+    report: RunReport
+    batch_size: int = DEFAULT_BATCH_SIZE
+    _pending: list[_Pending] = field(default_factory=list)
+    _project_updates: list[ProjectUpdate] = field(default_factory=list)
+
+    def add(self, outcome: GenerationOutcome, update: GenerationUpdate | None = None) -> None:
+        self._pending.append(_Pending(outcome, update))
+
+    def add_project(self, update: ProjectUpdate) -> None:
+        self._project_updates.append(update)
+
+    def flush_if_full(self) -> None:
+        if len(self._pending) >= self.batch_size:
+            self.flush()
+
+    def flush(self) -> None:
+        """Make the disk durable, then write the batch in one transaction. On a database error
+        the generations of this batch that had metadata to write are reported failed."""
+        updates = [pending.update for pending in self._pending if pending.update is not None]
+        try:
+            flush_to_disk()
+            checkpoint("before-database-write")
+            write_updates(self.engine, updates, self._project_updates)
+            checkpoint("after-database-write")
+            for pending in self._pending:
+                self.report.add(pending.outcome)
+        except sa.exc.DBAPIError as error:
+            message = f"database write failed ({first_line(error)}); rerun to finish"
+            for pending in self._pending:
+                outcome = pending.outcome
+                if pending.update is not None and not outcome.failed:
+                    outcome = GenerationOutcome(outcome.id, outcome.project_id, outcome.version, Outcome.FAILED,
+                                                outcome.storage_path, error=message)
+                self.report.add(outcome)
+        finally:
+            self._pending.clear()
+            self._project_updates.clear()

@@ -1,0 +1,945 @@
+"""The one way to touch anything under ROOT: directory file descriptors, never a followed symlink.
+
+Anyone who can write ROOT may plant symlinks, FIFOs, device nodes, huge files, very deep trees and
+names that are not UTF-8, while this tool often runs as root. So no operation here ever resolves a
+path string below ROOT in one go. ``Root`` holds one descriptor for ROOT itself (ROOT is the
+operator's choice, so it may be reached through a symlink); every component below it is opened
+with ``O_NOFOLLOW | O_DIRECTORY`` relative to the descriptor of the component before it, and the
+final step is an ``*at`` call (``dir_fd=``, ``follow_symlinks=False``, ``src_dir_fd``/
+``dst_dir_fd``) on the descriptor of the already opened parent. A symlink swapped in at any
+component between a check and its use therefore cannot redirect the operation outside ROOT: the
+kernel refuses to follow it, and the check and the use name the same directory inode.
+
+Paths are handed in as tuples of components (``relative_parts`` makes one from a manifest or
+database string and refuses absolute paths, ``..``, empty and ``.`` components, NUL and
+backslashes) or as such strings. Names are ``str`` in the filesystem encoding with
+``surrogateescape``, so a name that is not UTF-8 survives a round trip through ``walk_files`` and
+back into any method; error messages escape such names so that they are always printable lines.
+
+Rules every method keeps:
+
+* A symlink at any intermediate component is refused with ``UnsafePath`` ("is a symlink"); so is a
+  symlink, FIFO, socket or device where a regular file is read, or a non-directory where a
+  directory is expected. Nothing is opened, created, truncated or removed through a link.
+* Files are opened with ``O_NOFOLLOW | O_NONBLOCK | O_NOCTTY`` after an ``lstat`` that refuses
+  anything but a regular file, then ``fstat``-checked and set back to blocking: a FIFO swapped in
+  after the check never blocks the run and is refused.
+* Methods that replace or remove a name (``write_atomic``, ``rename``, ``symlink``, ``unlink``,
+  ``rmtree``) act on the directory entry itself, which a symlink cannot redirect: ``rename(2)`` and
+  ``unlink(2)`` never follow the final component.
+* Tree walks (``walk_files``, ``rmtree``) use an explicit stack and hold at most a few
+  descriptors whatever the depth: they move down with ``openat(name, O_NOFOLLOW)`` and back up
+  with ``openat("..")`` checked against the recorded device and inode of the parent, so a
+  directory moved out of ROOT mid-walk is detected instead of followed.
+* Files this module creates get their final mode from ``fchmod`` (never more than 0o777: no
+  set-user-ID bit copied from a planted file), and temp files have names that cannot collide with a
+  real file (``.<name>.<pid>.<random>.storage-migrate-tmp``, created with ``O_EXCL``).
+"""
+from __future__ import annotations
+
+import ctypes
+import errno
+import functools
+import hashlib
+import os
+import secrets
+import stat
+from collections.abc import Callable, Generator, Iterator, Sequence
+from contextlib import contextmanager
+from types import TracebackType
+from typing import TYPE_CHECKING, BinaryIO
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+__all__ = [
+    "CHUNK_SIZE",
+    "TEMP_SUFFIX",
+    "DirHandle",
+    "Parts",
+    "Root",
+    "UnsafePath",
+    "is_temp_name",
+    "printable",
+    "relative_parts",
+]
+
+CHUNK_SIZE = 1 << 20
+"""Bytes per read when streaming a file (hashing, copying): memory does not grow with file size."""
+
+TEMP_SUFFIX = ".storage-migrate-tmp"
+"""Every temp file or temp symlink this module creates ends with this suffix."""
+
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_NOCTTY | os.O_CLOEXEC
+_TEMP_NAME_BYTES = 120  # of the original name kept in a temp name, so the temp name fits NAME_MAX
+_RENAME_NOREPLACE = 1
+
+Parts = str | Sequence[str]
+"""A relative path below ROOT: a '/'-separated string (checked by ``relative_parts``) or its
+components. ``()`` is ROOT itself."""
+
+Content = bytes | bytearray | memoryview | Callable[[BinaryIO], object]
+
+
+def printable(path: str | bytes) -> str:
+    """``path`` as one printable line: undecodable bytes and control characters are escaped."""
+    if isinstance(path, str):
+        try:
+            raw = os.fsencode(path)
+        except UnicodeEncodeError:
+            raw = path.encode("utf-8", "backslashreplace")
+    else:
+        raw = path
+    text = raw.decode("utf-8", "backslashreplace")
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text)
+
+
+class UnsafePath(OSError):
+    """A path below ROOT that this tool refuses to touch: the message is one line naming the path
+    and the reason ("is a symlink", "is not a regular file", "is too large", "leaves ROOT", ...)."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"{printable(path)}: {reason}")
+        self.path = path
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"{printable(self.path)}: {self.reason}"
+
+    def __reduce__(self) -> tuple[type[UnsafePath], tuple[str, str]]:
+        return (type(self), (self.path, self.reason))
+
+
+def _component_problem(name: str) -> str | None:
+    """Why ``name`` cannot be one component of a path below ROOT, or None if it can."""
+    if name == "":
+        return "has an empty component"
+    if name == ".":
+        return "has a '.' component"
+    if name == "..":
+        return "leaves ROOT"
+    if "/" in name:
+        return "has a component containing '/'"
+    if "\0" in name:
+        return "contains NUL"
+    if "\\" in name:
+        return "contains a backslash"
+    try:
+        os.fsencode(name)
+    except UnicodeEncodeError:
+        return "is not encodable as a file name"
+    return None
+
+
+def relative_parts(path: str | bytes) -> tuple[str, ...]:
+    """Split a relative '/'-separated path from a manifest or database column into components.
+
+    Refused with ``UnsafePath``: the empty string, absolute paths, '' (doubled or trailing '/'),
+    '.' and '..' components, NUL, backslashes and strings that cannot be file names. Bytes are
+    decoded with ``os.fsdecode`` (surrogateescape), so any real file name is accepted.
+    """
+    text = os.fsdecode(path) if isinstance(path, bytes) else path
+    if not isinstance(text, str):
+        raise TypeError(f"expected str or bytes, got {type(path).__name__}")
+    if text == "":
+        raise UnsafePath(text, "is empty")
+    if text.startswith("/"):
+        raise UnsafePath(text, "is absolute (leaves ROOT)")
+    parts = tuple(text.split("/"))
+    for name in parts:
+        problem = _component_problem(name)
+        if problem is not None:
+            raise UnsafePath(text, problem)
+    return parts
+
+
+def _check_parts(parts: Parts) -> tuple[str, ...]:
+    if isinstance(parts, (str, bytes)):
+        return relative_parts(parts)
+    checked = tuple(parts)
+    for name in checked:
+        if not isinstance(name, str):
+            raise TypeError(f"path components must be str, got {type(name).__name__}")
+        problem = _component_problem(name)
+        if problem is not None:
+            raise UnsafePath("/".join(checked), problem)
+    return checked
+
+
+def is_temp_name(name: str) -> bool:
+    """Whether ``name`` looks like a temp file or temp symlink this module creates."""
+    return name.startswith(".") and name.endswith(TEMP_SUFFIX)
+
+
+def _temp_name(name: str) -> str:
+    raw = os.fsencode(name)[:_TEMP_NAME_BYTES]
+    return f".{os.fsdecode(raw)}.{os.getpid()}.{secrets.token_hex(8)}{TEMP_SUFFIX}"
+
+
+def _os_error(error: OSError, display: str) -> OSError:
+    """The same error (same errno, hence the same subclass) naming the full path for an operator."""
+    if isinstance(error, UnsafePath) or getattr(error, "_rootfs_named", False):
+        return error  # already names its path
+    code = error.errno if error.errno is not None else errno.EIO
+    named = OSError(code, error.strerror or os.strerror(code), printable(display))
+    named._rootfs_named = True  # type: ignore[attr-defined]
+    return named
+
+
+def _lstat_at(dir_fd: int, name: str) -> os.stat_result | None:
+    try:
+        return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISLNK(mode):
+        return "is a symlink"
+    if stat.S_ISDIR(mode):
+        return "is a directory"
+    if stat.S_ISREG(mode):
+        return "is a regular file"
+    return "is not a regular file"
+
+
+def _close_quietly(fd: int) -> None:
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+
+
+@functools.lru_cache(maxsize=1)
+def _renameat2() -> Callable[..., int] | None:
+    """libc's ``renameat2``, or None where libc does not export it."""
+    try:
+        function = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    function.restype = ctypes.c_int
+    return function
+
+
+def _renameat2_noreplace(src_fd: int, src: str, dst_fd: int, dst: str) -> bool:
+    """``renameat2(RENAME_NOREPLACE)``: True if renamed, False when libc or the filesystem does
+    not offer it (the caller falls back to check-then-rename); an existing target raises."""
+    function = _renameat2()
+    if function is None:
+        return False
+    if function(src_fd, os.fsencode(src), dst_fd, os.fsencode(dst), _RENAME_NOREPLACE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, os.strerror(code))
+
+
+class DirHandle:
+    """An open directory below ROOT (a context manager); ``fd`` is usable with ``dir_fd=``."""
+
+    def __init__(self, fd: int, display: str) -> None:
+        self.fd = fd
+        self.display = display
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def stat(self) -> os.stat_result:
+        """``fstat`` of the directory."""
+        return os.fstat(self.fd)
+
+    def entries(self) -> list[tuple[str, os.stat_result]]:
+        """(name, lstat) of every entry, sorted by name; symlinks are reported, not followed."""
+        with os.scandir(self.fd) as iterator:
+            found = [(entry.name, entry.stat(follow_symlinks=False)) for entry in iterator]
+        return sorted(found, key=lambda item: item[0])
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            fd, self.fd = self.fd, -1
+            os.close(fd)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, value: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+class _Cursor:
+    """One current-directory descriptor moving through a tree, with the identity of every
+    directory above it, so a walk of any depth holds two descriptors at most and its way back up
+    through '..' is checked against where it came from."""
+
+    def __init__(self, fd: int, display: str) -> None:
+        self.fd = fd
+        self.display = display
+        top = os.fstat(fd)
+        self.identities: list[tuple[int, int]] = [(top.st_dev, top.st_ino)]
+        self.names: list[str] = []
+
+    def path(self, name: str | None = None) -> str:
+        parts = [self.display, *self.names] + ([name] if name is not None else [])
+        return "/".join(parts)
+
+    def relative(self, name: str) -> str:
+        return "/".join([*self.names, name])
+
+    def descend(self, name: str) -> None:
+        try:
+            child = os.open(name, DIR_FLAGS, dir_fd=self.fd)
+        except OSError as error:
+            raise _explain(self.fd, name, self.path(name), error, "is not a directory") from None
+        try:
+            st = os.fstat(child)
+        except BaseException:
+            os.close(child)
+            raise
+        os.close(self.fd)
+        self.fd = child
+        self.identities.append((st.st_dev, st.st_ino))
+        self.names.append(name)
+
+    def ascend(self) -> str:
+        """Go back to the parent; returns the name of the directory just left."""
+        try:
+            parent = os.open("..", DIR_FLAGS, dir_fd=self.fd)
+        except OSError as error:
+            raise _os_error(error, self.path()) from None
+        try:
+            st = os.fstat(parent)
+            if (st.st_dev, st.st_ino) != self.identities[-2]:
+                raise UnsafePath(self.path(), "was moved during the walk (leaves ROOT)")
+        except BaseException:
+            os.close(parent)
+            raise
+        os.close(self.fd)
+        self.fd = parent
+        self.identities.pop()
+        return self.names.pop()
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            fd, self.fd = self.fd, -1
+            os.close(fd)
+
+
+def _explain(dir_fd: int, name: str, display: str, error: OSError, mismatch: str) -> OSError:
+    """Turn a failed ``openat(dir_fd, name)`` into an error naming the path: ``UnsafePath`` when
+    the entry is a symlink or of the wrong type (``mismatch``), else the errno as it came."""
+    if error.errno in (errno.ELOOP, errno.ENOTDIR, errno.ENXIO, errno.EISDIR):
+        try:
+            st = _lstat_at(dir_fd, name)
+        except OSError:
+            st = None
+        if st is not None and stat.S_ISLNK(st.st_mode):
+            return UnsafePath(display, "is a symlink")
+        if st is not None or error.errno == errno.ELOOP:
+            return UnsafePath(display, mismatch)
+    return _os_error(error, display)
+
+
+class Root:
+    """The storage folder ROOT, held open as a directory descriptor; every method resolves paths
+    below it component by component without following symlinks.
+
+    ``Root(path)`` or ``Root.open(path)``; use it as a context manager or call ``close()``. ROOT
+    itself may be reached through a symlink (it is the operator's choice); nothing below it may.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = os.path.abspath(os.fspath(path))
+        self._fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str]) -> Root:
+        """Open ROOT (following a symlink in ROOT's own path, which the operator chose)."""
+        return cls(path)
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            fd, self._fd = self._fd, -1
+            os.close(fd)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, value: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Root({self.path!r})"
+
+    def describe(self, parts: Parts) -> str:
+        """The full path of ``parts`` as one printable line, for messages."""
+        return printable(os.path.join(self.path, *_check_parts(parts)))
+
+    # -- internal helpers -------------------------------------------------------------------
+
+    def _display(self, parts: tuple[str, ...]) -> str:
+        return os.path.join(self.path, *parts)
+
+    def _open_dir_fd(self, parts: tuple[str, ...]) -> int:
+        """A new descriptor for the directory ``parts``, each component opened with O_NOFOLLOW
+        from the descriptor of the one before."""
+        if self._fd < 0:
+            raise ValueError(f"{self!r} is closed")
+        fd = os.open(".", DIR_FLAGS, dir_fd=self._fd)
+        try:
+            for index, name in enumerate(parts):
+                try:
+                    child = os.open(name, DIR_FLAGS, dir_fd=fd)
+                except OSError as error:
+                    display = self._display(parts[: index + 1])
+                    raise _explain(fd, name, display, error, "is not a directory") from None
+                os.close(fd)
+                fd = child
+        except BaseException:
+            _close_quietly(fd)
+            raise
+        return fd
+
+    @contextmanager
+    def _parent(self, parts: tuple[str, ...]) -> Iterator[tuple[int, str]]:
+        """(descriptor of the parent directory, final name) for a non-empty ``parts``."""
+        if not parts:
+            raise ValueError("this operation needs a path below ROOT, not ROOT itself")
+        fd = self._open_dir_fd(parts[:-1])
+        try:
+            yield fd, parts[-1]
+        finally:
+            os.close(fd)
+
+    def _open_regular(self, parts: tuple[str, ...]) -> tuple[int, os.stat_result]:
+        """A blocking read descriptor on the regular file ``parts`` and its ``fstat``."""
+        display = self._display(parts)
+        with self._parent(parts) as (parent, name):
+            try:
+                st = _lstat_at(parent, name)
+            except OSError as error:
+                raise _os_error(error, display) from None
+            if st is None:
+                raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), printable(display))
+            if not stat.S_ISREG(st.st_mode):
+                raise UnsafePath(display, _kind(st.st_mode))
+            try:
+                fd = os.open(name, READ_FLAGS, dir_fd=parent)
+            except OSError as error:
+                raise _explain(parent, name, display, error, "is not a regular file") from None
+        try:
+            opened = os.fstat(fd)
+            if not stat.S_ISREG(opened.st_mode):
+                raise UnsafePath(display, _kind(opened.st_mode))
+            os.set_blocking(fd, True)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd, opened
+
+    def _create_temp(self, parent: int, name: str, mode: int = 0o600) -> tuple[str, int]:
+        for _attempt in range(100):
+            temp = _temp_name(name)
+            try:
+                return temp, os.open(temp, CREATE_FLAGS, mode, dir_fd=parent)
+            except FileExistsError:
+                continue
+        raise FileExistsError(errno.EEXIST, "no free temp file name", printable(self._display((name,))))
+
+    @staticmethod
+    def _discard_temp(parent: int, temp: str) -> None:
+        try:
+            os.unlink(temp, dir_fd=parent)
+        except OSError:
+            pass
+
+    # -- looking -----------------------------------------------------------------------------
+
+    def open_dir(self, parts: Parts = ()) -> DirHandle:
+        """Open the directory ``parts`` (ROOT for ``()``); a symlink at any component is refused."""
+        checked = _check_parts(parts)
+        return DirHandle(self._open_dir_fd(checked), self._display(checked))
+
+    def lstat(self, parts: Parts) -> os.stat_result | None:
+        """``lstat`` of ``parts`` (a final symlink is described, not followed); None if absent.
+        A symlink at an intermediate component is refused."""
+        checked = _check_parts(parts)
+        if not checked:
+            return os.fstat(self._fd)
+        try:
+            with self._parent(checked) as (parent, name):
+                return _lstat_at(parent, name)
+        except FileNotFoundError:
+            return None
+        except OSError as error:
+            raise _os_error(error, self._display(checked)) from None
+
+    def readlink(self, parts: Parts) -> str | None:
+        """The target text of the symlink ``parts``; None if nothing is there. Raises
+        ``UnsafePath`` if the entry is not a symlink."""
+        checked = _check_parts(parts)
+        display = self._display(checked)
+        try:
+            with self._parent(checked) as (parent, name):
+                st = _lstat_at(parent, name)
+                if st is None:
+                    return None
+                if not stat.S_ISLNK(st.st_mode):
+                    raise UnsafePath(display, "is not a symlink")
+                return os.readlink(name, dir_fd=parent)
+        except FileNotFoundError:
+            return None
+        except OSError as error:
+            raise _os_error(error, display) from None
+
+    def is_same_filesystem(self, parts_a: Parts, parts_b: Parts) -> bool:
+        """Whether two existing entries are on the same filesystem (``st_dev`` of their lstat),
+        i.e. whether a rename between them can work."""
+        stats = []
+        for parts in (parts_a, parts_b):
+            st = self.lstat(parts)
+            if st is None:
+                display = self._display(_check_parts(parts))
+                raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), printable(display))
+            stats.append(st)
+        return stats[0].st_dev == stats[1].st_dev
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def read_bytes(self, parts: Parts, max_bytes: int) -> bytes:
+        """The content of the regular file ``parts``. Refuses symlinks and non-regular files, and
+        refuses (``UnsafePath`` "is too large") a file over ``max_bytes`` after reading at most
+        ``max_bytes + 1`` bytes of it."""
+        if max_bytes < 0:
+            raise ValueError("max_bytes must not be negative")
+        checked = _check_parts(parts)
+        display = self._display(checked)
+        fd, st = self._open_regular(checked)
+        try:
+            if st.st_size > max_bytes:
+                raise UnsafePath(display, f"is too large ({st.st_size} bytes, the limit is {max_bytes})")
+            chunks: list[bytes] = []
+            remaining = max_bytes + 1
+            while remaining > 0:
+                try:
+                    data = os.read(fd, min(remaining, CHUNK_SIZE))
+                except OSError as error:
+                    raise _os_error(error, display) from None
+                if not data:
+                    break
+                chunks.append(data)
+                remaining -= len(data)
+        finally:
+            os.close(fd)
+        if remaining <= 0:
+            raise UnsafePath(display, f"is too large (more than {max_bytes} bytes)")
+        return b"".join(chunks)
+
+    @contextmanager
+    def open_file(self, parts: Parts) -> Iterator[BinaryIO]:
+        """A binary file object for streaming the regular file ``parts`` (symlinks, FIFOs and
+        devices are refused before anything is read); closed when the block ends."""
+        checked = _check_parts(parts)
+        fd, _st = self._open_regular(checked)
+        try:
+            handle = os.fdopen(fd, "rb")
+        except BaseException:
+            os.close(fd)
+            raise
+        with handle:
+            yield handle
+
+    def sha256_file(self, parts: Parts) -> tuple[str, int]:
+        """(sha256 hex digest, size in bytes) of the regular file ``parts``, read in 1 MiB chunks
+        into one reused buffer: memory does not depend on the file's size."""
+        checked = _check_parts(parts)
+        display = self._display(checked)
+        fd, _st = self._open_regular(checked)
+        digest = hashlib.sha256()
+        size = 0
+        buffer = bytearray(CHUNK_SIZE)
+        view = memoryview(buffer)
+        try:
+            while True:
+                try:
+                    count = os.readv(fd, [buffer])
+                except OSError as error:
+                    raise _os_error(error, display) from None
+                if count == 0:
+                    break
+                digest.update(view[:count])
+                size += count
+        finally:
+            view.release()
+            os.close(fd)
+        return digest.hexdigest(), size
+
+    def walk_files(
+        self, parts: Parts = (), *, max_depth: int | None = None
+    ) -> Generator[tuple[str, os.stat_result], None, None]:
+        """Yield (path relative to ``parts``, lstat) for every regular file below the directory
+        ``parts``, sorted by name within a directory, files before subdirectories.
+
+        Iterative: any depth, at most three descriptors open. Never follows a link: a symlink,
+        FIFO, socket or device entry raises ``UnsafePath`` naming it; so does a directory deeper
+        than ``max_depth`` levels below ``parts`` (no limit when None). Names are ``str`` with
+        surrogateescape, usable again with ``relative_parts``.
+        """
+        checked = _check_parts(parts)
+        cursor = _Cursor(self._open_dir_fd(checked), self._display(checked))
+        try:
+            # pending[i]: subdirectory names still to visit in the directory at depth i (reversed).
+            pending: list[list[str]] = []
+            scan_needed = True
+            while True:
+                if scan_needed:
+                    subdirs: list[str] = []
+                    for name, st in self._scan(cursor):
+                        if stat.S_ISREG(st.st_mode):
+                            yield cursor.relative(name), st
+                        elif stat.S_ISDIR(st.st_mode):
+                            subdirs.append(name)
+                        else:
+                            raise UnsafePath(cursor.path(name), _kind(st.st_mode))
+                    subdirs.reverse()
+                    pending.append(subdirs)
+                    scan_needed = False
+                if pending[-1]:
+                    name = pending[-1].pop()
+                    if max_depth is not None and len(cursor.names) + 1 > max_depth:
+                        raise UnsafePath(cursor.path(name), f"is too deep (more than {max_depth} levels)")
+                    try:
+                        cursor.descend(name)
+                    except FileNotFoundError:
+                        continue  # removed since the scan: nothing to report
+                    scan_needed = True
+                    continue
+                pending.pop()
+                if not pending:
+                    return
+                cursor.ascend()
+        finally:
+            cursor.close()
+
+    @staticmethod
+    def _scan(cursor: _Cursor) -> list[tuple[str, os.stat_result]]:
+        """(name, lstat) of every entry of the cursor's directory, sorted, listing fully first so
+        no extra descriptor stays open while the caller works."""
+        found: list[tuple[str, os.stat_result]] = []
+        try:
+            with os.scandir(cursor.fd) as iterator:
+                for entry in iterator:
+                    try:
+                        found.append((entry.name, entry.stat(follow_symlinks=False)))
+                    except FileNotFoundError:
+                        continue
+        except OSError as error:
+            raise _os_error(error, cursor.path()) from None
+        found.sort(key=lambda item: item[0])
+        return found
+
+    # -- writing -----------------------------------------------------------------------------
+
+    def write_atomic(self, parts: Parts, content: Content, *, mode: int = 0o644, fsync: bool = True) -> None:
+        """Replace (or create) the regular file ``parts`` in one rename: a temp file
+        ``.<name>.<pid>.<random>.storage-migrate-tmp`` is created with ``O_EXCL | O_NOFOLLOW`` in
+        the same directory descriptor, filled from ``content`` (bytes, or a callable given the
+        binary file object), given ``mode`` with ``fchmod``, fsynced when ``fsync``, then renamed
+        over the name.
+
+        An existing symlink (or any non-regular entry) at the name is refused with
+        ``UnsafePath``: it means someone else put it there and the operator should know. Safety
+        does not rest on that check, though: if a link is swapped in after it, ``rename(2)``
+        replaces the link itself and never writes through it.
+        """
+        if mode & ~0o777:
+            raise ValueError(f"mode {mode:#o} has bits beyond 0o777")
+        checked = _check_parts(parts)
+        display = self._display(checked)
+        with self._parent(checked) as (parent, name):
+            try:
+                existing = _lstat_at(parent, name)
+            except OSError as error:
+                raise _os_error(error, display) from None
+            if existing is not None and not stat.S_ISREG(existing.st_mode):
+                raise UnsafePath(display, _kind(existing.st_mode))
+            try:
+                temp, fd = self._create_temp(parent, name)
+            except OSError as error:
+                raise _os_error(error, display) from None
+            try:
+                with os.fdopen(fd, "wb") as handle:
+                    if callable(content):
+                        content(handle)
+                    else:
+                        handle.write(content)
+                    handle.flush()
+                    os.fchmod(handle.fileno(), mode)
+                    if fsync:
+                        os.fsync(handle.fileno())
+                os.replace(temp, name, src_dir_fd=parent, dst_dir_fd=parent)
+            except OSError as error:
+                self._discard_temp(parent, temp)
+                raise _os_error(error, display) from None
+            except BaseException:
+                self._discard_temp(parent, temp)
+                raise
+            if fsync:
+                os.fsync(parent)
+
+    def makedirs(self, parts: Parts, mode: int = 0o755) -> None:
+        """Create the directory ``parts`` and any missing parents (``mode`` minus the umask, as
+        ``os.makedirs``); existing directories are fine, a symlink at any component is refused."""
+        checked = _check_parts(parts)
+        fd = self._open_dir_fd(())
+        try:
+            for index, name in enumerate(checked):
+                display = self._display(checked[: index + 1])
+                try:
+                    os.mkdir(name, mode, dir_fd=fd)
+                except FileExistsError:
+                    pass
+                except OSError as error:
+                    raise _os_error(error, display) from None
+                try:
+                    child = os.open(name, DIR_FLAGS, dir_fd=fd)
+                except OSError as error:
+                    raise _explain(fd, name, display, error, "is not a directory") from None
+                os.close(fd)
+                fd = child
+        finally:
+            _close_quietly(fd)
+
+    def rename(self, src_parts: Parts, dst_parts: Parts, *, overwrite: bool = False) -> None:
+        """Rename the entry ``src_parts`` to ``dst_parts`` (parents must exist) through the two
+        parent descriptors. A symlink at either final component is moved or replaced as a link,
+        never followed. Without ``overwrite`` an existing destination raises ``FileExistsError``
+        (atomically with ``renameat2(RENAME_NOREPLACE)`` where the kernel has it). ``EXDEV``
+        across filesystems comes through as an ``OSError``: use ``copy_file`` then."""
+        src = _check_parts(src_parts)
+        dst = _check_parts(dst_parts)
+        display = f"{printable(self._display(src))} -> {printable(self._display(dst))}"
+        with self._parent(src) as (src_fd, src_name), self._parent(dst) as (dst_fd, dst_name):
+            try:
+                if overwrite:
+                    os.replace(src_name, dst_name, src_dir_fd=src_fd, dst_dir_fd=dst_fd)
+                elif not _renameat2_noreplace(src_fd, src_name, dst_fd, dst_name):
+                    if _lstat_at(dst_fd, dst_name) is not None:
+                        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST))
+                    os.rename(src_name, dst_name, src_dir_fd=src_fd, dst_dir_fd=dst_fd)
+            except OSError as error:
+                code = error.errno if error.errno is not None else errno.EIO
+                raise OSError(code, error.strerror or os.strerror(code), display) from None
+
+    def symlink(self, parts: Parts, target: str) -> None:
+        """Make ``parts`` a symlink to ``target`` (stored as given, never resolved here),
+        atomically replacing an existing symlink (temp link + rename). Refuses to replace anything
+        that is not a symlink (``UnsafePath``)."""
+        if "\0" in target or target == "":
+            raise ValueError("a symlink target must be non-empty and contain no NUL")
+        checked = _check_parts(parts)
+        display = self._display(checked)
+        with self._parent(checked) as (parent, name):
+            try:
+                existing = _lstat_at(parent, name)
+            except OSError as error:
+                raise _os_error(error, display) from None
+            if existing is not None and not stat.S_ISLNK(existing.st_mode):
+                raise UnsafePath(display, f"{_kind(existing.st_mode)}, not a symlink")
+            for _attempt in range(100):
+                temp = _temp_name(name)
+                try:
+                    os.symlink(target, temp, dir_fd=parent)
+                    break
+                except FileExistsError:
+                    continue
+                except OSError as error:
+                    raise _os_error(error, display) from None
+            else:
+                raise FileExistsError(errno.EEXIST, "no free temp name", printable(display))
+            try:
+                os.replace(temp, name, src_dir_fd=parent, dst_dir_fd=parent)
+            except OSError as error:
+                self._discard_temp(parent, temp)
+                raise _os_error(error, display) from None
+
+    def unlink(self, parts: Parts, *, missing_ok: bool = False) -> None:
+        """Remove the non-directory entry ``parts`` (a symlink is removed itself, never its
+        target). A symlink at an intermediate component is refused."""
+        checked = _check_parts(parts)
+        display = self._display(checked)
+        try:
+            with self._parent(checked) as (parent, name):
+                os.unlink(name, dir_fd=parent)
+        except FileNotFoundError as error:
+            if not missing_ok:
+                raise _os_error(error, display) from None
+        except OSError as error:
+            raise _os_error(error, display) from None
+
+    def fsync_dir(self, parts: Parts = ()) -> None:
+        """fsync the directory ``parts`` so renames and creations in it survive a power cut."""
+        with self.open_dir(parts) as handle:
+            os.fsync(handle.fd)
+
+    def rmtree(self, parts: Parts, *, missing_ok: bool = False) -> None:
+        """Remove the directory ``parts`` and everything in it without following any symlink.
+
+        Iterative with an explicit stack and at most three descriptors open at any depth; links,
+        FIFOs and devices inside are removed as entries. A symlink at ``parts`` itself or at an
+        intermediate component is refused (``UnsafePath``). An entry that cannot be removed
+        (permissions, a directory moved out of ROOT during the walk, files added concurrently)
+        raises an ``OSError`` naming it, with every descriptor closed; what was removed before
+        stays removed.
+        """
+        checked = _check_parts(parts)
+        display = self._display(checked)
+        with self._parent(checked) as (parent, name):
+            try:
+                top = os.open(name, DIR_FLAGS, dir_fd=parent)
+            except FileNotFoundError as error:
+                if missing_ok:
+                    return
+                raise _os_error(error, display) from None
+            except OSError as error:
+                raise _explain(parent, name, display, error, "is not a directory") from None
+            try:
+                cursor = _Cursor(top, display)
+            except BaseException:
+                os.close(top)
+                raise
+            try:
+                pending: list[list[str]] = []
+                scan_needed = True
+                while True:
+                    if scan_needed:
+                        subdirs: list[str] = []
+                        for entry_name, st in self._scan(cursor):
+                            if stat.S_ISDIR(st.st_mode):
+                                subdirs.append(entry_name)
+                                continue
+                            try:
+                                os.unlink(entry_name, dir_fd=cursor.fd)
+                            except FileNotFoundError:
+                                pass
+                            except IsADirectoryError:
+                                subdirs.append(entry_name)  # became a directory since the scan
+                            except OSError as error:
+                                raise _os_error(error, cursor.path(entry_name)) from None
+                        pending.append(subdirs)
+                        scan_needed = False
+                    if pending[-1]:
+                        child = pending[-1].pop()
+                        try:
+                            cursor.descend(child)
+                        except FileNotFoundError:
+                            continue
+                        except UnsafePath:
+                            # Replaced by a non-directory since the scan: remove the entry itself.
+                            try:
+                                os.unlink(child, dir_fd=cursor.fd)
+                            except FileNotFoundError:
+                                pass
+                            except OSError as error:
+                                raise _os_error(error, cursor.path(child)) from None
+                            continue
+                        scan_needed = True
+                        continue
+                    pending.pop()
+                    if not pending:
+                        break
+                    left = cursor.ascend()
+                    try:
+                        os.rmdir(left, dir_fd=cursor.fd)
+                    except FileNotFoundError:
+                        pass
+                    except OSError as error:
+                        raise _os_error(error, cursor.path(left)) from None
+            finally:
+                cursor.close()
+            try:
+                os.rmdir(name, dir_fd=parent)
+            except OSError as error:
+                raise _os_error(error, display) from None
+
+    def copy_file(
+        self,
+        src_parts: Parts,
+        dst_parts: Parts,
+        *,
+        dst_root: Root | None = None,
+        overwrite: bool = False,
+        fsync: bool = True,
+        preserve_owner: bool = False,
+    ) -> None:
+        """Copy the regular file ``src_parts`` to ``dst_parts`` (below ``dst_root``, default this
+        ROOT) for a cross-filesystem move: streamed descriptor to descriptor in 1 MiB chunks into
+        a temp file in the destination directory, given the source's permission bits (masked to
+        0o777: a planted set-user-ID bit is never copied) and atime/mtime, optionally its owner,
+        fsynced, then renamed into place (``FileExistsError`` if the destination exists, unless
+        ``overwrite``). The destination's parent must exist."""
+        src = _check_parts(src_parts)
+        dst = _check_parts(dst_parts)
+        target_root = dst_root if dst_root is not None else self
+        src_display = self._display(src)
+        dst_display = target_root._display(dst)
+        src_fd, st = self._open_regular(src)
+        try:
+            with target_root._parent(dst) as (parent, name):
+                if not overwrite and _lstat_at(parent, name) is not None:
+                    raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), printable(dst_display))
+                try:
+                    temp, out = target_root._create_temp(parent, name)
+                except OSError as error:
+                    raise _os_error(error, dst_display) from None
+                try:
+                    try:
+                        buffer = bytearray(CHUNK_SIZE)
+                        view = memoryview(buffer)
+                        try:
+                            while True:
+                                try:
+                                    count = os.readv(src_fd, [buffer])
+                                except OSError as error:
+                                    raise _os_error(error, src_display) from None
+                                if count == 0:
+                                    break
+                                written = 0
+                                while written < count:
+                                    written += os.write(out, view[written:count])
+                        finally:
+                            view.release()
+                        if preserve_owner:
+                            os.fchown(out, st.st_uid, st.st_gid)
+                        os.fchmod(out, stat.S_IMODE(st.st_mode) & 0o777)
+                        os.utime(out, ns=(st.st_atime_ns, st.st_mtime_ns))
+                        if fsync:
+                            os.fsync(out)
+                    finally:
+                        os.close(out)
+                    if overwrite:
+                        os.replace(temp, name, src_dir_fd=parent, dst_dir_fd=parent)
+                    elif not _renameat2_noreplace(parent, temp, parent, name):
+                        if _lstat_at(parent, name) is not None:
+                            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST))
+                        os.rename(temp, name, src_dir_fd=parent, dst_dir_fd=parent)
+                except OSError as error:
+                    self._discard_temp(parent, temp)
+                    raise _os_error(error, dst_display) from None
+                except BaseException:
+                    self._discard_temp(parent, temp)
+                    raise
+                if fsync:
+                    os.fsync(parent)
+        finally:
+            os.close(src_fd)

@@ -1,0 +1,815 @@
+"""storage_migrator.rootfs against real files: planted symlinks at every component, FIFOs, devices,
+huge and sparse files, 2,000-level trees and names that are not UTF-8.
+
+Every hostile case has a sentinel folder outside ROOT whose names, contents, inodes, modes and
+mtimes must be exactly the same afterwards.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import resource
+import secrets
+import shutil
+import stat
+import tempfile
+import threading
+import tracemalloc
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from storage_migrator import rootfs
+from storage_migrator.rootfs import (
+    TEMP_SUFFIX,
+    Root,
+    UnsafePath,
+    is_temp_name,
+    relative_parts,
+)
+
+MiB = 1 << 20
+DEEP = 2000
+
+
+# -- helpers -----------------------------------------------------------------------------------
+
+
+def snapshot(path: Path) -> dict[str, tuple[Any, ...]]:
+    """Everything observable about a folder without following links: names, types, modes,
+    inodes, mtimes, file contents and link targets."""
+    found: dict[str, tuple[Any, ...]] = {}
+    top = os.lstat(path)
+    found["."] = (top.st_mode, top.st_ino, top.st_mtime_ns)
+    for dirpath, dirnames, filenames in os.walk(path):
+        for name in sorted(dirnames + filenames):
+            full = os.path.join(dirpath, name)
+            st_ = os.lstat(full)
+            if stat.S_ISLNK(st_.st_mode):
+                content: Any = os.readlink(full)
+            elif stat.S_ISREG(st_.st_mode):
+                content = Path(full).read_bytes()
+            else:
+                content = None
+            found[os.path.relpath(full, path)] = (st_.st_mode, st_.st_ino, st_.st_mtime_ns, st_.st_size, content)
+    return found
+
+
+def run_with_timeout(function: Callable[[], Any], timeout: float = 10.0, fifo: Path | None = None) -> Any:
+    """Run ``function`` in a thread; fail (instead of hanging) if it blocks. Returns its result or
+    the exception it raised."""
+    outcome: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            outcome["value"] = function()
+        except BaseException as error:  # noqa: BLE001 - handed back to the test
+            outcome["value"] = error
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        if fifo is not None:  # release the reader blocked in open(2) so the thread can end
+            writer = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+            os.close(writer)
+            thread.join(timeout)
+        pytest.fail(f"{function} blocked for {timeout}s")
+    return outcome["value"]
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.fixture
+def low_fd_limit() -> Iterator[int]:
+    """Lower the soft RLIMIT_NOFILE far below the tree depth, so holding a descriptor per level
+    fails the test with EMFILE."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    highest = max(int(name) for name in os.listdir("/proc/self/fd"))
+    limit = highest + 24
+    assert limit < DEEP // 2
+    resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
+    try:
+        yield limit
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def make_deep_tree(base: Path, depth: int, file_every: int) -> list[str]:
+    """``depth`` nested directories ``d`` below ``base`` (built through descriptors: the path is
+    longer than PATH_MAX), a file ``f<level>`` every ``file_every`` levels and at the bottom.
+    Returns the relative paths of the files."""
+    files: list[str] = []
+    fd = os.open(base, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for level in range(1, depth + 1):
+            os.mkdir("d", dir_fd=fd)
+            child = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = child
+            if level % file_every == 0 or level == depth:
+                name = f"f{level}"
+                out = os.open(name, os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd)
+                os.write(out, f"level {level}".encode())
+                os.close(out)
+                files.append("/".join(["d"] * level + [name]))
+    finally:
+        os.close(fd)
+    return files
+
+
+def no_temp_files(path: Path) -> bool:
+    return not [name for name in os.listdir(path) if name.endswith(TEMP_SUFFIX)]
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[dict[str, Any]]:
+    """ROOT with links planted at every kind of component, and a sentinel folder outside it.
+
+    ROOT/dir/file.txt             regular file
+    ROOT/dir/sub/                 directory
+    ROOT/link_dir -> OUTSIDE      first component a link
+    ROOT/dir/link_dir -> OUTSIDE  intermediate component a link
+    ROOT/link_file -> OUTSIDE/secret.txt
+    ROOT/dir/link_file -> OUTSIDE/secret.txt
+    """
+    outside = tmp_path / "outside"
+    (outside / "inner").mkdir(parents=True)
+    (outside / "secret.txt").write_bytes(b"do not read")
+    (outside / "inner" / "x.txt").write_bytes(b"do not delete")
+    (outside / "planted").mkdir()
+    root_path = tmp_path / "root"
+    (root_path / "dir" / "sub").mkdir(parents=True)
+    (root_path / "dir" / "file.txt").write_bytes(b"inside")
+    (root_path / "link_dir").symlink_to(outside)
+    (root_path / "dir" / "link_dir").symlink_to(outside)
+    (root_path / "link_file").symlink_to(outside / "secret.txt")
+    (root_path / "dir" / "link_file").symlink_to(outside / "secret.txt")
+    before = snapshot(outside)
+    with Root(root_path) as root:
+        yield {"root": root, "root_path": root_path, "outside": outside, "before": before}
+
+
+# -- a symlink at every component --------------------------------------------------------------
+
+REFUSED: list[tuple[str, Callable[[Root], Any]]] = [
+    ("open_dir first", lambda r: r.open_dir("link_dir")),
+    ("open_dir intermediate", lambda r: r.open_dir("dir/link_dir/inner")),
+    ("open_dir final", lambda r: r.open_dir("dir/link_dir")),
+    ("lstat first", lambda r: r.lstat("link_dir/secret.txt")),
+    ("lstat intermediate", lambda r: r.lstat("dir/link_dir/secret.txt")),
+    ("read_bytes final", lambda r: r.read_bytes("link_file", 100)),
+    ("read_bytes final nested", lambda r: r.read_bytes("dir/link_file", 100)),
+    ("read_bytes first", lambda r: r.read_bytes("link_dir/secret.txt", 100)),
+    ("read_bytes intermediate", lambda r: r.read_bytes("dir/link_dir/secret.txt", 100)),
+    ("open_file final", lambda r: r.open_file("dir/link_file").__enter__()),
+    ("open_file intermediate", lambda r: r.open_file("dir/link_dir/secret.txt").__enter__()),
+    ("sha256_file final", lambda r: r.sha256_file("link_file")),
+    ("sha256_file intermediate", lambda r: r.sha256_file("dir/link_dir/secret.txt")),
+    ("write_atomic first", lambda r: r.write_atomic("link_dir/secret.txt", b"x")),
+    ("write_atomic intermediate", lambda r: r.write_atomic("dir/link_dir/new.txt", b"x")),
+    ("write_atomic final", lambda r: r.write_atomic("link_file", b"x")),
+    ("write_atomic final nested", lambda r: r.write_atomic("dir/link_file", b"x")),
+    ("makedirs first", lambda r: r.makedirs("link_dir/new")),
+    ("makedirs intermediate", lambda r: r.makedirs("dir/link_dir/new/deeper")),
+    ("makedirs final", lambda r: r.makedirs("dir/link_dir")),
+    ("rename source through link", lambda r: r.rename("link_dir/secret.txt", "dir/got")),
+    ("rename source nested through link", lambda r: r.rename("dir/link_dir/inner", "dir/got")),
+    ("rename destination through link", lambda r: r.rename("dir/file.txt", "link_dir/planted/x")),
+    ("rename destination nested", lambda r: r.rename("dir/file.txt", "dir/link_dir/planted/x")),
+    ("symlink through link", lambda r: r.symlink("link_dir/planted/l", "/etc/passwd")),
+    ("symlink nested through link", lambda r: r.symlink("dir/link_dir/l", "/etc/passwd")),
+    ("readlink through link", lambda r: r.readlink("dir/link_dir/secret.txt")),
+    ("unlink first", lambda r: r.unlink("link_dir/secret.txt")),
+    ("unlink intermediate", lambda r: r.unlink("dir/link_dir/inner/x.txt")),
+    ("rmtree final", lambda r: r.rmtree("link_dir")),
+    ("rmtree final nested", lambda r: r.rmtree("dir/link_dir")),
+    ("rmtree intermediate", lambda r: r.rmtree("dir/link_dir/inner")),
+    ("walk_files final", lambda r: list(r.walk_files("link_dir"))),
+    ("walk_files intermediate", lambda r: list(r.walk_files("dir/link_dir/inner"))),
+    ("walk_files meets a link", lambda r: list(r.walk_files("dir"))),
+    ("walk_files of ROOT meets a link", lambda r: list(r.walk_files())),
+    ("is_same_filesystem through link", lambda r: r.is_same_filesystem("dir/link_dir/secret.txt", "dir")),
+    ("copy_file source final", lambda r: r.copy_file("link_file", "dir/copy")),
+    ("copy_file source intermediate", lambda r: r.copy_file("dir/link_dir/secret.txt", "dir/copy")),
+    ("copy_file destination first", lambda r: r.copy_file("dir/file.txt", "link_dir/copy")),
+    ("copy_file destination nested", lambda r: r.copy_file("dir/file.txt", "dir/link_dir/planted/copy")),
+    ("fsync_dir", lambda r: r.fsync_dir("dir/link_dir")),
+]
+
+
+@pytest.mark.parametrize("operation", [op for _, op in REFUSED], ids=[name for name, _ in REFUSED])
+def test_every_method_refuses_a_symlink_at_any_component(world: dict[str, Any], operation: Callable[[Root], Any]) -> None:
+    with pytest.raises(UnsafePath) as caught:
+        operation(world["root"])
+    assert "is a symlink" in str(caught.value)
+    assert str(world["root_path"]) in str(caught.value)
+    assert "\n" not in str(caught.value)
+    assert snapshot(world["outside"]) == world["before"]
+    assert os.readlink(world["root_path"] / "link_dir") == str(world["outside"])
+
+
+def test_operations_on_a_final_symlink_act_on_the_link_itself(world: dict[str, Any]) -> None:
+    root: Root = world["root"]
+    root_path: Path = world["root_path"]
+    link_stat = root.lstat("link_file")
+    assert link_stat is not None and stat.S_ISLNK(link_stat.st_mode)
+    assert root.readlink("dir/link_file") == str(world["outside"] / "secret.txt")
+    root.rename("dir/link_file", "dir/sub/moved_link")
+    assert os.readlink(root_path / "dir/sub/moved_link") == str(world["outside"] / "secret.txt")
+    root.symlink("link_file", "dir/file.txt")  # replacing a symlink is allowed, and atomic
+    assert os.readlink(root_path / "link_file") == "dir/file.txt"
+    root.unlink("dir/sub/moved_link")
+    root.unlink("link_dir")
+    assert not os.path.lexists(root_path / "link_dir")
+    assert snapshot(world["outside"]) == world["before"]
+    assert no_temp_files(root_path)
+
+
+def test_a_link_swapped_in_after_the_check_is_still_not_followed(
+    world: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Between the lstat and the open/rename, replace the target by a link to OUTSIDE."""
+    root: Root = world["root"]
+    root_path: Path = world["root_path"]
+    real_lstat_at = rootfs._lstat_at
+
+    def lstat_then_swap(dir_fd: int, name: str) -> os.stat_result | None:
+        result = real_lstat_at(dir_fd, name)
+        if name == "file.txt" and result is not None and stat.S_ISREG(result.st_mode):
+            os.unlink(root_path / "dir/file.txt")
+            os.symlink(world["outside"] / "secret.txt", root_path / "dir/file.txt")
+        return result
+
+    monkeypatch.setattr(rootfs, "_lstat_at", lstat_then_swap)
+    with pytest.raises(UnsafePath, match="is a symlink"):
+        root.read_bytes("dir/file.txt", 100)
+    # write_atomic: the check saw a regular file; rename(2) replaces the link, never writes through.
+    os.unlink(root_path / "dir/file.txt")
+    (root_path / "dir/file.txt").write_bytes(b"inside")
+    root.write_atomic("dir/file.txt", b"new content")
+    assert not os.path.islink(root_path / "dir/file.txt")
+    assert (root_path / "dir/file.txt").read_bytes() == b"new content"
+    assert snapshot(world["outside"]) == world["before"]
+    assert no_temp_files(root_path / "dir")
+
+
+def test_rmtree_stops_when_a_directory_is_moved_out_of_root_mid_walk(
+    world: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root: Root = world["root"]
+    root_path: Path = world["root_path"]
+    outside: Path = world["outside"]
+    root.makedirs("victim/a/b/c")
+    (root_path / "victim/a/b/c/file").write_bytes(b"x")
+    real_descend = rootfs._Cursor.descend
+    moved: list[bool] = []
+
+    def descend_then_move(self: Any, name: str) -> None:
+        real_descend(self, name)
+        if self.names == ["a", "b", "c"] and not moved:
+            # The attacker moves victim/a out of ROOT while the walk is inside it.
+            os.rename(root_path / "victim/a", outside / "planted/a")
+            moved.append(True)
+
+    monkeypatch.setattr(rootfs._Cursor, "descend", descend_then_move)
+    before = open_fds()
+    with pytest.raises(UnsafePath, match="was moved during the walk"):
+        root.rmtree("victim")
+    assert moved
+    assert open_fds() == before
+    after = snapshot(outside)
+    # Only what was moved out of ROOT may have been emptied; the sentinel itself is intact.
+    for key, value in world["before"].items():
+        if key not in (".", "planted"):
+            assert after[key] == value
+    assert (outside / "planted/a").is_dir()
+
+
+# -- FIFOs, devices, huge files ----------------------------------------------------------------
+
+
+@pytest.fixture
+def fifo_root(tmp_path: Path) -> Iterator[tuple[Root, Path]]:
+    os.mkfifo(tmp_path / "pipe")
+    with Root(tmp_path) as root:
+        yield root, tmp_path / "pipe"
+
+
+@pytest.mark.parametrize(
+    "operation",
+    [
+        lambda r: r.read_bytes("pipe", 100),
+        lambda r: r.sha256_file("pipe"),
+        lambda r: r.open_file("pipe").__enter__(),
+        lambda r: r.copy_file("pipe", "copy"),
+    ],
+    ids=["read_bytes", "sha256_file", "open_file", "copy_file"],
+)
+def test_a_fifo_is_refused_without_blocking(fifo_root: tuple[Root, Path], operation: Callable[[Root], Any]) -> None:
+    root, fifo = fifo_root
+    result = run_with_timeout(lambda: operation(root), fifo=fifo)
+    assert isinstance(result, UnsafePath), result
+    assert "is not a regular file" in str(result)
+    assert not os.path.exists(fifo.parent / "copy")
+
+
+def test_a_fifo_swapped_in_after_the_check_does_not_block(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "file").write_bytes(b"regular")
+    real_lstat_at = rootfs._lstat_at
+
+    def lstat_then_swap(dir_fd: int, name: str) -> os.stat_result | None:
+        result = real_lstat_at(dir_fd, name)
+        if name == "file" and result is not None and stat.S_ISREG(result.st_mode):
+            os.unlink(tmp_path / "file")
+            os.mkfifo(tmp_path / "file")
+        return result
+
+    monkeypatch.setattr(rootfs, "_lstat_at", lstat_then_swap)
+    with Root(tmp_path) as root:
+        result = run_with_timeout(lambda: root.read_bytes("file", 100), fifo=tmp_path / "file")
+    assert isinstance(result, UnsafePath) and "is not a regular file" in str(result)
+
+
+def test_a_symlink_to_dev_zero_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "zero").symlink_to("/dev/zero")
+    with Root(tmp_path) as root:
+        for operation in (lambda: root.read_bytes("zero", 10), lambda: root.sha256_file("zero")):
+            result = run_with_timeout(operation)
+            assert isinstance(result, UnsafePath) and "is a symlink" in str(result)
+
+
+def test_a_device_node_is_refused_without_being_opened(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    try:
+        os.mknod(tmp_path / "zero", 0o666 | stat.S_IFCHR, os.makedev(1, 5))
+    except PermissionError:
+        pytest.skip("cannot create device nodes here")
+    opened: list[Any] = []
+    real_open = os.open
+
+    def recording_open(path: Any, *args: Any, **kwargs: Any) -> int:
+        opened.append(path)
+        return real_open(path, *args, **kwargs)
+
+    with Root(tmp_path) as root:
+        monkeypatch.setattr(os, "open", recording_open)
+        result = run_with_timeout(lambda: root.read_bytes("zero", 10))
+    assert isinstance(result, UnsafePath) and "is not a regular file" in str(result)
+    assert "zero" not in opened
+
+
+def test_read_bytes_refuses_a_large_file_without_reading_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with open(tmp_path / "huge", "wb") as handle:
+        handle.truncate(1 << 30)
+    (tmp_path / "small").write_bytes(b"12345")
+    read_total = [0]
+    real_read = os.read
+
+    def counting_read(fd: int, count: int) -> bytes:
+        data = real_read(fd, count)
+        read_total[0] += len(data)
+        return data
+
+    monkeypatch.setattr(os, "read", counting_read)
+    with Root(tmp_path) as root:
+        with pytest.raises(UnsafePath, match="is too large"):
+            root.read_bytes("huge", MiB)
+        assert read_total[0] == 0
+        assert root.read_bytes("small", 5) == b"12345"
+        with pytest.raises(UnsafePath, match="is too large"):
+            root.read_bytes("small", 4)
+
+
+def test_read_bytes_stops_after_max_plus_one_when_the_size_lies(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file whose fstat size is wrong (a growing file, a /proc-like file): reading stops at
+    max_bytes + 1 bytes."""
+    with open(tmp_path / "huge", "wb") as handle:
+        handle.truncate(256 * MiB)
+    read_total = [0]
+    real_read, real_fstat = os.read, os.fstat
+
+    def counting_read(fd: int, count: int) -> bytes:
+        data = real_read(fd, count)
+        read_total[0] += len(data)
+        return data
+
+    def lying_fstat(fd: int) -> os.stat_result:
+        result = real_fstat(fd)
+        if stat.S_ISREG(result.st_mode):
+            values = list(result)
+            values[stat.ST_SIZE] = 0
+            return os.stat_result(values)
+        return result
+
+    monkeypatch.setattr(os, "read", counting_read)
+    monkeypatch.setattr(os, "fstat", lying_fstat)
+    with Root(tmp_path) as root, pytest.raises(UnsafePath, match="is too large"):
+        root.read_bytes("huge", 3 * MiB)
+    assert read_total[0] == 3 * MiB + 1
+
+
+def test_sha256_file_streams_a_50_mb_sparse_file(tmp_path: Path) -> None:
+    size = 50 * 1000 * 1000
+    with open(tmp_path / "sparse", "wb") as handle:
+        handle.truncate(size)
+        handle.write(b"head")
+        handle.seek(size // 2)
+        handle.write(b"middle")
+        handle.seek(size - 4)
+        handle.write(b"tail")
+    expected = hashlib.sha256()
+    with open(tmp_path / "sparse", "rb") as handle:
+        for chunk in iter(lambda: handle.read(MiB), b""):
+            expected.update(chunk)
+    with Root(tmp_path) as root:
+        tracemalloc.start()
+        try:
+            digest, hashed = root.sha256_file("sparse")
+            _current, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert (digest, hashed) == (expected.hexdigest(), size)
+    assert peak < 4 * MiB  # one reused 1 MiB buffer, not the file
+
+
+# -- deep trees --------------------------------------------------------------------------------
+
+
+def test_rmtree_removes_a_2000_level_tree_with_few_descriptors(world: dict[str, Any], low_fd_limit: int) -> None:
+    root: Root = world["root"]
+    root_path: Path = world["root_path"]
+    root.makedirs("deep")
+    make_deep_tree(root_path / "deep", DEEP, file_every=250)
+    # Hostile entries inside the tree are removed as entries, never followed.
+    os.symlink(world["outside"], root_path / "deep/d/escape")
+    os.mkfifo(root_path / "deep/d/d/pipe")
+    before = open_fds()
+    root.rmtree("deep")
+    assert open_fds() == before
+    assert not os.path.lexists(root_path / "deep")
+    assert snapshot(world["outside"]) == world["before"]
+    root.rmtree("deep", missing_ok=True)
+    with pytest.raises(FileNotFoundError):
+        root.rmtree("deep")
+    with pytest.raises(ValueError):
+        root.rmtree(())
+
+
+def test_walk_files_on_a_2000_level_tree(tmp_path: Path, low_fd_limit: int) -> None:
+    (tmp_path / "top").mkdir()
+    (tmp_path / "top" / "a.txt").write_bytes(b"a")
+    expected = ["a.txt", *make_deep_tree(tmp_path / "top", DEEP, file_every=100)]
+    with Root(tmp_path) as root:
+        before = open_fds()
+        found = list(root.walk_files("top"))
+        assert open_fds() == before
+        assert [path for path, _ in found] == expected
+        assert all(stat.S_ISREG(st_.st_mode) for _, st_ in found)
+        deepest = found[-1][0]
+        assert root.read_bytes(("top", *relative_parts(deepest)), 100) == f"level {DEEP}".encode()
+        with pytest.raises(UnsafePath, match="is too deep"):
+            list(root.walk_files("top", max_depth=DEEP - 1))
+        # An abandoned walk closes its descriptors.
+        walk = root.walk_files("top")
+        next(walk)
+        next(walk)
+        walk.close()
+        assert open_fds() == before
+        root.rmtree("top")
+    assert os.listdir(tmp_path) == []
+
+
+def test_walk_files_refuses_fifos_and_reports_files_sorted(tmp_path: Path) -> None:
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "z").write_bytes(b"z")
+    (tmp_path / "a").write_bytes(b"a")
+    (tmp_path / "c").write_bytes(b"c")
+    with Root(tmp_path) as root:
+        assert [p for p, _ in root.walk_files()] == ["a", "c", "b/z"]
+        os.mkfifo(tmp_path / "b" / "pipe")
+        result = run_with_timeout(lambda: list(root.walk_files()), fifo=tmp_path / "b" / "pipe")
+    assert isinstance(result, UnsafePath)
+    assert str(result).endswith("b/pipe: is not a regular file")
+
+
+# -- names that are not UTF-8 ------------------------------------------------------------------
+
+
+def test_non_utf8_names_round_trip(tmp_path: Path) -> None:
+    base = os.fsencode(tmp_path)
+    os.mkdir(base + b"/src")
+    os.mkdir(base + b"/src/d\xff")
+    fd = os.open(base + b"/src/d\xff/caf\xe9.txt", os.O_WRONLY | os.O_CREAT, 0o640)
+    os.write(fd, b"latin-1 name")
+    os.close(fd)
+    os.mkdir(base + b"/dst")
+    with Root(tmp_path) as root:
+        found = list(root.walk_files("src"))
+        assert [path for path, _ in found] == ["d\udcff/caf\udce9.txt"]
+        rel = found[0][0]
+        parts = ("src", *relative_parts(rel))
+        assert root.read_bytes(parts, 100) == b"latin-1 name"
+        assert root.sha256_file(parts) == (hashlib.sha256(b"latin-1 name").hexdigest(), 12)
+        root.makedirs(("dst", "d\udcff"))
+        root.copy_file(parts, ("dst", *relative_parts(rel)))
+        root.write_atomic(("dst", "d\udcff", "n\udce9w"), b"written")
+        root.rename(("dst", "d\udcff", "n\udce9w"), ("dst", "d\udcff", "r\udce9named"))
+    assert sorted(os.listdir(base + b"/dst/d\xff")) == [b"caf\xe9.txt", b"r\xe9named"]
+    assert Path(os.fsdecode(base + b"/dst/d\xff/caf\xe9.txt")).read_bytes() == b"latin-1 name"
+
+
+def test_error_messages_stay_printable_one_line(tmp_path: Path) -> None:
+    base = os.fsencode(tmp_path)
+    os.symlink(b"/etc", base + b"/bad\xfe\nname")
+    with Root(tmp_path) as root, pytest.raises(UnsafePath) as caught:
+        list(root.walk_files())
+    message = str(caught.value)
+    assert message.endswith("bad\\xfe\\nname: is a symlink")
+    assert "\n" not in message
+    message.encode("utf-8")  # no lone surrogates
+    assert caught.value.path.endswith("bad\udcfe\nname")
+    clone = pickle.loads(pickle.dumps(caught.value))
+    assert isinstance(clone, UnsafePath) and str(clone) == message
+
+
+# -- write_atomic ------------------------------------------------------------------------------
+
+
+def test_write_atomic_writes_and_leaves_no_temp_file(tmp_path: Path) -> None:
+    with Root(tmp_path) as root:
+        root.makedirs("etc")
+        root.write_atomic("etc/config.yml", b"a: 1\n", mode=0o640)
+        root.write_atomic("etc/config.yml", lambda handle: handle.write(b"a: 2\n"), fsync=False)
+        with pytest.raises(ValueError):
+            root.write_atomic("etc/config.yml", b"x", mode=0o4755)
+    target = tmp_path / "etc/config.yml"
+    assert target.read_bytes() == b"a: 2\n"
+    assert stat.S_IMODE(target.stat().st_mode) == 0o644
+    assert os.listdir(tmp_path / "etc") == ["config.yml"]
+
+
+def test_write_atomic_never_collides_with_a_real_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "config.yml").write_bytes(b"old")
+    (tmp_path / ".config.yml.tmp").write_bytes(b"someone's real file")
+    taken = f".config.yml.{os.getpid()}.{'a' * 16}{TEMP_SUFFIX}"
+    (tmp_path / taken).write_bytes(b"a real file named like our temp file")
+    tokens = iter(["a" * 16, "b" * 16])
+    monkeypatch.setattr(secrets, "token_hex", lambda _n: next(tokens))
+    with Root(tmp_path) as root:
+        root.write_atomic("config.yml", b"new")
+    assert (tmp_path / "config.yml").read_bytes() == b"new"
+    assert (tmp_path / ".config.yml.tmp").read_bytes() == b"someone's real file"
+    assert (tmp_path / taken).read_bytes() == b"a real file named like our temp file"
+    assert sorted(os.listdir(tmp_path)) == sorted([".config.yml.tmp", "config.yml", taken])
+    assert is_temp_name(taken) and not is_temp_name(".config.yml.tmp")
+
+
+def test_write_atomic_failure_keeps_the_old_file_and_no_temp(tmp_path: Path) -> None:
+    (tmp_path / "config.yml").write_bytes(b"old")
+
+    def failing_writer(handle: Any) -> None:
+        handle.write(b"half")
+        raise RuntimeError("writer failed")
+
+    with Root(tmp_path) as root, pytest.raises(RuntimeError):
+        root.write_atomic("config.yml", failing_writer)
+    assert (tmp_path / "config.yml").read_bytes() == b"old"
+    assert os.listdir(tmp_path) == ["config.yml"]
+
+
+def test_write_atomic_refuses_a_symlink_or_directory_target(world: dict[str, Any]) -> None:
+    """Decision: an unexpected link at the target is reported, not silently replaced."""
+    root: Root = world["root"]
+    with pytest.raises(UnsafePath, match="is a symlink"):
+        root.write_atomic("dir/link_file", b"x")
+    with pytest.raises(UnsafePath, match="is a directory"):
+        root.write_atomic("dir/sub", b"x")
+    assert os.readlink(world["root_path"] / "dir/link_file") == str(world["outside"] / "secret.txt")
+    assert snapshot(world["outside"]) == world["before"]
+    assert no_temp_files(world["root_path"] / "dir")
+
+
+# -- the other methods -------------------------------------------------------------------------
+
+
+def test_copy_file_keeps_mode_and_mtime_but_never_setuid(tmp_path: Path) -> None:
+    (tmp_path / "src").mkdir()
+    (tmp_path / "dst").mkdir()
+    source = tmp_path / "src/tool"
+    source.write_bytes(b"#!/bin/sh\n" * 100_000)
+    os.chmod(source, 0o4755)
+    os.utime(source, ns=(1_600_000_000_000_000_000, 1_500_000_000_123_456_789))
+    with Root(tmp_path) as root:
+        root.copy_file("src/tool", "dst/tool")
+        with pytest.raises(FileExistsError):
+            root.copy_file("src/tool", "dst/tool")
+        source.write_bytes(b"v2")
+        root.copy_file("src/tool", "dst/tool", overwrite=True, fsync=False)
+        (tmp_path / "other").mkdir()
+        with Root(tmp_path / "other") as other:
+            root.copy_file("src/tool", "tool", dst_root=other)
+        assert root.is_same_filesystem("src/tool", "dst")
+    copied = (tmp_path / "dst/tool").stat()
+    assert (tmp_path / "dst/tool").read_bytes() == b"v2"
+    assert stat.S_IMODE(copied.st_mode) == 0o755
+    assert (tmp_path / "other/tool").read_bytes() == b"v2"
+    first = tmp_path / "other/tool"
+    assert first.stat().st_mtime_ns == source.stat().st_mtime_ns
+    assert os.listdir(tmp_path / "dst") == ["tool"]
+
+
+def test_rename_makedirs_symlink_readlink_unlink(tmp_path: Path) -> None:
+    with Root(tmp_path) as root:
+        root.makedirs("a/b/c")
+        root.makedirs("a/b/c")  # existing is fine
+        root.write_atomic("a/b/c/f", b"1")
+        root.write_atomic("a/g", b"2")
+        with pytest.raises(UnsafePath, match="is not a directory"):
+            root.makedirs("a/g/h")
+        with pytest.raises(FileExistsError):
+            root.rename("a/b/c/f", "a/g")
+        assert (tmp_path / "a/b/c/f").read_bytes() == b"1"
+        root.rename("a/b/c/f", "a/g", overwrite=True)
+        assert (tmp_path / "a/g").read_bytes() == b"1"
+        root.rename("a/b", "moved")
+        assert (tmp_path / "moved/c").is_dir()
+        assert root.readlink("current") is None
+        root.symlink("current", "a/g")
+        root.symlink("current", "moved")
+        assert root.readlink("current") == "moved"
+        with pytest.raises(UnsafePath, match="not a symlink"):
+            root.symlink("a/g", "moved")
+        with pytest.raises(UnsafePath, match="is not a symlink"):
+            root.readlink("a/g")
+        assert root.lstat("nothing/here") is None
+        assert root.lstat(()) is not None
+        root.unlink("a/g")
+        root.unlink("a/g", missing_ok=True)
+        with pytest.raises(FileNotFoundError, match="a/g"):
+            root.unlink("a/g")
+        with root.open_dir("moved") as handle:
+            assert [name for name, _ in handle.entries()] == ["c"]
+        with root.open_dir(()) as handle:
+            assert "current" in [name for name, _ in handle.entries()]
+        root.fsync_dir("moved")
+    assert os.readlink(tmp_path / "current") == "moved"
+    assert [name for name in os.listdir(tmp_path) if is_temp_name(name)] == []
+
+
+def test_unsafe_path_strings_are_refused_before_any_system_call(tmp_path: Path) -> None:
+    with Root(tmp_path) as root:
+        for bad in ("/etc/passwd", "../x", "a/../../x", "a//b", "a/", "./a", "a\\b", "a\0b", ""):
+            with pytest.raises(UnsafePath):
+                root.lstat(bad)
+        with pytest.raises(UnsafePath, match="leaves ROOT"):
+            root.read_bytes(("a", "..", "b"), 10)
+        with pytest.raises(UnsafePath):
+            root.write_atomic(("a/b",), b"x")
+    assert os.listdir(tmp_path) == []
+
+
+def permission_scenario(base: str) -> dict[str, Any]:
+    """As a user without root's override: rmtree over a directory without read permission and one
+    without search permission must raise an error naming the path, with no descriptor leaked."""
+    os.makedirs(os.path.join(base, "top/unreadable/inner"))
+    Path(base, "top/unreadable/inner/f").write_bytes(b"")
+    os.makedirs(os.path.join(base, "top/nosearch"))
+    Path(base, "top/nosearch/f").write_bytes(b"")
+    os.chmod(os.path.join(base, "top/unreadable"), 0)
+    os.chmod(os.path.join(base, "top/nosearch"), 0o600)
+    fds = open_fds()
+    outcome: dict[str, Any] = {}
+    try:
+        with Root(base) as root:
+            for name in ("top/unreadable", "top/nosearch", "top"):
+                try:
+                    root.rmtree(name)
+                    outcome[name] = None
+                except OSError as error:
+                    outcome[name] = [type(error).__name__, str(error)]
+        outcome["fds_equal"] = fds == open_fds()
+    finally:
+        os.chmod(os.path.join(base, "top/unreadable"), 0o700)
+        os.chmod(os.path.join(base, "top/nosearch"), 0o700)
+    return outcome
+
+
+def run_as_nobody(function: Callable[[str], dict[str, Any]], base: str) -> dict[str, Any]:
+    """``function(base)`` in a forked child that dropped root for uid/gid 65534."""
+    os.chown(base, 65534, 65534)
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: never return into pytest
+        status = 1
+        try:
+            os.close(read_end)
+            os.setgroups([])
+            os.setresgid(65534, 65534, 65534)
+            os.setresuid(65534, 65534, 65534)
+            payload = json.dumps(function(base))
+            status = 0
+        except BaseException as error:  # noqa: BLE001 - reported to the parent
+            payload = json.dumps({"child_error": repr(error)})
+        with os.fdopen(write_end, "w") as out:
+            out.write(payload)
+        os._exit(status)
+    os.close(write_end)
+    with os.fdopen(read_end) as incoming:
+        payload = incoming.read()
+    os.waitpid(pid, 0)
+    outcome: dict[str, Any] = json.loads(payload)
+    return outcome
+
+
+def test_rmtree_reports_permission_errors_for_a_non_root_user() -> None:
+    base = tempfile.mkdtemp(prefix="rootfs-perm-")
+    try:
+        outcome = run_as_nobody(permission_scenario, base) if os.geteuid() == 0 else permission_scenario(base)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    assert "child_error" not in outcome, outcome
+    assert outcome["fds_equal"]
+    for name in ("top/unreadable", "top/nosearch", "top"):
+        kind, message = outcome[name]
+        assert kind == "PermissionError", outcome
+        assert "top/" in message and "\n" not in message
+
+
+# -- relative_parts ----------------------------------------------------------------------------
+
+BAD_COMPONENTS = {"", ".", ".."}
+ALPHABET = st.sampled_from(["a", "b", "é", "/", ".", "\\", "\0", " ", "\udcff", "\ud800", "\n"])
+
+
+def check_parts(path: str, parts: tuple[str, ...]) -> None:
+    assert parts
+    for name in parts:
+        assert name not in BAD_COMPONENTS
+        assert "/" not in name and "\0" not in name and "\\" not in name
+        os.fsencode(name)
+    assert "/".join(parts) == path
+
+
+@given(st.one_of(st.text(), st.text(alphabet=ALPHABET, max_size=20)))
+def test_relative_parts_never_returns_an_unsafe_component(path: str) -> None:
+    try:
+        parts = relative_parts(path)
+    except UnsafePath as error:
+        assert "\n" not in str(error)
+        return
+    check_parts(path, parts)
+
+
+SAFE_COMPONENT = st.text(
+    alphabet=st.characters(exclude_categories=["Cs"], exclude_characters="/\\\0"), min_size=1, max_size=12
+).filter(lambda name: name not in BAD_COMPONENTS)
+
+
+@given(st.lists(SAFE_COMPONENT, min_size=1, max_size=8))
+def test_relative_parts_round_trips_valid_paths(names: list[str]) -> None:
+    path = "/".join(names)
+    assert relative_parts(path) == tuple(names)
+    assert relative_parts(os.fsencode(path)) == tuple(names)
+
+
+@given(
+    st.lists(
+        st.binary(min_size=1, max_size=12).filter(
+            lambda raw: b"/" not in raw and b"\0" not in raw and b"\\" not in raw and raw not in (b".", b"..")
+        ),
+        min_size=1,
+        max_size=6,
+    )
+)
+def test_relative_parts_round_trips_any_byte_name(names: list[bytes]) -> None:
+    parts = relative_parts(b"/".join(names))
+    assert [os.fsencode(name) for name in parts] == names
+
+
+def test_relative_parts_reasons() -> None:
+    cases = {
+        "/abs": "absolute",
+        "a/../b": "leaves ROOT",
+        "..": "leaves ROOT",
+        "a//b": "empty component",
+        "a/./b": "'.' component",
+        "a\\b": "backslash",
+        "a\0b": "NUL",
+        "": "is empty",
+    }
+    for path, reason in cases.items():
+        with pytest.raises(UnsafePath, match=reason):
+            relative_parts(path)
+    assert relative_parts("generations/42/src/main.py") == ("generations", "42", "src", "main.py")
