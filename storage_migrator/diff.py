@@ -1,11 +1,11 @@
-"""Compare two versions of a generation's source tree, write the git-style patch between them
-(libgit2 makes each file's hunks and binary patch), and read patches back to check what they name.
+"""Compare two versions of a generation's source tree and write the git-style patch between them
+(libgit2 diffs each changed file); read a stored patch back to see which files and blobs it names.
 
-Pure: callers hand in path → sha256 maps (from manifests) and a way to read bytes; nothing here
-touches the disk. The patch is bytes, so non-UTF-8 content and CRLF line endings round-trip, and
-``git apply`` in a copy of the old tree reproduces the new one byte for byte — except for a file
-larger than ``LARGE_FILE_LIMIT`` (64 MiB): it is never read, its section only says
-``Binary files a/P and b/P differ`` with both blob ids, and ``git apply`` refuses such a section.
+Pure: path → sha256 maps and readers in, bytes out; nothing here touches the disk. ``git apply`` in
+a copy of the old tree reproduces the new one byte for byte (binary files, CRLF, non-UTF-8 content
+and names) — except a file over ``LARGE_FILE_LIMIT`` (64 MiB): it is never read, its section only
+says ``Binary files a/P and b/P differ`` with both blob ids, and ``git apply`` refuses that section
+(``git apply --exclude=P`` applies the rest).
 """
 from __future__ import annotations
 
@@ -128,7 +128,7 @@ def write_patch(
             raise TypeError(f"{side}_sizes needs blob_id_{side}: a large file's id must come without reading it")
     old_side, new_side = _Side(read_old, old_sizes, blob_id_old), _Side(read_new, new_sizes, blob_id_new)
     added, deleted = set(comparison.added), set(comparison.deleted)
-    out.writelines(file_patch(path, None if path in added else old_side, None if path in deleted else new_side)
+    out.writelines(_file_section(path, None if path in added else old_side, None if path in deleted else new_side)
                    for path in comparison.changed_paths())
 
 
@@ -149,7 +149,7 @@ def render_patch(
     return buffer.getvalue()
 
 
-def file_patch(path: str, old_side: _Side | None, new_side: _Side | None) -> bytes:
+def _file_section(path: str, old_side: _Side | None, new_side: _Side | None) -> bytes:
     """One file's section; ``None`` for the side where the file does not exist."""
     if any(side is not None and side.known_to_be_large(path) for side in (old_side, new_side)):
         return _large_section(path, old_side, new_side, None, None)
@@ -325,7 +325,8 @@ def comparison_of(entries: Sequence[PatchEntry]) -> TreeComparison:
 def parse_patch(patch: bytes) -> list[PatchEntry] | None:
     """The files a patch names, in its order: from this module, ``git diff`` (renames become a
     deletion and an addition, as ``compare_trees`` sees them) or GNU ``diff -ru``/``-ruN``
-    (no ids; paths relative to the two directories compared). ``[]`` for an empty patch,
+    (no ids; a path is what both names of a pair share at their end, so ``diff -ru v1/src v2/src``
+    gives ``src/P``). ``[]`` for an empty patch,
     ``None`` for bytes that are no patch at all. Hunk lines are counted, so a removed line
     ``-- x`` is never taken for a header; nothing in the input can make it raise.
 
