@@ -244,7 +244,7 @@ def bench_baselines(corpus: Corpus, work: Path) -> tuple[Timing, Timing]:
     script = work / "pipeline.sh"
     script.write_text(shell_pipeline(url, root))
     seconds, rss = timed(["bash", str(script)])
-    shell = Timing("shell pipeline (mv, find|wc, du -sb, diff -ruN)", "-", seconds, rss, corpus.files)
+    shell = Timing("shell pipeline (mv, find \\| wc, du -sb, diff -ruN)", "-", seconds, rss, corpus.files)
     shutil.rmtree(work / "shell", ignore_errors=True)
     root, _ = fresh_copy(corpus, work / "floor", corpus.sqlite_url)
     seconds, rss = timed(["bash", "-c", f"find {shlex.quote(str(root))} -type f -print0 | xargs -0 sha256sum > /dev/null"])

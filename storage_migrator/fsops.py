@@ -111,7 +111,7 @@ def adopt_owner(path: Path, like: Path) -> None:
         model = os.lstat(like)
         status = os.lstat(path)
         if (status.st_uid, status.st_gid) != (model.st_uid, model.st_gid):
-            os.lchown(path, model.st_uid, model.st_gid)
+            os.chown(path, model.st_uid, model.st_gid, follow_symlinks=False)
     except OSError as error:
         raise GenerationError(describe_os_error(error, "set the owner of", path)) from error
 

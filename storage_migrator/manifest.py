@@ -68,7 +68,6 @@ class Manifest:
 
     def to_bytes(self) -> bytes:
         document = {
-            **self.extra,
             "format": MANIFEST_FORMAT,
             "generation_id": self.generation_id,
             "project_id": self.project_id,
@@ -82,6 +81,7 @@ class Manifest:
                 path: list(fingerprint) for path, fingerprint in sorted(self.fingerprints.items())
             },
         }
+        document.update((key, value) for key, value in self.extra.items() if key not in document)
         # No indent: json's C encoder only runs without one, and this is written once per
         # generation (pretty-printing cost ~10% of a run). `jq . manifest.json` reads it.
         return (json.dumps(document, ensure_ascii=False) + "\n").encode("utf-8", "surrogateescape")

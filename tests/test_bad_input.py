@@ -123,18 +123,32 @@ def test_target_that_exists_with_other_content(installation: Installation) -> No
     assert tree_digest(installation.root / generation_id) == legacy_before
 
 
-def test_duplicate_versions_fail_both(installation: Installation) -> None:
+def test_duplicate_versions_are_renumbered_oldest_keeps_its_number(installation: Installation) -> None:
+    """The application inserts rows without a version (the default, 1): the oldest keeps the
+    number, the later one gets the next free number above latest_version, folder and paths
+    follow, and nothing fails."""
     first, project_id, version = completed_generation(installation, 0)
     second, second_project, _ = completed_generation(installation, 1)
     assert project_id == second_project
-    execute(installation, "DROP INDEX uq_generations_project_id_version")
     execute(installation, "UPDATE generations SET version = :version WHERE id = :id", version=version, id=second)
+    latest = installation_rows(installation, "SELECT latest_version FROM projects WHERE id = :p", p=project_id)[0][0]
     code, document = run_json(installation)
-    assert code == 1
+    assert code == 0, document
     entries = by_id(document)
-    assert entries[first]["action"] == entries[second]["action"] == "failed"
-    assert "more than one generation" in entries[first]["error"]
-    assert (installation.root / first).is_dir() and (installation.root / second).is_dir()
+    assert entries[first]["version"] == version and entries[second]["version"] == latest + 1
+    versions = dict(installation_rows(installation, "SELECT id, version FROM generations WHERE id IN (:a, :b)",
+                                      a=first, b=second))
+    assert versions == {first: version, second: latest + 1}
+    assert (installation.root / project_id / "generations" / f"v{latest + 1}__{second}" / "source").is_dir()
+    assert run_cli(installation, "verify").returncode == 0
+
+
+def installation_rows(installation: Installation, sql: str, **parameters: object) -> list[tuple]:
+    engine = installation.engine()
+    with engine.connect() as connection:
+        result = [tuple(row) for row in connection.execute(sa.text(sql), parameters)]
+    engine.dispose()
+    return result
 
 
 def test_generation_whose_project_row_is_gone(sqlite_url: str, tmp_path: Path) -> None:

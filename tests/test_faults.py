@@ -52,7 +52,7 @@ def assert_migrated_intact(installation: Installation, legacy: dict[str, dict[st
                 continue
             target = installation.root / project_id / "generations" / f"v{version}__{generation_id}"
             assert scan_tree(target / "source").checksums() == legacy[generation_id]
-            assert not (installation.root / generation_id).exists()
+            assert (installation.root / generation_id).is_symlink(), "the flat path is the tool's link"
 
 
 def demo_legacy_ids(installation: Installation, fs) -> list[str]:

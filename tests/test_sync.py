@@ -135,7 +135,7 @@ def test_resync_migrates_stragglers_and_completed_since_run(migrated: Installati
     assert result.returncode == 0, result.stderr
     actions = {entry["id"]: entry["action"] for entry in json.loads(result.stdout)["generations"]}
     assert actions[processing] == "moved" and actions[straggler] == "moved"
-    assert not folder.exists() and not (migrated.root / processing).exists()
+    assert folder.is_symlink() and (migrated.root / processing).is_symlink()
     assert rows(migrated, "SELECT latest_version FROM projects WHERE id = :p", p=project_id)[0][0] == latest + 1
     code, document = verify_json(migrated)
     assert (code, document["problems"]) == (0, [])

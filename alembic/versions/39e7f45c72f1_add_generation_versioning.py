@@ -10,8 +10,10 @@ generation, ``is_active`` flags. Four deliberate corrections to the seed, each o
    would fail on insert. The column is added nullable, filled, then tightened.
 2. ``total_size_bytes`` is BIGINT: INTEGER overflows at 2 GiB, and generated projects with
    assets pass that.
-3. A unique index on ``(project_id, version)``: the seed says "indexed where needed", and a
-   duplicate version would make the on-disk name ``v<N>__<id>`` and every diff ambiguous.
+3. A plain (non-unique) index on ``(project_id, version)``: the seed says "indexed where
+   needed". It must not be unique: the application's generate/iterate endpoints insert rows
+   without a version (the default, 1), so a unique index refuses every new generation of an
+   existing project. Duplicates are repaired by ``storage-migrate resync`` instead.
 4. Version order breaks ties on ``created_at`` by ``id``, so two generations created in the same
    instant get the same numbers on every run and on every database. The active generation is
    the completed one with the highest version, which agrees with that order.
@@ -33,7 +35,7 @@ branch_labels = None
 depends_on = None
 
 FK_ACTIVE_GENERATION = "fk_projects_active_generation"
-UNIQUE_VERSION_INDEX = "uq_generations_project_id_version"
+VERSION_INDEX = "ix_generations_project_id_version"
 
 ASSIGN_VERSIONS = """
 UPDATE generations SET version = numbered.row_number
@@ -100,11 +102,11 @@ def upgrade() -> None:
         generations.alter_column(
             "version", existing_type=sa.Integer(), nullable=False, server_default=sa.text("1")
         )
-    op.create_index(UNIQUE_VERSION_INDEX, "generations", ["project_id", "version"], unique=True)
+    op.create_index(VERSION_INDEX, "generations", ["project_id", "version"], unique=False)
 
 
 def downgrade() -> None:
-    op.drop_index(UNIQUE_VERSION_INDEX, table_name="generations")
+    op.drop_index(VERSION_INDEX, table_name="generations")
     with op.batch_alter_table("projects") as projects:
         projects.drop_constraint(FK_ACTIVE_GENERATION, type_="foreignkey")
         projects.drop_column("latest_version")

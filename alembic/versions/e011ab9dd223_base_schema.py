@@ -49,6 +49,10 @@ def upgrade() -> None:
         sa.Column("constraints", sa.JSON()),
         sa.Column("status", sa.String(20), nullable=False, server_default="draft"),
         sa.Column("is_public", sa.Boolean(), nullable=False, server_default=sa.false()),
+        # The application's other columns of that time, so its ORM can load a demo database.
+        sa.Column("github_repo_url", sa.String(500)),
+        sa.Column("github_repo_name", sa.String(255)),
+        sa.Column("settings", sa.JSON()),
     )
     op.create_table(
         "generations",
@@ -70,6 +74,18 @@ def upgrade() -> None:
         sa.Column("review_time", sa.Float()),
         sa.Column("docs_generation_time", sa.Float()),
         sa.Column("total_time", sa.Float()),
+        sa.Column("is_iteration", sa.Boolean(), nullable=False, server_default=sa.false()),
+        sa.Column("parent_generation_id", sa.String(36), sa.ForeignKey("generations.id"), nullable=True),
+    )
+    op.create_table(
+        "artifacts",
+        sa.Column("id", sa.String(36), primary_key=True),
+        *_timestamps(),
+        sa.Column("generation_id", sa.String(36), sa.ForeignKey("generations.id"), nullable=False),
+        sa.Column("type", sa.String(20), nullable=False),
+        sa.Column("storage_url", sa.String(500), nullable=False),
+        sa.Column("file_size", sa.Integer()),
+        sa.Column("file_metadata", sa.JSON()),
     )
     op.create_index("ix_generations_project_id", "generations", ["project_id"])
     op.create_index("ix_projects_user_id", "projects", ["user_id"])
@@ -78,6 +94,7 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_index("ix_projects_user_id", table_name="projects")
     op.drop_index("ix_generations_project_id", table_name="generations")
+    op.drop_table("artifacts")
     op.drop_table("generations")
     op.drop_table("projects")
     op.drop_table("organizations")
