@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from .layout import check_relative_file_path
 from .tree import Fingerprint, TreeSnapshot, read_regular_file
 
 MANIFEST_FORMAT = 1
@@ -95,6 +96,8 @@ class Manifest:
             raise TypeError("checksums and fingerprints must be objects")
         if not all(isinstance(k, str) and isinstance(v, str) for k, v in checksums.items()):
             raise TypeError("checksums must map paths to strings")
+        for path in (*checksums, *fingerprints):
+            check_relative_file_path(path)      # a key like ../../etc/shadow is never read
         pairs: dict[str, Fingerprint] = {}
         for path, pair in fingerprints.items():
             if not (isinstance(pair, list) and len(pair) == 2 and all(type(n) is int for n in pair)):
