@@ -1,0 +1,131 @@
+"""Hostile storage: anything under ROOT may have been planted by whoever can write it. Nothing
+outside ROOT is read, written or deleted; no hang; one bad item fails alone."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from .sandbox import Installation, build_installation, run_cli
+from .test_sync import execute, rows
+
+
+@pytest.fixture
+def installation(sqlite_url: str, tmp_path: Path) -> Installation:
+    return build_installation(sqlite_url, tmp_path / "projects")
+
+
+@pytest.fixture
+def outside(tmp_path: Path) -> Path:
+    """A folder outside ROOT with a file that must never be touched or read."""
+    folder = tmp_path / "outside"
+    folder.mkdir()
+    (folder / "secret").write_text("must never leave this folder\n")
+    return folder
+
+
+def snapshot(folder: Path) -> dict[str, tuple[int, bytes]]:
+    return {str(path): (path.stat().st_mtime_ns, path.read_bytes()) for path in folder.rglob("*") if path.is_file()}
+
+
+def test_symlinked_state_folder_is_refused_and_outside_untouched(installation: Installation, outside: Path) -> None:
+    (installation.root / ".storage-migrate").symlink_to(outside)
+    before = snapshot(outside)
+    result = run_cli(installation, "run")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert ".storage-migrate" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert snapshot(outside) == before and sorted(os.listdir(outside)) == ["secret"]
+
+
+def test_symlinked_trash_is_refused(installation: Installation, outside: Path) -> None:
+    (installation.root / ".storage-migrate").mkdir()
+    (installation.root / ".storage-migrate" / "trash").symlink_to(outside)
+    before = snapshot(outside)
+    result = run_cli(installation, "run")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert snapshot(outside) == before
+
+
+def test_manifest_key_outside_root_never_enters_a_patch(installation: Installation, outside: Path) -> None:
+    assert run_cli(installation, "run").returncode == 0
+    project_id = installation.sample.demo_project_id
+    generations = sorted((installation.root / project_id / "generations").glob("v*__*"),
+                         key=lambda path: int(path.name[1:].split("__")[0]))
+    first = generations[0]
+    manifest = json.loads((first / "manifest.json").read_text())
+    escape = os.path.relpath(outside / "secret", first / "source")
+    manifest["checksums"][escape] = "0" * 64
+    manifest["fingerprints"][escape] = [1, 1]
+    (first / "manifest.json").write_text(json.dumps(manifest))
+    result = run_cli(installation, "resync")
+    assert result.returncode == 0, result.stderr
+    for patch in (installation.root / project_id).rglob("*.patch"):
+        assert b"must never leave" not in patch.read_bytes()
+
+
+def test_fifo_as_manifest_does_not_hang(installation: Installation) -> None:
+    assert run_cli(installation, "run").returncode == 0
+    project_id = installation.sample.demo_project_id
+    target = next((installation.root / project_id / "generations").glob("v*__*"))
+    (target / "manifest.json").unlink()
+    os.mkfifo(target / "manifest.json")
+    for command in ("verify", "resync", "--dry-run"):
+        result = run_cli(installation, command, timeout=60)
+        assert "Traceback" not in result.stderr, result.stderr
+        assert result.returncode in (0, 1, 3)
+
+
+def test_odd_column_types_fail_alone(installation: Installation) -> None:
+    ids = [row[0] for row in rows(installation, "SELECT id FROM generations WHERE status = 'completed' "
+                                   "ORDER BY project_id, version")]
+    execute(installation, "UPDATE generations SET changes_summary = '[1, 2]' WHERE id = :id", id=ids[0])
+    execute(installation, "UPDATE generations SET changes_summary = '\"text\"' WHERE id = :id", id=ids[1])
+    execute(installation, "UPDATE generations SET created_at = 12345 WHERE id = :id", id=ids[2])
+    execute(installation, "UPDATE generations SET changes_summary = '{not json' WHERE id = :id", id=ids[3])
+    result = run_cli(installation, "--json", "run")
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.returncode in (0, 1)
+    document = json.loads(result.stdout)
+    assert document["migrated"] > 10
+
+
+def test_directory_named_like_a_patch_fails_that_generation_only(installation: Installation) -> None:
+    assert run_cli(installation, "run").returncode == 0
+    project_id = installation.sample.demo_project_id
+    generations = sorted((installation.root / project_id / "generations").glob("v*__*"),
+                         key=lambda path: int(path.name[1:].split("__")[0]))
+    second = generations[1]
+    for patch in second.glob("*.patch"):
+        patch.unlink()
+    (second / "diff_from_v1.patch").mkdir()
+    (second / "source" / "new_file.py").write_text("x = 1\n")
+    result = run_cli(installation, "--json", "resync")
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.returncode in (0, 1)
+    assert json.loads(result.stdout)["failed"] <= 1
+
+
+def test_non_utf8_folder_name_in_root(installation: Installation) -> None:
+    os.mkdir(os.fsencode(installation.root) + b"/\xff\xfe-not-utf8")
+    for command in ("run", "resync", "verify"):
+        result = run_cli(installation, command)
+        assert "Traceback" not in result.stderr, result.stderr
+        assert result.returncode in (0, 1, 3)
+
+
+@pytest.mark.parametrize("url", ["postgresql://u@127.0.0.1:notaport/db", "mysql+nodriver://x/y",
+                                 "postgresql+asyncpg://postgres@127.0.0.1:1/x", "::::"])
+def test_malformed_or_unreachable_database_url_is_one_line(installation: Installation, url: str) -> None:
+    result = run_cli(installation, "verify", extra_environment={"DATABASE_URL": url})
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_read_only_commands_create_no_database(installation: Installation, tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere" / "missing.db"
+    for command in ("verify", "--dry-run"):
+        result = run_cli(installation, command, extra_environment={"DATABASE_URL": f"sqlite:///{missing}"})
+        assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert not missing.exists() and not missing.parent.exists()
