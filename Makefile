@@ -17,7 +17,7 @@ $(BIN)/storage-migrate: pyproject.toml
 demo: $(BIN)/storage-migrate
 	rm -rf storage
 	$(BIN)/storage-migrate --json demo-data > .demo.json
-	$(BIN)/alembic upgrade head
+	$(BIN)/storage-migrate db upgrade
 	$(BIN)/storage-migrate --dry-run
 	$(BIN)/storage-migrate run
 	$(BIN)/storage-migrate run
