@@ -188,7 +188,7 @@ def ensure_corpus(cache: Path = CACHE) -> dict[Release, Path]:
 
 
 def tree_size(tree: Path) -> TreeSize:
-    files = [path for path in _walk_files(tree)]
+    files = list(_walk_files(tree))
     return TreeSize(len(files), sum(path.stat().st_size for path in files))
 
 
@@ -287,9 +287,9 @@ def build_real_installation(engine: sa.Engine, root: Path, scale: int = 1) -> Re
                 connection.execute(tables["projects"].insert(), [project])
                 rows = []
                 for position, version in enumerate(RELEASES[package]):
-                    release = Release(package, version)
-                    row = _generation_row(project, release, copy, started + timedelta(days=position + 1))
-                    _copy_tree(trees[release], root / str(row["id"]), row["created_at"])  # type: ignore[arg-type]
+                    release, moment = Release(package, version), started + timedelta(days=position + 1)
+                    row = _generation_row(project, release, copy, moment)
+                    _copy_tree(trees[release], root / str(row["id"]), moment)
                     rows.append(row)
                 connection.execute(tables["generations"].insert(), rows)
                 projects, generations = projects + 1, generations + len(rows)
