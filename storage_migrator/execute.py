@@ -50,7 +50,7 @@ from .layout import (
     patch_file_name,
     source_dir,
 )
-from .manifest import Manifest, read_manifest_document
+from .manifest import Manifest, ManifestHead, fingerprint_digest, read_manifest_document
 from .plan import Action, GenerationPlan, ProjectPlan, is_legacy_link_text
 from .records import GenerationRow, GenerationUpdate, ProjectUpdate
 from .report import GenerationOutcome, Outcome, RunReport
@@ -59,10 +59,11 @@ from .tree import TreeSnapshot, fingerprint_tree, git_blob_id_file, read_regular
 
 @dataclass
 class ManifestTree:
-    """A migrated source tree known from its manifest: checksums without reading any file."""
+    """A migrated source tree known from its manifest: checksums without reading any file.
+    Built from a manifest's head, the whole manifest is read only when checksums are needed."""
 
     root: Path
-    manifest: Manifest
+    manifest: Manifest | ManifestHead
 
     @property
     def file_count(self) -> int:
@@ -72,11 +73,18 @@ class ManifestTree:
     def total_size_bytes(self) -> int:
         return self.manifest.total_size_bytes
 
+    def full(self) -> Manifest:
+        loaded = self.manifest.load()
+        if loaded is None:
+            raise GenerationError(f"the manifest beside {self.root} changed while it was read; rerun")
+        self.manifest = loaded
+        return loaded
+
     def checksums(self) -> dict[str, str]:
-        return self.manifest.checksums
+        return self.full().checksums
 
     def sizes(self) -> dict[str, int]:
-        return {path: size for path, (size, _) in self.manifest.fingerprints.items()}
+        return {path: size for path, (size, _) in self.full().fingerprints.items()}
 
     def read(self, path: str) -> bytes:
         return read_regular_file(self.root, path)
@@ -225,7 +233,8 @@ class Executor:
             self._rebuild_from_database(plan)
             checkpoint("rebuilt")
             return scan_tree(source)
-        if plan.manifest is not None and fingerprint_tree(source) == plan.manifest.fingerprints:
+        if plan.manifest is not None and \
+                fingerprint_digest(fingerprint_tree(source)) == plan.manifest.fingerprint_digest:
             return ManifestTree(source, plan.manifest)    # only metadata or the diff to redo
         return scan_tree(source)
 
@@ -300,7 +309,7 @@ class Executor:
             for created in make_dirs(artifacts_dir(target)):  # a folder put in place by hand or by an older run
                 adopt_owner(created, self.layout.root)
         existing = read_manifest_document(manifest_path(target))
-        manifest = tree.manifest if isinstance(tree, ManifestTree) else Manifest.from_snapshot(
+        manifest = tree.full() if isinstance(tree, ManifestTree) else Manifest.from_snapshot(
             tree, generation.id, generation.project_id, generation.version or 0, generation.created_at
         )
         if manifest.version != generation.version:

@@ -4,25 +4,63 @@ The application reads ``files``; the tool reads ``checksums`` (diffs without re-
 older side) and ``fingerprints`` (resync skips a generation whose files all stat the same).
 The text is a pure function of the tree, the row and the keys already there: the tool merges
 into a manifest the application wrote (its ``metadata`` and ``created_at`` stay), so reruns write
-identical bytes. A manifest is untrusted input: read with a size cap, never through a symlink or
+identical bytes. Its head (counts and a digest of the stat fingerprints) comes first in the file,
+so an unchanged generation costs resync a 4 KiB read, not the parse of every checksum.
+A manifest is untrusted input: read with a size cap, never through a symlink or
 from a FIFO, and any unexpected type makes it "unreadable" (rewritten), never an exception.
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .layout import check_relative_file_path
-from .tree import Fingerprint, TreeSnapshot, read_regular_file
+from .layout import UnsafePathComponent
+from .tree import Fingerprint, TreeSnapshot, read_prefix, read_regular_file
 
 MANIFEST_FORMAT = 1
 MAX_MANIFEST_BYTES = 256 << 20
 # Keys the tool writes; every other key of an existing manifest is the application's and stays.
 OWNED_KEYS = frozenset({"format", "generation_id", "project_id", "version", "file_count", "total_size_bytes",
-                        "files", "checksums", "fingerprints"})
+                        "fingerprint_digest", "files", "checksums", "fingerprints"})
+HEAD_BYTES = 4096
+_HEAD_END = ', "files": '
+# Any path with an empty, "." or ".." component, a leading "/", a backslash or NUL; run over all
+# keys joined by newlines (MULTILINE anchors can only add matches, never hide one).
+_UNSAFE_PATH = re.compile(r'(^|/)\.{0,2}(/|$)|\\|\x00', re.MULTILINE)
+
+
+def fingerprint_digest(fingerprints: Mapping[str, Fingerprint]) -> str:
+    """One sha256 over every (path, size, mtime): equal digests mean resync need not read."""
+    canonical = repr(sorted((path, tuple(pair)) for path, pair in fingerprints.items()))
+    return hashlib.sha256(canonical.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def check_manifest_paths(paths: list[str]) -> None:
+    """Every path a manifest names must be a plain relative path (one regex pass over all)."""
+    if _UNSAFE_PATH.search("\n".join(paths)):
+        raise UnsafePathComponent("a manifest path is not a plain relative path")
+
+
+@dataclass(frozen=True)
+class ManifestHead:
+    """The first keys of a manifest: enough to decide that a generation is unchanged. ``load``
+    reads the whole manifest when checksums are needed (a diff against the next version)."""
+
+    path: Path
+    version: int
+    file_count: int
+    total_size_bytes: int
+    fingerprint_digest: str
+
+    def load(self) -> "Manifest | None":
+        return read_manifest(self.path)
+
 
 
 @dataclass(frozen=True)
@@ -40,6 +78,13 @@ class Manifest:
     @property
     def files(self) -> list[str]:
         return sorted(self.checksums)
+
+    @property
+    def fingerprint_digest(self) -> str:
+        return fingerprint_digest(self.fingerprints)
+
+    def load(self) -> "Manifest":
+        return self
 
     @classmethod
     def from_snapshot(
@@ -76,6 +121,7 @@ class Manifest:
             "created_at": self.extra.get("created_at", self.created_at),
             "file_count": self.file_count,
             "total_size_bytes": self.total_size_bytes,
+            "fingerprint_digest": self.fingerprint_digest,
             "files": self.files,
             "checksums": dict(sorted(self.checksums.items())),
             "fingerprints": {
@@ -96,8 +142,7 @@ class Manifest:
             raise TypeError("checksums and fingerprints must be objects")
         if not all(isinstance(k, str) and isinstance(v, str) for k, v in checksums.items()):
             raise TypeError("checksums must map paths to strings")
-        for path in (*checksums, *fingerprints):
-            check_relative_file_path(path)      # a key like ../../etc/shadow is never read
+        check_manifest_paths([*checksums, *fingerprints])    # a key like ../../etc/shadow is never read
         pairs: dict[str, Fingerprint] = {}
         for path, pair in fingerprints.items():
             if not (isinstance(pair, list) and len(pair) == 2 and all(type(n) is int for n in pair)):
@@ -129,6 +174,26 @@ def read_manifest_document(path: Path) -> dict[str, Any] | None:
     except Exception:       # untrusted bytes: any failure (incl. RecursionError) means "no manifest"
         return None
     return document if isinstance(document, dict) else None
+
+
+def read_manifest_head(path: Path) -> ManifestHead | Manifest | None:
+    """The head of the tool's manifest at ``path`` from its first 4 KiB; a manifest without one
+    (an older or the application's) is read whole. None if missing or unreadable."""
+    try:
+        prefix = read_prefix(path.parent, path.name, HEAD_BYTES).decode("utf-8", "surrogateescape")
+    except Exception:       # untrusted bytes: any failure means "no manifest"
+        return None
+    end = prefix.find(_HEAD_END)
+    if prefix.startswith('{"format": ') and end > 0:
+        try:
+            head = json.loads(prefix[:end] + "}")
+            numbers = [head["version"], head["file_count"], head["total_size_bytes"]]
+            digest = head["fingerprint_digest"]
+            if all(type(number) is int for number in numbers) and isinstance(digest, str):
+                return ManifestHead(path, numbers[0], numbers[1], numbers[2], digest)
+        except (ValueError, KeyError, TypeError):
+            pass
+    return read_manifest(path)
 
 
 def read_manifest(path: Path) -> Manifest | None:

@@ -25,7 +25,7 @@ from .layout import (
     parse_patch_file_name,
     source_dir,
 )
-from .manifest import Manifest, read_manifest
+from .manifest import Manifest, ManifestHead, fingerprint_digest, read_manifest_head
 from .records import GenerationRow, ProjectRecord
 from .report import Outcome, Tally
 from .tree import fingerprint_tree
@@ -86,7 +86,7 @@ class DiskState:
     legacy_kind: LegacyKind
     target_exists: bool
     source_exists: bool
-    manifest: Manifest | None
+    manifest: Manifest | ManifestHead | None
     patch_versions: tuple[int, ...]  # the P of every diff_from_vP.patch in the target folder
     fingerprints_match: bool | None  # None when not checked
     archived: bool = False           # <ROOT>/<project>/archive/v<N>__<id>/ exists
@@ -104,7 +104,7 @@ class GenerationPlan:
     content_changes: bool = False         # source/ is new or differs from its manifest
     renumbered_from: int | None = None    # the duplicate version it had; its folder is renamed
     leftover: Path | None = None          # the application's scratch copy beside the target
-    manifest: Manifest | None = field(default=None, repr=False)   # as probed; the executor reuses it
+    manifest: Manifest | ManifestHead | None = field(default=None, repr=False)   # as probed; reused
 
     @property
     def id(self) -> str:
@@ -185,7 +185,7 @@ def probe_disk(layout: StorageLayout, generation: GenerationRow, check_fingerpri
     target_exists = _is_real_dir(layout.project_dir(generation.project_id)) and \
         _is_real_dir(layout.generations_dir(generation.project_id)) and _is_real_dir(target)
     source_exists = target_exists and _is_real_dir(source_dir(target))
-    manifest = read_manifest(manifest_path(target)) if source_exists else None
+    manifest = read_manifest_head(manifest_path(target)) if source_exists else None
     patch_versions: tuple[int, ...] = ()
     if target_exists:
         patch_versions = tuple(sorted(
@@ -194,7 +194,7 @@ def probe_disk(layout: StorageLayout, generation: GenerationRow, check_fingerpri
     fingerprints_match: bool | None = None
     if check_fingerprints and manifest is not None:
         try:
-            fingerprints_match = fingerprint_tree(source_dir(target)) == manifest.fingerprints
+            fingerprints_match = fingerprint_digest(fingerprint_tree(source_dir(target))) == manifest.fingerprint_digest
         except GenerationError:
             fingerprints_match = False
     archived = not source_exists and _is_real_dir(
