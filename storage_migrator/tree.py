@@ -88,14 +88,16 @@ def walk_files(root: Path) -> Iterator[tuple[str, os.stat_result]]:
                 children = list(entries)    # unsorted: callers key files by path
         except PermissionError as error:
             raise GenerationError(f"cannot list {directory}: permission denied; fix its permissions and rerun") from error
+        except OSError as error:
+            raise GenerationError(f"cannot list {directory}: {error.strerror}") from error
         for entry in children:
             relative = prefix + entry.name
-            status = entry.stat(follow_symlinks=False)
-            if stat.S_ISDIR(status.st_mode):
+            # The entry's type comes from the directory listing (no syscall); only files are stat'ed.
+            if entry.is_dir(follow_symlinks=False):
                 stack.append((entry.path, relative + "/"))
-            elif stat.S_ISREG(status.st_mode):
-                yield relative, status
-            elif stat.S_ISLNK(status.st_mode):
+            elif entry.is_file(follow_symlinks=False):
+                yield relative, entry.stat(follow_symlinks=False)
+            elif entry.is_symlink():
                 raise GenerationError(
                     f"{entry.path} is a symlink; it is never followed: replace it with the file it "
                     "points to, or remove it, and rerun"

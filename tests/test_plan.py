@@ -439,12 +439,15 @@ def test_renumbered_duplicate_is_planned_at_its_new_number() -> None:
     assert plan.latest_version == 2
 
 
-def test_settled_duplicate_is_refreshed_not_unchanged() -> None:
-    """A duplicate the application wrote at v1 and the tool would otherwise leave alone still has
-    its folder renamed and its metadata rewritten."""
+@pytest.mark.parametrize("written_version", [1, 2], ids=["path-names-old-number", "path-names-new-number"])
+def test_settled_duplicate_is_refreshed_not_unchanged(written_version: int) -> None:
+    """A duplicate whose folder and metadata are otherwise in order still has its folder renamed
+    and its metadata rewritten: it is never UNCHANGED."""
     older = settled("a", 1, created_at=at(1))
-    later = settled("b", 1, created_at=at(2))
-    plans = by_id(decide(project(older, later), {"a": on_disk(older), "b": on_disk(later)}))
+    later = row("b", 1, storage_path=target_path("b", written_version), created_at=at(2),
+                changes_summary=summary(1))
+    disks = {"a": on_disk(older), "b": on_disk(later, from_version=1)}
+    plans = by_id(decide(project(older, later, latest_version=1), disks))
     assert plans["a"].action == Action.UNCHANGED
     assert plans["b"].action == Action.REFRESH
     assert plans["b"].renumbered_from == 1

@@ -1,0 +1,609 @@
+"""Hostile storage on real filesystems (root only): a target on another filesystem while the
+application writes, the state folder on another filesystem, a full disk, permission denied for an
+ordinary user, a very deep tree, devices and FIFOs, a symlinked ``generations`` folder and random
+corruption of a migrated installation. Every case runs the real command in its own process.
+
+Mounts are tmpfs, always unmounted by the fixture. Off CI, a machine where this cannot run (not
+root, no mount) skips with the reason; on CI (``CI`` set) that is a failure instead.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pwd
+import shutil
+import stat
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import storage_migrator
+from storage_migrator.config import Settings
+from storage_migrator.demo import SampleSize
+
+from .sandbox import Installation, build_installation, dump_tables, run_cli, tree_digest
+
+ON_CI = bool(os.environ.get("CI"))
+HYPOTHESIS_BASE = SampleSize(projects=5, generations_per_project=3, files_per_generation=5)  # 5: the demo's floor
+
+
+def require(condition: bool, reason: str) -> None:
+    """Skip with ``reason`` on a developer machine; fail on CI, where every case must run."""
+    if condition:
+        return
+    if ON_CI:
+        pytest.fail(f"CI is set but {reason}")
+    pytest.skip(reason)
+
+
+# -- mounts, users, walking ------------------------------------------------------------------
+
+
+@pytest.fixture
+def tmpfs() -> Iterator[Callable[..., Path]]:
+    """``tmpfs(path, size="64m", options="")`` mounts a tmpfs at ``path``; unmounted at the end."""
+    require(os.geteuid() == 0, "these tests need root (mount -t tmpfs, another user)")
+    mounted: list[Path] = []
+
+    def mount(path: Path, size: str = "64m", options: str = "") -> Path:
+        path.mkdir(parents=True, exist_ok=True)
+        option_text = f"size={size}" + (f",{options}" if options else "")
+        result = subprocess.run(["mount", "-t", "tmpfs", "-o", option_text, "tmpfs", str(path)],
+                                check=False, capture_output=True, text=True)
+        require(result.returncode == 0, f"cannot mount a tmpfs at {path}: {result.stderr.strip()}")
+        mounted.append(path)
+        return path
+
+    yield mount
+    for path in reversed(mounted):
+        if subprocess.run(["umount", str(path)], check=False, capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(path)], check=False, capture_output=True)
+
+
+def regular_files(folder: Path) -> dict[str, str]:
+    """Every regular file below ``folder`` (never through a symlink) → sha256; iterative, so a
+    tree 1,000 levels deep is fine."""
+    found: dict[str, str] = {}
+    stack = [(os.fspath(folder), "")]
+    while stack:
+        directory, prefix = stack.pop()
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append((entry.path, f"{prefix}{entry.name}/"))
+                elif entry.is_file(follow_symlinks=False):
+                    with open(entry.path, "rb") as stream:
+                        found[prefix + entry.name] = hashlib.sha256(stream.read()).hexdigest()
+    return found
+
+
+def remove_deep(folder: Path) -> None:
+    """rmtree without recursion (shutil.rmtree recurses once per level)."""
+    stack = [os.fspath(folder)]
+    while stack:
+        directory = stack[-1]
+        if not os.path.isdir(directory) or os.path.islink(directory):
+            stack.pop()
+            continue
+        with os.scandir(directory) as entries:
+            children = list(entries)
+        subfolders = [entry.path for entry in children if entry.is_dir(follow_symlinks=False)]
+        for entry in children:
+            if not entry.is_dir(follow_symlinks=False):
+                os.unlink(entry.path)
+        if subfolders:
+            stack.extend(subfolders)
+        else:
+            os.rmdir(directory)
+            stack.pop()
+
+
+def is_real_dir(path: Path) -> bool:
+    return path.is_dir() and not path.is_symlink()
+
+
+def migrated_source(root: Path, generation_id: str) -> Path | None:
+    """``<ROOT>/<project>/generations/v<N>__<id>/source`` if it is a real folder."""
+    for candidate in root.glob(f"*/generations/v*__{generation_id}/source"):
+        if is_real_dir(candidate) and is_real_dir(candidate.parent.parent):
+            return candidate
+    return None
+
+
+def where_are(root: Path, generation_id: str) -> dict[str, str]:
+    """A generation's files as the application can find them now: the legacy folder and the
+    migrated ``source/`` (either or both may exist; a file may be in either)."""
+    found: dict[str, str] = {}
+    legacy = root / generation_id
+    if is_real_dir(legacy):
+        found.update(regular_files(legacy))
+    source = migrated_source(root, generation_id)
+    if source is not None:
+        for path, checksum in regular_files(source).items():
+            found.setdefault(path, checksum)
+    return found
+
+
+def legacy_contents(installation: Installation) -> dict[str, dict[str, str]]:
+    root = installation.root
+    return {generation_id: regular_files(root / generation_id) for generation_id in installation.sample.generation_ids
+            if is_real_dir(root / generation_id)}
+
+
+def assert_nothing_lost(installation: Installation, before: dict[str, dict[str, str]]) -> None:
+    for generation_id, files in before.items():
+        now = where_are(installation.root, generation_id)
+        missing = {path for path in files if path not in now}
+        changed = {path for path in files if path in now and now[path] != files[path]}
+        assert not missing and not changed, (generation_id, sorted(missing)[:5], sorted(changed)[:5])
+
+
+def demo_generation_ids(installation: Installation) -> list[str]:
+    """The demo project's generations with a legacy folder, in version order."""
+    engine = installation.engine()
+    with engine.connect() as connection:
+        ids = connection.execute(sa.text("SELECT id FROM generations WHERE project_id = :p ORDER BY created_at, id"),
+                                 {"p": installation.sample.demo_project_id}).scalars().all()
+    engine.dispose()
+    return [g for g in ids if is_real_dir(installation.root / g)]
+
+
+def json_run(installation: Installation, *arguments: str, timeout: float = 300) -> tuple[subprocess.CompletedProcess[str], dict]:
+    result = run_cli(installation, "--json", *arguments, timeout=timeout)
+    assert "Traceback" not in result.stderr, result.stderr
+    try:
+        document = json.loads(result.stdout)
+    except ValueError:
+        pytest.fail(f"no JSON document (exit {result.returncode}): {result.stdout[:500]!r} {result.stderr[:500]!r}")
+    return result, document
+
+
+def failures(document: dict) -> dict[str, str]:
+    return {g["id"]: g["error"] for g in document["generations"] if g.get("error") and g["action"] == "failed"}
+
+
+def one_line(error: str) -> bool:
+    return bool(error) and "\n" not in error.strip()
+
+
+# -- 1. cross-filesystem move while the application writes -------------------------------------
+
+
+class LegacyWriter(threading.Thread):
+    """The application adding files to ``<ROOT>/<id>/`` by path until told to stop. Each file is
+    recorded once its write returned. It writes into the legacy folder only: through a dir fd
+    opened with O_NOFOLLOW, so once ``<ROOT>/<id>`` is the tool's link the writes just fail."""
+
+    def __init__(self, folder: Path) -> None:
+        super().__init__(daemon=True)
+        self.folder = folder
+        self.written: dict[str, bytes] = {}
+        self.errors = 0
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        number = 0
+        while not self.done.is_set():
+            name = f"written-{number:06d}.txt"
+            content = f"written by the application, #{number}\n".encode() * 4
+            number += 1
+            try:
+                directory = os.open(self.folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+                try:
+                    descriptor = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644, dir_fd=directory)
+                    try:
+                        os.write(descriptor, content)
+                    finally:
+                        os.close(descriptor)
+                finally:
+                    os.close(directory)
+            except OSError:
+                self.errors += 1
+            else:
+                self.written[name] = content
+            time.sleep(0.001)
+
+
+@pytest.fixture
+def installation(sqlite_url: str, tmp_path: Path) -> Installation:
+    return build_installation(sqlite_url, tmp_path / "projects")
+
+
+def test_cross_filesystem_move_while_the_application_writes(installation: Installation, tmpfs) -> None:
+    root = installation.root
+    tmpfs(root / installation.sample.demo_project_id, size="256m")
+    busy = demo_generation_ids(installation)[-1]
+    for number in range(2000):
+        folder = root / busy / "bulk" / f"d{number % 20:02d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"f{number:04d}.txt").write_text(f"bulk file {number}\n")
+    before = legacy_contents(installation)
+    writer = LegacyWriter(root / busy)
+    writer.start()
+    try:
+        time.sleep(0.05)
+        result = run_cli(installation, "run")
+    finally:
+        writer.done.set()
+        writer.join(10)
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.returncode in (0, 1), result.stderr
+    assert writer.written, "the writer wrote nothing: the test proves nothing"
+    assert_nothing_lost(installation, before)
+    now = where_are(root, busy)
+    lost = [name for name, content in writer.written.items()
+            if now.get(name) != hashlib.sha256(content).hexdigest()]
+    assert not lost, f"{len(lost)} of {len(writer.written)} files the application wrote are gone, e.g. {lost[:3]}"
+    rerun = run_cli(installation, "run")
+    assert rerun.returncode == 0, rerun.stderr
+    verify = run_cli(installation, "verify")
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    assert_nothing_lost(installation, before)
+    source = migrated_source(root, busy)
+    assert source is not None
+    in_source = regular_files(source)
+    assert all(name in in_source for name in writer.written)
+
+
+# -- 2. the state folder on another filesystem ---------------------------------------------------
+
+
+def test_state_folder_on_another_filesystem_is_refused(installation: Installation, tmpfs) -> None:
+    state = tmpfs(installation.root / ".storage-migrate", size="4m")
+    digest, tables = tree_digest(installation.root), dump_tables(installation.database_url)
+    result = run_cli(installation, "run")
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and ".storage-migrate" in result.stderr
+    assert tree_digest(installation.root) == digest
+    assert dump_tables(installation.database_url) == tables
+    assert os.listdir(state) == []
+
+
+# -- 3. full disk --------------------------------------------------------------------------------
+
+
+def fill(folder: Path) -> Path:
+    """Write a filler file in ``folder`` until its filesystem has no byte left."""
+    filler = folder / "filler"
+    with open(filler, "wb", buffering=0) as stream:
+        for chunk in (1 << 20, 1 << 12, 1):
+            try:
+                while True:
+                    stream.write(b"\0" * chunk)
+            except OSError:
+                pass
+    return filler
+
+
+def test_full_disk_keeps_everything_and_resumes(sqlite_url: str, tmp_path: Path, tmpfs) -> None:
+    disk = tmpfs(tmp_path / "disk", size="24m")
+    installation = build_installation(sqlite_url, disk / "projects")
+    before = legacy_contents(installation)
+    filler = fill(disk)
+    result = run_cli(installation, "run")
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.returncode in (1, 2), result.stdout + result.stderr
+    assert_nothing_lost(installation, before)
+    filler.unlink()
+    rerun = run_cli(installation, "run")
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    verify = run_cli(installation, "verify")
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    assert_nothing_lost(installation, before)
+    for generation_id in before:
+        assert (installation.root / generation_id).is_symlink() or is_real_dir(installation.root / generation_id)
+
+
+# -- 4. permission denied for an ordinary user ---------------------------------------------------
+
+
+def _interpreter_for(user: pwd.struct_passwd, environment: dict[str, str], cwd: Path) -> str | None:
+    """A Python of this version that ``user`` can run and that imports the tool (the venv's own
+    interpreter may live under /root)."""
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    for candidate in (sys.executable, shutil.which(version, path="/usr/local/bin:/usr/bin:/bin")):
+        if candidate is None:
+            continue
+        probe = subprocess.run([candidate, "-c", "import storage_migrator.cli"], check=False, env=environment, cwd=cwd,
+                               user=user.pw_uid, group=user.pw_gid, extra_groups=[], capture_output=True)
+        if probe.returncode == 0:
+            return candidate
+    return None
+
+
+def test_directory_without_execute_permission_fails_that_generation_alone(tmpfs) -> None:
+    nobody = pwd.getpwnam("nobody")
+    base = Path(tempfile.mkdtemp(prefix="hostile-nobody-", dir="/tmp"))
+    try:
+        os.chmod(base, 0o755)
+        installation = build_installation(f"sqlite:///{base / 'codebegen.db'}", base / "projects")
+        victim = demo_generation_ids(installation)[1]
+        locked = installation.root / victim / "locked"
+        locked.mkdir()
+        (locked / "inside.txt").write_text("behind a folder without x\n")
+        for directory, folders, files in os.walk(base):
+            for name in [directory, *(os.path.join(directory, entry) for entry in folders + files)]:
+                os.chown(name, nobody.pw_uid, nobody.pw_gid, follow_symlinks=False)
+        os.chmod(locked, 0o600)
+        before = legacy_contents(installation)
+        environment = {
+            **installation.cli_environment(), "HOME": str(base), "PYTHONNOUSERSITE": "1",
+            "PYTHONPATH": os.pathsep.join([str(Path(storage_migrator.__file__).resolve().parents[1]),
+                                           sysconfig.get_paths()["purelib"]]),
+        }
+        python = _interpreter_for(nobody, environment, base)
+        require(python is not None, "no Python interpreter the user nobody can run imports storage_migrator")
+        result = subprocess.run([python, "-m", "storage_migrator", "--json", "run"], check=False, env=environment, cwd=base,
+                                user=nobody.pw_uid, group=nobody.pw_gid, extra_groups=[],
+                                capture_output=True, text=True, timeout=300)
+        assert "Traceback" not in result.stderr, result.stderr
+        assert result.returncode == 1, result.stdout[-2000:] + result.stderr
+        document = json.loads(result.stdout)
+        failed = failures(document)
+        assert list(failed) == [victim], failed
+        assert one_line(failed[victim]) and "permission" in failed[victim].lower(), failed[victim]
+        assert document["migrated"] > 5
+        assert is_real_dir(installation.root / victim)
+        os.chmod(locked, 0o700)
+        assert_nothing_lost(installation, before | {victim: {**before[victim], "locked/inside.txt":
+                                                             hashlib.sha256(b"behind a folder without x\n").hexdigest()}})
+    finally:
+        for locked_folder in base.glob("projects/*/locked"):
+            if is_real_dir(locked_folder):
+                os.chmod(locked_folder, 0o700)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+# -- 5. a 1,000-level deep tree across filesystems ---------------------------------------------
+
+
+def test_thousand_level_tree_across_filesystems(installation: Installation, tmpfs) -> None:
+    root = installation.root
+    tmpfs(root / installation.sample.demo_project_id, size="64m")
+    deep_id = demo_generation_ids(installation)[0]
+    deep = root / deep_id / "deep"
+    bottom = os.path.join(os.fspath(deep), *(["d"] * 1000))
+    os.makedirs(bottom)
+    with open(os.path.join(bottom, "bottom.txt"), "w") as stream:
+        stream.write("a thousand levels down\n")
+    before = legacy_contents(installation)
+    try:
+        result, document = json_run(installation, "run")
+        assert result.returncode in (0, 1), result.stderr
+        failed = failures(document)
+        assert set(failed) <= {deep_id} and all(one_line(error) for error in failed.values()), failed
+        assert_nothing_lost(installation, before)
+        verify = run_cli(installation, "verify")
+        assert "Traceback" not in verify.stderr, verify.stderr
+        assert verify.returncode in (0, 3)
+    finally:
+        for candidate in (root / deep_id, migrated_source(root, deep_id)):
+            if candidate is not None and is_real_dir(candidate / "deep"):
+                remove_deep(candidate / "deep")
+
+
+# -- 6. a device symlink and a FIFO ---------------------------------------------------------------
+
+
+def test_device_link_and_fifo_fail_that_generation_quickly(installation: Installation) -> None:
+    victim = demo_generation_ids(installation)[1]
+    (installation.root / victim / "zero").symlink_to("/dev/zero")
+    os.mkfifo(installation.root / victim / "pipe")
+    before = legacy_contents(installation)
+    started = time.monotonic()
+    result, document = json_run(installation, "run", timeout=120)
+    assert time.monotonic() - started < 60
+    assert result.returncode == 1, result.stderr
+    failed = failures(document)
+    assert list(failed) == [victim] and one_line(failed[victim]), failed
+    assert document["migrated"] > 5
+    assert_nothing_lost(installation, before)
+    assert (installation.root / victim / "zero").is_symlink() and stat.S_ISFIFO(os.lstat(installation.root / victim / "pipe").st_mode)
+
+
+# -- 7. a symlinked generations folder ----------------------------------------------------------
+
+OLD_ATIME_NS = 1_000_000_000 * 1_000_000_000      # 2001: any read on a strictatime mount moves it
+
+
+def outside_snapshot(folder: Path) -> dict[str, tuple]:
+    """Names, kinds, mtimes and contents below ``folder``; then every atime reset to an old value,
+    so a later read by anyone shows (the folder is on a ``strictatime`` tmpfs)."""
+    found: dict[str, tuple] = {}
+    entries: list[str] = []
+    stack = [os.fspath(folder)]
+    while stack:
+        directory = stack.pop()
+        with os.scandir(directory) as listing:
+            for entry in listing:
+                entries.append(entry.path)
+                status = entry.stat(follow_symlinks=False)
+                relative = os.path.relpath(entry.path, folder)
+                if stat.S_ISDIR(status.st_mode):
+                    stack.append(entry.path)
+                    found[relative] = ("dir", status.st_mtime_ns)
+                elif stat.S_ISLNK(status.st_mode):
+                    found[relative] = ("link", os.readlink(entry.path))
+                else:
+                    with open(entry.path, "rb") as stream:
+                        found[relative] = ("file", status.st_mtime_ns, hashlib.sha256(stream.read()).hexdigest())
+    for path in [*entries, os.fspath(folder)]:
+        status = os.lstat(path)
+        if not stat.S_ISLNK(status.st_mode):
+            os.utime(path, ns=(OLD_ATIME_NS, status.st_mtime_ns), follow_symlinks=False)
+    return found
+
+
+def read_since_snapshot(folder: Path, known: dict[str, tuple]) -> list[str]:
+    """The entries of an ``outside_snapshot`` read (or listed) since: their atime moved. One lstat
+    each, nothing listed (a listing would move the atimes it checks)."""
+    read = []
+    for relative in ["", *known]:
+        status = os.lstat(folder / relative)
+        if not stat.S_ISLNK(status.st_mode) and status.st_atime_ns != OLD_ATIME_NS:
+            read.append(relative or ".")
+    return read
+
+
+def test_symlinked_generations_folder_is_never_followed(installation: Installation, tmp_path: Path, tmpfs) -> None:
+    assert run_cli(installation, "run").returncode == 0
+    outside = tmpfs(tmp_path / "outside", size="64m", options="strictatime")
+    project_id = installation.sample.demo_project_id
+    generations = installation.root / project_id / "generations"
+    shutil.copytree(generations, outside / "generations", symlinks=True)
+    shutil.rmtree(generations)
+    generations.symlink_to(outside / "generations")
+    before = outside_snapshot(outside)
+    for command in ("resync", "verify"):
+        result = run_cli(installation, command)
+        assert "Traceback" not in result.stderr, (command, result.stderr)
+        assert result.returncode in (0, 1, 3), (command, result.stdout + result.stderr)
+    read = read_since_snapshot(outside, before)
+    assert not read, f"read through the symlink: {read[:5]}"
+    assert outside_snapshot(outside) == before
+    assert generations.is_symlink()
+
+
+# -- 8. random corruption of a migrated installation ----------------------------------------------
+
+
+def sqlite_copy(template: Installation, destination: Path) -> Installation:
+    destination.mkdir()
+    shutil.copytree(template.root, destination / "projects", symlinks=True)
+    shutil.copy2(Path(template.database_url.removeprefix("sqlite:///")), destination / "codebegen.db")
+    settings = Settings(f"sqlite:///{destination / 'codebegen.db'}", destination / "projects", template.settings.path_prefix)
+    return replace(template, settings=settings)
+
+
+@pytest.fixture(scope="module")
+def migrated_base(tmp_path_factory: pytest.TempPathFactory) -> tuple[Installation, dict[str, dict[str, str]]]:
+    folder = tmp_path_factory.mktemp("hostile-base")
+    base = build_installation(f"sqlite:///{folder / 'codebegen.db'}", folder / "projects", HYPOTHESIS_BASE)
+    result = run_cli(base, "run")
+    assert result.returncode == 0, result.stderr
+    sources = {}
+    for generation_id in base.sample.generation_ids:
+        source = migrated_source(base.root, generation_id)
+        if source is not None:
+            sources[generation_id] = regular_files(source)
+    assert len(sources) > 8
+    return base, sources
+
+
+def manifest_of(installation: Installation, generation_id: str) -> Path:
+    source = migrated_source(installation.root, generation_id)
+    assert source is not None
+    return source.parent / "manifest.json"
+
+
+def set_column(installation: Installation, generation_id: str, column: str, value: object) -> None:
+    engine = installation.engine()
+    with engine.begin() as connection:
+        connection.execute(sa.text(f"UPDATE generations SET {column} = :v WHERE id = :id"), {"v": value, "id": generation_id})
+    engine.dispose()
+
+
+WRONG_VALUES = [None, "text", 7, -1, 1e308, [], {}, [[1, 2]], {"a": [1]}, True, "../../etc/passwd"]
+MANIFEST_KEYS = ["generation_id", "project_id", "version", "created_at", "file_count", "total_size_bytes",
+                 "files", "checksums", "fingerprints"]
+KINDS = ["truncate", "garbage", "nested", "wrong_type", "fifo", "symlink_out", "changes_summary",
+         "storage_path", "created_at"]
+
+
+def corrupt(installation: Installation, generation_id: str, kind: str, data: st.DataObject, sentinel: Path) -> None:
+    manifest = manifest_of(installation, generation_id)
+    if kind == "truncate":
+        content = manifest.read_bytes()
+        manifest.write_bytes(content[:data.draw(st.integers(0, max(0, len(content) - 1)), label="keep")])
+    elif kind == "garbage":
+        manifest.write_bytes(data.draw(st.binary(max_size=200), label="garbage"))
+    elif kind == "nested":
+        depth = data.draw(st.sampled_from([1_000, 100_000]), label="depth")
+        manifest.write_text("[" * depth + "]" * depth if data.draw(st.booleans()) else '{"a":' * depth + "1" + "}" * depth)
+    elif kind == "wrong_type":
+        document = json.loads(manifest.read_text())
+        document[data.draw(st.sampled_from(MANIFEST_KEYS), label="key")] = data.draw(st.sampled_from(WRONG_VALUES), label="value")
+        manifest.write_text(json.dumps(document))
+    elif kind in ("fifo", "symlink_out"):
+        files = sorted(regular_files(manifest.parent / "source"))
+        victim = manifest.parent / "source" / data.draw(st.sampled_from(files), label="file")
+        victim.unlink()
+        if kind == "fifo":
+            os.mkfifo(victim)
+        else:
+            victim.symlink_to(sentinel / "secret")
+    elif kind == "changes_summary":
+        set_column(installation, generation_id, "changes_summary",
+                   data.draw(st.sampled_from(['[1, 2]', '"text"', '{not json', '7', 'null', '{"added": "x"}', "\udcff"]),
+                             label="summary"))
+    elif kind == "storage_path":
+        set_column(installation, generation_id, "storage_path",
+                   data.draw(st.sampled_from(["../../etc", "./storage/projects/../sentinel", "storage/projects/" + "x/" * 3
+                                              + "../../../../sentinel", "\x01garbage\n", "", "/"]), label="path"))
+    elif kind == "created_at":
+        set_column(installation, generation_id, "created_at", data.draw(st.sampled_from([0, 12345, -1, 2**40]), label="ts"))
+
+
+def outside_state(folder: Path) -> dict[str, tuple]:
+    """Everything in the example's folder but ROOT and the database: names, mtimes, contents."""
+    found: dict[str, tuple] = {}
+    for directory, folders, files in os.walk(folder):
+        relative_dir = os.path.relpath(directory, folder)
+        if relative_dir == "projects" or relative_dir.startswith("projects" + os.sep):
+            continue
+        for name in folders + files:
+            path = os.path.join(directory, name)
+            relative = os.path.normpath(os.path.join(relative_dir, name))
+            if relative.startswith("codebegen.db") or relative == "projects":
+                continue
+            status = os.lstat(path)
+            content = Path(path).read_bytes() if stat.S_ISREG(status.st_mode) else b""
+            found[relative] = (stat.S_IFMT(status.st_mode), status.st_mtime_ns, content)
+    return found
+
+
+@settings(max_examples=15, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(data=st.data())
+def test_random_corruption_never_escapes_root(migrated_base: tuple[Installation, dict[str, dict[str, str]]],
+                                             tmp_path_factory: pytest.TempPathFactory, data: st.DataObject) -> None:
+    base, sources = migrated_base
+    folder = tmp_path_factory.mktemp("corrupt")
+    example = folder / "x"
+    installation = sqlite_copy(base, example)
+    sentinel = example / "sentinel"
+    sentinel.mkdir()
+    (sentinel / "secret").write_text("must never leave this folder\n")
+    working = example / "cwd" / "a" / "b"       # relative paths resolved against the cwd land here
+    working.mkdir(parents=True)
+    corrupted: set[str] = set()
+    for _ in range(data.draw(st.integers(1, 3), label="corruptions")):
+        generation_id = data.draw(st.sampled_from(sorted(sources)), label="generation")
+        corrupt(installation, generation_id, data.draw(st.sampled_from(KINDS), label="kind"), data, sentinel)
+        corrupted.add(generation_id)
+    before = outside_state(example)
+    environment = installation.cli_environment()
+    for command in ("resync", "verify"):
+        result = subprocess.run([sys.executable, "-m", "storage_migrator", command], check=False, env=environment, cwd=working,
+                                capture_output=True, text=True, timeout=120)
+        assert "Traceback" not in result.stderr, (command, result.stderr[-3000:])
+        assert result.returncode in (0, 1, 3), (command, result.returncode, result.stdout[-1000:], result.stderr[-1000:])
+    assert outside_state(example) == before
+    for generation_id, files in sources.items():
+        if generation_id in corrupted:
+            continue
+        source = migrated_source(installation.root, generation_id)
+        assert source is not None and regular_files(source) == files, generation_id
+    shutil.rmtree(folder)
