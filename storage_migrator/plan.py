@@ -218,7 +218,7 @@ def renumber_duplicates(record: ProjectRecord) -> dict[str, int]:
     may still be writing them). Returns generation id → new version."""
     by_version: dict[int, list[GenerationRow]] = defaultdict(list)
     for generation in record.generations:
-        if generation.version is not None and generation.version >= 1:
+        if isinstance(generation.version, int) and generation.version >= 1 and not _unsafe_reason(generation):
             by_version[generation.version].append(generation)
     next_free = max([record.latest_version, *by_version.keys()], default=0) + 1
     renumbered: dict[str, int] = {}
@@ -291,7 +291,8 @@ def decide_project(
         if problem:
             plans.append(GenerationPlan(generation, Action.FAIL, problem))
             continue
-        plan = _decide_generation(generation, layout, disks[generation.id], previous_base)
+        plan = _decide_generation(generation, layout, disks[generation.id], previous_base,
+                                  old_versions[generation.id] if generation.id in renumbered else None)
         if generation.id in renumbered:
             plan = _renumbered(plan, old_versions[generation.id])
         plans.append(plan)
@@ -317,11 +318,16 @@ def _renumbered(plan: GenerationPlan, old_version: int | None) -> GenerationPlan
 
 
 def _decide_generation(
-    generation: GenerationRow, layout: StorageLayout, disk: DiskState, previous: GenerationPlan | None
+    generation: GenerationRow, layout: StorageLayout, disk: DiskState, previous: GenerationPlan | None,
+    old_version: int | None = None,
 ) -> GenerationPlan:
+    """``old_version`` is a renumbered generation's number before: a ``storage_path`` naming
+    that folder still shows the application wrote the generation itself."""
     version = generation.version or 0
     target = layout.target_dir(generation.project_id, version, generation.id)
     path_is_right = layout.names_target(generation.storage_path, generation.project_id, version, generation.id)
+    written_in_new_layout = path_is_right or (old_version is not None and layout.names_target(
+        generation.storage_path, generation.project_id, old_version, generation.id))
     base = GenerationPlan(
         generation,
         Action.SKIP,
@@ -341,7 +347,7 @@ def _decide_generation(
     if disk.source_exists:
         leftover = None
         if disk.legacy_kind == LegacyKind.DIR:
-            if not path_is_right:
+            if not written_in_new_layout:
                 return replace(base, action=Action.FINISH_MOVE, content_changes=True, manifest=disk.manifest,
                                reason="both the legacy folder and source/ exist (an interrupted copy)")
             leftover = base.legacy_dir       # the application's scratch copy: reported, never touched

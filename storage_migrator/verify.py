@@ -23,7 +23,7 @@ from .installation import open_installation
 from .layout import StorageLayout, UnsafePathComponent, check_path_component, manifest_path, source_dir
 from .manifest import read_manifest
 from .records import GenerationRow, ProjectRecord
-from .tree import TreeSnapshot, read_regular_file, scan_tree
+from .tree import TreeSnapshot, git_blob_id_file, read_regular_file, scan_tree
 
 MAX_PATCH_BYTES = 512 << 20
 SourceTree = ManifestTree | TreeSnapshot
@@ -185,15 +185,25 @@ def _patch_problems(
 
 def _patch_meaning_problems(generation: GenerationRow, patch: bytes, comparison: diff.TreeComparison,
                             previous: SourceTree, snapshot: TreeSnapshot) -> list[Problem]:
+    """A patch is right when it names exactly the changed files and, where it names blob ids,
+    the ids of the two versions' files: whichever engine (or the application) wrote it."""
     entries = diff.parse_patch(patch)
     if entries is None:
         return [Problem(generation.id, "patch", "the patch file is not a patch")]
-    changed = set(comparison.changed_paths())
-    listed = {entry.path for entry in entries}
-    if listed != changed:
-        missing, extra = sorted(changed - listed), sorted(listed - changed)
+    old_paths, new_paths = previous.checksums().keys(), snapshot.checksums().keys()
+    listed = diff.comparison_of(diff.expand_directories(entries, old_paths, new_paths))
+    if listed.changed_paths() != comparison.changed_paths():
+        missing = sorted(set(comparison.changed_paths()) - set(listed.changed_paths()))
+        extra = sorted(set(listed.changed_paths()) - set(comparison.changed_paths()))
         return [Problem(generation.id, "patch", f"the patch does not list the changed files "
                         f"(missing {missing[:3]}, extra {extra[:3]})")]
+    for entry in entries:
+        if not entry.has_blob_ids:
+            continue
+        old_id = git_blob_id_file(previous.root, entry.path) if entry.path in old_paths else None
+        new_id = git_blob_id_file(snapshot.root, entry.path) if entry.path in new_paths else None
+        if not entry.agrees_with(old_id, new_id):
+            return [Problem(generation.id, "patch", f"the patch's blob ids for {entry.path!r} are not the files' ids")]
     return []
 
 

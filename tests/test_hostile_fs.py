@@ -316,8 +316,11 @@ def _interpreter_for(user: pwd.struct_passwd, environment: dict[str, str], cwd: 
     for candidate in (sys.executable, shutil.which(version, path="/usr/local/bin:/usr/bin:/bin")):
         if candidate is None:
             continue
-        probe = subprocess.run([candidate, "-c", "import storage_migrator.cli"], check=False, env=environment, cwd=cwd,
-                               user=user.pw_uid, group=user.pw_gid, extra_groups=[], capture_output=True)
+        try:
+            probe = subprocess.run([candidate, "-c", "import storage_migrator.cli"], check=False, env=environment,
+                                   cwd=cwd, user=user.pw_uid, group=user.pw_gid, extra_groups=[], capture_output=True)
+        except OSError:
+            continue
         if probe.returncode == 0:
             return candidate
     return None
@@ -374,8 +377,11 @@ def test_thousand_level_tree_across_filesystems(installation: Installation, tmpf
     tmpfs(root / installation.sample.demo_project_id, size="64m")
     deep_id = demo_generation_ids(installation)[0]
     deep = root / deep_id / "deep"
-    bottom = os.path.join(os.fspath(deep), *(["d"] * 1000))
-    os.makedirs(bottom)
+    bottom = os.fspath(deep)
+    os.mkdir(bottom)
+    for _ in range(1000):         # os.makedirs recurses once per level
+        bottom = os.path.join(bottom, "d")
+        os.mkdir(bottom)
     with open(os.path.join(bottom, "bottom.txt"), "w") as stream:
         stream.write("a thousand levels down\n")
     before = legacy_contents(installation)

@@ -482,9 +482,6 @@ def test_three_way_duplicates_chain_their_diff_bases() -> None:
     assert plan.latest_version == 3
 
 
-@pytest.mark.xfail(strict=True, reason="a renumbered duplicate's scratch copy is planned as an interrupted "
-                   "copy (FINISH_MOVE, which trashes or fails on it) instead of a leftover: the scratch-copy "
-                   "test compares storage_path with the NEW number, not the one the disk was probed at")
 def test_renumbered_duplicate_with_scratch_copy_keeps_it_as_leftover() -> None:
     """SPEC §1a: the application inserts rows at version 1 and its phased generator leaves
     <ROOT>/<id>/ beside v1__<id>/ with storage_path naming v1__<id>. SPEC §3: that folder is a
