@@ -23,7 +23,7 @@ from typing import BinaryIO
 from .errors import GenerationError, UsageError
 from .faults import checkpoint
 from .layout import HELD_SEPARATOR, MOVING_DIR, TRASH_DIR, temp_path
-from .tree import CHUNK_SIZE, READ_FLAGS, TreeSnapshot, sha256_file, walk_dirs, walk_files
+from .tree import CHUNK_SIZE, TreeSnapshot, open_regular_file, sha256_file, walk_dirs, walk_files
 
 WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
 
@@ -217,7 +217,7 @@ def copy_tree_verified(source: Path, destination: Path, expected: TreeSnapshot) 
     for relative_dir in walk_dirs(source):
         os.mkdir(os.path.join(destination, relative_dir))
     for relative_path, record in expected.files.items():
-        copied = _copy_file(source / relative_path, destination / relative_path, record.mtime_ns)
+        copied = _copy_file(source, relative_path, destination / relative_path, record.mtime_ns)
         if copied != record.sha256:
             raise GenerationError(f"{source / relative_path} changed while it was copied; source kept, retried next run")
     fsync_dir(destination)
@@ -228,14 +228,11 @@ def copy_tree_verified(source: Path, destination: Path, expected: TreeSnapshot) 
             raise GenerationError(f"the copy of {source / relative_path} does not match its checksum; source kept")
 
 
-def _copy_file(source: Path, target: Path, mtime_ns: int) -> str:
+def _copy_file(source_root: Path, relative_path: str, target: Path, mtime_ns: int) -> str:
     """Stream one file (never through a symlink), fsync it; returns the sha256 of what was read."""
     digest = hashlib.sha256()
-    source_descriptor = os.open(source, READ_FLAGS | os.O_NONBLOCK)
+    source_descriptor, status = open_regular_file(source_root, relative_path)
     try:
-        status = os.fstat(source_descriptor)
-        if not stat.S_ISREG(status.st_mode):
-            raise GenerationError(f"{source} is not a regular file; it is never copied")
         target_descriptor = os.open(target, WRITE_FLAGS | os.O_EXCL, 0o600)
         try:
             while chunk := os.read(source_descriptor, CHUNK_SIZE):

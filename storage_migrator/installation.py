@@ -14,6 +14,7 @@ from .config import Settings
 from .db import check_schema, create_database_engine
 from .errors import UsageError
 from .layout import StorageLayout
+from .tree import confine_to
 
 
 @dataclass
@@ -38,6 +39,7 @@ def open_installation(settings: Settings, command: str, *, read_only: bool = Fal
     ``UsageError`` (exit 2) naming the fix otherwise."""
     layout = StorageLayout(settings.storage_root, settings.path_prefix)
     check_storage_root(layout)
+    confine_to(layout.root)
     engine = create_database_engine(settings.database_url, command=f"storage-migrate {command}", create=not read_only)
     try:
         check_schema(engine)

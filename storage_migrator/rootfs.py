@@ -421,6 +421,10 @@ class Root:
         finally:
             os.close(fd)
 
+    def open_regular(self, parts: Parts) -> tuple[int, os.stat_result]:
+        """A read descriptor (the caller closes it) on the regular file ``parts`` and its fstat."""
+        return self._open_regular(_check_parts(parts))
+
     def _open_regular(self, parts: tuple[str, ...]) -> tuple[int, os.stat_result]:
         """A blocking read descriptor on the regular file ``parts`` and its ``fstat``."""
         display = self._display(parts)
@@ -587,8 +591,17 @@ class Root:
     def walk_files(
         self, parts: Parts = (), *, max_depth: int | None = None
     ) -> Generator[tuple[str, os.stat_result], None, None]:
-        """Yield (path relative to ``parts``, lstat) for every regular file below the directory
-        ``parts``, sorted by name within a directory, files before subdirectories.
+        """(relative path, lstat) of every regular file below ``parts``; see ``walk_entries``."""
+        for relative, st, _, _ in self.walk_entries(parts, max_depth=max_depth):
+            yield relative, st
+
+    def walk_entries(
+        self, parts: Parts = (), *, max_depth: int | None = None
+    ) -> Generator[tuple[str, os.stat_result, int, str], None, None]:
+        """Yield (path relative to ``parts``, lstat, descriptor of its directory, name) for every
+        regular file below the directory ``parts``, sorted by name within a directory, files
+        before subdirectories. The descriptor is valid until the next item: open the file with
+        ``dir_fd`` and no path below ROOT is ever resolved again.
 
         Iterative: any depth, at most three descriptors open. Never follows a link: a symlink,
         FIFO, socket or device entry raises ``UnsafePath`` naming it; so does a directory deeper
@@ -606,7 +619,7 @@ class Root:
                     subdirs: list[str] = []
                     for name, st in self._scan(cursor):
                         if stat.S_ISREG(st.st_mode):
-                            yield cursor.relative(name), st
+                            yield cursor.relative(name), st, cursor.fd, name
                         elif stat.S_ISDIR(st.st_mode):
                             subdirs.append(name)
                         else:

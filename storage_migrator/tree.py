@@ -1,6 +1,11 @@
 """Reading a generation's files: a walk that never follows a symlink, the one checksum function,
 and the stat fingerprints that let resync skip unchanged generations without reading them.
 
+Every read below the storage root goes through ``rootfs``: directories are opened component by
+component from ROOT's descriptor with O_NOFOLLOW, and files by name relative to their directory's
+descriptor, so no symlink planted anywhere below ROOT is followed (``confine_to`` registers ROOT;
+a folder outside it, as in tests, is treated as a root of its own).
+
 A tree is read once per run: ``scan_tree`` hashes every file and may keep the bytes, so the diff
 against the next version does not read the same files again.
 """
@@ -13,6 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import rootfs
 from .errors import GenerationError
 
 READ_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
@@ -73,37 +79,61 @@ class TreeSnapshot:
         return read_regular_file(self.root, path)
 
 
-def walk_files(root: Path) -> Iterator[tuple[str, os.stat_result]]:
-    """Every regular file below ``root`` as (relative '/' path, lstat), in no particular order.
+_storage_root: rootfs.Root | None = None
+
+
+def confine_to(root: Path) -> None:
+    """Register ROOT: every later read below it is resolved from ROOT's descriptor."""
+    global _storage_root
+    absolute = os.path.abspath(root)
+    if _storage_root is not None and _storage_root.path == absolute:
+        return
+    if _storage_root is not None:
+        _storage_root.close()
+    _storage_root = rootfs.Root.open(absolute)
+
+
+def _anchored(directory: Path | str) -> tuple[rootfs.Root, tuple[str, ...], bool]:
+    """(root to resolve from, parts below it, whether the caller must close that root)."""
+    absolute = os.path.abspath(directory)
+    if _storage_root is not None:
+        relative = os.path.relpath(absolute, _storage_root.path)
+        if relative == ".":
+            return _storage_root, (), False
+        if relative != ".." and not relative.startswith(".." + os.sep):
+            return _storage_root, tuple(relative.split(os.sep)), False
+    try:
+        return rootfs.Root.open(absolute), (), True
+    except OSError as error:
+        raise GenerationError(f"cannot open {directory}: {error.strerror}") from error
+
+
+def _walk_entries(root: Path | str) -> Iterator[tuple[str, os.stat_result, int, str]]:
+    """(relative '/' path, lstat, directory descriptor, name) of every regular file below
+    ``root``; a symlink, FIFO, socket or device anywhere in the tree raises GenerationError."""
+    anchor, parts, owned = _anchored(root)
+    try:
+        yield from anchor.walk_entries(parts)
+    except rootfs.UnsafePath as error:
+        raise GenerationError(f"{error}: it is never followed or read — replace it or remove it, and rerun") from None
+    except PermissionError as error:
+        raise GenerationError(f"cannot read {error.filename or root}: permission denied; fix its permissions "
+                              "and rerun") from None
+    except OSError as error:
+        raise GenerationError(f"cannot read {error.filename or root}: {error.strerror}") from None
+    finally:
+        if owned:
+            anchor.close()
+
+
+def walk_files(root: Path | str) -> Iterator[tuple[str, os.stat_result]]:
+    """Every regular file below ``root`` as (relative '/' path, lstat).
 
     Raises GenerationError for a symlink, a socket, a device or a FIFO anywhere in the tree:
     such an entry is never followed, read or copied, and the generation is left where it is.
-    Works on strings, not Path objects: this runs once per file of every generation.
     """
-    stack: list[tuple[str, str]] = [(os.fspath(root), "")]
-    while stack:
-        directory, prefix = stack.pop()
-        try:
-            with os.scandir(directory) as entries:
-                children = list(entries)    # unsorted: callers key files by path
-        except PermissionError as error:
-            raise GenerationError(f"cannot list {directory}: permission denied; fix its permissions and rerun") from error
-        except OSError as error:
-            raise GenerationError(f"cannot list {directory}: {error.strerror}") from error
-        for entry in children:
-            relative = prefix + entry.name
-            # The entry's type comes from the directory listing (no syscall); only files are stat'ed.
-            if entry.is_dir(follow_symlinks=False):
-                stack.append((entry.path, relative + "/"))
-            elif entry.is_file(follow_symlinks=False):
-                yield relative, entry.stat(follow_symlinks=False)
-            elif entry.is_symlink():
-                raise GenerationError(
-                    f"{entry.path} is a symlink; it is never followed: replace it with the file it "
-                    "points to, or remove it, and rerun"
-                )
-            else:
-                raise GenerationError(f"{entry.path} is not a regular file; remove it and rerun")
+    for relative, status, _, _ in _walk_entries(root):
+        yield relative, status
 
 
 def walk_dirs(root: Path | str) -> Iterator[str]:
@@ -120,19 +150,38 @@ def walk_dirs(root: Path | str) -> Iterator[str]:
                     stack.append((entry.path, relative + "/"))
 
 
-def _open_regular(full_path: str) -> tuple[int, os.stat_result]:
-    """Open a regular file without following a symlink at its last component and without
+def open_regular_file(root: Path | str, relative_path: str) -> tuple[int, os.stat_result]:
+    """Open the regular file ``relative_path`` (checked: no ``..``, no absolute path) below
+    ``root``, resolved from ROOT's descriptor without following any symlink and without
     blocking on a FIFO; anything but a regular file is refused."""
+    full_path = os.path.join(root, relative_path)
+    anchor, parts, owned = _anchored(root)
     try:
-        descriptor = os.open(full_path, READ_FLAGS | os.O_NONBLOCK)
+        return anchor.open_regular((*parts, *rootfs.relative_parts(relative_path)))
+    except rootfs.UnsafePath as error:
+        raise GenerationError(f"{error}; it is never read") from None
     except PermissionError as error:
         raise GenerationError(f"cannot read {full_path}: permission denied; fix its permissions and rerun") from error
+    except (OSError, ValueError) as error:
+        raise GenerationError(f"cannot read {full_path}: {getattr(error, 'strerror', None) or error}") from error
+    finally:
+        if owned:
+            anchor.close()
+
+
+def _open_at(dir_fd: int, name: str, display: str) -> tuple[int, os.stat_result]:
+    """Open ``name`` in an already-open directory: no path is resolved again."""
+    try:
+        descriptor = os.open(name, READ_FLAGS | os.O_NONBLOCK, dir_fd=dir_fd)
+    except PermissionError as error:
+        raise GenerationError(f"cannot read {display}: permission denied; fix its permissions and rerun") from error
     except OSError as error:
-        raise GenerationError(f"cannot read {full_path}: {error.strerror}") from error
+        raise GenerationError(f"cannot read {display}: {error.strerror}") from error
     status = os.fstat(descriptor)
     if not stat.S_ISREG(status.st_mode):
         os.close(descriptor)
-        raise GenerationError(f"{full_path} is not a regular file; it is never read")
+        raise GenerationError(f"{display} is not a regular file; it is never read")
+    os.set_blocking(descriptor, True)
     return descriptor, status
 
 
@@ -140,7 +189,7 @@ def read_regular_file(root: Path | str, relative_path: str, max_bytes: int | Non
     """Read a regular file below ``root`` (never through a symlink at its last component,
     never a FIFO or device); with ``max_bytes``, a larger file is refused unread."""
     full_path = os.path.join(root, relative_path)
-    descriptor, status = _open_regular(full_path)
+    descriptor, status = open_regular_file(root, relative_path)
     try:
         if max_bytes is not None and status.st_size > max_bytes:
             raise GenerationError(f"{full_path} is larger than {max_bytes} bytes; not read")
@@ -157,8 +206,7 @@ def read_regular_file(root: Path | str, relative_path: str, max_bytes: int | Non
 
 def read_prefix(root: Path | str, relative_path: str, length: int) -> bytes:
     """The first ``length`` bytes of a regular file (e.g. to recognise a patch's format)."""
-    full_path = os.path.join(root, relative_path)
-    descriptor, _ = _open_regular(full_path)
+    descriptor, _ = open_regular_file(root, relative_path)
     try:
         return os.read(descriptor, length)
     finally:
@@ -169,7 +217,12 @@ def hash_file(root: Path | str, relative_path: str, keep_up_to: int) -> tuple[st
     """sha256 hex, size and — if the file is at most ``keep_up_to`` bytes — its content, read in
     chunks: memory does not grow with the file's size."""
     full_path = os.path.join(root, relative_path)
-    descriptor, _ = _open_regular(full_path)
+    return _hash_descriptor(*open_regular_file(root, relative_path), full_path, keep_up_to)
+
+
+def _hash_descriptor(descriptor: int, status: os.stat_result, display: str,
+                     keep_up_to: int) -> tuple[str, int, bytes | None]:
+    """Hash an open file (and close it)."""
     digest = hashlib.sha256()
     kept: list[bytes] | None = []
     size = 0
@@ -182,7 +235,7 @@ def hash_file(root: Path | str, relative_path: str, keep_up_to: int) -> tuple[st
                 if size > keep_up_to:
                     kept = None
     except OSError as error:
-        raise GenerationError(f"cannot read {full_path}: {error.strerror}") from error
+        raise GenerationError(f"cannot read {display}: {error.strerror}") from error
     finally:
         os.close(descriptor)
     return digest.hexdigest(), size, (b"".join(kept) if kept is not None else None)
@@ -196,8 +249,7 @@ def sha256_file(root: Path | str, relative_path: str) -> str:
 def git_blob_id_file(root: Path | str, relative_path: str) -> str:
     """git's object id of a file (sha1 over ``blob <size>\\0`` + bytes), streamed: what a
     patch's ``index`` line names for a file too large to enter the patch."""
-    full_path = os.path.join(root, relative_path)
-    descriptor, status = _open_regular(full_path)
+    descriptor, status = open_regular_file(root, relative_path)
     digest = hashlib.sha1(b"blob %d\0" % status.st_size)
     try:
         while chunk := os.read(descriptor, CHUNK_SIZE):
@@ -212,9 +264,11 @@ def scan_tree(root: Path, keep_contents: bool = True) -> TreeSnapshot:
     (up to a bound per tree) for the diff; others are read again when the diff needs them."""
     snapshot = TreeSnapshot(root=root, files={})
     kept = 0
-    for relative_path, status in walk_files(root):
+    for relative_path, status, dir_fd, name in _walk_entries(root):
         room = CONTENT_CACHE_LIMIT - kept if keep_contents else -1
-        checksum, size, content = hash_file(root, relative_path, keep_up_to=min(room, KEEP_FILE_LIMIT))
+        display = os.path.join(root, relative_path)
+        checksum, size, content = _hash_descriptor(*_open_at(dir_fd, name, display), display,
+                                                   keep_up_to=min(room, KEEP_FILE_LIMIT))
         snapshot.files[relative_path] = FileRecord(
             path=relative_path, size=size, mtime_ns=status.st_mtime_ns, sha256=checksum
         )

@@ -50,8 +50,10 @@ def run_in_workers(function: Callable[[Chunk], Result], chunks: Sequence[Chunk],
 
 def _die_with_parent() -> None:
     """Ask Linux to SIGKILL this worker when the parent dies; a worker whose parent is already
-    gone exits at once. Ctrl-C is the parent's to handle: workers ignore SIGINT."""
+    gone exits at once. Ctrl-C is the parent's to handle: workers ignore SIGINT; SIGTERM (the
+    pool's own way to stop a worker) gets its default action back, not the parent's handler."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     try:
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 import storage_migrator
@@ -306,6 +306,32 @@ def test_full_disk_keeps_everything_and_resumes(sqlite_url: str, tmp_path: Path,
         assert (installation.root / generation_id).is_symlink() or is_real_dir(installation.root / generation_id)
 
 
+def flat_path_files(root: Path, generation_id: str) -> dict[str, str] | None:
+    """What the application's flat-layout code finds at ``<ROOT>/<id>`` (it follows links), or
+    None if that path leads nowhere inside ROOT."""
+    flat = root / generation_id
+    real = Path(os.path.realpath(flat))
+    if not real.is_dir() or not real.is_relative_to(os.path.realpath(root)):
+        return None
+    return regular_files(real)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "bug: a generation whose manifest write fails after the move stays moved with no legacy link, "
+    "so <ROOT>/<id> (and its storage_path) leads nowhere until a rerun"))
+def test_full_disk_leaves_every_generation_reachable_by_the_application(sqlite_url: str, tmp_path: Path,
+                                                                         tmpfs) -> None:
+    disk = tmpfs(tmp_path / "disk", size="24m")
+    installation = build_installation(sqlite_url, disk / "projects")
+    before = legacy_contents(installation)
+    fill(disk)
+    result = run_cli(installation, "run")
+    assert result.returncode == 1 and "disk is full" in result.stdout + result.stderr
+    unreachable = [generation_id for generation_id, files in before.items()
+                   if flat_path_files(installation.root, generation_id) != files]
+    assert not unreachable, f"{len(unreachable)} of {len(before)} generations unreachable at <ROOT>/<id>"
+
+
 # -- 4. permission denied for an ordinary user ---------------------------------------------------
 
 
@@ -463,7 +489,14 @@ def read_since_snapshot(folder: Path, known: dict[str, tuple]) -> list[str]:
     return read
 
 
-def test_symlinked_generations_folder_is_never_followed(installation: Installation, tmp_path: Path, tmpfs) -> None:
+@pytest.mark.parametrize("command", [
+    "resync",
+    pytest.param("verify", marks=pytest.mark.xfail(strict=True, reason=(
+        "bug: verify reads manifests, patches and every source file through a symlinked "
+        "<ROOT>/<project>/generations pointing outside ROOT, and reports ok"))),
+])
+def test_symlinked_generations_folder_is_never_followed(installation: Installation, tmp_path: Path, tmpfs,
+                                                        command: str) -> None:
     assert run_cli(installation, "run").returncode == 0
     outside = tmpfs(tmp_path / "outside", size="64m", options="strictatime")
     project_id = installation.sample.demo_project_id
@@ -472,12 +505,11 @@ def test_symlinked_generations_folder_is_never_followed(installation: Installati
     shutil.rmtree(generations)
     generations.symlink_to(outside / "generations")
     before = outside_snapshot(outside)
-    for command in ("resync", "verify"):
-        result = run_cli(installation, command)
-        assert "Traceback" not in result.stderr, (command, result.stderr)
-        assert result.returncode in (0, 1, 3), (command, result.stdout + result.stderr)
+    result = run_cli(installation, command)
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.returncode in (1, 3), result.stdout + result.stderr     # the symlink is a problem
     read = read_since_snapshot(outside, before)
-    assert not read, f"read through the symlink: {read[:5]}"
+    assert not read, f"{len(read)} entries read through the symlink, e.g. {read[:3]}"
     assert outside_snapshot(outside) == before
     assert generations.is_symlink()
 
@@ -580,7 +612,7 @@ def outside_state(folder: Path) -> dict[str, tuple]:
     return found
 
 
-@settings(max_examples=15, deadline=None, derandomize=True, database=None,
+@settings(max_examples=20, deadline=None, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(data=st.data())
 def test_random_corruption_never_escapes_root(migrated_base: tuple[Installation, dict[str, dict[str, str]]],
@@ -597,7 +629,9 @@ def test_random_corruption_never_escapes_root(migrated_base: tuple[Installation,
     corrupted: set[str] = set()
     for _ in range(data.draw(st.integers(1, 3), label="corruptions")):
         generation_id = data.draw(st.sampled_from(sorted(sources)), label="generation")
-        corrupt(installation, generation_id, data.draw(st.sampled_from(KINDS), label="kind"), data, sentinel)
+        kind = data.draw(st.sampled_from(KINDS), label="kind")
+        event(kind)
+        corrupt(installation, generation_id, kind, data, sentinel)
         corrupted.add(generation_id)
     before = outside_state(example)
     environment = installation.cli_environment()
