@@ -85,12 +85,12 @@ _storage_root: rootfs.Root | None = None
 def confine_to(root: Path) -> None:
     """Register ROOT: every later read below it is resolved from ROOT's descriptor."""
     global _storage_root
-    absolute = os.path.abspath(root)
-    if _storage_root is not None and _storage_root.path == absolute:
-        return
     if _storage_root is not None:
-        _storage_root.close()
-    _storage_root = rootfs.Root.open(absolute)
+        try:
+            _storage_root.close()
+        except OSError:
+            pass        # a descriptor of an earlier filesystem view (tests); nothing to release
+    _storage_root = rootfs.Root.open(os.path.abspath(root))
 
 
 def _anchored(directory: Path | str) -> tuple[rootfs.Root, tuple[str, ...], bool]:
