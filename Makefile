@@ -24,7 +24,10 @@ demo: $(BIN)/storage-migrate
 	$(BIN)/storage-migrate diff "$$($(PYTHON) -c 'import json; print(json.load(open(".demo.json"))["demo_project_id"])')"
 	$(BIN)/storage-migrate verify
 
+# Lint and types first (seconds), then the suite.
 test: $(BIN)/storage-migrate
+	$(BIN)/ruff check storage_migrator tests benchmarks
+	$(BIN)/mypy
 	$(BIN)/pytest -q
 
 bench: $(BIN)/storage-migrate

@@ -184,7 +184,7 @@ def ensure_corpus(cache: Path = CACHE) -> dict[Release, Path]:
     releases = all_releases()
     with ThreadPoolExecutor(_DOWNLOAD_JOBS) as pool:
         trees = list(pool.map(lambda release: extracted_tree(release, cache), releases))
-    return dict(zip(releases, trees))
+    return dict(zip(releases, trees, strict=True))
 
 
 def tree_size(tree: Path) -> TreeSize:

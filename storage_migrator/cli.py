@@ -99,7 +99,11 @@ def progress_bar(output: Output, description: str) -> Callable[[int], Callable[[
         from tqdm import tqdm
 
         bar = tqdm(total=total, desc=description, unit="gen", file=sys.stderr, leave=False)
-        return lambda count=1: bar.update(count)
+
+        def advance(count: int = 1) -> None:
+            bar.update(count)
+
+        return advance
 
     return start
 

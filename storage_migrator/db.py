@@ -116,7 +116,8 @@ def _parse_url(url: str) -> sa.URL:
     try:
         parsed = sa.make_url(url)
         parsed.get_dialect()            # an unknown dialect or driver fails here, not at first use
-        parsed.port                     # a non-numeric port fails here
+        if parsed.port is not None and not 0 < parsed.port < 65536:     # a non-numeric port fails here too
+            raise ValueError(f"port {parsed.port} is out of range")
     except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError, ValueError, ImportError) as error:
         raise DatabaseUnavailable(f"database URL {display_url(url)!r} is not usable ({first_line(error)}); {fix}") from None
     if parsed.get_backend_name() not in ("postgresql", "sqlite"):

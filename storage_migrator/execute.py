@@ -32,9 +32,9 @@ from .fsops import (
     discard_tree,
     make_dirs,
     move_tree,
+    remove_symlink,
     rename_dir,
     replace_symlink,
-    remove_symlink,
 )
 from .layout import (
     ARTIFACTS_DIR,
@@ -174,8 +174,13 @@ class Executor:
             return _outcome(plan, Outcome.UNCHANGED, plan.storage_path), _flag_only_update(generation, is_active), tree
         self._renumber_folder(plan)
         tree = self._put_in_place(plan)
-        summary, patch_path = self._write_manifest_and_patch(plan, tree, previous, previous_version)
-        self._keep_legacy_link(plan)
+        try:
+            summary, patch_path = self._write_manifest_and_patch(plan, tree, previous, previous_version)
+            self._keep_legacy_link(plan)
+        except GenerationError:
+            if plan.action == Action.MOVE:
+                self._undo_move(plan)
+            raise
         update = GenerationUpdate.from_row(
             generation,
             storage_path=plan.storage_path,
@@ -237,6 +242,18 @@ class Executor:
                 fingerprint_digest(fingerprint_tree(source)) == plan.manifest.fingerprint_digest:
             return ManifestTree(source, plan.manifest)    # only metadata or the diff to redo
         return scan_tree(source)
+
+    def _undo_move(self, plan: GenerationPlan) -> None:
+        """A move whose manifest, patch or link could not be written (a full disk): ``source/``
+        goes back to the legacy folder by one rename, so the application still finds the files
+        where its row says they are. Across filesystems the rename is refused and the verified
+        copy stays in place for the next run."""
+        source = source_dir(_target(plan))
+        if _is_real_dir(source) and not os.path.lexists(_legacy(plan)):
+            try:
+                os.rename(source, _legacy(plan))
+            except OSError:
+                pass
 
     def _prepare_target(self, plan: GenerationPlan) -> None:
         """Create the target folder, or clear what an interrupted run of this tool left in it.

@@ -55,7 +55,7 @@ def flush_to_disk() -> None:
     os.sync()
 
 
-def atomic_write(final: Path, write: Callable[[BinaryIO], None]) -> None:
+def atomic_write(final: Path, write: Callable[[BinaryIO], object]) -> None:
     """Write ``final`` through a temp sibling and rename it into place (durable at the next
     ``flush_to_disk``)."""
     temporary = temp_path(final)

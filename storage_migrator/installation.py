@@ -25,7 +25,7 @@ class Installation:
     engine: Engine
     legacy_links: bool = True
 
-    def __enter__(self) -> "Installation":
+    def __enter__(self) -> Installation:
         return self
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,

@@ -129,7 +129,7 @@ class StorageLayout:
         check_path_component(generation_id, "generation id")
         return self.project_dir(project_id) / ARCHIVE_DIR / target_dir_name(version, generation_id)
 
-    def generation_target(self, generation: "HasPlace") -> Path:
+    def generation_target(self, generation: HasPlace) -> Path:
         """The target folder of a generation row (version 0 stands for "no version yet")."""
         return self.target_dir(generation.project_id, generation.version or 0, generation.id)
 
@@ -187,9 +187,16 @@ def _normalized_parts(path: str) -> tuple[str, ...] | None:
 
 
 class HasPlace(Protocol):
-    id: str
-    project_id: str
-    version: int | None
+    """Anything that says where a generation lives (a row, a plan's generation)."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def project_id(self) -> str: ...
+
+    @property
+    def version(self) -> int | None: ...
 
 
 def source_dir(target_dir: Path) -> Path:

@@ -43,7 +43,7 @@ class RunLock:
         self._descriptor: int | None = None
         self._connection: Connection | None = None
 
-    def __enter__(self) -> "RunLock":
+    def __enter__(self) -> RunLock:
         self._take_file_lock()
         try:
             self._take_advisory_lock()

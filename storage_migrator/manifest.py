@@ -20,6 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from .errors import GenerationError
 from .layout import UnsafePathComponent
 from .tree import Fingerprint, TreeSnapshot, read_prefix, read_regular_file
 
@@ -58,7 +59,7 @@ class ManifestHead:
     total_size_bytes: int
     fingerprint_digest: str
 
-    def load(self) -> "Manifest | None":
+    def load(self) -> Manifest | None:
         return read_manifest(self.path)
 
 
@@ -83,13 +84,13 @@ class Manifest:
     def fingerprint_digest(self) -> str:
         return fingerprint_digest(self.fingerprints)
 
-    def load(self) -> "Manifest":
+    def load(self) -> Manifest:
         return self
 
     @classmethod
     def from_snapshot(
         cls, snapshot: TreeSnapshot, generation_id: str, project_id: str, version: int, created_at: datetime | None
-    ) -> "Manifest":
+    ) -> Manifest:
         return cls(
             generation_id=generation_id,
             project_id=project_id,
@@ -104,7 +105,7 @@ class Manifest:
             },
         )
 
-    def with_extra(self, existing: dict[str, Any] | None) -> "Manifest":
+    def with_extra(self, existing: dict[str, Any] | None) -> Manifest:
         """This manifest keeping the keys of ``existing`` that the tool does not own."""
         if not existing:
             return self
@@ -134,7 +135,7 @@ class Manifest:
         return (json.dumps(document, ensure_ascii=False) + "\n").encode("utf-8", "surrogateescape")
 
     @classmethod
-    def from_document(cls, document: dict[str, Any]) -> "Manifest":
+    def from_document(cls, document: dict[str, Any]) -> Manifest:
         """Raises ValueError/TypeError/KeyError for anything not of the expected shape."""
         checksums = document["checksums"]
         fingerprints = document.get("fingerprints", {})
@@ -171,7 +172,7 @@ def read_manifest_document(path: Path) -> dict[str, Any] | None:
     try:
         raw = read_regular_file(path.parent, path.name, max_bytes=MAX_MANIFEST_BYTES)
         document = json.loads(raw.decode("utf-8", "surrogateescape"))
-    except Exception:       # untrusted bytes: any failure (incl. RecursionError) means "no manifest"
+    except (GenerationError, ValueError, RecursionError):   # untrusted bytes: "no manifest"
         return None
     return document if isinstance(document, dict) else None
 
@@ -181,7 +182,7 @@ def read_manifest_head(path: Path) -> ManifestHead | Manifest | None:
     (an older or the application's) is read whole. None if missing or unreadable."""
     try:
         prefix = read_prefix(path.parent, path.name, HEAD_BYTES).decode("utf-8", "surrogateescape")
-    except Exception:       # untrusted bytes: any failure means "no manifest"
+    except GenerationError:     # missing, not a regular file, unreadable: "no manifest"
         return None
     end = prefix.find(_HEAD_END)
     if prefix.startswith('{"format": ') and end > 0:

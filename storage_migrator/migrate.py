@@ -13,7 +13,14 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from .config import Settings
-from .db import count_generations, create_database_engine, first_line, iter_project_ids, iter_project_records, load_output_files
+from .db import (
+    count_generations,
+    create_database_engine,
+    first_line,
+    iter_project_ids,
+    iter_project_records,
+    load_output_files,
+)
 from .errors import GenerationError
 from .execute import Executor
 from .fsops import empty_trash, prepare_state_dir, recover_moving

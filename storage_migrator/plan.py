@@ -265,7 +265,7 @@ def _decide_on_disk(
     if generation.status != "completed":
         return Action.UNCHANGED, None       # a failed generation gets no diff
     if not _summary_is_ours(generation, expected_from):
-        return Action.REFRESH, f"diff must be taken from {'v%d' % expected_from if expected_from else 'nothing'}"
+        return Action.REFRESH, f"diff must be taken from {f'v{expected_from}' if expected_from else 'nothing'}"
     if disk.patch_versions != ((expected_from,) if expected_from else ()):
         return Action.REFRESH, "patch file missing or stale"
     return Action.UNCHANGED, None
@@ -337,13 +337,12 @@ def _decide_generation(
         else layout.target_storage_path(generation.project_id, version, generation.id),
         from_version=previous.generation.version if previous and generation.status == "completed" else None,
     )
-    keep_row = {"storage_path": generation.storage_path, "from_version": None}
     if generation.is_unfinished:
-        return replace(base, reason=f"status is {generation.status}: the application may still be writing it; "
-                       "a later resync picks it up", **keep_row)
+        return _row_as_is(base, reason=f"status is {generation.status}: the application may still be writing it; "
+                       "a later resync picks it up")
     if disk.legacy_kind == LegacyKind.OTHER:
-        return replace(base, action=Action.FAIL, reason=f"{base.legacy_dir} is not a folder (a symlink or a file); "
-                       "it is never followed — replace it with the real folder", **keep_row)
+        return _row_as_is(base, action=Action.FAIL, reason=f"{base.legacy_dir} is not a folder (a symlink or a file); "
+                       "it is never followed — replace it with the real folder")
     if disk.source_exists:
         leftover = None
         if disk.legacy_kind == LegacyKind.DIR:
@@ -360,14 +359,19 @@ def _decide_generation(
     if disk.legacy_kind == LegacyKind.DIR:
         return replace(base, action=Action.MOVE, content_changes=True)
     if disk.archived:
-        return replace(base, reason="archived by the application (archive/ folder); left as it is", **keep_row)
+        return _row_as_is(base, reason="archived by the application (archive/ folder); left as it is")
     if generation.has_output_files:
         return replace(base, action=Action.REBUILD, reason="folder missing; rebuilt from the output_files column",
                        content_changes=True)
     if generation.status == "completed":
-        return replace(base, action=Action.FAIL, reason=f"completed, but {base.legacy_dir} is missing and "
-                       "output_files is empty: restore the folder from a backup", **keep_row)
-    return replace(base, reason=f"status is {generation.status} and there are no files to move", **keep_row)
+        return _row_as_is(base, action=Action.FAIL, reason=f"completed, but {base.legacy_dir} is missing and "
+                       "output_files is empty: restore the folder from a backup")
+    return _row_as_is(base, reason=f"status is {generation.status} and there are no files to move")
+
+
+def _row_as_is(plan: GenerationPlan, *, action: Action = Action.SKIP, reason: str) -> GenerationPlan:
+    """A generation the run leaves where it is: its row's ``storage_path`` stays, no diff."""
+    return replace(plan, action=action, reason=reason, storage_path=plan.generation.storage_path, from_version=None)
 
 
 def plan_project(

@@ -7,7 +7,6 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
 from . import diff
 from .config import Settings
 from .db import load_projects

@@ -72,7 +72,7 @@ class GenerationUpdate:
     version: int | None
 
     @classmethod
-    def from_row(cls, row: GenerationRow, **changes: Any) -> "GenerationUpdate":
+    def from_row(cls, row: GenerationRow, **changes: Any) -> GenerationUpdate:
         """The row's current values with ``changes`` applied: callers name only what they change."""
         values = {name: getattr(row, name) for name in OWNED_GENERATION_COLUMNS}
         values.update(changes)

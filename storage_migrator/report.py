@@ -130,7 +130,7 @@ class RunReport:
         if self.keep_all or outcome.failed or outcome.skipped:
             self.outcomes.append(outcome)
 
-    def merge(self, other: "RunReport") -> None:
+    def merge(self, other: RunReport) -> None:
         """Fold a worker's report into this one (its lines were already filtered the same way)."""
         self.outcomes.extend(other.outcomes)
         self.leftovers.extend(other.leftovers)
@@ -141,7 +141,7 @@ class RunReport:
         self.error = self.error or other.error
         self.interrupted = self.interrupted or other.interrupted
 
-    def finish(self) -> "RunReport":
+    def finish(self) -> RunReport:
         self.finished = time.monotonic()
         return self
 

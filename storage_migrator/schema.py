@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import TYPE_CHECKING, TextIO
 
 from .config import normalize_database_url
 from .errors import UsageError
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -24,7 +28,7 @@ def script_location() -> Path:
     raise UsageError("the migration scripts are missing from this installation; reinstall storage-migrator")
 
 
-def alembic_config(database_url: str, output: io.TextIOBase | None = None):  # -> alembic.config.Config
+def alembic_config(database_url: str, output: TextIO | None = None) -> Config:
     """An Alembic config pointing at the shipped scripts and at ``database_url``."""
     from alembic.config import Config
 

@@ -316,9 +316,6 @@ def flat_path_files(root: Path, generation_id: str) -> dict[str, str] | None:
     return regular_files(real)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: a generation whose manifest write fails after the move stays moved with no legacy link, "
-    "so <ROOT>/<id> (and its storage_path) leads nowhere until a rerun"))
 def test_full_disk_leaves_every_generation_reachable_by_the_application(sqlite_url: str, tmp_path: Path,
                                                                          tmpfs) -> None:
     disk = tmpfs(tmp_path / "disk", size="24m")

@@ -85,7 +85,7 @@ def plan_projects(size: SampleSize, seed: int) -> list[ProjectBlueprint]:
     roles = [_role_of(index, size.projects) for index in range(size.projects)]
     counts = _generation_counts(roles, size, seed)
     blueprints = []
-    for index, (role, count) in enumerate(zip(roles, counts)):
+    for index, (role, count) in enumerate(zip(roles, counts, strict=True)):
         rng = random.Random(f"plan:{seed}:{index}")
         kinds, tie_at = _generation_kinds(role, count, rng)
         blueprints.append(ProjectBlueprint(index, sample_uuid(seed, "project", index), role, kinds, tie_at))
@@ -103,11 +103,11 @@ def _generation_counts(roles: list[ProjectRole], size: SampleSize, seed: int) ->
     for position, index in enumerate(evolving):
         counts[index] = remaining // len(evolving) + (1 if position < remaining % len(evolving) else 0)
     rng = random.Random(f"counts:{seed}")
-    for first, second in zip(evolving[0::2], evolving[1::2]):
+    for first, second in zip(evolving[0::2], evolving[1::2], strict=False):
         delta = rng.randint(0, min(counts[first], counts[second]) // 3)
         counts[first] += delta
         counts[second] -= delta
-    return [max(count, _MIN_GENERATIONS.get(role, 0)) for count, role in zip(counts, roles)]
+    return [max(count, _MIN_GENERATIONS.get(role, 0)) for count, role in zip(counts, roles, strict=True)]
 
 
 def _generation_kinds(role: ProjectRole, count: int, rng: random.Random) -> tuple[tuple[GenerationKind, ...], int | None]:
@@ -123,8 +123,8 @@ def _generation_kinds(role: ProjectRole, count: int, rng: random.Random) -> tupl
                 GenerationKind.COMPLETED_MISSING_FOLDER)
         return (*head, *(completed,) * (count - len(head) - 1), GenerationKind.PENDING), 2
     if role is ProjectRole.PARTIAL_PROCESSING:
-        head = (completed, GenerationKind.FAILED_PARTIAL_FOLDER)
-        return (*head, *(completed,) * (count - len(head) - 1), GenerationKind.PROCESSING), None
+        start = (completed, GenerationKind.FAILED_PARTIAL_FOLDER)
+        return (*start, *(completed,) * (count - len(start) - 1), GenerationKind.PROCESSING), None
     return tuple(_regular_kind(rng) for _ in range(count)), None
 
 

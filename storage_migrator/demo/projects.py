@@ -73,7 +73,7 @@ def _project_generations(blueprint: ProjectBlueprint, seed: int, size: SampleSiz
             build_generation_row(ids[position], project_row, kind, created_at, prompt, tree, store_output_files, rng),
             tied,
         )
-        if tied and position == blueprint.tie_at - 1:
+        if tied and blueprint.tie_at is not None and position == blueprint.tie_at - 1:
             held_back.append(generation)
             continue
         yield generation
