@@ -33,7 +33,9 @@ from .fsops import (
     make_dirs,
     move_tree,
     remove_symlink,
+    remove_temp_files,
     rename_dir,
+    rename_entry,
     replace_symlink,
 )
 from .layout import (
@@ -251,7 +253,7 @@ class Executor:
         source = source_dir(_target(plan))
         if _is_real_dir(source) and not os.path.lexists(_legacy(plan)):
             try:
-                os.rename(source, _legacy(plan))
+                rename_entry(source, _legacy(plan))
             except OSError:
                 pass
 
@@ -304,7 +306,7 @@ class Executor:
                 atomic_write_bytes(destination, content.encode("utf-8", "surrogateescape"))
                 adopt_owner(destination, self.layout.root)
                 os.utime(destination, ns=(timestamp_ns, timestamp_ns))
-            os.rename(staging, source_dir(target))
+            rename_entry(staging, source_dir(target))
         except UnsafePathComponent as error:
             discard_partial(staging)
             raise GenerationError(f"output_files holds an unsafe path: {error}") from None
@@ -322,6 +324,7 @@ class Executor:
         generation gets a manifest but no diff: it is never compared."""
         generation = plan.generation
         target = _target(plan)
+        remove_temp_files(target)
         if not os.path.isdir(artifacts_dir(target)):
             for created in make_dirs(artifacts_dir(target)):  # a folder put in place by hand or by an older run
                 adopt_owner(created, self.layout.root)
@@ -375,6 +378,7 @@ class Executor:
         generations_dir = self.layout.generations_dir(plan.project_id)
         if not generations_dir.is_dir() or generations_dir.is_symlink():
             return
+        remove_temp_files(generations_dir)
         link = self.layout.active_link(plan.project_id)
         active = next((p for p in plan.generations if p.id == plan.active_generation_id), None)
         if active is not None and active.target_dir is not None and _is_real_dir(source_dir(active.target_dir)):

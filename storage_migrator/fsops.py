@@ -22,8 +22,17 @@ from typing import BinaryIO
 
 from .errors import GenerationError, UsageError
 from .faults import checkpoint
-from .layout import HELD_SEPARATOR, MOVING_DIR, TRASH_DIR, temp_path
-from .tree import CHUNK_SIZE, TreeSnapshot, open_regular_file, sha256_file, walk_dirs, walk_files
+from .layout import HELD_SEPARATOR, MOVING_DIR, TRASH_DIR, is_temp_name
+from .tree import (
+    CHUNK_SIZE,
+    TreeSnapshot,
+    anchored_path,
+    below_storage_root,
+    open_regular_file,
+    sha256_file,
+    walk_dirs,
+    walk_files,
+)
 
 WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
 
@@ -56,16 +65,13 @@ def flush_to_disk() -> None:
 
 
 def atomic_write(final: Path, write: Callable[[BinaryIO], object]) -> None:
-    """Write ``final`` through a temp sibling and rename it into place (durable at the next
+    """Write ``final`` through a temp sibling (a name only the tool uses) and rename it into
+    place, resolved below ROOT without following any symlink (durable at the next
     ``flush_to_disk``)."""
-    temporary = temp_path(final)
     try:
-        descriptor = os.open(temporary, WRITE_FLAGS, 0o644)
-        with os.fdopen(descriptor, "wb") as stream:
-            write(stream)
-        os.replace(temporary, final)
+        with anchored_path(final) as (root, parts):
+            root.write_atomic(parts, write, mode=0o644, fsync=False)
     except OSError as error:
-        _remove_quietly(temporary)
         raise GenerationError(describe_os_error(error, "write", final)) from error
 
 
@@ -74,16 +80,14 @@ def atomic_write_bytes(final: Path, content: bytes) -> None:
 
 
 def replace_symlink(link: Path, target_name: str) -> None:
-    """Point ``link`` at ``target_name`` (relative) in one rename; readers never see it missing."""
-    if link.is_symlink() and os.readlink(link) == target_name:
-        return
-    temporary = temp_path(link)
-    _remove_quietly(temporary)
+    """Point ``link`` at ``target_name`` (relative) in one rename; readers never see it missing.
+    Only a link is ever replaced, never a file or a folder."""
     try:
-        os.symlink(target_name, temporary)
-        os.replace(temporary, link)
+        if os.path.islink(link) and os.readlink(link) == target_name:
+            return
+        with anchored_path(link) as (root, parts):
+            root.symlink(parts, target_name)
     except OSError as error:
-        _remove_quietly(temporary)
         raise GenerationError(describe_os_error(error, "set the link", link)) from error
 
 
@@ -96,7 +100,8 @@ def make_dirs(path: Path) -> list[Path]:
         missing.append(current)
         current = current.parent
     try:
-        path.mkdir(parents=True, exist_ok=True)
+        with anchored_path(path) as (root, parts):
+            root.makedirs(parts)
     except OSError as error:
         raise GenerationError(describe_os_error(error, "create", path)) from error
     return list(reversed(missing))
@@ -116,9 +121,20 @@ def adopt_owner(path: Path, like: Path) -> None:
         raise GenerationError(describe_os_error(error, "set the owner of", path)) from error
 
 
+def rename_entry(source: Path, destination: Path) -> None:
+    """One rename(2) whose both ends are resolved below ROOT without following a symlink (plain
+    ``os.rename`` outside ROOT, e.g. in tests). Raises OSError (EXDEV across filesystems)."""
+    confined = below_storage_root(source, destination)
+    if confined is None:
+        os.rename(source, destination)
+        return
+    root, (source_parts, destination_parts) = confined
+    root.rename(source_parts, destination_parts, overwrite=True)
+
+
 def rename_dir(source: Path, destination: Path) -> None:
     try:
-        os.rename(source, destination)
+        rename_entry(source, destination)
     except OSError as error:
         raise GenerationError(describe_os_error(error, "rename", source)) from error
 
@@ -145,7 +161,7 @@ def move_tree(source: Path, destination: Path, expected: TreeSnapshot, state_dir
     (``recover_moving``).
     """
     try:
-        os.rename(source, destination)
+        rename_entry(source, destination)
         return False
     except OSError as error:
         if error.errno != errno.EXDEV:
@@ -162,15 +178,15 @@ def move_tree(source: Path, destination: Path, expected: TreeSnapshot, state_dir
         raise
     held = _hold_aside(source, state_dir)
     if _fingerprints(held) != {path: (record.size, record.mtime_ns) for path, record in expected.files.items()}:
-        os.rename(held, source)
+        rename_entry(held, source)
         discard_partial(staging)
         raise GenerationError(f"files in {source} changed while it was copied (the application is writing it); "
                               "left where it was — the next run retries")
     try:
-        os.rename(staging, destination)
+        rename_entry(staging, destination)
         fsync_dir(destination.parent)
     except OSError as error:
-        os.rename(held, source)
+        rename_entry(held, source)
         discard_partial(staging)
         raise GenerationError(describe_os_error(error, "move to", destination)) from error
     checkpoint("copy-in-place")
@@ -184,7 +200,7 @@ def _hold_aside(source: Path, state_dir: Path) -> Path:
     holding.mkdir(parents=True, exist_ok=True)
     held = holding / f"{source.name}{HELD_SEPARATOR}{time.time_ns()}"
     try:
-        os.rename(source, held)
+        rename_entry(source, held)
     except OSError as error:
         raise GenerationError(describe_os_error(error, "move aside", source)) from error
     return held
@@ -206,7 +222,7 @@ def recover_moving(root: Path, state_dir: Path) -> None:
     for name in sorted(os.listdir(holding)):
         original = name.rpartition(HELD_SEPARATOR)[0]
         if original and not os.path.lexists(root / original):
-            os.rename(holding / name, root / original)
+            rename_entry(holding / name, root / original)
 
 
 def copy_tree_verified(source: Path, destination: Path, expected: TreeSnapshot) -> None:
@@ -283,7 +299,7 @@ def discard_tree(path: Path, trash_dir: Path) -> None:
         raise GenerationError(f"{trash_dir} is not a real folder; nothing is removed — rerun")
     entry = trash_dir / f"{path.name}.{os.getpid()}.{time.time_ns()}"
     try:
-        os.rename(path, entry)
+        rename_entry(path, entry)
     except OSError as error:
         raise GenerationError(describe_os_error(error, "remove", path)) from error
     remove_tree(entry)
@@ -326,6 +342,18 @@ def empty_trash(trash_dir: Path) -> None:
                 remove_tree(entry)
             else:
                 _remove_quietly(entry)
+
+
+def remove_temp_files(folder: Path) -> None:
+    """Remove what a killed write left in ``folder``: the tool's temp files and temp links
+    (never a folder, never anything else)."""
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return
+    for name in names:
+        if is_temp_name(name) and not _is_real_dir(folder / name):
+            _remove_quietly(folder / name)
 
 
 def _remove_quietly(path: Path) -> None:

@@ -23,7 +23,7 @@ MOVING_DIR = "moving"
 HELD_SEPARATOR = ".held-"
 LOCK_FILE = "lock"
 PARTIAL_SOURCE_DIR = ".source.partial"
-TEMP_SUFFIX = ".storage-migrate.tmp"
+TEMP_SUFFIX = ".storage-migrate-tmp"   # the same suffix rootfs gives its temp files
 MAX_COMPONENT_LENGTH = 255
 
 _CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f]")
@@ -217,10 +217,9 @@ def partial_source_dir(target_dir: Path) -> Path:
     return target_dir / PARTIAL_SOURCE_DIR
 
 
-def temp_path(final: Path) -> Path:
-    """The sibling a file is written to before an atomic rename onto ``final``. The suffix is
-    the tool's own, so it cannot be a file the application wrote (``.config.yml.tmp``)."""
-    return final.with_name(f".{final.name}{TEMP_SUFFIX}")
+def is_temp_name(name: str) -> bool:
+    """A temp file or link the tool writes before a rename; a leftover is a killed write."""
+    return name.startswith(".") and name.endswith(TEMP_SUFFIX)
 
 
 def is_tool_written(name: str) -> bool:
@@ -229,7 +228,7 @@ def is_tool_written(name: str) -> bool:
     return (
         name in (MANIFEST_FILE, PARTIAL_SOURCE_DIR)
         or parse_patch_file_name(name) is not None
-        or (name.startswith(".") and name.endswith(TEMP_SUFFIX))
+        or is_temp_name(name)
     )
 
 

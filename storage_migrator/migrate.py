@@ -23,7 +23,7 @@ from .db import (
 )
 from .errors import GenerationError
 from .execute import Executor
-from .fsops import empty_trash, prepare_state_dir, recover_moving
+from .fsops import empty_trash, prepare_state_dir, recover_moving, remove_temp_files
 from .installation import Installation, open_installation
 from .layout import StorageLayout
 from .lock import RunLock
@@ -138,6 +138,7 @@ def _carry_out(installation: Installation, report: RunReport, options: RunOption
     prepare_state_dir(layout.state_dir)
     recover_moving(layout.root, layout.state_dir)
     empty_trash(layout.trash_dir)
+    remove_temp_files(layout.root)          # a legacy link's temp a killed run left
     tick = progress(count_generations(engine)) if progress else (lambda count: None)
     if workers > 1 and only is None:
         _carry_out_in_workers(layout, engine, report, options, tick, workers)

@@ -21,6 +21,7 @@ from .layout import (
     StorageLayout,
     UnsafePathComponent,
     check_path_component,
+    is_temp_name,
     manifest_path,
     parse_patch_file_name,
     source_dir,
@@ -90,6 +91,7 @@ class DiskState:
     patch_versions: tuple[int, ...]  # the P of every diff_from_vP.patch in the target folder
     fingerprints_match: bool | None  # None when not checked
     archived: bool = False           # <ROOT>/<project>/archive/v<N>__<id>/ exists
+    has_temp_files: bool = False     # a killed write left a temp file beside source/
 
 
 @dataclass(frozen=True)
@@ -187,10 +189,13 @@ def probe_disk(layout: StorageLayout, generation: GenerationRow, check_fingerpri
     source_exists = target_exists and _is_real_dir(source_dir(target))
     manifest = read_manifest_head(manifest_path(target)) if source_exists else None
     patch_versions: tuple[int, ...] = ()
+    has_temp_files = False
     if target_exists:
+        names = os.listdir(target)
         patch_versions = tuple(sorted(
-            version for name in os.listdir(target) if (version := parse_patch_file_name(name)) is not None
+            version for name in names if (version := parse_patch_file_name(name)) is not None
         ))
+        has_temp_files = any(is_temp_name(name) for name in names)
     fingerprints_match: bool | None = None
     if check_fingerprints and manifest is not None:
         try:
@@ -199,7 +204,8 @@ def probe_disk(layout: StorageLayout, generation: GenerationRow, check_fingerpri
             fingerprints_match = False
     archived = not source_exists and _is_real_dir(
         layout.archive_dir(generation.project_id, generation.version or 0, generation.id))
-    return DiskState(legacy_kind, target_exists, source_exists, manifest, patch_versions, fingerprints_match, archived)
+    return DiskState(legacy_kind, target_exists, source_exists, manifest, patch_versions, fingerprints_match, archived,
+                     has_temp_files)
 
 
 def _sort_key(generation: GenerationRow) -> tuple[datetime, str]:
@@ -258,6 +264,8 @@ def _decide_on_disk(
         return Action.REFRESH, "manifest missing, unreadable or written by the application"
     if disk.fingerprints_match is False:
         return Action.REFRESH, "files changed on disk"
+    if disk.has_temp_files:
+        return Action.REFRESH, "an interrupted write left a temp file"
     if not path_is_right:
         return Action.REFRESH, "storage_path not written yet"
     if disk.manifest.file_count != generation.file_count or disk.manifest.total_size_bytes != generation.total_size_bytes:

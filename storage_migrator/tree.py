@@ -15,6 +15,7 @@ import hashlib
 import os
 import stat
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -106,6 +107,32 @@ def _anchored(directory: Path | str) -> tuple[rootfs.Root, tuple[str, ...], bool
         return rootfs.Root.open(absolute), (), True
     except OSError as error:
         raise GenerationError(f"cannot open {directory}: {error.strerror}") from error
+
+
+@contextmanager
+def anchored_path(path: Path | str) -> Iterator[tuple[rootfs.Root, tuple[str, ...]]]:
+    """``path`` as (root, parts) for ``rootfs``: below the registered ROOT when it lies there
+    (so every component is resolved without following a symlink), else below its own parent."""
+    parent, name = os.path.split(os.path.abspath(path))
+    anchor, parts, owned = _anchored(parent)
+    try:
+        yield anchor, (*parts, name)
+    finally:
+        if owned:
+            anchor.close()
+
+
+def below_storage_root(*paths: Path | str) -> tuple[rootfs.Root, list[tuple[str, ...]]] | None:
+    """The registered ROOT and each path's parts below it, if every path lies below it."""
+    if _storage_root is None:
+        return None
+    found = []
+    for path in paths:
+        relative = os.path.relpath(os.path.abspath(path), _storage_root.path)
+        if relative in (".", "..") or relative.startswith(".." + os.sep):
+            return None
+        found.append(tuple(relative.split(os.sep)))
+    return _storage_root, found
 
 
 def _walk_entries(root: Path | str) -> Iterator[tuple[str, os.stat_result, int, str]]:
