@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from storage_migrator.faults import PAUSE_AT_VARIABLE
+
 from .sandbox import Installation, build_installation, run_cli
+from .test_lock_and_database_loss import _wait_until_stopped as wait_until_stopped
 from .test_sync import execute, rows
 
 
@@ -129,3 +136,70 @@ def test_read_only_commands_create_no_database(installation: Installation, tmp_p
         result = run_cli(installation, command, extra_environment={"DATABASE_URL": f"sqlite:///{missing}"})
         assert result.returncode == 2 and "Traceback" not in result.stderr
     assert not missing.exists() and not missing.parent.exists()
+
+
+@pytest.mark.parametrize("signal_number", [signal.SIGINT, signal.SIGTERM])
+def test_interrupt_reports_what_was_done_and_exits_130(installation: Installation, signal_number: int) -> None:
+    environment = {**installation.cli_environment(), PAUSE_AT_VARIABLE: "12"}
+    process = subprocess.Popen([sys.executable, "-m", "storage_migrator", "--json", "run", "--workers", "1"],
+                               env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until_stopped(process)
+        process.send_signal(signal_number)
+        process.send_signal(signal.SIGCONT)
+        stdout, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    document = json.loads(stdout)
+    assert document["interrupted"] is True and document["migrated"] >= 1
+    rerun = run_cli(installation, "run")
+    assert rerun.returncode == 0, rerun.stderr
+    assert run_cli(installation, "verify").returncode == 0
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="changing owners needs root")
+def test_a_run_as_root_leaves_storage_the_application_can_write(installation: Installation) -> None:
+    application_user = 65534
+    for path in [installation.root, *installation.root.rglob("*")]:
+        os.chown(path, application_user, application_user, follow_symlinks=False)
+    assert run_cli(installation, "run").returncode == 0
+    created = [path for path in installation.root.rglob("*") if ".storage-migrate" not in path.parts]
+    wrong = [str(path) for path in created if path.lstat().st_uid != application_user]
+    assert created and not wrong, wrong[:5]
+
+
+def test_rollback_after_a_version_change_moves_and_reports_truthfully(installation: Installation) -> None:
+    assert run_cli(installation, "run").returncode == 0
+    generation_id, project_id, version = rows(
+        installation, "SELECT id, project_id, version FROM generations WHERE status = 'completed' "
+        "AND storage_path LIKE '%/generations/%' ORDER BY project_id, version")[0]
+    execute(installation, "UPDATE generations SET version = :v WHERE id = :id", v=version + 100, id=generation_id)
+    result = run_cli(installation, "--json", "rollback")
+    assert "Traceback" not in result.stderr
+    entry = {g["id"]: g for g in json.loads(result.stdout)["generations"]}[generation_id]
+    assert entry["action"] == "restored"
+    assert (installation.root / generation_id).is_dir() and not (installation.root / generation_id).is_symlink()
+    assert not (installation.root / project_id / "generations" / f"v{version}__{generation_id}").exists()
+
+
+def test_rebuild_keeps_every_file_and_fails_alone_on_a_lone_surrogate(installation: Installation) -> None:
+    ids = [row[0] for row in rows(installation, "SELECT id FROM generations WHERE status = 'completed' "
+                                  "ORDER BY project_id, version")]
+    fine, broken = ids[0], ids[1]
+    for generation_id in (fine, broken):
+        shutil.rmtree(installation.root / generation_id)
+    execute(installation, "UPDATE generations SET output_files = :files WHERE id = :id", id=fine,
+            files=json.dumps({"config.yml": "a: 1\n", ".config.yml.tmp": "draft\n", "app/main.py": "print(1)\n"}))
+    execute(installation, "UPDATE generations SET output_files = :files WHERE id = :id", id=broken,
+            files='{"bad\\ud800.py": "x", "ok.py": "\\ud800"}')
+    result = run_cli(installation, "--json", "run")
+    assert "Traceback" not in result.stderr, result.stderr
+    entries = {g["id"]: g for g in json.loads(result.stdout)["generations"]}
+    assert entries[fine]["action"] == "rebuilt"
+    assert entries[broken]["action"] == "failed" and result.returncode == 1
+    source = installation.root / fine / ""
+    assert sorted(os.listdir(source)) == [".config.yml.tmp", "app", "config.yml"]
