@@ -56,7 +56,7 @@ from .manifest import Manifest, ManifestHead, fingerprint_digest, read_manifest_
 from .plan import Action, GenerationPlan, ProjectPlan, is_legacy_link_text
 from .records import GenerationRow, GenerationUpdate, ProjectUpdate
 from .report import GenerationOutcome, Outcome, RunReport
-from .tree import TreeSnapshot, fingerprint_tree, git_blob_id_file, read_regular_file, scan_tree
+from .tree import TreeSnapshot, fingerprint_tree, git_blob_id_file, is_real_dir, read_regular_file, scan_tree
 
 
 @dataclass
@@ -209,7 +209,7 @@ class Executor:
             return
         generation = plan.generation
         old = self.layout.target_dir(generation.project_id, plan.renumbered_from, generation.id)
-        if _is_real_dir(old) and not os.path.lexists(_target(plan)):
+        if is_real_dir(old) and not os.path.lexists(_target(plan)):
             rename_dir(old, _target(plan))
             checkpoint("renumbered")
 
@@ -251,7 +251,7 @@ class Executor:
         where its row says they are. Across filesystems the rename is refused and the verified
         copy stays in place for the next run."""
         source = source_dir(_target(plan))
-        if _is_real_dir(source) and not os.path.lexists(_legacy(plan)):
+        if is_real_dir(source) and not os.path.lexists(_legacy(plan)):
             try:
                 rename_entry(source, _legacy(plan))
             except OSError:
@@ -278,7 +278,7 @@ class Executor:
                         f"the target {target} already exists and holds {entry.name!r}, which this tool did "
                         "not write: move it away and rerun"
                     )
-        owner_like = plan.legacy_dir if plan.legacy_dir is not None and _is_real_dir(plan.legacy_dir) else self.layout.root
+        owner_like = plan.legacy_dir if plan.legacy_dir is not None and is_real_dir(plan.legacy_dir) else self.layout.root
         for created in make_dirs(artifacts_dir(target)):
             adopt_owner(created, owner_like)
 
@@ -365,7 +365,7 @@ class Executor:
         ours = current is not None and is_legacy_link_text(self.layout, generation, current)
         if os.path.lexists(link) and not ours:
             return
-        if self.legacy_links and _is_real_dir(source_dir(_target(plan))):
+        if self.legacy_links and is_real_dir(source_dir(_target(plan))):
             if current != expected:
                 replace_symlink(link, expected)
                 adopt_owner(link, self.layout.root)
@@ -381,7 +381,7 @@ class Executor:
         remove_temp_files(generations_dir)
         link = self.layout.active_link(plan.project_id)
         active = next((p for p in plan.generations if p.id == plan.active_generation_id), None)
-        if active is not None and active.target_dir is not None and _is_real_dir(source_dir(active.target_dir)):
+        if active is not None and active.target_dir is not None and is_real_dir(source_dir(active.target_dir)):
             try:
                 replace_symlink(link, active.target_dir.name)
                 adopt_owner(link, self.layout.root)
@@ -400,8 +400,6 @@ def _merged_summary(generation: GenerationRow, summary: diff.ChangeSummary | Non
     return {**generation.summary, **summary.to_json()}
 
 
-def _is_real_dir(path: Path) -> bool:
-    return os.path.isdir(path) and not os.path.islink(path)
 
 
 def _target(plan: GenerationPlan) -> Path:
@@ -454,7 +452,7 @@ def _remove_patches(target: Path, keep: int | None) -> None:
     """Remove the tool's stale patches; a directory of that name is not the tool's and stays."""
     for entry in target.iterdir():
         version = parse_patch_file_name(entry.name)
-        if version is not None and version != keep and not _is_real_dir(entry):
+        if version is not None and version != keep and not is_real_dir(entry):
             entry.unlink()
 
 

@@ -28,6 +28,7 @@ from .tree import (
     TreeSnapshot,
     anchored_path,
     below_storage_root,
+    is_real_dir,
     open_regular_file,
     sha256_file,
     walk_dirs,
@@ -281,21 +282,16 @@ def prepare_state_dir(state_dir: Path) -> None:
             pass
         except OSError as error:
             raise UsageError(describe_os_error(error, "create", folder)) from None
-        if not _is_real_dir(folder):
+        if not is_real_dir(folder):
             raise UsageError(f"{folder} is not a real folder (a symlink is never followed); remove it and rerun")
 
 
-def _is_real_dir(path: Path) -> bool:
-    try:
-        return stat.S_ISDIR(os.lstat(path).st_mode)
-    except OSError:
-        return False
 
 
 def discard_tree(path: Path, trash_dir: Path) -> None:
     """Remove ``path`` by renaming it into the trash first (one rename: a crash never leaves a
     half-deleted folder in view), then deleting the trash entry."""
-    if not _is_real_dir(trash_dir):
+    if not is_real_dir(trash_dir):
         raise GenerationError(f"{trash_dir} is not a real folder; nothing is removed — rerun")
     entry = trash_dir / f"{path.name}.{os.getpid()}.{time.time_ns()}"
     try:
@@ -308,7 +304,7 @@ def discard_tree(path: Path, trash_dir: Path) -> None:
 def remove_tree(path: Path) -> None:
     """Delete a folder the tool owns (a trash entry, a staging copy) without following any
     symlink, iteratively, so a tree thousands of levels deep is no problem."""
-    if not _is_real_dir(path):
+    if not is_real_dir(path):
         return
     stack = [os.fspath(path)]
     while stack:
@@ -335,10 +331,10 @@ def remove_tree(path: Path) -> None:
 
 def empty_trash(trash_dir: Path) -> None:
     """Finish deletions a killed run began; everything in the trash has a verified copy."""
-    if _is_real_dir(trash_dir):
+    if is_real_dir(trash_dir):
         for name in os.listdir(trash_dir):
             entry = trash_dir / name
-            if _is_real_dir(entry):
+            if is_real_dir(entry):
                 remove_tree(entry)
             else:
                 _remove_quietly(entry)
@@ -352,7 +348,7 @@ def remove_temp_files(folder: Path) -> None:
     except OSError:
         return
     for name in names:
-        if is_temp_name(name) and not _is_real_dir(folder / name):
+        if is_temp_name(name) and not is_real_dir(folder / name):
             _remove_quietly(folder / name)
 
 

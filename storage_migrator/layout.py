@@ -217,6 +217,16 @@ def partial_source_dir(target_dir: Path) -> Path:
     return target_dir / PARTIAL_SOURCE_DIR
 
 
+def is_utf8_name(name: str) -> bool:
+    """A name read from disk that valid UTF-8 spells (else it holds surrogate escapes and can
+    be no row's id)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def is_temp_name(name: str) -> bool:
     """A temp file or link the tool writes before a rename; a leftover is a killed write."""
     return name.startswith(".") and name.endswith(TEMP_SUFFIX)

@@ -7,22 +7,17 @@ with the number of generations. A name that is not valid UTF-8 cannot be a row's
 from __future__ import annotations
 
 import os
-import stat
 from collections.abc import Iterator
 
 from sqlalchemy.engine import Engine
 
 from .db import existing_generation_ids
-from .layout import ARCHIVE_DIR, GENERATIONS_DIR, StorageLayout, parse_target_dir_name
+from .layout import ARCHIVE_DIR, GENERATIONS_DIR, StorageLayout, is_utf8_name, parse_target_dir_name
+from .tree import is_real_dir
 
 ORPHAN_LOOKUP_BATCH = 500
 
 
-def _is_real_dir(path: str) -> bool:
-    try:
-        return stat.S_ISDIR(os.lstat(path).st_mode)
-    except OSError:
-        return False
 
 
 def _sorted_names(path: str) -> list[str]:
@@ -37,24 +32,18 @@ def _candidates(layout: StorageLayout) -> Iterator[tuple[str, str]]:
     root = os.fspath(layout.root)
     for name in _sorted_names(root):
         entry = os.path.join(root, name)
-        if name.startswith(".") or not _is_real_dir(entry):
+        if name.startswith(".") or not is_real_dir(entry):
             continue
         generations_dir = os.path.join(entry, GENERATIONS_DIR)
-        if _is_real_dir(generations_dir):
+        if is_real_dir(generations_dir):
             for child in (*_sorted_names(generations_dir),):
                 parsed = parse_target_dir_name(child)
-                if parsed is not None and _is_real_dir(os.path.join(generations_dir, child)):
+                if parsed is not None and is_real_dir(os.path.join(generations_dir, child)):
                     yield parsed[1], os.path.join(generations_dir, child)
-        elif not _is_real_dir(os.path.join(entry, ARCHIVE_DIR)):
+        elif not is_real_dir(os.path.join(entry, ARCHIVE_DIR)):
             yield name, entry
 
 
-def _is_utf8(name: str) -> bool:
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def find_orphans(layout: StorageLayout, engine: Engine) -> list[str]:
@@ -67,7 +56,7 @@ def find_orphans(layout: StorageLayout, engine: Engine) -> list[str]:
         batch.clear()
 
     for generation_id, folder in _candidates(layout):
-        if not _is_utf8(generation_id):
+        if not is_utf8_name(generation_id):
             orphans.append(os.fsencode(folder).decode("utf-8", "backslashreplace"))
             continue
         batch.append((generation_id, folder))

@@ -29,7 +29,7 @@ from .layout import (
 from .manifest import Manifest, ManifestHead, fingerprint_digest, read_manifest_head
 from .records import GenerationRow, ProjectRecord
 from .report import Outcome, Tally
-from .tree import fingerprint_tree
+from .tree import fingerprint_tree, is_real_dir
 
 
 class Action(str, Enum):
@@ -172,11 +172,6 @@ def is_legacy_link_text(layout: StorageLayout, generation: GenerationRow, text: 
     return parts[1] == GENERATIONS_DIR and parsed is not None and parsed[1] == generation.id
 
 
-def _is_real_dir(path: Path) -> bool:
-    try:
-        return stat.S_ISDIR(os.lstat(path).st_mode)
-    except OSError:
-        return False
 
 
 def probe_disk(layout: StorageLayout, generation: GenerationRow, check_fingerprints: bool) -> DiskState:
@@ -184,9 +179,9 @@ def probe_disk(layout: StorageLayout, generation: GenerationRow, check_fingerpri
     also one lstat per file (resync), never file content. Nothing here follows a symlink."""
     legacy_kind = _legacy_kind(layout, generation)
     target = layout.generation_target(generation)
-    target_exists = _is_real_dir(layout.project_dir(generation.project_id)) and \
-        _is_real_dir(layout.generations_dir(generation.project_id)) and _is_real_dir(target)
-    source_exists = target_exists and _is_real_dir(source_dir(target))
+    target_exists = is_real_dir(layout.project_dir(generation.project_id)) and \
+        is_real_dir(layout.generations_dir(generation.project_id)) and is_real_dir(target)
+    source_exists = target_exists and is_real_dir(source_dir(target))
     manifest = read_manifest_head(manifest_path(target)) if source_exists else None
     patch_versions: tuple[int, ...] = ()
     has_temp_files = False
@@ -202,7 +197,7 @@ def probe_disk(layout: StorageLayout, generation: GenerationRow, check_fingerpri
             fingerprints_match = fingerprint_digest(fingerprint_tree(source_dir(target))) == manifest.fingerprint_digest
         except GenerationError:
             fingerprints_match = False
-    archived = not source_exists and _is_real_dir(
+    archived = not source_exists and is_real_dir(
         layout.archive_dir(generation.project_id, generation.version or 0, generation.id))
     return DiskState(legacy_kind, target_exists, source_exists, manifest, patch_versions, fingerprints_match, archived,
                      has_temp_files)
@@ -404,7 +399,7 @@ def plan_project(
         if generation.id in renumbered:
             # A killed run may already have renamed the folder to the new number.
             moved = replace(generation, version=renumbered[generation.id])
-            if _is_real_dir(layout.generation_target(moved)):
+            if is_real_dir(layout.generation_target(moved)):
                 generation = moved
         try:
             disks[generation.id] = probe_disk(layout, generation, check_fingerprints)

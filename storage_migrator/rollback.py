@@ -35,7 +35,7 @@ from .manifest import read_manifest
 from .plan import is_legacy_link_text
 from .records import GenerationRow, GenerationUpdate, ProjectRecord
 from .report import GenerationOutcome, Outcome, RunReport
-from .tree import read_prefix, scan_tree
+from .tree import is_real_dir, read_prefix, scan_tree
 
 GIT_PATCH_START = b"diff --git "
 
@@ -94,14 +94,14 @@ def find_target(layout: StorageLayout, generation: GenerationRow) -> Path | None
     """The generation's folder in the new layout: at its row's version, or — if the version was
     changed since — whichever ``v<N>__<id>`` holds it."""
     expected = layout.generation_target(generation)
-    if _is_real_dir(expected):
+    if is_real_dir(expected):
         return expected
     generations_dir = layout.generations_dir(generation.project_id)
-    if not _is_real_dir(generations_dir):
+    if not is_real_dir(generations_dir):
         return None
     for name in sorted(os.listdir(generations_dir)):
         parsed = parse_target_dir_name(name)
-        if parsed is not None and parsed[1] == generation.id and _is_real_dir(generations_dir / name):
+        if parsed is not None and parsed[1] == generation.id and is_real_dir(generations_dir / name):
             return generations_dir / name
     return None
 
@@ -110,14 +110,14 @@ def _move_back(layout: StorageLayout, generation: GenerationRow, target: Path) -
     """``source/`` → the legacy folder; True if something moved."""
     source = source_dir(target)
     legacy = layout.legacy_dir(generation.id)
-    if not _is_real_dir(source):
+    if not is_real_dir(source):
         return False
     if os.path.islink(legacy) and is_legacy_link_text(layout, generation, os.readlink(legacy)):
         remove_symlink(legacy)                          # the tool's own link makes way for the folder
         checkpoint("legacy-link-removed")
     snapshot = scan_tree(source, keep_contents=False)
     if os.path.lexists(legacy):
-        if _is_real_dir(legacy) and scan_tree(legacy, keep_contents=False).checksums() == snapshot.checksums():
+        if is_real_dir(legacy) and scan_tree(legacy, keep_contents=False).checksums() == snapshot.checksums():
             discard_tree(source, layout.trash_dir)       # an interrupted copy back: the legacy copy is whole
             checkpoint("source-discarded")
             return True
@@ -134,9 +134,9 @@ def _remove_tool_files(target: Path) -> None:
     if that empties it. Whatever the application wrote stays."""
     for name in os.listdir(target):
         entry = target / name
-        if name == ARTIFACTS_DIR and _is_real_dir(entry) and not os.listdir(entry):
+        if name == ARTIFACTS_DIR and is_real_dir(entry) and not os.listdir(entry):
             os.rmdir(entry)
-        elif _is_real_dir(entry):
+        elif is_real_dir(entry):
             if is_tool_written(name) and name.startswith("."):
                 remove_tree(entry)                      # a staging copy
         elif os.path.islink(entry):
@@ -163,7 +163,7 @@ def _remove_project_links(layout: StorageLayout, record: ProjectRecord) -> None:
         generations_dir = layout.generations_dir(record.project_id)
     except UnsafePathComponent:
         return
-    if not _is_real_dir(generations_dir):
+    if not is_real_dir(generations_dir):
         return
     remove_symlink(layout.active_link(record.project_id))
     for folder in (generations_dir, generations_dir.parent):
@@ -173,5 +173,3 @@ def _remove_project_links(layout: StorageLayout, record: ProjectRecord) -> None:
             break
 
 
-def _is_real_dir(path: Path) -> bool:
-    return os.path.isdir(path) and not os.path.islink(path)

@@ -83,6 +83,14 @@ class TreeSnapshot:
 _storage_root: rootfs.Root | None = None
 
 
+def is_real_dir(path: Path | str) -> bool:
+    """A folder itself, not a symlink to one (the tool's one test for "is a folder")."""
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
 def confine_to(root: Path) -> None:
     """Register ROOT: every later read below it is resolved from ROOT's descriptor."""
     global _storage_root

@@ -23,7 +23,7 @@ from .installation import open_installation
 from .layout import StorageLayout, UnsafePathComponent, check_path_component, manifest_path, source_dir
 from .manifest import read_manifest
 from .records import GenerationRow, ProjectRecord
-from .tree import TreeSnapshot, git_blob_id_file, read_regular_file, scan_tree
+from .tree import TreeSnapshot, git_blob_id_file, is_real_dir, read_regular_file, scan_tree
 
 MAX_PATCH_BYTES = 512 << 20
 SourceTree = ManifestTree | TreeSnapshot
@@ -223,7 +223,7 @@ def _legacy_link_problems(layout: StorageLayout, generation: GenerationRow, lega
 def _active_link_problems(layout: StorageLayout, record: ProjectRecord) -> list[Problem]:
     link = layout.active_link(record.project_id)
     active = next((g for g in record.generations if g.id == record.active_generation_id), None)
-    if active is None or not _is_real_dir(source_dir(layout.generation_target(active))):
+    if active is None or not is_real_dir(source_dir(layout.generation_target(active))):
         return []
     expected = layout.generation_target(active).name
     if not link.is_symlink() or os.readlink(link) != expected:
@@ -232,5 +232,3 @@ def _active_link_problems(layout: StorageLayout, record: ProjectRecord) -> list[
     return []
 
 
-def _is_real_dir(path: os.PathLike[str]) -> bool:
-    return os.path.isdir(path) and not os.path.islink(path)

@@ -20,7 +20,7 @@ from .config import Settings
 from .db import project_ids_for_names
 from .errors import LockHeld
 from .installation import open_installation
-from .layout import ACTIVE_LINK, is_tool_written
+from .layout import ACTIVE_LINK, is_tool_written, is_utf8_name
 from .migrate import migrate
 from .report import RunReport
 
@@ -33,7 +33,7 @@ def top_level_name(root: Path, path: str) -> str | None:
         parts = PurePath(path).relative_to(root).parts
     except ValueError:
         return None
-    if not parts or parts[0].startswith(".") or not _is_utf8(parts[0]):
+    if not parts or parts[0].startswith(".") or not is_utf8_name(parts[0]):
         return None                     # the tool's state folder, or a name no row can have
     name = parts[-1]
     if name == ACTIVE_LINK or is_tool_written(name) or (name.startswith(".") and name.endswith(".partial")):
@@ -41,12 +41,6 @@ def top_level_name(root: Path, path: str) -> str | None:
     return parts[0]
 
 
-def _is_utf8(name: str) -> bool:
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 class ChangeCollector(FileSystemEventHandler):
