@@ -203,3 +203,21 @@ def test_rebuild_keeps_every_file_and_fails_alone_on_a_lone_surrogate(installati
     assert entries[broken]["action"] == "failed" and result.returncode == 1
     source = installation.root / fine / ""
     assert sorted(os.listdir(source)) == [".config.yml.tmp", "app", "config.yml"]
+
+
+def test_diff_patch_never_prints_through_a_symlink(installation: Installation, outside: Path) -> None:
+    assert run_cli(installation, "run").returncode == 0
+    project_id = installation.sample.demo_project_id
+    patches = sorted((installation.root / project_id / "generations").glob("v*__*/diff_from_v*.patch"))
+    patches[0].unlink()
+    patches[0].symlink_to(outside / "secret")
+    second = patches[1]
+    target_dir = second.parent
+    moved = installation.root.parent / "moved-away"
+    target_dir.rename(moved)
+    shutil.copytree(moved, outside / "copy", symlinks=True)
+    target_dir.symlink_to(outside / "copy")
+    result = run_cli(installation, "diff", project_id, "--patch")
+    assert "Traceback" not in result.stderr
+    assert "must never leave" not in result.stdout
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
