@@ -194,3 +194,48 @@ def test_watch_resyncs_a_changed_generation(migrated: Installation) -> None:
         stdout, stderr = process.communicate(timeout=30)
     assert process.returncode == 0, stderr
     assert "Traceback" not in stderr
+
+
+def test_watch_picks_up_an_edit_through_the_flat_link_and_survives_odd_names(migrated: Installation) -> None:
+    v1 = demo_versions(migrated)[0]
+    flat = migrated.root / v1.id
+    assert flat.is_symlink()
+    process = subprocess.Popen([sys.executable, "-m", "storage_migrator", "watch", "--debounce", "0.5"],
+                               env=migrated.cli_environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(2)   # the observer is up
+        os.mkdir(os.fsencode(migrated.root) + b"/\xff-not-utf8")                 # a name no row can have
+        (flat / "EDITED_THROUGH_LINK.md").write_bytes(b"y" * 777)               # the application's file edit
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            row = rows(migrated, "SELECT file_count, total_size_bytes FROM generations WHERE id = :id", id=v1.id)[0]
+            if row.file_count == v1.file_count + 1:
+                break
+            time.sleep(0.3)
+        assert row.file_count == v1.file_count + 1 and row.total_size_bytes == v1.total_size_bytes + 777
+        assert process.poll() is None, "watch keeps running"
+    finally:
+        process.send_signal(signal.SIGTERM)
+        stdout, stderr = process.communicate(timeout=30)
+    assert process.returncode == 0, stderr
+    assert "Traceback" not in stderr
+
+
+def test_the_applications_settings_are_enough(database_url: str, tmp_path: Path) -> None:
+    """An operator sources the application's .env as it is and runs from the application's
+    folder: FILE_STORAGE_PATH=./storage/projects (no STORAGE_ROOT, no prefix) and its
+    DATABASE_URL spelling (postgresql+asyncpg:// or +psycopg2:// mean psycopg 3)."""
+    installation = build_installation(database_url, tmp_path / "storage" / "projects")
+    assert run_cli(installation, "run").returncode == 0
+    environment = {key: value for key, value in installation.cli_environment().items()
+                   if key not in ("STORAGE_ROOT", "STORAGE_PATH_PREFIX")}
+    environment["FILE_STORAGE_PATH"] = "./storage/projects"
+    spellings = ("postgresql+asyncpg://", "postgresql+psycopg2://") if database_url.startswith("postgresql") else ("",)
+    for spelling in spellings:
+        if spelling:
+            environment["DATABASE_URL"] = spelling + database_url.split("://", 1)[1]
+        for command in ("verify", "resync"):
+            result = subprocess.run([sys.executable, "-m", "storage_migrator", command], env=environment, cwd=tmp_path,
+                                    capture_output=True, text=True, timeout=120)
+            assert "Traceback" not in result.stderr, result.stderr
+            assert result.returncode == 0, result.stdout + result.stderr
