@@ -100,13 +100,9 @@ def write_tree_patch(stream: Any, old: SourceTree, new: SourceTree, comparison: 
     diff.write_patch(
         stream, comparison, old.read, new.read,
         old_sizes=old.sizes(), new_sizes=new.sizes(),
-        blob_id_old=lambda path: _git_blob_id_of(old.root, path),
-        blob_id_new=lambda path: _git_blob_id_of(new.root, path),
+        blob_id_old=lambda path: git_blob_id_file(old.root, path),
+        blob_id_new=lambda path: git_blob_id_file(new.root, path),
     )
-
-
-def _git_blob_id_of(root: Path, path: str) -> str:
-    return git_blob_id_file(root, path)
 
 
 @dataclass

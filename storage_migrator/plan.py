@@ -18,12 +18,14 @@ from pathlib import Path
 
 from .errors import GenerationError
 from .layout import (
+    GENERATIONS_DIR,
     StorageLayout,
     UnsafePathComponent,
     check_path_component,
     is_temp_name,
     manifest_path,
     parse_patch_file_name,
+    parse_target_dir_name,
     source_dir,
 )
 from .manifest import Manifest, ManifestHead, fingerprint_digest, read_manifest_head
@@ -167,7 +169,6 @@ def is_legacy_link_text(layout: StorageLayout, generation: GenerationRow, text: 
     parts = text.split("/")
     if len(parts) != 4 or parts[0] != generation.project_id or parts[3] != "source":
         return False
-    from .layout import GENERATIONS_DIR, parse_target_dir_name
     parsed = parse_target_dir_name(parts[2])
     return parts[1] == GENERATIONS_DIR and parsed is not None and parsed[1] == generation.id
 
