@@ -52,57 +52,12 @@ from .layout import (
     patch_file_name,
     source_dir,
 )
-from .manifest import Manifest, ManifestHead, fingerprint_digest, read_manifest_document
+from .manifest import Manifest, fingerprint_digest, read_manifest_document
 from .plan import Action, GenerationPlan, ProjectPlan, is_legacy_link_text
 from .records import GenerationRow, GenerationUpdate, ProjectUpdate
 from .report import GenerationOutcome, Outcome, RunReport
-from .tree import TreeSnapshot, fingerprint_tree, git_blob_id_file, is_real_dir, read_regular_file, scan_tree
-
-
-@dataclass
-class ManifestTree:
-    """A migrated source tree known from its manifest: checksums without reading any file.
-    Built from a manifest's head, the whole manifest is read only when checksums are needed."""
-
-    root: Path
-    manifest: Manifest | ManifestHead
-
-    @property
-    def file_count(self) -> int:
-        return self.manifest.file_count
-
-    @property
-    def total_size_bytes(self) -> int:
-        return self.manifest.total_size_bytes
-
-    def full(self) -> Manifest:
-        loaded = self.manifest.load()
-        if loaded is None:
-            raise GenerationError(f"the manifest beside {self.root} changed while it was read; rerun")
-        self.manifest = loaded
-        return loaded
-
-    def checksums(self) -> dict[str, str]:
-        return self.full().checksums
-
-    def sizes(self) -> dict[str, int]:
-        return {path: size for path, (size, _) in self.full().fingerprints.items()}
-
-    def read(self, path: str) -> bytes:
-        return read_regular_file(self.root, path)
-
-
-SourceTree = TreeSnapshot | ManifestTree
-
-
-def write_tree_patch(stream: Any, old: SourceTree, new: SourceTree, comparison: diff.TreeComparison) -> None:
-    """The patch between two trees; files above the size limit are named, never read whole."""
-    diff.write_patch(
-        stream, comparison, old.read, new.read,
-        old_sizes=old.sizes(), new_sizes=new.sizes(),
-        blob_id_old=lambda path: git_blob_id_file(old.root, path),
-        blob_id_new=lambda path: git_blob_id_file(new.root, path),
-    )
+from .source_tree import ManifestTree, SourceTree, write_tree_patch
+from .tree import fingerprint_tree, is_real_dir, read_regular_file, scan_tree
 
 
 @dataclass

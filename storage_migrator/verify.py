@@ -18,11 +18,11 @@ from . import diff
 from .config import Settings
 from .db import has_active_generation_key, iter_project_records, missing_columns
 from .errors import EXIT_OK, EXIT_VERIFY_PROBLEMS, GenerationError
-from .execute import ManifestTree
 from .installation import open_installation
 from .layout import StorageLayout, UnsafePathComponent, check_path_component, manifest_path, source_dir
 from .manifest import read_manifest
 from .records import GenerationRow, ProjectRecord
+from .source_tree import ManifestTree
 from .tree import TreeSnapshot, git_blob_id_file, is_real_dir, read_regular_file, scan_tree
 
 MAX_PATCH_BYTES = 512 << 20
