@@ -7,7 +7,6 @@ No ``alembic.ini`` is needed: the configuration is built here.
 """
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
@@ -49,11 +48,3 @@ def downgrade_schema(database_url: str, revision: str, sql: bool = False) -> Non
 
     command.downgrade(alembic_config(database_url), revision, sql=sql)
 
-
-def current_revision_text(database_url: str) -> str:
-    """What ``alembic current`` prints, as text."""
-    from alembic import command
-
-    buffer = io.StringIO()
-    command.current(alembic_config(database_url, output=buffer))
-    return buffer.getvalue().strip()

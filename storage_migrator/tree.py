@@ -30,11 +30,6 @@ CONTENT_CACHE_LIMIT = 64 << 20
 KEEP_FILE_LIMIT = 8 << 20
 
 
-def sha256_hex(content: bytes) -> str:
-    """sha256 hex of bytes already in memory (the same checksum as ``sha256_file``)."""
-    return hashlib.sha256(content).hexdigest()
-
-
 @dataclass(frozen=True)
 class FileRecord:
     """One regular file: what the manifest keeps of it."""

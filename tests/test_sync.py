@@ -174,6 +174,17 @@ def test_rollback_restores_the_legacy_installation(installation: Installation, d
     assert run_cli(installation, "verify").returncode == 0
 
 
+def wait_for_file_count(installation: Installation, generation_id: str, expected: int) -> sa.Row:
+    """The generation's row once its file_count is ``expected`` (or after 30 s, as it is then)."""
+    deadline = time.monotonic() + 30
+    while True:
+        row = rows(installation, "SELECT file_count, total_size_bytes FROM generations WHERE id = :id",
+                   id=generation_id)[0]
+        if row.file_count == expected or time.monotonic() > deadline:
+            return row
+        time.sleep(0.3)
+
+
 def test_watch_resyncs_a_changed_generation(migrated: Installation) -> None:
     v1 = demo_versions(migrated)[0]
     target = source_of(migrated, v1.id, v1.version)
@@ -182,12 +193,7 @@ def test_watch_resyncs_a_changed_generation(migrated: Installation) -> None:
     try:
         time.sleep(2)   # the observer is up
         (target / "WATCHED.md").write_bytes(b"x" * 1234)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            row = rows(migrated, "SELECT file_count, total_size_bytes FROM generations WHERE id = :id", id=v1.id)[0]
-            if row.file_count == v1.file_count + 1:
-                break
-            time.sleep(0.3)
+        row = wait_for_file_count(migrated, v1.id, v1.file_count + 1)
         assert row.file_count == v1.file_count + 1 and row.total_size_bytes == v1.total_size_bytes + 1234
     finally:
         process.send_signal(signal.SIGTERM)
@@ -206,12 +212,7 @@ def test_watch_picks_up_an_edit_through_the_flat_link_and_survives_odd_names(mig
         time.sleep(2)   # the observer is up
         os.mkdir(os.fsencode(migrated.root) + b"/\xff-not-utf8")                 # a name no row can have
         (flat / "EDITED_THROUGH_LINK.md").write_bytes(b"y" * 777)               # the application's file edit
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            row = rows(migrated, "SELECT file_count, total_size_bytes FROM generations WHERE id = :id", id=v1.id)[0]
-            if row.file_count == v1.file_count + 1:
-                break
-            time.sleep(0.3)
+        row = wait_for_file_count(migrated, v1.id, v1.file_count + 1)
         assert row.file_count == v1.file_count + 1 and row.total_size_bytes == v1.total_size_bytes + 777
         assert process.poll() is None, "watch keeps running"
     finally:
