@@ -151,7 +151,12 @@ def render_report(report: RunReport, output: Output) -> None:
         click.echo(summary)
 
 
+DISTRIBUTION = "storage-migrator"
+
+
 @click.group(cls=ToolGroup, invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name=DISTRIBUTION, prog_name="storage-migrate",
+                      message="%(prog)s %(version)s")
 @click.option("--database-url", envvar="DATABASE_URL", default=DEFAULT_DATABASE_URL, show_default=True,
               help="SQLAlchemy URL; postgresql:// (and +asyncpg, +psycopg2) means psycopg 3.")
 @click.option("--storage-root", default=storage_root_from_env, show_default="STORAGE_ROOT, else FILE_STORAGE_PATH, "
@@ -179,6 +184,20 @@ def main(click_context: click.Context, database_url: str, storage_root: Path, pa
             click.echo(click_context.get_help())
 
 
+def _at_least_the_demo_minimum(field: str) -> Callable[[click.Context, click.Parameter, int], int]:
+    """An option callback refusing a number the sample-data generator cannot honour (looked up
+    when demo-data runs, so other commands never import the generator)."""
+    def check(click_context: click.Context, parameter: click.Parameter, value: int) -> int:
+        from .demo import SIZE_MINIMUMS
+
+        minimum, reason = SIZE_MINIMUMS[field]
+        if value < minimum:
+            raise click.BadParameter(f"{value} is too few ({reason}); use {minimum} or more")
+        return value
+
+    return check
+
+
 def workers_option(function: Callable) -> Callable:
     return click.option("--workers", type=click.IntRange(min=1), default=os.cpu_count() or 1, show_default="cores",
                         help="Processes; each project is handled by one of them.")(function)
@@ -199,9 +218,12 @@ def run(context: Context, dry_run: bool, workers: int) -> None:
 
 
 @main.command("demo-data")
-@click.option("--projects", default=6, show_default=True, help="Number of projects.")
-@click.option("--generations", default=6, show_default=True, help="Average generations per project.")
-@click.option("--files", default=40, show_default=True, help="Average files per generation.")
+@click.option("--projects", default=6, show_default=True, callback=_at_least_the_demo_minimum("projects"),
+              help="Number of projects (at least one per edge case).")
+@click.option("--generations", default=6, show_default=True,
+              callback=_at_least_the_demo_minimum("generations_per_project"), help="Average generations per project.")
+@click.option("--files", default=40, show_default=True, callback=_at_least_the_demo_minimum("files_per_generation"),
+              help="Average files per generation.")
 @click.option("--seed", default=0, show_default=True, help="Same seed, same installation.")
 @pass_context
 def demo_data(context: Context, projects: int, generations: int, files: int, seed: int) -> None:

@@ -42,10 +42,15 @@ def storage_root_from_env() -> str:
     return os.environ.get("STORAGE_ROOT") or os.environ.get("FILE_STORAGE_PATH") or DEFAULT_STORAGE_ROOT
 
 
+def normalize_path_prefix(prefix: str) -> str:
+    """Spell a path prefix the way the application spells ``str(Path(FILE_STORAGE_PATH))``:
+    no leading ``./``, no trailing or doubled ``/`` (``./storage/projects/`` → ``storage/projects``)."""
+    return str(PurePath(prefix))
+
+
 def default_path_prefix() -> str:
-    """How the application spells ROOT in new rows: ``str(Path(FILE_STORAGE_PATH))``, which
-    drops a leading ``./`` (``storage/projects``)."""
-    return str(PurePath(os.environ.get("FILE_STORAGE_PATH") or DEFAULT_STORAGE_ROOT))
+    """How the application spells ROOT in new rows: ``FILE_STORAGE_PATH``, normalised."""
+    return normalize_path_prefix(os.environ.get("FILE_STORAGE_PATH") or DEFAULT_STORAGE_ROOT)
 
 
 def ensure_sqlite_parent(database_file: Path) -> None:
@@ -55,9 +60,16 @@ def ensure_sqlite_parent(database_file: Path) -> None:
 
 @dataclass(frozen=True)
 class Settings:
-    """What every command needs; built once by the CLI from options and environment."""
+    """What every command needs; built once by the CLI from options and environment.
+
+    ``path_prefix`` is stored the way the application spells it, however it was given
+    (``--path-prefix ./storage/projects`` writes ``storage/projects/…``), so every command and
+    every library caller writes the same spelling."""
 
     database_url: str
     storage_root: Path
     path_prefix: str = "storage/projects"
     legacy_links: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path_prefix", normalize_path_prefix(self.path_prefix))

@@ -52,7 +52,7 @@ def test_every_patch_written_by_run_applies_with_git(migrated: Installation, tmp
     for index, (project_id, version, patch_path, summary) in enumerate(rows):
         summary = json.loads(summary) if isinstance(summary, str) else summary
         folders = versions_on_disk(migrated, project_id)
-        patch_file = migrated.root / patch_path.removeprefix("./storage/projects/")
+        patch_file = migrated.root / patch_path.removeprefix("storage/projects/")
         workdir = tmp_path / f"apply{index}"
         workdir.mkdir()
         applied = apply_with_git(folders[summary["from_version"]], patch_file.read_bytes(), workdir)

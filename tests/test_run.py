@@ -51,10 +51,10 @@ def test_dry_run_changes_nothing_and_lists_every_generation(installation: Instal
     moves = [entry for entry in planned.values() if entry["action"] == "move"]
     assert len(moves) >= len(installation.sample.folder_generation_ids) - 2
     for entry in moves:
-        assert entry["storage_path"] == f"./storage/projects/{entry['project_id']}/generations/v{entry['version']}__{entry['id']}"
+        assert entry["storage_path"] == f"storage/projects/{entry['project_id']}/generations/v{entry['version']}__{entry['id']}"
     text = run_cli(installation, "--dry-run")
     assert text.returncode == 0
-    assert "nothing was changed" in text.stdout and " -> ./storage/projects/" in text.stdout
+    assert "nothing was changed" in text.stdout and " -> storage/projects/" in text.stdout
 
 
 def test_run_builds_the_versioned_layout(installation: Installation) -> None:
@@ -78,7 +78,7 @@ def test_run_builds_the_versioned_layout(installation: Installation) -> None:
         previous = None
         for row in versions:
             target = layout.target_dir(project_id, row["version"], row["id"])
-            assert row["storage_path"] == f"./storage/projects/{project_id}/generations/{target.name}"
+            assert row["storage_path"] == f"storage/projects/{project_id}/generations/{target.name}"
             assert (installation.root / row["id"]).is_symlink(), "the flat path is the tool's link"
             snapshot = scan_tree(target / "source")
             if row["id"] in legacy_trees:

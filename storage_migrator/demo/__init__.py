@@ -15,7 +15,7 @@ from .paths import (
     SPACE_NAME_PATH,
     UNICODE_NAME_PATH,
 )
-from .sizes import MIN_PROJECTS, SampleSize
+from .sizes import MIN_PROJECTS, SIZE_MINIMUMS, SampleSize
 
 __all__ = [
     "BINARY_PATHS",
@@ -26,6 +26,7 @@ __all__ = [
     "MIN_PROJECTS",
     "NO_FINAL_NEWLINE_PATH",
     "ODDITY_PATHS",
+    "SIZE_MINIMUMS",
     "SPACE_NAME_PATH",
     "UNICODE_NAME_PATH",
     "SampleInstallation",

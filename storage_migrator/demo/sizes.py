@@ -6,6 +6,14 @@ from dataclasses import dataclass
 
 MIN_PROJECTS = 5
 """Demo, two edge-case projects, one project without a completed generation, one without any."""
+MIN_GENERATIONS_PER_PROJECT = 1
+MIN_FILES_PER_GENERATION = 1
+SIZE_MINIMUMS = {
+    "projects": (MIN_PROJECTS, "the sample has one project per edge case"),
+    "generations_per_project": (MIN_GENERATIONS_PER_PROJECT, "a project needs a generation to evolve"),
+    "files_per_generation": (MIN_FILES_PER_GENERATION, "a generation needs a file"),
+}
+"""Per ``SampleSize`` field: the smallest value the generator honours, and why."""
 
 _GENERATIONS_PER_PROJECT_FOR_SCALE = 8
 _SHARE_OF_FILES_ON_DISK = 0.95
@@ -25,8 +33,9 @@ class SampleSize:
     def __post_init__(self) -> None:
         if self.projects < MIN_PROJECTS:
             raise ValueError(f"SampleSize.projects must be at least {MIN_PROJECTS} to hold every edge case")
-        if self.generations_per_project < 1 or self.files_per_generation < 1:
-            raise ValueError("SampleSize.generations_per_project and files_per_generation must be >= 1")
+        if self.generations_per_project < MIN_GENERATIONS_PER_PROJECT or self.files_per_generation < MIN_FILES_PER_GENERATION:
+            raise ValueError(f"SampleSize.generations_per_project must be at least {MIN_GENERATIONS_PER_PROJECT} and "
+                             f"files_per_generation at least {MIN_FILES_PER_GENERATION}")
 
     @classmethod
     def scaled(cls, generations: int, files: int) -> SampleSize:
