@@ -16,25 +16,27 @@ import shutil
 import stat
 import subprocess
 import sys
-import sysconfig
 import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
+from importlib import metadata
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
-import storage_migrator
 from storage_migrator.config import Settings
 from storage_migrator.demo import SampleSize
 
 from .sandbox import Installation, build_installation, dump_tables, run_cli, tree_digest
 
+REPOSITORY = Path(__file__).resolve().parent.parent
 ON_CI = bool(os.environ.get("CI"))
 HYPOTHESIS_BASE = SampleSize(projects=5, generations_per_project=3, files_per_generation=5)  # 5: the demo's floor
 
@@ -332,28 +334,89 @@ def test_full_disk_leaves_every_generation_reachable_by_the_application(sqlite_u
 # -- 4. permission denied for an ordinary user ---------------------------------------------------
 
 
-def _interpreter_for(user: pwd.struct_passwd, environment: dict[str, str], cwd: Path) -> str | None:
-    """A Python of this version that ``user`` can run and that imports the tool (the venv's own
-    interpreter may live under /root)."""
+def _runs_as(user: pwd.struct_passwd, command: list[str], cwd: Path) -> bool:
+    try:
+        probe = subprocess.run(command, check=False, cwd=cwd, user=user.pw_uid, group=user.pw_gid, extra_groups=[],
+                               capture_output=True, env={"PATH": "/usr/bin:/bin", "PYTHONNOUSERSITE": "1"})
+    except OSError:
+        return False
+    return probe.returncode == 0
+
+
+def _base_interpreter_for(user: pwd.struct_passwd) -> str | None:
+    """A Python of this version that ``user`` can run (this venv's own interpreter may live under
+    /root, where ``user`` cannot go)."""
     version = f"python{sys.version_info.major}.{sys.version_info.minor}"
-    for candidate in (sys.executable, shutil.which(version, path="/usr/local/bin:/usr/bin:/bin")):
-        if candidate is None:
-            continue
-        try:
-            probe = subprocess.run([candidate, "-c", "import storage_migrator.cli"], check=False, env=environment,
-                                   cwd=cwd, user=user.pw_uid, group=user.pw_gid, extra_groups=[], capture_output=True)
-        except OSError:
-            continue
-        if probe.returncode == 0:
+    for candidate in (os.path.realpath(sys.executable), shutil.which(version, path="/usr/local/bin:/usr/bin:/bin")):
+        if candidate is not None and _runs_as(user, [candidate, "-c", "import venv"], Path("/")):
             return candidate
     return None
+
+
+def _runtime_distributions() -> list[metadata.Distribution]:
+    """The tool's dependencies as installed here, recursively, extras and markers honoured."""
+    found: dict[str, metadata.Distribution] = {}
+    pending: list[tuple[str, frozenset[str]]] = [("storage-migrator", frozenset())]
+    seen: set[tuple[str, frozenset[str]]] = set()
+    while pending:
+        name, extras = pending.pop()
+        if (canonicalize_name(name), extras) in seen:
+            continue
+        seen.add((canonicalize_name(name), extras))
+        distribution = metadata.distribution(name)
+        found[canonicalize_name(name)] = distribution
+        for requirement in map(Requirement, distribution.requires or []):
+            if any(requirement.marker is None or requirement.marker.evaluate({"extra": extra})
+                   for extra in ("", *extras)):
+                pending.append((requirement.name, frozenset(requirement.extras)))
+    found.pop("storage-migrator")
+    return list(found.values())
+
+
+def _copy_distribution(distribution: metadata.Distribution, site_packages: Path) -> None:
+    for file in distribution.files or []:
+        source = Path(str(distribution.locate_file(file)))
+        if file.parts[0] == ".." or "__pycache__" in file.parts or not source.is_file():
+            continue          # scripts outside site-packages, bytecode
+        target = site_packages / file
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, target)
+
+
+def _tool_environment_for(user: pwd.struct_passwd, folder: Path) -> Path | None:
+    """A virtualenv in ``folder`` that ``user`` can run, wherever the checkout lives (a 0700 home
+    or ``mktemp -d`` folder included): the tool from a wheel built from the checkout, its
+    dependencies copied from this environment (offline). Its interpreter, or None if ``user``
+    can run no Python of this version."""
+    interpreter = _base_interpreter_for(user)
+    if interpreter is None:
+        return None
+    isolated = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+
+    def run(*command: str) -> str:
+        """In ``folder``, not the checkout: its ``*.egg-info`` would pass for the installed tool."""
+        return subprocess.run(command, check=True, cwd=folder, env=isolated, capture_output=True, text=True,
+                              timeout=600).stdout
+
+    run(sys.executable, "-m", "build", "--wheel", "--outdir", str(folder / "wheel"), str(REPOSITORY))
+    venv = folder / "venv"
+    run(interpreter, "-m", "venv", "--without-pip", str(venv))
+    python = venv / "bin" / "python"
+    run(sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet", "--no-deps", "--no-index",
+        str(next((folder / "wheel").glob("storage_migrator-*.whl"))))
+    site_packages = Path(run(str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])").strip())
+    for distribution in _runtime_distributions():
+        _copy_distribution(distribution, site_packages)
+    return python
 
 
 def test_directory_without_execute_permission_fails_that_generation_alone(tmpfs) -> None:
     nobody = pwd.getpwnam("nobody")
     base = Path(tempfile.mkdtemp(prefix="hostile-nobody-", dir="/tmp"))
+    tool = Path(tempfile.mkdtemp(prefix="hostile-nobody-tool-", dir="/tmp"))
     try:
         os.chmod(base, 0o755)
+        os.chmod(tool, 0o755)
         installation = build_installation(f"sqlite:///{base / 'codebegen.db'}", base / "projects")
         victim = demo_generation_ids(installation)[1]
         locked = installation.root / victim / "locked"
@@ -364,14 +427,12 @@ def test_directory_without_execute_permission_fails_that_generation_alone(tmpfs)
                 os.chown(name, nobody.pw_uid, nobody.pw_gid, follow_symlinks=False)
         os.chmod(locked, 0o600)
         before = legacy_contents(installation)
-        environment = {
-            **installation.cli_environment(), "HOME": str(base), "PYTHONNOUSERSITE": "1",
-            "PYTHONPATH": os.pathsep.join([str(Path(storage_migrator.__file__).resolve().parents[1]),
-                                           sysconfig.get_paths()["purelib"]]),
-        }
-        python = _interpreter_for(nobody, environment, base)
-        require(python is not None, "no Python interpreter the user nobody can run imports storage_migrator")
-        result = subprocess.run([python, "-m", "storage_migrator", "--json", "run"], check=False, env=environment, cwd=base,
+        python = _tool_environment_for(nobody, tool)
+        require(python is not None, "no Python interpreter of this version that the user nobody can run")
+        assert python is not None
+        environment = {key: value for key, value in installation.cli_environment().items() if key != "PYTHONPATH"}
+        environment.update(HOME=str(base), PYTHONNOUSERSITE="1")
+        result = subprocess.run([str(python), "-m", "storage_migrator", "--json", "run"], check=False, env=environment, cwd=base,
                                 user=nobody.pw_uid, group=nobody.pw_gid, extra_groups=[],
                                 capture_output=True, text=True, timeout=300)
         assert "Traceback" not in result.stderr, result.stderr
@@ -390,6 +451,7 @@ def test_directory_without_execute_permission_fails_that_generation_alone(tmpfs)
             if is_real_dir(locked_folder):
                 os.chmod(locked_folder, 0o700)
         shutil.rmtree(base, ignore_errors=True)
+        shutil.rmtree(tool, ignore_errors=True)
 
 
 # -- 5. a 1,000-level deep tree across filesystems ---------------------------------------------
