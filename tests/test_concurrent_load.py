@@ -279,7 +279,9 @@ def test_the_tool_beside_the_application_under_load(database_url: str, tmp_path:
     deleted_folder_back, deleted_flat_rebuilt = [], []
     for gid, event in deleted.items():
         generations_dir = root / event["project_id"] / "generations"
-        if generations_dir.is_dir() and any(entry.name.endswith(f"__{gid}") for entry in generations_dir.iterdir()):
+        archived_after = gid in archived and archived[gid]["t"] > event["t"]   # a folder came back, then was archived
+        if archived_after or (generations_dir.is_dir()
+                              and any(entry.name.endswith(f"__{gid}") for entry in generations_dir.iterdir())):
             deleted_folder_back.append(gid)
         flat, left = root / gid, event["flat"]
         if flat.is_symlink():
@@ -295,7 +297,7 @@ def test_the_tool_beside_the_application_under_load(database_url: str, tmp_path:
         generations_dir = root / event["project_id"] / "generations"
         if generations_dir.is_dir() and any(entry.name.endswith(f"__{gid}") for entry in generations_dir.iterdir()):
             archived_rebuilt.append(gid)
-        if not (root / event["project_id"] / "archive" / event["folder"] / "source").is_dir():
+        if gid not in deleted and not (root / event["project_id"] / "archive" / event["folder"] / "source").is_dir():
             archive_lost.append(gid)
 
     # latest_version never went down; the application's active choice never reverted by the tool.
