@@ -1,5 +1,7 @@
 """The one batch writer: generations' outcomes and their metadata are queued and written to
 the database in one transaction per batch, after one ``sync`` makes the disk state durable.
+A row the application deleted or changed since it was planned is not written; its line says
+"gone" or "changed" (the next resync picks it up), never "failed".
 
 Every command that writes metadata (run, resync, rollback) goes through it, so a database
 failure is handled the same everywhere: the batch's generations are reported failed (their
@@ -13,7 +15,7 @@ from dataclasses import dataclass, field
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from .db import first_line, write_updates
+from .db import first_line, write_generation_updates, write_project_update
 from .faults import checkpoint
 from .fsops import flush_to_disk
 from .records import GenerationUpdate, ProjectUpdate
@@ -56,10 +58,13 @@ class BatchWriter:
         try:
             flush_to_disk()
             checkpoint("before-database-write")
-            write_updates(self.engine, updates, self._project_updates)
+            drifted = write_generation_updates(self.engine, updates)
+            for project_update in self._project_updates:
+                write_project_update(self.engine, project_update)
             checkpoint("after-database-write")
             for pending in self._pending:
-                self.report.add(pending.outcome)
+                drift = drifted.get(pending.outcome.id) if pending.update is not None else None
+                self.report.add(pending.outcome.drifted(drift) if drift else pending.outcome)
         except sa.exc.DBAPIError as error:
             message = f"database write failed ({first_line(error)}); rerun to finish"
             for pending in self._pending:

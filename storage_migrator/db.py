@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,20 @@ from sqlalchemy.engine import Connection, Engine
 
 from .config import DB_UPGRADE_COMMAND, ensure_sqlite_parent, normalize_database_url
 from .errors import DatabaseUnavailable, SchemaMissing
-from .records import OWNED_GENERATION_COLUMNS, GenerationRow, GenerationUpdate, ProjectRecord, ProjectUpdate
+from .records import (
+    OWNED_GENERATION_COLUMNS,
+    GenerationRow,
+    GenerationUpdate,
+    ProjectRecord,
+    ProjectUpdate,
+    RowDrift,
+    RowSeen,
+)
+
+# Every PostgreSQL session of the tool: a statement that would wait on a row the application
+# holds gives up after this (the generation is retried by the next resync), below the server's
+# deadlock_timeout, so the application never waits on the tool, nor deadlocks with it, for long.
+LOCK_TIMEOUT = "500ms"
 
 REQUIRED_COLUMNS: dict[str, frozenset[str]] = {
     "generations": frozenset({"version", "is_active", "storage_path", "file_count", "total_size_bytes",
@@ -145,6 +159,7 @@ def create_database_engine(database_url: str, command: str = "storage-migrate", 
         connect_args = {
             "application_name": f"{command} pid={os.getpid()} host={socket.gethostname()}"[:63],
             "connect_timeout": 10,
+            "options": f"-c lock_timeout={LOCK_TIMEOUT}",
         }
     else:
         database_file = sqlite_file(parsed)
@@ -340,52 +355,186 @@ def load_output_files(engine: Engine, generation_id: str) -> dict[str, str] | No
 
 _UPDATE_GENERATION = (
     generations.update()
-    .where(generations.c.id == sa.bindparam("b_id"))
+    .where(
+        generations.c.id == sa.bindparam("b_id"),
+        generations.c.status == sa.bindparam("b_seen_status", type_=generations.c.status.type),
+        generations.c.version.is_not_distinct_from(sa.bindparam("b_seen_version", type_=sa.Integer)),
+        generations.c.storage_path.is_not_distinct_from(sa.bindparam("b_seen_storage_path", type_=sa.String)),
+    )
     .values({
         name: sa.bindparam(f"b_{name}", type_=generations.c[name].type)
         for name in OWNED_GENERATION_COLUMNS
     })
 )
 
-_UPDATE_PROJECT = (
+_RAISE_LATEST_VERSION = (
     projects.update()
     .where(projects.c.id == sa.bindparam("b_id"))
-    .values(
-        latest_version=sa.bindparam("b_latest_version"),
-        active_generation_id=sa.bindparam("b_active_generation_id"),
-    )
+    .values(latest_version=sa.case(
+        (sa.func.coalesce(projects.c.latest_version, 0) < sa.bindparam("b_latest_version", type_=sa.Integer),
+         sa.bindparam("b_latest_version", type_=sa.Integer)),
+        else_=projects.c.latest_version,
+    ))
 )
 
 
-def write_updates(
-    engine: Engine, generation_updates: Sequence[GenerationUpdate], project_updates: Sequence[ProjectUpdate]
-) -> None:
-    """Write one batch in one transaction: at most two executemany statements.
 
-    Generations are written before projects so that ``active_generation_id`` never names a row
-    whose ``is_active`` disagrees for longer than the transaction.
+def _update_parameters(update: GenerationUpdate) -> dict[str, Any]:
+    return {"b_id": update.generation_id, "b_seen_status": update.seen.status,
+            "b_seen_version": update.seen.version, "b_seen_storage_path": update.seen.storage_path,
+            **{f"b_{name}": value for name, value in update.column_values().items()}}
+
+
+def is_lock_timeout(error: sa.exc.DBAPIError) -> bool:
+    """PostgreSQL's lock_not_available (55P03): a row the application holds; not a lost database."""
+    return getattr(error.orig, "sqlstate", None) == "55P03"
+
+
+def read_row_seen(connection: Connection, generation_id: str, for_update: bool = False) -> RowSeen | None:
+    """The row's status, version and storage_path now (None if the application deleted it);
+    ``for_update`` locks it on PostgreSQL until the transaction ends."""
+    query = sa.select(generations.c.status, generations.c.version, generations.c.storage_path).where(
+        generations.c.id == generation_id)
+    if for_update and connection.dialect.name == "postgresql":
+        query = query.with_for_update()
+    row = connection.execute(query).first()
+    return None if row is None else RowSeen(row.status, row.version, row.storage_path)
+
+
+@contextmanager
+def claimed_generation(engine: Engine, generation_id: str, seen: RowSeen) -> Iterator[RowDrift | None]:
+    """Hold one generation's row for one irreversible disk step (a move, a rebuild, a rename, a
+    discard). Yields None if the row still shows what the plan saw, else how it drifted.
+
+    On PostgreSQL the row is locked (``SELECT … FOR UPDATE``) until the block ends, so the
+    application's delete or update of this one row waits for the step, never for the run; on
+    SQLite (one writer for the whole file) the row is read again just before the step instead.
     """
-    if not generation_updates and not project_updates:
-        return
+    try:
+        with engine.begin() as connection:
+            try:
+                current = read_row_seen(connection, generation_id, for_update=True)
+            except sa.exc.DBAPIError as error:
+                if not is_lock_timeout(error):
+                    raise
+                yield RowDrift.CHANGED
+                return
+            yield RowDrift.of(current, seen)
+    except sa.exc.DBAPIError as error:
+        if not is_lock_timeout(error):
+            raise
+
+
+def reserve_version(engine: Engine, project_id: str, at_least: int) -> int | None:
+    """Take the project's next version number in one committed statement, so the application's
+    next ``latest_version + 1`` does not hand it out again. ``at_least`` is the highest version
+    the tool knows of (a stale ``latest_version`` must not give out a number in use). None if
+    the project row is gone."""
+    statement = (
+        projects.update()
+        .where(projects.c.id == project_id)
+        .values(latest_version=sa.case(
+            (sa.func.coalesce(projects.c.latest_version, 0) < at_least, at_least),
+            else_=projects.c.latest_version,
+        ) + 1)
+        .returning(projects.c.latest_version)
+    )
     with engine.begin() as connection:
-        if generation_updates:
-            connection.execute(
-                _UPDATE_GENERATION,
-                [
-                    {"b_id": update.generation_id,
-                     **{f"b_{name}": value for name, value in update.column_values().items()}}
-                    for update in generation_updates
-                ],
-            )
-        if project_updates:
-            connection.execute(
-                _UPDATE_PROJECT,
-                [
-                    {
-                        "b_id": update.project_id,
-                        "b_latest_version": update.latest_version,
-                        "b_active_generation_id": update.active_generation_id,
-                    }
-                    for update in project_updates
-                ],
-            )
+        return connection.execute(statement).scalar_one_or_none()
+
+
+def write_generation_updates(engine: Engine, updates: Sequence[GenerationUpdate]) -> dict[str, RowDrift]:
+    """Write one batch in one transaction; a row is written only if it still shows what its
+    plan saw (status, version, storage_path). Returns the rows that were not written and why.
+
+    One executemany in the common case; only when some row drifted is the batch redone row by
+    row to tell which. Rows are written in id order, the order the application's ORM locks
+    them in, so the two never wait on each other in a cycle.
+    """
+    ordered = sorted(updates, key=lambda update: update.generation_id)
+    if not ordered:
+        return {}
+    try:
+        with engine.begin() as connection:
+            written = connection.execute(_UPDATE_GENERATION, [_update_parameters(u) for u in ordered]).rowcount
+            if written == len(ordered):
+                return {}
+            connection.rollback()
+    except sa.exc.DBAPIError as error:
+        if not is_lock_timeout(error):
+            raise
+    return _write_row_by_row(engine, ordered)
+
+
+def _write_row_by_row(engine: Engine, ordered: Sequence[GenerationUpdate]) -> dict[str, RowDrift]:
+    drifted: dict[str, RowDrift] = {}
+    with engine.begin() as connection:
+        for update in ordered:
+            savepoint = connection.begin_nested() if connection.dialect.name == "postgresql" else None
+            try:
+                written = connection.execute(_UPDATE_GENERATION, _update_parameters(update)).rowcount
+            except sa.exc.DBAPIError as error:
+                if savepoint is None or not is_lock_timeout(error):
+                    raise
+                savepoint.rollback()
+                drifted[update.generation_id] = RowDrift.CHANGED
+                continue
+            if savepoint is not None:
+                savepoint.commit()
+            if written != 1:
+                exists = read_row_seen(connection, update.generation_id) is not None
+                drifted[update.generation_id] = RowDrift.CHANGED if exists else RowDrift.GONE
+    return drifted
+
+
+def write_project_update(engine: Engine, update: ProjectUpdate) -> bool:
+    """Bring one project's row forward in one short transaction; False if it had to give way.
+
+    ``latest_version`` only rises (in the statement itself). ``active_generation_id`` is set
+    only where it still is what the plan saw and only to a completed generation of the project
+    that still exists. ``is_active`` then follows the active generation as stored, read under
+    the project row's lock — the application's choice is never reverted. The first statement
+    writes, so on SQLite the transaction holds the write lock from the start and reads nothing
+    stale.
+    """
+    try:
+        with engine.begin() as connection:
+            connection.execute(_RAISE_LATEST_VERSION, {"b_id": update.project_id,
+                                                       "b_latest_version": update.latest_version})
+            if update.active_generation_id != update.seen_active_generation_id:
+                _set_active_if_unchanged(connection, update)
+            _make_is_active_follow(connection, update.project_id)
+        return True
+    except sa.exc.DBAPIError as error:
+        if not is_lock_timeout(error) and not isinstance(error, sa.exc.IntegrityError):
+            raise
+        return False
+
+
+def _set_active_if_unchanged(connection: Connection, update: ProjectUpdate) -> None:
+    candidate = sa.select(generations.c.id).where(
+        generations.c.id == update.active_generation_id,
+        generations.c.project_id == update.project_id,
+        generations.c.status == "completed",
+    ).exists()
+    connection.execute(
+        projects.update()
+        .where(projects.c.id == update.project_id,
+               projects.c.active_generation_id.is_not_distinct_from(update.seen_active_generation_id),
+               candidate if update.active_generation_id is not None else sa.true())
+        .values(active_generation_id=update.active_generation_id)
+    )
+
+
+def _make_is_active_follow(connection: Connection, project_id: str) -> None:
+    query = sa.select(projects.c.active_generation_id).where(projects.c.id == project_id)
+    if connection.dialect.name == "postgresql":
+        query = query.with_for_update()
+    active = connection.execute(query).scalar_one_or_none()
+    should_be = generations.c.id == active if active is not None else sa.false()
+    connection.execute(
+        generations.update()
+        .where(generations.c.project_id == project_id,
+               sa.func.coalesce(generations.c.is_active, sa.false()) != should_be)
+        .values(is_active=should_be)
+    )

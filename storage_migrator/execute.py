@@ -11,8 +11,9 @@ generation alone, with a one-line reason, and the run goes on.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from sqlalchemy.engine import Engine
 
 from . import diff
 from .batch import BatchWriter
-from .db import load_output_files
+from .db import claimed_generation, load_output_files, read_row_seen
 from .errors import GenerationError
 from .faults import checkpoint
 from .fsops import (
@@ -53,11 +54,19 @@ from .layout import (
     source_dir,
 )
 from .manifest import Manifest, fingerprint_digest, read_manifest_document
-from .plan import Action, GenerationPlan, ProjectPlan, is_legacy_link_text
-from .records import GenerationRow, GenerationUpdate, ProjectUpdate
+from .plan import Action, GenerationPlan, ProjectPlan, is_archived, is_legacy_link_text
+from .records import GenerationRow, GenerationUpdate, ProjectUpdate, RowDrift
 from .report import GenerationOutcome, Outcome, RunReport
 from .source_tree import ManifestTree, SourceTree, write_tree_patch
 from .tree import fingerprint_tree, is_real_dir, read_regular_file, scan_tree
+
+
+class RowDrifted(Exception):
+    """The application deleted or changed the row since it was planned: the step is not taken."""
+
+    def __init__(self, drift: RowDrift) -> None:
+        super().__init__(drift.value)
+        self.drift = drift
 
 
 @dataclass
@@ -89,10 +98,11 @@ class Executor:
             self.on_generation(1)
         self._point_active_link(plan)
         record = plan.record
-        if record.exists and (
-            record.latest_version != plan.latest_version or record.active_generation_id != plan.active_generation_id
-        ):
-            self._writer.add_project(ProjectUpdate(plan.project_id, plan.latest_version, plan.active_generation_id))
+        flags_disagree = any(g.is_active != (g.id == plan.active_generation_id) for g in record.generations)
+        if record.exists and (plan.latest_version > record.latest_version or flags_disagree
+                              or record.active_generation_id != plan.active_generation_id):
+            self._writer.add_project(ProjectUpdate(plan.project_id, plan.latest_version, plan.active_generation_id,
+                                                   record.active_generation_id))
         self._writer.flush_if_full()
 
     def finish(self) -> None:
@@ -108,9 +118,12 @@ class Executor:
         if plan.action in (Action.SKIP, Action.FAIL):
             error = plan.reason if plan.action == Action.FAIL else None
             outcome = _outcome(plan, plan.action.done, generation.storage_path, error=error)
-            return outcome, _flag_only_update(generation, is_active), None
+            drift = self._drift_since_planned(plan) if plan.action == Action.FAIL else None
+            return (outcome.drifted(drift) if drift else outcome), None, None
         try:
             return self._carry_out_generation(plan, previous, previous_version, is_active)
+        except RowDrifted as drifted:
+            return _outcome(plan, Outcome.SKIPPED, generation.storage_path).drifted(drifted.drift), None, None
         except GenerationError as error:
             return _outcome(plan, Outcome.FAILED, generation.storage_path, error=str(error)), None, None
         except (OSError, UnsafePathComponent, ValueError, UnicodeError, RecursionError) as error:
@@ -124,7 +137,7 @@ class Executor:
         if plan.action == Action.UNCHANGED:
             tree = self._unchanged_tree(plan)
             self._keep_legacy_link(plan)
-            return _outcome(plan, Outcome.UNCHANGED, plan.storage_path), _flag_only_update(generation, is_active), tree
+            return _outcome(plan, Outcome.UNCHANGED, plan.storage_path), None, tree
         self._renumber_folder(plan)
         tree = self._put_in_place(plan)
         try:
@@ -136,12 +149,12 @@ class Executor:
             raise
         update = GenerationUpdate.from_row(
             generation,
+            seen=plan.row_seen,
             storage_path=plan.storage_path,
             file_count=tree.file_count,
             total_size_bytes=tree.total_size_bytes,
-            diff_from_previous=patch_path,
+            diff_from_previous=self._patch_path_as_written(generation, patch_path),
             changes_summary=_merged_summary(generation, summary),
-            is_active=is_active,
         )
         self.report.bytes_handled += tree.total_size_bytes
         done = Outcome.RENUMBERED if plan.renumbered_from is not None and plan.action == Action.REFRESH \
@@ -161,7 +174,8 @@ class Executor:
         generation = plan.generation
         old = self.layout.target_dir(generation.project_id, plan.renumbered_from, generation.id)
         if is_real_dir(old) and not os.path.lexists(_target(plan)):
-            rename_dir(old, _target(plan))
+            with self._row_still_as_planned(plan):
+                rename_dir(old, _target(plan))
             checkpoint("renumbered")
 
     def _put_in_place(self, plan: GenerationPlan) -> SourceTree:
@@ -172,7 +186,8 @@ class Executor:
             snapshot = scan_tree(_legacy(plan))      # reads and checks everything before anything moves
             self._prepare_target(plan)
             checkpoint("target-prepared")
-            move_tree(_legacy(plan), source, snapshot, self.layout.state_dir)
+            with self._row_still_as_planned(plan, legacy_must_exist=True):
+                move_tree(_legacy(plan), source, snapshot, self.layout.state_dir)
             snapshot.root = source
             checkpoint("moved")
             return snapshot
@@ -183,7 +198,8 @@ class Executor:
                     f"{_legacy(plan)} and {source} both exist with different content: "
                     "compare them, keep the right one in one place, and rerun"
                 )
-            discard_tree(_legacy(plan), self.layout.trash_dir)
+            with self._row_still_as_planned(plan, legacy_must_exist=True):
+                discard_tree(_legacy(plan), self.layout.trash_dir)
             checkpoint("legacy-discarded")
             return snapshot
         if plan.action == Action.REBUILD:
@@ -195,6 +211,33 @@ class Executor:
                 fingerprint_digest(fingerprint_tree(source)) == plan.manifest.fingerprint_digest:
             return ManifestTree(source, plan.manifest)    # only metadata or the diff to redo
         return scan_tree(source)
+
+    @contextmanager
+    def _row_still_as_planned(self, plan: GenerationPlan, legacy_must_exist: bool = False) -> Iterator[None]:
+        """Guard one irreversible step: the row still shows what the plan saw (on PostgreSQL it
+        stays locked for the step), and the disk still shows it too — not archived meanwhile,
+        the legacy folder still there. Else ``RowDrifted``: nothing is done, nothing comes back."""
+        with claimed_generation(self.engine, plan.id, plan.row_seen) as drift:
+            if drift is None and is_archived(self.layout, replace(plan.generation, version=plan.row_seen.version)):
+                drift = RowDrift.CHANGED
+            if drift is None and legacy_must_exist and not is_real_dir(_legacy(plan)):
+                drift = RowDrift.CHANGED
+            if drift is not None:
+                raise RowDrifted(drift)
+            yield
+
+    def _drift_since_planned(self, plan: GenerationPlan) -> RowDrift | None:
+        """A failure the plan found is reported only if the row is still as planned: a
+        generation the application deleted meanwhile is gone, not "restore from a backup"."""
+        with self.engine.connect() as connection:
+            return RowDrift.of(read_row_seen(connection, plan.id), plan.row_seen)
+
+    def _patch_path_as_written(self, generation: GenerationRow, patch_path: str | None) -> str | None:
+        """The row's own spelling of the patch path when it already names that file."""
+        if patch_path is None or generation.diff_from_previous is None:
+            return patch_path
+        same = self.layout.disk_path(generation.diff_from_previous) == self.layout.disk_path(patch_path)
+        return generation.diff_from_previous if same else patch_path
 
     def _undo_move(self, plan: GenerationPlan) -> None:
         """A move whose manifest, patch or link could not be written (a full disk): ``source/``
@@ -257,14 +300,15 @@ class Executor:
                 atomic_write_bytes(destination, content.encode("utf-8", "surrogateescape"))
                 adopt_owner(destination, self.layout.root)
                 os.utime(destination, ns=(timestamp_ns, timestamp_ns))
-            rename_entry(staging, source_dir(target))
+            with self._row_still_as_planned(plan):
+                rename_entry(staging, source_dir(target))
         except UnsafePathComponent as error:
             discard_partial(staging)
             raise GenerationError(f"output_files holds an unsafe path: {error}") from None
         except (OSError, UnicodeError) as error:
             discard_partial(staging)
             raise GenerationError(f"cannot rebuild {source_dir(target)}: {error}") from None
-        except GenerationError:
+        except (GenerationError, RowDrifted):
             discard_partial(staging)
             raise
 
@@ -327,8 +371,8 @@ class Executor:
     def _point_active_link(self, plan: ProjectPlan) -> None:
         """``active`` → the active generation's folder if it is in the new layout; else no link."""
         generations_dir = self.layout.generations_dir(plan.project_id)
-        if not generations_dir.is_dir() or generations_dir.is_symlink():
-            return
+        if not (is_real_dir(generations_dir.parent) and is_real_dir(generations_dir)):
+            return                              # a link at either level is never followed
         remove_temp_files(generations_dir)
         link = self.layout.active_link(plan.project_id)
         active = next((p for p in plan.generations if p.id == plan.active_generation_id), None)
@@ -376,13 +420,6 @@ def _outcome(plan: GenerationPlan, action: Outcome, storage_path: str | None, er
         reason=plan.reason if error is None else None,
         from_version=from_version,
     )
-
-
-def _flag_only_update(generation: GenerationRow, is_active: bool) -> GenerationUpdate | None:
-    """Keep every column but ``is_active``, which must agree with the project's active id."""
-    if generation.is_active == is_active:
-        return None
-    return GenerationUpdate.from_row(generation, is_active=is_active)
 
 
 def _is_empty_artifacts(entry: Path) -> bool:

@@ -342,14 +342,18 @@ def empty_trash(trash_dir: Path) -> None:
 
 def remove_temp_files(folder: Path) -> None:
     """Remove what a killed write left in ``folder``: the tool's temp files and temp links
-    (never a folder, never anything else)."""
+    (never a folder, never anything else). ``folder`` is reached without following a link at
+    any component: a project folder that is a link to another disk is not cleaned over there."""
     try:
-        names = os.listdir(folder)
+        with anchored_path(folder) as (root, parts), root.open_dir(parts) as handle:
+            for name, status in handle.entries():
+                if is_temp_name(name) and not stat.S_ISDIR(status.st_mode):
+                    try:
+                        os.unlink(name, dir_fd=handle.fileno())
+                    except OSError:
+                        pass
     except OSError:
         return
-    for name in names:
-        if is_temp_name(name) and not is_real_dir(folder / name):
-            _remove_quietly(folder / name)
 
 
 def _remove_quietly(path: Path) -> None:

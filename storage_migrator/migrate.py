@@ -20,6 +20,7 @@ from .db import (
     iter_project_ids,
     iter_project_records,
     load_output_files,
+    reserve_version,
 )
 from .errors import GenerationError
 from .execute import Executor
@@ -39,6 +40,11 @@ WORKER_CHUNK_PROJECTS = 16
 
 def output_files_checker(engine: Engine) -> Callable[[str], bool]:
     return lambda generation_id: bool(load_output_files(engine, generation_id))
+
+
+def version_reserver(engine: Engine) -> Callable[[str, int], int | None]:
+    """A real run takes a renumbered duplicate's number from the database at once."""
+    return lambda project_id, at_least: reserve_version(engine, project_id, at_least)
 
 
 def plan_outcome(plan: GenerationPlan) -> GenerationOutcome:
@@ -154,7 +160,8 @@ def _carry_out_projects(layout: StorageLayout, engine: Engine, report: RunReport
     executor = Executor(layout, engine, report, legacy_links=options.legacy_links, on_generation=tick)
     try:
         for record in iter_project_records(engine, only=only):
-            executor.carry_out(plan_project(record, layout, options.resync, output_files_checker(engine)))
+            executor.carry_out(plan_project(record, layout, options.resync, output_files_checker(engine),
+                                            reserve=version_reserver(engine)))
     finally:
         executor.finish()
 

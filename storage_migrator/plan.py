@@ -29,7 +29,7 @@ from .layout import (
     source_dir,
 )
 from .manifest import Manifest, ManifestHead, fingerprint_digest, read_manifest_head
-from .records import GenerationRow, ProjectRecord
+from .records import GenerationRow, ProjectRecord, RowSeen
 from .report import Outcome, Tally
 from .tree import fingerprint_tree, is_real_dir
 
@@ -109,10 +109,16 @@ class GenerationPlan:
     renumbered_from: int | None = None    # the duplicate version it had; its folder is renamed
     leftover: Path | None = None          # the application's scratch copy beside the target
     manifest: Manifest | ManifestHead | None = field(default=None, repr=False)   # as probed; reused
+    seen: RowSeen | None = None           # the row as read; None: ``generation`` as it is
 
     @property
     def id(self) -> str:
         return self.generation.id
+
+    @property
+    def row_seen(self) -> RowSeen:
+        """What the row showed when planned: every write and disk step checks it again first."""
+        return self.seen or RowSeen.of(self.generation)
 
     @property
     def is_diff_base(self) -> bool:
@@ -198,10 +204,16 @@ def probe_disk(layout: StorageLayout, generation: GenerationRow, check_fingerpri
             fingerprints_match = fingerprint_digest(fingerprint_tree(source_dir(target))) == manifest.fingerprint_digest
         except GenerationError:
             fingerprints_match = False
-    archived = not source_exists and is_real_dir(
-        layout.archive_dir(generation.project_id, generation.version or 0, generation.id))
+    archived = is_archived(layout, generation)
     return DiskState(legacy_kind, target_exists, source_exists, manifest, patch_versions, fingerprints_match, archived,
                      has_temp_files)
+
+
+def is_archived(layout: StorageLayout, generation: GenerationRow) -> bool:
+    """``<ROOT>/<project>/archive/v<N>__<id>/`` is a real folder, reached through real folders
+    only (a link at any component is not an archive: nothing is decided through a link)."""
+    archive = layout.archive_dir(generation.project_id, generation.version or 0, generation.id)
+    return all(is_real_dir(folder) for folder in (archive.parent.parent, archive.parent, archive))
 
 
 def _sort_key(generation: GenerationRow) -> tuple[datetime, str]:
@@ -276,13 +288,15 @@ def _decide_on_disk(
 
 
 def decide_project(
-    record: ProjectRecord, layout: StorageLayout, disks: dict[str, DiskState], keep_active: bool = True
+    record: ProjectRecord, layout: StorageLayout, disks: dict[str, DiskState], keep_active: bool = True,
+    numbers: dict[str, int] | None = None,
 ) -> ProjectPlan:
     """Decide every generation of one project, in version order. Pure: ``disks`` holds what
     ``probe_disk`` saw (for renumbered generations: at their old version). ``P`` (from_version)
     is the nearest lower version whose generation is completed and ends on disk; a generation
-    whose P's content is rewritten is refreshed too."""
-    renumbered = renumber_duplicates(record)
+    whose P's content is rewritten is refreshed too. ``numbers`` are the new versions of
+    renumbered rows as reserved (default: as ``renumber_duplicates`` predicts them)."""
+    renumbered = renumber_duplicates(record) if numbers is None else numbers
     ordered = sorted(
         (replace(g, version=renumbered[g.id]) if g.id in renumbered else g for g in record.generations),
         key=lambda g: (g.version if isinstance(g.version, int) else 0, *_sort_key(g)),
@@ -299,6 +313,7 @@ def decide_project(
                                   old_versions[generation.id] if generation.id in renumbered else None)
         if generation.id in renumbered:
             plan = _renumbered(plan, old_versions[generation.id])
+        plan = replace(plan, seen=RowSeen(generation.status, old_versions[generation.id], generation.storage_path))
         plans.append(plan)
         if plan.is_diff_base:
             previous_base = plan
@@ -344,11 +359,8 @@ def _decide_generation(
     if generation.is_unfinished:
         return _row_as_is(base, reason=f"status is {generation.status}: the application may still be writing it; "
                        "a later resync picks it up")
-    if disk.legacy_kind == LegacyKind.OTHER:
-        return _row_as_is(base, action=Action.FAIL, reason=f"{base.legacy_dir} is not a folder (a symlink or a file); "
-                       "it is never followed — replace it with the real folder")
     if disk.source_exists:
-        leftover = None
+        leftover = base.legacy_dir if disk.legacy_kind == LegacyKind.OTHER else None   # foreign: reported, left
         if disk.legacy_kind == LegacyKind.DIR:
             if not written_in_new_layout:
                 return replace(base, action=Action.FINISH_MOVE, content_changes=True, manifest=disk.manifest,
@@ -360,10 +372,19 @@ def _decide_generation(
         changes = action == Action.REFRESH and (disk.manifest is None or disk.fingerprints_match is False)
         return replace(base, action=action, reason=reason, content_changes=changes, manifest=disk.manifest,
                        leftover=leftover)
-    if disk.legacy_kind == LegacyKind.DIR:
-        return replace(base, action=Action.MOVE, content_changes=True)
+    scratch = base.legacy_dir if disk.legacy_kind == LegacyKind.DIR else None
     if disk.archived:
-        return _row_as_is(base, reason="archived by the application (archive/ folder); left as it is")
+        return replace(_row_as_is(base, reason="archived by the application (archive/ folder); left as it is"),
+                       leftover=scratch)
+    if disk.legacy_kind == LegacyKind.OTHER:
+        return _row_as_is(base, action=Action.FAIL, reason=f"{base.legacy_dir} is not a folder (a symlink or a file); "
+                       "it is never followed — replace it with the real folder")
+    if scratch is not None and written_in_new_layout:
+        return replace(_row_as_is(base, reason=f"storage_path names {target}, which is gone (deleted or moved by "
+                                  f"the application); {scratch} is its scratch copy and is left alone"),
+                       leftover=scratch)
+    if scratch is not None:
+        return replace(base, action=Action.MOVE, content_changes=True)
     if generation.has_output_files:
         return replace(base, action=Action.REBUILD, reason="folder missing; rebuilt from the output_files column",
                        content_changes=True)
@@ -378,11 +399,16 @@ def _row_as_is(plan: GenerationPlan, *, action: Action = Action.SKIP, reason: st
     return replace(plan, action=action, reason=reason, storage_path=plan.generation.storage_path, from_version=None)
 
 
+NumberSource = Callable[[str, int], "int | None"]
+"""``reserve(project_id, at_least)``: the project's next version number, taken for good (run)."""
+
+
 def plan_project(
     record: ProjectRecord,
     layout: StorageLayout,
     check_fingerprints: bool = False,
     has_output_files: Callable[[str], bool] | None = None,
+    reserve: NumberSource | None = None,
 ) -> ProjectPlan:
     """Probe the disk for every generation of ``record`` and decide.
 
@@ -390,16 +416,21 @@ def plan_project(
     ``output_files`` holds files: the row query only knows the column is not SQL NULL, and a
     JSON ``null`` or ``{}`` must not be planned as a rebuild. A generation whose disk cannot
     even be probed (permission denied, a name the filesystem refuses) fails alone.
+
+    A duplicate version gets a new number only if it has something on disk to rename or move:
+    with ``reserve`` (a real run) the number is taken from the database at once, so the
+    application never hands it out too; without it (a dry run) the number is predicted. A folder
+    ``v<K>__<id>`` already renamed by an earlier, interrupted run keeps its number K.
     """
+    renamed = _renamed_folders(layout, record)
+    numbers = assign_numbers(record, layout, renamed, reserve)
     disks: dict[str, DiskState] = {}
     unprobed: dict[str, str] = {}
-    renumbered = renumber_duplicates(record)
     for generation in record.generations:
         if _unsafe_reason(generation) or not isinstance(generation.version, int):
             continue
-        if generation.id in renumbered:
-            # A killed run may already have renamed the folder to the new number.
-            moved = replace(generation, version=renumbered[generation.id])
+        if generation.id in numbers:
+            moved = replace(generation, version=numbers[generation.id])
             if is_real_dir(layout.generation_target(moved)):
                 generation = moved
         try:
@@ -413,12 +444,64 @@ def plan_project(
             else generation
             for generation in record.generations
         ))
-    plan = decide_project(record, layout, {**disks, **{gid: _UNPROBED for gid in unprobed}})
+    plan = decide_project(record, layout, {**disks, **{gid: _UNPROBED for gid in unprobed}}, numbers=numbers)
     if not unprobed:
         return plan
     return replace(plan, generations=tuple(
         replace(p, action=Action.FAIL, reason=unprobed[p.id]) if p.id in unprobed else p for p in plan.generations
     ))
+
+
+def _renamed_folders(layout: StorageLayout, record: ProjectRecord) -> dict[str, int]:
+    """Generation id → K for each ``generations/v<K>__<id>`` folder whose row has another
+    version: a renumbering whose database write was lost (recognised from the disk alone)."""
+    try:
+        check_path_component(record.project_id, "project id")
+    except UnsafePathComponent:
+        return {}
+    generations_dir = layout.generations_dir(record.project_id)
+    if not (is_real_dir(generations_dir.parent) and is_real_dir(generations_dir)):
+        return {}
+    versions = {generation.id: generation.version for generation in record.generations}
+    found: dict[str, int] = {}
+    for name in os.listdir(generations_dir):
+        parsed = parse_target_dir_name(name)
+        if parsed is None or parsed[1] not in versions or versions[parsed[1]] == parsed[0]:
+            continue
+        if is_real_dir(generations_dir / name):
+            found.setdefault(parsed[1], parsed[0])
+    return {gid: version for gid, version in found.items()
+            if not is_real_dir(layout.target_dir(record.project_id, versions[gid] or 0, gid))}
+
+
+def assign_numbers(record: ProjectRecord, layout: StorageLayout, renamed: dict[str, int],
+                   reserve: NumberSource | None) -> dict[str, int]:
+    """New versions: a folder already renamed keeps its number; a duplicate that has something
+    to move gets the next number (reserved, or predicted in a dry run); one that has nothing on
+    disk keeps its duplicate number and takes none (only numbers given count)."""
+    numbers = dict(renamed)
+    floor = max([record.latest_version, *renamed.values(),
+                 *(g.version for g in record.generations if isinstance(g.version, int))], default=0)
+    for generation_id in renumber_duplicates(record):
+        if generation_id in numbers:
+            continue
+        generation = next(g for g in record.generations if g.id == generation_id)
+        if not _has_something_to_move(layout, generation):
+            continue
+        number = reserve(record.project_id, floor) if reserve is not None else floor + 1
+        if number is None:
+            break                               # the project row is gone
+        numbers[generation_id] = number
+        floor = max(floor, number)
+    return numbers
+
+
+def _has_something_to_move(layout: StorageLayout, generation: GenerationRow) -> bool:
+    """A legacy folder, a folder at its old number, or files in ``output_files`` — and not archived."""
+    if is_archived(layout, generation):
+        return False
+    return (is_real_dir(layout.legacy_dir(generation.id)) or is_real_dir(layout.generation_target(generation))
+            or generation.has_output_files)
 
 
 _UNPROBED = DiskState(LegacyKind.MISSING, False, False, None, (), None)

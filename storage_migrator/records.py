@@ -4,11 +4,14 @@ project as read from the database, and the values the tool writes back.
 Plain frozen dataclasses with no database library behind them, so the planner stays pure.
 ``GenerationUpdate`` is the one definition of the columns the tool owns: the database layer
 builds its UPDATE from its fields, so adding a column is one edit here and one in the schema.
+``RowSeen`` is what the plan read of a row: writes and irreversible disk steps go ahead only
+while the row still shows it, because the application changes rows while the tool works.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
 from datetime import datetime
+from enum import Enum
 from typing import Any
 
 UNFINISHED_STATUSES = frozenset({"pending", "processing"})
@@ -47,6 +50,33 @@ class GenerationRow:
 
 
 @dataclass(frozen=True)
+class RowSeen:
+    """The values of a generation's row that the plan was made from. The application may
+    change or delete the row at any moment; a write or disk step checks these again first."""
+
+    status: str
+    version: int | None
+    storage_path: str | None
+
+    @classmethod
+    def of(cls, row: GenerationRow) -> RowSeen:
+        return cls(row.status, row.version, row.storage_path)
+
+
+class RowDrift(str, Enum):
+    """How a row differs from what the plan saw: then the tool leaves it to the next resync."""
+
+    GONE = "gone"          # the application deleted it
+    CHANGED = "changed"    # its status, version or storage_path is no longer what was planned from
+
+    @classmethod
+    def of(cls, current: RowSeen | None, seen: RowSeen) -> RowDrift | None:
+        if current is None:
+            return cls.GONE
+        return None if current == seen else cls.CHANGED
+
+
+@dataclass(frozen=True)
 class ProjectRecord:
     """One project's row (``exists`` is False if the row is gone) and its generations in
     version order."""
@@ -68,27 +98,33 @@ class GenerationUpdate:
     total_size_bytes: int | None
     diff_from_previous: str | None
     changes_summary: Any
-    is_active: bool
     version: int | None
+    seen: RowSeen
 
     @classmethod
-    def from_row(cls, row: GenerationRow, **changes: Any) -> GenerationUpdate:
-        """The row's current values with ``changes`` applied: callers name only what they change."""
+    def from_row(cls, row: GenerationRow, seen: RowSeen | None = None, **changes: Any) -> GenerationUpdate:
+        """The row's current values with ``changes`` applied: callers name only what they change.
+        ``seen`` is the row as planned from (default: ``row`` itself)."""
         values = {name: getattr(row, name) for name in OWNED_GENERATION_COLUMNS}
         values.update(changes)
-        return cls(generation_id=row.id, **values)
+        return cls(generation_id=row.id, seen=seen or RowSeen.of(row), **values)
 
     def column_values(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in OWNED_GENERATION_COLUMNS}
 
 
 OWNED_GENERATION_COLUMNS: tuple[str, ...] = tuple(
-    field.name for field in fields(GenerationUpdate) if field.name != "generation_id"
+    field.name for field in fields(GenerationUpdate) if field.name not in ("generation_id", "seen")
 )
 
 
 @dataclass(frozen=True)
 class ProjectUpdate:
+    """What a project's row must reach. ``latest_version`` only raises the stored value;
+    ``active_generation_id`` replaces ``seen_active_generation_id`` only if that is still stored
+    (the application's choice is never reverted); ``is_active`` then follows what is stored."""
+
     project_id: str
     latest_version: int
     active_generation_id: str | None
+    seen_active_generation_id: str | None

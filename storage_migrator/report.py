@@ -4,11 +4,12 @@ generation; a dry run reports the planner's ``Action`` instead, which maps onto 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Protocol
 
 from .errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_SOME_FAILED
+from .records import RowDrift
 
 
 class Tally(str, Enum):
@@ -30,13 +31,15 @@ class Outcome(str, Enum):
     RESTORED = "restored"              # rollback moved it back to the legacy folder
     UNCHANGED = "unchanged"
     SKIPPED = "skipped"
+    GONE = "gone"                      # the application deleted it while the tool worked
+    CHANGED = "changed"                # the application changed its row meanwhile: left to the next resync
     FAILED = "failed"
 
     @property
     def tally(self) -> Tally:
         if self is Outcome.FAILED:
             return Tally.FAILED
-        if self in (Outcome.UNCHANGED, Outcome.SKIPPED):
+        if self in (Outcome.UNCHANGED, Outcome.SKIPPED, Outcome.GONE, Outcome.CHANGED):
             return Tally.SKIPPED
         return Tally.MIGRATED
 
@@ -78,7 +81,14 @@ class GenerationOutcome:
 
     @property
     def skipped(self) -> bool:
-        return self.action in (Outcome.SKIPPED, "skip")
+        return self.action in (Outcome.SKIPPED, Outcome.GONE, Outcome.CHANGED, "skip")
+
+    def drifted(self, drift: RowDrift) -> GenerationOutcome:
+        """This line once the application deleted or changed the row before the tool wrote it."""
+        reason = ("deleted by the application while the tool worked" if drift is RowDrift.GONE
+                  else "changed by the application while the tool worked; the next resync picks it up")
+        action = Outcome.GONE if drift is RowDrift.GONE else Outcome.CHANGED
+        return replace(self, action=action, error=None, reason=reason)
 
     def to_json(self) -> dict:
         return {
