@@ -294,9 +294,13 @@ def _id_fits(named: str | None, real: str | None) -> bool:
 def expand_directories(entries: Sequence[PatchEntry], old_paths: Collection[str],
                        new_paths: Collection[str]) -> list[PatchEntry]:
     """Each ``Only in`` entry naming a directory of the tree it is only in becomes one entry
-    per file below it (a ``one-sided`` one is placed by the tree that has the files)."""
+    per file below it; a ``one-sided`` one (a file or a directory) is placed by the tree that
+    has it, since the patch alone could not say which side it was on."""
     expanded: list[PatchEntry] = []
     for entry in entries:
+        if entry.change == "one-sided" and (entry.path in old_paths) != (entry.path in new_paths):
+            expanded.append(PatchEntry(entry.path, "deleted" if entry.path in old_paths else "added"))
+            continue
         below = [] if not entry.may_be_directory or entry.path in old_paths or entry.path in new_paths \
             else _files_below(entry, old_paths, new_paths)
         expanded.extend(below or [entry])
@@ -326,7 +330,8 @@ def parse_patch(patch: bytes) -> list[PatchEntry] | None:
     """The files a patch names, in its order: from this module, ``git diff`` (renames become a
     deletion and an addition, as ``compare_trees`` sees them) or GNU ``diff -ru``/``-ruN``
     (no ids; a path is what both names of a pair share at their end, so ``diff -ru v1/src v2/src``
-    gives ``src/P``). ``[]`` for an empty patch,
+    gives ``src/P``, less a shared leading ``source/``: the application's ``diff -ru <old>/source
+    <new>/source`` gives ``P`` wherever its folders were). ``[]`` for an empty patch,
     ``None`` for bytes that are no patch at all. Hunk lines are counted, so a removed line
     ``-- x`` is never taken for a header; nothing in the input can make it raise.
 
@@ -346,6 +351,8 @@ _GIT_EXTENDED = (b"old mode ", b"new mode ", b"deleted file mode ", b"new file m
                  b"copy to ", b"rename from ", b"rename to ", b"similarity index ",
                  b"dissimilarity index ", b"index ")
 _CONVENTIONAL_ROOTS = [(b"a", b"b"), (b"old", b"new")]
+SOURCE_COMPONENT = b"source"
+_GENERATION_SOURCE = re.compile(rb"(?:^|/)v[1-9][0-9]*__[^/]+/source/")
 
 
 @dataclass
@@ -354,6 +361,7 @@ class _GitSection:
 
     old_name: bytes | None = None
     new_name: bytes | None = None
+    names_certain: bool = False         # the ``diff --git`` line alone told both names
     created: bool = False
     removed: bool = False
     rename_from: bytes | None = None
@@ -400,7 +408,7 @@ class _PatchReader:
 
     def _git_section(self, names: bytes) -> None:
         section = _GitSection()
-        section.old_name, section.new_name = _split_git_names(names)
+        section.old_name, section.new_name, section.names_certain = _split_git_names(names)
         while self._peek().startswith(_GIT_EXTENDED):
             self._git_extended(section, self._next())
         following = self._peek()
@@ -409,8 +417,9 @@ class _PatchReader:
             old_label, new_label = _label_name(self._next()[4:]), _label_name(self._next()[4:])
             section.created = section.created or old_label == b"/dev/null"
             section.removed = section.removed or new_label == b"/dev/null"
-            section.old_name = old_label if old_label not in (None, b"/dev/null") else section.old_name
-            section.new_name = new_label if new_label not in (None, b"/dev/null") else section.new_name
+            if not section.names_certain:   # labels only settle what the ``diff --git`` line left open
+                section.old_name = old_label if old_label not in (None, b"/dev/null") else section.old_name
+                section.new_name = new_label if new_label not in (None, b"/dev/null") else section.new_name
             self._skip_hunks()
         elif following == b"GIT binary patch":
             self._skip_binary()
@@ -488,13 +497,16 @@ class _PatchReader:
 
     def _place(self, full_path: bytes) -> PatchEntry:
         """An ``Only in`` path: deleted below the old directory, added below the new one. With no
-        pair of directory names in the patch, git's ``a``/``b`` or ``old``/``new`` are tried."""
+        pair of directory names in the patch, git's ``a``/``b`` or ``old``/``new`` are tried, then
+        a generation's ``v<N>__<id>/source/`` (the side is left to the trees: ``one-sided``)."""
         for old_root, new_root in self.roots or _CONVENTIONAL_ROOTS:
             if old_root and full_path.startswith(old_root + b"/"):
                 return PatchEntry(_path_str(full_path[len(old_root) + 1:]), "deleted", may_be_directory=True)
             if new_root and full_path.startswith(new_root + b"/"):
                 return PatchEntry(_path_str(full_path[len(new_root) + 1:]), "added", may_be_directory=True)
-        return PatchEntry(_path_str(_strip_prefix(full_path) or full_path), "one-sided", may_be_directory=True)
+        below_source = _below_generation_source(full_path)
+        path = below_source if below_source is not None else _strip_prefix(full_path) or full_path
+        return PatchEntry(_path_str(path), "one-sided", may_be_directory=True)
 
 
 def _git_entries(section: _GitSection) -> Iterator[PatchEntry]:
@@ -519,23 +531,27 @@ def _blob_or_none(hex_id: bytes) -> str | None:
     return None if not hex_id.strip(b"0") else hex_id.decode()
 
 
-def _split_git_names(names: bytes) -> tuple[bytes | None, bytes | None]:
-    """The two names of ``diff --git A B``. Unquoted names may hold spaces; git itself then
-    relies on both names being equal, so the line is cut in the middle."""
+def _split_git_names(names: bytes) -> tuple[bytes | None, bytes | None, bool]:
+    """The two names of ``diff --git A B`` and whether the line alone settles them. Unquoted
+    names may hold spaces (even a trailing one); git itself then relies on both names being
+    equal, so the line is cut in the middle. Only a cut that stays a guess (one space among
+    several, names that differ) lets the ``---``/``+++`` labels decide instead."""
     if names.startswith(b'"'):
         first, rest = _unquote_prefix(names)
         if first is None or not rest.startswith(b" "):
-            return None, None
-        return first, _unquote_name(rest[1:])
+            return None, None, False
+        second = _unquote_name(rest[1:])
+        return first, second, second is not None
     if names.endswith(b'"') and b' "' in names:
         first, _, second = names.partition(b' "')
-        return first, _unquote_name(b'"' + second)
+        unquoted = _unquote_name(b'"' + second)
+        return first, unquoted, unquoted is not None
     middle = len(names) // 2
     if len(names) % 2 and names[middle:middle + 1] == b" " \
             and _strip_prefix(names[:middle]) == _strip_prefix(names[middle + 1:]):
-        return names[:middle], names[middle + 1:]
+        return names[:middle], names[middle + 1:], True
     first, _, second = names.partition(b" ")
-    return first, second or None
+    return first, second or None, names.count(b" ") == 1 and bool(first) and bool(second)
 
 
 def _split_binary_names(names: bytes) -> tuple[bytes, bytes] | None:
@@ -553,14 +569,25 @@ def _split_binary_names(names: bytes) -> tuple[bytes, bytes] | None:
 
 def _split_roots(old_name: bytes, new_name: bytes) -> tuple[bytes, bytes, bytes]:
     """(old directory, new directory, path) of a GNU pair of names: the path is the longest run
-    of trailing components both share (at least the first component is a directory)."""
+    of trailing components both share (at least the first component is a directory), less a
+    leading ``source``: a generation's files are those below its ``source/`` folder."""
     old_parts, new_parts = old_name.split(b"/"), new_name.split(b"/")
     shared = 0
     while shared < min(len(old_parts), len(new_parts)) - 1 and old_parts[-1 - shared] == new_parts[-1 - shared]:
         shared += 1
     if shared == 0:
         return b"", b"", new_name
+    if shared > 1 and new_parts[-shared] == SOURCE_COMPONENT:
+        shared -= 1
     return b"/".join(old_parts[:-shared]), b"/".join(new_parts[:-shared]), b"/".join(new_parts[-shared:])
+
+
+def _below_generation_source(full_path: bytes) -> bytes | None:
+    """What lies below the last ``v<N>__<id>/source/`` of a path, if it has one."""
+    matches = list(_GENERATION_SOURCE.finditer(full_path))
+    if not matches:
+        return None
+    return full_path[matches[-1].end():] or None
 
 
 def _strip_prefix(name: bytes | None) -> bytes | None:
@@ -571,10 +598,12 @@ def _strip_prefix(name: bytes | None) -> bytes | None:
 
 
 def _label_name(label: bytes) -> bytes | None:
-    """The name of a ``---``/``+++`` line: quoted, or up to the tab before a timestamp."""
+    """The name of a ``---``/``+++`` line: quoted, or up to the tab before a timestamp (git
+    ends a name holding a space with a tab too). Spaces are part of the name, trailing ones
+    included: only the tab separates."""
     if label.startswith(b'"'):
         return _unquote_prefix(label)[0]
-    return label.partition(b"\t")[0].rstrip(b" ") or None
+    return label.partition(b"\t")[0] or None
 
 
 def _is_epoch(label: bytes) -> bool:

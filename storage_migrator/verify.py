@@ -5,28 +5,44 @@ generation and ``latest_version``, and per generation the folder, counts, sizes,
 patch (by meaning: file list and blob ids), the ``active`` link and the backward-compatibility
 link. Every normal state of the running application is accepted: rows still being written,
 failed rows without files, version gaps and duplicates (resync renumbers), archived versions,
-the application's manifests and patches.
+a patch whose base the application just archived or deleted (resync re-bases it), a generation
+the application wrote itself without a flat link (resync adds it), the application's manifests
+and ``diff -ru`` patches (checked by their file list). No symlink below ROOT is followed: one
+where a project folder, ``generations/``, ``archive/``, a version folder, an archive entry or a
+``source/`` folder should be is a problem, never a reason to skip.
 """
 from __future__ import annotations
 
+import hashlib
 import os
+import stat
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import sqlalchemy as sa
 
-from . import diff
+from . import diff, rootfs
 from .config import Settings
 from .db import has_active_generation_key, iter_project_records, missing_columns
 from .errors import EXIT_OK, EXIT_VERIFY_PROBLEMS, GenerationError
 from .installation import open_installation
-from .layout import StorageLayout, UnsafePathComponent, check_path_component, manifest_path, source_dir
+from .layout import (
+    ARCHIVE_DIR,
+    StorageLayout,
+    UnsafePathComponent,
+    check_path_component,
+    manifest_path,
+    patch_file_name,
+    source_dir,
+)
 from .manifest import read_manifest
 from .records import GenerationRow, ProjectRecord
 from .source_tree import ManifestTree
-from .tree import TreeSnapshot, git_blob_id_file, is_real_dir, read_regular_file, scan_tree
+from .tree import CHUNK_SIZE, TreeSnapshot, anchored_path, git_blob_id_file, is_real_dir, read_regular_file, scan_tree
 
 MAX_PATCH_BYTES = 512 << 20
 SourceTree = ManifestTree | TreeSnapshot
+COUNT_KEYS = ("added", "modified", "deleted")
 
 
 @dataclass(frozen=True)
@@ -37,6 +53,21 @@ class Problem:
 
     def to_json(self) -> dict:
         return {"generation_id": self.generation_id, "kind": self.kind, "detail": self.detail}
+
+
+@dataclass
+class _Bases:
+    """What a later version's patch may be based on: the trees read so far (completed versions
+    in the new layout), the versions archived, and the versions some row still has."""
+
+    row_versions: set[int]
+    trees: dict[int, SourceTree] = field(default_factory=dict)
+    archived: set[int] = field(default_factory=set)
+
+    def is_gap(self, version: object) -> bool:
+        """A base the application deleted (no row) or archived: the patch waits for resync to
+        re-base it, so nothing about it is an alarm yet."""
+        return isinstance(version, int) and (version not in self.row_versions or version in self.archived)
 
 
 @dataclass
@@ -97,21 +128,53 @@ def _project_problems(layout: StorageLayout, record: ProjectRecord, legacy_links
         if generation.is_active != (generation.id == record.active_generation_id):
             problems.append(Problem(generation.id, "is-active", f"is_active is {generation.is_active} but the "
                                     f"project's active generation is {record.active_generation_id}"))
-    trees: dict[int, SourceTree] = {}
+    linked = _project_link_problems(layout, record.project_id)
+    if linked:
+        return problems + linked        # nothing below a symlinked folder is read
+    bases = _Bases(row_versions={g.version for g in generations if isinstance(g.version, int)})
     for generation in generations:
         try:
-            tree = _generation_problems(layout, generation, trees, problems, legacy_links)
+            tree = _generation_problems(layout, generation, bases, problems, legacy_links)
         except (GenerationError, UnsafePathComponent, OSError, ValueError) as error:
             problems.append(Problem(generation.id, "unreadable", str(error).splitlines()[0]))
             tree = None
         if tree is not None and isinstance(generation.version, int) and generation.status == "completed":
-            trees.setdefault(generation.version, tree)
+            bases.trees.setdefault(generation.version, tree)
     problems.extend(_active_link_problems(layout, record))
     return problems
 
 
+def _project_link_problems(layout: StorageLayout, project_id: str) -> list[Problem]:
+    """A project folder, ``generations/`` or ``archive/`` that is a symlink: following it would
+    check (and pass) whatever lies elsewhere, so it is reported and nothing below it is read."""
+    project = layout.project_dir(project_id)
+    for folder in (project, layout.generations_dir(project_id), project / ARCHIVE_DIR):
+        if os.path.islink(folder):
+            return [Problem(None, "symlink", f"{folder} is a symlink (to {os.readlink(folder)}); "
+                            "it is never followed — replace it by the real folder")]
+    return []
+
+
+def _symlink_problem(generation_id: str, path: Path, what: str) -> Problem:
+    return Problem(generation_id, "symlink", f"{path} is a symlink (to {os.readlink(path)}) where {what} "
+                   "should be; it is never followed")
+
+
+def _archive_problems(layout: StorageLayout, generation: GenerationRow, version: int) -> list[Problem] | None:
+    """None if the generation is not archived; else the problems of its archive entry (a real
+    folder with a real ``source/`` is the application's normal archive and is not read)."""
+    entry = layout.archive_dir(generation.project_id, version, generation.id)
+    if os.path.islink(entry):
+        return [_symlink_problem(generation.id, entry, "an archived generation")]
+    if not is_real_dir(entry):
+        return None
+    if os.path.islink(source_dir(entry)):
+        return [_symlink_problem(generation.id, source_dir(entry), "an archived generation's source/")]
+    return []
+
+
 def _generation_problems(
-    layout: StorageLayout, generation: GenerationRow, trees: dict[int, SourceTree], problems: list[Problem],
+    layout: StorageLayout, generation: GenerationRow, bases: _Bases, problems: list[Problem],
     legacy_links: bool,
 ) -> SourceTree | None:
     """Check one generation; returns its tree as read (for a later version's patch) if it is in
@@ -121,11 +184,15 @@ def _generation_problems(
     check_path_component(generation.id, "generation id")
     version = generation.version
     target = layout.target_dir(generation.project_id, version, generation.id)
-    if layout.archive_dir(generation.project_id, version, generation.id).is_dir():
-        return None                     # archived by the application
+    archive_problems = _archive_problems(layout, generation, version)
+    if archive_problems is not None:    # archived by the application
+        if not archive_problems:
+            bases.archived.add(version)
+        problems.extend(archive_problems)
+        return None
     if not layout.names_target(generation.storage_path, generation.project_id, version, generation.id):
         legacy = layout.legacy_dir(generation.id)
-        if os.path.isdir(legacy) and not os.path.islink(legacy):
+        if is_real_dir(legacy):
             problems.append(Problem(generation.id, "not-migrated",
                                     f"still at {generation.storage_path}; run `storage-migrate resync`"))
         elif generation.status == "completed":
@@ -133,7 +200,11 @@ def _generation_problems(
                                     f"not name {layout.target_storage_path(generation.project_id, version, generation.id)}"))
         return None
     folder = source_dir(target)
-    if not folder.is_dir() or folder.is_symlink():
+    for path, what in ((target, "a version folder"), (folder, "a version's source/")):
+        if os.path.islink(path):
+            problems.append(_symlink_problem(generation.id, path, what))
+            return None
+    if not is_real_dir(folder):
         problems.append(Problem(generation.id, "missing-folder", f"{folder} does not exist"))
         return None
     snapshot = scan_tree(folder, keep_contents=False)
@@ -146,36 +217,60 @@ def _generation_problems(
         changed = sorted(set(manifest.checksums.items()) ^ set(snapshot.checksums().items()))
         problems.append(Problem(generation.id, "checksum", f"{len(changed)} file(s) differ from the manifest, e.g. {changed[0][0]}"))
     if generation.status == "completed":
-        problems.extend(_patch_problems(layout, generation, snapshot, trees))
-    problems.extend(_legacy_link_problems(layout, generation, legacy_links))
+        problems.extend(_patch_problems(layout, generation, snapshot, bases, target))
+    # Only the tool's manifest says the tool placed this generation (and its flat link); one the
+    # application wrote itself gets its link from the next resync.
+    problems.extend(_legacy_link_problems(layout, generation, legacy_links and manifest is not None))
     return snapshot
 
 
 def _patch_problems(
-    layout: StorageLayout, generation: GenerationRow, snapshot: TreeSnapshot, trees: dict[int, SourceTree]
+    layout: StorageLayout, generation: GenerationRow, snapshot: TreeSnapshot, bases: _Bases, target: Path
 ) -> list[Problem]:
     """The recorded counts and the patch must describe the change from the recorded
-    from-version to this one. A summary without counts (the application's) is not checked."""
+    from-version to this one. A summary without counts (the application's) has only its patch
+    checked, by its file list. A base the application archived or deleted is a gap, not an alarm."""
     summary = generation.summary
     from_version = summary.get("from_version")
-    if not all(isinstance(summary.get(key), int) for key in ("added", "modified", "deleted")):
-        return []
+    counted = all(isinstance(summary.get(key), int) for key in COUNT_KEYS)
     if from_version is None:
-        if summary.get("added") != snapshot.file_count:
+        if counted and summary.get("added") != snapshot.file_count:
             return [Problem(generation.id, "changes-summary", f"changes_summary {summary} for a first version")]
         return []
-    previous = trees.get(from_version) if isinstance(from_version, int) else None
+    previous = bases.trees.get(from_version) if isinstance(from_version, int) else None
     if previous is None:
+        if bases.is_gap(from_version) or not counted:
+            return []
         return [Problem(generation.id, "changes-summary", f"diff from v{from_version}, which is not on disk")]
     comparison = diff.compare_trees(previous.checksums(), snapshot.checksums())
+    if not counted:
+        return _application_patch_problems(layout, generation, target, from_version, comparison, previous, snapshot)
     if diff.ChangeSummary.from_comparison(comparison, from_version).to_json() != {
-            key: summary.get(key) for key in ("added", "modified", "deleted", "from_version")}:
+            key: summary.get(key) for key in (*COUNT_KEYS, "from_version")}:
         return [Problem(generation.id, "changes-summary", f"changes_summary {summary} does not match the folders")]
     if generation.diff_from_previous is None:
         return [Problem(generation.id, "patch", f"no diff_from_previous for a diff from v{from_version}")]
     patch_file = layout.disk_path(generation.diff_from_previous)
     if patch_file is None:
         return [Problem(generation.id, "patch", f"diff_from_previous {generation.diff_from_previous!r} is not under ROOT")]
+    try:
+        patch = read_regular_file(patch_file.parent, patch_file.name, max_bytes=MAX_PATCH_BYTES)
+    except GenerationError as error:
+        return [Problem(generation.id, "patch", str(error))]
+    return _patch_meaning_problems(generation, patch, comparison, previous, snapshot)
+
+
+def _application_patch_problems(
+    layout: StorageLayout, generation: GenerationRow, target: Path, from_version: int,
+    comparison: diff.TreeComparison, previous: SourceTree, snapshot: TreeSnapshot,
+) -> list[Problem]:
+    """The application's patch (``diff -ru``) is where its row names it or, as it writes it, in
+    the version folder as ``diff_from_v<P>.patch``; none yet is normal (resync writes one)."""
+    named = layout.disk_path(generation.diff_from_previous)
+    candidates = [path for path in (named, target / patch_file_name(from_version)) if path is not None]
+    patch_file = next((path for path in candidates if os.path.lexists(path)), None)
+    if patch_file is None:
+        return []
     try:
         patch = read_regular_file(patch_file.parent, patch_file.name, max_bytes=MAX_PATCH_BYTES)
     except GenerationError as error:
@@ -200,11 +295,39 @@ def _patch_meaning_problems(generation: GenerationRow, patch: bytes, comparison:
     for entry in entries:
         if not entry.has_blob_ids:
             continue
-        old_id = git_blob_id_file(previous.root, entry.path) if entry.path in old_paths else None
-        new_id = git_blob_id_file(snapshot.root, entry.path) if entry.path in new_paths else None
+        old_id = _blob_id_of(previous.root, entry.path) if entry.path in old_paths else None
+        new_id = _blob_id_of(snapshot.root, entry.path) if entry.path in new_paths else None
         if not entry.agrees_with(old_id, new_id):
             return [Problem(generation.id, "patch", f"the patch's blob ids for {entry.path!r} are not the files' ids")]
     return []
+
+
+def _blob_id_of(root: Path, path: str) -> str:
+    """git's id of one file of a tree. A name with a backslash, which the tool migrates and diffs
+    but ``rootfs`` refuses as a path, is found by a walk and opened by name in its directory's
+    descriptor (no symlink followed either way)."""
+    if "\\" not in path:
+        return git_blob_id_file(root, path)
+    with anchored_path(root) as (anchor, parts):
+        for relative, _, dir_fd, name in anchor.walk_entries(parts):
+            if relative == path:
+                return _blob_id_at(dir_fd, name, f"{root}/{path}")
+    raise GenerationError(f"{root}/{path} is gone")
+
+
+def _blob_id_at(dir_fd: int, name: str, display: str) -> str:
+    """sha1 over ``blob <size>\\0`` + bytes of the regular file ``name`` in an open directory, streamed."""
+    descriptor = os.open(name, rootfs.READ_FLAGS, dir_fd=dir_fd)
+    try:
+        status = os.fstat(descriptor)
+        if not stat.S_ISREG(status.st_mode):
+            raise GenerationError(f"{display} is not a regular file; it is never read")
+        digest = hashlib.sha1(b"blob %d\0" % status.st_size)
+        while chunk := os.read(descriptor, CHUNK_SIZE):
+            digest.update(chunk)
+        return digest.hexdigest()
+    finally:
+        os.close(descriptor)
 
 
 def _legacy_link_problems(layout: StorageLayout, generation: GenerationRow, legacy_links: bool) -> list[Problem]:

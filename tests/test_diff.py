@@ -423,24 +423,20 @@ def test_parse_patch_reads_gnu_diff(option: str, tmp_path: Path) -> None:
     patch = gnu_diff(TRICKY_OLD, TRICKY_NEW, tmp_path, option)
     entries = diff.parse_patch(patch)
     assert entries is not None and not any(entry.has_blob_ids for entry in entries)
-    # GNU diff compared v1/source with v2/source: a path below source/ is kept whole.
-    expected = diff.compare_trees(checksums(TRICKY_OLD), checksums(TRICKY_NEW))
-    entries = diff.expand_directories(entries, {f"source/{path}" for path in TRICKY_OLD},
-                                      {f"source/{path}" for path in TRICKY_NEW})
-    assert diff.comparison_of(entries) == diff.TreeComparison(
-        *(tuple(f"source/{path}" for path in paths) for paths in (expected.added, expected.modified, expected.deleted)))
+    # GNU diff compared v1/source with v2/source: a generation's paths are those below source/.
+    entries = diff.expand_directories(entries, set(TRICKY_OLD), set(TRICKY_NEW))
+    assert diff.comparison_of(entries) == diff.compare_trees(checksums(TRICKY_OLD), checksums(TRICKY_NEW))
     for entry in entries:
-        path = entry.path.removeprefix("source/")
-        assert entry.agrees_with(diff.git_blob_id(TRICKY_OLD[path]) if path in TRICKY_OLD else None,
-                                 diff.git_blob_id(TRICKY_NEW[path]) if path in TRICKY_NEW else None)
+        assert entry.agrees_with(diff.git_blob_id(TRICKY_OLD[entry.path]) if entry.path in TRICKY_OLD else None,
+                                 diff.git_blob_id(TRICKY_NEW[entry.path]) if entry.path in TRICKY_NEW else None)
 
 
 def test_parse_patch_places_only_in_lines_by_the_directories_compared(tmp_path: Path) -> None:
     patch = gnu_diff({"a.txt": b"1\n", "gone.txt": b"x\n"}, {"a.txt": b"2\n", "new.txt": b"y\n"}, tmp_path, "-ru")
     assert patch.startswith(b"diff -ru v1/source/a.txt v2/source/a.txt\n")
-    assert diff.parse_patch(patch) == [diff.PatchEntry("source/a.txt", "modified"),
-                                       diff.PatchEntry("source/gone.txt", "deleted", may_be_directory=True),
-                                       diff.PatchEntry("source/new.txt", "added", may_be_directory=True)]
+    assert diff.parse_patch(patch) == [diff.PatchEntry("a.txt", "modified"),
+                                       diff.PatchEntry("gone.txt", "deleted", may_be_directory=True),
+                                       diff.PatchEntry("new.txt", "added", may_be_directory=True)]
     assert diff.parse_patch(b"Only in b/app: new.py\nOnly in a: old.py\n") == [
         diff.PatchEntry("app/new.py", "added", may_be_directory=True),
         diff.PatchEntry("old.py", "deleted", may_be_directory=True)]
@@ -450,6 +446,45 @@ def test_parse_patch_places_only_in_lines_by_the_directories_compared(tmp_path: 
     assert unplaced[0].covers("x/y.py") and not unplaced[0].covers("xy.py")
     assert diff.expand_directories(unplaced, {"a.py"}, {"x/y.py", "x/z/w.py", "xy.py"}) == [
         diff.PatchEntry("x/y.py", "added"), diff.PatchEntry("x/z/w.py", "added")]
+
+
+def test_parse_patch_reads_the_applications_diff_ru_below_source(tmp_path: Path) -> None:
+    """`diff -ru <old>/source <new>/source` with absolute folder names that need not be the
+    folders' names now (a renumbered version): paths are those below source/, a nested folder
+    called source included; with only `Only in` lines, a generation folder's source/ is found."""
+    old = {"README.md": b"1\n", "lib/source/x.py": b"a\n", "gone.py": b"g\n"}
+    new = {"README.md": b"2\n", "lib/source/x.py": b"b\n", "pkg/new.py": b"n\n"}
+    for folder, tree in (("v3__base", old), ("v1__renumbered", new)):
+        write_tree(tmp_path / "storage" / "projects" / "p" / "generations" / folder / "source", tree)
+    generations = tmp_path / "storage" / "projects" / "p" / "generations"
+    patch = subprocess.run(["diff", "-ru", str(generations / "v3__base" / "source"),
+                            str(generations / "v1__renumbered" / "source")], capture_output=True).stdout
+    assert f"--- {generations}/v3__base/source/README.md\t".encode() in patch
+    entries = diff.expand_directories(diff.parse_patch(patch) or [], set(old), set(new))
+    assert diff.comparison_of(entries) == diff.compare_trees(checksums(old), checksums(new))
+    assert diff.parse_patch(b"diff -ru a/x/source/README.md b/y/source/README.md\n"
+                            b"--- a/x/source/README.md\t2026-01-01 00:00:00 +0000\n"
+                            b"+++ b/y/source/README.md\t2026-01-01 00:00:00 +0000\n@@ -1 +1 @@\n-1\n+2\n") == [
+        diff.PatchEntry("README.md", "modified")]
+    only = diff.parse_patch(f"Only in {generations}/v1__renumbered/source/pkg: new.py\n"
+                            f"Only in {generations}/v3__base/source: gone.py\n".encode())
+    assert only is not None and [entry.path for entry in only] == ["pkg/new.py", "gone.py"]
+    assert diff.comparison_of(diff.expand_directories(only, set(old), set(new))) == \
+        diff.TreeComparison(added=("pkg/new.py",), modified=(), deleted=("gone.py",))
+
+
+def test_parse_patch_keeps_trailing_spaces_and_backslashes(tmp_path: Path) -> None:
+    """git ends a name holding a space with a tab, GNU diff quotes it: only what a tab
+    separates is dropped, so `notes ` stays `notes ` (git apply creates exactly that name)."""
+    old = {"notes ": b"1\n", "dir\\name.txt": b"a\n", "gone ": b"g\n"}
+    new = {"notes ": b"2\n", "dir\\name.txt": b"b\n", "new ": b"n\n"}
+    for patch in (make_patch(old, new), git_no_index(old, new, tmp_path / "git", "--full-index")):
+        entries = diff.parse_patch(patch)
+        assert entries is not None and diff.comparison_of(entries) == diff.compare_trees(checksums(old), checksums(new))
+    gnu = diff.parse_patch(gnu_diff(old, new, tmp_path / "gnu", "-ru"))
+    assert gnu is not None
+    assert diff.comparison_of(diff.expand_directories(gnu, set(old), set(new))) == \
+        diff.compare_trees(checksums(old), checksums(new))
 
 
 def test_parse_patch_empty_and_not_a_patch() -> None:
