@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from importlib.metadata import version
 from pathlib import Path
 
 import pytest
@@ -32,6 +33,7 @@ def test_the_wheel_installs_and_does_the_job_without_a_checkout(tmp_path: Path) 
     work = tmp_path / "empty"
     work.mkdir()
     tool = str(venv / "bin" / "storage-migrate")
+    assert run([tool, "--version"], work, environment).stdout.strip() == f"storage-migrate {version('storage-migrator')}"
     run([tool, "demo-data"], work, environment)
     run([tool, "db", "upgrade"], work, environment)
     assert "39e7f45c72f1" in run([tool, "db", "current"], work, environment).stdout
