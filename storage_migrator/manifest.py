@@ -6,13 +6,42 @@ The text is a pure function of the tree, the row and the keys already there: the
 into a manifest the application wrote (its ``metadata`` and ``created_at`` stay), so reruns write
 identical bytes. Its head (counts and a digest of the stat fingerprints) comes first in the file,
 so an unchanged generation costs resync a 4 KiB read, not the parse of every checksum.
-A manifest is untrusted input: read with a size cap, never through a symlink or
-from a FIFO, and any unexpected type makes it "unreadable" (rewritten), never an exception.
+
+Names that are not UTF-8. File names are bytes; in memory the tool holds them as ``os.fsdecode``
+gives them (undecodable bytes as the surrogates U+DC80..U+DCFF). The file itself is always strict
+UTF-8 JSON, because the application reads it with ``json.loads(path.read_text("utf-8"))``:
+
+* a name that is valid UTF-8 is written as itself, everywhere;
+* otherwise ``files`` (the application's list) holds its *display form*: ``\\`` doubled and each
+  undecodable byte as ``\\xNN`` (``b"caf\\xe9.txt"`` → ``caf\\xe9.txt``), plain text, and
+* the keys of ``checksums`` and ``fingerprints`` hold ``"\\u0000"`` + the display form. No real
+  path contains NUL, so the marker cannot collide with a UTF-8 name, and a program that takes the
+  key for a path fails loudly instead of opening another file. On read the marker form is decoded
+  back to the exact bytes, and refused unless it is the one canonical spelling of its name.
+
+Manifests of format 1 (before this representation) held such names as raw bytes; they are still
+read (as ``surrogateescape``), and one that is not strict UTF-8 counts as unreadable, so the next
+resync rewrites it. The application's keys (``metadata``, its ``created_at``, anything not in
+``OWNED_KEYS``) are written back unchanged; a lone surrogate in them (``"\\ud800"``, legal JSON,
+not encodable as UTF-8) is written back as the same ``\\uXXXX`` escape.
+
+A manifest is untrusted input: read with a size cap, never through a symlink or from a FIFO, and
+any unexpected type makes it "unreadable" (rewritten), never an exception. Memory does not grow
+with its size. A file above ``MAX_MANIFEST_BYTES`` (16 MiB: some 80,000 files at the tool's ~200
+bytes a file, parsed in ~70 MB) is never parsed: for the plan and ``verify`` it is "no manifest"
+(the generation is re-read from disk and the manifest rewritten — so a generation that large is
+re-read on every resync), and to merge into it a streaming scan picks out only its top-level keys
+the tool does not own; it keeps them if they total at most ``MAX_APPLICATION_KEY_BYTES`` (1 MiB)
+and otherwise fails that generation rather than drop them. The head read never reads past
+``HEAD_BYTES`` (but to check that a format-1 file is UTF-8); format 2 keeps the application's
+``created_at`` out of the head, so the head always fits.
 """
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -22,18 +51,102 @@ from typing import Any
 
 from .errors import GenerationError
 from .layout import UnsafePathComponent
-from .tree import Fingerprint, TreeSnapshot, read_prefix, read_regular_file
+from .tree import CHUNK_SIZE, Fingerprint, TreeSnapshot, open_regular_file
 
-MANIFEST_FORMAT = 1
-MAX_MANIFEST_BYTES = 256 << 20
+MANIFEST_FORMAT = 2
+READABLE_FORMATS = (1, 2)
+MAX_MANIFEST_BYTES = 16 << 20
+MAX_APPLICATION_KEY_BYTES = 1 << 20
 # Keys the tool writes; every other key of an existing manifest is the application's and stays.
 OWNED_KEYS = frozenset({"format", "generation_id", "project_id", "version", "file_count", "total_size_bytes",
                         "fingerprint_digest", "files", "checksums", "fingerprints"})
 HEAD_BYTES = 4096
 _HEAD_END = ', "files": '
-# Any path with an empty, "." or ".." component, a leading "/", a backslash or NUL; run over all
-# keys joined by newlines (MULTILINE anchors can only add matches, never hide one).
-_UNSAFE_PATH = re.compile(r'(^|/)\.{0,2}(/|$)|\\|\x00', re.MULTILINE)
+# Any path with an empty, "." or ".." component, a leading "/" or a backslash; run over all keys
+# joined by NUL, the one character no path holds (a newline is legal in a file name).
+_UNSAFE_PATH = re.compile(r'(?:\A|[/\x00])\.{0,2}(?:[/\x00]|\Z)|\\')
+
+NAME_MARKER = "\x00"
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_NAME_ESCAPE = re.compile(r"\\(\\|x[89a-f][0-9a-f])")
+
+
+# -- names ----------------------------------------------------------------------------------------
+
+def _has_surrogate(name: str) -> bool:
+    return not name.isascii() and _SURROGATE.search(name) is not None
+
+
+def _escape_byte(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    if not 0xDC80 <= code <= 0xDCFF:
+        raise ValueError(f"{code:#x} is a lone surrogate, not an undecodable byte of a file name")
+    return f"\\x{code - 0xDC00:02x}"
+
+
+def display_name(name: str) -> str:
+    """``name`` as the application's ``files`` lists it: itself if UTF-8, else printable text."""
+    if not _has_surrogate(name):
+        return name
+    return _SURROGATE.sub(_escape_byte, name.replace("\\", "\\\\"))
+
+
+def encode_name(name: str) -> str:
+    """``name`` as a key of ``checksums``/``fingerprints``: itself if UTF-8, else the marker
+    form, from which ``decode_name`` gets the exact bytes back."""
+    if not _has_surrogate(name):
+        return name
+    return NAME_MARKER + display_name(name)
+
+
+def _unescape(match: re.Match[str]) -> str:
+    escaped = match.group(1)
+    return "\\" if escaped == "\\" else chr(0xDC00 + int(escaped[1:], 16))
+
+
+def decode_name(key: str) -> str:
+    """The name a manifest key stands for. Raises ValueError for a marker form that is not the
+    canonical one (two keys must never name one file) or a surrogate no file name can hold."""
+    if key.startswith(NAME_MARKER):
+        name = _NAME_ESCAPE.sub(_unescape, key[1:])
+        if encode_name(name) != key:
+            raise ValueError("a manifest key is not the canonical form of a file name")
+        return name
+    if _has_surrogate(key):         # format 1: raw bytes, read as surrogateescape
+        display_name(key)           # raises for a surrogate that is not an undecodable byte
+    return key
+
+
+def _decoded_keys(mapping: dict[str, Any]) -> dict[str, Any]:
+    decoded = {decode_name(key): value for key, value in mapping.items()}
+    if len(decoded) != len(mapping):
+        raise ValueError("two manifest keys name the same file")
+    return decoded
+
+
+# -- JSON text ----------------------------------------------------------------------------------
+
+def _escape_surrogate(match: re.Match[str]) -> str:
+    return f"\\u{ord(match.group()):04x}"
+
+
+def _json_bytes(document: dict[str, Any]) -> bytes:
+    """Strict UTF-8 JSON. Only the application's values can still hold lone surrogates here
+    (the names are encoded); they can only sit inside strings, so the JSON escape is exact."""
+    # No indent: json's C encoder only runs without one, and this is written once per
+    # generation (pretty-printing cost ~10% of a run). `jq . manifest.json` reads it.
+    text = json.dumps(document, ensure_ascii=False) + "\n"
+    if not text.isascii():
+        text = _SURROGATE.sub(_escape_surrogate, text)
+    return text.encode("utf-8")
+
+
+def _parse_object(text: str) -> dict[str, Any] | None:
+    try:
+        document = json.loads(text)
+    except (ValueError, RecursionError):     # untrusted bytes: "no manifest"
+        return None
+    return document if isinstance(document, dict) else None
 
 
 def fingerprint_digest(fingerprints: Mapping[str, Fingerprint]) -> str:
@@ -44,7 +157,10 @@ def fingerprint_digest(fingerprints: Mapping[str, Fingerprint]) -> str:
 
 def check_manifest_paths(paths: list[str]) -> None:
     """Every path a manifest names must be a plain relative path (one regex pass over all)."""
-    if _UNSAFE_PATH.search("\n".join(paths)):
+    if not paths:
+        return                      # an empty tree (the regex would take "" for an empty path)
+    joined = "\x00".join(paths)
+    if joined.count("\x00") != len(paths) - 1 or _UNSAFE_PATH.search(joined):
         raise UnsafePathComponent("a manifest path is not a plain relative path")
 
 
@@ -61,7 +177,6 @@ class ManifestHead:
 
     def load(self) -> Manifest | None:
         return read_manifest(self.path)
-
 
 
 @dataclass(frozen=True)
@@ -114,25 +229,25 @@ class Manifest:
                         self.total_size_bytes, self.checksums, self.fingerprints, extra)
 
     def to_bytes(self) -> bytes:
+        """The file's text. The head (up to ``files``) holds only numbers, ids and the digest, so
+        it fits in ``HEAD_BYTES`` whatever ``created_at`` the application put in."""
         document = {
             "format": MANIFEST_FORMAT,
             "generation_id": self.generation_id,
             "project_id": self.project_id,
             "version": self.version,
-            "created_at": self.extra.get("created_at", self.created_at),
             "file_count": self.file_count,
             "total_size_bytes": self.total_size_bytes,
             "fingerprint_digest": self.fingerprint_digest,
-            "files": self.files,
-            "checksums": dict(sorted(self.checksums.items())),
+            "files": sorted(display_name(path) for path in self.checksums),
+            "created_at": self.extra.get("created_at", self.created_at),
+            "checksums": {encode_name(path): digest for path, digest in sorted(self.checksums.items())},
             "fingerprints": {
-                path: list(fingerprint) for path, fingerprint in sorted(self.fingerprints.items())
+                encode_name(path): list(fingerprint) for path, fingerprint in sorted(self.fingerprints.items())
             },
         }
         document.update((key, value) for key, value in self.extra.items() if key not in document)
-        # No indent: json's C encoder only runs without one, and this is written once per
-        # generation (pretty-printing cost ~10% of a run). `jq . manifest.json` reads it.
-        return (json.dumps(document, ensure_ascii=False) + "\n").encode("utf-8", "surrogateescape")
+        return _json_bytes(document)
 
     @classmethod
     def from_document(cls, document: dict[str, Any]) -> Manifest:
@@ -143,6 +258,7 @@ class Manifest:
             raise TypeError("checksums and fingerprints must be objects")
         if not all(isinstance(k, str) and isinstance(v, str) for k, v in checksums.items()):
             raise TypeError("checksums must map paths to strings")
+        checksums, fingerprints = _decoded_keys(checksums), _decoded_keys(fingerprints)
         check_manifest_paths([*checksums, *fingerprints])    # a key like ../../etc/shadow is never read
         pairs: dict[str, Fingerprint] = {}
         for path, pair in fingerprints.items():
@@ -160,53 +276,301 @@ class Manifest:
             created_at=created_at if isinstance(created_at, str) else None,
             file_count=integers[1],
             total_size_bytes=integers[2],
-            checksums=dict(checksums),
+            checksums=checksums,
             fingerprints=pairs,
             extra={key: value for key, value in document.items() if key not in OWNED_KEYS},
         )
 
 
-def read_manifest_document(path: Path) -> dict[str, Any] | None:
-    """The JSON object in ``path`` if it is a regular file (not a symlink, FIFO or device) of
-    sane size holding an object; else None."""
-    try:
-        raw = read_regular_file(path.parent, path.name, max_bytes=MAX_MANIFEST_BYTES)
-        document = json.loads(raw.decode("utf-8", "surrogateescape"))
-    except (GenerationError, ValueError, RecursionError):   # untrusted bytes: "no manifest"
-        return None
-    return document if isinstance(document, dict) else None
+# -- reading ------------------------------------------------------------------------------------
 
-
-def read_manifest_head(path: Path) -> ManifestHead | Manifest | None:
-    """The head of the tool's manifest at ``path`` from its first 4 KiB; a manifest without one
-    (an older or the application's) is read whole. None if missing or unreadable."""
+def _open(path: Path) -> tuple[int, os.stat_result] | None:
+    """The manifest opened if it is a regular file (no symlink, FIFO or device), else None."""
     try:
-        prefix = read_prefix(path.parent, path.name, HEAD_BYTES).decode("utf-8", "surrogateescape")
+        return open_regular_file(path.parent, path.name)
     except GenerationError:     # missing, not a regular file, unreadable: "no manifest"
         return None
-    end = prefix.find(_HEAD_END)
-    if prefix.startswith('{"format": ') and end > 0:
-        try:
-            head = json.loads(prefix[:end] + "}")
-            numbers = [head["version"], head["file_count"], head["total_size_bytes"]]
-            digest = head["fingerprint_digest"]
-            if all(type(number) is int for number in numbers) and isinstance(digest, str):
-                return ManifestHead(path, numbers[0], numbers[1], numbers[2], digest)
-        except (ValueError, KeyError, TypeError):
-            pass
-    return read_manifest(path)
+
+
+def _read_text(descriptor: int) -> str | None:
+    """The whole file as text, or None if it holds more than ``MAX_MANIFEST_BYTES`` (it may have
+    grown since it was stat'ed)."""
+    parts, size = [], 0
+    while size <= MAX_MANIFEST_BYTES and (chunk := os.read(descriptor, CHUNK_SIZE)):
+        parts.append(chunk)
+        size += len(chunk)
+    if size > MAX_MANIFEST_BYTES:
+        return None
+    raw = b"".join(parts)
+    del parts
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def read_manifest_document(path: Path) -> dict[str, Any] | None:
+    """The JSON object in ``path`` if it is a regular file holding an object; else None. Above
+    ``MAX_MANIFEST_BYTES`` it is not parsed: the result holds only its keys the tool does not own
+    (all the caller merges), and GenerationError says they exceed what can be kept."""
+    opened = _open(path)
+    if opened is None:
+        return None
+    descriptor, status = opened
+    try:
+        if status.st_size <= MAX_MANIFEST_BYTES:
+            text = _read_text(descriptor)
+            if text is not None:
+                return _parse_object(text)
+            os.lseek(descriptor, 0, os.SEEK_SET)
+        return _application_keys(descriptor, path)
+    except OSError:
+        return None
+    finally:
+        os.close(descriptor)
+
+
+def read_manifest_head(path: Path) -> ManifestHead | None:
+    """The head of the tool's manifest at ``path`` from its first 4 KiB; never reads the rest
+    (but to check that a format-1 file is UTF-8). None if missing, unreadable, too large to be
+    loaded later, or without a head — an older manifest or the application's: rewrite it."""
+    opened = _open(path)
+    if opened is None:
+        return None
+    descriptor, status = opened
+    try:
+        if status.st_size > MAX_MANIFEST_BYTES:
+            return None
+        prefix = os.read(descriptor, HEAD_BYTES)
+        head = _parse_head(path, prefix)
+        if head is None or (head[0] == 1 and not _rest_is_utf8(descriptor, prefix)):
+            return None
+        return head[1]
+    except OSError:
+        return None
+    finally:
+        os.close(descriptor)
+
+
+def _parse_head(path: Path, prefix: bytes) -> tuple[int, ManifestHead] | None:
+    """(format, head) from the first bytes of the tool's manifest, or None."""
+    text = prefix.decode("utf-8", "surrogateescape")
+    end = text.find(_HEAD_END)
+    if not text.startswith('{"format": ') or end < 0:
+        return None
+    try:
+        head = json.loads(text[:end] + "}")
+        numbers = [head["format"], head["version"], head["file_count"], head["total_size_bytes"]]
+        digest = head["fingerprint_digest"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    if not all(type(number) is int for number in numbers) or not isinstance(digest, str) \
+            or numbers[0] not in READABLE_FORMATS:
+        return None
+    return numbers[0], ManifestHead(path, numbers[1], numbers[2], numbers[3], digest)
+
+
+def _rest_is_utf8(descriptor: int, prefix: bytes) -> bool:
+    """Whether the file (``prefix`` already read) is strict UTF-8, read in chunks."""
+    decoder = codecs.getincrementaldecoder("utf-8")("strict")
+    try:
+        decoder.decode(prefix)
+        while chunk := os.read(descriptor, CHUNK_SIZE):
+            decoder.decode(chunk)
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def read_manifest(path: Path) -> Manifest | None:
-    """The tool's manifest at ``path``, or None if missing, unreadable or not the tool's format
-    (then it is rewritten, keeping the application's keys)."""
-    document = read_manifest_document(path)
+    """The tool's manifest at ``path``, or None if missing, unreadable, above the size limit or
+    not the tool's format (then it is rewritten, keeping the application's keys)."""
+    opened = _open(path)
+    if opened is None:
+        return None
+    descriptor, status = opened
+    try:
+        text = _read_text(descriptor) if status.st_size <= MAX_MANIFEST_BYTES else None
+    except OSError:
+        return None
+    finally:
+        os.close(descriptor)
+    document = _parse_object(text) if text is not None else None
     if document is None:
         return None
     try:
         return Manifest.from_document(document)
     except (ValueError, KeyError, TypeError):
         return None
+
+
+# -- the application's keys of a manifest too large to parse ----------------------------------------
+
+_WHITESPACE = re.compile(rb"[ \t\r\n]*+")
+_STRING_BODY = re.compile(rb'(?:[^"\\]++|\\.)*+', re.DOTALL)
+# Inside a container: everything up to the next bracket, complete strings included.
+_CONTAINER_RUN = re.compile(rb'(?:[^"\[\]{}]++|"(?:[^"\\]++|\\.)*+")*+', re.DOTALL)
+_SCALAR = re.compile(rb"[^,}\]\s]*+")
+_QUOTE, _BACKSLASH = ord('"'), ord("\\")
+
+
+class _Chunks:
+    """An open file as a buffer refilled a chunk at a time: memory is one chunk."""
+
+    def __init__(self, descriptor: int) -> None:
+        self.descriptor = descriptor
+        self.buffer = b""
+        self.position = 0
+
+    def fill(self) -> bool:
+        """At least one unread byte in ``buffer`` unless the file is at its end."""
+        if self.position < len(self.buffer):
+            return True
+        self.buffer, self.position = os.read(self.descriptor, CHUNK_SIZE), 0
+        return bool(self.buffer)
+
+    def next_byte(self) -> int:
+        """The next byte that is not JSON whitespace, left unread."""
+        while self.fill():
+            self.position = _WHITESPACE.match(self.buffer, self.position).end()   # type: ignore[union-attr]
+            if self.position < len(self.buffer):
+                return self.buffer[self.position]
+        raise ValueError("the manifest ends early")
+
+    def at_end(self) -> bool:
+        """Whether only whitespace is left, as json.loads demands of a whole document."""
+        try:
+            self.next_byte()
+        except ValueError:
+            return True
+        return False
+
+    def take(self, expected: bytes) -> int:
+        """Consume the next byte, which must be one of ``expected``."""
+        byte = self.next_byte()
+        if byte not in expected:
+            raise ValueError(f"unexpected {chr(byte)!r} in the manifest")
+        self.position += 1
+        return byte
+
+
+@dataclass
+class _ValueSkipper:
+    """Finds where one JSON value ends across chunks without building it: strings and
+    brackets are all that matter (json.loads checks what is kept)."""
+
+    depth: int = 0
+    started: bool = False
+    in_string: bool = False
+    escaped: bool = False
+    scalar: bool = False
+
+    def feed(self, buffer: bytes, position: int) -> int:
+        """The offset just past the value's end in ``buffer``, or -1 if it goes on."""
+        while position < len(buffer):
+            if self.in_string:
+                position = self._string(buffer, position)
+                if not self.in_string and self.depth == 0:
+                    return position
+            elif self.scalar:
+                position = _SCALAR.match(buffer, position).end()   # type: ignore[union-attr]
+                return position if position < len(buffer) else -1
+            elif not self.started:
+                self._start(buffer[position])
+                position += 0 if self.scalar else 1
+            else:
+                position = _CONTAINER_RUN.match(buffer, position).end()   # type: ignore[union-attr]
+                if position < len(buffer):
+                    if self._bracket(buffer[position]):
+                        return position + 1
+                    position += 1
+        return -1
+
+    def _start(self, byte: int) -> None:
+        self.started = True
+        if byte == _QUOTE:
+            self.in_string = True
+        elif byte in b"[{":
+            self.depth = 1
+        else:
+            self.scalar = True
+
+    def _string(self, buffer: bytes, position: int) -> int:
+        if self.escaped:
+            self.escaped = False
+            return position + 1
+        position = _STRING_BODY.match(buffer, position).end()   # type: ignore[union-attr]
+        if position < len(buffer):
+            if buffer[position] == _QUOTE:
+                self.in_string = False
+            else:                           # a backslash ends the buffer
+                self.escaped = True
+            position += 1
+        return position
+
+    def _bracket(self, byte: int) -> bool:
+        """Account for the quote or bracket that stopped a run; True if the value ended."""
+        if byte == _QUOTE:
+            self.in_string = True
+        elif byte in b"[{":
+            self.depth += 1
+        else:
+            self.depth -= 1
+        return self.depth == 0
+
+
+def _skip_value(chunks: _Chunks, keep: int) -> bytes | None:
+    """Consume one value; its text if at most ``keep`` bytes, else None."""
+    chunks.next_byte()
+    skipper = _ValueSkipper()
+    kept: list[bytes] | None = [] if keep > 0 else None
+    size = 0
+    while chunks.fill():
+        start, end = chunks.position, skipper.feed(chunks.buffer, chunks.position)
+        chunks.position = end if end >= 0 else len(chunks.buffer)
+        size += chunks.position - start
+        if kept is not None and size > keep:
+            kept = None
+        elif kept is not None:
+            kept.append(chunks.buffer[start:chunks.position])
+        if end >= 0:
+            return b"".join(kept) if kept is not None else None
+    raise ValueError("the manifest ends early")
+
+
+def _application_keys(descriptor: int, path: Path) -> dict[str, Any] | None:
+    """The top-level keys the tool does not own, from a streaming scan of the whole file;
+    None if it is not one JSON object."""
+    chunks = _Chunks(descriptor)
+    kept: dict[str, Any] = {}
+    budget = MAX_APPLICATION_KEY_BYTES
+    try:
+        chunks.take(b"{")
+        if chunks.next_byte() == ord("}"):
+            return kept
+        while True:
+            key_text = _skip_value(chunks, budget)
+            key = _parse_text(key_text) if key_text is not None else None
+            chunks.take(b":")
+            owned = key in OWNED_KEYS
+            value_text = _skip_value(chunks, 0 if owned else budget)
+            if not owned:
+                if key_text is None or value_text is None or len(key_text) + len(value_text) > budget:
+                    raise GenerationError(
+                        f"{path} is larger than {MAX_MANIFEST_BYTES} bytes and the application's keys in it "
+                        f"exceed {MAX_APPLICATION_KEY_BYTES} bytes; it is not rewritten (nothing of it is lost)")
+                if not isinstance(key, str):
+                    return None
+                budget -= len(key_text) + len(value_text)
+                kept[key] = _parse_text(value_text)
+            if chunks.take(b",}") == ord("}"):
+                return kept if chunks.at_end() else None
+    except (ValueError, RecursionError):
+        return None
+
+
+def _parse_text(text: bytes) -> Any:
+    return json.loads(text.decode("utf-8", "surrogateescape"))
+
+
 def format_timestamp(value: datetime | str | None) -> str | None:
     """ISO 8601 in UTC; SQLite hands back naive datetimes, which the schema stores as UTC."""
     if value is None or isinstance(value, str):
