@@ -13,6 +13,7 @@ import os
 import socket
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -401,28 +402,50 @@ def read_row_seen(connection: Connection, generation_id: str, for_update: bool =
     return None if row is None else RowSeen(row.status, row.version, row.storage_path)
 
 
+@dataclass
+class GenerationClaim:
+    """One generation's row, held for one irreversible disk step. ``drift`` is None if the row
+    still shows what the plan saw; ``record_storage_path`` writes the folder's new place in the
+    same transaction, so the row never names a folder that is gone for longer than the step."""
+
+    connection: Connection
+    generation_id: str
+    seen: RowSeen
+    drift: RowDrift | None
+
+    def record_storage_path(self, storage_path: str | None) -> bool:
+        """The row's ``storage_path`` once the folder has moved (the rename made durable first);
+        conditional on the row as planned. False if it drifted meanwhile (SQLite)."""
+        written = self.connection.execute(
+            generations.update()
+            .where(generations.c.id == self.generation_id, generations.c.status == self.seen.status,
+                   generations.c.version.is_not_distinct_from(self.seen.version),
+                   generations.c.storage_path.is_not_distinct_from(self.seen.storage_path))
+            .values(storage_path=storage_path)
+        ).rowcount
+        return written == 1
+
+
 @contextmanager
-def claimed_generation(engine: Engine, generation_id: str, seen: RowSeen) -> Iterator[RowDrift | None]:
+def claimed_generation(engine: Engine, generation_id: str, seen: RowSeen) -> Iterator[GenerationClaim]:
     """Hold one generation's row for one irreversible disk step (a move, a rebuild, a rename, a
-    discard). Yields None if the row still shows what the plan saw, else how it drifted.
+    discard); the claim's ``drift`` says whether the row still shows what the plan saw.
 
     On PostgreSQL the row is locked (``SELECT … FOR UPDATE``) until the block ends, so the
     application's delete or update of this one row waits for the step, never for the run; on
     SQLite (one writer for the whole file) the row is read again just before the step instead.
+    A row the application holds for longer than the lock timeout counts as changed.
     """
-    try:
-        with engine.begin() as connection:
-            try:
-                current = read_row_seen(connection, generation_id, for_update=True)
-            except sa.exc.DBAPIError as error:
-                if not is_lock_timeout(error):
-                    raise
-                yield RowDrift.CHANGED
-                return
-            yield RowDrift.of(current, seen)
-    except sa.exc.DBAPIError as error:
-        if not is_lock_timeout(error):
-            raise
+    with engine.begin() as connection:
+        try:
+            drift = RowDrift.of(read_row_seen(connection, generation_id, for_update=True), seen)
+        except sa.exc.DBAPIError as error:
+            if not is_lock_timeout(error):
+                raise
+            connection.rollback()
+            yield GenerationClaim(connection, generation_id, seen, RowDrift.CHANGED)
+            return
+        yield GenerationClaim(connection, generation_id, seen, drift)
 
 
 def reserve_version(engine: Engine, project_id: str, at_least: int) -> int | None:

@@ -22,7 +22,7 @@ from sqlalchemy.engine import Engine
 
 from . import diff
 from .batch import BatchWriter
-from .db import claimed_generation, load_output_files, read_row_seen
+from .db import GenerationClaim, claimed_generation, load_output_files, read_row_seen
 from .errors import GenerationError
 from .faults import checkpoint
 from .fsops import (
@@ -31,6 +31,7 @@ from .fsops import (
     atomic_write_bytes,
     discard_partial,
     discard_tree,
+    fsync_dir,
     make_dirs,
     move_tree,
     remove_symlink,
@@ -55,7 +56,7 @@ from .layout import (
 )
 from .manifest import Manifest, fingerprint_digest, read_manifest_document
 from .plan import Action, GenerationPlan, ProjectPlan, is_archived, is_legacy_link_text
-from .records import GenerationRow, GenerationUpdate, ProjectUpdate, RowDrift
+from .records import GenerationRow, GenerationUpdate, ProjectUpdate, RowDrift, RowSeen
 from .report import GenerationOutcome, Outcome, RunReport
 from .source_tree import ManifestTree, SourceTree, write_tree_patch
 from .tree import fingerprint_tree, is_real_dir, read_regular_file, scan_tree
@@ -80,6 +81,7 @@ class Executor:
     batch_size: int = 500
     on_generation: Callable[[int], None] = lambda count: None
     _writer: BatchWriter = field(init=False)
+    _published: dict[str, RowSeen] = field(init=False, default_factory=dict)   # storage_path already written
 
     def __post_init__(self) -> None:
         self._writer = BatchWriter(self.engine, self.report, self.batch_size)
@@ -87,6 +89,7 @@ class Executor:
     def carry_out(self, plan: ProjectPlan) -> None:
         previous: SourceTree | None = None
         previous_version: int | None = None
+        checkpoint("planned")
         for generation_plan in plan.generations:
             is_active = generation_plan.id == plan.active_generation_id
             outcome, update, tree = self._handle(generation_plan, previous, previous_version, is_active)
@@ -125,10 +128,19 @@ class Executor:
         except RowDrifted as drifted:
             return _outcome(plan, Outcome.SKIPPED, generation.storage_path).drifted(drifted.drift), None, None
         except GenerationError as error:
-            return _outcome(plan, Outcome.FAILED, generation.storage_path, error=str(error)), None, None
+            return self._failed(plan, str(error)), None, None
         except (OSError, UnsafePathComponent, ValueError, UnicodeError, RecursionError) as error:
-            reason = f"{type(error).__name__}: {error}".splitlines()[0]
-            return _outcome(plan, Outcome.FAILED, generation.storage_path, error=reason), None, None
+            return self._failed(plan, f"{type(error).__name__}: {error}".splitlines()[0]), None, None
+
+    def _failed(self, plan: GenerationPlan, reason: str) -> GenerationOutcome:
+        """A step that failed on a generation the application deleted, changed or archived
+        meanwhile is that, not a failure: the next resync looks again."""
+        outcome = _outcome(plan, Outcome.FAILED, plan.generation.storage_path, error=reason)
+        self._published.pop(plan.id, None)
+        drift = self._drift_since_planned(plan)
+        if drift is None and is_archived(self.layout, replace(plan.generation, version=plan.row_seen.version)):
+            drift = RowDrift.CHANGED
+        return outcome.drifted(drift) if drift else outcome
 
     def _carry_out_generation(
         self, plan: GenerationPlan, previous: SourceTree | None, previous_version: int | None, is_active: bool
@@ -149,7 +161,7 @@ class Executor:
             raise
         update = GenerationUpdate.from_row(
             generation,
-            seen=plan.row_seen,
+            seen=self._published.pop(plan.id, plan.row_seen),
             storage_path=plan.storage_path,
             file_count=tree.file_count,
             total_size_bytes=tree.total_size_bytes,
@@ -184,10 +196,11 @@ class Executor:
         source = source_dir(target)
         if plan.action == Action.MOVE:
             snapshot = scan_tree(_legacy(plan))      # reads and checks everything before anything moves
-            self._prepare_target(plan)
-            checkpoint("target-prepared")
-            with self._row_still_as_planned(plan, legacy_must_exist=True):
+            with self._row_still_as_planned(plan, legacy_must_exist=True) as claim:
+                self._prepare_target(plan)
+                checkpoint("target-prepared")
                 move_tree(_legacy(plan), source, snapshot, self.layout.state_dir)
+                self._publish_move(plan, claim)
             snapshot.root = source
             checkpoint("moved")
             return snapshot
@@ -203,7 +216,8 @@ class Executor:
             checkpoint("legacy-discarded")
             return snapshot
         if plan.action == Action.REBUILD:
-            self._prepare_target(plan)
+            with self._row_still_as_planned(plan):
+                self._prepare_target(plan)
             self._rebuild_from_database(plan)
             checkpoint("rebuilt")
             return scan_tree(source)
@@ -213,18 +227,36 @@ class Executor:
         return scan_tree(source)
 
     @contextmanager
-    def _row_still_as_planned(self, plan: GenerationPlan, legacy_must_exist: bool = False) -> Iterator[None]:
+    def _row_still_as_planned(self, plan: GenerationPlan, legacy_must_exist: bool = False) -> Iterator[GenerationClaim]:
         """Guard one irreversible step: the row still shows what the plan saw (on PostgreSQL it
         stays locked for the step), and the disk still shows it too — not archived meanwhile,
         the legacy folder still there. Else ``RowDrifted``: nothing is done, nothing comes back."""
-        with claimed_generation(self.engine, plan.id, plan.row_seen) as drift:
+        with claimed_generation(self.engine, plan.id, plan.row_seen) as claim:
+            drift = claim.drift
             if drift is None and is_archived(self.layout, replace(plan.generation, version=plan.row_seen.version)):
                 drift = RowDrift.CHANGED
             if drift is None and legacy_must_exist and not is_real_dir(_legacy(plan)):
                 drift = RowDrift.CHANGED
             if drift is not None:
                 raise RowDrifted(drift)
-            yield
+            yield claim
+
+    def _publish_move(self, plan: GenerationPlan, claim: GenerationClaim) -> None:
+        """Right after the rename, while the row is still held: the flat link, then the rename
+        made durable, then ``storage_path`` — so the application's flat path and its row point
+        at the files again within one step, not at the end of a batch (its delete removes
+        ``storage_path``; its edits go to ``<ROOT>/<id>``). A link that cannot be written
+        undoes the move. The rest of the metadata follows in the batch."""
+        try:
+            self._keep_legacy_link(plan)
+        except GenerationError:
+            self._undo_move(plan)
+            raise
+        target = _target(plan)
+        for folder in (target, target.parent, target.parent.parent, self.layout.root):
+            fsync_dir(folder)
+        if claim.record_storage_path(plan.storage_path):
+            self._published[plan.id] = replace(plan.row_seen, storage_path=plan.storage_path)
 
     def _drift_since_planned(self, plan: GenerationPlan) -> RowDrift | None:
         """A failure the plan found is reported only if the row is still as planned: a

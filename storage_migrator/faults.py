@@ -1,6 +1,7 @@
 """Test-only step hooks: with STORAGE_MIGRATOR_CRASH_AT=k the process kills itself (SIGKILL, like
 ``kill -9``) at the k-th step boundary; with STORAGE_MIGRATOR_PAUSE_AT=k it stops itself
-(SIGSTOP) there, so a test can break the database connection before it continues.
+(SIGSTOP) there, so a test can break the database connection — or play the application —
+before it continues. ``PAUSE_AT=<step name>`` stops at the first boundary of that name.
 
 Unset (as in production) a checkpoint costs two dictionary lookups.
 """
@@ -24,5 +25,6 @@ def checkpoint(step: str) -> None:
     _steps_taken += 1
     if crash_at and _steps_taken == int(crash_at):
         os.kill(os.getpid(), signal.SIGKILL)
-    if pause_at and _steps_taken == int(pause_at):
+    if pause_at and (_steps_taken == int(pause_at) if pause_at.isdigit() else step == pause_at):
+        os.environ.pop(PAUSE_AT_VARIABLE)           # a named step pauses once
         os.kill(os.getpid(), signal.SIGSTOP)
