@@ -1,5 +1,7 @@
 """Compare two versions of a generation's source tree and write the git-style patch between them
-(libgit2 diffs each changed file); read a stored patch back to see which files and blobs it names.
+(libgit2 diffs each file present in both; a text file added or deleted whole involves no diff and
+is written here, byte for byte as libgit2 writes it; a binary one is left to libgit2's encoder);
+read a stored patch back to see which files and blobs it names.
 
 Pure: path → sha256 maps and readers in, bytes out; nothing here touches the disk. ``git apply`` in
 a copy of the old tree reproduces the new one byte for byte (binary files, CRLF, non-UTF-8 content
@@ -10,7 +12,6 @@ says ``Binary files a/P and b/P differ`` with both blob ids, and ``git apply`` r
 from __future__ import annotations
 
 import datetime
-import hashlib
 import io
 import re
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
@@ -19,6 +20,8 @@ from typing import BinaryIO, Literal
 
 import pygit2
 from pygit2.enums import DiffOption
+
+from .tree import git_blob_id  # the one blob-id function; here too as diff.git_blob_id
 
 LARGE_FILE_LIMIT = 64 << 20        # bytes; a bigger changed file is named in the patch, not diffed
 CONTEXT_LINES = 3
@@ -82,12 +85,9 @@ class ChangeSummary:
                 "from_version": self.from_version}
 
 
-def git_blob_id(content: bytes) -> str:
-    """git's object id of a file: what the ``index`` line names and ``git apply`` checks."""
-    return hashlib.sha1(b"blob %d\0" % len(content) + content).hexdigest()
-
-
 # -- writing -------------------------------------------------------------------------------
+
+Write = Callable[[bytes | memoryview], object]
 
 
 @dataclass(frozen=True)
@@ -122,14 +122,16 @@ def write_patch(
 ) -> None:
     """Stream the patch, file by file in path order; only changed paths are read, and a file that
     ``old_sizes``/``new_sizes`` say is over ``LARGE_FILE_LIMIT`` is not read at all: its ids come
-    from ``blob_id_old``/``blob_id_new``, which must therefore come with the sizes."""
+    from ``blob_id_old``/``blob_id_new``, which must therefore come with the sizes. The text goes
+    to ``out`` in pieces as it is made (a file's hunks are never copied into one string)."""
     for sizes, blob_id, side in ((old_sizes, blob_id_old, "old"), (new_sizes, blob_id_new, "new")):
         if sizes is not None and blob_id is None:
             raise TypeError(f"{side}_sizes needs blob_id_{side}: a large file's id must come without reading it")
     old_side, new_side = _Side(read_old, old_sizes, blob_id_old), _Side(read_new, new_sizes, blob_id_new)
     added, deleted = set(comparison.added), set(comparison.deleted)
-    out.writelines(_file_section(path, None if path in added else old_side, None if path in deleted else new_side)
-                   for path in comparison.changed_paths())
+    write = out.write
+    for path in comparison.changed_paths():
+        _write_section(write, path, None if path in added else old_side, None if path in deleted else new_side)
 
 
 def render_patch(
@@ -149,37 +151,77 @@ def render_patch(
     return buffer.getvalue()
 
 
-def _file_section(path: str, old_side: _Side | None, new_side: _Side | None) -> bytes:
+def _write_section(write: Write, path: str, old_side: _Side | None, new_side: _Side | None) -> None:
     """One file's section; ``None`` for the side where the file does not exist."""
     if any(side is not None and side.known_to_be_large(path) for side in (old_side, new_side)):
-        return _large_section(path, old_side, new_side, None, None)
+        write(_large_section(path, old_side, new_side, None, None))
+        return
     old = old_side.read(path) if old_side is not None else None
     new = new_side.read(path) if new_side is not None else None
     if any(content is not None and len(content) > LARGE_FILE_LIMIT for content in (old, new)):
-        return _large_section(path, old_side, new_side, old, new)
-    return _diffed_section(path, old, new)
+        write(_large_section(path, old_side, new_side, old, new))
+    elif old is None and new is not None and not _is_binary(new):
+        _write_whole_file(write, path, new, added=True)
+    elif new is None and old is not None and not _is_binary(old):
+        _write_whole_file(write, path, old, added=False)
+    elif old != new:                    # the same bytes after all (changed back): nothing to apply
+        _write_diffed(write, path, old, new)
 
 
-def _diffed_section(path: str, old: bytes | None, new: bytes | None) -> bytes:
+def _is_binary(content: bytes) -> bool:
+    """libgit2's test (and git's): a NUL among the first 8000 bytes."""
+    return content.find(b"\0", 0, _BINARY_CHECK_BYTES) >= 0
+
+
+_BINARY_CHECK_BYTES = 8000
+
+
+def _write_whole_file(write: Write, path: str, content: bytes, *, added: bool) -> None:
+    """A text file added or deleted whole, as libgit2 and git write it — no diff to compute:
+    one hunk of every line, ``+`` (or ``-``) before each, ``\\ No newline at end of file`` after
+    a last line without one; an empty file is the header alone."""
+    blob_id = git_blob_id(content)
+    header = _header(path, not added, added, NULL_BLOB_ID if added else blob_id,
+                     blob_id if added else NULL_BLOB_ID, with_names=bool(content))
+    if not content:
+        write(header)
+        return
+    complete = content.endswith(b"\n")
+    lines = content.count(b"\n") + (not complete)
+    count = b"" if lines == 1 else b",%d" % lines
+    sign = b"+" if added else b"-"
+    hunk = b"@@ -0,0 +1%s @@\n+" % count if added else b"@@ -1%s +0,0 @@\n-" % count
+    write(header + hunk)
+    body = content.replace(b"\n", b"\n" + sign)         # the one copy of the content
+    if complete:
+        write(memoryview(body)[:-1])                    # the last line's sign announces no line
+    else:
+        write(body)
+        write(b"\n\\ No newline at end of file\n")
+
+
+def _write_diffed(write: Write, path: str, old: bytes | None, new: bytes | None) -> None:
     """libgit2 diffs the bytes (hunks, or a ``GIT binary patch``); the header is ours because
     libgit2 abbreviates the ``index`` ids to 7 digits when the text is shown."""
     patch = pygit2.Patch.create_from(old, new, old_as_path=_LIBGIT2_NAME, new_as_path=_LIBGIT2_NAME,
                                      flag=LIBGIT2_FLAGS, context_lines=CONTEXT_LINES)
-    old_id, new_id = str(patch.delta.old_file.id), str(patch.delta.new_file.id)
-    if old is not None and new is not None and old_id == new_id:
-        return b""                      # same bytes after all: nothing to apply
-    body, is_text = _libgit2_body(patch.data)
-    return _header(path, old is not None, new is not None, old_id, new_id, with_names=is_text) + body
+    data = patch.data
+    body, is_text = _libgit2_body(data)
+    write(_header(path, old is not None, new is not None, str(patch.delta.old_file.id),
+                  str(patch.delta.new_file.id), with_names=is_text))
+    if body < len(data):
+        write(memoryview(data)[body:])
 
 
-def _libgit2_body(data: bytes) -> tuple[bytes, bool]:
-    """What follows libgit2's header, and whether it is text hunks (which need ``---``/``+++``).
-    Nothing follows for an empty file added or deleted: git writes the header alone then."""
+def _libgit2_body(data: bytes) -> tuple[int, bool]:
+    """Where what follows libgit2's header starts, and whether it is text hunks (which need
+    ``---``/``+++``). Nothing follows for an empty file added or deleted: git writes the header
+    alone then."""
     binary = data.find(b"\nGIT binary patch\n")
     if binary >= 0:
-        return data[binary + 1:], False
+        return binary + 1, False
     hunks = data.find(b"\n@@ -")
-    return (data[hunks + 1:], True) if hunks >= 0 else (b"", False)
+    return (hunks + 1, True) if hunks >= 0 else (len(data), False)
 
 
 def _large_section(path: str, old_side: _Side | None, new_side: _Side | None,
@@ -197,19 +239,19 @@ def _header(path: str, has_old: bool, has_new: bool, old_id: str, new_id: str, *
     """``diff --git``, the mode line of an added or deleted file, ``index`` with full ids (what
     ``git diff --full-index`` writes) and, before text hunks, the ``---``/``+++`` lines."""
     name = _path_bytes(path)
-    lines = [b"diff --git " + quote_path(b"a/" + name) + b" " + quote_path(b"b/" + name) + b"\n"]
-    if not has_old:
-        lines.append(b"new file mode " + FILE_MODE + b"\n")
-    elif not has_new:
-        lines.append(b"deleted file mode " + FILE_MODE + b"\n")
-    mode = b" " + FILE_MODE if has_old and has_new else b""
-    lines.append(b"index " + old_id.encode() + b".." + new_id.encode() + mode + b"\n")
-    if with_names:
-        tab = b"\t" if b" " in name else b""      # git ends a name holding a space with a tab
-        old_label, new_label = _labels(path, has_old, has_new)
-        lines.append(b"--- " + old_label + (tab if has_old else b"") + b"\n")
-        lines.append(b"+++ " + new_label + (tab if has_new else b"") + b"\n")
-    return b"".join(lines)
+    old_name, new_name = quote_path(b"a/" + name), quote_path(b"b/" + name)
+    if has_old and has_new:
+        mode_line, index_end = b"", b" " + FILE_MODE
+    else:
+        mode_line, index_end = (b"deleted file mode " if has_old else b"new file mode ") + FILE_MODE + b"\n", b""
+    header = b"diff --git %s %s\n%sindex %s..%s%s\n" % (old_name, new_name, mode_line, old_id.encode(),
+                                                        new_id.encode(), index_end)
+    if not with_names:
+        return header
+    tab = b"\t" if b" " in name else b""          # git ends a name holding a space with a tab
+    old_label = old_name + tab if has_old else b"/dev/null"
+    new_label = new_name + tab if has_new else b"/dev/null"
+    return header + b"--- %s\n+++ %s\n" % (old_label, new_label)
 
 
 def _labels(path: str, has_old: bool, has_new: bool) -> tuple[bytes, bytes]:
@@ -226,22 +268,25 @@ def _path_bytes(path: str) -> bytes:
 _C_ESCAPES = {0x07: b"\\a", 0x08: b"\\b", 0x09: b"\\t", 0x0A: b"\\n", 0x0B: b"\\v", 0x0C: b"\\f",
               0x0D: b"\\r", 0x22: b'\\"', 0x5C: b"\\\\"}
 _C_UNESCAPES = {escape[1]: byte for byte, escape in _C_ESCAPES.items()}
+# A run of bytes git quotes: control bytes, DEL and above, the quote and the backslash.
+_QUOTED_RUN = re.compile(rb'[\x00-\x1f"\\\x7f-\xff]+')
+# Each byte as it stands in a quoted name (only the bytes _QUOTED_RUN finds are looked up).
+_QUOTED_BYTE = tuple(_C_ESCAPES.get(byte, b"\\%03o" % byte if byte < 0x20 or byte >= 0x7F else bytes([byte]))
+                     for byte in range(256))
+
+
+def _quote_run(match: re.Match[bytes]) -> bytes:
+    return b"".join(map(_QUOTED_BYTE.__getitem__, match[0]))
 
 
 def quote_path(name: bytes) -> bytes:
     """git's C-style quoting (core.quotePath, as libgit2 does too): a name with a quote,
-    backslash, control byte or byte >= 0x7f is written in double quotes with escapes."""
-    if not any(byte < 0x20 or byte >= 0x7F or byte in (0x22, 0x5C) for byte in name):
+    backslash, control byte or byte >= 0x7f is written in double quotes with escapes (``\\t``,
+    ``\\"``, ``\\\\``…, octal for the rest). The regex finds the runs to escape; no byte of a
+    plain name is looked at in Python."""
+    if _QUOTED_RUN.search(name) is None:
         return name
-    quoted = bytearray(b'"')
-    for byte in name:
-        if byte in _C_ESCAPES:
-            quoted += _C_ESCAPES[byte]
-        elif byte < 0x20 or byte >= 0x7F:
-            quoted += b"\\%03o" % byte
-        else:
-            quoted.append(byte)
-    return bytes(quoted + b'"')
+    return b'"' + _QUOTED_RUN.sub(_quote_run, name) + b'"'
 
 
 # -- reading -------------------------------------------------------------------------------

@@ -276,11 +276,26 @@ def sha256_file(root: Path | str, relative_path: str) -> str:
     return hash_file(root, relative_path, keep_up_to=0)[0]
 
 
+def git_blob_digest(size: int) -> hashlib._Hash:
+    """git's object id as a digest still to be fed the file's ``size`` bytes: sha1 over
+    ``blob <size>\\0`` + bytes. hashlib's SHA-1, not the collision-detecting one libgit2 and git
+    hash with: the id is the same, and the work is not a security check (the sha256 is)."""
+    return hashlib.sha1(b"blob %d\0" % size, usedforsecurity=False)
+
+
+def git_blob_id(content: bytes) -> str:
+    """git's object id of bytes in memory: what a patch's ``index`` line names (no copy of
+    ``content`` is made)."""
+    digest = git_blob_digest(len(content))
+    digest.update(content)
+    return digest.hexdigest()
+
+
 def git_blob_id_file(root: Path | str, relative_path: str) -> str:
     """git's object id of a file (sha1 over ``blob <size>\\0`` + bytes), streamed: what a
     patch's ``index`` line names for a file too large to enter the patch."""
     descriptor, status = open_regular_file(root, relative_path)
-    digest = hashlib.sha1(b"blob %d\0" % status.st_size)
+    digest = git_blob_digest(status.st_size)
     try:
         while chunk := os.read(descriptor, CHUNK_SIZE):
             digest.update(chunk)

@@ -518,3 +518,119 @@ def test_parse_patch_never_raises(data: bytes) -> None:
 def test_parse_patch_reads_every_random_patch(pair: tuple[Tree, Tree]) -> None:
     old, new = pair
     assert diff.parse_patch(make_patch(old, new)) == expected_entries(old, new)
+
+
+# -- whole-file adds and deletes: written without libgit2, applied like its own -----------------
+
+NON_UTF8 = b"caf\xe9 \xff.txt".decode("utf-8", "surrogateescape")      # as os.walk gives it
+WHOLE_FILE_CASES: dict[str, tuple[Tree, Tree]] = {
+    "text without final newline added": ({"keep.txt": b"k\n"}, {"keep.txt": b"k\n", "new.txt": b"a\nb"}),
+    "text without final newline deleted": ({"keep.txt": b"k\n", "gone.txt": b"a\nb"}, {"keep.txt": b"k\n"}),
+    "one line without newline added and deleted": ({"gone": b"x"}, {"new": b"y"}),
+    "empty file added and deleted": ({"dir/gone": b""}, {"dir/new": b""}),
+    "only a newline": ({"gone": b"\n"}, {"new": b"\n\n"}),
+    "CRLF added and deleted": ({"gone.bat": b"@echo off\r\nrem a\r\n"}, {"new.bat": b"a\r\nb\r\nc"}),
+    "lone CR and form feed": ({}, {"cr.txt": b"a\rb\r\x0c\n\r"}),
+    "non-UTF-8 name added": ({}, {NON_UTF8: b"caf\xe9\n"}),
+    "non-UTF-8 name deleted": ({NON_UTF8: b"caf\xe9\n"}, {}),
+    "name needing quotes": ({'tab\there "q"\\.txt': b"1\n"}, {"\x01ctl \u00e9.txt": b"2\n"}),
+    "binary added": ({}, {"static/logo.png": PNG}),
+    "binary deleted": ({"static/logo.png": PNG}, {}),
+    "NUL after the first 8000 bytes is text": ({}, {"late.txt": b"a" * 8000 + b"\0\n"}),
+    "NUL within the first 8000 bytes is binary": ({}, {"early.bin": b"a" * 7999 + b"\0\n"}),
+    "diff markers as content": ({"gone": b"--- a\n+++ b\n@@ -1 +1 @@\n\\ No newline\n"},
+                                {"new": b"diff --git a/x b/x\n-\n+\n"}),
+}
+
+
+def sections_by_name(patch: bytes) -> dict[bytes, bytes]:
+    return {section.split(b"\n", 1)[0]: section for section in re.split(rb"(?m)^(?=diff --git )", patch) if section}
+
+
+def libgit2_whole_file_patch(old: Tree, new: Tree) -> bytes:
+    """The same patch with every section made by libgit2 (the way every file was written before
+    adds and deletes were written directly)."""
+    import io
+
+    buffer = io.BytesIO()
+    for path in sorted(old.keys() | new.keys()):
+        if old.get(path) != new.get(path):
+            diff._write_diffed(buffer.write, path, old.get(path), new.get(path))
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("name", sorted(WHOLE_FILE_CASES))
+def test_whole_file_adds_and_deletes_round_trip(name: str, tmp_path: Path) -> None:
+    old, new = WHOLE_FILE_CASES[name]
+    patch = make_patch(old, new)
+    assert apply("git", old, patch, tmp_path) == new
+    assert patch == libgit2_whole_file_patch(old, new)
+
+
+def test_whole_file_sections_are_what_git_writes(tmp_path: Path) -> None:
+    for name, (old, new) in WHOLE_FILE_CASES.items():
+        if any(b"\0" in content[:8000] for content in [*old.values(), *new.values()]):
+            continue                 # git's own binary literal need not be libgit2's byte for byte
+        ours = sections_by_name(make_patch(old, new))
+        git = sections_by_name(git_no_index(old, new, tmp_path / name.replace(" ", "-"), "--full-index"))
+        without_first_line = lambda sections: sorted(section.split(b"\n", 1)[1] for section in sections.values())
+        assert without_first_line(ours) == without_first_line(git), name
+
+
+def test_an_added_text_file_is_not_given_to_libgit2(monkeypatch: pytest.MonkeyPatch) -> None:
+    import types
+
+    calls: list[object] = []
+    original = diff.pygit2.Patch.create_from
+    counting = types.SimpleNamespace(create_from=lambda *a, **k: calls.append(a) or original(*a, **k))
+    monkeypatch.setattr(diff, "pygit2", types.SimpleNamespace(Patch=counting))
+    make_patch({"gone.py": b"x\n", "same.py": b"1\n"}, {"new.py": b"y\n", "same.py": b"2\n", "b.png": PNG})
+    assert len(calls) == 2                  # the modified file and the binary add, nothing else
+
+
+def test_quote_path_matches_the_per_byte_rule() -> None:
+    for byte in range(256):
+        name = b"x" + bytes([byte]) + b"y"
+        expected = name if 0x20 <= byte < 0x7F and byte not in (0x22, 0x5C) else (
+            b'"x' + diff._C_ESCAPES.get(byte, b"\\%03o" % byte) + b'y"')
+        assert diff.quote_path(name) == expected
+    assert diff.quote_path(b"a/\xc3\xa9\xc3\xa9 \"q\"\\") == b'"a/\\303\\251\\303\\251 \\"q\\"\\\\"'
+
+
+WHOLE_CONTENTS = st.one_of(file_contents(), st.binary(max_size=60),
+                           st.builds(lambda size, tail: b"a" * size + tail, st.integers(7990, 8010), st.binary(max_size=3)))
+WHOLE_NAMES = st.sampled_from(["a.py", "a/b.py", "a/b/c.txt", "a.txt", "name with space.md", NON_UTF8,
+                               'say "hi".txt', "\u00fcn\u00efcode/x", "z/crlf.bat", "dir/empty"])
+
+
+@st.composite
+def add_delete_pairs(draw: st.DrawFn) -> tuple[Tree, Tree]:
+    """Trees that differ only by whole files added and deleted (and a few kept as they are)."""
+    names = draw(st.lists(WHOLE_NAMES, unique=True, max_size=8))
+    old: Tree = {}
+    new: Tree = {}
+    for name in names:
+        fate = draw(st.sampled_from(["added", "deleted", "kept"]))
+        content = draw(WHOLE_CONTENTS)
+        if fate != "added":
+            old[name] = content
+        if fate != "deleted":
+            new[name] = content
+    # a file and a folder of the same name cannot both exist in one tree
+    for tree in (old, new):
+        for name in list(tree):
+            if any(other.startswith(name + "/") for other in tree):
+                del tree[name]
+    return old, new
+
+
+@settings(max_examples=40, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(add_delete_pairs())
+def test_random_adds_and_deletes_apply_like_libgit2s_patch(tmp_path_factory: pytest.TempPathFactory,
+                                                           pair: tuple[Tree, Tree]) -> None:
+    old, new = pair
+    patch, reference = make_patch(old, new), libgit2_whole_file_patch(old, new)
+    workdir = tmp_path_factory.mktemp("w")
+    assert apply("git", old, patch, workdir / "ours") == new
+    assert apply("git", old, reference, workdir / "libgit2") == new
+    assert patch == reference
