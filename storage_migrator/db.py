@@ -405,23 +405,24 @@ def read_row_seen(connection: Connection, generation_id: str, for_update: bool =
 @dataclass
 class GenerationClaim:
     """One generation's row, held for one irreversible disk step. ``drift`` is None if the row
-    still shows what the plan saw; ``record_storage_path`` writes the folder's new place in the
-    same transaction, so the row never names a folder that is gone for longer than the step."""
+    still shows what the plan saw; ``record_place`` writes the folder's new place in the same
+    transaction, so the row never names a folder that is gone for longer than the step."""
 
     connection: Connection
     generation_id: str
     seen: RowSeen
     drift: RowDrift | None
 
-    def record_storage_path(self, storage_path: str | None) -> bool:
-        """The row's ``storage_path`` once the folder has moved (the rename made durable first);
-        conditional on the row as planned. False if it drifted meanwhile (SQLite)."""
+    def record_place(self, storage_path: str | None, version: int | None) -> bool:
+        """The row's ``storage_path`` and ``version`` once the folder has moved or been renamed
+        (the rename made durable first); conditional on the row as planned. False if it drifted
+        meanwhile (SQLite, where the row is not locked)."""
         written = self.connection.execute(
             generations.update()
             .where(generations.c.id == self.generation_id, generations.c.status == self.seen.status,
                    generations.c.version.is_not_distinct_from(self.seen.version),
                    generations.c.storage_path.is_not_distinct_from(self.seen.storage_path))
-            .values(storage_path=storage_path)
+            .values(storage_path=storage_path, version=version)
         ).rowcount
         return written == 1
 

@@ -91,8 +91,7 @@ class Executor:
         previous_version: int | None = None
         checkpoint("planned")
         for generation_plan in plan.generations:
-            is_active = generation_plan.id == plan.active_generation_id
-            outcome, update, tree = self._handle(generation_plan, previous, previous_version, is_active)
+            outcome, update, tree = self._handle(generation_plan, previous, previous_version)
             self._writer.add(outcome, update)
             if tree is not None and generation_plan.is_diff_base:
                 previous, previous_version = tree, generation_plan.generation.version
@@ -114,7 +113,7 @@ class Executor:
     # -- one generation ------------------------------------------------------------------
 
     def _handle(
-        self, plan: GenerationPlan, previous: SourceTree | None, previous_version: int | None, is_active: bool
+        self, plan: GenerationPlan, previous: SourceTree | None, previous_version: int | None
     ) -> tuple[GenerationOutcome, GenerationUpdate | None, SourceTree | None]:
         """Handle one generation; whatever goes wrong fails this generation alone."""
         generation = plan.generation
@@ -124,7 +123,7 @@ class Executor:
             drift = self._drift_since_planned(plan) if plan.action == Action.FAIL else None
             return (outcome.drifted(drift) if drift else outcome), None, None
         try:
-            return self._carry_out_generation(plan, previous, previous_version, is_active)
+            return self._carry_out_generation(plan, previous, previous_version)
         except RowDrifted as drifted:
             return _outcome(plan, Outcome.SKIPPED, generation.storage_path).drifted(drifted.drift), None, None
         except GenerationError as error:
@@ -143,7 +142,7 @@ class Executor:
         return outcome.drifted(drift) if drift else outcome
 
     def _carry_out_generation(
-        self, plan: GenerationPlan, previous: SourceTree | None, previous_version: int | None, is_active: bool
+        self, plan: GenerationPlan, previous: SourceTree | None, previous_version: int | None
     ) -> tuple[GenerationOutcome, GenerationUpdate | None, SourceTree | None]:
         generation = plan.generation
         if plan.action == Action.UNCHANGED:
@@ -186,8 +185,9 @@ class Executor:
         generation = plan.generation
         old = self.layout.target_dir(generation.project_id, plan.renumbered_from, generation.id)
         if is_real_dir(old) and not os.path.lexists(_target(plan)):
-            with self._row_still_as_planned(plan):
+            with self._row_still_as_planned(plan) as claim:
                 rename_dir(old, _target(plan))
+                self._publish(plan, claim, undo=lambda: rename_dir(_target(plan), old))
             checkpoint("renumbered")
 
     def _put_in_place(self, plan: GenerationPlan) -> SourceTree:
@@ -200,7 +200,7 @@ class Executor:
                 self._prepare_target(plan)
                 checkpoint("target-prepared")
                 move_tree(_legacy(plan), source, snapshot, self.layout.state_dir)
-                self._publish_move(plan, claim)
+                self._publish(plan, claim, undo=lambda: self._undo_move(plan))
             snapshot.root = source
             checkpoint("moved")
             return snapshot
@@ -241,22 +241,23 @@ class Executor:
                 raise RowDrifted(drift)
             yield claim
 
-    def _publish_move(self, plan: GenerationPlan, claim: GenerationClaim) -> None:
-        """Right after the rename, while the row is still held: the flat link, then the rename
-        made durable, then ``storage_path`` — so the application's flat path and its row point
-        at the files again within one step, not at the end of a batch (its delete removes
-        ``storage_path``; its edits go to ``<ROOT>/<id>``). A link that cannot be written
-        undoes the move. The rest of the metadata follows in the batch."""
+    def _publish(self, plan: GenerationPlan, claim: GenerationClaim, undo: Callable[[], None]) -> None:
+        """Right after a move or a renumbering rename, while the row is still held: the flat
+        link, then the rename made durable, then ``storage_path`` and ``version`` — so the
+        application's flat path and its row point at the files again within one step, not at
+        the end of a batch (its delete removes ``storage_path``; its edits go to ``<ROOT>/<id>``).
+        A link that cannot be written undoes the rename. The rest follows in the batch."""
         try:
             self._keep_legacy_link(plan)
         except GenerationError:
-            self._undo_move(plan)
+            undo()
             raise
         target = _target(plan)
         for folder in (target, target.parent, target.parent.parent, self.layout.root):
             fsync_dir(folder)
-        if claim.record_storage_path(plan.storage_path):
-            self._published[plan.id] = replace(plan.row_seen, storage_path=plan.storage_path)
+        version = plan.generation.version
+        if claim.record_place(plan.storage_path, version):
+            self._published[plan.id] = RowSeen(plan.row_seen.status, version, plan.storage_path)
 
     def _drift_since_planned(self, plan: GenerationPlan) -> RowDrift | None:
         """A failure the plan found is reported only if the row is still as planned: a
