@@ -16,13 +16,35 @@ import hashlib
 import os
 import stat
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 from .errors import GenerationError, UsageError
 from .faults import checkpoint
-from .layout import HELD_SEPARATOR, MOVING_DIR, TRASH_DIR, is_temp_name
+from .layout import (
+    GENERATIONS_DIR,
+    MANIFEST_FILE,
+    MOVING_DIR,
+    SOURCE_DIR,
+    TRASH_DIR,
+    StateEntry,
+    StorageLayout,
+    UnsafePathComponent,
+    is_temp_name,
+    parse_old_held_name,
+    parse_state_entry_name,
+    parse_target_dir_name,
+    state_entry_id,
+    state_entry_key,
+    state_entry_name,
+    temp_name_kept,
+    temp_name_original,
+)
+from .manifest import read_manifest
 from .tree import (
     CHUNK_SIZE,
     TreeSnapshot,
@@ -158,8 +180,9 @@ def move_tree(source: Path, destination: Path, expected: TreeSnapshot, state_dir
     application's way by one rename into ``<state>/moving/`` and re-scanned: if any file changed
     or appeared while it was copied, it goes back and the copy is discarded (the generation is
     retried next run). Only then does the copy become ``destination`` and the source go to the
-    trash. A run killed in between finds the source in ``moving/`` and puts it back first
-    (``recover_moving``).
+    trash. A run killed in between finds the source in ``moving/``, named for its project,
+    generation and origin (``layout.state_entry_name``), and whoever next handles that project
+    puts it back first (``recover_project``).
     """
     try:
         rename_entry(source, destination)
@@ -177,7 +200,8 @@ def move_tree(source: Path, destination: Path, expected: TreeSnapshot, state_dir
     except GenerationError:
         discard_partial(staging)
         raise
-    held = _hold_aside(source, state_dir)
+    entry = _moved_entry(state_dir.parent, source, destination)
+    held = _hold_aside(source, state_dir, entry)
     if _fingerprints(held) != {path: (record.size, record.mtime_ns) for path, record in expected.files.items()}:
         rename_entry(held, source)
         discard_partial(staging)
@@ -191,15 +215,47 @@ def move_tree(source: Path, destination: Path, expected: TreeSnapshot, state_dir
         discard_partial(staging)
         raise GenerationError(describe_os_error(error, "move to", destination)) from error
     checkpoint("copy-in-place")
-    discard_tree(held, state_dir / TRASH_DIR)
+    _discard_as(held, state_dir / TRASH_DIR, entry)
     return True
 
 
-def _hold_aside(source: Path, state_dir: Path) -> Path:
-    """Rename ``source`` into ``<state>/moving/`` (same filesystem as ROOT, checked at start)."""
+def _unique_name(entry: StateEntry) -> str:
+    return state_entry_name(entry, os.getpid(), time.time_ns())
+
+
+def _new_layout_source(parts: tuple[str, ...]) -> tuple[str, str, int] | None:
+    """``(<project>, generations, v<N>__<id>, source)`` below ROOT → (project, id, N)."""
+    if len(parts) != 4 or parts[1] != GENERATIONS_DIR or parts[3] != SOURCE_DIR:
+        return None
+    parsed = parse_target_dir_name(parts[2])
+    return None if parsed is None else (parts[0], parsed[1], parsed[0])
+
+
+def _parts_below(root: Path, path: Path) -> tuple[str, ...]:
+    relative = os.path.relpath(os.path.abspath(path), os.path.abspath(root))
+    return () if relative.startswith("..") else tuple(relative.split(os.sep))
+
+
+def _moved_entry(root: Path, source: Path, destination: Path) -> StateEntry:
+    """Whose ``source`` is, for its name in ``moving/``: a legacy folder moving to its new-layout
+    place (migrate) or a ``source/`` moving back to its legacy folder (rollback); any other
+    move (not one of the layout's) is named for its folder, project unknown."""
+    source_parts = _parts_below(root, source)
+    from_new = _new_layout_source(source_parts)
+    if from_new is not None:
+        return StateEntry.of(from_new[0], from_new[1], from_new[2])
+    to_new = _new_layout_source(_parts_below(root, destination))
+    if to_new is not None and source_parts == (to_new[1],):
+        return StateEntry.of(to_new[0], to_new[1], None)
+    return StateEntry.of(None, source.name, None)
+
+
+def _hold_aside(source: Path, state_dir: Path, entry: StateEntry) -> Path:
+    """Rename ``source`` into ``<state>/moving/`` (same filesystem as ROOT, checked at start)
+    under ``entry``'s name, so its project's next handler knows where it goes back."""
     holding = state_dir / MOVING_DIR
     holding.mkdir(parents=True, exist_ok=True)
-    held = holding / f"{source.name}{HELD_SEPARATOR}{time.time_ns()}"
+    held = holding / _unique_name(entry)
     try:
         rename_entry(source, held)
     except OSError as error:
@@ -212,18 +268,6 @@ def _fingerprints(root: Path) -> dict[str, tuple[int, int]] | None:
         return {path: (status.st_size, status.st_mtime_ns) for path, status in walk_files(root)}
     except (GenerationError, OSError):
         return None
-
-
-def recover_moving(root: Path, state_dir: Path) -> None:
-    """Put back every source a killed cross-filesystem move held aside, so the planner sees it
-    again (as a legacy folder, or beside its verified copy)."""
-    holding = state_dir / MOVING_DIR
-    if not holding.is_dir() or holding.is_symlink():
-        return
-    for name in sorted(os.listdir(holding)):
-        original = name.rpartition(HELD_SEPARATOR)[0]
-        if original and not os.path.lexists(root / original):
-            rename_entry(holding / name, root / original)
 
 
 def copy_tree_verified(source: Path, destination: Path, expected: TreeSnapshot) -> None:
@@ -288,12 +332,46 @@ def prepare_state_dir(state_dir: Path) -> None:
 
 
 
+_handled_project: ContextVar[tuple[str, frozenset[str]] | None] = ContextVar("handled_project", default=None)
+
+
+@contextmanager
+def handling_project(project_id: str, generation_ids: Collection[str]) -> Iterator[None]:
+    """Within this block, a legacy folder ``<ROOT>/<id>`` of one of ``generation_ids`` that is
+    discarded is named for ``project_id`` in the trash (its path alone does not say whose it
+    is). Per thread and process; nothing outside the block is affected."""
+    token = _handled_project.set((project_id, frozenset(generation_ids)))
+    try:
+        yield
+    finally:
+        _handled_project.reset(token)
+
+
+def _discarded_entry(trash_dir: Path, path: Path) -> StateEntry:
+    """Whose ``path`` is, for its name in the trash (see ``handling_project``)."""
+    root = trash_dir.parent.parent
+    parts = _parts_below(root, path)
+    new_layout = _new_layout_source(parts)
+    if new_layout is not None:
+        return StateEntry.of(new_layout[0], new_layout[1], new_layout[2])
+    handled = _handled_project.get()
+    if parts == (path.name,) and handled is not None and path.name in handled[1]:
+        return StateEntry.of(handled[0], path.name, None)
+    return StateEntry.of(None, path.name, None)
+
+
 def discard_tree(path: Path, trash_dir: Path) -> None:
     """Remove ``path`` by renaming it into the trash first (one rename: a crash never leaves a
-    half-deleted folder in view), then deleting the trash entry."""
+    half-deleted folder in view), then deleting the trash entry. The entry is named for its
+    project (``layout.state_entry_name``), so a killed run's entry is emptied by whoever next
+    handles that project (``recover_project``)."""
+    _discard_as(path, trash_dir, _discarded_entry(trash_dir, path))
+
+
+def _discard_as(path: Path, trash_dir: Path, owner: StateEntry) -> None:
     if not is_real_dir(trash_dir):
         raise GenerationError(f"{trash_dir} is not a real folder; nothing is removed — rerun")
-    entry = trash_dir / f"{path.name}.{os.getpid()}.{time.time_ns()}"
+    entry = trash_dir / _unique_name(owner)
     try:
         rename_entry(path, entry)
     except OSError as error:
@@ -329,31 +407,251 @@ def remove_tree(path: Path) -> None:
         stack.pop()
 
 
-def empty_trash(trash_dir: Path) -> None:
-    """Finish deletions a killed run began; everything in the trash has a verified copy."""
-    if is_real_dir(trash_dir):
-        for name in os.listdir(trash_dir):
-            entry = trash_dir / name
-            if is_real_dir(entry):
-                remove_tree(entry)
-            else:
-                _remove_quietly(entry)
+def empty_trash(trash_dir: Path, wanted: Callable[[str], bool] = lambda name: True) -> None:
+    """Finish deletions a killed run began (the entries whose name ``wanted`` accepts; all by
+    default); everything in the trash has a verified copy."""
+    for name in _state_names(trash_dir):
+        if wanted(name):
+            _remove_entry(trash_dir / name)
+
+
+def _remove_entry(entry: Path) -> None:
+    if is_real_dir(entry):
+        remove_tree(entry)
+    else:
+        _remove_quietly(entry)
+
+
+def _state_names(folder: Path) -> list[str]:
+    """The entries of ``trash/`` or ``moving/`` (none if it is missing or not a real folder)."""
+    if not is_real_dir(folder):
+        return []
+    try:
+        return sorted(os.listdir(folder))
+    except OSError:
+        return []
 
 
 def remove_temp_files(folder: Path) -> None:
     """Remove what a killed write left in ``folder``: the tool's temp files and temp links
     (never a folder, never anything else). ``folder`` is reached without following a link at
-    any component: a project folder that is a link to another disk is not cleaned over there."""
+    any component: a project folder that is a link to another disk is not cleaned over there.
+    Every temp file there goes, so only the one who holds the folder's project (or ROOT, for
+    ROOT itself) may call it."""
+    for name in _temp_names(folder):
+        _unlink_confined(folder / name)
+
+
+def _temp_names(folder: Path) -> list[str]:
+    """The tool's temp files and links directly in ``folder`` (reached without following a link)."""
     try:
         with anchored_path(folder) as (root, parts), root.open_dir(parts) as handle:
-            for name, status in handle.entries():
-                if is_temp_name(name) and not stat.S_ISDIR(status.st_mode):
-                    try:
-                        os.unlink(name, dir_fd=handle.fileno())
-                    except OSError:
-                        pass
+            return [name for name, status in handle.entries() if is_temp_name(name) and not stat.S_ISDIR(status.st_mode)]
     except OSError:
+        return []
+
+
+def _unlink_confined(path: Path) -> None:
+    """Remove the file or link ``path`` (never a folder), its parents resolved without following
+    a link; gone already is fine."""
+    try:
+        with anchored_path(path) as (root, parts):
+            root.unlink(parts, missing_ok=True)
+    except OSError:
+        pass
+
+
+# -- recovery of what a killed run left, per project ----------------------------------------
+
+
+@dataclass
+class RootTempFiles:
+    """The tool's temp links directly in ROOT (a killed write of a ``<ROOT>/<id>`` link), by the
+    generation id they were written for, listed once and handed out per project: listing ROOT —
+    one entry per generation — for every project would cost far more than the run.
+
+    A temp file that appears after the listing (a write in progress, of this run or of another
+    host) is not in it and so is never touched; one left by a kill after the listing waits for
+    the next run."""
+
+    root: Path
+    by_generation: dict[str, list[str]]
+
+    @classmethod
+    def listed(cls, root: Path) -> RootTempFiles:
+        found: dict[str, list[str]] = {}
+        for name in _temp_names(root):
+            original = temp_name_original(name)
+            if original is not None:
+                found.setdefault(original, []).append(name)
+        return cls(root, found)
+
+    def remove_for(self, generation_ids: Collection[str]) -> None:
+        for generation_id in generation_ids:
+            for name in self.by_generation.pop(temp_name_kept(generation_id), []):
+                _unlink_confined(self.root / name)
+
+
+def recover_project(layout: StorageLayout, project_id: str, generation_ids: Collection[str],
+                    root_temps: RootTempFiles | None = None) -> None:
+    """Undo or finish what a killed run left of one project: its held-aside sources go back
+    where they came from (never over an existing entry), its trash entries are emptied, and the
+    temp files of its generations' ``<ROOT>/<id>`` links and those in its project folder and
+    ``generations/`` are removed. Entries are found by name alone (``layout.state_entry_name``;
+    the previous version's names by their generation id, or for a ``source.held-…`` by the
+    manifest of the target that lacks it).
+
+    Call it before the project is planned (the planner must see a put-back folder) and only
+    while holding the project: in ``moving/`` and ``trash/`` other projects' entries may be
+    another host's move or discard in progress, and they are not looked at. ``root_temps`` is
+    the run's listing of ROOT (listed now if None). Nothing here raises for one entry: what
+    cannot be put back stays where it is for the next run."""
+    ids = list(generation_ids)
+    _put_back_held(layout, project_id, ids)
+    key = state_entry_key(project_id)
+    empty_trash(layout.trash_dir, lambda name: _is_trash_of(name, key, ids))
+    (RootTempFiles.listed(layout.root) if root_temps is None else root_temps).remove_for(ids)
+    for folder in _project_folders(layout, project_id):
+        remove_temp_files(folder)
+
+
+def sweep_state(layout: StorageLayout) -> None:
+    """The end of a run that has ROOT to itself (an uncoordinated ``run``/``resync`` over every
+    project, a ``rollback``): put back every held-aside source whose origin its name spells,
+    empty the trash, remove every temp file in ROOT.
+
+    Safe there and only there: the run lock admits one such run at a time and excludes
+    coordinated ones, so nothing in ``moving/``, ``trash/`` or ROOT is anyone's write in
+    progress; and every project with rows was recovered before it was planned, so what is left
+    belongs to projects or generations with no rows left (deleted), to an owner the name does
+    not give, or to the previous version's names. A ``source.held-…`` of that version whose
+    target was not found stays in ``moving/``: its name does not say where it belongs."""
+    holding = layout.state_dir / MOVING_DIR
+    for name in _state_names(holding):
+        origin = _swept_origin(layout, name)
+        if origin is not None:
+            _put_back(layout.root, holding / name, origin)
+    empty_trash(layout.trash_dir)
+    remove_temp_files(layout.root)
+
+
+def _put_back_held(layout: StorageLayout, project_id: str, generation_ids: list[str]) -> None:
+    holding = layout.state_dir / MOVING_DIR
+    by_key = {state_entry_key(generation_id): generation_id for generation_id in generation_ids}
+    for name in _state_names(holding):
+        origin = _held_origin(layout, project_id, by_key, holding / name)
+        if origin is not None:
+            _put_back(layout.root, holding / name, origin)
+
+
+def _held_origin(layout: StorageLayout, project_id: str, by_key: dict[str, str], held: Path) -> Path | None:
+    """Where the held-aside ``held`` came from, if it is this project's."""
+    entry = parse_state_entry_name(held.name)
+    if entry is not None:
+        if not entry.belongs_to(project_id):
+            return None
+        generation_id = by_key.get(entry.generation_key) or state_entry_id(entry.generation_key)
+        return None if generation_id is None else _entry_origin(layout, project_id, generation_id, entry.version)
+    original = parse_old_held_name(held.name)
+    if original is not None and original in by_key.values():
+        return _entry_origin(layout, project_id, original, None)
+    if original == SOURCE_DIR:
+        return _target_missing(layout, project_id, set(by_key.values()), held)
+    return None
+
+
+def _swept_origin(layout: StorageLayout, name: str) -> Path | None:
+    entry = parse_state_entry_name(name)
+    if entry is not None:
+        generation_id = state_entry_id(entry.generation_key)
+        project_id = state_entry_id(entry.project_key)
+        if generation_id is None or (entry.version is not None and project_id is None):
+            return None
+        return _entry_origin(layout, project_id or "", generation_id, entry.version)
+    original = parse_old_held_name(name)
+    if original is None or original == SOURCE_DIR:
+        return None
+    return _entry_origin(layout, "", original, None)
+
+
+def _entry_origin(layout: StorageLayout, project_id: str, generation_id: str, version: int | None) -> Path | None:
+    """The legacy folder (``version`` None) or ``generations/v<N>__<id>/source``; None for an
+    id that is no safe folder name."""
+    try:
+        if version is None:
+            return layout.legacy_dir(generation_id)
+        return layout.target_dir(project_id, version, generation_id) / SOURCE_DIR
+    except UnsafePathComponent:
+        return None
+
+
+def _target_missing(layout: StorageLayout, project_id: str, generation_ids: set[str], held: Path) -> Path | None:
+    """The ``source/`` place of this project's target folder that lacks it and whose manifest
+    lists exactly the held folder's files (sizes and mtimes): the previous version named a
+    held-aside ``source/`` for its folder alone."""
+    try:
+        generations_dir = layout.generations_dir(project_id)
+    except UnsafePathComponent:
+        return None
+    if not is_real_dir(generations_dir.parent):
+        return None                                   # a linked project folder is never read
+    names = _state_names(generations_dir)
+    found = _fingerprints(held) if names else None
+    for name in names if found is not None else []:
+        parsed = parse_target_dir_name(name)
+        target = generations_dir / name
+        if parsed is None or parsed[1] not in generation_ids or not is_real_dir(target) \
+                or os.path.lexists(target / SOURCE_DIR):
+            continue
+        manifest = read_manifest(target / MANIFEST_FILE)
+        if manifest is not None and {path: tuple(pair) for path, pair in manifest.fingerprints.items()} == found:
+            return target / SOURCE_DIR
+    return None
+
+
+def _put_back(root: Path, held: Path, origin: Path) -> None:
+    """``held`` → ``origin`` by one rename that never replaces an entry (the application may
+    have put something there meanwhile); the tool's folders above ``origin`` are made if a
+    killed rollback removed them. Whatever refuses leaves ``held`` where it is."""
+    if os.path.lexists(origin):
         return
+    try:
+        if not os.path.lexists(origin.parent):
+            for created in make_dirs(origin.parent):
+                adopt_owner(created, root)
+        _rename_no_replace(held, origin)
+    except (OSError, GenerationError):
+        return
+
+
+def _rename_no_replace(source: Path, destination: Path) -> None:
+    confined = below_storage_root(source, destination)
+    if confined is None:
+        if os.path.lexists(destination):
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), os.fspath(destination))
+        os.rename(source, destination)
+        return
+    anchor, (source_parts, destination_parts) = confined
+    anchor.rename(source_parts, destination_parts, overwrite=False)
+
+
+def _is_trash_of(name: str, project_key: str, generation_ids: list[str]) -> bool:
+    """A trash entry of this project: by its name, or by the previous version's
+    ``<generation id>[.held-<ns>].<pid>.<ns>``."""
+    entry = parse_state_entry_name(name)
+    if entry is not None:
+        return entry.project_key == project_key
+    original, *stamps = name.rsplit(".", 2)
+    if len(stamps) != 2 or not all(stamp.isdigit() for stamp in stamps):
+        return False
+    return (parse_old_held_name(original) or original) in generation_ids
+
+
+def _project_folders(layout: StorageLayout, project_id: str) -> list[Path]:
+    try:
+        return [layout.project_dir(project_id), layout.generations_dir(project_id)]
+    except UnsafePathComponent:
+        return []
 
 
 def _remove_quietly(path: Path) -> None:

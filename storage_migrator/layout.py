@@ -6,6 +6,7 @@ Nothing here touches the disk. Every id that becomes a path component goes throu
 """
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,9 @@ ACTIVE_LINK = "active"
 ARCHIVE_DIR = "archive"
 TRASH_DIR = "trash"
 MOVING_DIR = "moving"
-HELD_SEPARATOR = ".held-"
+HELD_SEPARATOR = ".held-"             # the previous version's names in moving/: <name>.held-<ns>
+LEGACY_ROLE = "legacy"
+UNKNOWN_PROJECT_KEY = "%"              # a discard whose project the caller did not say
 LOCK_FILE = "lock"
 PARTIAL_SOURCE_DIR = ".source.partial"
 TEMP_SUFFIX = ".storage-migrate-tmp"   # the same suffix rootfs gives its temp files
@@ -29,6 +32,13 @@ MAX_COMPONENT_LENGTH = 255
 _CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f]")
 _TARGET_NAME = re.compile(r"^v(?P<version>[1-9][0-9]*)__(?P<generation_id>.+)$")
 _PATCH_NAME = re.compile(r"^diff_from_v(?P<version>[1-9][0-9]*)\.patch$")
+_STATE_ENTRY_NAME = re.compile(
+    r"^(?P<project>[^_/]+)__(?P<generation>[^_/]+)__(?P<role>legacy|v(?P<version>[1-9][0-9]*)-source)"
+    r"\.(?P<pid>[0-9]+)\.(?P<stamp>[0-9]+)$"
+)
+_OLD_HELD_NAME = re.compile(r"^(?P<original>.+)\.held-[0-9]+$")
+_MAX_KEY_BYTES = 100
+_TEMP_NAME_BYTES = 120                 # of the original name rootfs keeps in a temp name
 
 
 class UnsafePathComponent(ValueError):
@@ -76,6 +86,74 @@ def patch_file_name(from_version: int) -> str:
 def parse_patch_file_name(name: str) -> int | None:
     match = _PATCH_NAME.match(name)
     return int(match["version"]) if match else None
+
+
+def state_entry_key(identifier: str) -> str:
+    """A project or generation id as one part of a ``moving/`` or ``trash/`` entry name.
+
+    ``%`` and ``_`` are percent-escaped, so the ``__`` between parts never occurs inside one and
+    the name parses back unambiguously; an id whose escaped form exceeds 100 bytes becomes
+    ``%%`` + a sha256 prefix (the name must fit NAME_MAX). A caller matches entries by comparing
+    keys (``state_entry_key(id) == entry.project_key``), never by parsing ids out of a key."""
+    escaped = identifier.replace("%", "%25").replace("_", "%5F")
+    if len(escaped.encode("utf-8", "surrogateescape")) <= _MAX_KEY_BYTES:
+        return escaped
+    return "%%" + hashlib.sha256(identifier.encode("utf-8", "surrogateescape")).hexdigest()[:40]
+
+
+def state_entry_id(key: str) -> str | None:
+    """The id a key spells, or None for a hashed key or the unknown-project marker."""
+    if key.startswith("%%") or key == UNKNOWN_PROJECT_KEY:
+        return None
+    return key.replace("%5F", "_").replace("%25", "%")
+
+
+@dataclass(frozen=True)
+class StateEntry:
+    """What a ``moving/`` or ``trash/`` entry was, read from its name alone: whose project and
+    generation (as keys, see ``state_entry_key``) and where it came from — ``version`` None for
+    the legacy folder ``<ROOT>/<generation_id>``, N for ``<project>/generations/v<N>__<id>/source``."""
+
+    project_key: str
+    generation_key: str
+    version: int | None
+
+    @classmethod
+    def of(cls, project_id: str | None, generation_id: str, version: int | None) -> StateEntry:
+        """``project_id`` None when the caller cannot say (``%``: only an exclusive run's end
+        sweep touches such an entry)."""
+        project = UNKNOWN_PROJECT_KEY if project_id is None else state_entry_key(project_id)
+        return cls(project, state_entry_key(generation_id), version)
+
+    def belongs_to(self, project_id: str) -> bool:
+        return self.project_key == state_entry_key(project_id)
+
+
+def state_entry_name(entry: StateEntry, pid: int, stamp_ns: int) -> str:
+    """``<project>__<generation>__<role>.<pid>.<ns>``, role ``legacy`` or ``v<N>-source``: the
+    one spelling of entries in ``moving/`` and ``trash/``, so whoever handles a project finds its
+    entries by name alone (several hosts may share ROOT). ``pid`` and ``stamp_ns`` keep two
+    entries of one folder apart."""
+    role = LEGACY_ROLE if entry.version is None else f"v{entry.version}-source"
+    return f"{entry.project_key}__{entry.generation_key}__{role}.{pid}.{stamp_ns}"
+
+
+def parse_state_entry_name(name: str) -> StateEntry | None:
+    """The inverse of ``state_entry_name``; None for any other name (an old-style one included)."""
+    match = _STATE_ENTRY_NAME.match(name)
+    if match is None:
+        return None
+    version = match["version"]
+    return StateEntry(match["project"], match["generation"], int(version) if version else None)
+
+
+def parse_old_held_name(name: str) -> str | None:
+    """``<name>.held-<ns>``, the previous version's ``moving/`` entry → the folder name it had
+    (a generation id for a legacy folder, ``source`` for a new-layout ``source/``)."""
+    if parse_state_entry_name(name) is not None:
+        return None
+    match = _OLD_HELD_NAME.match(name)
+    return match["original"] if match else None
 
 
 def join_storage_path(prefix: str, *parts: str) -> str:
@@ -230,6 +308,23 @@ def is_utf8_name(name: str) -> bool:
 def is_temp_name(name: str) -> bool:
     """A temp file or link the tool writes before a rename; a leftover is a killed write."""
     return name.startswith(".") and name.endswith(TEMP_SUFFIX)
+
+
+def temp_name_original(name: str) -> str | None:
+    """The name a temp file or link ``.<original>.<pid>.<random>.storage-migrate-tmp`` was
+    written for, as rootfs keeps it (its first 120 bytes); None for any other name. Compare it
+    with ``temp_name_kept(original)``."""
+    if not is_temp_name(name):
+        return None
+    parts = name[1 : -len(TEMP_SUFFIX)].rsplit(".", 2)
+    if len(parts) != 3 or not parts[1].isdigit():
+        return None
+    return parts[0]
+
+
+def temp_name_kept(original: str) -> str:
+    """What of ``original`` a temp name keeps (two names sharing those bytes look the same)."""
+    return original.encode("utf-8", "surrogateescape")[:_TEMP_NAME_BYTES].decode("utf-8", "surrogateescape")
 
 
 def is_tool_written(name: str) -> bool:

@@ -24,12 +24,13 @@ from .db import (
 )
 from .errors import GenerationError
 from .execute import Executor
-from .fsops import empty_trash, prepare_state_dir, recover_moving, remove_temp_files
+from .fsops import RootTempFiles, handling_project, prepare_state_dir, recover_project, sweep_state
 from .installation import Installation, open_installation
 from .layout import StorageLayout
 from .lock import RunLock
 from .orphans import find_orphans
 from .plan import Action, GenerationPlan, plan_project
+from .records import ProjectRecord
 from .report import GenerationOutcome, RunReport
 from .tree import fingerprint_tree
 from .workers import WorkerDied, chunked, run_in_workers
@@ -140,54 +141,67 @@ def _plan_only(installation: Installation, report: RunReport, resync: bool, only
 
 def _carry_out(installation: Installation, report: RunReport, options: RunOptions, only: list[str] | None,
                progress: ProgressFactory | None, workers: int) -> None:
+    """Every project recovered, planned and carried out in turn (what a killed run left of a
+    project is recovered just before it is planned, see ``recover_project``), then, after a
+    complete run over every project, the end sweep of what no project claimed."""
     layout, engine = installation.layout, installation.engine
     prepare_state_dir(layout.state_dir)
-    recover_moving(layout.root, layout.state_dir)
-    empty_trash(layout.trash_dir)
-    remove_temp_files(layout.root)          # a legacy link's temp a killed run left
+    root_temps = RootTempFiles.listed(layout.root)
     tick = progress(count_generations(engine)) if progress else (lambda count: None)
     if workers > 1 and only is None:
-        _carry_out_in_workers(layout, engine, report, options, tick, workers)
+        _carry_out_in_workers(layout, engine, report, options, tick, workers, root_temps)
     else:
-        _carry_out_projects(layout, engine, report, options, only, tick)
-    if options.resync and only is None and report.error is None and not report.interrupted:
+        _carry_out_projects(layout, engine, report, options, only, tick, root_temps)
+    complete = only is None and report.error is None and not report.interrupted
+    if complete:
+        sweep_state(layout)
+    if options.resync and complete:
         report.orphans = find_orphans(layout, engine)
 
 
 def _carry_out_projects(layout: StorageLayout, engine: Engine, report: RunReport, options: RunOptions,
-                        only: Sequence[str] | None, tick: Callable[[int], None]) -> None:
-    """The executor over a stream of projects; the last batch is written even when interrupted."""
+                        only: Sequence[str] | None, tick: Callable[[int], None], root_temps: RootTempFiles) -> None:
+    """The executor over a stream of projects; the last batch is written even when interrupted.
+    Each project is recovered right before it is planned, by whoever carries it out."""
     executor = Executor(layout, engine, report, legacy_links=options.legacy_links, on_generation=tick)
     try:
         for record in iter_project_records(engine, only=only):
-            executor.carry_out(plan_project(record, layout, options.resync, output_files_checker(engine),
-                                            reserve=version_reserver(engine)))
+            _carry_out_project(layout, engine, executor, options, record, root_temps)
     finally:
         executor.finish()
 
 
+def _carry_out_project(layout: StorageLayout, engine: Engine, executor: Executor, options: RunOptions,
+                       record: ProjectRecord, root_temps: RootTempFiles) -> None:
+    generation_ids = [generation.id for generation in record.generations]
+    recover_project(layout, record.project_id, generation_ids, root_temps)
+    with handling_project(record.project_id, generation_ids):
+        executor.carry_out(plan_project(record, layout, options.resync, output_files_checker(engine),
+                                        reserve=version_reserver(engine)))
+
+
 def _carry_out_in_workers(layout: StorageLayout, engine: Engine, report: RunReport, options: RunOptions,
-                          tick: Callable[[int], None], workers: int) -> None:
+                          tick: Callable[[int], None], workers: int, root_temps: RootTempFiles) -> None:
     """Projects in chunks over ``workers`` processes; each project is wholly one worker's, so
     the per-project ordering (v<P> written before the diff of v<N>) holds as in one process."""
     with engine.connect() as connection:
         project_ids = iter_project_ids(connection)
     database_url = engine.url.render_as_string(hide_password=False)
     engine.dispose()
-    chunks = [(layout, database_url, list(chunk), options)
+    chunks = [(layout, database_url, list(chunk), options, root_temps)
               for chunk in chunked(project_ids, workers, WORKER_CHUNK_PROJECTS)]
     for chunk_report in run_in_workers(_migrate_chunk, chunks, workers):
         report.merge(chunk_report)
         tick(chunk_report.migrated + chunk_report.skipped + chunk_report.failed)
 
 
-def _migrate_chunk(chunk: tuple[StorageLayout, str, list[str], RunOptions]) -> RunReport:
+def _migrate_chunk(chunk: tuple[StorageLayout, str, list[str], RunOptions, RootTempFiles]) -> RunReport:
     """One worker's share: its own engine, its own batches."""
-    layout, database_url, project_ids, options = chunk
+    layout, database_url, project_ids, options, root_temps = chunk
     engine = create_database_engine(database_url, command="storage-migrate worker")
     report = RunReport(command="worker", keep_all=options.keep_all)
     try:
-        _carry_out_projects(layout, engine, report, options, project_ids, lambda count: None)
+        _carry_out_projects(layout, engine, report, options, project_ids, lambda count: None, root_temps)
     except sa.exc.DBAPIError as error:
         report.error = f"lost the database mid-run ({first_line(error)}); rerun when the database is back"
     finally:

@@ -27,7 +27,16 @@ from .config import Settings
 from .db import iter_project_records
 from .errors import GenerationError
 from .faults import checkpoint
-from .fsops import discard_tree, empty_trash, move_tree, prepare_state_dir, recover_moving, remove_symlink, remove_tree
+from .fsops import (
+    RootTempFiles,
+    discard_tree,
+    move_tree,
+    prepare_state_dir,
+    recover_project,
+    remove_symlink,
+    remove_tree,
+    sweep_state,
+)
 from .installation import open_installation
 from .layout import (
     ARTIFACTS_DIR,
@@ -57,15 +66,16 @@ def rollback(settings: Settings, keep_all: bool = True) -> RunReport:
         layout, engine = installation.layout, installation.engine
         with RunLock(layout.lock_file, engine, "storage-migrate rollback"):
             prepare_state_dir(layout.state_dir)
-            recover_moving(layout.root, layout.state_dir)
-            empty_trash(layout.trash_dir)
+            root_temps = RootTempFiles.listed(layout.root)
             writer = BatchWriter(engine, report)
             try:
                 for record in iter_project_records(engine):
+                    recover_project(layout, record.project_id, [g.id for g in record.generations], root_temps)
                     for generation in record.generations:
                         writer.add(*_restore_generation(layout, generation))
                     _remove_project_links(layout, record)
                     writer.flush_if_full()
+                sweep_state(layout)                     # rollback has ROOT to itself (the run lock)
             except KeyboardInterrupt:
                 report.interrupted = True
             finally:
