@@ -13,7 +13,7 @@ import os
 import socket
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -37,13 +37,6 @@ from .records import (
 # holds gives up after this (the generation is retried by the next resync), below the server's
 # deadlock_timeout, so the application never waits on the tool, nor deadlocks with it, for long.
 LOCK_TIMEOUT = "500ms"
-
-REQUIRED_COLUMNS: dict[str, frozenset[str]] = {
-    "generations": frozenset({"version", "is_active", "storage_path", "file_count", "total_size_bytes",
-                              "diff_from_previous", "changes_summary"}),
-    "projects": frozenset({"active_generation_id", "latest_version"}),
-}
-
 
 class LenientDateTime(sa.types.TypeDecorator):
     """A timestamp that reads as None when the stored value is not one (SQLite keeps whatever
@@ -115,6 +108,16 @@ generations = sa.Table(
     sa.Column("diff_from_previous", sa.Text),
     sa.Column("changes_summary", LenientJSON()),
 )
+
+
+# The tool's own columns, derived from the records (one place per fact): what it writes per
+# generation, ``is_active``, and what it writes per project.
+REQUIRED_COLUMNS: dict[str, frozenset[str]] = {
+    "generations": frozenset({*OWNED_GENERATION_COLUMNS, "is_active"}),
+    "projects": frozenset({"active_generation_id", "latest_version"}),
+}
+assert REQUIRED_COLUMNS["generations"] <= set(generations.c.keys())
+assert REQUIRED_COLUMNS["projects"] <= set(projects.c.keys())
 
 
 def display_url(database_url: str) -> str:
@@ -241,37 +244,21 @@ def iter_project_ids(connection: Connection) -> list[str]:
     return sorted(project_id for project_id in ids if project_id is not None)
 
 
-_GENERATION_COLUMNS = (
-    generations.c.id,
-    generations.c.project_id,
-    generations.c.version,
-    generations.c.status,
-    generations.c.created_at,
-    generations.c.storage_path,
-    generations.c.file_count,
-    generations.c.total_size_bytes,
-    generations.c.diff_from_previous,
-    generations.c.changes_summary,
-    generations.c.is_active,
-    generations.c.output_files.is_not(None).label("has_output_files"),
+# The select list is GenerationRow's fields: each a column of the same name, but
+# ``has_output_files``, which asks only whether the (possibly large) column is set.
+_ROW_FIELDS = tuple(field.name for field in fields(GenerationRow))
+_GENERATION_COLUMNS = tuple(
+    generations.c.output_files.is_not(None).label(name) if name == "has_output_files" else generations.c[name]
+    for name in _ROW_FIELDS
 )
 
 
 def _generation_row(row: sa.Row) -> GenerationRow:
-    return GenerationRow(
-        id=row.id,
-        project_id=row.project_id,
-        version=row.version,
-        status=row.status,
-        created_at=row.created_at,
-        storage_path=row.storage_path,
-        file_count=row.file_count or 0,
-        total_size_bytes=row.total_size_bytes,
-        diff_from_previous=row.diff_from_previous,
-        changes_summary=row.changes_summary,
-        is_active=bool(row.is_active),
-        has_output_files=bool(row.has_output_files),
-    )
+    values = dict(zip(_ROW_FIELDS, row, strict=True))
+    values["file_count"] = values["file_count"] or 0
+    values["is_active"] = bool(values["is_active"])
+    values["has_output_files"] = bool(values["has_output_files"])
+    return GenerationRow(**values)
 
 
 def load_projects(connection: Connection, project_ids: Sequence[str]) -> list[ProjectRecord]:
