@@ -484,21 +484,31 @@ class Application:
                     flat_state = {"dir": []}
             else:
                 flat_state = None
-            try:
-                with self.engine.begin() as connection:
-                    if row.storage_path:
-                        storage_dir = self.disk_path(row.storage_path)
-                        if storage_dir is None:
-                            raise RuntimeError(f"storage_path {row.storage_path!r} is not below FILE_STORAGE_PATH")
-                        if storage_dir.exists():
-                            shutil.rmtree(storage_dir)
-                    deleted = connection.execute(sa.text("DELETE FROM generations WHERE id = :id"), {"id": row.id})
-                    if deleted.rowcount != 1:
-                        raise RuntimeError("row already gone")
-            except Exception as error:  # noqa: BLE001 — the application logs and answers 500
-                self.log("app_error", op="delete", project_id=project_id, generation_id=row.id,
-                         storage_path=row.storage_path, error=repr(error))
-                return
+            for attempt in (1, 2):          # a 500 is retried once by the user, like the real client would
+                row = self.fresh_row(row.id)        # delete_generation starts with db.get(Generation, id)
+                if row is None or row.is_active:
+                    self.log("delete_refused", project_id=project_id, generation_id=row.id if row else None,
+                             reason="gone" if row is None else "active")
+                    return
+                try:
+                    with self.engine.begin() as connection:
+                        if row.storage_path:
+                            storage_dir = self.disk_path(row.storage_path)
+                            if storage_dir is None:
+                                raise RuntimeError(f"storage_path {row.storage_path!r} is not below FILE_STORAGE_PATH")
+                            if storage_dir.exists():
+                                shutil.rmtree(storage_dir)
+                        deleted = connection.execute(sa.text("DELETE FROM generations WHERE id = :id"), {"id": row.id})
+                        if deleted.rowcount != 1:
+                            raise RuntimeError("row already gone")
+                    break
+                except Exception as error:  # noqa: BLE001 — the application logs and answers 500
+                    kind = "app_error_transient" if attempt == 1 else "app_error"
+                    self.log(kind, op="delete", project_id=project_id, generation_id=row.id,
+                             storage_path=row.storage_path, error=repr(error))
+                    if attempt == 2:
+                        return
+                    time.sleep(0.2)
             self.log("deleted", project_id=project_id, generation_id=row.id, version=row.version,
                      storage_path=row.storage_path, flat=flat_state)
 

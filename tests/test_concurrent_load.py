@@ -407,6 +407,8 @@ def test_the_tool_beside_the_application_under_load(database_url: str, tmp_path:
         "seconds": LOAD_SECONDS, "seed": LOAD_SEED, "database": engine.dialect.name,
         "application events": dict(Counter(event["event"] for event in events)),
         "application errors by op": dict(Counter(event.get("op") for event in application_errors)),
+        "application errors that a retry cleared (a delete that read its row just before a move "
+        "was published)": len(by_kind["app_error_transient"]),
         "all incomplete reads (incl. after a rename)": len(by_kind["read_incomplete"]),
         "incomplete reads by way": dict(Counter(event["way"] for event in incomplete_reads)),
         "latest_version decreases by the application's own stale write": len(app_decreases),
