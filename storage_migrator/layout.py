@@ -36,7 +36,7 @@ _STATE_ENTRY_NAME = re.compile(
     r"^(?P<project>[^_/]+)__(?P<generation>[^_/]+)__(?P<role>legacy|v(?P<version>[1-9][0-9]*)-source)"
     r"\.(?P<pid>[0-9]+)\.(?P<stamp>[0-9]+)$"
 )
-_OLD_HELD_NAME = re.compile(r"^(?P<original>.+)\.held-[0-9]+$")
+_OLD_HELD_NAME = re.compile(rf"^(?P<original>.+){re.escape(HELD_SEPARATOR)}[0-9]+$")
 _MAX_KEY_BYTES = 100
 _TEMP_NAME_BYTES = 120                 # of the original name rootfs keeps in a temp name
 
