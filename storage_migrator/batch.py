@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from .db import first_line, write_generation_updates, write_project_update
+from .db import existing_generation_ids, first_line, write_generation_updates, write_project_update
 from .faults import checkpoint
 from .fsops import flush_to_disk
-from .records import GenerationUpdate, ProjectUpdate
+from .records import GenerationUpdate, ProjectUpdate, RowDrift
 from .report import GenerationOutcome, Outcome, RunReport
 
 DEFAULT_BATCH_SIZE = 500
@@ -51,6 +51,16 @@ class BatchWriter:
         if len(self._pending) >= self.batch_size:
             self.flush()
 
+    def _deleted_since_failing(self) -> dict[str, RowDrift]:
+        """The failed generations whose rows are gone by now, in one query: the application's
+        delete removes the files first and the row a moment later, so a folder found missing
+        in between is a delete in progress, reported as gone rather than "restore a backup"."""
+        failed = [pending.outcome.id for pending in self._pending if pending.outcome.failed]
+        if not failed:
+            return {}
+        still_there = existing_generation_ids(self.engine, failed)
+        return {generation_id: RowDrift.GONE for generation_id in failed if generation_id not in still_there}
+
     def flush(self) -> None:
         """Make the disk durable, then write the batch in one transaction. On a database error
         the generations of this batch that had metadata to write are reported failed."""
@@ -62,8 +72,10 @@ class BatchWriter:
             for project_update in self._project_updates:
                 write_project_update(self.engine, project_update)
             checkpoint("after-database-write")
+            drifted.update(self._deleted_since_failing())
             for pending in self._pending:
-                drift = drifted.get(pending.outcome.id) if pending.update is not None else None
+                drift = drifted.get(pending.outcome.id) if pending.update is not None or pending.outcome.failed \
+                    else None
                 self.report.add(pending.outcome.drifted(drift) if drift else pending.outcome)
         except sa.exc.DBAPIError as error:
             message = f"database write failed ({first_line(error)}); rerun to finish"

@@ -117,29 +117,39 @@ class Executor:
     ) -> tuple[GenerationOutcome, GenerationUpdate | None, SourceTree | None]:
         """Handle one generation; whatever goes wrong fails this generation alone."""
         generation = plan.generation
-        if plan.action in (Action.SKIP, Action.FAIL):
-            error = plan.reason if plan.action == Action.FAIL else None
-            outcome = _outcome(plan, plan.action.done, generation.storage_path, error=error)
-            drift = self._drift_since_planned(plan) if plan.action == Action.FAIL else None
-            return (outcome.drifted(drift) if drift else outcome), None, None
+        if plan.action == Action.SKIP:
+            return _outcome(plan, plan.action.done, generation.storage_path), None, None
+        if plan.action == Action.FAIL:
+            return self._failed(plan, plan.reason or "cannot be handled", None), None, None
         try:
             return self._carry_out_generation(plan, previous, previous_version)
         except RowDrifted as drifted:
             return _outcome(plan, Outcome.SKIPPED, generation.storage_path).drifted(drifted.drift), None, None
         except GenerationError as error:
-            return self._failed(plan, str(error)), None, None
+            return self._failed(plan, str(error), previous), None, None
         except (OSError, UnsafePathComponent, ValueError, UnicodeError, RecursionError) as error:
-            return self._failed(plan, f"{type(error).__name__}: {error}".splitlines()[0]), None, None
+            return self._failed(plan, f"{type(error).__name__}: {error}".splitlines()[0], previous), None, None
 
-    def _failed(self, plan: GenerationPlan, reason: str) -> GenerationOutcome:
-        """A step that failed on a generation the application deleted, changed or archived
-        meanwhile is that, not a failure: the next resync looks again."""
+    def _failed(self, plan: GenerationPlan, reason: str, base: SourceTree | None) -> GenerationOutcome:
+        """A failure on a generation the application deleted, changed or archived meanwhile —
+        or whose folder, or its diff base's, vanished under the tool (the application's delete
+        removes the files before the row) — is that, not a failure: the next resync looks again."""
         outcome = _outcome(plan, Outcome.FAILED, plan.generation.storage_path, error=reason)
         self._published.pop(plan.id, None)
         drift = self._drift_since_planned(plan)
-        if drift is None and is_archived(self.layout, replace(plan.generation, version=plan.row_seen.version)):
+        if drift is None and (self._folders_vanished(plan) or (base is not None and not is_real_dir(base.root))):
             drift = RowDrift.CHANGED
         return outcome.drifted(drift) if drift else outcome
+
+    def _folders_vanished(self, plan: GenerationPlan) -> bool:
+        """The generation is archived now, or the folder the plan saw (legacy or ``source/``) is gone."""
+        if is_archived(self.layout, replace(plan.generation, version=plan.row_seen.version)):
+            return True
+        if plan.target_dir is None or plan.action in (Action.REBUILD, Action.FAIL):
+            return False
+        if is_real_dir(source_dir(plan.target_dir)):
+            return False
+        return plan.action != Action.MOVE or not is_real_dir(_legacy(plan))
 
     def _carry_out_generation(
         self, plan: GenerationPlan, previous: SourceTree | None, previous_version: int | None

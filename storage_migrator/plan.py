@@ -212,7 +212,10 @@ def probe_disk(layout: StorageLayout, generation: GenerationRow, check_fingerpri
 def is_archived(layout: StorageLayout, generation: GenerationRow) -> bool:
     """``<ROOT>/<project>/archive/v<N>__<id>/`` is a real folder, reached through real folders
     only (a link at any component is not an archive: nothing is decided through a link)."""
-    archive = layout.archive_dir(generation.project_id, generation.version or 0, generation.id)
+    try:
+        archive = layout.archive_dir(generation.project_id, generation.version or 0, generation.id)
+    except UnsafePathComponent:
+        return False                    # an id that cannot name a folder has no archive either
     return all(is_real_dir(folder) for folder in (archive.parent.parent, archive.parent, archive))
 
 
