@@ -58,6 +58,27 @@ def build_installation(database_url: str, root: Path, size: SampleSize = SMALL, 
     return Installation(Settings(database_url, root, PATH_PREFIX), sample)
 
 
+def execute_sql(installation: Installation, sql: str, **parameters: object) -> None:
+    """One statement in its own transaction, the way the application commits its changes."""
+    engine = installation.engine()
+    with engine.begin() as connection:
+        connection.execute(sa.text(sql), parameters)
+    engine.dispose()
+
+
+def query_rows(installation: Installation, sql: str, **parameters: object) -> list[sa.Row]:
+    engine = installation.engine()
+    with engine.connect() as connection:
+        found = connection.execute(sa.text(sql), parameters).all()
+    engine.dispose()
+    return found
+
+
+def query_scalar(installation: Installation, sql: str, **parameters: object) -> object:
+    found = query_rows(installation, sql, **parameters)
+    return found[0][0] if found else None
+
+
 def empty_public_schema(database_url: str) -> None:
     """Empty a PostgreSQL test database (faster than dropping and creating it)."""
     engine = sa.create_engine(database_url, poolclass=sa.pool.NullPool)

@@ -17,7 +17,7 @@ import sqlalchemy as sa
 
 from storage_migrator.faults import PAUSE_AT_VARIABLE
 
-from .sandbox import Installation, build_installation, run_cli
+from .sandbox import Installation, build_installation, query_rows, run_cli
 from .test_races import execute, first_project, scalar
 
 
@@ -121,12 +121,9 @@ def test_a_renumbered_duplicate_takes_its_number_from_the_database(migrated: Ins
 
 
 def completed_in_new_layout(installation: Installation, project_id: str) -> list[tuple[str, int]]:
-    engine = installation.engine()
-    with engine.connect() as connection:
-        rows = connection.execute(sa.text("SELECT id, version FROM generations WHERE project_id = :p AND "
-                                          "status = 'completed' ORDER BY version"), {"p": project_id}).all()
-    engine.dispose()
-    return [(row.id, row.version) for row in rows if (installation.root / row.id).is_symlink()]
+    found = query_rows(installation, "SELECT id, version FROM generations WHERE project_id = :p AND "
+                       "status = 'completed' ORDER BY version", p=project_id)
+    return [(row.id, row.version) for row in found if (installation.root / row.id).is_symlink()]
 
 
 def test_a_flat_path_the_application_replaced_does_not_stop_its_generation(migrated: Installation) -> None:

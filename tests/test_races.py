@@ -18,7 +18,7 @@ import sqlalchemy as sa
 
 from storage_migrator.faults import PAUSE_AT_VARIABLE
 
-from .sandbox import Installation, build_installation, run_cli
+from .sandbox import Installation, build_installation, execute_sql, query_rows, query_scalar, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -28,19 +28,8 @@ def installation(database_url: str, tmp_path: Path) -> Installation:
     return build_installation(database_url, tmp_path / "projects")
 
 
-def execute(installation: Installation, statement: str, **parameters: object) -> None:
-    engine = installation.engine()
-    with engine.begin() as connection:
-        connection.execute(sa.text(statement), parameters)
-    engine.dispose()
-
-
-def scalar(installation: Installation, statement: str, **parameters: object) -> object:
-    engine = installation.engine()
-    with engine.connect() as connection:
-        value = connection.execute(sa.text(statement), parameters).scalar()
-    engine.dispose()
-    return value
+execute = execute_sql
+scalar = query_scalar
 
 
 def first_project(installation: Installation) -> str:
@@ -48,19 +37,17 @@ def first_project(installation: Installation) -> str:
     return str(scalar(installation, "SELECT MIN(project_id) FROM generations"))
 
 
+def completed_ids(installation: Installation, project_id: str) -> list[str]:
+    """The project's completed generations in version order, the active one left out."""
+    active = query_scalar(installation, "SELECT active_generation_id FROM projects WHERE id = :p", p=project_id)
+    found = query_rows(installation, "SELECT id FROM generations WHERE project_id = :p AND status = 'completed' "
+                       "ORDER BY version", p=project_id)
+    return [row.id for row in found if row.id != active]
+
+
 def legacy_generation(installation: Installation, project_id: str) -> str:
     """A completed generation of ``project_id`` still in the legacy layout, not the active one."""
-    engine = installation.engine()
-    with engine.connect() as connection:
-        rows = connection.execute(sa.text(
-            "SELECT g.id FROM generations g JOIN projects p ON p.id = g.project_id WHERE g.project_id = :p "
-            "AND g.status = 'completed' AND g.id IS NOT p.active_generation_id ORDER BY g.version"
-            if engine.dialect.name == "sqlite" else
-            "SELECT g.id FROM generations g JOIN projects p ON p.id = g.project_id WHERE g.project_id = :p "
-            "AND g.status = 'completed' AND g.id IS DISTINCT FROM p.active_generation_id ORDER BY g.version"),
-            {"p": project_id}).scalars().all()
-    engine.dispose()
-    candidates = [gid for gid in rows if (installation.root / gid).is_dir()]
+    candidates = [gid for gid in completed_ids(installation, project_id) if (installation.root / gid).is_dir()]
     assert candidates, "the sample has a legacy completed generation in its first project"
     return candidates[0]
 
@@ -133,15 +120,7 @@ def test_a_generation_archived_after_the_plan_stays_archived(installation: Insta
 
 
 def legacy_generation_in_new_layout(installation: Installation, project_id: str) -> str:
-    engine = installation.engine()
-    with engine.connect() as connection:
-        ids = connection.execute(sa.text(
-            "SELECT g.id FROM generations g JOIN projects p ON p.id = g.project_id WHERE g.project_id = :p "
-            "AND g.status = 'completed' ORDER BY g.version"), {"p": project_id}).scalars().all()
-        active = connection.execute(sa.text("SELECT active_generation_id FROM projects WHERE id = :p"),
-                                    {"p": project_id}).scalar()
-    engine.dispose()
-    return next(gid for gid in ids if gid != active and (installation.root / gid).is_symlink())
+    return next(gid for gid in completed_ids(installation, project_id) if (installation.root / gid).is_symlink())
 
 
 def test_an_activation_after_the_plan_is_kept(installation: Installation) -> None:
@@ -186,13 +165,10 @@ def test_a_number_the_application_takes_after_the_plan_is_never_lowered(installa
 
 def first_moved(installation: Installation, project_id: str) -> str:
     """The generation whose move the run begins with: the lowest version with a legacy folder."""
-    engine = installation.engine()
-    with engine.connect() as connection:
-        ids = connection.execute(sa.text(
-            "SELECT id FROM generations WHERE project_id = :p AND status IN ('completed', 'failed') "
-            "ORDER BY version, created_at, id"), {"p": project_id}).scalars().all()
-    engine.dispose()
-    return next(gid for gid in ids if (installation.root / gid).is_dir() and not (installation.root / gid).is_symlink())
+    found = query_rows(installation, "SELECT id FROM generations WHERE project_id = :p AND status IN "
+                       "('completed', 'failed') ORDER BY version, created_at, id", p=project_id)
+    return next(row.id for row in found
+                if (installation.root / row.id).is_dir() and not (installation.root / row.id).is_symlink())
 
 
 def test_an_edit_through_the_flat_path_after_the_plan_is_picked_up(installation: Installation) -> None:
