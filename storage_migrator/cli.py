@@ -142,6 +142,10 @@ def render_report(report: RunReport, output: Output) -> None:
             click.echo(f"orphan folder (no row; left alone): {orphan}")
         for leftover in report.leftovers:
             click.echo(f"leftover folder (the application's scratch copy; left alone): {leftover}")
+        if report.coordination is not None:
+            from .coordinate import coordination_line
+
+            click.echo(coordination_line(report.coordination))
         verb = "would migrate" if report.dry_run else "migrated"
         summary = f"{report.command}: {verb} {report.migrated}, skipped {report.skipped}, failed {report.failed}"
         if not report.dry_run:
@@ -198,6 +202,12 @@ def _at_least_the_demo_minimum(field: str) -> Callable[[click.Context, click.Par
     return check
 
 
+def coordinate_option(function: Callable) -> Callable:
+    return click.option("--coordinate", is_flag=True, envvar="STORAGE_MIGRATE_COORDINATE",
+                        help="Share the work with participants on other hosts (PostgreSQL advisory locks; "
+                        "host name from STORAGE_MIGRATE_HOSTNAME, else the system's).")(function)
+
+
 def workers_option(function: Callable) -> Callable:
     return click.option("--workers", type=click.IntRange(min=1), default=os.cpu_count() or 1, show_default="cores",
                         help="Processes; each project is handled by one of them.")(function)
@@ -206,13 +216,15 @@ def workers_option(function: Callable) -> Callable:
 @main.command()
 @click.option("--dry-run", is_flag=True, help="Print the plan; change nothing on disk or in the database.")
 @workers_option
+@coordinate_option
 @pass_context
-def run(context: Context, dry_run: bool, workers: int) -> None:
+def run(context: Context, dry_run: bool, workers: int, coordinate: bool = False) -> None:
     """Migrate every generation still in the legacy layout."""
     from .migrate import migrate
 
     report = migrate(context.settings, dry_run=dry_run, progress=progress_bar(context.output, "migrating"),
-                     workers=workers, keep_all=dry_run or context.output.keeps_every_line())
+                     workers=workers, keep_all=dry_run or context.output.keeps_every_line(),
+                     coordinate=coordinate and not dry_run)
     render_report(report, context.output)
     sys.exit(report.exit_code)
 
@@ -270,13 +282,14 @@ def diff_command(context: Context, project_id: str, with_patch: bool, from_versi
 
 @main.command()
 @workers_option
+@coordinate_option
 @pass_context
-def resync(context: Context, workers: int) -> None:
+def resync(context: Context, workers: int, coordinate: bool) -> None:
     """The cron job: migrate stragglers, re-read changed generations, repair metadata, report orphans."""
     from .migrate import migrate
 
     report = migrate(context.settings, resync=True, progress=progress_bar(context.output, "resyncing"),
-                     workers=workers, keep_all=context.output.keeps_every_line())
+                     workers=workers, keep_all=context.output.keeps_every_line(), coordinate=coordinate)
     render_report(report, context.output)
     sys.exit(report.exit_code)
 

@@ -2,6 +2,9 @@
 advisory lock), released by the kernel or the server even when the holder is killed -9.
 
 The lock file holds who took it, so the second run can name the holder in its message.
+Coordinated participants (``coordinate.py``) take the advisory key in shared mode and no flock
+(an NFS client may implement flock locally); ``rollback`` and uncoordinated runs take it
+exclusively, so the two kinds exclude each other (exit 75) whichever came first.
 """
 from __future__ import annotations
 
@@ -22,6 +25,43 @@ from .fsops import prepare_state_dir
 from .tree import read_regular_file
 
 ADVISORY_LOCK_KEY = 0x5354_4F52_4D49_47  # "STORMIG": one key for every storage-migrate
+
+
+def run_lock_parts() -> tuple[int, int]:
+    """The key as ``pg_locks`` shows a one-bigint advisory lock: (classid, objid), objsubid 1."""
+    return ADVISORY_LOCK_KEY >> 32, ADVISORY_LOCK_KEY & 0xFFFF_FFFF
+
+
+def _advisory_holders(connection: Connection) -> str:
+    """Who holds the run lock's key, from ``pg_locks`` (every shared holder, or the exclusive one)."""
+    high, low = run_lock_parts()
+    holders = connection.execute(
+        sa.text(
+            "SELECT a.application_name, a.pid, l.mode FROM pg_locks l "
+            "JOIN pg_stat_activity a ON a.pid = l.pid "
+            "WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 "
+            "AND l.classid::bigint = :high AND l.objid::bigint = :low AND l.database = "
+            "(SELECT oid FROM pg_database WHERE datname = current_database()) ORDER BY a.pid LIMIT 5"
+        ),
+        {"high": high, "low": low},
+    ).all()
+    if not holders:
+        return "another session"
+    mode = "coordinated run(s) " if holders[0].mode == "ShareLock" else ""
+    return mode + ", ".join(f"{holder.application_name} (backend {holder.pid})" for holder in holders)
+
+
+def take_shared_run_lock(connection: Connection, command: str) -> None:
+    """A coordinated participant's share of the run lock, on its lock session (held until that
+    session ends); raises LockHeld (exit 75) naming the exclusive holder otherwise."""
+    taken = connection.execute(sa.text("SELECT pg_try_advisory_lock_shared(:key)"), {"key": ADVISORY_LOCK_KEY}).scalar()
+    connection.commit()
+    if taken:
+        return
+    named = _advisory_holders(connection)
+    connection.commit()
+    raise LockHeld(f"{command} --coordinate: another run holds the database's advisory lock: {named}; "
+                   "try again when it has finished")
 
 
 def _holder_description(lock_file: Path) -> str:
@@ -100,14 +140,6 @@ class RunLock:
         if taken:
             self._connection = connection
             return
-        holder = connection.execute(
-            sa.text(
-                "SELECT a.application_name, a.pid, a.client_addr FROM pg_locks l "
-                "JOIN pg_stat_activity a ON a.pid = l.pid "
-                "WHERE l.locktype = 'advisory' AND l.granted AND l.database = "
-                "(SELECT oid FROM pg_database WHERE datname = current_database()) LIMIT 1"
-            )
-        ).first()
+        named = _advisory_holders(connection)
         connection.close()
-        named = f"{holder.application_name} (backend {holder.pid})" if holder else "another session"
         raise LockHeld(f"another run holds the database's advisory lock: {named}; try again when it has finished")

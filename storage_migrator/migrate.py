@@ -97,6 +97,7 @@ def migrate(
     only_projects: Collection[str] | None = None,
     workers: int = 1,
     keep_all: bool = True,
+    coordinate: bool = False,
 ) -> RunReport:
     """Plan every project (or those in ``only_projects``) and, unless ``dry_run``, carry the
     plans out under the run lock. Returns the report.
@@ -105,15 +106,26 @@ def migrate(
     consistent, the report says what happened, and the exit code is 1. Ctrl-C or SIGTERM
     (as KeyboardInterrupt) stops after the generation at hand; the report says what was done
     and its exit code is 130.
+
+    With ``coordinate`` this is one host's part of a coordinated run (``coordinate.py``): the
+    projects of the buckets it claims, not all projects, under its share of the run lock.
     """
     command = "resync" if resync else "run"
     options = RunOptions(resync, keep_all, settings.legacy_links)
     report = RunReport(command=command, dry_run=dry_run, keep_all=keep_all)
     only = None if only_projects is None else sorted(only_projects)
+    if coordinate:
+        from .coordinate import require_postgresql
+
+        require_postgresql(settings.database_url)
     with open_installation(settings, command, read_only=dry_run) as installation:
         try:
             if dry_run:
                 _plan_only(installation, report, resync, only)
+            elif coordinate:
+                from .coordinate import carry_out_coordinated
+
+                carry_out_coordinated(installation, report, options, progress, workers)
             else:
                 with RunLock(installation.layout.lock_file, installation.engine, f"storage-migrate {command}"):
                     _carry_out(installation, report, options, only, progress, workers)
@@ -169,6 +181,12 @@ def _carry_out_projects(layout: StorageLayout, engine: Engine, report: RunReport
             _carry_out_project(layout, engine, executor, options, record, root_temps)
     finally:
         executor.finish()
+
+
+def carry_out_claimed(layout: StorageLayout, engine: Engine, report: RunReport, options: RunOptions,
+                      project_ids: Sequence[str], tick: Callable[[int], None]) -> None:
+    """A coordinated participant's claimed projects, through the same per-project loop."""
+    _carry_out_projects(layout, engine, report, options, project_ids, tick, RootTempFiles.listed(layout.root))
 
 
 def _carry_out_project(layout: StorageLayout, engine: Engine, executor: Executor, options: RunOptions,

@@ -123,6 +123,7 @@ class RunReport:
     bytes_handled: int = 0
     error: str | None = None          # why the run stopped early (e.g. the database went away)
     interrupted: bool = False         # Ctrl-C or SIGTERM: what was done is still reported
+    coordination: dict | None = None  # a --coordinate run: this host's share (coordinate.CoordinationStats)
     migrated: int = 0
     skipped: int = 0
     failed: int = 0
@@ -166,6 +167,7 @@ class RunReport:
         return EXIT_SOME_FAILED if self.failed or self.error else EXIT_OK
 
     def to_json(self) -> dict:
+        coordination = {} if self.coordination is None else {"coordination": self.coordination}
         return {
             "command": self.command,
             "dry_run": self.dry_run,
@@ -179,4 +181,5 @@ class RunReport:
             "error": self.error,
             "interrupted": self.interrupted,
             "generations": [outcome.to_json() for outcome in self.outcomes],
+            **coordination,
         }

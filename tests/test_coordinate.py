@@ -1,0 +1,387 @@
+"""``run --coordinate`` / ``resync --coordinate``: several real CLI processes (each standing in for a
+host, named by STORAGE_MIGRATE_HOSTNAME) on one ROOT and one PostgreSQL database reach the end
+state of a single-host run on a copy of the same installation; each generation is in exactly one
+participant's report; a killed participant's projects are taken over; a participant whose lock
+session is terminated makes no further disk change and exits 1; coordinated and exclusive
+commands exclude each other (75); SQLite and a transaction-pooling proxy are refused (2)."""
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from storage_migrator.config import Settings
+from storage_migrator.coordinate import BUCKETS, DONE_CLASS
+from storage_migrator.demo import SampleSize
+from storage_migrator.faults import PAUSE_AT_VARIABLE
+
+from .sandbox import Installation, build_installation, dump_tables, run_cli, tree_digest
+
+pytestmark = pytest.mark.postgres
+SIZE = SampleSize(projects=30, generations_per_project=3, files_per_generation=6)
+
+
+def end_state(installation: Installation) -> tuple[dict, dict]:
+    tables = dump_tables(installation.database_url)
+    for rows in tables.values():
+        for row in rows:
+            row.pop("updated_at", None)
+    return tree_digest(installation.root), tables
+
+
+def _admin(database_url: str) -> sa.Engine:
+    return sa.create_engine(sa.make_url(database_url).set(database="postgres"), isolation_level="AUTOCOMMIT",
+                            poolclass=sa.pool.NullPool)
+
+
+@pytest.fixture
+def copies(postgres_url: str) -> Iterator[list[str]]:
+    """Databases made as copies during the test, dropped after it."""
+    made: list[str] = []
+    yield made
+    admin = _admin(postgres_url)
+    with admin.connect() as connection:
+        for name in made:
+            connection.execute(sa.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n"),
+                               {"n": name})
+            connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}"'))
+    admin.dispose()
+
+
+def copy_installation(installation: Installation, destination: Path, copies: list[str]) -> Installation:
+    """The same installation byte for byte: ROOT copied with its mtimes and links, the database
+    copied by PostgreSQL (CREATE DATABASE … TEMPLATE)."""
+    name = f"coordinate_copy_{uuid.uuid4().hex[:10]}"
+    source = sa.make_url(installation.database_url).database
+    admin = _admin(installation.database_url)
+    with admin.connect() as connection:
+        connection.execute(sa.text(f'CREATE DATABASE "{name}" TEMPLATE "{source}"'))
+    admin.dispose()
+    copies.append(name)
+    shutil.copytree(installation.root, destination, symlinks=True)
+    url = sa.make_url(installation.database_url).set(database=name).render_as_string(hide_password=False)
+    return replace(installation, settings=Settings(url, destination, installation.settings.path_prefix))
+
+
+@pytest.fixture
+def installation(postgres_url: str, tmp_path: Path) -> Installation:
+    return build_installation(postgres_url, tmp_path / "projects", SIZE)
+
+
+@pytest.fixture
+def reference(installation: Installation, tmp_path: Path, copies: list[str]) -> tuple[tuple[dict, dict], dict]:
+    """A single-host run on a copy: its end state and its JSON report."""
+    single = copy_installation(installation, tmp_path / "single", copies)
+    result = run_cli(single, "--json", "run", "--workers", "1")
+    assert result.returncode == 0, result.stderr
+    return end_state(single), json.loads(result.stdout)
+
+
+def participant(installation: Installation, host: str, *arguments: str, command: str = "run",
+                extra_environment: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    environment = {**installation.cli_environment(), "STORAGE_MIGRATE_HOSTNAME": host,
+                   "STORAGE_MIGRATE_COORDINATE": "1", **(extra_environment or {})}
+    arguments = arguments or ("--workers", "1")
+    return subprocess.Popen([sys.executable, "-m", "storage_migrator", "--json", command, *arguments],
+                            env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish(process: subprocess.Popen[str], timeout: float = 300) -> tuple[int, str, str]:
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        stdout, stderr = process.communicate()
+        raise AssertionError(f"a participant hung: {stderr}") from None
+    assert "Traceback" not in stderr, stderr
+    return process.returncode, stdout, stderr
+
+
+def generation_ids(document: dict) -> list[str]:
+    return [line["id"] for line in document["generations"]]
+
+
+def wait_until_stopped(process: subprocess.Popen[str], timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"the participant ended before pausing: {process.communicate()}")
+        if Path(f"/proc/{process.pid}/stat").read_text().split(") ")[1][0] == "T":
+            return
+        time.sleep(0.05)
+    raise AssertionError("the participant never paused")
+
+
+def wait_for_participants(installation: Installation, count: int, timeout: float = 60) -> None:
+    """Until ``count`` sessions hold the run lock's key in shared mode (coordinated participants)."""
+    engine = installation.engine()
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            with engine.connect() as connection:
+                holders = connection.execute(sa.text(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND mode = 'ShareLock' AND granted "
+                    "AND objsubid = 1 AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+                )).scalar_one()
+            if holders >= count:
+                return
+            time.sleep(0.05)
+    finally:
+        engine.dispose()
+    raise AssertionError(f"fewer than {count} participants joined")
+
+
+def wait_for_done_markers(installation: Installation, count: int, timeout: float = 300) -> None:
+    engine = installation.engine()
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            with engine.connect() as connection:
+                done = connection.execute(sa.text(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 2 "
+                    "AND classid::bigint = :done AND database = "
+                    "(SELECT oid FROM pg_database WHERE datname = current_database())"), {"done": DONE_CLASS}).scalar_one()
+            if done >= count:
+                return
+            time.sleep(0.05)
+    finally:
+        engine.dispose()
+    raise AssertionError(f"fewer than {count} buckets were done")
+
+
+def all_ids(installation: Installation) -> set[str]:
+    with installation.engine().connect() as connection:
+        return {row[0] for row in connection.execute(sa.text("SELECT id FROM generations"))}
+
+
+def test_three_participants_equal_a_single_host_run(installation: Installation, reference: tuple) -> None:
+    (expected_state, single) = reference
+    sampler = LockSampler(installation.database_url)
+    processes = [participant(installation, f"host-{index}") for index in range(3)]
+    with sampler:
+        results = [finish(process) for process in processes]
+    for returncode, _, stderr in results:
+        assert returncode == 0, stderr
+    documents = [json.loads(stdout) for _, stdout, _ in results]
+    assert end_state(installation) == expected_state
+    seen = Counter(generation_id for document in documents for generation_id in generation_ids(document))
+    assert set(seen) == all_ids(installation) and set(seen.values()) == {1}, "each generation in exactly one report"
+    for key in ("migrated", "skipped", "failed", "bytes"):
+        assert sum(document[key] for document in documents) == single[key], key
+    hosts = {document["coordination"]["host"] for document in documents}
+    assert hosts == {"host-0", "host-1", "host-2"}
+    assert sum(document["coordination"]["buckets_claimed"] for document in documents) == BUCKETS
+    assert sum(document["coordination"]["projects"] for document in documents) == len(installation.sample.project_ids)
+    # per participant: its share of the run lock, one claim, the two barrier phases
+    assert sampler.most <= BUCKETS + 4 * 3, f"{sampler.most} advisory locks at once"
+    assert sampler.most > 3, "the sampler saw the participants' locks"
+    rerun = run_cli(installation, "--json", "run", "--coordinate")
+    assert rerun.returncode == 0 and json.loads(rerun.stdout)["migrated"] == 0, rerun.stderr
+
+
+def test_workers_are_participants_and_text_names_the_share(installation: Installation, reference: tuple) -> None:
+    (expected_state, _) = reference
+    result = run_cli(installation, "run", "--coordinate", "--workers", "2",
+                     extra_environment={"STORAGE_MIGRATE_HOSTNAME": "alpha"})
+    assert result.returncode == 0, result.stderr
+    assert "coordination: alpha pid " in result.stdout and f"{BUCKETS} buckets claimed" in result.stdout
+    assert end_state(installation) == expected_state
+    resync = run_cli(installation, "resync", "--workers", "2", extra_environment={"STORAGE_MIGRATE_COORDINATE": "1"})
+    assert resync.returncode == 0, resync.stderr
+    assert "coordination: " in resync.stdout and "migrated 0," in resync.stdout
+
+
+def test_a_killed_participant_is_taken_over(installation: Installation, reference: tuple) -> None:
+    (expected_state, _) = reference
+    # The victim is stopped at a random step boundary (fixed seed) while it holds a bucket (and
+    # the done markers of the buckets it finished); once the survivors have done every other
+    # bucket, it is killed -9 there.
+    step = random.Random(18).randint(5, 40)
+    victim = participant(installation, "victim", extra_environment={PAUSE_AT_VARIABLE: str(step)})
+    wait_until_stopped(victim)
+    survivors = [participant(installation, f"survivor-{index}") for index in range(2)]
+    wait_for_done_markers(installation, BUCKETS - 1)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(timeout=60)
+    results = [finish(process) for process in survivors]
+    for returncode, _, stderr in results:
+        assert returncode == 0, stderr
+    documents = [json.loads(stdout) for _, stdout, _ in results]
+    assert end_state(installation) == expected_state, "no rerun needed"
+    seen = Counter(generation_id for document in documents for generation_id in generation_ids(document))
+    assert set(seen) == all_ids(installation) and set(seen.values()) == {1}
+    assert sum(document["coordination"]["buckets_taken_over"] for document in documents) >= 1
+
+
+def test_a_participant_that_loses_its_lock_session_stops(installation: Installation, reference: tuple,
+                                                        postgres_url: str) -> None:
+    (expected_state, _) = reference
+    victim = participant(installation, "cutoff", extra_environment={PAUSE_AT_VARIABLE: "planned"})
+    wait_until_stopped(victim)
+    admin = _admin(postgres_url)
+    with admin.connect() as connection:
+        terminated = connection.execute(sa.text(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name LIKE '%host=cutoff%'"
+        )).scalars().all()
+    admin.dispose()
+    assert terminated == [True]
+    others = [participant(installation, f"other-{index}") for index in range(2)]
+    for returncode, _, stderr in (finish(process) for process in others):
+        assert returncode == 0, stderr
+    after_others = tree_digest(installation.root)
+    assert end_state(installation) == expected_state
+    victim.send_signal(signal.SIGCONT)
+    returncode, stdout, stderr = finish(victim)
+    assert returncode == 1, stderr
+    document = json.loads(stdout)
+    assert "lost its database session" in document["error"] and "projects given up: " in document["error"]
+    given_up = document["error"].split("projects given up: ")[1].split(" — ")[0].split(", ")
+    assert set(given_up) <= set(installation.sample.project_ids) and given_up
+    assert tree_digest(installation.root) == after_others, "the cut-off participant changed the disk"
+    assert end_state(installation) == expected_state
+
+
+@pytest.mark.parametrize("other", ["rollback", "run"])
+def test_coordinated_and_exclusive_exclude_each_other(installation: Installation, other: str) -> None:
+    # A coordinated participant holds its share: the exclusive command exits 75 naming it.
+    paused = participant(installation, "sharer", extra_environment={PAUSE_AT_VARIABLE: "planned"})
+    wait_until_stopped(paused)
+    try:
+        blocked = run_cli(installation, other)
+        assert blocked.returncode == 75, blocked.stderr
+        assert "coordinated" in blocked.stderr and "host=sharer" in blocked.stderr
+    finally:
+        paused.send_signal(signal.SIGCONT)
+    assert finish(paused)[0] == 0
+    # The exclusive command holds the lock: a coordinated participant exits 75 naming it.
+    if other == "rollback":
+        holder = subprocess.Popen([sys.executable, "-m", "storage_migrator", "rollback"],
+                                  env={**installation.cli_environment(), PAUSE_AT_VARIABLE: "legacy-link-removed"},
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    else:
+        run_cli(installation, "rollback")
+        holder = subprocess.Popen([sys.executable, "-m", "storage_migrator", "run", "--workers", "1"],
+                                  env={**installation.cli_environment(), PAUSE_AT_VARIABLE: "planned"},
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_until_stopped(holder)
+    try:
+        blocked = run_cli(installation, "run", "--coordinate", extra_environment={"STORAGE_MIGRATE_HOSTNAME": "late"})
+        assert blocked.returncode == 75, blocked.stderr
+        assert f"storage-migrate {other}" in blocked.stderr and "Traceback" not in blocked.stderr
+    finally:
+        holder.send_signal(signal.SIGCONT)
+        holder.communicate(timeout=300)
+    assert holder.returncode == 0
+
+
+def test_sqlite_is_refused(tmp_path: Path) -> None:
+    database = tmp_path / "codebegen.db"
+    installation = build_installation(f"sqlite:///{database}", tmp_path / "projects",
+                                      SampleSize(projects=5, generations_per_project=2, files_per_generation=4))
+    before = tree_digest(installation.root)
+    for command in ("run", "resync"):
+        result = run_cli(installation, command, "--coordinate")
+        assert result.returncode == 2, result.stderr
+        assert "needs PostgreSQL" in result.stderr and "Traceback" not in result.stderr
+    assert tree_digest(installation.root) == before
+    missing = run_cli(replace(installation, settings=replace(installation.settings,
+                                                             database_url=f"sqlite:///{tmp_path / 'none.db'}")),
+                      "run", "--coordinate")
+    assert missing.returncode == 2 and not (tmp_path / "none.db").exists()
+
+
+def test_a_transaction_pooling_proxy_is_refused(installation: Installation, tmp_path: Path) -> None:
+    pgbouncer = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
+    if not os.path.exists(pgbouncer):
+        pytest.skip("pgbouncer is not installed")
+    url = sa.make_url(installation.database_url)
+    port = 6400 + random.Random().randint(0, 500)
+    folder = Path(f"/tmp/storage-migrate-pgbouncer-{uuid.uuid4().hex[:8]}")     # readable by the proxy's user
+    folder.mkdir(mode=0o777)
+    folder.chmod(0o777)
+    config = folder / "pgbouncer.ini"
+    (folder / "users.txt").write_text('"postgres" ""\n')
+    config.write_text(
+        f"[databases]\n{url.database} = host={url.host} port={url.port or 5432} dbname={url.database}\n"
+        f"[pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\nauth_type = trust\n"
+        f"auth_file = {folder / 'users.txt'}\npool_mode = transaction\ndefault_pool_size = 3\n"
+        f"min_pool_size = 3\nserver_round_robin = 1\nunix_socket_dir =\nlogfile = {folder / 'pgb.log'}\n"
+        f"pidfile = {folder / 'pgb.pid'}\nignore_startup_parameters = options,application_name\n")
+    proxy = subprocess.Popen([pgbouncer, "-u", "postgres", str(config)], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    try:
+        proxied = url.set(port=port).render_as_string(hide_password=False)
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                probe = sa.create_engine(proxied, poolclass=sa.pool.NullPool)
+                with probe.connect() as connection:
+                    connection.execute(sa.text("SELECT 1"))
+                probe.dispose()
+                break
+            except sa.exc.OperationalError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        held = [sa.create_engine(proxied, poolclass=sa.pool.NullPool) for _ in range(3)]
+        busy = [engine.connect() for engine in held]      # three transactions at once: three server sessions
+        for connection in busy:
+            connection.execute(sa.text("SELECT 1"))
+        for connection, engine in zip(busy, held, strict=True):
+            connection.close()
+            engine.dispose()
+        before = tree_digest(installation.root)
+        result = run_cli(replace(installation, settings=replace(installation.settings, database_url=proxied)),
+                         "run", "--coordinate")
+        assert result.returncode == 2, result.stderr
+        assert "pg_backend_pid() changed" in result.stderr and "pooling proxy" in result.stderr
+        assert tree_digest(installation.root) == before
+    finally:
+        proxy.send_signal(signal.SIGTERM)
+        proxy.wait(timeout=10)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+class LockSampler:
+    """Counts the database's advisory locks every few milliseconds in a thread; ``most`` is the peak."""
+
+    def __init__(self, database_url: str) -> None:
+        self.engine = sa.create_engine(database_url, poolclass=sa.pool.NullPool)
+        self.most = 0
+        self._stop = False
+
+    def __enter__(self) -> LockSampler:
+        import threading
+
+        def sample() -> None:
+            with self.engine.connect() as connection:
+                while not self._stop:
+                    count = connection.execute(sa.text(
+                        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND database = "
+                        "(SELECT oid FROM pg_database WHERE datname = current_database())")).scalar_one()
+                    connection.commit()
+                    self.most = max(self.most, count)
+                    time.sleep(0.01)
+
+        self._thread = threading.Thread(target=sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop = True
+        self._thread.join()
+        self.engine.dispose()
+
