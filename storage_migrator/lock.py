@@ -143,3 +143,37 @@ class RunLock:
         named = _advisory_holders(connection)
         connection.close()
         raise LockHeld(f"another run holds the database's advisory lock: {named}; try again when it has finished")
+
+
+class DatabaseLock:
+    """The run lock's key held exclusively, without ROOT's flock: for a command that changes the
+    database but has no ROOT (``db upgrade``/``downgrade``), so that it and a coordinated or
+    uncoordinated run exclude each other (exit 75). No-op on SQLite."""
+
+    def __init__(self, engine: Engine, command: str) -> None:
+        self.engine = engine
+        self.command = command
+        self._connection: Connection | None = None
+
+    def __enter__(self) -> DatabaseLock:
+        if self.engine.dialect.name != "postgresql":
+            return self
+        connection = self.engine.connect()
+        taken = connection.execute(sa.text("SELECT pg_try_advisory_lock(:key)"), {"key": ADVISORY_LOCK_KEY}).scalar()
+        connection.commit()
+        if not taken:
+            named = _advisory_holders(connection)
+            connection.close()
+            raise LockHeld(f"{self.command}: another run holds the database's advisory lock: {named}; "
+                           "try again when it has finished")
+        self._connection = connection
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None) -> None:
+        if self._connection is not None:
+            try:
+                self._connection.execute(sa.text("SELECT pg_advisory_unlock(:key)"), {"key": ADVISORY_LOCK_KEY})
+                self._connection.close()
+            except sa.exc.DBAPIError:
+                pass
+            self._connection = None

@@ -385,3 +385,45 @@ class LockSampler:
         self._thread.join()
         self.engine.dispose()
 
+
+
+def test_the_orphan_scan_runs_once_and_the_host_name_is_the_systems(installation: Installation) -> None:
+    assert run_cli(installation, "run").returncode == 0
+    orphan = installation.root / "00000000-0000-4000-8000-00000000dead"
+    orphan.mkdir()
+    (orphan / "main.py").write_text("print('nobody owns me')\n")
+    environment = {key: value for key, value in installation.cli_environment().items()
+                   if key != "STORAGE_MIGRATE_HOSTNAME"}
+    # One participant is a "host" of its own: a UTS namespace with its own host name.
+    uts = subprocess.Popen(["unshare", "--uts", "sh", "-c",
+                            f'hostname uts-host && exec "{sys.executable}" -m storage_migrator --json resync --coordinate '
+                            "--workers 1"], env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    others = [participant(installation, f"scan-{index}", command="resync") for index in range(2)]
+    results = [finish(process) for process in (uts, *others)]
+    for returncode, _, stderr in results:
+        assert returncode == 0, stderr
+    documents = [json.loads(stdout) for _, stdout, _ in results]
+    assert documents[0]["coordination"]["host"] == "uts-host"
+    assert sorted(len(document["orphans"]) for document in documents) == [0, 0, 1]
+    assert any(str(orphan) in document["orphans"] for document in documents)
+    assert orphan.is_dir(), "reported, never deleted"
+
+
+def test_the_database_lock_for_db_commands_excludes_coordinated_runs(installation: Installation) -> None:
+    from storage_migrator.db import create_database_engine
+    from storage_migrator.errors import LockHeld
+    from storage_migrator.lock import DatabaseLock
+
+    engine = create_database_engine(installation.database_url, command="storage-migrate db")
+    with DatabaseLock(engine, "storage-migrate db upgrade"):
+        blocked = run_cli(installation, "run", "--coordinate")
+    assert blocked.returncode == 75 and "storage-migrate db" in blocked.stderr, blocked.stderr
+    paused = participant(installation, "sharer", extra_environment={PAUSE_AT_VARIABLE: "planned"})
+    wait_until_stopped(paused)
+    try:
+        with pytest.raises(LockHeld, match="coordinated run"), DatabaseLock(engine, "storage-migrate db upgrade"):
+            pass
+    finally:
+        paused.send_signal(signal.SIGCONT)
+        engine.dispose()
+    assert finish(paused)[0] == 0
