@@ -13,7 +13,6 @@ where a project folder, ``generations/``, ``archive/``, a version folder, an arc
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import stat
 from dataclasses import dataclass, field
@@ -38,7 +37,16 @@ from .layout import (
 from .manifest import read_manifest
 from .records import GenerationRow, ProjectRecord
 from .source_tree import ManifestTree
-from .tree import CHUNK_SIZE, TreeSnapshot, anchored_path, git_blob_id_file, is_real_dir, read_regular_file, scan_tree
+from .tree import (
+    CHUNK_SIZE,
+    TreeSnapshot,
+    anchored_path,
+    git_blob_digest,
+    git_blob_id_file,
+    is_real_dir,
+    read_regular_file,
+    scan_tree,
+)
 
 MAX_PATCH_BYTES = 512 << 20
 SourceTree = ManifestTree | TreeSnapshot
@@ -322,7 +330,7 @@ def _blob_id_at(dir_fd: int, name: str, display: str) -> str:
         status = os.fstat(descriptor)
         if not stat.S_ISREG(status.st_mode):
             raise GenerationError(f"{display} is not a regular file; it is never read")
-        digest = hashlib.sha1(b"blob %d\0" % status.st_size)
+        digest = git_blob_digest(status.st_size)
         while chunk := os.read(descriptor, CHUNK_SIZE):
             digest.update(chunk)
         return digest.hexdigest()
