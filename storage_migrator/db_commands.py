@@ -9,6 +9,7 @@ import sqlalchemy as sa
 
 from .db import create_database_engine, current_revision, display_url, first_line
 from .errors import DatabaseUnavailable, UsageError
+from .lock import DatabaseLock
 from .schema import downgrade_schema, upgrade_schema
 
 
@@ -26,10 +27,19 @@ def _alembic_errors(database_url: str) -> Iterator[None]:
 
 
 def _run(database_url: str, migrate: Callable[[], None], sql: bool) -> None:
-    if not sql:
-        create_database_engine(database_url, command="storage-migrate db").dispose()   # validates the URL
-    with _alembic_errors(database_url):
-        migrate()
+    """Change the schema while holding the run lock's key exclusively (PostgreSQL), so a run —
+    coordinated or not — and a schema change never overlap (exit 75 both ways). ``--sql``
+    only prints, and takes no lock."""
+    if sql:
+        with _alembic_errors(database_url):
+            migrate()
+        return
+    engine = create_database_engine(database_url, command="storage-migrate db")     # validates the URL
+    try:
+        with _alembic_errors(database_url), DatabaseLock(engine, "storage-migrate db"):
+            migrate()
+    finally:
+        engine.dispose()
 
 
 def upgrade(database_url: str, revision: str = "head", sql: bool = False) -> None:

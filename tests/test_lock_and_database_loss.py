@@ -98,3 +98,24 @@ def test_database_lost_mid_run(postgres_url: str, tmp_path: Path, pause_at: int)
     assert rerun.returncode == 0, rerun.stderr
     assert run_cli(installation, "verify").returncode == 0
     assert json.loads(run_cli(installation, "--json", "run").stdout)["migrated"] == 0
+
+
+@pytest.mark.postgres
+def test_db_upgrade_waits_for_no_run_exit_75(postgres_url: str, tmp_path: Path) -> None:
+    """A schema change and a run never overlap: `db upgrade` beside a running `run` exits 75."""
+    installation = build_installation(postgres_url, tmp_path / "projects")
+    environment = {**installation.cli_environment(), PAUSE_AT_VARIABLE: "planned"}
+    process = subprocess.Popen([sys.executable, "-m", "storage_migrator", "run", "--workers", "1"], env=environment,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_until_stopped(process)
+        upgrade = run_cli(installation, "db", "upgrade")
+        process.send_signal(signal.SIGCONT)
+        process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert upgrade.returncode == 75, upgrade.stderr
+    assert "storage-migrate run" in upgrade.stderr and "Traceback" not in upgrade.stderr
+    assert run_cli(installation, "db", "upgrade").returncode == 0, "free again once the run is over"
