@@ -400,6 +400,15 @@ class GenerationClaim:
     seen: RowSeen
     drift: RowDrift | None
 
+    def number_taken(self, project_id: str, version: int) -> bool:
+        """Another row of the project holds ``version`` now: the application's lock-free
+        ``latest_version + 1`` read the value just before a reservation and took the same number."""
+        return self.connection.execute(
+            sa.select(sa.func.count()).select_from(generations).where(
+                generations.c.project_id == project_id, generations.c.version == version,
+                generations.c.id != self.generation_id)
+        ).scalar_one() > 0
+
     def record_place(self, storage_path: str | None, version: int | None) -> bool:
         """The row's ``storage_path`` and ``version`` once the folder has moved or been renamed
         (the rename made durable first); conditional on the row as planned. False if it drifted

@@ -247,6 +247,9 @@ class Executor:
                 drift = RowDrift.CHANGED
             if drift is None and legacy_must_exist and not is_real_dir(_legacy(plan)):
                 drift = RowDrift.CHANGED
+            if drift is None and plan.renumbered_from is not None and \
+                    claim.number_taken(plan.generation.project_id, plan.generation.version or 0):
+                drift = RowDrift.CHANGED            # the application took the reserved number: next resync
             if drift is not None:
                 raise RowDrifted(drift)
             yield claim

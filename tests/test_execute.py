@@ -176,3 +176,34 @@ def test_a_project_folder_that_is_a_link_is_never_cleaned_over_there(migrated: I
     assert all(path.is_file() for path in planted)
     assert sorted(str(path.relative_to(elsewhere)) for path in elsewhere.rglob("*")) == before
     assert os.readlink(migrated.root / project_id) == str(elsewhere)
+
+
+def test_a_reserved_number_the_application_also_took_stays_the_applications(migrated: Installation) -> None:
+    """The application's `latest_version + 1` reads and writes without a lock: if it read just
+    before the tool reserved a number, both hold it. The tool's duplicate gives way (no rename,
+    `changed`) and takes a fresh number at the next resync; the application's number stays."""
+    from .test_races import run_paused_at
+
+    project_id = first_project(migrated)
+    duplicate = "dup00000-0000-0000-0000-000000000003"
+    app_writes_at_version_one(migrated, project_id, duplicate)
+    before = latest_version(migrated, project_id)
+    app_generation = "app-same-0000-0000-0000-000000000001"
+
+    def application_takes_the_same_number() -> None:
+        reserved = latest_version(migrated, project_id)
+        assert reserved == before + 1, "the tool reserved its number while planning"
+        execute(migrated, "INSERT INTO generations (id, project_id, user_id, prompt, status, version) "
+                "SELECT :g, id, user_id, 'next', 'processing', :v FROM projects WHERE id = :p",
+                g=app_generation, v=reserved, p=project_id)
+
+    code, document = run_paused_at(migrated, "planned", application_takes_the_same_number, command="resync")
+    assert code == 0, document
+    assert [line["action"] for line in document["generations"] if line["id"] == duplicate] == ["changed"]
+    assert (migrated.root / project_id / "generations" / f"v1__{duplicate}").is_dir(), "not renamed"
+    second = run_cli(migrated, "--json", "resync")
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert scalar(migrated, "SELECT version FROM generations WHERE id = :g", g=app_generation) == before + 1
+    version = scalar(migrated, "SELECT version FROM generations WHERE id = :g", g=duplicate)
+    assert version == before + 2, "a fresh number above the application's"
+    assert (migrated.root / project_id / "generations" / f"v{version}__{duplicate}" / "source").is_dir()
