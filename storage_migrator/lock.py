@@ -81,24 +81,19 @@ class RunLock:
         self.engine = engine
         self.command = command
         self._descriptor: int | None = None
-        self._connection: Connection | None = None
+        self._database_lock = DatabaseLock(engine, command)      # the advisory half, shared with `db`
 
     def __enter__(self) -> RunLock:
         self._take_file_lock()
         try:
-            self._take_advisory_lock()
+            self._database_lock.__enter__()
         except BaseException:
             self._release_file_lock()
             raise
         return self
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None) -> None:
-        if self._connection is not None:
-            try:
-                self._connection.execute(sa.text("SELECT pg_advisory_unlock(:key)"), {"key": ADVISORY_LOCK_KEY})
-                self._connection.close()
-            except sa.exc.DBAPIError:
-                pass
+        self._database_lock.__exit__(kind, error, trace)
         self._release_file_lock()
 
     def _take_file_lock(self) -> None:
@@ -131,24 +126,11 @@ class RunLock:
             os.close(self._descriptor)
             self._descriptor = None
 
-    def _take_advisory_lock(self) -> None:
-        if self.engine.dialect.name != "postgresql":
-            return
-        connection = self.engine.connect()
-        taken = connection.execute(sa.text("SELECT pg_try_advisory_lock(:key)"), {"key": ADVISORY_LOCK_KEY}).scalar()
-        connection.commit()
-        if taken:
-            self._connection = connection
-            return
-        named = _advisory_holders(connection)
-        connection.close()
-        raise LockHeld(f"another run holds the database's advisory lock: {named}; try again when it has finished")
-
 
 class DatabaseLock:
-    """The run lock's key held exclusively, without ROOT's flock: for a command that changes the
-    database but has no ROOT (``db upgrade``/``downgrade``), so that it and a coordinated or
-    uncoordinated run exclude each other (exit 75). No-op on SQLite."""
+    """The run lock's key held exclusively: the advisory half of ``RunLock``, and alone for a
+    command that changes the database but has no ROOT (``db upgrade``/``downgrade``), so that it
+    and a coordinated or uncoordinated run exclude each other (exit 75). No-op on SQLite."""
 
     def __init__(self, engine: Engine, command: str) -> None:
         self.engine = engine
