@@ -165,8 +165,8 @@ class Executor:
             summary, patch_path = self._write_manifest_and_patch(plan, tree, previous, previous_version)
             self._keep_legacy_link(plan)
         except GenerationError:
-            if plan.action == Action.MOVE:
-                self._undo_move(plan)
+            if plan.action == Action.MOVE and plan.id not in self._published:
+                self._undo_move(plan)       # once published, the row names the new place: stay there
             raise
         update = GenerationUpdate.from_row(
             generation,

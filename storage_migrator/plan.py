@@ -485,10 +485,11 @@ def assign_numbers(record: ProjectRecord, layout: StorageLayout, renamed: dict[s
     numbers = dict(renamed)
     floor = max([record.latest_version, *renamed.values(),
                  *(g.version for g in record.generations if isinstance(g.version, int))], default=0)
+    by_id = {generation.id: generation for generation in record.generations}
     for generation_id in renumber_duplicates(record):
         if generation_id in numbers:
             continue
-        generation = next(g for g in record.generations if g.id == generation_id)
+        generation = by_id[generation_id]
         if not _has_something_to_move(layout, generation):
             continue
         number = reserve(record.project_id, floor) if reserve is not None else floor + 1

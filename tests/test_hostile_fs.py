@@ -33,6 +33,7 @@ from packaging.utils import canonicalize_name
 
 from storage_migrator.config import Settings
 from storage_migrator.demo import SampleSize
+from storage_migrator.layout import StorageLayout
 
 from .sandbox import Installation, build_installation, dump_tables, run_cli, tree_digest
 
@@ -329,6 +330,30 @@ def test_full_disk_leaves_every_generation_reachable_by_the_application(sqlite_u
     unreachable = [generation_id for generation_id, files in before.items()
                    if flat_path_files(installation.root, generation_id) != files]
     assert not unreachable, f"{len(unreachable)} of {len(before)} generations unreachable at <ROOT>/<id>"
+
+
+def test_full_disk_without_legacy_links_leaves_every_generation_where_its_row_says(sqlite_url: str, tmp_path: Path,
+                                                                                  tmpfs) -> None:
+    """With --no-legacy-links a move whose manifest cannot be written stays where its row
+    already names it (the move published storage_path): never back at a path the row does not name."""
+    disk = tmpfs(tmp_path / "disk", size="24m")
+    installation = build_installation(sqlite_url, disk / "projects")
+    before = legacy_contents(installation)
+    fill(disk)
+    result = run_cli(installation, "--no-legacy-links", "run")
+    assert result.returncode == 1 and "disk is full" in result.stdout + result.stderr
+    engine = installation.engine()
+    with engine.connect() as connection:
+        paths = dict(connection.execute(sa.text("SELECT id, storage_path FROM generations")).all())
+    engine.dispose()
+    layout = StorageLayout(installation.root, installation.settings.path_prefix)
+    misplaced = []
+    for generation_id, files in before.items():
+        folder = layout.disk_path(paths[generation_id])
+        found = regular_files(folder / "source" if (folder / "source").is_dir() else folder) if folder else None
+        if found != files:
+            misplaced.append(generation_id)
+    assert not misplaced, f"{len(misplaced)} of {len(before)} generations are not where their row says"
 
 
 # -- 4. permission denied for an ordinary user ---------------------------------------------------
