@@ -17,9 +17,9 @@ from sqlalchemy.engine import Engine
 
 from .db import existing_generation_ids, first_line, write_generation_updates, write_project_update
 from .faults import checkpoint
-from .fsops import flush_to_disk
 from .records import GenerationUpdate, ProjectUpdate, RowDrift
 from .report import GenerationOutcome, Outcome, RunReport
+from .storage.steps import flush_to_disk
 
 DEFAULT_BATCH_SIZE = 500
 

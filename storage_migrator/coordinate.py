@@ -46,11 +46,11 @@ from sqlalchemy.engine import Engine
 from .config import normalize_database_url
 from .db import LOCK_TIMEOUT, count_generations, first_line, iter_project_ids
 from .errors import UsageError
-from .fsops import prepare_state_dir
-from .layout import StorageLayout
 from .lock import run_lock_parts, take_shared_run_lock
 from .orphans import find_orphans
 from .report import RunReport
+from .storage.layout import StorageLayout
+from .storage.steps import prepare_state_dir
 from .workers import run_in_workers
 
 if TYPE_CHECKING:

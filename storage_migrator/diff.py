@@ -21,7 +21,7 @@ from typing import BinaryIO, Literal
 import pygit2
 from pygit2.enums import DiffOption
 
-from .tree import git_blob_id  # the one blob-id function; here too as diff.git_blob_id
+from .storage.tree import git_blob_id  # the one blob-id function; here too as diff.git_blob_id
 
 LARGE_FILE_LIMIT = 64 << 20        # bytes; a bigger changed file is named in the patch, not diffed
 CONTEXT_LINES = 3

@@ -25,7 +25,26 @@ from .batch import BatchWriter
 from .db import GenerationClaim, claimed_generation, load_output_files, read_row_seen
 from .errors import GenerationError
 from .faults import checkpoint
-from .fsops import (
+from .plan import Action, GenerationPlan, ProjectPlan, is_archived, is_legacy_link_text
+from .records import GenerationRow, GenerationUpdate, ProjectUpdate, RowDrift, RowSeen
+from .report import GenerationOutcome, Outcome, RunReport
+from .storage.layout import (
+    ARTIFACTS_DIR,
+    PARTIAL_SOURCE_DIR,
+    StorageLayout,
+    UnsafePathComponent,
+    artifacts_dir,
+    check_relative_file_path,
+    is_tool_written,
+    manifest_path,
+    parse_patch_file_name,
+    partial_source_dir,
+    patch_file_name,
+    source_dir,
+)
+from .storage.manifest import Manifest, fingerprint_digest, read_manifest_document
+from .storage.source_tree import ManifestTree, SourceTree, write_tree_patch
+from .storage.steps import (
     adopt_owner,
     atomic_write,
     atomic_write_bytes,
@@ -40,26 +59,7 @@ from .fsops import (
     rename_entry,
     replace_symlink,
 )
-from .layout import (
-    ARTIFACTS_DIR,
-    PARTIAL_SOURCE_DIR,
-    StorageLayout,
-    UnsafePathComponent,
-    artifacts_dir,
-    check_relative_file_path,
-    is_tool_written,
-    manifest_path,
-    parse_patch_file_name,
-    partial_source_dir,
-    patch_file_name,
-    source_dir,
-)
-from .manifest import Manifest, fingerprint_digest, read_manifest_document
-from .plan import Action, GenerationPlan, ProjectPlan, is_archived, is_legacy_link_text
-from .records import GenerationRow, GenerationUpdate, ProjectUpdate, RowDrift, RowSeen
-from .report import GenerationOutcome, Outcome, RunReport
-from .source_tree import ManifestTree, SourceTree, write_tree_patch
-from .tree import fingerprint_tree, is_real_dir, read_regular_file, scan_tree
+from .storage.tree import fingerprint_tree, is_real_dir, read_regular_file, scan_tree
 
 
 class RowDrifted(Exception):

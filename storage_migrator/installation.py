@@ -13,8 +13,8 @@ from sqlalchemy.engine import Engine
 from .config import Settings
 from .db import check_schema, create_database_engine
 from .errors import UsageError
-from .layout import StorageLayout
-from .tree import confine_to
+from .storage.layout import StorageLayout
+from .storage.tree import confine_to
 
 
 @dataclass

@@ -21,8 +21,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from .errors import GenerationError, LockHeld, UsageError
-from .fsops import prepare_state_dir
-from .tree import read_regular_file
+from .storage.steps import prepare_state_dir
+from .storage.tree import read_regular_file
 
 ADVISORY_LOCK_KEY = 0x5354_4F52_4D49_47  # "STORMIG": one key for every storage-migrate
 

@@ -24,15 +24,15 @@ from .db import (
 )
 from .errors import GenerationError
 from .execute import Executor
-from .fsops import RootTempFiles, handling_project, prepare_state_dir, recover_project, sweep_state
 from .installation import Installation, open_installation
-from .layout import StorageLayout
 from .lock import RunLock
 from .orphans import find_orphans
 from .plan import Action, GenerationPlan, plan_project
 from .records import ProjectRecord
 from .report import GenerationOutcome, RunReport
-from .tree import fingerprint_tree
+from .storage.layout import StorageLayout
+from .storage.steps import RootTempFiles, handling_project, prepare_state_dir, recover_project, sweep_state
+from .storage.tree import fingerprint_tree
 from .workers import WorkerDied, chunked, run_in_workers
 
 ProgressFactory = Callable[[int], Callable[[int], None]]

@@ -12,8 +12,8 @@ from collections.abc import Iterator
 from sqlalchemy.engine import Engine
 
 from .db import existing_generation_ids
-from .layout import ARCHIVE_DIR, GENERATIONS_DIR, StorageLayout, is_utf8_name, parse_target_dir_name
-from .tree import is_real_dir
+from .storage.layout import ARCHIVE_DIR, GENERATIONS_DIR, StorageLayout, is_utf8_name, parse_target_dir_name
+from .storage.tree import is_real_dir
 
 ORPHAN_LOOKUP_BATCH = 500
 

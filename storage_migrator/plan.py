@@ -17,7 +17,9 @@ from enum import Enum
 from pathlib import Path
 
 from .errors import GenerationError
-from .layout import (
+from .records import GenerationRow, ProjectRecord, RowSeen
+from .report import Outcome, Tally
+from .storage.layout import (
     GENERATIONS_DIR,
     StorageLayout,
     UnsafePathComponent,
@@ -28,10 +30,8 @@ from .layout import (
     parse_target_dir_name,
     source_dir,
 )
-from .manifest import Manifest, ManifestHead, fingerprint_digest, read_manifest_head
-from .records import GenerationRow, ProjectRecord, RowSeen
-from .report import Outcome, Tally
-from .tree import fingerprint_tree, is_real_dir
+from .storage.manifest import Manifest, ManifestHead, fingerprint_digest, read_manifest_head
+from .storage.tree import fingerprint_tree, is_real_dir
 
 
 class Action(str, Enum):

@@ -12,11 +12,11 @@ from .config import Settings
 from .db import load_projects
 from .errors import GenerationError, UsageError
 from .installation import open_installation
-from .layout import StorageLayout, UnsafePathComponent, manifest_path, source_dir
-from .manifest import read_manifest
 from .records import GenerationRow
-from .source_tree import ManifestTree, write_tree_patch
-from .tree import TreeSnapshot, read_regular_file, scan_tree
+from .storage.layout import StorageLayout, UnsafePathComponent, manifest_path, source_dir
+from .storage.manifest import read_manifest
+from .storage.source_tree import ManifestTree, write_tree_patch
+from .storage.tree import TreeSnapshot, read_regular_file, scan_tree
 
 MAX_PATCH_BYTES = 512 << 20
 

@@ -27,18 +27,12 @@ from .config import Settings
 from .db import iter_project_records
 from .errors import GenerationError
 from .faults import checkpoint
-from .fsops import (
-    RootTempFiles,
-    discard_tree,
-    move_tree,
-    prepare_state_dir,
-    recover_project,
-    remove_symlink,
-    remove_tree,
-    sweep_state,
-)
 from .installation import open_installation
-from .layout import (
+from .lock import RunLock
+from .plan import is_legacy_link_text
+from .records import GenerationRow, GenerationUpdate, ProjectRecord
+from .report import GenerationOutcome, Outcome, RunReport
+from .storage.layout import (
     ARTIFACTS_DIR,
     MANIFEST_FILE,
     StorageLayout,
@@ -48,13 +42,19 @@ from .layout import (
     parse_target_dir_name,
     source_dir,
 )
-from .lock import RunLock
-from .manifest import read_manifest
-from .plan import is_legacy_link_text
-from .records import GenerationRow, GenerationUpdate, ProjectRecord
-from .report import GenerationOutcome, Outcome, RunReport
-from .rootfs import printable
-from .tree import anchored_path, is_real_dir, read_prefix, scan_tree
+from .storage.manifest import read_manifest
+from .storage.root import printable
+from .storage.steps import (
+    RootTempFiles,
+    discard_tree,
+    move_tree,
+    prepare_state_dir,
+    recover_project,
+    remove_symlink,
+    remove_tree,
+    sweep_state,
+)
+from .storage.tree import anchored_path, is_real_dir, read_prefix, scan_tree
 
 GIT_PATCH_START = b"diff --git "
 UNFINISHED_REASON = "pending or processing: the application may still be writing it, so rollback leaves it as it is"

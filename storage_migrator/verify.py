@@ -20,12 +20,14 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from . import diff, rootfs
+from . import diff
 from .config import Settings
 from .db import has_active_generation_key, iter_project_records, missing_columns
 from .errors import EXIT_OK, EXIT_VERIFY_PROBLEMS, GenerationError
 from .installation import open_installation
-from .layout import (
+from .records import GenerationRow, ProjectRecord
+from .storage import root as rootfs
+from .storage.layout import (
     ARCHIVE_DIR,
     StorageLayout,
     UnsafePathComponent,
@@ -34,10 +36,9 @@ from .layout import (
     patch_file_name,
     source_dir,
 )
-from .manifest import read_manifest
-from .records import GenerationRow, ProjectRecord
-from .source_tree import ManifestTree
-from .tree import (
+from .storage.manifest import read_manifest
+from .storage.source_tree import ManifestTree
+from .storage.tree import (
     CHUNK_SIZE,
     TreeSnapshot,
     anchored_path,

@@ -51,9 +51,9 @@ from .config import Settings
 from .db import project_ids_for_names
 from .errors import LockHeld
 from .installation import open_installation
-from .layout import ACTIVE_LINK, is_tool_written, is_utf8_name
 from .migrate import migrate
 from .report import RunReport
+from .storage.layout import ACTIVE_LINK, is_tool_written, is_utf8_name
 
 POLL_SECONDS = 0.2
 MAX_PENDING_NAMES = 5000        # folders waiting for a resync; past this, resync every project

@@ -13,7 +13,7 @@ from pyfakefs.fake_filesystem import set_uid
 from pyfakefs.fake_filesystem_unittest import Patcher
 
 from storage_migrator.migrate import migrate
-from storage_migrator.tree import scan_tree
+from storage_migrator.storage.tree import scan_tree
 
 from .sandbox import Installation, build_installation
 

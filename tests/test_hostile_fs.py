@@ -33,7 +33,7 @@ from packaging.utils import canonicalize_name
 
 from storage_migrator.config import Settings
 from storage_migrator.demo import SampleSize
-from storage_migrator.layout import StorageLayout
+from storage_migrator.storage.layout import StorageLayout
 
 from .sandbox import Installation, build_installation, dump_tables, run_cli, tree_digest
 

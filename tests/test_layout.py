@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from storage_migrator.layout import (
+from storage_migrator.storage.layout import (
     StorageLayout,
     UnsafePathComponent,
     check_path_component,

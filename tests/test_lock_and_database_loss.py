@@ -15,8 +15,8 @@ import sqlalchemy as sa
 
 from storage_migrator.db import create_database_engine
 from storage_migrator.faults import PAUSE_AT_VARIABLE
-from storage_migrator.layout import StorageLayout
 from storage_migrator.lock import RunLock
+from storage_migrator.storage.layout import StorageLayout
 
 from .sandbox import Installation, build_installation, run_cli
 

@@ -13,10 +13,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from storage_migrator import manifest as manifest_module
 from storage_migrator.demo import SampleSize
 from storage_migrator.errors import GenerationError
-from storage_migrator.manifest import OWNED_KEYS, Manifest, read_manifest, read_manifest_document, read_manifest_head
+from storage_migrator.storage import manifest as manifest_module
+from storage_migrator.storage.manifest import (
+    OWNED_KEYS,
+    Manifest,
+    read_manifest,
+    read_manifest_document,
+    read_manifest_head,
+)
 
 from .sandbox import Installation, build_installation, run_cli
 

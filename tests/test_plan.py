@@ -13,8 +13,6 @@ from typing import Any
 
 import pytest
 
-from storage_migrator.layout import StorageLayout
-from storage_migrator.manifest import Manifest
 from storage_migrator.plan import (
     Action,
     DiskState,
@@ -25,6 +23,8 @@ from storage_migrator.plan import (
     renumber_duplicates,
 )
 from storage_migrator.records import GenerationRow, ProjectRecord
+from storage_migrator.storage.layout import StorageLayout
+from storage_migrator.storage.manifest import Manifest
 
 PROJECT = "p1"
 PREFIX = "storage/projects"

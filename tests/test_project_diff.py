@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from storage_migrator.tree import scan_tree
+from storage_migrator.storage.tree import scan_tree
 
 from .sandbox import Installation, build_installation, run_cli
 

@@ -12,8 +12,10 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from storage_migrator import fsops
-from storage_migrator.layout import (
+from storage_migrator.migrate import migrate
+from storage_migrator.rollback import rollback
+from storage_migrator.storage import steps as fsops
+from storage_migrator.storage.layout import (
     StateEntry,
     parse_old_held_name,
     parse_state_entry_name,
@@ -23,9 +25,7 @@ from storage_migrator.layout import (
     temp_name_kept,
     temp_name_original,
 )
-from storage_migrator.migrate import migrate
-from storage_migrator.rollback import rollback
-from storage_migrator.tree import confine_to, scan_tree
+from storage_migrator.storage.tree import confine_to, scan_tree
 
 from .sandbox import Installation, build_installation
 

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from storage_migrator.layout import StorageLayout
-from storage_migrator.manifest import read_manifest
 from storage_migrator.migrate import migrate
-from storage_migrator.tree import scan_tree
+from storage_migrator.storage.layout import StorageLayout
+from storage_migrator.storage.manifest import read_manifest
+from storage_migrator.storage.tree import scan_tree
 
 from .sandbox import Installation, build_installation, dump_tables, run_cli, tree_digest
 

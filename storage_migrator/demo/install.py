@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from ..config import BASE_REVISION, Settings
 from ..db import create_database_engine, current_revision, display_url, first_line
 from ..errors import UsageError
-from ..fsops import remove_tree
+from ..storage.steps import remove_tree
 from ..schema import downgrade_schema, upgrade_schema
 from .generate import SampleInstallation, generate_installation
 from .sizes import SampleSize

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from .errors import GenerationError, UsageError
-from .faults import checkpoint
+from ..errors import GenerationError, UsageError
+from ..faults import checkpoint
 from .layout import (
     GENERATIONS_DIR,
     MANIFEST_FILE,

@@ -19,8 +19,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import rootfs
-from .errors import GenerationError
+from ..errors import GenerationError
+from . import root as rootfs
 
 READ_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
 CHUNK_SIZE = 1 << 20

@@ -49,7 +49,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .errors import GenerationError
+from ..errors import GenerationError
 from .layout import UnsafePathComponent
 from .tree import CHUNK_SIZE, Fingerprint, TreeSnapshot, open_regular_file
 

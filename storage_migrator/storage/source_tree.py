@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import diff
-from .errors import GenerationError
+from .. import diff
+from ..errors import GenerationError
 from .manifest import Manifest, ManifestHead
 from .tree import TreeSnapshot, git_blob_id_file, read_regular_file
 

@@ -1,4 +1,4 @@
-"""storage_migrator.rootfs against real files: planted symlinks at every component, FIFOs, devices,
+"""storage_migrator.storage.root against real files: planted symlinks at every component, FIFOs, devices,
 huge and sparse files, 2,000-level trees and names that are not UTF-8.
 
 Every hostile case has a sentinel folder outside ROOT whose names, contents, inodes, modes and
@@ -25,8 +25,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from storage_migrator import rootfs
-from storage_migrator.rootfs import (
+from storage_migrator.storage import root as rootfs
+from storage_migrator.storage.root import (
     TEMP_SUFFIX,
     Root,
     UnsafePath,
