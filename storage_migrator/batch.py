@@ -15,13 +15,19 @@ from dataclasses import dataclass, field
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from .db import existing_generation_ids, first_line, write_generation_updates, write_project_update
+from .db import (
+    ROWS_PER_STATEMENT,
+    existing_generation_ids,
+    first_line,
+    write_generation_updates,
+    write_project_update,
+)
 from .faults import checkpoint
 from .records import GenerationUpdate, ProjectUpdate, RowDrift
 from .report import GenerationOutcome, Outcome, RunReport
 from .storage.steps import flush_to_disk
 
-DEFAULT_BATCH_SIZE = 500
+DEFAULT_BATCH_SIZE = ROWS_PER_STATEMENT     # generations per batch: one executemany, one transaction
 
 
 @dataclass

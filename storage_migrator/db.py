@@ -5,7 +5,9 @@ Reads stream project by project (a project's generations, never their ``output_f
 folder must be rebuilt), and writes are ``executemany`` batches, so the number of round trips
 grows with the number of batches, not with generations or files. Column types are lenient on
 read: one row with an odd value (an integer ``created_at`` on SQLite, malformed JSON) reads as
-"unknown" instead of aborting the stream for every project after it.
+"unknown" instead of aborting the stream for every project after it. Timestamps come out
+timezone-aware in UTC whatever the backend (SQLite hands back naive values, which are UTC), so
+no reader of a row has to know.
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import socket
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -38,9 +40,24 @@ from .records import (
 # deadlock_timeout, so the application never waits on the tool, nor deadlocks with it, for long.
 LOCK_TIMEOUT = "500ms"
 
+# Rows per statement: the generations one batch writes (one executemany per transaction) and the
+# names or ids one ``IN (...)`` lookup carries. Large enough that round trips stay few, small
+# enough that an ``IN`` list stays below SQLite's oldest limit of 999 bound parameters.
+ROWS_PER_STATEMENT = 500
+
+
+def as_utc(value: datetime) -> datetime:
+    """``value`` as a timezone-aware UTC datetime; a naive one is UTC already (how the schema
+    stores timestamps, and what SQLite hands back)."""
+    if value.tzinfo is None:
+        return value.replace(tzinfo=timezone.utc)
+    return value.astimezone(timezone.utc)
+
+
 class LenientDateTime(sa.types.TypeDecorator):
-    """A timestamp that reads as None when the stored value is not one (SQLite keeps whatever
-    it is given, e.g. an integer), instead of raising for the whole result set."""
+    """A timestamp that reads as a timezone-aware UTC datetime, or as None when the stored value
+    is not one (SQLite keeps whatever it is given, e.g. an integer), instead of raising for the
+    whole result set. The one place where naive timestamps are taken as UTC."""
 
     impl = sa.DateTime(timezone=True)
     cache_ok = True
@@ -50,14 +67,12 @@ class LenientDateTime(sa.types.TypeDecorator):
         return dialect.type_descriptor(sa.Text() if dialect.name == "sqlite" else sa.DateTime(timezone=True))
 
     def process_result_value(self, value: Any, dialect: sa.Dialect) -> datetime | None:
-        if isinstance(value, datetime) or value is None:
-            return value
         if isinstance(value, str):
             try:
-                return datetime.fromisoformat(value)
+                value = datetime.fromisoformat(value)
             except ValueError:
                 return None
-        return None
+        return as_utc(value) if isinstance(value, datetime) else None
 
 
 class LenientJSON(sa.types.TypeDecorator):
@@ -110,14 +125,17 @@ generations = sa.Table(
 )
 
 
-# The tool's own columns, derived from the records (one place per fact): what it writes per
-# generation, ``is_active``, and what it writes per project.
+# The tables above are the schema the tool knows; they must cover every column the records name.
+assert set(OWNED_GENERATION_COLUMNS) <= set(generations.c.keys()), "db.generations lacks an owned column"
+
+# The columns the tool writes, which ``check_schema`` requires (one place per fact, nothing
+# spelled again): per generation the owned columns of ``GenerationUpdate`` and ``is_active``
+# (which follows the project's active generation, see ``_make_is_active_follow``); per project
+# every column of ``projects`` but its key (the table holds only what the tool uses of it).
 REQUIRED_COLUMNS: dict[str, frozenset[str]] = {
-    "generations": frozenset({*OWNED_GENERATION_COLUMNS, "is_active"}),
-    "projects": frozenset({"active_generation_id", "latest_version"}),
+    "generations": frozenset({*OWNED_GENERATION_COLUMNS, generations.c.is_active.name}),
+    "projects": frozenset(column.name for column in projects.c if not column.primary_key),
 }
-assert REQUIRED_COLUMNS["generations"] <= set(generations.c.keys())
-assert REQUIRED_COLUMNS["projects"] <= set(projects.c.keys())
 
 
 def display_url(database_url: str) -> str:
@@ -244,20 +262,34 @@ def iter_project_ids(connection: Connection) -> list[str]:
     return sorted(project_id for project_id in ids if project_id is not None)
 
 
-# The select list is GenerationRow's fields: each a column of the same name, but
-# ``has_output_files``, which asks only whether the (possibly large) column is set.
+# The select list is GenerationRow's fields, in order: each the column of the same name, but
+# the computed ones below. ``has_output_files`` asks only whether the (possibly large) column is
+# set; ``output_files`` itself is read by ``load_output_files`` when a folder must be rebuilt.
+_COMPUTED_ROW_FIELDS: dict[str, sa.ColumnElement[Any]] = {
+    "has_output_files": generations.c.output_files.is_not(None),
+}
+# Fields whose stored value is normalised on the way out (NULL is not a count, nor a flag).
+# ``created_at`` needs nothing here: ``LenientDateTime`` already reads it as aware UTC.
+_ROW_COERCIONS: dict[str, Callable[[Any], Any]] = {
+    "file_count": lambda value: value or 0,
+    "is_active": bool,
+    "has_output_files": bool,
+}
 _ROW_FIELDS = tuple(field.name for field in fields(GenerationRow))
+assert set(_ROW_FIELDS) - set(_COMPUTED_ROW_FIELDS) <= set(generations.c.keys()), \
+    "db.generations lacks a column GenerationRow reads"
+assert set(_COMPUTED_ROW_FIELDS) | set(_ROW_COERCIONS) <= set(_ROW_FIELDS)
 _GENERATION_COLUMNS = tuple(
-    generations.c.output_files.is_not(None).label(name) if name == "has_output_files" else generations.c[name]
+    _COMPUTED_ROW_FIELDS[name].label(name) if name in _COMPUTED_ROW_FIELDS else generations.c[name]
     for name in _ROW_FIELDS
 )
 
 
 def _generation_row(row: sa.Row) -> GenerationRow:
+    """One row of ``_GENERATION_COLUMNS`` as a GenerationRow (``created_at`` aware UTC)."""
     values = dict(zip(_ROW_FIELDS, row, strict=True))
-    values["file_count"] = values["file_count"] or 0
-    values["is_active"] = bool(values["is_active"])
-    values["has_output_files"] = bool(values["has_output_files"])
+    for name, coerce in _ROW_COERCIONS.items():
+        values[name] = coerce(values[name])
     return GenerationRow(**values)
 
 

@@ -11,11 +11,11 @@ from collections.abc import Iterator
 
 from sqlalchemy.engine import Engine
 
-from .db import existing_generation_ids
+from .db import ROWS_PER_STATEMENT, existing_generation_ids
 from .storage.layout import ARCHIVE_DIR, GENERATIONS_DIR, StorageLayout, is_utf8_name, parse_target_dir_name
 from .storage.tree import is_real_dir
 
-ORPHAN_LOOKUP_BATCH = 500
+ORPHAN_LOOKUP_BATCH = ROWS_PER_STATEMENT    # folder names looked up in one statement
 
 
 

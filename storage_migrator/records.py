@@ -2,8 +2,10 @@
 project as read from the database, and the values the tool writes back.
 
 Plain frozen dataclasses with no database library behind them, so the planner stays pure.
-``GenerationUpdate`` is the one definition of the columns the tool owns: the database layer
-builds its UPDATE from its fields, so adding a column is one edit here and one in the schema.
+They are the one list of the columns the tool works with: the database layer builds its select
+list and row constructor from ``GenerationRow``'s fields, its UPDATE and schema check from
+``GenerationUpdate``'s (``OWNED_GENERATION_COLUMNS``), so adding a column is one edit here and
+one in the schema (``db.generations``), which an import-time check keeps covering them.
 ``RowSeen`` is what the plan read of a row: writes and irreversible disk steps go ahead only
 while the row still shows it, because the application changes rows while the tool works.
 """
@@ -21,6 +23,9 @@ UNFINISHED_STATUSES = frozenset({"pending", "processing"})
 class GenerationRow:
     """A generation as the tool needs it; ``output_files`` is fetched only to rebuild a folder.
 
+    Each field is the column of the same name but ``has_output_files`` (computed: whether
+    ``output_files`` is set). ``created_at`` is timezone-aware UTC, or None if the stored value
+    is not a timestamp; ``file_count`` NULL reads as 0 and ``is_active`` NULL as False.
     ``changes_summary`` is whatever the column holds (the application stores its own keys
     there, and a hand-edited row may hold a list or a string): use ``summary`` to read it.
     """

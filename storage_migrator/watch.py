@@ -48,7 +48,7 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver, EventQueue, ObservedWatch
 
 from .config import Settings
-from .db import project_ids_for_names
+from .db import ROWS_PER_STATEMENT, project_ids_for_names
 from .errors import LockHeld
 from .installation import open_installation
 from .migrate import migrate
@@ -57,7 +57,7 @@ from .storage.layout import ACTIVE_LINK, is_tool_written, is_utf8_name
 
 POLL_SECONDS = 0.2
 MAX_PENDING_NAMES = 5000        # folders waiting for a resync; past this, resync every project
-NAMES_PER_QUERY = 500           # names looked up in one statement
+NAMES_PER_QUERY = ROWS_PER_STATEMENT    # names looked up in one statement
 OVERFLOW_REASON = "the kernel's event queue overflowed"
 TOO_MANY_REASON = f"more than {MAX_PENDING_NAMES} folders changed before a resync"
 
