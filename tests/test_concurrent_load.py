@@ -9,7 +9,10 @@ never have gone down, the application's last activation per project must still h
 the application made must have seen complete files, `verify` is clean and a second resync is a
 no-op. All counts are collected and printed before anything is asserted.
 
-Duration: STORAGE_MIGRATOR_LOAD_SECONDS (default 60), seed: STORAGE_MIGRATOR_LOAD_SEED (default 1).
+Duration: STORAGE_MIGRATOR_LOAD_SECONDS (default 30; it was 60 — with seed 1, 30 s already has
+every kind of application operation, at least one cron resync and watch reports, which the test
+asserts, so a shorter load can never silently test less), seed: STORAGE_MIGRATOR_LOAD_SEED
+(default 1).
 """
 from __future__ import annotations
 
@@ -33,12 +36,15 @@ from .sandbox import Installation, build_installation, run_cli
 
 pytestmark = pytest.mark.slow
 
-LOAD_SECONDS = float(os.environ.get("STORAGE_MIGRATOR_LOAD_SECONDS", "60"))
+LOAD_SECONDS = float(os.environ.get("STORAGE_MIGRATOR_LOAD_SECONDS", "30"))
 LOAD_SEED = int(os.environ.get("STORAGE_MIGRATOR_LOAD_SEED", "1"))
 APPLICATIONS = 3
 SIZE = SampleSize(projects=6, generations_per_project=4, files_per_generation=8)
 APPSIM = Path(__file__).with_name("appsim.py")
 LOG_TABLE = "load_test_change_log"
+APPLICATION_OPERATIONS = ("number", "saved", "activated", "edited", "read_ok", "deleted", "archived")
+"""Every kind of operation the application simulator does (create = number, save, activate, edit,
+read, delete, archive): the load must have done each at least once."""
 
 POSTGRES_TRIGGER = [
     f"CREATE TABLE {LOG_TABLE} (seq BIGSERIAL PRIMARY KEY, project_id VARCHAR(36), column_name TEXT, "
@@ -441,8 +447,10 @@ def test_the_tool_beside_the_application_under_load(database_url: str, tmp_path:
     print(json.dumps(details, indent=2, default=str)[:12000])
 
     assert [process.returncode for process in applications] == [0] * APPLICATIONS, details["application_stderr"]
-    assert by_kind["number"] and by_kind["deleted"] and by_kind["activated"], (
-        f"the load did too little to test anything: {information['application events']}")
+    too_little = [kind for kind in APPLICATION_OPERATIONS if not by_kind[kind]]
+    assert not too_little, f"the load did too little to test {too_little}: {information['application events']}"
+    assert tool.cron_exit_codes, "no cron resync ran during the load (raise STORAGE_MIGRATOR_LOAD_SECONDS)"
+    assert any(which == "watch" for which, _, _ in tool.reports), "watch reported nothing during the load"
     expected = {key: 0 for key in counts}
     expected["second resync (migrated, failed), want (0, 0)"] = (0, 0)
     assert counts == expected, "violations: " + ", ".join(
