@@ -24,7 +24,7 @@ from .db import (
 )
 from .faults import checkpoint
 from .records import GenerationUpdate, ProjectUpdate, RowDrift
-from .report import GenerationOutcome, Outcome, RunReport
+from .report import GenerationOutcome, RunReport
 from .storage.steps import flush_to_disk
 
 DEFAULT_BATCH_SIZE = ROWS_PER_STATEMENT     # generations per batch: one executemany, one transaction
@@ -88,8 +88,7 @@ class BatchWriter:
             for pending in self._pending:
                 outcome = pending.outcome
                 if pending.update is not None and not outcome.failed:
-                    outcome = GenerationOutcome(outcome.id, outcome.project_id, outcome.version, Outcome.FAILED,
-                                                outcome.storage_path, error=message)
+                    outcome = outcome.failed_with(message)
                 self.report.add(outcome)
         finally:
             self._pending.clear()

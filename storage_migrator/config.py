@@ -55,7 +55,7 @@ def default_path_prefix() -> str:
 
 def ensure_sqlite_parent(database_file: Path) -> None:
     """Create the folder of a SQLite database file, so a fresh checkout can start from nothing."""
-    database_file.parent.mkdir(parents=True, exist_ok=True)
+    database_file.parent.mkdir(parents=True, exist_ok=True)  # not below ROOT: the SQLite file
 
 
 @dataclass(frozen=True)

@@ -50,6 +50,7 @@ from .lock import run_lock_parts, take_shared_run_lock
 from .orphans import find_orphans
 from .report import RunReport
 from .storage.layout import StorageLayout
+from .storage.opened import open_storage
 from .storage.steps import prepare_state_dir
 from .workers import run_in_workers
 
@@ -343,7 +344,7 @@ def carry_out_coordinated(installation: Installation, report: RunReport, options
     forked processes (each with its own lock session). ``report.coordination`` says what it did."""
     layout, engine = installation.layout, installation.engine
     stats = CoordinationStats(host_name(), os.getpid())
-    prepare_state_dir(layout.state_dir)
+    prepare_state_dir(installation.storage)
     database_url = engine.url.render_as_string(hide_password=False)
     try:
         if workers > 1:
@@ -384,11 +385,13 @@ def _participate(layout: StorageLayout, database_url: str, options: RunOptions, 
         participant.check_alive()       # after each generation: a lost session stops the next one
         tick(count)
 
+    storage = open_storage(layout)       # each participant its own descriptor of ROOT
+
     def carry_out(project_ids: Sequence[str]) -> None:
-        carry_out_claimed(layout, engine, report, options, project_ids, checked_tick)
+        carry_out_claimed(storage, engine, report, options, project_ids, checked_tick)
 
     def orphan_scan() -> None:
-        report.orphans = find_orphans(layout, engine)
+        report.orphans = find_orphans(storage, engine)
 
     try:
         participant.join()
@@ -401,3 +404,4 @@ def _participate(layout: StorageLayout, database_url: str, options: RunOptions, 
                         "over (or rerun)")
     finally:
         participant.leave()
+        storage.close()

@@ -16,7 +16,7 @@ import socket
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ from .records import (
     ProjectUpdate,
     RowDrift,
     RowSeen,
+    as_utc,
 )
 
 # Every PostgreSQL session of the tool: a statement that would wait on a row the application
@@ -44,14 +45,6 @@ LOCK_TIMEOUT = "500ms"
 # names or ids one ``IN (...)`` lookup carries. Large enough that round trips stay few, small
 # enough that an ``IN`` list stays below SQLite's oldest limit of 999 bound parameters.
 ROWS_PER_STATEMENT = 500
-
-
-def as_utc(value: datetime) -> datetime:
-    """``value`` as a timezone-aware UTC datetime; a naive one is UTC already (how the schema
-    stores timestamps, and what SQLite hands back)."""
-    if value.tzinfo is None:
-        return value.replace(tzinfo=timezone.utc)
-    return value.astimezone(timezone.utc)
 
 
 class LenientDateTime(sa.types.TypeDecorator):
@@ -185,7 +178,7 @@ def create_database_engine(database_url: str, command: str = "storage-migrate", 
         }
     else:
         database_file = sqlite_file(parsed)
-        if database_file is not None and not database_file.exists():
+        if database_file is not None and not database_file.exists():  # not below ROOT: the SQLite file
             if not create:
                 raise DatabaseUnavailable(f"the SQLite database {database_file} does not exist; "
                                           "check --database-url / DATABASE_URL")
@@ -568,7 +561,7 @@ def _set_active_if_unchanged(connection: Connection, update: ProjectUpdate) -> N
         generations.c.id == update.active_generation_id,
         generations.c.project_id == update.project_id,
         generations.c.status == "completed",
-    ).exists()
+    ).exists()  # not below ROOT: SQL EXISTS, no file
     connection.execute(
         projects.update()
         .where(projects.c.id == update.project_id,

@@ -6,6 +6,12 @@ and the run goes on.
 """
 from __future__ import annotations
 
+import errno
+import os
+from collections.abc import Sequence
+
+from .storage.layout import printable
+
 EXIT_OK = 0
 EXIT_SOME_FAILED = 1
 EXIT_USAGE = 2
@@ -16,6 +22,57 @@ EXIT_INTERRUPTED = 130
 
 class GenerationError(Exception):
     """One generation cannot be handled now; the message says what and what to do."""
+
+
+_HINTS = {
+    errno.ENOSPC: "the disk is full; free space and rerun",
+    errno.EDQUOT: "the disk quota is exhausted; free space and rerun",
+    errno.EACCES: "permission denied; fix the permissions and rerun",
+    errno.EPERM: "operation not permitted; fix the permissions and rerun",
+    errno.EROFS: "the filesystem is read-only",
+}
+
+
+class FilesystemError(GenerationError):
+    """A filesystem step failed for one generation: ``verb`` (what the tool was doing: "move",
+    "write", "create"...) on ``paths``, and ``reason`` — the one wording of an ``OSError``
+    for an operator, with what to do about the common causes."""
+
+    def __init__(self, reason: str, verb: str, paths: Sequence[object]) -> None:
+        self.reason = reason
+        self.verb = verb
+        self.paths = tuple(paths)
+        super().__init__(f"cannot {verb} {' to '.join(str(path) for path in self.paths)}: {reason}")
+
+    @classmethod
+    def of(cls, error: OSError, verb: str, *paths: object) -> FilesystemError:
+        return cls(describe_reason(error), verb, paths or (error.filename,))
+
+
+def describe_reason(error: OSError) -> str:
+    """Why an ``OSError`` happened, in words an operator acts on."""
+    return _HINTS.get(error.errno or 0, error.strerror or (os.strerror(error.errno) if error.errno else str(error)))
+
+
+FAILS_ONE_GENERATION: tuple[type[Exception], ...] = (GenerationError, OSError, ValueError, RecursionError)
+"""What fails one generation (or one project's step) and lets the run go on: a ``GenerationError``,
+an ``OSError`` from a step not yet wrapped, a ``ValueError`` from a path rule (an unsafe id), a
+``UnicodeError`` from a name (both ValueErrors), a ``RecursionError`` from a pathological
+document. Anything else (a database error, a bug) ends the command."""
+
+
+def failure_line(error: BaseException) -> str:
+    """The one-line reason a report gives for one of ``FAILS_ONE_GENERATION``: a
+    ``GenerationError`` as it says, an ``OSError`` as path and ``describe_reason``, anything
+    else with its type; always one printable line (names may hold newlines or stray bytes)."""
+    if isinstance(error, GenerationError):
+        text = str(error)
+    elif isinstance(error, OSError):
+        text = f"{error.filename}: {describe_reason(error)}" if error.filename else describe_reason(error)
+    else:
+        text = f"{type(error).__name__}: {error}"
+    lines = text.splitlines()
+    return printable(lines[0]) if lines else type(error).__name__
 
 
 class CommandError(Exception):

@@ -11,22 +11,23 @@ generation alone, with a one-line reason, and the run goes on.
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from sqlalchemy.engine import Engine
 
 from . import diff
-from .batch import BatchWriter
-from .db import GenerationClaim, claimed_generation, load_output_files, read_row_seen
-from .errors import GenerationError
+from .batch import DEFAULT_BATCH_SIZE, BatchWriter
+from .db import GenerationClaim, claimed_generation, read_row_seen
+from .errors import FAILS_ONE_GENERATION, GenerationError, failure_line
 from .faults import checkpoint
-from .plan import Action, GenerationPlan, ProjectPlan, is_archived, is_legacy_link_text
-from .records import GenerationRow, GenerationUpdate, ProjectUpdate, RowDrift, RowSeen
+from .plan import Action, GenerationPlan, ProjectPlan, is_archived
+from .records import GenerationRow, GenerationUpdate, ProjectUpdate, RowDrift, RowSeen, as_utc
 from .report import GenerationOutcome, Outcome, RunReport
 from .storage.layout import (
     ARTIFACTS_DIR,
@@ -37,12 +38,14 @@ from .storage.layout import (
     check_relative_file_path,
     is_tool_written,
     manifest_path,
+    parse_legacy_link_text,
     parse_patch_file_name,
     partial_source_dir,
     patch_file_name,
     source_dir,
 )
 from .storage.manifest import Manifest, fingerprint_digest, read_manifest_document
+from .storage.opened import Storage
 from .storage.source_tree import ManifestTree, SourceTree, write_tree_patch
 from .storage.steps import (
     adopt_owner,
@@ -51,7 +54,7 @@ from .storage.steps import (
     discard_partial,
     discard_tree,
     fsync_dir,
-    make_dirs,
+    make_owned_dirs,
     move_tree,
     remove_symlink,
     remove_temp_files,
@@ -59,7 +62,13 @@ from .storage.steps import (
     rename_entry,
     replace_symlink,
 )
-from .storage.tree import fingerprint_tree, is_real_dir, read_regular_file, scan_tree
+from .storage.tree import fingerprint_tree, read_regular_file, scan_tree
+
+Handled = tuple[GenerationOutcome, GenerationUpdate | None, "SourceTree | None"]
+"""What handling one generation gives: its report line, the metadata to write (if any), and
+its tree as the next version's diff base (if it ends on disk)."""
+
+Step = Callable[["Executor", GenerationPlan, "SourceTree | None", "int | None"], Handled]
 
 
 class RowDrifted(Exception):
@@ -74,17 +83,21 @@ class RowDrifted(Exception):
 class Executor:
     """Carries out project plans one after another; ``finish()`` flushes the last batch."""
 
-    layout: StorageLayout
+    storage: Storage
     engine: Engine
     report: RunReport
     legacy_links: bool = True
-    batch_size: int = 500
+    batch_size: int = DEFAULT_BATCH_SIZE
     on_generation: Callable[[int], None] = lambda count: None
     _writer: BatchWriter = field(init=False)
     _published: dict[str, RowSeen] = field(init=False, default_factory=dict)   # storage_path already written
 
     def __post_init__(self) -> None:
         self._writer = BatchWriter(self.engine, self.report, self.batch_size)
+
+    @property
+    def layout(self) -> StorageLayout:
+        return self.storage.layout
 
     def carry_out(self, plan: ProjectPlan) -> None:
         previous: SourceTree | None = None
@@ -114,60 +127,120 @@ class Executor:
 
     def _handle(
         self, plan: GenerationPlan, previous: SourceTree | None, previous_version: int | None
-    ) -> tuple[GenerationOutcome, GenerationUpdate | None, SourceTree | None]:
-        """Handle one generation; whatever goes wrong fails this generation alone."""
-        generation = plan.generation
-        if plan.action == Action.SKIP:
-            return _outcome(plan, plan.action.done, generation.storage_path), None, None
-        if plan.action == Action.FAIL:
-            return self._failed(plan, plan.reason or "cannot be handled", None), None, None
+    ) -> Handled:
+        """Handle one generation by its action's step; whatever goes wrong fails this generation
+        alone (``FAILS_ONE_GENERATION``), with one line saying why."""
         try:
-            return self._carry_out_generation(plan, previous, previous_version)
+            return self._STEPS[plan.action](self, plan, previous, previous_version)
         except RowDrifted as drifted:
-            return _outcome(plan, Outcome.SKIPPED, generation.storage_path).drifted(drifted.drift), None, None
-        except GenerationError as error:
-            return self._failed(plan, str(error), previous), None, None
-        except (OSError, UnsafePathComponent, ValueError, UnicodeError, RecursionError) as error:
-            return self._failed(plan, f"{type(error).__name__}: {error}".splitlines()[0], previous), None, None
+            skipped = GenerationOutcome.from_plan(plan, Outcome.SKIPPED, plan.generation.storage_path)
+            return skipped.drifted(drifted.drift), None, None
+        except FAILS_ONE_GENERATION as error:
+            return self._failed(plan, failure_line(error), previous), None, None
 
     def _failed(self, plan: GenerationPlan, reason: str, base: SourceTree | None) -> GenerationOutcome:
         """A failure on a generation the application deleted, changed or archived meanwhile —
         or whose folder, or its diff base's, vanished under the tool (the application's delete
         removes the files before the row) — is that, not a failure: the next resync looks again."""
-        outcome = _outcome(plan, Outcome.FAILED, plan.generation.storage_path, error=reason)
+        outcome = GenerationOutcome.from_plan(plan, Outcome.FAILED, plan.generation.storage_path, error=reason)
         self._published.pop(plan.id, None)
         drift = self._drift_since_planned(plan)
-        if drift is None and (self._folders_vanished(plan) or (base is not None and not is_real_dir(base.root))):
+        if drift is None and (self._folders_vanished(plan) or (base is not None and not self.storage.is_folder(base.root))):
             drift = RowDrift.CHANGED
         return outcome.drifted(drift) if drift else outcome
 
     def _folders_vanished(self, plan: GenerationPlan) -> bool:
         """The generation is archived now, or the folder the plan saw (legacy or ``source/``) is gone."""
-        if is_archived(self.layout, replace(plan.generation, version=plan.row_seen.version)):
+        if is_archived(self.storage, replace(plan.generation, version=plan.row_seen.version)):
             return True
         if plan.target_dir is None or plan.action in (Action.REBUILD, Action.FAIL):
             return False
-        if is_real_dir(source_dir(plan.target_dir)):
+        if self.storage.is_folder(source_dir(plan.target_dir)):
             return False
-        return plan.action != Action.MOVE or not is_real_dir(_legacy(plan))
+        return plan.action != Action.MOVE or not self.storage.is_folder(_legacy(plan))
 
-    def _carry_out_generation(
-        self, plan: GenerationPlan, previous: SourceTree | None, previous_version: int | None
-    ) -> tuple[GenerationOutcome, GenerationUpdate | None, SourceTree | None]:
-        generation = plan.generation
-        if plan.action == Action.UNCHANGED:
-            tree = self._unchanged_tree(plan)
-            self._keep_legacy_link(plan)
-            return _outcome(plan, Outcome.UNCHANGED, plan.storage_path), None, tree
+    # -- the step of each action: (plan, diff base, its version) -> (outcome, update, tree) -----
+
+    def _skip(self, plan: GenerationPlan, previous: SourceTree | None, previous_version: int | None) -> Handled:
+        return GenerationOutcome.from_plan(plan, Outcome.SKIPPED, plan.generation.storage_path), None, None
+
+    def _fail(self, plan: GenerationPlan, previous: SourceTree | None, previous_version: int | None) -> Handled:
+        return self._failed(plan, plan.reason or "cannot be handled", None), None, None
+
+    def _unchanged(self, plan: GenerationPlan, previous: SourceTree | None, previous_version: int | None) -> Handled:
+        """Nothing to write; its manifest (read by the plan) is the next version's diff base."""
+        assert plan.manifest is not None, "the plan calls a generation unchanged only with a manifest"
+        tree = ManifestTree(self.storage, source_dir(_target(plan)), plan.manifest)
+        self._keep_legacy_link(plan)
+        return GenerationOutcome.from_plan(plan, Outcome.UNCHANGED, plan.storage_path), None, tree
+
+    def _move(self, plan: GenerationPlan, previous: SourceTree | None, previous_version: int | None) -> Handled:
+        """The legacy folder becomes ``source/`` (one rename, or a verified copy), published at once."""
         self._renumber_folder(plan)
-        tree = self._put_in_place(plan)
+        snapshot = scan_tree(self.storage, _legacy(plan))      # reads and checks everything before anything moves
+        source = source_dir(_target(plan))
+        with self._row_still_as_planned(plan, legacy_must_exist=True) as claim:
+            self._prepare_target(plan)
+            checkpoint("target-prepared")
+            move_tree(self.storage, _legacy(plan), source, snapshot)
+            self._publish(plan, claim, undo=lambda: self._undo_move(plan))
+        snapshot.root = source
+        checkpoint("moved")
         try:
-            summary, patch_path = self._write_manifest_and_patch(plan, tree, previous, previous_version)
-            self._keep_legacy_link(plan)
+            return self._record(plan, snapshot, previous, previous_version)
         except GenerationError:
-            if plan.action == Action.MOVE and plan.id not in self._published:
+            if plan.id not in self._published:
                 self._undo_move(plan)       # once published, the row names the new place: stay there
             raise
+
+    def _finish_move(self, plan: GenerationPlan, previous: SourceTree | None, previous_version: int | None) -> Handled:
+        """A killed copy left both: the legacy copy goes once it equals ``source/``."""
+        self._renumber_folder(plan)
+        source = source_dir(_target(plan))
+        snapshot = scan_tree(self.storage, source)
+        if scan_tree(self.storage, _legacy(plan), keep_contents=False).checksums() != snapshot.checksums():
+            raise GenerationError(
+                f"{_legacy(plan)} and {source} both exist with different content: "
+                "compare them, keep the right one in one place, and rerun"
+            )
+        with self._row_still_as_planned(plan, legacy_must_exist=True):
+            discard_tree(self.storage, _legacy(plan))
+        checkpoint("legacy-discarded")
+        return self._record(plan, snapshot, previous, previous_version)
+
+    def _rebuild(self, plan: GenerationPlan, previous: SourceTree | None, previous_version: int | None) -> Handled:
+        """No folder: ``source/`` written from the ``output_files`` the plan read."""
+        self._renumber_folder(plan)
+        with self._row_still_as_planned(plan):
+            self._prepare_target(plan)
+        self._rebuild_from_database(plan)
+        checkpoint("rebuilt")
+        return self._record(plan, scan_tree(self.storage, source_dir(_target(plan))), previous, previous_version)
+
+    def _refresh(self, plan: GenerationPlan, previous: SourceTree | None, previous_version: int | None) -> Handled:
+        """Already in the new layout: manifest, patch or metadata redone; the files are read only
+        if they differ from the manifest's fingerprints."""
+        self._renumber_folder(plan)
+        source = source_dir(_target(plan))
+        tree: SourceTree
+        if plan.manifest is not None and \
+                fingerprint_digest(fingerprint_tree(self.storage, source)) == plan.manifest.fingerprint_digest:
+            tree = ManifestTree(self.storage, source, plan.manifest)    # only metadata or the diff to redo
+        else:
+            tree = scan_tree(self.storage, source)
+        return self._record(plan, tree, previous, previous_version)
+
+    _STEPS: ClassVar[dict[Action, Step]] = {
+        Action.SKIP: _skip, Action.FAIL: _fail, Action.UNCHANGED: _unchanged, Action.MOVE: _move,
+        Action.FINISH_MOVE: _finish_move, Action.REBUILD: _rebuild, Action.REFRESH: _refresh,
+    }
+
+    def _record(self, plan: GenerationPlan, tree: SourceTree, previous: SourceTree | None,
+                previous_version: int | None) -> Handled:
+        """The manifest, the patch and the flat link of a generation now in place, and its metadata."""
+        generation = plan.generation
+        summary, patch_path = self._write_manifest_and_patch(plan, tree, previous, previous_version)
+        self._keep_legacy_link(plan)
         update = GenerationUpdate.from_row(
             generation,
             seen=self._published.pop(plan.id, plan.row_seen),
@@ -180,13 +253,9 @@ class Executor:
         self.report.bytes_handled += tree.total_size_bytes
         done = Outcome.RENUMBERED if plan.renumbered_from is not None and plan.action == Action.REFRESH \
             else plan.action.done
-        outcome = _outcome(plan, done, plan.storage_path, from_version=previous_version if patch_path else None)
+        outcome = GenerationOutcome.from_plan(plan, done, plan.storage_path,
+                                              from_version=previous_version if patch_path else None)
         return outcome, update, tree
-
-    def _unchanged_tree(self, plan: GenerationPlan) -> SourceTree:
-        """An unchanged generation as the next version's diff base: its manifest, read by the plan."""
-        assert plan.manifest is not None, "the plan calls a generation unchanged only with a manifest"
-        return ManifestTree(source_dir(_target(plan)), plan.manifest)
 
     def _renumber_folder(self, plan: GenerationPlan) -> None:
         """A duplicate version given a new number: ``v<old>__id`` → ``v<new>__id`` by one rename."""
@@ -194,47 +263,11 @@ class Executor:
             return
         generation = plan.generation
         old = self.layout.target_dir(generation.project_id, plan.renumbered_from, generation.id)
-        if is_real_dir(old) and not os.path.lexists(_target(plan)):
+        if self.storage.is_folder(old) and not self.storage.occupied(_target(plan)):
             with self._row_still_as_planned(plan) as claim:
-                rename_dir(old, _target(plan))
-                self._publish(plan, claim, undo=lambda: rename_dir(_target(plan), old))
+                rename_dir(self.storage, old, _target(plan))
+                self._publish(plan, claim, undo=lambda: rename_dir(self.storage, _target(plan), old))
             checkpoint("renumbered")
-
-    def _put_in_place(self, plan: GenerationPlan) -> SourceTree:
-        """Make ``target/source`` hold the generation's files; return them as read."""
-        target = _target(plan)
-        source = source_dir(target)
-        if plan.action == Action.MOVE:
-            snapshot = scan_tree(_legacy(plan))      # reads and checks everything before anything moves
-            with self._row_still_as_planned(plan, legacy_must_exist=True) as claim:
-                self._prepare_target(plan)
-                checkpoint("target-prepared")
-                move_tree(_legacy(plan), source, snapshot, self.layout.state_dir)
-                self._publish(plan, claim, undo=lambda: self._undo_move(plan))
-            snapshot.root = source
-            checkpoint("moved")
-            return snapshot
-        if plan.action == Action.FINISH_MOVE:
-            snapshot = scan_tree(source)
-            if scan_tree(_legacy(plan), keep_contents=False).checksums() != snapshot.checksums():
-                raise GenerationError(
-                    f"{_legacy(plan)} and {source} both exist with different content: "
-                    "compare them, keep the right one in one place, and rerun"
-                )
-            with self._row_still_as_planned(plan, legacy_must_exist=True):
-                discard_tree(_legacy(plan), self.layout.trash_dir)
-            checkpoint("legacy-discarded")
-            return snapshot
-        if plan.action == Action.REBUILD:
-            with self._row_still_as_planned(plan):
-                self._prepare_target(plan)
-            self._rebuild_from_database(plan)
-            checkpoint("rebuilt")
-            return scan_tree(source)
-        if plan.manifest is not None and \
-                fingerprint_digest(fingerprint_tree(source)) == plan.manifest.fingerprint_digest:
-            return ManifestTree(source, plan.manifest)    # only metadata or the diff to redo
-        return scan_tree(source)
 
     @contextmanager
     def _row_still_as_planned(self, plan: GenerationPlan, legacy_must_exist: bool = False) -> Iterator[GenerationClaim]:
@@ -243,9 +276,9 @@ class Executor:
         the legacy folder still there. Else ``RowDrifted``: nothing is done, nothing comes back."""
         with claimed_generation(self.engine, plan.id, plan.row_seen) as claim:
             drift = claim.drift
-            if drift is None and is_archived(self.layout, replace(plan.generation, version=plan.row_seen.version)):
+            if drift is None and is_archived(self.storage, replace(plan.generation, version=plan.row_seen.version)):
                 drift = RowDrift.CHANGED
-            if drift is None and legacy_must_exist and not is_real_dir(_legacy(plan)):
+            if drift is None and legacy_must_exist and not self.storage.is_folder(_legacy(plan)):
                 drift = RowDrift.CHANGED
             if drift is None and plan.renumbered_from is not None and \
                     claim.number_taken(plan.generation.project_id, plan.generation.version or 0):
@@ -267,7 +300,7 @@ class Executor:
             raise
         target = _target(plan)
         for folder in (target, target.parent, target.parent.parent, self.layout.root):
-            fsync_dir(folder)
+            fsync_dir(self.storage, folder)
         version = plan.generation.version
         if claim.record_place(plan.storage_path, version):
             self._published[plan.id] = RowSeen(plan.row_seen.status, version, plan.storage_path)
@@ -291,9 +324,9 @@ class Executor:
         where its row says they are. Across filesystems the rename is refused and the verified
         copy stays in place for the next run."""
         source = source_dir(_target(plan))
-        if is_real_dir(source) and not os.path.lexists(_legacy(plan)):
+        if self.storage.is_folder(source) and not self.storage.occupied(_legacy(plan)):
             try:
-                rename_entry(source, _legacy(plan))
+                rename_entry(self.storage, source, _legacy(plan))
             except OSError:
                 pass
 
@@ -303,35 +336,35 @@ class Executor:
         target = _target(plan)
         generation = plan.generation
         for folder in (self.layout.project_dir(generation.project_id), self.layout.generations_dir(generation.project_id)):
-            if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+            if self.storage.occupied(folder) and not self.storage.is_folder(folder):
                 raise GenerationError(f"{folder} is not a plain folder (a symlink is never followed); fix it and rerun")
-        if target.is_symlink():
+        if self.storage.is_link(target):
             raise GenerationError(f"{target} is a symlink; it is never followed — remove it and rerun")
-        if target.is_dir():
-            for entry in target.iterdir():
-                if entry.name == PARTIAL_SOURCE_DIR:
-                    discard_partial(entry)          # a copy or rebuild that a killed run began
-                elif is_tool_written(entry.name) or _is_empty_artifacts(entry):
+        if self.storage.is_folder(target):
+            for name, status in self.storage.entries(target):
+                if name == PARTIAL_SOURCE_DIR:
+                    discard_partial(self.storage, target / name)   # a copy or rebuild that a killed run began
+                elif is_tool_written(name) or _is_empty_artifacts(self.storage, target / name, status):
                     continue                        # rewritten later in this run
                 else:
                     raise GenerationError(
-                        f"the target {target} already exists and holds {entry.name!r}, which this tool did "
+                        f"the target {target} already exists and holds {name!r}, which this tool did "
                         "not write: move it away and rerun"
                     )
-        owner_like = plan.legacy_dir if plan.legacy_dir is not None and is_real_dir(plan.legacy_dir) else self.layout.root
-        for created in make_dirs(artifacts_dir(target)):
-            adopt_owner(created, owner_like)
+        owner_like = plan.legacy_dir if plan.legacy_dir is not None and self.storage.is_folder(plan.legacy_dir) \
+            else None
+        make_owned_dirs(self.storage, artifacts_dir(target), like=owner_like)
 
     def _rebuild_from_database(self, plan: GenerationPlan) -> None:
         """Write the ``output_files`` column into ``source/`` through a staging folder, so the
         folder appears whole or not at all. File times are the generation's ``created_at``."""
         generation = plan.generation
-        files = load_output_files(self.engine, generation.id)
+        files = plan.output_files
         if not files:
             raise GenerationError("output_files is empty; nothing to rebuild the folder from")
         target = _target(plan)
         staging = partial_source_dir(target)
-        discard_partial(staging)
+        discard_partial(self.storage, staging)
         timestamp_ns = _timestamp_ns(generation.created_at)
         try:
             for relative_path, content in sorted(files.items()):
@@ -339,23 +372,22 @@ class Executor:
                 if not isinstance(content, str):
                     raise GenerationError(f"output_files[{relative_path!r}] is not text; cannot rebuild it")
                 destination = staging / relative_path
-                if os.path.lexists(destination):
+                if self.storage.occupied(destination):
                     raise GenerationError(f"output_files names {relative_path!r} twice (or as a file and a folder)")
-                for created in make_dirs(destination.parent):
-                    adopt_owner(created, self.layout.root)
-                atomic_write_bytes(destination, content.encode("utf-8", "surrogateescape"))
-                adopt_owner(destination, self.layout.root)
-                os.utime(destination, ns=(timestamp_ns, timestamp_ns))
+                make_owned_dirs(self.storage, destination.parent)
+                atomic_write_bytes(self.storage, destination, content.encode("utf-8", "surrogateescape"))
+                adopt_owner(self.storage, destination)
+                self.storage.set_mtime(destination, timestamp_ns)
             with self._row_still_as_planned(plan):
-                rename_entry(staging, source_dir(target))
+                rename_entry(self.storage, staging, source_dir(target))
         except UnsafePathComponent as error:
-            discard_partial(staging)
+            discard_partial(self.storage, staging)
             raise GenerationError(f"output_files holds an unsafe path: {error}") from None
         except (OSError, UnicodeError) as error:
-            discard_partial(staging)
+            discard_partial(self.storage, staging)
             raise GenerationError(f"cannot rebuild {source_dir(target)}: {error}") from None
         except (GenerationError, RowDrifted):
-            discard_partial(staging)
+            discard_partial(self.storage, staging)
             raise
 
     def _write_manifest_and_patch(
@@ -365,11 +397,10 @@ class Executor:
         generation gets a manifest but no diff: it is never compared."""
         generation = plan.generation
         target = _target(plan)
-        remove_temp_files(target)
-        if not os.path.isdir(artifacts_dir(target)):
-            for created in make_dirs(artifacts_dir(target)):  # a folder put in place by hand or by an older run
-                adopt_owner(created, self.layout.root)
-        existing = read_manifest_document(manifest_path(target))
+        remove_temp_files(self.storage, target)
+        if not self.storage.is_folder(artifacts_dir(target)):
+            make_owned_dirs(self.storage, artifacts_dir(target))  # a folder put in place by hand or by an older run
+        existing = read_manifest_document(self.storage, manifest_path(target))
         manifest = tree.full() if isinstance(tree, ManifestTree) else Manifest.from_snapshot(
             tree, generation.id, generation.project_id, generation.version or 0, generation.created_at
         )
@@ -377,18 +408,18 @@ class Executor:
             manifest = Manifest(generation.id, generation.project_id, generation.version or 0, manifest.created_at,
                                 manifest.file_count, manifest.total_size_bytes, manifest.checksums,
                                 manifest.fingerprints)
-        _write_if_different(manifest_path(target), manifest.with_extra(existing).to_bytes(), self.layout.root)
+        _write_if_different(self.storage, manifest_path(target), manifest.with_extra(existing).to_bytes())
         checkpoint("manifest-written")
         if generation.status != "completed":
             return None, None
         if previous is None or previous_version is None:
-            _remove_patches(target, keep=None)
+            _remove_patches(self.storage, target, keep=None)
             return diff.ChangeSummary.first_version(tree.file_count), None
         comparison = diff.compare_trees(previous.checksums(), tree.checksums())
         patch_file = target / patch_file_name(previous_version)
-        atomic_write(patch_file, lambda stream: write_tree_patch(stream, previous, tree, comparison))
-        adopt_owner(patch_file, self.layout.root)
-        _remove_patches(target, keep=previous_version)
+        atomic_write(self.storage, patch_file, lambda stream: write_tree_patch(stream, previous, tree, comparison))
+        adopt_owner(self.storage, patch_file)
+        _remove_patches(self.storage, target, keep=previous_version)
         checkpoint("patch-written")
         patch_path = self.layout.patch_storage_path(
             generation.project_id, generation.version or 0, generation.id, previous_version
@@ -402,35 +433,36 @@ class Executor:
         generation = plan.generation
         link = self.layout.legacy_dir(generation.id)
         expected = self.layout.legacy_link_text(generation.project_id, generation.version or 0, generation.id)
-        current = os.readlink(link) if os.path.islink(link) else None
-        ours = current is not None and is_legacy_link_text(self.layout, generation, current)
-        if os.path.lexists(link) and not ours:
+        current = self.storage.link_text(link)
+        place = parse_legacy_link_text(current or "")
+        ours = place is not None and place[0] == generation.project_id and place[2] == generation.id
+        if self.storage.occupied(link) and not ours:
             return
-        if self.legacy_links and is_real_dir(source_dir(_target(plan))):
+        if self.legacy_links and self.storage.is_folder(source_dir(_target(plan))):
             if current != expected:
-                replace_symlink(link, expected)
-                adopt_owner(link, self.layout.root)
+                replace_symlink(self.storage, link, expected)
+                adopt_owner(self.storage, link)
                 checkpoint("legacy-link")
         elif ours:
-            remove_symlink(link)
+            remove_symlink(self.storage, link)
 
     def _point_active_link(self, plan: ProjectPlan) -> None:
         """``active`` → the active generation's folder if it is in the new layout; else no link."""
         generations_dir = self.layout.generations_dir(plan.project_id)
-        if not (is_real_dir(generations_dir.parent) and is_real_dir(generations_dir)):
+        if not (self.storage.is_folder(generations_dir.parent) and self.storage.is_folder(generations_dir)):
             return                              # a link at either level is never followed
-        remove_temp_files(generations_dir)
+        remove_temp_files(self.storage, generations_dir)
         link = self.layout.active_link(plan.project_id)
         active = next((p for p in plan.generations if p.id == plan.active_generation_id), None)
-        if active is not None and active.target_dir is not None and is_real_dir(source_dir(active.target_dir)):
+        if active is not None and active.target_dir is not None and self.storage.is_folder(source_dir(active.target_dir)):
             try:
-                replace_symlink(link, active.target_dir.name)
-                adopt_owner(link, self.layout.root)
+                replace_symlink(self.storage, link, active.target_dir.name)
+                adopt_owner(self.storage, link)
             except GenerationError as error:
                 self.report.error = self.report.error or str(error)
             checkpoint("active-link")
-        elif link.is_symlink():
-            remove_symlink(link)
+        elif self.storage.is_link(link):
+            remove_symlink(self.storage, link)
 
 
 def _merged_summary(generation: GenerationRow, summary: diff.ChangeSummary | None) -> Any:
@@ -453,47 +485,30 @@ def _legacy(plan: GenerationPlan) -> Path:
     return plan.legacy_dir
 
 
-def _outcome(plan: GenerationPlan, action: Outcome, storage_path: str | None, error: str | None = None,
-             from_version: int | None = None) -> GenerationOutcome:
-    generation = plan.generation
-    return GenerationOutcome(
-        id=generation.id,
-        project_id=generation.project_id,
-        version=generation.version,
-        action=action,
-        storage_path=storage_path,
-        error=error,
-        reason=plan.reason if error is None else None,
-        from_version=from_version,
-    )
+def _is_empty_artifacts(storage: Storage, entry: Path, status: os.stat_result) -> bool:
+    return entry.name == ARTIFACTS_DIR and stat.S_ISDIR(status.st_mode) and not storage.names(entry)
 
 
-def _is_empty_artifacts(entry: Path) -> bool:
-    return entry.name == ARTIFACTS_DIR and entry.is_dir() and not entry.is_symlink() and not any(entry.iterdir())
-
-
-def _write_if_different(path: Path, content: bytes, owner_like: Path) -> None:
+def _write_if_different(storage: Storage, path: Path, content: bytes) -> None:
     try:
-        if read_regular_file(path.parent, path.name, max_bytes=len(content)) == content:
+        if read_regular_file(storage, path.parent, path.name, max_bytes=len(content)) == content:
             return
     except GenerationError:
         pass
-    atomic_write_bytes(path, content)
-    adopt_owner(path, owner_like)
+    atomic_write_bytes(storage, path, content)
+    adopt_owner(storage, path)
 
 
-def _remove_patches(target: Path, keep: int | None) -> None:
+def _remove_patches(storage: Storage, target: Path, keep: int | None) -> None:
     """Remove the tool's stale patches; a directory of that name is not the tool's and stays."""
-    for entry in target.iterdir():
-        version = parse_patch_file_name(entry.name)
-        if version is not None and version != keep and not is_real_dir(entry):
-            entry.unlink()
+    for name, status in storage.entries(target):
+        version = parse_patch_file_name(name)
+        if version is not None and version != keep and not stat.S_ISDIR(status.st_mode):
+            storage.remove_entry(target / name)
 
 
 def _timestamp_ns(created_at: datetime | None) -> int:
     if created_at is None:
         return 0
-    if created_at.tzinfo is None:
-        created_at = created_at.replace(tzinfo=timezone.utc)     # SQLite hands back naive UTC
-    return int(created_at.timestamp()) * 1_000_000_000
+    return int(as_utc(created_at).timestamp()) * 1_000_000_000
 

@@ -12,7 +12,6 @@ import fcntl
 import json
 import os
 import socket
-import stat
 import time
 from pathlib import Path
 from types import TracebackType
@@ -21,6 +20,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from .errors import GenerationError, LockHeld, UsageError
+from .storage.opened import Storage
+from .storage.root import UnsafePath
 from .storage.steps import prepare_state_dir
 from .storage.tree import read_regular_file
 
@@ -64,9 +65,9 @@ def take_shared_run_lock(connection: Connection, command: str) -> None:
                    "try again when it has finished")
 
 
-def _holder_description(lock_file: Path) -> str:
+def _holder_description(storage: Storage, lock_file: Path) -> str:
     try:
-        holder = json.loads(read_regular_file(lock_file.parent, lock_file.name, max_bytes=4096))
+        holder = json.loads(read_regular_file(storage, lock_file.parent, lock_file.name, max_bytes=4096))
         return (f"{holder['command']} (pid {holder['pid']} on {holder['host']}, "
                 f"since {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(holder['since']))})")
     except (GenerationError, ValueError, KeyError, TypeError, OverflowError):
@@ -76,8 +77,9 @@ def _holder_description(lock_file: Path) -> str:
 class RunLock:
     """Context manager: raises LockHeld (exit 75) at once if another run holds either lock."""
 
-    def __init__(self, lock_file: Path, engine: Engine, command: str) -> None:
-        self.lock_file = lock_file
+    def __init__(self, storage: Storage, engine: Engine, command: str) -> None:
+        self.storage = storage
+        self.lock_file = storage.layout.lock_file
         self.engine = engine
         self.command = command
         self._descriptor: int | None = None
@@ -97,20 +99,19 @@ class RunLock:
         self._release_file_lock()
 
     def _take_file_lock(self) -> None:
-        prepare_state_dir(self.lock_file.parent)
+        prepare_state_dir(self.storage)
         try:
-            descriptor = os.open(self.lock_file, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
+            descriptor = self.storage.root.open_lock_file(self.storage.parts(self.lock_file))
+        except UnsafePath:
+            raise UsageError(f"the lock file {self.lock_file} is not a plain file; remove it and rerun") from None
         except OSError as error:
             raise UsageError(f"cannot open the lock file {self.lock_file}: {error.strerror}; "
                              "it must be a plain file the tool can write") from None
-        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
-            os.close(descriptor)
-            raise UsageError(f"the lock file {self.lock_file} is not a plain file; remove it and rerun")
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(descriptor)
-            raise LockHeld(f"another run holds {self.lock_file}: {_holder_description(self.lock_file)}; "
+            raise LockHeld(f"another run holds {self.lock_file}: {_holder_description(self.storage, self.lock_file)}; "
                            "try again when it has finished") from None
         self._descriptor = descriptor
         holder = {"command": self.command, "pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}

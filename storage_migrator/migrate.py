@@ -6,8 +6,9 @@ re-read and unchanged ones are not) and a report of folders on disk that no row 
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -22,7 +23,7 @@ from .db import (
     load_output_files,
     reserve_version,
 )
-from .errors import GenerationError
+from .errors import FAILS_ONE_GENERATION
 from .execute import Executor
 from .installation import Installation, open_installation
 from .lock import RunLock
@@ -31,7 +32,9 @@ from .plan import Action, GenerationPlan, plan_project
 from .records import ProjectRecord
 from .report import GenerationOutcome, RunReport
 from .storage.layout import StorageLayout
-from .storage.steps import RootTempFiles, handling_project, prepare_state_dir, recover_project, sweep_state
+from .storage.opened import Storage, open_storage
+from .storage.recovery import RootTempFiles, recover_project, sweep_state
+from .storage.steps import handling_project, prepare_state_dir
 from .storage.tree import fingerprint_tree
 from .workers import WorkerDied, chunked, run_in_workers
 
@@ -39,8 +42,9 @@ ProgressFactory = Callable[[int], Callable[[int], None]]
 WORKER_CHUNK_PROJECTS = 16
 
 
-def output_files_checker(engine: Engine) -> Callable[[str], bool]:
-    return lambda generation_id: bool(load_output_files(engine, generation_id))
+def output_files_reader(engine: Engine) -> Callable[[str], Mapping[str, Any] | None]:
+    """The planner's look at a folderless generation's ``output_files`` (handed on to the rebuild)."""
+    return lambda generation_id: load_output_files(engine, generation_id)
 
 
 def version_reserver(engine: Engine) -> Callable[[str, int], int | None]:
@@ -48,7 +52,7 @@ def version_reserver(engine: Engine) -> Callable[[str, int], int | None]:
     return lambda project_id, at_least: reserve_version(engine, project_id, at_least)
 
 
-def plan_outcome(plan: GenerationPlan) -> GenerationOutcome:
+def plan_outcome(storage: Storage, plan: GenerationPlan) -> GenerationOutcome:
     """A planned action as a report line (the dry run's rendering of the plan). A folder to be
     moved is walked with one lstat per file — never read — for the counts the run will write,
     and so that a symlink inside it shows as a planned failure."""
@@ -57,19 +61,15 @@ def plan_outcome(plan: GenerationPlan) -> GenerationOutcome:
     file_count = total_size_bytes = None
     if action == Action.MOVE and plan.legacy_dir is not None:
         try:
-            fingerprints = fingerprint_tree(plan.legacy_dir)
+            fingerprints = fingerprint_tree(storage, plan.legacy_dir)
             file_count = len(fingerprints)
             total_size_bytes = sum(size for size, _ in fingerprints.values())
-        except (GenerationError, OSError) as problem:
+        except FAILS_ONE_GENERATION as problem:
             action, error = Action.FAIL, str(problem)
     if action == Action.FAIL:
         error, reason = error or reason, None
-    return GenerationOutcome(
-        id=generation.id,
-        project_id=generation.project_id,
-        version=generation.version,
-        action=action,
-        storage_path=plan.storage_path if action != Action.FAIL else generation.storage_path,
+    return GenerationOutcome.of_row(
+        generation, action, plan.storage_path if action != Action.FAIL else generation.storage_path,
         error=error,
         reason=reason,
         from_path=str(plan.legacy_dir) if action == Action.MOVE else None,
@@ -127,7 +127,7 @@ def migrate(
 
                 carry_out_coordinated(installation, report, options, progress, workers)
             else:
-                with RunLock(installation.layout.lock_file, installation.engine, f"storage-migrate {command}"):
+                with RunLock(installation.storage, installation.engine, f"storage-migrate {command}"):
                     _carry_out(installation, report, options, only, progress, workers)
         except sa.exc.DBAPIError as error:
             report.error = (f"lost the database mid-run ({first_line(error)}); what is on disk is consistent — "
@@ -140,15 +140,15 @@ def migrate(
 
 
 def _plan_only(installation: Installation, report: RunReport, resync: bool, only: list[str] | None) -> None:
-    layout, engine = installation.layout, installation.engine
+    storage, engine = installation.storage, installation.engine
     for record in iter_project_records(engine, only=only):
-        plan = plan_project(record, layout, resync, output_files_checker(engine))
+        plan = plan_project(record, storage, resync, output_files_reader(engine))
         for generation_plan in plan.generations:
-            report.add(plan_outcome(generation_plan))
+            report.add(plan_outcome(storage, generation_plan))
             if generation_plan.leftover is not None:
                 report.leftovers.append(str(generation_plan.leftover))
     if resync and only is None:
-        report.orphans = find_orphans(layout, engine)
+        report.orphans = find_orphans(storage, engine)
 
 
 def _carry_out(installation: Installation, report: RunReport, options: RunOptions, only: list[str] | None,
@@ -156,45 +156,45 @@ def _carry_out(installation: Installation, report: RunReport, options: RunOption
     """Every project recovered, planned and carried out in turn (what a killed run left of a
     project is recovered just before it is planned, see ``recover_project``), then, after a
     complete run over every project, the end sweep of what no project claimed."""
-    layout, engine = installation.layout, installation.engine
-    prepare_state_dir(layout.state_dir)
-    root_temps = RootTempFiles.listed(layout.root)
+    storage, engine = installation.storage, installation.engine
+    prepare_state_dir(storage)
+    root_temps = RootTempFiles.listed(storage)
     tick = progress(count_generations(engine)) if progress else (lambda count: None)
     if workers > 1 and only is None:
-        _carry_out_in_workers(layout, engine, report, options, tick, workers, root_temps)
+        _carry_out_in_workers(storage.layout, engine, report, options, tick, workers, root_temps)
     else:
-        _carry_out_projects(layout, engine, report, options, only, tick, root_temps)
+        _carry_out_projects(storage, engine, report, options, only, tick, root_temps)
     complete = only is None and report.error is None and not report.interrupted
     if complete:
-        sweep_state(layout)
+        sweep_state(storage)
     if options.resync and complete:
-        report.orphans = find_orphans(layout, engine)
+        report.orphans = find_orphans(storage, engine)
 
 
-def _carry_out_projects(layout: StorageLayout, engine: Engine, report: RunReport, options: RunOptions,
+def _carry_out_projects(storage: Storage, engine: Engine, report: RunReport, options: RunOptions,
                         only: Sequence[str] | None, tick: Callable[[int], None], root_temps: RootTempFiles) -> None:
     """The executor over a stream of projects; the last batch is written even when interrupted.
     Each project is recovered right before it is planned, by whoever carries it out."""
-    executor = Executor(layout, engine, report, legacy_links=options.legacy_links, on_generation=tick)
+    executor = Executor(storage, engine, report, legacy_links=options.legacy_links, on_generation=tick)
     try:
         for record in iter_project_records(engine, only=only):
-            _carry_out_project(layout, engine, executor, options, record, root_temps)
+            _carry_out_project(storage, engine, executor, options, record, root_temps)
     finally:
         executor.finish()
 
 
-def carry_out_claimed(layout: StorageLayout, engine: Engine, report: RunReport, options: RunOptions,
+def carry_out_claimed(storage: Storage, engine: Engine, report: RunReport, options: RunOptions,
                       project_ids: Sequence[str], tick: Callable[[int], None]) -> None:
     """A coordinated participant's claimed projects, through the same per-project loop."""
-    _carry_out_projects(layout, engine, report, options, project_ids, tick, RootTempFiles.listed(layout.root))
+    _carry_out_projects(storage, engine, report, options, project_ids, tick, RootTempFiles.listed(storage))
 
 
-def _carry_out_project(layout: StorageLayout, engine: Engine, executor: Executor, options: RunOptions,
+def _carry_out_project(storage: Storage, engine: Engine, executor: Executor, options: RunOptions,
                        record: ProjectRecord, root_temps: RootTempFiles) -> None:
     generation_ids = [generation.id for generation in record.generations]
-    recover_project(layout, record.project_id, generation_ids, root_temps)
+    recover_project(storage, record.project_id, generation_ids, root_temps)
     with handling_project(record.project_id, generation_ids):
-        executor.carry_out(plan_project(record, layout, options.resync, output_files_checker(engine),
+        executor.carry_out(plan_project(record, storage, options.resync, output_files_reader(engine),
                                         reserve=version_reserver(engine)))
 
 
@@ -214,12 +214,13 @@ def _carry_out_in_workers(layout: StorageLayout, engine: Engine, report: RunRepo
 
 
 def _migrate_chunk(chunk: tuple[StorageLayout, str, list[str], RunOptions, RootTempFiles]) -> RunReport:
-    """One worker's share: its own engine, its own batches."""
+    """One worker's share: its own engine, its own batches, its own descriptor of ROOT."""
     layout, database_url, project_ids, options, root_temps = chunk
     engine = create_database_engine(database_url, command="storage-migrate worker")
     report = RunReport(command="worker", keep_all=options.keep_all)
     try:
-        _carry_out_projects(layout, engine, report, options, project_ids, lambda count: None, root_temps)
+        with open_storage(layout) as storage:
+            _carry_out_projects(storage, engine, report, options, project_ids, lambda count: None, root_temps)
     except sa.exc.DBAPIError as error:
         report.error = f"lost the database mid-run ({first_line(error)}); rerun when the database is back"
     finally:

@@ -7,55 +7,56 @@ with the number of generations. A name that is not valid UTF-8 cannot be a row's
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Iterator
+from pathlib import Path
 
 from sqlalchemy.engine import Engine
 
 from .db import ROWS_PER_STATEMENT, existing_generation_ids
-from .storage.layout import ARCHIVE_DIR, GENERATIONS_DIR, StorageLayout, is_utf8_name, parse_target_dir_name
-from .storage.tree import is_real_dir
+from .storage.layout import ARCHIVE_DIR, GENERATIONS_DIR, is_utf8_name, parse_target_dir_name
+from .storage.opened import Storage
 
 ORPHAN_LOOKUP_BATCH = ROWS_PER_STATEMENT    # folder names looked up in one statement
 
 
 
 
-def _sorted_names(path: str) -> list[str]:
+def _entries(storage: Storage, folder: Path) -> list[tuple[str, os.stat_result]]:
     try:
-        return sorted(os.listdir(path))
+        return storage.entries(folder)
     except OSError:
         return []
 
 
-def _candidates(layout: StorageLayout) -> Iterator[tuple[str, str]]:
-    """(generation id the folder would belong to, folder) for every generation-like folder."""
-    root = os.fspath(layout.root)
-    for name in _sorted_names(root):
-        entry = os.path.join(root, name)
-        if name.startswith(".") or not is_real_dir(entry):
+def _candidates(storage: Storage) -> Iterator[tuple[str, Path]]:
+    """(generation id the folder would belong to, folder) for every generation-like folder;
+    one listing per folder, its entries' types from that listing (nothing is followed)."""
+    for name, status in _entries(storage, storage.path):
+        if name.startswith(".") or not stat.S_ISDIR(status.st_mode):
             continue
-        generations_dir = os.path.join(entry, GENERATIONS_DIR)
-        if is_real_dir(generations_dir):
-            for child in (*_sorted_names(generations_dir),):
+        entry = storage.path / name
+        children = {child: child_status for child, child_status in _entries(storage, entry)}
+        generations = children.get(GENERATIONS_DIR)
+        if generations is not None and stat.S_ISDIR(generations.st_mode):
+            for child, child_status in _entries(storage, entry / GENERATIONS_DIR):
                 parsed = parse_target_dir_name(child)
-                if parsed is not None and is_real_dir(os.path.join(generations_dir, child)):
-                    yield parsed[1], os.path.join(generations_dir, child)
-        elif not is_real_dir(os.path.join(entry, ARCHIVE_DIR)):
+                if parsed is not None and stat.S_ISDIR(child_status.st_mode):
+                    yield parsed[1], entry / GENERATIONS_DIR / child
+        elif not (ARCHIVE_DIR in children and stat.S_ISDIR(children[ARCHIVE_DIR].st_mode)):
             yield name, entry
 
 
-
-
-def find_orphans(layout: StorageLayout, engine: Engine) -> list[str]:
+def find_orphans(storage: Storage, engine: Engine) -> list[str]:
     orphans: list[str] = []
-    batch: list[tuple[str, str]] = []
+    batch: list[tuple[str, Path]] = []
 
     def look_up() -> None:
         known = existing_generation_ids(engine, [generation_id for generation_id, _ in batch])
-        orphans.extend(folder for generation_id, folder in batch if generation_id not in known)
+        orphans.extend(str(folder) for generation_id, folder in batch if generation_id not in known)
         batch.clear()
 
-    for generation_id, folder in _candidates(layout):
+    for generation_id, folder in _candidates(storage):
         if not is_utf8_name(generation_id):
             orphans.append(os.fsencode(folder).decode("utf-8", "backslashreplace"))
             continue

@@ -7,31 +7,31 @@ the rules it applies beside the running application are in ``docs/design.md``.
 """
 from __future__ import annotations
 
-import os
 import stat
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from enum import Enum
 from pathlib import Path
+from typing import Any
 
-from .errors import GenerationError
-from .records import GenerationRow, ProjectRecord, RowSeen
-from .report import Outcome, Tally
+from .errors import FAILS_ONE_GENERATION, GenerationError, failure_line
+from .records import GenerationRow, Outcome, ProjectRecord, RowSeen, Tally, as_utc
 from .storage.layout import (
-    GENERATIONS_DIR,
     StorageLayout,
     UnsafePathComponent,
     check_path_component,
     is_temp_name,
     manifest_path,
+    parse_legacy_link_text,
     parse_patch_file_name,
     parse_target_dir_name,
     source_dir,
 )
 from .storage.manifest import Manifest, ManifestHead, fingerprint_digest, read_manifest_head
-from .storage.tree import fingerprint_tree, is_real_dir
+from .storage.opened import Storage
+from .storage.tree import fingerprint_tree
 
 
 class Action(str, Enum):
@@ -49,11 +49,8 @@ class Action(str, Enum):
 
     @property
     def tally(self) -> Tally:
-        if self is Action.FAIL:
-            return Tally.FAILED
-        if self in (Action.SKIP, Action.UNCHANGED):
-            return Tally.SKIPPED
-        return Tally.MIGRATED
+        """Counted as the outcome it ends in: one counting rule (``Outcome.tally``)."""
+        return self.done.tally
 
     @property
     def done(self) -> Outcome:
@@ -110,6 +107,7 @@ class GenerationPlan:
     leftover: Path | None = None          # the application's scratch copy beside the target
     manifest: Manifest | ManifestHead | None = field(default=None, repr=False)   # as probed; reused
     seen: RowSeen | None = None           # the row as read; None: ``generation`` as it is
+    output_files: Mapping[str, Any] | None = field(default=None, repr=False)   # what a rebuild writes
 
     @property
     def id(self) -> str:
@@ -151,49 +149,35 @@ def _unsafe_reason(generation: GenerationRow) -> str | None:
     return None
 
 
-def _legacy_kind(layout: StorageLayout, generation: GenerationRow) -> LegacyKind:
-    path = layout.legacy_dir(generation.id)
-    try:
-        mode = os.lstat(path).st_mode
-    except FileNotFoundError:
+def _legacy_kind(storage: Storage, generation: GenerationRow) -> LegacyKind:
+    path = storage.layout.legacy_dir(generation.id)
+    status = storage.status(path)
+    if status is None:
         return LegacyKind.MISSING
-    except OSError:
-        return LegacyKind.OTHER
-    if stat.S_ISDIR(mode):
+    if stat.S_ISDIR(status.st_mode):
         return LegacyKind.DIR
-    if not stat.S_ISLNK(mode):
+    if not stat.S_ISLNK(status.st_mode):
         return LegacyKind.OTHER
-    text = os.readlink(path)
-    if text == layout.legacy_link_text(generation.project_id, generation.version or 0, generation.id):
-        return LegacyKind.OUR_LINK
-    return LegacyKind.STALE_LINK if is_legacy_link_text(layout, generation, text) else LegacyKind.OTHER
-
-
-def is_legacy_link_text(layout: StorageLayout, generation: GenerationRow, text: str) -> bool:
-    """True if ``text`` has the shape of this tool's link for this generation, at any version
-    (a renumbered generation's old link)."""
-    parts = text.split("/")
-    if len(parts) != 4 or parts[0] != generation.project_id or parts[3] != "source":
-        return False
-    parsed = parse_target_dir_name(parts[2])
-    return parts[1] == GENERATIONS_DIR and parsed is not None and parsed[1] == generation.id
+    place = parse_legacy_link_text(storage.link_text(path) or "")
+    if place is None or place[0] != generation.project_id or place[2] != generation.id:
+        return LegacyKind.OTHER
+    return LegacyKind.OUR_LINK if place[1] == (generation.version or 0) else LegacyKind.STALE_LINK
 
 
 
 
-def probe_disk(layout: StorageLayout, generation: GenerationRow, check_fingerprints: bool) -> DiskState:
+def probe_disk(storage: Storage, generation: GenerationRow, check_fingerprints: bool) -> DiskState:
     """Look at one generation's folders. Reads at most its manifest; with ``check_fingerprints``
     also one lstat per file (resync), never file content. Nothing here follows a symlink."""
-    legacy_kind = _legacy_kind(layout, generation)
-    target = layout.generation_target(generation)
-    target_exists = is_real_dir(layout.project_dir(generation.project_id)) and \
-        is_real_dir(layout.generations_dir(generation.project_id)) and is_real_dir(target)
-    source_exists = target_exists and is_real_dir(source_dir(target))
-    manifest = read_manifest_head(manifest_path(target)) if source_exists else None
+    legacy_kind = _legacy_kind(storage, generation)
+    target = storage.layout.generation_target(generation)
+    target_exists = storage.is_folder(target)          # reached through real folders only
+    source_exists = target_exists and storage.is_folder(source_dir(target))
+    manifest = read_manifest_head(storage, manifest_path(target)) if source_exists else None
     patch_versions: tuple[int, ...] = ()
     has_temp_files = False
     if target_exists:
-        names = os.listdir(target)
+        names = storage.names(target)
         patch_versions = tuple(sorted(
             version for name in names if (version := parse_patch_file_name(name)) is not None
         ))
@@ -201,31 +185,28 @@ def probe_disk(layout: StorageLayout, generation: GenerationRow, check_fingerpri
     fingerprints_match: bool | None = None
     if check_fingerprints and manifest is not None:
         try:
-            fingerprints_match = fingerprint_digest(fingerprint_tree(source_dir(target))) == manifest.fingerprint_digest
+            fingerprints_match = fingerprint_digest(fingerprint_tree(storage, source_dir(target))) \
+                == manifest.fingerprint_digest
         except GenerationError:
             fingerprints_match = False
-    archived = is_archived(layout, generation)
+    archived = is_archived(storage, generation)
     return DiskState(legacy_kind, target_exists, source_exists, manifest, patch_versions, fingerprints_match, archived,
                      has_temp_files)
 
 
-def is_archived(layout: StorageLayout, generation: GenerationRow) -> bool:
+def is_archived(storage: Storage, generation: GenerationRow) -> bool:
     """``<ROOT>/<project>/archive/v<N>__<id>/`` is a real folder, reached through real folders
     only (a link at any component is not an archive: nothing is decided through a link)."""
     try:
-        archive = layout.archive_dir(generation.project_id, generation.version or 0, generation.id)
+        archive = storage.layout.archive_dir(generation.project_id, generation.version or 0, generation.id)
     except UnsafePathComponent:
         return False                    # an id that cannot name a folder has no archive either
-    return all(is_real_dir(folder) for folder in (archive.parent.parent, archive.parent, archive))
+    return storage.is_folder(archive)
 
 
 def _sort_key(generation: GenerationRow) -> tuple[datetime, str]:
     created = generation.created_at
-    if created is None:
-        created = datetime.max.replace(tzinfo=timezone.utc)
-    elif created.tzinfo is None:
-        created = created.replace(tzinfo=timezone.utc)
-    return created, generation.id
+    return (datetime.max.replace(tzinfo=timezone.utc) if created is None else as_utc(created)), generation.id
 
 
 def renumber_duplicates(record: ProjectRecord) -> dict[str, int]:
@@ -408,25 +389,27 @@ NumberSource = Callable[[str, int], "int | None"]
 
 def plan_project(
     record: ProjectRecord,
-    layout: StorageLayout,
+    storage: Storage,
     check_fingerprints: bool = False,
-    has_output_files: Callable[[str], bool] | None = None,
+    output_files: Callable[[str], Mapping[str, Any] | None] | None = None,
     reserve: NumberSource | None = None,
 ) -> ProjectPlan:
     """Probe the disk for every generation of ``record`` and decide.
 
-    ``has_output_files(generation_id)`` confirms, for a generation without any folder, that its
-    ``output_files`` holds files: the row query only knows the column is not SQL NULL, and a
-    JSON ``null`` or ``{}`` must not be planned as a rebuild. A generation whose disk cannot
-    even be probed (permission denied, a name the filesystem refuses) fails alone.
+    ``output_files(generation_id)`` reads, for a generation without any folder, its
+    ``output_files`` column: the row query only knows the column is not SQL NULL, and a JSON
+    ``null`` or ``{}`` must not be planned as a rebuild. What it read goes with a rebuild's plan
+    (``GenerationPlan.output_files``), so the executor writes what was planned from and reads
+    nothing in the middle of disk work. A generation whose disk cannot even be probed
+    (permission denied, a name the filesystem refuses) fails alone.
 
     A duplicate version gets a new number only if it has something on disk to rename or move:
     with ``reserve`` (a real run) the number is taken from the database at once, so the
     application never hands it out too; without it (a dry run) the number is predicted. A folder
     ``v<K>__<id>`` already renamed by an earlier, interrupted run keeps its number K.
     """
-    renamed = _renamed_folders(layout, record)
-    numbers = assign_numbers(record, layout, renamed, reserve)
+    renamed = _renamed_folders(storage, record)
+    numbers = assign_numbers(record, storage, renamed, reserve)
     disks: dict[str, DiskState] = {}
     unprobed: dict[str, str] = {}
     for generation in record.generations:
@@ -434,50 +417,52 @@ def plan_project(
             continue
         if generation.id in numbers:
             moved = replace(generation, version=numbers[generation.id])
-            if is_real_dir(layout.generation_target(moved)):
+            if storage.is_folder(storage.layout.generation_target(moved)):
                 generation = moved
         try:
-            disks[generation.id] = probe_disk(layout, generation, check_fingerprints)
-        except (OSError, ValueError, UnicodeError) as error:
-            unprobed[generation.id] = f"cannot look at its folders: {error}"
-    if has_output_files is not None:
+            disks[generation.id] = probe_disk(storage, generation, check_fingerprints)
+        except FAILS_ONE_GENERATION as error:
+            unprobed[generation.id] = f"cannot look at its folders: {failure_line(error)}"
+    files: dict[str, Mapping[str, Any] | None] = {}
+    if output_files is not None:
+        files = {generation.id: output_files(generation.id) for generation in record.generations
+                 if generation.id in disks and _has_no_folder(disks[generation.id]) and generation.has_output_files}
         record = replace(record, generations=tuple(
-            replace(generation, has_output_files=has_output_files(generation.id))
-            if generation.id in disks and _has_no_folder(disks[generation.id]) and generation.has_output_files
-            else generation
+            replace(generation, has_output_files=bool(files[generation.id])) if generation.id in files else generation
             for generation in record.generations
         ))
-    plan = decide_project(record, layout, {**disks, **{gid: _UNPROBED for gid in unprobed}}, numbers=numbers)
-    if not unprobed:
-        return plan
+    plan = decide_project(record, storage.layout, {**disks, **{gid: _UNPROBED for gid in unprobed}}, numbers=numbers)
     return replace(plan, generations=tuple(
-        replace(p, action=Action.FAIL, reason=unprobed[p.id]) if p.id in unprobed else p for p in plan.generations
+        replace(p, action=Action.FAIL, reason=unprobed[p.id]) if p.id in unprobed
+        else replace(p, output_files=files.get(p.id)) if p.action == Action.REBUILD
+        else p
+        for p in plan.generations
     ))
 
 
-def _renamed_folders(layout: StorageLayout, record: ProjectRecord) -> dict[str, int]:
+def _renamed_folders(storage: Storage, record: ProjectRecord) -> dict[str, int]:
     """Generation id → K for each ``generations/v<K>__<id>`` folder whose row has another
     version: a renumbering whose database write was lost (recognised from the disk alone)."""
     try:
         check_path_component(record.project_id, "project id")
     except UnsafePathComponent:
         return {}
-    generations_dir = layout.generations_dir(record.project_id)
-    if not (is_real_dir(generations_dir.parent) and is_real_dir(generations_dir)):
+    generations_dir = storage.layout.generations_dir(record.project_id)
+    if not storage.is_folder(generations_dir):
         return {}
     versions = {generation.id: generation.version for generation in record.generations}
     found: dict[str, int] = {}
-    for name in os.listdir(generations_dir):
+    for name, status in storage.entries(generations_dir):
         parsed = parse_target_dir_name(name)
         if parsed is None or parsed[1] not in versions or versions[parsed[1]] == parsed[0]:
             continue
-        if is_real_dir(generations_dir / name):
+        if stat.S_ISDIR(status.st_mode):
             found.setdefault(parsed[1], parsed[0])
     return {gid: version for gid, version in found.items()
-            if not is_real_dir(layout.target_dir(record.project_id, versions[gid] or 0, gid))}
+            if not storage.is_folder(storage.layout.target_dir(record.project_id, versions[gid] or 0, gid))}
 
 
-def assign_numbers(record: ProjectRecord, layout: StorageLayout, renamed: dict[str, int],
+def assign_numbers(record: ProjectRecord, storage: Storage, renamed: dict[str, int],
                    reserve: NumberSource | None) -> dict[str, int]:
     """New versions: a folder already renamed keeps its number; a duplicate that has something
     to move gets the next number (reserved, or predicted in a dry run); one that has nothing on
@@ -490,7 +475,7 @@ def assign_numbers(record: ProjectRecord, layout: StorageLayout, renamed: dict[s
         if generation_id in numbers:
             continue
         generation = by_id[generation_id]
-        if not _has_something_to_move(layout, generation):
+        if not _has_something_to_move(storage, generation):
             continue
         number = reserve(record.project_id, floor) if reserve is not None else floor + 1
         if number is None:
@@ -500,11 +485,12 @@ def assign_numbers(record: ProjectRecord, layout: StorageLayout, renamed: dict[s
     return numbers
 
 
-def _has_something_to_move(layout: StorageLayout, generation: GenerationRow) -> bool:
+def _has_something_to_move(storage: Storage, generation: GenerationRow) -> bool:
     """A legacy folder, a folder at its old number, or files in ``output_files`` — and not archived."""
-    if is_archived(layout, generation):
+    if is_archived(storage, generation):
         return False
-    return (is_real_dir(layout.legacy_dir(generation.id)) or is_real_dir(layout.generation_target(generation))
+    return (storage.is_folder(storage.layout.legacy_dir(generation.id))
+            or storage.is_folder(storage.layout.generation_target(generation))
             or generation.has_output_files)
 
 

@@ -3,7 +3,6 @@ paths from the database), or any two versions compared on the fly from their fol
 from __future__ import annotations
 
 import io
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,13 +11,12 @@ from .config import Settings
 from .db import load_projects
 from .errors import GenerationError, UsageError
 from .installation import open_installation
-from .records import GenerationRow
-from .storage.layout import StorageLayout, UnsafePathComponent, manifest_path, source_dir
+from .records import GenerationRow, ProjectRecord
+from .storage.layout import MAX_PATCH_BYTES, UnsafePathComponent, manifest_path, source_dir
 from .storage.manifest import read_manifest
+from .storage.opened import Storage
 from .storage.source_tree import ManifestTree, write_tree_patch
 from .storage.tree import TreeSnapshot, read_regular_file, scan_tree
-
-MAX_PATCH_BYTES = 512 << 20
 
 
 @dataclass(frozen=True)
@@ -67,10 +65,15 @@ def project_diff(
     comparison of those two versions (any two, also non-consecutive). Exit 2 for an unknown
     project or version."""
     with open_installation(settings, "diff", read_only=True) as installation:
-        layout = installation.layout
         with installation.engine.connect() as connection:
             records = load_projects(connection, [project_id])
-    record = records[0]
+        installation.engine.dispose()
+        return _project_report(installation.storage, records[0], from_version, to_version, with_patch)
+
+
+def _project_report(storage: Storage, record: ProjectRecord, from_version: int | None, to_version: int | None,
+                    with_patch: bool) -> ProjectDiffReport:
+    project_id = record.project_id
     if not record.exists and not record.generations:
         raise UsageError(f"project {project_id!r} not found in the database; check the id")
     by_version = {generation.version: generation for generation in record.generations if generation.version}
@@ -79,11 +82,11 @@ def project_diff(
         if from_version is None or to_version is None:
             raise UsageError("--from and --to go together; give both versions")
         old, new = (_generation(by_version, version, project_id) for version in (from_version, to_version))
-        report.versions.append(_compare_on_the_fly(layout, old, new, with_patch))
+        report.versions.append(_compare_on_the_fly(storage, old, new, with_patch))
         return report
     for version, generation in sorted(by_version.items()):
         summary = generation.summary
-        patch_text = _recorded_patch(layout, generation) if with_patch and generation.diff_from_previous else None
+        patch_text = _recorded_patch(storage, generation) if with_patch and generation.diff_from_previous else None
         report.versions.append(
             VersionChanges(
                 version=version,
@@ -99,17 +102,17 @@ def project_diff(
     return report
 
 
-def _recorded_patch(layout: StorageLayout, generation: GenerationRow) -> bytes:
+def _recorded_patch(storage: Storage, generation: GenerationRow) -> bytes:
     """The patch file a row names, read without following any symlink; a path outside ROOT or
     through a link is refused with a one-line error."""
-    patch_file = layout.disk_path(generation.diff_from_previous)
+    patch_file = storage.layout.disk_path(generation.diff_from_previous)
     if patch_file is None:
         raise UsageError(f"v{generation.version}: diff_from_previous {generation.diff_from_previous!r} is not under "
                          "the storage root; fix the row or run `storage-migrate resync`")
-    if any(os.path.islink(parent) for parent in _parents_below(layout.root, patch_file)):
+    if any(storage.is_link(parent) for parent in _parents_below(storage.path, patch_file)):
         raise UsageError(f"v{generation.version}: {patch_file} lies behind a symlink; it is never followed")
     try:
-        return read_regular_file(patch_file.parent, patch_file.name, max_bytes=MAX_PATCH_BYTES)
+        return read_regular_file(storage, patch_file.parent, patch_file.name, max_bytes=MAX_PATCH_BYTES)
     except GenerationError as error:
         raise UsageError(f"v{generation.version}: {error}") from None
 
@@ -131,24 +134,24 @@ def _generation(by_version: dict[int, GenerationRow], version: int, project_id: 
     return by_version[version]
 
 
-def _source_tree(layout: StorageLayout, generation: GenerationRow) -> ManifestTree | TreeSnapshot:
+def _source_tree(storage: Storage, generation: GenerationRow) -> ManifestTree | TreeSnapshot:
     try:
-        target = layout.generation_target(generation)
+        target = storage.layout.generation_target(generation)
     except UnsafePathComponent as error:
         raise UsageError(str(error)) from None
     folder = source_dir(target)
-    if not folder.is_dir() or any(os.path.islink(p) for p in (folder, *_parents_below(layout.root, folder))):
+    if not storage.is_folder(folder):                  # reached through real folders only
         raise UsageError(f"version {generation.version} ({generation.id}) has no folder in the new layout; "
                          "run `storage-migrate run` first")
-    manifest = read_manifest(manifest_path(target))
+    manifest = read_manifest(storage, manifest_path(target))
     if manifest is not None:
-        return ManifestTree(folder, manifest)
-    return scan_tree(folder, keep_contents=False)
+        return ManifestTree(storage, folder, manifest)
+    return scan_tree(storage, folder, keep_contents=False)
 
 
-def _compare_on_the_fly(layout: StorageLayout, old: GenerationRow, new: GenerationRow, with_patch: bool) -> VersionChanges:
+def _compare_on_the_fly(storage: Storage, old: GenerationRow, new: GenerationRow, with_patch: bool) -> VersionChanges:
     try:
-        old_tree, new_tree = _source_tree(layout, old), _source_tree(layout, new)
+        old_tree, new_tree = _source_tree(storage, old), _source_tree(storage, new)
         comparison = diff.compare_trees(old_tree.checksums(), new_tree.checksums())
         patch_text = None
         if with_patch:

@@ -12,11 +12,20 @@ while the row still shows it, because the application changes rows while the too
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from datetime import datetime
+from datetime import datetime, timezone
 from enum import Enum
 from typing import Any
 
 UNFINISHED_STATUSES = frozenset({"pending", "processing"})
+
+
+def as_utc(value: datetime) -> datetime:
+    """``value`` as a timezone-aware UTC datetime; a naive one is UTC already (how the schema
+    stores timestamps, and what SQLite hands back). The one place this fact is written: the
+    database layer reads every timestamp through it, and so does anyone handed a bare row."""
+    if value.tzinfo is None:
+        return value.replace(tzinfo=timezone.utc)
+    return value.astimezone(timezone.utc)
 
 
 @dataclass(frozen=True)
@@ -133,3 +142,35 @@ class ProjectUpdate:
     latest_version: int
     active_generation_id: str | None
     seen_active_generation_id: str | None
+
+
+class Tally(str, Enum):
+    """The three counters of a report."""
+
+    MIGRATED = "migrated"
+    SKIPPED = "skipped"
+    FAILED = "failed"
+
+
+class Outcome(str, Enum):
+    """What a real run did to one generation (the JSON ``action``)."""
+
+    MOVED = "moved"                    # legacy folder → source/
+    FINISHED_MOVE = "finished-move"    # a killed copy completed
+    REBUILT = "rebuilt"                # written from output_files
+    REFRESHED = "refreshed"            # manifest, diff or metadata redone
+    RENUMBERED = "renumbered"          # a duplicate version got the next free number
+    RESTORED = "restored"              # rollback moved it back to the legacy folder
+    UNCHANGED = "unchanged"
+    SKIPPED = "skipped"
+    GONE = "gone"                      # the application deleted it while the tool worked
+    CHANGED = "changed"                # the application changed its row meanwhile: left to the next resync
+    FAILED = "failed"
+
+    @property
+    def tally(self) -> Tally:
+        if self is Outcome.FAILED:
+            return Tally.FAILED
+        if self in (Outcome.UNCHANGED, Outcome.SKIPPED, Outcome.GONE, Outcome.CHANGED):
+            return Tally.SKIPPED
+        return Tally.MIGRATED

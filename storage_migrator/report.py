@@ -1,47 +1,20 @@
 """What a command did, as one object: the CLI renders it as text or as the JSON document, and
-its exit code follows from it. ``Outcome`` is the one vocabulary of what happened to a
-generation; a dry run reports the planner's ``Action`` instead, which maps onto it."""
+its exit code follows from it. ``Outcome`` (in ``records``) is the one vocabulary of what
+happened to a generation; a dry run reports the planner's ``Action`` instead, which names the
+``Outcome`` it ends in (``Action.done``) and is counted by it."""
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field, replace
-from enum import Enum
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from .errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_SOME_FAILED
-from .records import RowDrift
+from .records import GenerationRow, Outcome, RowDrift, Tally
 
+if TYPE_CHECKING:
+    from .plan import GenerationPlan
 
-class Tally(str, Enum):
-    """The three counters of a report."""
-
-    MIGRATED = "migrated"
-    SKIPPED = "skipped"
-    FAILED = "failed"
-
-
-class Outcome(str, Enum):
-    """What a real run did to one generation (the JSON ``action``)."""
-
-    MOVED = "moved"                    # legacy folder → source/
-    FINISHED_MOVE = "finished-move"    # a killed copy completed
-    REBUILT = "rebuilt"                # written from output_files
-    REFRESHED = "refreshed"            # manifest, diff or metadata redone
-    RENUMBERED = "renumbered"          # a duplicate version got the next free number
-    RESTORED = "restored"              # rollback moved it back to the legacy folder
-    UNCHANGED = "unchanged"
-    SKIPPED = "skipped"
-    GONE = "gone"                      # the application deleted it while the tool worked
-    CHANGED = "changed"                # the application changed its row meanwhile: left to the next resync
-    FAILED = "failed"
-
-    @property
-    def tally(self) -> Tally:
-        if self is Outcome.FAILED:
-            return Tally.FAILED
-        if self in (Outcome.UNCHANGED, Outcome.SKIPPED, Outcome.GONE, Outcome.CHANGED):
-            return Tally.SKIPPED
-        return Tally.MIGRATED
+__all__ = ["GenerationOutcome", "Outcome", "ReportedAction", "RunReport", "Tally"]
 
 
 class ReportedAction(Protocol):
@@ -81,7 +54,27 @@ class GenerationOutcome:
 
     @property
     def skipped(self) -> bool:
-        return self.action in (Outcome.SKIPPED, Outcome.GONE, Outcome.CHANGED, "skip")
+        """Left as it was (skipped, gone, changed meanwhile), not merely found unchanged."""
+        return self.tally is Tally.SKIPPED and self.action.value != Outcome.UNCHANGED.value
+
+    @classmethod
+    def of_row(cls, generation: GenerationRow, action: ReportedAction, storage_path: str | None,
+               **details: object) -> GenerationOutcome:
+        """The line of ``generation`` (as read) with ``action``; ``details`` are the optional fields."""
+        return cls(generation.id, generation.project_id, generation.version, action, storage_path,
+                   **details)  # type: ignore[arg-type]
+
+    @classmethod
+    def from_plan(cls, plan: GenerationPlan, action: ReportedAction, storage_path: str | None,
+                  **details: object) -> GenerationOutcome:
+        """The line of a planned generation: the plan's reason goes with it unless it failed."""
+        if "error" not in details or details["error"] is None:
+            details.setdefault("reason", plan.reason)
+        return cls.of_row(plan.generation, action, storage_path, **details)
+
+    def failed_with(self, error: str) -> GenerationOutcome:
+        """This generation's line once its work could not be recorded: failed, nothing else kept."""
+        return GenerationOutcome(self.id, self.project_id, self.version, Outcome.FAILED, self.storage_path, error=error)
 
     def drifted(self, drift: RowDrift) -> GenerationOutcome:
         """This line once the application deleted or changed the row before the tool wrote it."""

@@ -16,13 +16,13 @@ from .errors import UsageError
 if TYPE_CHECKING:
     from alembic.config import Config
 
-PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = Path(__file__).resolve().parent  # not below ROOT: the package itself
 
 
 def script_location() -> Path:
     """Where the migration scripts are: inside the installed package, else the checkout."""
     for candidate in (PACKAGE_DIR / "migrations", PACKAGE_DIR.parent / "alembic"):
-        if (candidate / "env.py").is_file():
+        if (candidate / "env.py").is_file():  # not below ROOT: the package itself
             return candidate
     raise UsageError("the migration scripts are missing from this installation; reinstall storage-migrator")
 

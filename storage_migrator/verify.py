@@ -13,8 +13,6 @@ where a project folder, ``generations/``, ``archive/``, a version folder, an arc
 """
 from __future__ import annotations
 
-import os
-import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,13 +21,12 @@ import sqlalchemy as sa
 from . import diff
 from .config import Settings
 from .db import has_active_generation_key, iter_project_records, missing_columns
-from .errors import EXIT_OK, EXIT_VERIFY_PROBLEMS, GenerationError
+from .errors import EXIT_OK, EXIT_VERIFY_PROBLEMS, FAILS_ONE_GENERATION, GenerationError, failure_line
 from .installation import open_installation
 from .records import GenerationRow, ProjectRecord
-from .storage import root as rootfs
 from .storage.layout import (
     ARCHIVE_DIR,
-    StorageLayout,
+    MAX_PATCH_BYTES,
     UnsafePathComponent,
     check_path_component,
     manifest_path,
@@ -37,19 +34,10 @@ from .storage.layout import (
     source_dir,
 )
 from .storage.manifest import read_manifest
+from .storage.opened import Storage
 from .storage.source_tree import ManifestTree
-from .storage.tree import (
-    CHUNK_SIZE,
-    TreeSnapshot,
-    anchored_path,
-    git_blob_digest,
-    git_blob_id_file,
-    is_real_dir,
-    read_regular_file,
-    scan_tree,
-)
+from .storage.tree import TreeSnapshot, git_blob_id_file, read_regular_file, scan_tree
 
-MAX_PATCH_BYTES = 512 << 20
 SourceTree = ManifestTree | TreeSnapshot
 COUNT_KEYS = ("added", "modified", "deleted")
 
@@ -102,7 +90,7 @@ def verify(settings: Settings) -> VerifyReport:
     with open_installation(settings, "verify", read_only=True) as installation:
         report.problems.extend(_schema_problems(installation.engine))
         for record in iter_project_records(installation.engine):
-            report.problems.extend(_project_problems(installation.layout, record, settings.legacy_links))
+            report.problems.extend(_project_problems(installation.storage, record, settings.legacy_links))
             report.generations_checked += len(record.generations)
     return report
 
@@ -117,7 +105,7 @@ def _schema_problems(engine: sa.Engine) -> list[Problem]:
     return problems
 
 
-def _project_problems(layout: StorageLayout, record: ProjectRecord, legacy_links: bool) -> list[Problem]:
+def _project_problems(storage: Storage, record: ProjectRecord, legacy_links: bool) -> list[Problem]:
     problems: list[Problem] = []
     try:
         check_path_component(record.project_id, "project id")
@@ -137,104 +125,105 @@ def _project_problems(layout: StorageLayout, record: ProjectRecord, legacy_links
         if generation.is_active != (generation.id == record.active_generation_id):
             problems.append(Problem(generation.id, "is-active", f"is_active is {generation.is_active} but the "
                                     f"project's active generation is {record.active_generation_id}"))
-    linked = _project_link_problems(layout, record.project_id)
+    linked = _project_link_problems(storage, record.project_id)
     if linked:
         return problems + linked        # nothing below a symlinked folder is read
     bases = _Bases(row_versions={g.version for g in generations if isinstance(g.version, int)})
     for generation in generations:
         try:
-            tree = _generation_problems(layout, generation, bases, problems, legacy_links)
-        except (GenerationError, UnsafePathComponent, OSError, ValueError) as error:
-            problems.append(Problem(generation.id, "unreadable", str(error).splitlines()[0]))
+            tree = _generation_problems(storage, generation, bases, problems, legacy_links)
+        except FAILS_ONE_GENERATION as error:
+            problems.append(Problem(generation.id, "unreadable", failure_line(error)))
             tree = None
         if tree is not None and isinstance(generation.version, int) and generation.status == "completed":
             bases.trees.setdefault(generation.version, tree)
-    problems.extend(_active_link_problems(layout, record))
+    problems.extend(_active_link_problems(storage, record))
     return problems
 
 
-def _project_link_problems(layout: StorageLayout, project_id: str) -> list[Problem]:
+def _project_link_problems(storage: Storage, project_id: str) -> list[Problem]:
     """A project folder, ``generations/`` or ``archive/`` that is a symlink: following it would
     check (and pass) whatever lies elsewhere, so it is reported and nothing below it is read."""
-    project = layout.project_dir(project_id)
-    for folder in (project, layout.generations_dir(project_id), project / ARCHIVE_DIR):
-        if os.path.islink(folder):
-            return [Problem(None, "symlink", f"{folder} is a symlink (to {os.readlink(folder)}); "
+    project = storage.layout.project_dir(project_id)
+    for folder in (project, storage.layout.generations_dir(project_id), project / ARCHIVE_DIR):
+        text = storage.link_text(folder)
+        if text is not None:
+            return [Problem(None, "symlink", f"{folder} is a symlink (to {text}); "
                             "it is never followed — replace it by the real folder")]
     return []
 
 
-def _symlink_problem(generation_id: str, path: Path, what: str) -> Problem:
-    return Problem(generation_id, "symlink", f"{path} is a symlink (to {os.readlink(path)}) where {what} "
+def _symlink_problem(storage: Storage, generation_id: str, path: Path, what: str) -> Problem:
+    return Problem(generation_id, "symlink", f"{path} is a symlink (to {storage.link_text(path)}) where {what} "
                    "should be; it is never followed")
 
 
-def _archive_problems(layout: StorageLayout, generation: GenerationRow, version: int) -> list[Problem] | None:
+def _archive_problems(storage: Storage, generation: GenerationRow, version: int) -> list[Problem] | None:
     """None if the generation is not archived; else the problems of its archive entry (a real
     folder with a real ``source/`` is the application's normal archive and is not read)."""
-    entry = layout.archive_dir(generation.project_id, version, generation.id)
-    if os.path.islink(entry):
-        return [_symlink_problem(generation.id, entry, "an archived generation")]
-    if not is_real_dir(entry):
+    entry = storage.layout.archive_dir(generation.project_id, version, generation.id)
+    if storage.is_link(entry):
+        return [_symlink_problem(storage, generation.id, entry, "an archived generation")]
+    if not storage.is_folder(entry):
         return None
-    if os.path.islink(source_dir(entry)):
-        return [_symlink_problem(generation.id, source_dir(entry), "an archived generation's source/")]
+    if storage.is_link(source_dir(entry)):
+        return [_symlink_problem(storage, generation.id, source_dir(entry), "an archived generation's source/")]
     return []
 
 
 def _generation_problems(
-    layout: StorageLayout, generation: GenerationRow, bases: _Bases, problems: list[Problem],
+    storage: Storage, generation: GenerationRow, bases: _Bases, problems: list[Problem],
     legacy_links: bool,
 ) -> SourceTree | None:
     """Check one generation; returns its tree as read (for a later version's patch) if it is in
-    the new layout."""
+    the new storage.layout."""
     if generation.is_unfinished or not isinstance(generation.version, int):
         return None                     # the application may be writing it; resync picks it up later
     check_path_component(generation.id, "generation id")
     version = generation.version
-    target = layout.target_dir(generation.project_id, version, generation.id)
-    archive_problems = _archive_problems(layout, generation, version)
+    target = storage.layout.target_dir(generation.project_id, version, generation.id)
+    archive_problems = _archive_problems(storage, generation, version)
     if archive_problems is not None:    # archived by the application
         if not archive_problems:
             bases.archived.add(version)
         problems.extend(archive_problems)
         return None
-    if not layout.names_target(generation.storage_path, generation.project_id, version, generation.id):
-        legacy = layout.legacy_dir(generation.id)
-        if is_real_dir(legacy):
+    if not storage.layout.names_target(generation.storage_path, generation.project_id, version, generation.id):
+        legacy = storage.layout.legacy_dir(generation.id)
+        if storage.is_folder(legacy):
             problems.append(Problem(generation.id, "not-migrated",
                                     f"still at {generation.storage_path}; run `storage-migrate resync`"))
         elif generation.status == "completed":
             problems.append(Problem(generation.id, "storage-path", f"storage_path {generation.storage_path} does "
-                                    f"not name {layout.target_storage_path(generation.project_id, version, generation.id)}"))
+                                    f"not name {storage.layout.target_storage_path(generation.project_id, version, generation.id)}"))
         return None
     folder = source_dir(target)
     for path, what in ((target, "a version folder"), (folder, "a version's source/")):
-        if os.path.islink(path):
-            problems.append(_symlink_problem(generation.id, path, what))
+        if storage.is_link(path):
+            problems.append(_symlink_problem(storage, generation.id, path, what))
             return None
-    if not is_real_dir(folder):
+    if not storage.is_folder(folder):
         problems.append(Problem(generation.id, "missing-folder", f"{folder} does not exist"))
         return None
-    snapshot = scan_tree(folder, keep_contents=False)
+    snapshot = scan_tree(storage, folder, keep_contents=False)
     if generation.file_count != snapshot.file_count:
         problems.append(Problem(generation.id, "file-count", f"file_count {generation.file_count}, disk {snapshot.file_count}"))
     if generation.total_size_bytes != snapshot.total_size_bytes:
         problems.append(Problem(generation.id, "size", f"total_size_bytes {generation.total_size_bytes}, disk {snapshot.total_size_bytes}"))
-    manifest = read_manifest(manifest_path(target))
+    manifest = read_manifest(storage, manifest_path(target))
     if manifest is not None and manifest.checksums != snapshot.checksums():
         changed = sorted(set(manifest.checksums.items()) ^ set(snapshot.checksums().items()))
         problems.append(Problem(generation.id, "checksum", f"{len(changed)} file(s) differ from the manifest, e.g. {changed[0][0]}"))
     if generation.status == "completed":
-        problems.extend(_patch_problems(layout, generation, snapshot, bases, target))
+        problems.extend(_patch_problems(storage, generation, snapshot, bases, target))
     # Only the tool's manifest says the tool placed this generation (and its flat link); one the
     # application wrote itself gets its link from the next resync.
-    problems.extend(_legacy_link_problems(layout, generation, legacy_links and manifest is not None))
+    problems.extend(_legacy_link_problems(storage, generation, legacy_links and manifest is not None))
     return snapshot
 
 
 def _patch_problems(
-    layout: StorageLayout, generation: GenerationRow, snapshot: TreeSnapshot, bases: _Bases, target: Path
+    storage: Storage, generation: GenerationRow, snapshot: TreeSnapshot, bases: _Bases, target: Path
 ) -> list[Problem]:
     """The recorded counts and the patch must describe the change from the recorded
     from-version to this one. A summary without counts (the application's) has only its patch
@@ -253,35 +242,35 @@ def _patch_problems(
         return [Problem(generation.id, "changes-summary", f"diff from v{from_version}, which is not on disk")]
     comparison = diff.compare_trees(previous.checksums(), snapshot.checksums())
     if not counted:
-        return _application_patch_problems(layout, generation, target, from_version, comparison, previous, snapshot)
+        return _application_patch_problems(storage, generation, target, from_version, comparison, previous, snapshot)
     if diff.ChangeSummary.from_comparison(comparison, from_version).to_json() != {
             key: summary.get(key) for key in (*COUNT_KEYS, "from_version")}:
         return [Problem(generation.id, "changes-summary", f"changes_summary {summary} does not match the folders")]
     if generation.diff_from_previous is None:
         return [Problem(generation.id, "patch", f"no diff_from_previous for a diff from v{from_version}")]
-    patch_file = layout.disk_path(generation.diff_from_previous)
+    patch_file = storage.layout.disk_path(generation.diff_from_previous)
     if patch_file is None:
         return [Problem(generation.id, "patch", f"diff_from_previous {generation.diff_from_previous!r} is not under ROOT")]
     try:
-        patch = read_regular_file(patch_file.parent, patch_file.name, max_bytes=MAX_PATCH_BYTES)
+        patch = read_regular_file(storage, patch_file.parent, patch_file.name, max_bytes=MAX_PATCH_BYTES)
     except GenerationError as error:
         return [Problem(generation.id, "patch", str(error))]
     return _patch_meaning_problems(generation, patch, comparison, previous, snapshot)
 
 
 def _application_patch_problems(
-    layout: StorageLayout, generation: GenerationRow, target: Path, from_version: int,
+    storage: Storage, generation: GenerationRow, target: Path, from_version: int,
     comparison: diff.TreeComparison, previous: SourceTree, snapshot: TreeSnapshot,
 ) -> list[Problem]:
     """The application's patch (``diff -ru``) is where its row names it or, as it writes it, in
     the version folder as ``diff_from_v<P>.patch``; none yet is normal (resync writes one)."""
-    named = layout.disk_path(generation.diff_from_previous)
+    named = storage.layout.disk_path(generation.diff_from_previous)
     candidates = [path for path in (named, target / patch_file_name(from_version)) if path is not None]
-    patch_file = next((path for path in candidates if os.path.lexists(path)), None)
+    patch_file = next((path for path in candidates if storage.occupied(path)), None)
     if patch_file is None:
         return []
     try:
-        patch = read_regular_file(patch_file.parent, patch_file.name, max_bytes=MAX_PATCH_BYTES)
+        patch = read_regular_file(storage, patch_file.parent, patch_file.name, max_bytes=MAX_PATCH_BYTES)
     except GenerationError as error:
         return [Problem(generation.id, "patch", str(error))]
     return _patch_meaning_problems(generation, patch, comparison, previous, snapshot)
@@ -304,62 +293,35 @@ def _patch_meaning_problems(generation: GenerationRow, patch: bytes, comparison:
     for entry in entries:
         if not entry.has_blob_ids:
             continue
-        old_id = _blob_id_of(previous.root, entry.path) if entry.path in old_paths else None
-        new_id = _blob_id_of(snapshot.root, entry.path) if entry.path in new_paths else None
+        old_id = git_blob_id_file(previous.storage, previous.root, entry.path) if entry.path in old_paths else None
+        new_id = git_blob_id_file(snapshot.storage, snapshot.root, entry.path) if entry.path in new_paths else None
         if not entry.agrees_with(old_id, new_id):
             return [Problem(generation.id, "patch", f"the patch's blob ids for {entry.path!r} are not the files' ids")]
     return []
 
 
-def _blob_id_of(root: Path, path: str) -> str:
-    """git's id of one file of a tree. A name with a backslash, which the tool migrates and diffs
-    but ``rootfs`` refuses as a path, is found by a walk and opened by name in its directory's
-    descriptor (no symlink followed either way)."""
-    if "\\" not in path:
-        return git_blob_id_file(root, path)
-    with anchored_path(root) as (anchor, parts):
-        for relative, _, dir_fd, name in anchor.walk_entries(parts):
-            if relative == path:
-                return _blob_id_at(dir_fd, name, f"{root}/{path}")
-    raise GenerationError(f"{root}/{path} is gone")
-
-
-def _blob_id_at(dir_fd: int, name: str, display: str) -> str:
-    """sha1 over ``blob <size>\\0`` + bytes of the regular file ``name`` in an open directory, streamed."""
-    descriptor = os.open(name, rootfs.READ_FLAGS, dir_fd=dir_fd)
-    try:
-        status = os.fstat(descriptor)
-        if not stat.S_ISREG(status.st_mode):
-            raise GenerationError(f"{display} is not a regular file; it is never read")
-        digest = git_blob_digest(status.st_size)
-        while chunk := os.read(descriptor, CHUNK_SIZE):
-            digest.update(chunk)
-        return digest.hexdigest()
-    finally:
-        os.close(descriptor)
-
-
-def _legacy_link_problems(layout: StorageLayout, generation: GenerationRow, legacy_links: bool) -> list[Problem]:
-    link = layout.legacy_dir(generation.id)
-    expected = layout.legacy_link_text(generation.project_id, generation.version or 0, generation.id)
-    if os.path.islink(link):
-        found = os.readlink(link)
+def _legacy_link_problems(storage: Storage, generation: GenerationRow, legacy_links: bool) -> list[Problem]:
+    link = storage.layout.legacy_dir(generation.id)
+    expected = storage.layout.legacy_link_text(generation.project_id, generation.version or 0, generation.id)
+    found = storage.link_text(link)
+    if found is not None:
         if found != expected:
             return [Problem(generation.id, "legacy-link", f"{link} points to {found}, expected {expected}")]
         return []
-    if legacy_links and not os.path.lexists(link):
+    if legacy_links and not storage.occupied(link):
         return [Problem(generation.id, "legacy-link", f"{link} is missing; run `storage-migrate resync`")]
     return []                           # a real folder there is the application's scratch copy
 
 
-def _active_link_problems(layout: StorageLayout, record: ProjectRecord) -> list[Problem]:
-    link = layout.active_link(record.project_id)
+def _active_link_problems(storage: Storage, record: ProjectRecord) -> list[Problem]:
+    link = storage.layout.active_link(record.project_id)
     active = next((g for g in record.generations if g.id == record.active_generation_id), None)
-    if active is None or not is_real_dir(source_dir(layout.generation_target(active))):
+    if active is None or not storage.is_folder(source_dir(storage.layout.generation_target(active))):
         return []
-    expected = layout.generation_target(active).name
-    if not link.is_symlink() or os.readlink(link) != expected:
-        found = os.readlink(link) if link.is_symlink() else "nothing"
+    expected = storage.layout.generation_target(active).name
+    found = storage.link_text(link)
+    if found != expected:
+        found = "nothing" if found is None else found
         return [Problem(active.id, "active-link", f"{link} points to {found}, expected {expected}")]
     return []
 

@@ -54,6 +54,7 @@ from .installation import open_installation
 from .migrate import migrate
 from .report import RunReport
 from .storage.layout import ACTIVE_LINK, is_tool_written, is_utf8_name
+from .storage.opened import Storage
 
 POLL_SECONDS = 0.2
 MAX_PENDING_NAMES = 5000        # folders waiting for a resync; past this, resync every project
@@ -176,6 +177,7 @@ if sys.platform.startswith("linux"):
         to the folders under ROOT."""
 
         on_overflow: Callable[[], None] = field(default=lambda: None)
+        is_folder: Callable[[str], bool] = field(default=lambda path: False)   # the opened ROOT's test
 
         def __repr__(self) -> str:
             return f"<watch group {os.fsdecode(self.path)!r}>"
@@ -197,7 +199,7 @@ if sys.platform.startswith("linux"):
             if not self.is_recursive:
                 return
             gone = [descriptor for descriptor, path in self._active_callbacks_by_watch.items()
-                    if os.path.islink(path) or not os.path.isdir(path)]
+                    if not self.is_folder(os.fsdecode(path))]
             self._remove_callbacks(gone)
             try:
                 self._add_all_callbacks(self.path)
@@ -209,21 +211,23 @@ if sys.platform.startswith("linux"):
 
         def __init__(self, event_queue: EventQueue, watch: ObservedWatch, **options: Any) -> None:
             self._on_overflow: Callable[[], None] = options.pop("on_overflow")
+            self._is_folder: Callable[[str], bool] = options.pop("is_folder")
             super().__init__(event_queue, watch, **options)
 
         def on_thread_start(self) -> None:
             self._inotify = ReportingWatchGroup(
                 self._inotify_fd, os.fsencode(self.watch.path), is_recursive=self.watch.is_recursive,
                 event_mask=self.get_event_mask_from_filter(), follow_symlink=self.watch.follow_symlink,
-                on_overflow=self._on_overflow)
+                on_overflow=self._on_overflow, is_folder=self._is_folder)
 
     class ReportingObserver(BaseObserver):
         """watchdog's inotify observer, with ``ReportingEmitter``s."""
 
-        def __init__(self, on_overflow: Callable[[], None]) -> None:
+        def __init__(self, on_overflow: Callable[[], None], is_folder: Callable[[str], bool]) -> None:
             self._descriptor = InotifyFD()
             self._descriptor.start()
-            super().__init__(ReportingEmitter, inotify_fd=self._descriptor, on_overflow=on_overflow)
+            super().__init__(ReportingEmitter, inotify_fd=self._descriptor, on_overflow=on_overflow,
+                             is_folder=is_folder)
 
         def on_thread_stop(self) -> None:
             super().on_thread_stop()
@@ -231,11 +235,12 @@ if sys.platform.startswith("linux"):
             self._descriptor.join()
 
 
-def reporting_observer(on_overflow: Callable[[], None]) -> BaseObserver:
+def reporting_observer(storage: Storage, on_overflow: Callable[[], None]) -> BaseObserver:
     """An observer that calls ``on_overflow`` after the kernel dropped events (inotify);
-    watchdog's default observer on other platforms."""
+    watchdog's default observer on other platforms. Watched folders are looked at through
+    ``storage`` (never through a link)."""
     if sys.platform.startswith("linux"):
-        return ReportingObserver(on_overflow)
+        return ReportingObserver(on_overflow, lambda path: storage.is_folder(Path(path)))
     return Observer()
 
 
@@ -291,14 +296,14 @@ def watch(
 ) -> None:
     """Run until ``stop`` is set, Ctrl-C or SIGTERM."""
     installation = open_installation(settings, "watch")
-    layout, engine = installation.layout, installation.engine
+    storage, engine = installation.storage, installation.engine
     stop = stop or threading.Event()
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
     quiet_watchdog()
-    collector = ChangeCollector(layout.root.resolve(), say)
-    observer = reporting_observer(lambda: collector.resync_everything(OVERFLOW_REASON))
-    observer.schedule(collector, str(layout.root.resolve()), recursive=True, event_filter=WATCHED_EVENTS)
+    collector = ChangeCollector(Path(storage.resolved_path), say)
+    observer = reporting_observer(storage, lambda: collector.resync_everything(OVERFLOW_REASON))
+    observer.schedule(collector, storage.resolved_path, recursive=True, event_filter=WATCHED_EVENTS)
     observer.start()
     try:
         while not stop.wait(POLL_SECONDS):
@@ -309,3 +314,4 @@ def watch(
         observer.stop()
         observer.join(timeout=10)
         engine.dispose()
+        storage.close()

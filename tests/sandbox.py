@@ -16,6 +16,10 @@ import sqlalchemy as sa
 from storage_migrator.config import BASE_REVISION, HEAD_REVISION, Settings
 from storage_migrator.demo import SampleInstallation, SampleSize, generate_installation
 from storage_migrator.schema import upgrade_schema
+from storage_migrator.storage.layout import StorageLayout
+from storage_migrator.storage.manifest import Manifest, read_manifest
+from storage_migrator.storage.opened import Storage, open_storage
+from storage_migrator.storage.tree import TreeSnapshot, scan_tree
 
 SMALL = SampleSize(projects=5, generations_per_project=4, files_per_generation=12)
 PATH_PREFIX = "./storage/projects"
@@ -56,6 +60,26 @@ def build_installation(database_url: str, root: Path, size: SampleSize = SMALL, 
     if to_head:
         upgrade_schema(database_url, HEAD_REVISION)
     return Installation(Settings(database_url, root, PATH_PREFIX), sample)
+
+
+def storage_around(path: Path) -> Storage:
+    """An opened ROOT at ``path``'s parent, for a test that reads one folder or file through the
+    production functions (which take the opened ROOT explicitly); the caller closes it."""
+    return open_storage(StorageLayout(Path(path).parent, "./storage/projects"))
+
+
+def scan(folder: Path) -> TreeSnapshot:
+    """``scan_tree`` of one folder (its bytes kept), as the executor reads it."""
+    with storage_around(folder) as storage:
+        snapshot = scan_tree(storage, Path(folder))
+        snapshot.contents = {path: snapshot.read(path) for path in snapshot.files}
+        return snapshot
+
+
+def manifest_at(path: Path) -> Manifest | None:
+    """``read_manifest`` of one manifest file, as the planner reads it."""
+    with storage_around(path) as storage:
+        return read_manifest(storage, Path(path))
 
 
 def execute_sql(installation: Installation, sql: str, **parameters: object) -> None:

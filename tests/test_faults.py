@@ -13,9 +13,8 @@ from pyfakefs.fake_filesystem import set_uid
 from pyfakefs.fake_filesystem_unittest import Patcher
 
 from storage_migrator.migrate import migrate
-from storage_migrator.storage.tree import scan_tree
 
-from .sandbox import Installation, build_installation
+from .sandbox import Installation, build_installation, scan
 
 
 @pytest.fixture
@@ -26,7 +25,7 @@ def installation(sqlite_url: str, tmp_path: Path) -> Installation:
 @pytest.fixture
 def fake_disk(installation: Installation) -> Iterator:
     """The installation's ROOT inside a fake filesystem (writes stay in memory)."""
-    legacy = {g: scan_tree(installation.root / g).checksums()
+    legacy = {g: scan(installation.root / g).checksums()
               for g in installation.sample.generation_ids if (installation.root / g).is_dir()}
     with Patcher(additional_skip_names=["sqlalchemy", "alembic"]) as patcher:
         patcher.fs.add_real_directory(str(installation.root), read_only=False)
@@ -51,7 +50,7 @@ def assert_migrated_intact(installation: Installation, legacy: dict[str, dict[st
             if generation_id not in legacy or status in ("pending", "processing"):
                 continue
             target = installation.root / project_id / "generations" / f"v{version}__{generation_id}"
-            assert scan_tree(target / "source").checksums() == legacy[generation_id]
+            assert scan(target / "source").checksums() == legacy[generation_id]
             assert (installation.root / generation_id).is_symlink(), "the flat path is the tool's link"
 
 
@@ -76,7 +75,7 @@ def test_disk_full_during_a_copy_keeps_the_source_and_resumes(installation: Inst
     assert failed and all("disk is full" in error for error in failed.values()), failed
     assert report.exit_code == 1
     for generation_id in failed:
-        assert scan_tree(installation.root / generation_id).checksums() == fake_disk.legacy_checksums[generation_id]
+        assert scan(installation.root / generation_id).checksums() == fake_disk.legacy_checksums[generation_id]
     assert not list(mount.rglob(".source.partial")), "no half copy is left behind"
     fake_disk.set_disk_usage(10**9, str(mount))
     again = migrate(installation.settings)
@@ -122,7 +121,7 @@ def test_permission_denied_at_the_copy_target_keeps_the_source(installation: Ins
     demo_ids = demo_legacy_ids(installation, fake_disk)
     assert set(failed) == set(demo_ids) and all("permission denied" in error for error in failed.values()), failed
     for generation_id in demo_ids:
-        assert scan_tree(installation.root / generation_id).checksums() == fake_disk.legacy_checksums[generation_id]
+        assert scan(installation.root / generation_id).checksums() == fake_disk.legacy_checksums[generation_id]
     os.chmod(project_dir / "generations", 0o755)
     again = migrate(installation.settings)
     assert again.failed == 0, [o.error for o in again.outcomes if o.failed]

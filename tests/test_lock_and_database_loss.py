@@ -17,6 +17,7 @@ from storage_migrator.db import create_database_engine
 from storage_migrator.faults import PAUSE_AT_VARIABLE
 from storage_migrator.lock import RunLock
 from storage_migrator.storage.layout import StorageLayout
+from storage_migrator.storage.opened import open_storage
 
 from .sandbox import Installation, build_installation, run_cli
 
@@ -29,8 +30,8 @@ def installation(database_url: str, tmp_path: Path) -> Installation:
 @pytest.mark.parametrize("command", ["run", "resync", "rollback"])
 def test_second_run_exits_75_naming_the_holder(installation: Installation, command: str) -> None:
     engine = create_database_engine(installation.database_url, command="storage-migrate run")
-    layout = StorageLayout(installation.root, "./storage/projects")
-    with RunLock(layout.lock_file, engine, "storage-migrate run"):
+    storage = open_storage(StorageLayout(installation.root, "./storage/projects"))
+    with storage, RunLock(storage, engine, "storage-migrate run"):
         started = time.monotonic()
         result = run_cli(installation, command)
         elapsed = time.monotonic() - started
@@ -47,7 +48,7 @@ def test_advisory_lock_is_shared_across_storage_roots(postgres_url: str, tmp_pat
     other_root = tmp_path / "other-root"
     other_root.mkdir()
     engine = create_database_engine(postgres_url, command="storage-migrate run")
-    with RunLock(StorageLayout(other_root, "./x").lock_file, engine, "storage-migrate run"):
+    with open_storage(StorageLayout(other_root, "./x")) as storage, RunLock(storage, engine, "storage-migrate run"):
         result = run_cli(installation, "run")
     engine.dispose()
     assert result.returncode == 75

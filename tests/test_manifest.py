@@ -19,12 +19,24 @@ from storage_migrator.storage import manifest as manifest_module
 from storage_migrator.storage.manifest import (
     OWNED_KEYS,
     Manifest,
-    read_manifest,
-    read_manifest_document,
-    read_manifest_head,
 )
 
-from .sandbox import Installation, build_installation, run_cli
+from .sandbox import Installation, build_installation, run_cli, storage_around
+
+
+def read_manifest(path: Path) -> Manifest | None:
+    with storage_around(path) as storage:
+        return manifest_module.read_manifest(storage, path)
+
+
+def read_manifest_head(path: Path) -> manifest_module.ManifestHead | None:
+    with storage_around(path) as storage:
+        return manifest_module.read_manifest_head(storage, path)
+
+
+def read_manifest_document(path: Path) -> dict | None:
+    with storage_around(path) as storage:
+        return manifest_module.read_manifest_document(storage, path)
 
 TINY = SampleSize(projects=5, generations_per_project=2, files_per_generation=3)
 PEAK_RSS_LIMIT_KIB = 200 * 1024

@@ -11,9 +11,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from storage_migrator.storage.tree import scan_tree
-
-from .sandbox import Installation, build_installation, run_cli
+from .sandbox import Installation, build_installation, run_cli, scan
 
 
 @pytest.fixture
@@ -56,7 +54,7 @@ def test_every_patch_written_by_run_applies_with_git(migrated: Installation, tmp
         workdir = tmp_path / f"apply{index}"
         workdir.mkdir()
         applied = apply_with_git(folders[summary["from_version"]], patch_file.read_bytes(), workdir)
-        assert scan_tree(applied).checksums() == scan_tree(folders[version]).checksums(), patch_path
+        assert scan(applied).checksums() == scan(folders[version]).checksums(), patch_path
 
 
 def test_diff_lists_every_version(migrated: Installation) -> None:
@@ -87,7 +85,7 @@ def test_diff_patch_and_any_two_versions(migrated: Installation, tmp_path: Path)
     header, _, patch = result.stdout.partition(b"\n")
     assert header.startswith(f"v{high} ".encode()) and f"from v{low}".encode() in header
     applied = apply_with_git(folders[low], patch, tmp_path)
-    assert scan_tree(applied).checksums() == scan_tree(folders[high]).checksums()
+    assert scan(applied).checksums() == scan(folders[high]).checksums()
     as_json = json.loads(run_cli(migrated, "--json", "diff", project_id, "--from", str(low), "--to", str(high)).stdout)
     only = as_json["versions"][0]
     assert (only["from_version"], only["version"]) == (low, high)

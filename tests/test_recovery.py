@@ -17,6 +17,7 @@ from storage_migrator.rollback import rollback
 from storage_migrator.storage import steps as fsops
 from storage_migrator.storage.layout import (
     StateEntry,
+    StorageLayout,
     parse_old_held_name,
     parse_state_entry_name,
     state_entry_id,
@@ -25,9 +26,10 @@ from storage_migrator.storage.layout import (
     temp_name_kept,
     temp_name_original,
 )
-from storage_migrator.storage.tree import confine_to, scan_tree
+from storage_migrator.storage.opened import Storage, open_storage
+from storage_migrator.storage.tree import scan_tree
 
-from .sandbox import Installation, build_installation
+from .sandbox import Installation, build_installation, scan
 
 TEMP = ".storage-migrate-tmp"
 
@@ -118,10 +120,10 @@ def test_a_cross_filesystem_move_holds_its_source_aside_under_its_project(
     real_rename = fsops.rename_entry
     direct = {"source": legacy, "destination": source}
 
-    def other_filesystem(origin: Path, destination: Path) -> None:
+    def other_filesystem(storage: Storage, origin: Path, destination: Path, *, replace: bool = True) -> None:
         if (origin, destination) == (direct["source"], direct["destination"]):
             raise OSError(errno.EXDEV, "cross-device link")       # the one rename a mount refuses
-        real_rename(origin, destination)
+        real_rename(storage, origin, destination, replace=replace)
 
     def crash(step: str) -> None:
         seen.extend(os.listdir(moving))
@@ -129,15 +131,15 @@ def test_a_cross_filesystem_move_holds_its_source_aside_under_its_project(
 
     monkeypatch.setattr(fsops, "rename_entry", other_filesystem)
     monkeypatch.setattr(fsops, "checkpoint", crash)
-    confine_to(installation.root)
+    storage = open_storage(StorageLayout(installation.root, "./storage/projects"))
     with pytest.raises(KeyboardInterrupt):
-        fsops.move_tree(legacy, source, scan_tree(legacy), installation.root / ".storage-migrate")
+        fsops.move_tree(storage, legacy, source, scan_tree(storage, legacy))
     assert [parse_state_entry_name(name) for name in seen] == [StateEntry.of(a, generation, None)]
     shutil.rmtree(moving / seen[0])                               # the copy is in place at source/
     seen.clear()
     direct.update(source=source, destination=legacy)
     with pytest.raises(KeyboardInterrupt):
-        fsops.move_tree(source, legacy, scan_tree(source), installation.root / ".storage-migrate")
+        fsops.move_tree(storage, source, legacy, scan_tree(storage, source))
     assert [parse_state_entry_name(name) for name in seen] == [StateEntry.of(a, generation, 3)]
 
 
@@ -146,7 +148,7 @@ def test_a_cross_filesystem_move_holds_its_source_aside_under_its_project(
 
 def test_held_aside_source_and_trash_of_a_wait_for_a(installation: Installation) -> None:
     a, generation, b, b_generation = two_projects(installation)
-    checksums = scan_tree(installation.root / generation).checksums()
+    checksums = scan(installation.root / generation).checksums()
     held = state(installation, "moving") / entry_name(a, generation, "legacy")
     os.rename(installation.root / generation, held)
     trash = a_trash_entry(installation, entry_name(a, "0000-deleted", "legacy"))
@@ -160,7 +162,7 @@ def test_held_aside_source_and_trash_of_a_wait_for_a(installation: Installation)
     assert report.failed == 0, [o.error for o in report.outcomes if o.failed]
     assert not held.exists() and not trash.exists()
     assert migrated(installation, a, generation)
-    assert scan_tree(target_source(installation, a, generation)).checksums() == checksums
+    assert scan(target_source(installation, a, generation)).checksums() == checksums
 
 
 def test_temp_links_in_root_go_with_their_generations_project(installation: Installation) -> None:
@@ -197,7 +199,7 @@ def test_a_deleted_projects_entries_are_swept_at_the_end_of_a_full_run(installat
 def test_old_names_are_recovered_with_their_generations_project(installation: Installation) -> None:
     """What the previous version left: ``<id>.held-<ns>`` and ``<id>.<pid>.<ns>`` in the trash."""
     a, generation, b, _ = two_projects(installation)
-    checksums = scan_tree(installation.root / generation).checksums()
+    checksums = scan(installation.root / generation).checksums()
     held = state(installation, "moving") / f"{generation}.held-1700000000000000000"
     os.rename(installation.root / generation, held)
     trash = a_trash_entry(installation, f"{generation}.4242.1700000000000000000")
@@ -206,7 +208,7 @@ def test_old_names_are_recovered_with_their_generations_project(installation: In
     assert held.is_dir() and trash.is_dir()
     assert migrate(installation.settings, only_projects=[a]).failed == 0
     assert not held.exists() and not trash.exists()
-    assert scan_tree(target_source(installation, a, generation)).checksums() == checksums
+    assert scan(target_source(installation, a, generation)).checksums() == checksums
 
 
 # -- rollback -------------------------------------------------------------------------------
@@ -218,7 +220,7 @@ def rollback_killed_while_source_was_held(installation: Installation, held_name:
     assert migrate(installation.settings).failed == 0
     a, generation, _, _ = two_projects(installation)
     source = target_source(installation, a, generation)
-    checksums = scan_tree(source).checksums()
+    checksums = scan(source).checksums()
     os.unlink(installation.root / generation)
     version = source.parent.name.partition("__")[0]
     os.rename(source, state(installation, "moving") / held_name.format(project=a, generation=generation,
@@ -232,7 +234,7 @@ def test_rollback_puts_a_held_source_back_into_its_target(installation: Installa
     report = rollback(installation.settings)
     assert report.failed == 0, [o.error for o in report.outcomes if o.failed]
     assert not os.path.lexists(installation.root / "source")
-    assert scan_tree(installation.root / generation).checksums() == checksums
+    assert scan(installation.root / generation).checksums() == checksums
     assert os.listdir(installation.root / ".storage-migrate" / "moving") == []
 
 
@@ -241,5 +243,5 @@ def test_rollback_finds_the_target_of_an_old_style_held_source(installation: Ins
     report = rollback(installation.settings)
     assert report.failed == 0, [o.error for o in report.outcomes if o.failed]
     assert not os.path.lexists(installation.root / "source"), "the old recovery put it at <ROOT>/source"
-    assert scan_tree(installation.root / generation).checksums() == checksums
+    assert scan(installation.root / generation).checksums() == checksums
     assert os.listdir(installation.root / ".storage-migrate" / "moving") == []

@@ -11,10 +11,8 @@ import sqlalchemy as sa
 
 from storage_migrator.migrate import migrate
 from storage_migrator.storage.layout import StorageLayout
-from storage_migrator.storage.manifest import read_manifest
-from storage_migrator.storage.tree import scan_tree
 
-from .sandbox import Installation, build_installation, dump_tables, run_cli, tree_digest
+from .sandbox import Installation, build_installation, dump_tables, manifest_at, run_cli, scan, tree_digest
 
 
 @pytest.fixture
@@ -59,7 +57,7 @@ def test_dry_run_changes_nothing_and_lists_every_generation(installation: Instal
 
 def test_run_builds_the_versioned_layout(installation: Installation) -> None:
     legacy_trees = {
-        generation_id: scan_tree(installation.root / generation_id).checksums()
+        generation_id: scan(installation.root / generation_id).checksums()
         for generation_id in installation.sample.generation_ids
         if (installation.root / generation_id).is_dir()
     }
@@ -80,13 +78,13 @@ def test_run_builds_the_versioned_layout(installation: Installation) -> None:
             target = layout.target_dir(project_id, row["version"], row["id"])
             assert row["storage_path"] == f"storage/projects/{project_id}/generations/{target.name}"
             assert (installation.root / row["id"]).is_symlink(), "the flat path is the tool's link"
-            snapshot = scan_tree(target / "source")
+            snapshot = scan(target / "source")
             if row["id"] in legacy_trees:
                 assert snapshot.checksums() == legacy_trees[row["id"]]
             assert (target / "artifacts").is_dir() and not any((target / "artifacts").iterdir())
             assert row["file_count"] == snapshot.file_count
             assert row["total_size_bytes"] == snapshot.total_size_bytes
-            manifest = read_manifest(target / "manifest.json")
+            manifest = manifest_at(target / "manifest.json")
             assert manifest is not None and manifest.files == sorted(snapshot.files)
             assert manifest.checksums == snapshot.checksums()
             raw_manifest = json.loads((target / "manifest.json").read_text())
@@ -105,7 +103,7 @@ def test_run_builds_the_versioned_layout(installation: Installation) -> None:
                 assert row["diff_from_previous"] == f"{row['storage_path']}/{patch_name}"
                 assert (target / patch_name).is_file()
                 assert summary["from_version"] == previous["version"]
-                old = set(scan_tree(layout.target_dir(project_id, previous["version"], previous["id"]) / "source").files)
+                old = set(scan(layout.target_dir(project_id, previous["version"], previous["id"]) / "source").files)
                 assert summary["added"] == len(set(snapshot.files) - old)
                 assert summary["deleted"] == len(old - set(snapshot.files))
             previous = row

@@ -1,5 +1,6 @@
-"""storage_migrator.storage.root against real files: planted symlinks at every component, FIFOs, devices,
-huge and sparse files, 2,000-level trees and names that are not UTF-8.
+"""storage_migrator.storage.root, and the ``tree`` verbs production reads files with, against real
+files: planted symlinks at every component, FIFOs, devices, huge and sparse files, 2,000-level trees
+and names that are not UTF-8.
 
 Every hostile case has a sentinel folder outside ROOT whose names, contents, inodes, modes and
 mtimes must be exactly the same afterwards.
@@ -25,12 +26,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from storage_migrator.errors import GenerationError
 from storage_migrator.storage import root as rootfs
+from storage_migrator.storage import tree
+from storage_migrator.storage.layout import TEMP_SUFFIX, StorageLayout, is_temp_name
+from storage_migrator.storage.opened import Storage, open_storage
 from storage_migrator.storage.root import (
-    TEMP_SUFFIX,
     Root,
     UnsafePath,
-    is_temp_name,
     relative_parts,
 )
 
@@ -130,6 +133,11 @@ def no_temp_files(path: Path) -> bool:
     return not [name for name in os.listdir(path) if name.endswith(TEMP_SUFFIX)]
 
 
+def opened(root_path: Path) -> Storage:
+    """ROOT opened as production opens it (``open_installation`` → ``open_storage``)."""
+    return open_storage(StorageLayout(root_path, "./storage/projects"))
+
+
 @pytest.fixture
 def world(tmp_path: Path) -> Iterator[dict[str, Any]]:
     """ROOT with links planted at every kind of component, and a sentinel folder outside it.
@@ -154,8 +162,8 @@ def world(tmp_path: Path) -> Iterator[dict[str, Any]]:
     (root_path / "link_file").symlink_to(outside / "secret.txt")
     (root_path / "dir" / "link_file").symlink_to(outside / "secret.txt")
     before = snapshot(outside)
-    with Root(root_path) as root:
-        yield {"root": root, "root_path": root_path, "outside": outside, "before": before}
+    with opened(root_path) as storage:
+        yield {"root": storage.root, "storage": storage, "root_path": root_path, "outside": outside, "before": before}
 
 
 # -- a symlink at every component --------------------------------------------------------------
@@ -166,14 +174,6 @@ REFUSED: list[tuple[str, Callable[[Root], Any]]] = [
     ("open_dir final", lambda r: r.open_dir("dir/link_dir")),
     ("lstat first", lambda r: r.lstat("link_dir/secret.txt")),
     ("lstat intermediate", lambda r: r.lstat("dir/link_dir/secret.txt")),
-    ("read_bytes final", lambda r: r.read_bytes("link_file", 100)),
-    ("read_bytes final nested", lambda r: r.read_bytes("dir/link_file", 100)),
-    ("read_bytes first", lambda r: r.read_bytes("link_dir/secret.txt", 100)),
-    ("read_bytes intermediate", lambda r: r.read_bytes("dir/link_dir/secret.txt", 100)),
-    ("open_file final", lambda r: r.open_file("dir/link_file").__enter__()),
-    ("open_file intermediate", lambda r: r.open_file("dir/link_dir/secret.txt").__enter__()),
-    ("sha256_file final", lambda r: r.sha256_file("link_file")),
-    ("sha256_file intermediate", lambda r: r.sha256_file("dir/link_dir/secret.txt")),
     ("write_atomic first", lambda r: r.write_atomic("link_dir/secret.txt", b"x")),
     ("write_atomic intermediate", lambda r: r.write_atomic("dir/link_dir/new.txt", b"x")),
     ("write_atomic final", lambda r: r.write_atomic("link_file", b"x")),
@@ -193,16 +193,44 @@ REFUSED: list[tuple[str, Callable[[Root], Any]]] = [
     ("rmtree final", lambda r: r.rmtree("link_dir")),
     ("rmtree final nested", lambda r: r.rmtree("dir/link_dir")),
     ("rmtree intermediate", lambda r: r.rmtree("dir/link_dir/inner")),
-    ("walk_files final", lambda r: list(r.walk_files("link_dir"))),
-    ("walk_files intermediate", lambda r: list(r.walk_files("dir/link_dir/inner"))),
-    ("walk_files meets a link", lambda r: list(r.walk_files("dir"))),
-    ("walk_files of ROOT meets a link", lambda r: list(r.walk_files())),
-    ("is_same_filesystem through link", lambda r: r.is_same_filesystem("dir/link_dir/secret.txt", "dir")),
-    ("copy_file source final", lambda r: r.copy_file("link_file", "dir/copy")),
-    ("copy_file source intermediate", lambda r: r.copy_file("dir/link_dir/secret.txt", "dir/copy")),
-    ("copy_file destination first", lambda r: r.copy_file("dir/file.txt", "link_dir/copy")),
-    ("copy_file destination nested", lambda r: r.copy_file("dir/file.txt", "dir/link_dir/planted/copy")),
+    ("copy_tree source final", lambda r: r.copy_tree("link_dir", "dir/copy")),
+    ("copy_tree source intermediate", lambda r: r.copy_tree("dir/link_dir/inner", "dir/copy")),
+    ("copy_tree meets a link inside", lambda r: r.copy_tree("dir", "copy")),
+    ("copy_tree destination first", lambda r: r.copy_tree("dir/link_dir/inner", "link_dir/copy")),
+    ("copy_tree destination nested", lambda r: r.copy_tree("dir/link_dir/inner", "dir/link_dir/planted/copy")),
     ("fsync_dir", lambda r: r.fsync_dir("dir/link_dir")),
+    ("walk_entries final", lambda r: list(r.walk_entries("link_dir"))),
+    ("walk_entries meets a link", lambda r: list(r.walk_entries("dir"))),
+    ("open_regular final", lambda r: r.open_regular("dir/link_file")),
+    ("open_regular intermediate", lambda r: r.open_regular("dir/link_dir/secret.txt")),
+    ("rmdir intermediate", lambda r: r.rmdir("dir/link_dir/planted")),
+    ("set_times intermediate", lambda r: r.set_times("dir/link_dir/secret.txt", 0)),
+    ("open_lock_file final", lambda r: r.open_lock_file("dir/link_file")),
+    ("open_lock_file intermediate", lambda r: r.open_lock_file("dir/link_dir/lock")),
+]
+
+# The verbs production reads files with (``storage.tree``): the folder below ROOT as a Path, the
+# file below it as a '/' path; a refusal is a ``GenerationError`` whose one line names the path.
+READS_REFUSED: list[tuple[str, Callable[[Storage], Any]]] = [
+    ("read_regular_file final", lambda s: tree.read_regular_file(s, s.path, "link_file", max_bytes=100)),
+    ("read_regular_file final nested", lambda s: tree.read_regular_file(s, s.path / "dir", "link_file", max_bytes=100)),
+    ("read_regular_file first", lambda s: tree.read_regular_file(s, s.path, "link_dir/secret.txt", max_bytes=100)),
+    ("read_regular_file intermediate",
+     lambda s: tree.read_regular_file(s, s.path, "dir/link_dir/secret.txt", max_bytes=100)),
+    ("read_regular_file folder a link", lambda s: tree.read_regular_file(s, s.path / "dir/link_dir", "secret.txt")),
+    ("open_regular_file final", lambda s: tree.open_regular_file(s, s.path / "dir", "link_file")),
+    ("open_regular_file intermediate", lambda s: tree.open_regular_file(s, s.path, "dir/link_dir/secret.txt")),
+    ("read_prefix final", lambda s: tree.read_prefix(s, s.path, "dir/link_file", 4)),
+    ("sha256_file final", lambda s: tree.sha256_file(s, s.path, "link_file")),
+    ("sha256_file intermediate", lambda s: tree.sha256_file(s, s.path, "dir/link_dir/secret.txt")),
+    ("hash_file final", lambda s: tree.hash_file(s, s.path, "link_file", keep_up_to=100)),
+    ("git_blob_id_file final", lambda s: tree.git_blob_id_file(s, s.path, "link_file")),
+    ("walk_files final", lambda s: list(tree.walk_files(s, s.path / "link_dir"))),
+    ("walk_files intermediate", lambda s: list(tree.walk_files(s, s.path / "dir/link_dir/inner"))),
+    ("walk_files meets a link", lambda s: list(tree.walk_files(s, s.path / "dir"))),
+    ("walk_files of ROOT meets a link", lambda s: list(tree.walk_files(s, s.path))),
+    ("scan_tree meets a link", lambda s: tree.scan_tree(s, s.path / "dir")),
+    ("fingerprint_tree meets a link", lambda s: tree.fingerprint_tree(s, s.path / "dir")),
 ]
 
 
@@ -213,6 +241,19 @@ def test_every_method_refuses_a_symlink_at_any_component(world: dict[str, Any], 
     assert "is a symlink" in str(caught.value)
     assert str(world["root_path"]) in str(caught.value)
     assert "\n" not in str(caught.value)
+    assert snapshot(world["outside"]) == world["before"]
+    assert os.readlink(world["root_path"] / "link_dir") == str(world["outside"])
+
+
+@pytest.mark.parametrize("operation", [op for _, op in READS_REFUSED], ids=[name for name, _ in READS_REFUSED])
+def test_every_read_refuses_a_symlink_at_any_component(world: dict[str, Any], operation: Callable[[Storage], Any]) -> None:
+    before = open_fds()
+    with pytest.raises(GenerationError) as caught:
+        operation(world["storage"])
+    assert "is a symlink" in str(caught.value)
+    assert str(world["root_path"]) in str(caught.value)
+    assert "\n" not in str(caught.value)
+    assert open_fds() == before
     assert snapshot(world["outside"]) == world["before"]
     assert os.readlink(world["root_path"] / "link_dir") == str(world["outside"])
 
@@ -250,8 +291,8 @@ def test_a_link_swapped_in_after_the_check_is_still_not_followed(
         return result
 
     monkeypatch.setattr(rootfs, "_lstat_at", lstat_then_swap)
-    with pytest.raises(UnsafePath, match="is a symlink"):
-        root.read_bytes("dir/file.txt", 100)
+    with pytest.raises(GenerationError, match="dir/file.txt: is a symlink"):
+        tree.read_regular_file(world["storage"], root_path / "dir", "file.txt", max_bytes=100)
     # write_atomic: the check saw a regular file; rename(2) replaces the link, never writes through.
     os.unlink(root_path / "dir/file.txt")
     (root_path / "dir/file.txt").write_bytes(b"inside")
@@ -298,27 +339,33 @@ def test_rmtree_stops_when_a_directory_is_moved_out_of_root_mid_walk(
 
 
 @pytest.fixture
-def fifo_root(tmp_path: Path) -> Iterator[tuple[Root, Path]]:
+def fifo_root(tmp_path: Path) -> Iterator[tuple[Storage, Path]]:
     os.mkfifo(tmp_path / "pipe")
-    with Root(tmp_path) as root:
-        yield root, tmp_path / "pipe"
+    with opened(tmp_path) as storage:
+        yield storage, tmp_path / "pipe"
 
 
 @pytest.mark.parametrize(
-    "operation",
+    ("operation", "refusal"),
     [
-        lambda r: r.read_bytes("pipe", 100),
-        lambda r: r.sha256_file("pipe"),
-        lambda r: r.open_file("pipe").__enter__(),
-        lambda r: r.copy_file("pipe", "copy"),
+        (lambda s: tree.read_regular_file(s, s.path, "pipe", max_bytes=100), GenerationError),
+        (lambda s: tree.read_regular_file(s, s.path, "pipe"), GenerationError),
+        (lambda s: tree.sha256_file(s, s.path, "pipe"), GenerationError),
+        (lambda s: tree.open_regular_file(s, s.path, "pipe"), GenerationError),
+        (lambda s: tree.read_prefix(s, s.path, "pipe", 4), GenerationError),
+        (lambda s: tree.git_blob_id_file(s, s.path, "pipe"), GenerationError),
     ],
-    ids=["read_bytes", "sha256_file", "open_file", "copy_file"],
+    ids=["read_regular_file", "read_regular_file unbounded", "sha256_file", "open_regular_file", "read_prefix",
+         "git_blob_id_file"],
 )
-def test_a_fifo_is_refused_without_blocking(fifo_root: tuple[Root, Path], operation: Callable[[Root], Any]) -> None:
-    root, fifo = fifo_root
-    result = run_with_timeout(lambda: operation(root), fifo=fifo)
-    assert isinstance(result, UnsafePath), result
-    assert "is not a regular file" in str(result)
+def test_a_fifo_is_refused_without_blocking(
+    fifo_root: tuple[Storage, Path], operation: Callable[[Storage], Any], refusal: type[Exception]
+) -> None:
+    storage, fifo = fifo_root
+    result = run_with_timeout(lambda: operation(storage), fifo=fifo)
+    assert isinstance(result, refusal), result
+    assert f"{fifo}: is not a regular file" in str(result)
+    assert "\n" not in str(result)
     assert not os.path.exists(fifo.parent / "copy")
 
 
@@ -336,17 +383,24 @@ def test_a_fifo_swapped_in_after_the_check_does_not_block(
         return result
 
     monkeypatch.setattr(rootfs, "_lstat_at", lstat_then_swap)
-    with Root(tmp_path) as root:
-        result = run_with_timeout(lambda: root.read_bytes("file", 100), fifo=tmp_path / "file")
-    assert isinstance(result, UnsafePath) and "is not a regular file" in str(result)
+    with opened(tmp_path) as storage:
+        result = run_with_timeout(lambda: tree.read_regular_file(storage, tmp_path, "file", max_bytes=100),
+                                  fifo=tmp_path / "file")
+    assert isinstance(result, GenerationError), result
+    assert f"{tmp_path / 'file'}: is not a regular file" in str(result)
 
 
 def test_a_symlink_to_dev_zero_is_refused(tmp_path: Path) -> None:
     (tmp_path / "zero").symlink_to("/dev/zero")
-    with Root(tmp_path) as root:
-        for operation in (lambda: root.read_bytes("zero", 10), lambda: root.sha256_file("zero")):
+    with opened(tmp_path) as storage:
+        for operation in (
+            lambda: tree.read_regular_file(storage, tmp_path, "zero", max_bytes=10),
+            lambda: tree.read_regular_file(storage, tmp_path, "zero"),
+            lambda: tree.sha256_file(storage, tmp_path, "zero"),
+        ):
             result = run_with_timeout(operation)
-            assert isinstance(result, UnsafePath) and "is a symlink" in str(result)
+            assert isinstance(result, GenerationError), result
+            assert f"{tmp_path / 'zero'}: is a symlink" in str(result)
 
 
 def test_a_device_node_is_refused_without_being_opened(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -354,21 +408,25 @@ def test_a_device_node_is_refused_without_being_opened(tmp_path: Path, monkeypat
         os.mknod(tmp_path / "zero", 0o666 | stat.S_IFCHR, os.makedev(1, 5))
     except PermissionError:
         pytest.skip("cannot create device nodes here")
-    opened: list[Any] = []
+    opened_names: list[Any] = []
     real_open = os.open
 
     def recording_open(path: Any, *args: Any, **kwargs: Any) -> int:
-        opened.append(path)
+        opened_names.append(path)
         return real_open(path, *args, **kwargs)
 
-    with Root(tmp_path) as root:
+    with opened(tmp_path) as storage:
         monkeypatch.setattr(os, "open", recording_open)
-        result = run_with_timeout(lambda: root.read_bytes("zero", 10))
-    assert isinstance(result, UnsafePath) and "is not a regular file" in str(result)
-    assert "zero" not in opened
+        results = [run_with_timeout(lambda: tree.read_regular_file(storage, tmp_path, "zero", max_bytes=10)),
+                   run_with_timeout(lambda: tree.sha256_file(storage, tmp_path, "zero"))]
+    for result in results:
+        assert isinstance(result, GenerationError), result
+        assert f"{tmp_path / 'zero'}: is not a regular file" in str(result)
+    assert opened_names  # the recorder saw the walk down to the parent
+    assert "zero" not in opened_names
 
 
-def test_read_bytes_refuses_a_large_file_without_reading_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_read_regular_file_refuses_a_large_file_without_reading_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with open(tmp_path / "huge", "wb") as handle:
         handle.truncate(1 << 30)
     (tmp_path / "small").write_bytes(b"12345")
@@ -381,16 +439,19 @@ def test_read_bytes_refuses_a_large_file_without_reading_it(tmp_path: Path, monk
         return data
 
     monkeypatch.setattr(os, "read", counting_read)
-    with Root(tmp_path) as root:
-        with pytest.raises(UnsafePath, match="is too large"):
-            root.read_bytes("huge", MiB)
+    with opened(tmp_path) as storage:
+        with pytest.raises(GenerationError) as caught:
+            tree.read_regular_file(storage, tmp_path, "huge", max_bytes=MiB)
+        assert str(caught.value) == f"{tmp_path / 'huge'} is larger than {MiB} bytes; not read"
         assert read_total[0] == 0
-        assert root.read_bytes("small", 5) == b"12345"
-        with pytest.raises(UnsafePath, match="is too large"):
-            root.read_bytes("small", 4)
+        assert tree.read_regular_file(storage, tmp_path, "small", max_bytes=5) == b"12345"
+        read_total[0] = 0
+        with pytest.raises(GenerationError, match="is larger than 4 bytes"):
+            tree.read_regular_file(storage, tmp_path, "small", max_bytes=4)
+        assert read_total[0] == 0
 
 
-def test_read_bytes_stops_after_max_plus_one_when_the_size_lies(
+def test_read_regular_file_stops_after_max_plus_one_when_the_size_lies(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A file whose fstat size is wrong (a growing file, a /proc-like file): reading stops at
@@ -413,10 +474,12 @@ def test_read_bytes_stops_after_max_plus_one_when_the_size_lies(
             return os.stat_result(values)
         return result
 
-    monkeypatch.setattr(os, "read", counting_read)
-    monkeypatch.setattr(os, "fstat", lying_fstat)
-    with Root(tmp_path) as root, pytest.raises(UnsafePath, match="is too large"):
-        root.read_bytes("huge", 3 * MiB)
+    with opened(tmp_path) as storage:
+        monkeypatch.setattr(os, "read", counting_read)
+        monkeypatch.setattr(os, "fstat", lying_fstat)
+        with pytest.raises(GenerationError) as caught:
+            tree.read_regular_file(storage, tmp_path, "huge", max_bytes=3 * MiB)
+    assert str(tmp_path / "huge") in str(caught.value) and "\n" not in str(caught.value)
     assert read_total[0] == 3 * MiB + 1
 
 
@@ -433,15 +496,20 @@ def test_sha256_file_streams_a_50_mb_sparse_file(tmp_path: Path) -> None:
     with open(tmp_path / "sparse", "rb") as handle:
         for chunk in iter(lambda: handle.read(MiB), b""):
             expected.update(chunk)
-    with Root(tmp_path) as root:
+    with opened(tmp_path) as storage:
         tracemalloc.start()
         try:
-            digest, hashed = root.sha256_file("sparse")
+            digest = tree.sha256_file(storage, tmp_path, "sparse")
             _current, peak = tracemalloc.get_traced_memory()
+            tracemalloc.reset_peak()
+            hashed = tree.hash_file(storage, tmp_path, "sparse", keep_up_to=MiB)
+            _current, hash_peak = tracemalloc.get_traced_memory()
         finally:
             tracemalloc.stop()
-    assert (digest, hashed) == (expected.hexdigest(), size)
-    assert peak < 4 * MiB  # one reused 1 MiB buffer, not the file
+    assert digest == expected.hexdigest()
+    assert hashed == (expected.hexdigest(), size, None)  # too large to keep: not kept
+    assert peak < 4 * MiB  # a 1 MiB chunk at a time, not the file
+    assert hash_peak < 4 * MiB
 
 
 # -- deep trees --------------------------------------------------------------------------------
@@ -471,24 +539,37 @@ def test_walk_files_on_a_2000_level_tree(tmp_path: Path, low_fd_limit: int) -> N
     (tmp_path / "top").mkdir()
     (tmp_path / "top" / "a.txt").write_bytes(b"a")
     expected = ["a.txt", *make_deep_tree(tmp_path / "top", DEEP, file_every=100)]
-    with Root(tmp_path) as root:
+    try:
+        walk_a_2000_level_tree(tmp_path, expected)
+    finally:  # a failure must not leave a tree pytest's own recursive cleanup cannot remove
+        with Root(tmp_path) as cleanup:
+            cleanup.rmtree("top", missing_ok=True)
+    assert os.listdir(tmp_path) == []
+
+
+def walk_a_2000_level_tree(tmp_path: Path, expected: list[str]) -> None:
+    with opened(tmp_path) as storage:
+        root = storage.root
         before = open_fds()
-        found = list(root.walk_files("top"))
+        found = list(tree.walk_files(storage, tmp_path / "top"))
         assert open_fds() == before
         assert [path for path, _ in found] == expected
         assert all(stat.S_ISREG(st_.st_mode) for _, st_ in found)
         deepest = found[-1][0]
-        assert root.read_bytes(("top", *relative_parts(deepest)), 100) == f"level {DEEP}".encode()
+        assert tree.read_regular_file(storage, tmp_path / "top", deepest, max_bytes=100) == f"level {DEEP}".encode()
+        assert tree.fingerprint_tree(storage, tmp_path / "top") == {
+            path: (st_.st_size, st_.st_mtime_ns) for path, st_ in found
+        }
+        assert open_fds() == before
         with pytest.raises(UnsafePath, match="is too deep"):
-            list(root.walk_files("top", max_depth=DEEP - 1))
+            list(root.walk_entries("top", max_depth=DEEP - 1))
         # An abandoned walk closes its descriptors.
-        walk = root.walk_files("top")
+        walk = tree.walk_files(storage, tmp_path / "top")
         next(walk)
         next(walk)
         walk.close()
         assert open_fds() == before
         root.rmtree("top")
-    assert os.listdir(tmp_path) == []
 
 
 def test_walk_files_refuses_fifos_and_reports_files_sorted(tmp_path: Path) -> None:
@@ -496,12 +577,14 @@ def test_walk_files_refuses_fifos_and_reports_files_sorted(tmp_path: Path) -> No
     (tmp_path / "b" / "z").write_bytes(b"z")
     (tmp_path / "a").write_bytes(b"a")
     (tmp_path / "c").write_bytes(b"c")
-    with Root(tmp_path) as root:
-        assert [p for p, _ in root.walk_files()] == ["a", "c", "b/z"]
+    with opened(tmp_path) as storage:
+        assert [p for p, _ in tree.walk_files(storage, tmp_path)] == ["a", "c", "b/z"]
         os.mkfifo(tmp_path / "b" / "pipe")
-        result = run_with_timeout(lambda: list(root.walk_files()), fifo=tmp_path / "b" / "pipe")
-    assert isinstance(result, UnsafePath)
-    assert str(result).endswith("b/pipe: is not a regular file")
+        result = run_with_timeout(lambda: list(tree.walk_files(storage, tmp_path)), fifo=tmp_path / "b" / "pipe")
+        scanned = run_with_timeout(lambda: tree.scan_tree(storage, tmp_path), fifo=tmp_path / "b" / "pipe")
+    for refused in (result, scanned):
+        assert isinstance(refused, GenerationError), refused
+        assert f"{tmp_path}/b/pipe: is not a regular file" in str(refused)
 
 
 # -- names that are not UTF-8 ------------------------------------------------------------------
@@ -515,15 +598,19 @@ def test_non_utf8_names_round_trip(tmp_path: Path) -> None:
     os.write(fd, b"latin-1 name")
     os.close(fd)
     os.mkdir(base + b"/dst")
-    with Root(tmp_path) as root:
-        found = list(root.walk_files("src"))
+    with opened(tmp_path) as storage:
+        root = storage.root
+        found = list(tree.walk_files(storage, tmp_path / "src"))
         assert [path for path, _ in found] == ["d\udcff/caf\udce9.txt"]
         rel = found[0][0]
-        parts = ("src", *relative_parts(rel))
-        assert root.read_bytes(parts, 100) == b"latin-1 name"
-        assert root.sha256_file(parts) == (hashlib.sha256(b"latin-1 name").hexdigest(), 12)
-        root.makedirs(("dst", "d\udcff"))
-        root.copy_file(parts, ("dst", *relative_parts(rel)))
+        assert relative_parts(rel) == ("d\udcff", "caf\udce9.txt")
+        assert tree.read_regular_file(storage, tmp_path / "src", rel, max_bytes=100) == b"latin-1 name"
+        assert tree.sha256_file(storage, tmp_path / "src", rel) == hashlib.sha256(b"latin-1 name").hexdigest()
+        assert tree.hash_file(storage, tmp_path / "src", rel, keep_up_to=100) == (
+            hashlib.sha256(b"latin-1 name").hexdigest(), 12, b"latin-1 name")
+        assert tree.scan_tree(storage, tmp_path / "src").contents == {rel: b"latin-1 name"}
+        os.rmdir(base + b"/dst")
+        root.copy_tree("src", "dst")
         root.write_atomic(("dst", "d\udcff", "n\udce9w"), b"written")
         root.rename(("dst", "d\udcff", "n\udce9w"), ("dst", "d\udcff", "r\udce9named"))
     assert sorted(os.listdir(base + b"/dst/d\xff")) == [b"caf\xe9.txt", b"r\xe9named"]
@@ -533,8 +620,13 @@ def test_non_utf8_names_round_trip(tmp_path: Path) -> None:
 def test_error_messages_stay_printable_one_line(tmp_path: Path) -> None:
     base = os.fsencode(tmp_path)
     os.symlink(b"/etc", base + b"/bad\xfe\nname")
-    with Root(tmp_path) as root, pytest.raises(UnsafePath) as caught:
-        list(root.walk_files())
+    with opened(tmp_path) as storage:
+        with pytest.raises(UnsafePath) as caught:
+            list(storage.root.walk_entries())
+        with pytest.raises(GenerationError) as wrapped:
+            list(tree.walk_files(storage, tmp_path))
+        with pytest.raises(GenerationError) as read:
+            tree.read_regular_file(storage, tmp_path, os.fsdecode(b"bad\xfe\nname"), max_bytes=10)
     message = str(caught.value)
     assert message.endswith("bad\\xfe\\nname: is a symlink")
     assert "\n" not in message
@@ -542,6 +634,12 @@ def test_error_messages_stay_printable_one_line(tmp_path: Path) -> None:
     assert caught.value.path.endswith("bad\udcfe\nname")
     clone = pickle.loads(pickle.dumps(caught.value))
     assert isinstance(clone, UnsafePath) and str(clone) == message
+    for error in (wrapped.value, read.value):
+        text = str(error)
+        assert text.startswith(message)  # the one line naming the path, then what to do
+        assert "\n" not in text
+        text.encode("utf-8")
+        assert str(pickle.loads(pickle.dumps(error))) == text
 
 
 # -- write_atomic ------------------------------------------------------------------------------
@@ -604,30 +702,38 @@ def test_write_atomic_refuses_a_symlink_or_directory_target(world: dict[str, Any
 # -- the other methods -------------------------------------------------------------------------
 
 
-def test_copy_file_keeps_mode_and_mtime_but_never_setuid(tmp_path: Path) -> None:
+def test_copy_tree_refuses_a_fifo_without_opening_it(tmp_path: Path) -> None:
     (tmp_path / "src").mkdir()
-    (tmp_path / "dst").mkdir()
-    source = tmp_path / "src/tool"
+    os.mkfifo(tmp_path / "src/pipe")
+    with opened(tmp_path) as storage:
+        result = run_with_timeout(lambda: storage.root.copy_tree("src", "dst"), fifo=tmp_path / "src/pipe")
+    assert isinstance(result, UnsafePath) and "src/pipe: is not a regular file" in str(result), result
+
+
+def test_copy_tree_keeps_mode_and_mtime_but_never_setuid(tmp_path: Path) -> None:
+    (tmp_path / "src/sub").mkdir(parents=True)
+    source = tmp_path / "src/sub/tool"
     source.write_bytes(b"#!/bin/sh\n" * 100_000)
     os.chmod(source, 0o4755)
     os.utime(source, ns=(1_600_000_000_000_000_000, 1_500_000_000_123_456_789))
-    with Root(tmp_path) as root:
-        root.copy_file("src/tool", "dst/tool")
+    (tmp_path / "src/empty").mkdir()
+    synced: list[int] = []
+    real_fsync = os.fsync
+    with opened(tmp_path) as storage:
+        root = storage.root
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd))[1])
+            root.copy_tree("src", "dst")
+        copied = (tmp_path / "dst/sub/tool").stat()
+        assert stat.S_IMODE(copied.st_mode) == 0o755
+        assert copied.st_mtime_ns == 1_500_000_000_123_456_789
+        assert (tmp_path / "dst/sub/tool").read_bytes() == source.read_bytes()
+        assert (tmp_path / "dst/empty").is_dir()
         with pytest.raises(FileExistsError):
-            root.copy_file("src/tool", "dst/tool")
-        source.write_bytes(b"v2")
-        root.copy_file("src/tool", "dst/tool", overwrite=True, fsync=False)
-        (tmp_path / "other").mkdir()
-        with Root(tmp_path / "other") as other:
-            root.copy_file("src/tool", "tool", dst_root=other)
-        assert root.is_same_filesystem("src/tool", "dst")
-    copied = (tmp_path / "dst/tool").stat()
-    assert (tmp_path / "dst/tool").read_bytes() == b"v2"
-    assert stat.S_IMODE(copied.st_mode) == 0o755
-    assert (tmp_path / "other/tool").read_bytes() == b"v2"
-    first = tmp_path / "other/tool"
-    assert first.stat().st_mtime_ns == source.stat().st_mtime_ns
-    assert os.listdir(tmp_path / "dst") == ["tool"]
+            root.copy_tree("src", "dst")                       # the destination must be new
+    assert len(synced) == 4  # always: the file, then each of the three folders once it is full
+    assert sorted(os.listdir(tmp_path / "dst")) == ["empty", "sub"]
+    assert os.listdir(tmp_path / "dst/sub") == ["tool"]
 
 
 def test_rename_makedirs_symlink_readlink_unlink(tmp_path: Path) -> None:
@@ -674,9 +780,26 @@ def test_unsafe_path_strings_are_refused_before_any_system_call(tmp_path: Path) 
             with pytest.raises(UnsafePath):
                 root.lstat(bad)
         with pytest.raises(UnsafePath, match="leaves ROOT"):
-            root.read_bytes(("a", "..", "b"), 10)
+            root.open_regular(("a", "..", "b"))
         with pytest.raises(UnsafePath):
             root.write_atomic(("a/b",), b"x")
+    with opened(tmp_path) as storage, pytest.MonkeyPatch.context() as patch:
+        calls: list[Any] = []
+        for name in ("open", "stat", "lstat", "scandir", "readlink"):
+            real = getattr(os, name)
+            patch.setattr(os, name, lambda *args, _real=real, **kwargs: (calls.append(args), _real(*args, **kwargs))[1])
+        with pytest.raises(GenerationError, match=r"^a/\.\./b: leaves ROOT"):
+            tree.read_regular_file(storage, tmp_path, "a/../b", max_bytes=10)
+        for bad in ("/etc/passwd", "../x", "a/../../x", "a//b", "a/", "./a", "a\\b", "a\0b", ""):
+            for operation in (
+                lambda bad=bad: tree.read_regular_file(storage, tmp_path, bad, max_bytes=10),
+                lambda bad=bad: tree.sha256_file(storage, tmp_path, bad),
+                lambda bad=bad: tree.open_regular_file(storage, tmp_path, bad),
+            ):
+                with pytest.raises(GenerationError) as caught:
+                    operation()
+                assert "\n" not in str(caught.value)
+        assert calls == []
     assert os.listdir(tmp_path) == []
 
 

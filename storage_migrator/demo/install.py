@@ -2,7 +2,6 @@
 built with the project's own sample-data generator, for the README's quick start."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -10,8 +9,10 @@ import sqlalchemy as sa
 from ..config import BASE_REVISION, Settings
 from ..db import create_database_engine, current_revision, display_url, first_line
 from ..errors import UsageError
-from ..storage.steps import remove_tree
 from ..schema import downgrade_schema, upgrade_schema
+from ..storage.layout import StorageLayout
+from ..storage.opened import open_storage
+from ..storage.steps import remove_tree
 from .generate import SampleInstallation, generate_installation
 from .sizes import SampleSize
 
@@ -49,9 +50,9 @@ def _undo(settings: Settings, root: Path) -> None:
     retry works; both were checked empty before anything was written."""
     downgrade_schema(settings.database_url, "base")
     if root.is_dir():
-        for name in os.listdir(root):
-            entry = root / name
-            if entry.is_dir() and not entry.is_symlink():
-                remove_tree(entry)
-            else:
-                entry.unlink()
+        with open_storage(StorageLayout(root, "")) as storage:
+            for name in storage.names(root):
+                if storage.is_folder(root / name):
+                    remove_tree(storage, root / name)
+                else:
+                    storage.remove_entry(root / name)

@@ -7,6 +7,7 @@ Nothing here touches the disk. Every id that becomes a path component goes throu
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,7 @@ LEGACY_ROLE = "legacy"
 UNKNOWN_PROJECT_KEY = "%"              # a discard whose project the caller did not say
 LOCK_FILE = "lock"
 PARTIAL_SOURCE_DIR = ".source.partial"
-TEMP_SUFFIX = ".storage-migrate-tmp"   # the same suffix rootfs gives its temp files
+TEMP_SUFFIX = ".storage-migrate-tmp"   # every temp file or temp link the tool writes ends so
 MAX_COMPONENT_LENGTH = 255
 
 _CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f]")
@@ -38,7 +39,79 @@ _STATE_ENTRY_NAME = re.compile(
 )
 _OLD_HELD_NAME = re.compile(rf"^(?P<original>.+){re.escape(HELD_SEPARATOR)}[0-9]+$")
 _MAX_KEY_BYTES = 100
-_TEMP_NAME_BYTES = 120                 # of the original name rootfs keeps in a temp name
+_TEMP_NAME_BYTES = 120                 # of the original name a temp name keeps, so it fits NAME_MAX
+
+
+def printable(path: str | bytes) -> str:
+    """``path`` as one printable line: undecodable bytes and control characters are escaped."""
+    if isinstance(path, str):
+        try:
+            raw = os.fsencode(path)
+        except UnicodeEncodeError:
+            raw = path.encode("utf-8", "backslashreplace")
+    else:
+        raw = path
+    text = raw.decode("utf-8", "backslashreplace")
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text)
+
+
+class UnsafePath(OSError):
+    """A path below ROOT that this tool refuses to touch: the message is one line naming the path
+    and the reason ("is a symlink", "is not a regular file", "is too large", "leaves ROOT", ...)."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"{printable(path)}: {reason}")
+        self.path = path
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"{printable(self.path)}: {self.reason}"
+
+    def __reduce__(self) -> tuple[type[UnsafePath], tuple[str, str]]:
+        return (type(self), (self.path, self.reason))
+
+
+def _component_problem(name: str) -> str | None:
+    """Why ``name`` cannot be one component of a path below ROOT, or None if it can."""
+    if name == "":
+        return "has an empty component"
+    if name == ".":
+        return "has a '.' component"
+    if name == "..":
+        return "leaves ROOT"
+    if "/" in name:
+        return "has a component containing '/'"
+    if "\0" in name:
+        return "contains NUL"
+    if "\\" in name:
+        return "contains a backslash"
+    try:
+        os.fsencode(name)
+    except UnicodeEncodeError:
+        return "is not encodable as a file name"
+    return None
+
+
+def relative_parts(path: str | bytes) -> tuple[str, ...]:
+    """Split a relative '/'-separated path from a manifest or database column into components.
+
+    Refused with ``UnsafePath``: the empty string, absolute paths, '' (doubled or trailing '/'),
+    '.' and '..' components, NUL, backslashes and strings that cannot be file names. Bytes are
+    decoded with ``os.fsdecode`` (surrogateescape), so any real file name is accepted.
+    """
+    text = os.fsdecode(path) if isinstance(path, bytes) else path
+    if not isinstance(text, str):
+        raise TypeError(f"expected str or bytes, got {type(path).__name__}")
+    if text == "":
+        raise UnsafePath(text, "is empty")
+    if text.startswith("/"):
+        raise UnsafePath(text, "is absolute (leaves ROOT)")
+    parts = tuple(text.split("/"))
+    for name in parts:
+        problem = _component_problem(name)
+        if problem is not None:
+            raise UnsafePath(text, problem)
+    return parts
 
 
 class UnsafePathComponent(ValueError):
@@ -77,6 +150,10 @@ def parse_target_dir_name(name: str) -> tuple[int, str] | None:
     if match is None:
         return None
     return int(match["version"]), match["generation_id"]
+
+
+MAX_PATCH_BYTES = 512 << 20
+"""A patch file larger than this is never read into memory (``diff --patch``, ``verify``)."""
 
 
 def patch_file_name(from_version: int) -> str:
@@ -252,8 +329,19 @@ class StorageLayout:
 
     def legacy_link_text(self, project_id: str, version: int, generation_id: str) -> str:
         """What the backward-compatibility link ``<ROOT>/<id>`` holds: a relative path to the
-        generation's ``source/``, so the application's flat-layout code keeps working."""
+        generation's ``source/``, so the application's flat-layout code keeps working. Read back
+        by ``parse_legacy_link_text``."""
         return "/".join((project_id, GENERATIONS_DIR, target_dir_name(version, generation_id), SOURCE_DIR))
+
+
+def parse_legacy_link_text(text: str) -> tuple[str, int, str] | None:
+    """(project id, version, generation id) of a text ``StorageLayout.legacy_link_text`` wrote
+    (at any version: a renumbered generation's old link too); None for any other text."""
+    parts = text.split("/")
+    if len(parts) != 4 or parts[1] != GENERATIONS_DIR or parts[3] != SOURCE_DIR:
+        return None
+    parsed = parse_target_dir_name(parts[2])
+    return None if parsed is None else (parts[0], parsed[0], parsed[1])
 
 
 def _normalized_parts(path: str) -> tuple[str, ...] | None:
@@ -310,6 +398,12 @@ def is_temp_name(name: str) -> bool:
     return name.startswith(".") and name.endswith(TEMP_SUFFIX)
 
 
+def temp_name(original: str, pid: int, token: str) -> str:
+    """The one temp-name rule: ``.<original, first 120 bytes>.<pid>.<token>.storage-migrate-tmp``,
+    a name no real file has, in the same folder as ``original`` (so a rename is atomic)."""
+    return f".{temp_name_kept(original)}.{pid}.{token}{TEMP_SUFFIX}"
+
+
 def temp_name_original(name: str) -> str | None:
     """The name a temp file or link ``.<original>.<pid>.<random>.storage-migrate-tmp`` was
     written for, as rootfs keeps it (its first 120 bytes); None for any other name. Compare it
@@ -338,13 +432,28 @@ def is_tool_written(name: str) -> bool:
 
 
 def check_relative_file_path(value: object) -> str:
-    """A file path from the ``output_files`` column, usable below ``source/``: relative,
-    ``/``-separated, no empty, ``.`` or ``..`` part, no NUL or backslash."""
-    if not isinstance(value, str) or value == "":
-        raise UnsafePathComponent("file path is empty")
-    parts = value.split("/")
-    if value.startswith("/") or any(part in ("", ".", "..") for part in parts):
-        raise UnsafePathComponent(f"file path {value!r} is not a plain relative path")
-    if "\x00" in value or "\\" in value:
-        raise UnsafePathComponent(f"file path {value!r} contains a NUL or a backslash")
+    """A file path from the ``output_files`` column, usable below ``source/`` (the rule of
+    ``relative_parts``); ``UnsafePathComponent`` names the column's value otherwise."""
+    if not isinstance(value, str):
+        raise UnsafePathComponent("file path is not a string")
+    try:
+        relative_parts(value)
+    except UnsafePath as error:
+        raise UnsafePathComponent(f"file path {value!r} {error.reason}") from None
     return value
+
+
+# The rule of ``relative_parts`` as one regex over many paths joined by NUL (the one character no
+# path holds; a newline is legal in a file name): an empty, "." or ".." component, a leading "/"
+# or a backslash. ``check_relative_paths`` checks a manifest's keys in one pass with it.
+_UNSAFE_JOINED_PATHS = re.compile(r'(?:\A|[/\x00])\.{0,2}(?:[/\x00]|\Z)|\\')
+
+
+def check_relative_paths(paths: list[str]) -> None:
+    """Every one of ``paths`` is a plain relative path (``relative_parts``' rule, in one regex
+    pass over all); ``UnsafePathComponent`` otherwise."""
+    if not paths:
+        return                      # an empty tree (the regex would take "" for an empty path)
+    joined = "\x00".join(paths)
+    if joined.count("\x00") != len(paths) - 1 or _UNSAFE_JOINED_PATHS.search(joined):
+        raise UnsafePathComponent("a manifest path is not a plain relative path")

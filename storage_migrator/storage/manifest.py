@@ -45,13 +45,17 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import GenerationError
-from .layout import UnsafePathComponent
+from ..records import as_utc
+from .layout import check_relative_paths
 from .tree import CHUNK_SIZE, Fingerprint, TreeSnapshot, open_regular_file
+
+if TYPE_CHECKING:
+    from .opened import Storage
 
 MANIFEST_FORMAT = 2
 READABLE_FORMATS = (1, 2)
@@ -62,9 +66,6 @@ OWNED_KEYS = frozenset({"format", "generation_id", "project_id", "version", "fil
                         "fingerprint_digest", "files", "checksums", "fingerprints"})
 HEAD_BYTES = 4096
 _HEAD_END = ', "files": '
-# Any path with an empty, "." or ".." component, a leading "/" or a backslash; run over all keys
-# joined by NUL, the one character no path holds (a newline is legal in a file name).
-_UNSAFE_PATH = re.compile(r'(?:\A|[/\x00])\.{0,2}(?:[/\x00]|\Z)|\\')
 
 NAME_MARKER = "\x00"
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -155,20 +156,12 @@ def fingerprint_digest(fingerprints: Mapping[str, Fingerprint]) -> str:
     return hashlib.sha256(canonical.encode("utf-8", "surrogateescape")).hexdigest()
 
 
-def check_manifest_paths(paths: list[str]) -> None:
-    """Every path a manifest names must be a plain relative path (one regex pass over all)."""
-    if not paths:
-        return                      # an empty tree (the regex would take "" for an empty path)
-    joined = "\x00".join(paths)
-    if joined.count("\x00") != len(paths) - 1 or _UNSAFE_PATH.search(joined):
-        raise UnsafePathComponent("a manifest path is not a plain relative path")
-
-
 @dataclass(frozen=True)
 class ManifestHead:
     """The first keys of a manifest: enough to decide that a generation is unchanged. ``load``
     reads the whole manifest when checksums are needed (a diff against the next version)."""
 
+    storage: Storage = field(repr=False, compare=False)
     path: Path
     version: int
     file_count: int
@@ -176,7 +169,7 @@ class ManifestHead:
     fingerprint_digest: str
 
     def load(self) -> Manifest | None:
-        return read_manifest(self.path)
+        return read_manifest(self.storage, self.path)
 
 
 @dataclass(frozen=True)
@@ -259,7 +252,7 @@ class Manifest:
         if not all(isinstance(k, str) and isinstance(v, str) for k, v in checksums.items()):
             raise TypeError("checksums must map paths to strings")
         checksums, fingerprints = _decoded_keys(checksums), _decoded_keys(fingerprints)
-        check_manifest_paths([*checksums, *fingerprints])    # a key like ../../etc/shadow is never read
+        check_relative_paths([*checksums, *fingerprints])    # a key like ../../etc/shadow is never read
         pairs: dict[str, Fingerprint] = {}
         for path, pair in fingerprints.items():
             if not (isinstance(pair, list) and len(pair) == 2 and all(type(n) is int for n in pair)):
@@ -284,10 +277,10 @@ class Manifest:
 
 # -- reading ------------------------------------------------------------------------------------
 
-def _open(path: Path) -> tuple[int, os.stat_result] | None:
+def _open(storage: Storage, path: Path) -> tuple[int, os.stat_result] | None:
     """The manifest opened if it is a regular file (no symlink, FIFO or device), else None."""
     try:
-        return open_regular_file(path.parent, path.name)
+        return open_regular_file(storage, path.parent, path.name)
     except GenerationError:     # missing, not a regular file, unreadable: "no manifest"
         return None
 
@@ -306,11 +299,11 @@ def _read_text(descriptor: int) -> str | None:
     return raw.decode("utf-8", "surrogateescape")
 
 
-def read_manifest_document(path: Path) -> dict[str, Any] | None:
+def read_manifest_document(storage: Storage, path: Path) -> dict[str, Any] | None:
     """The JSON object in ``path`` if it is a regular file holding an object; else None. Above
     ``MAX_MANIFEST_BYTES`` it is not parsed: the result holds only its keys the tool does not own
     (all the caller merges), and GenerationError says they exceed what can be kept."""
-    opened = _open(path)
+    opened = _open(storage, path)
     if opened is None:
         return None
     descriptor, status = opened
@@ -327,11 +320,11 @@ def read_manifest_document(path: Path) -> dict[str, Any] | None:
         os.close(descriptor)
 
 
-def read_manifest_head(path: Path) -> ManifestHead | None:
+def read_manifest_head(storage: Storage, path: Path) -> ManifestHead | None:
     """The head of the tool's manifest at ``path`` from its first 4 KiB; never reads the rest
     (but to check that a format-1 file is UTF-8). None if missing, unreadable, too large to be
     loaded later, or without a head — an older manifest or the application's: rewrite it."""
-    opened = _open(path)
+    opened = _open(storage, path)
     if opened is None:
         return None
     descriptor, status = opened
@@ -339,7 +332,7 @@ def read_manifest_head(path: Path) -> ManifestHead | None:
         if status.st_size > MAX_MANIFEST_BYTES:
             return None
         prefix = os.read(descriptor, HEAD_BYTES)
-        head = _parse_head(path, prefix)
+        head = _parse_head(storage, path, prefix)
         if head is None or (head[0] == 1 and not _rest_is_utf8(descriptor, prefix)):
             return None
         return head[1]
@@ -349,7 +342,7 @@ def read_manifest_head(path: Path) -> ManifestHead | None:
         os.close(descriptor)
 
 
-def _parse_head(path: Path, prefix: bytes) -> tuple[int, ManifestHead] | None:
+def _parse_head(storage: Storage, path: Path, prefix: bytes) -> tuple[int, ManifestHead] | None:
     """(format, head) from the first bytes of the tool's manifest, or None."""
     text = prefix.decode("utf-8", "surrogateescape")
     end = text.find(_HEAD_END)
@@ -364,7 +357,7 @@ def _parse_head(path: Path, prefix: bytes) -> tuple[int, ManifestHead] | None:
     if not all(type(number) is int for number in numbers) or not isinstance(digest, str) \
             or numbers[0] not in READABLE_FORMATS:
         return None
-    return numbers[0], ManifestHead(path, numbers[1], numbers[2], numbers[3], digest)
+    return numbers[0], ManifestHead(storage, path, numbers[1], numbers[2], numbers[3], digest)
 
 
 def _rest_is_utf8(descriptor: int, prefix: bytes) -> bool:
@@ -380,10 +373,10 @@ def _rest_is_utf8(descriptor: int, prefix: bytes) -> bool:
     return True
 
 
-def read_manifest(path: Path) -> Manifest | None:
+def read_manifest(storage: Storage, path: Path) -> Manifest | None:
     """The tool's manifest at ``path``, or None if missing, unreadable, above the size limit or
     not the tool's format (then it is rewritten, keeping the application's keys)."""
-    opened = _open(path)
+    opened = _open(storage, path)
     if opened is None:
         return None
     descriptor, status = opened
@@ -572,9 +565,7 @@ def _parse_text(text: bytes) -> Any:
 
 
 def format_timestamp(value: datetime | str | None) -> str | None:
-    """ISO 8601 in UTC; SQLite hands back naive datetimes, which the schema stores as UTC."""
+    """ISO 8601 in UTC (``records.as_utc``)."""
     if value is None or isinstance(value, str):
         return value
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=timezone.utc)
-    return value.astimezone(timezone.utc).isoformat()
+    return as_utc(value).isoformat()

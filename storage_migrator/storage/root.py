@@ -40,7 +40,6 @@ from __future__ import annotations
 import ctypes
 import errno
 import functools
-import hashlib
 import os
 import secrets
 import stat
@@ -49,17 +48,17 @@ from contextlib import contextmanager
 from types import TracebackType
 from typing import TYPE_CHECKING, BinaryIO
 
+from .layout import UnsafePath, _component_problem, printable, relative_parts, temp_name
+
 if TYPE_CHECKING:
     from typing_extensions import Self
 
 __all__ = [
     "CHUNK_SIZE",
-    "TEMP_SUFFIX",
     "DirHandle",
     "Parts",
     "Root",
     "UnsafePath",
-    "is_temp_name",
     "printable",
     "relative_parts",
 ]
@@ -67,13 +66,9 @@ __all__ = [
 CHUNK_SIZE = 1 << 20
 """Bytes per read when streaming a file (hashing, copying): memory does not grow with file size."""
 
-TEMP_SUFFIX = ".storage-migrate-tmp"
-"""Every temp file or temp symlink this module creates ends with this suffix."""
-
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_NOCTTY | os.O_CLOEXEC
-_TEMP_NAME_BYTES = 120  # of the original name kept in a temp name, so the temp name fits NAME_MAX
 _RENAME_NOREPLACE = 1
 
 Parts = str | Sequence[str]
@@ -81,78 +76,6 @@ Parts = str | Sequence[str]
 components. ``()`` is ROOT itself."""
 
 Content = bytes | bytearray | memoryview | Callable[[BinaryIO], object]
-
-
-def printable(path: str | bytes) -> str:
-    """``path`` as one printable line: undecodable bytes and control characters are escaped."""
-    if isinstance(path, str):
-        try:
-            raw = os.fsencode(path)
-        except UnicodeEncodeError:
-            raw = path.encode("utf-8", "backslashreplace")
-    else:
-        raw = path
-    text = raw.decode("utf-8", "backslashreplace")
-    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text)
-
-
-class UnsafePath(OSError):
-    """A path below ROOT that this tool refuses to touch: the message is one line naming the path
-    and the reason ("is a symlink", "is not a regular file", "is too large", "leaves ROOT", ...)."""
-
-    def __init__(self, path: str, reason: str) -> None:
-        super().__init__(f"{printable(path)}: {reason}")
-        self.path = path
-        self.reason = reason
-
-    def __str__(self) -> str:
-        return f"{printable(self.path)}: {self.reason}"
-
-    def __reduce__(self) -> tuple[type[UnsafePath], tuple[str, str]]:
-        return (type(self), (self.path, self.reason))
-
-
-def _component_problem(name: str) -> str | None:
-    """Why ``name`` cannot be one component of a path below ROOT, or None if it can."""
-    if name == "":
-        return "has an empty component"
-    if name == ".":
-        return "has a '.' component"
-    if name == "..":
-        return "leaves ROOT"
-    if "/" in name:
-        return "has a component containing '/'"
-    if "\0" in name:
-        return "contains NUL"
-    if "\\" in name:
-        return "contains a backslash"
-    try:
-        os.fsencode(name)
-    except UnicodeEncodeError:
-        return "is not encodable as a file name"
-    return None
-
-
-def relative_parts(path: str | bytes) -> tuple[str, ...]:
-    """Split a relative '/'-separated path from a manifest or database column into components.
-
-    Refused with ``UnsafePath``: the empty string, absolute paths, '' (doubled or trailing '/'),
-    '.' and '..' components, NUL, backslashes and strings that cannot be file names. Bytes are
-    decoded with ``os.fsdecode`` (surrogateescape), so any real file name is accepted.
-    """
-    text = os.fsdecode(path) if isinstance(path, bytes) else path
-    if not isinstance(text, str):
-        raise TypeError(f"expected str or bytes, got {type(path).__name__}")
-    if text == "":
-        raise UnsafePath(text, "is empty")
-    if text.startswith("/"):
-        raise UnsafePath(text, "is absolute (leaves ROOT)")
-    parts = tuple(text.split("/"))
-    for name in parts:
-        problem = _component_problem(name)
-        if problem is not None:
-            raise UnsafePath(text, problem)
-    return parts
 
 
 def _check_parts(parts: Parts) -> tuple[str, ...]:
@@ -168,14 +91,8 @@ def _check_parts(parts: Parts) -> tuple[str, ...]:
     return checked
 
 
-def is_temp_name(name: str) -> bool:
-    """Whether ``name`` looks like a temp file or temp symlink this module creates."""
-    return name.startswith(".") and name.endswith(TEMP_SUFFIX)
-
-
 def _temp_name(name: str) -> str:
-    raw = os.fsencode(name)[:_TEMP_NAME_BYTES]
-    return f".{os.fsdecode(raw)}.{os.getpid()}.{secrets.token_hex(8)}{TEMP_SUFFIX}"
+    return temp_name(name, os.getpid(), secrets.token_hex(8))
 
 
 def _os_error(error: OSError, display: str) -> OSError:
@@ -247,10 +164,6 @@ class DirHandle:
 
     def fileno(self) -> int:
         return self.fd
-
-    def stat(self) -> os.stat_result:
-        """``fstat`` of the directory."""
-        return os.fstat(self.fd)
 
     def entries(self) -> list[tuple[str, os.stat_result]]:
         """(name, lstat) of every entry, sorted by name; symlinks are reported, not followed."""
@@ -381,10 +294,6 @@ class Root:
     def __repr__(self) -> str:
         return f"Root({self.path!r})"
 
-    def describe(self, parts: Parts) -> str:
-        """The full path of ``parts`` as one printable line, for messages."""
-        return printable(os.path.join(self.path, *_check_parts(parts)))
-
     # -- internal helpers -------------------------------------------------------------------
 
     def _display(self, parts: tuple[str, ...]) -> str:
@@ -506,94 +415,7 @@ class Root:
         except OSError as error:
             raise _os_error(error, display) from None
 
-    def is_same_filesystem(self, parts_a: Parts, parts_b: Parts) -> bool:
-        """Whether two existing entries are on the same filesystem (``st_dev`` of their lstat),
-        i.e. whether a rename between them can work."""
-        stats = []
-        for parts in (parts_a, parts_b):
-            st = self.lstat(parts)
-            if st is None:
-                display = self._display(_check_parts(parts))
-                raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), printable(display))
-            stats.append(st)
-        return stats[0].st_dev == stats[1].st_dev
-
     # -- reading -----------------------------------------------------------------------------
-
-    def read_bytes(self, parts: Parts, max_bytes: int) -> bytes:
-        """The content of the regular file ``parts``. Refuses symlinks and non-regular files, and
-        refuses (``UnsafePath`` "is too large") a file over ``max_bytes`` after reading at most
-        ``max_bytes + 1`` bytes of it."""
-        if max_bytes < 0:
-            raise ValueError("max_bytes must not be negative")
-        checked = _check_parts(parts)
-        display = self._display(checked)
-        fd, st = self._open_regular(checked)
-        try:
-            if st.st_size > max_bytes:
-                raise UnsafePath(display, f"is too large ({st.st_size} bytes, the limit is {max_bytes})")
-            chunks: list[bytes] = []
-            remaining = max_bytes + 1
-            while remaining > 0:
-                try:
-                    data = os.read(fd, min(remaining, CHUNK_SIZE))
-                except OSError as error:
-                    raise _os_error(error, display) from None
-                if not data:
-                    break
-                chunks.append(data)
-                remaining -= len(data)
-        finally:
-            os.close(fd)
-        if remaining <= 0:
-            raise UnsafePath(display, f"is too large (more than {max_bytes} bytes)")
-        return b"".join(chunks)
-
-    @contextmanager
-    def open_file(self, parts: Parts) -> Iterator[BinaryIO]:
-        """A binary file object for streaming the regular file ``parts`` (symlinks, FIFOs and
-        devices are refused before anything is read); closed when the block ends."""
-        checked = _check_parts(parts)
-        fd, _st = self._open_regular(checked)
-        try:
-            handle = os.fdopen(fd, "rb")
-        except BaseException:
-            os.close(fd)
-            raise
-        with handle:
-            yield handle
-
-    def sha256_file(self, parts: Parts) -> tuple[str, int]:
-        """(sha256 hex digest, size in bytes) of the regular file ``parts``, read in 1 MiB chunks
-        into one reused buffer: memory does not depend on the file's size."""
-        checked = _check_parts(parts)
-        display = self._display(checked)
-        fd, _st = self._open_regular(checked)
-        digest = hashlib.sha256()
-        size = 0
-        buffer = bytearray(CHUNK_SIZE)
-        view = memoryview(buffer)
-        try:
-            while True:
-                try:
-                    count = os.readv(fd, [buffer])
-                except OSError as error:
-                    raise _os_error(error, display) from None
-                if count == 0:
-                    break
-                digest.update(view[:count])
-                size += count
-        finally:
-            view.release()
-            os.close(fd)
-        return digest.hexdigest(), size
-
-    def walk_files(
-        self, parts: Parts = (), *, max_depth: int | None = None
-    ) -> Generator[tuple[str, os.stat_result], None, None]:
-        """(relative path, lstat) of every regular file below ``parts``; see ``walk_entries``."""
-        for relative, st, _, _ in self.walk_entries(parts, max_depth=max_depth):
-            yield relative, st
 
     def walk_entries(
         self, parts: Parts = (), *, max_depth: int | None = None
@@ -738,7 +560,7 @@ class Root:
         parent descriptors. A symlink at either final component is moved or replaced as a link,
         never followed. Without ``overwrite`` an existing destination raises ``FileExistsError``
         (atomically with ``renameat2(RENAME_NOREPLACE)`` where the kernel has it). ``EXDEV``
-        across filesystems comes through as an ``OSError``: use ``copy_file`` then."""
+        across filesystems comes through as an ``OSError``: use ``copy_tree`` then."""
         src = _check_parts(src_parts)
         dst = _check_parts(dst_parts)
         display = f"{printable(self._display(src))} -> {printable(self._display(dst))}"
@@ -799,6 +621,57 @@ class Root:
                 raise _os_error(error, display) from None
         except OSError as error:
             raise _os_error(error, display) from None
+
+    def open_lock_file(self, parts: Parts, mode: int = 0o644) -> int:
+        """A read-write descriptor (the caller closes it) on the regular file ``parts``, created
+        if missing, never through a link; for ``flock`` and the holder's name."""
+        checked = _check_parts(parts)
+        display = self._display(checked)
+        with self._parent(checked) as (parent, name):
+            try:
+                fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, mode,
+                             dir_fd=parent)
+            except OSError as error:
+                raise _explain(parent, name, display, error, "is not a regular file") from None
+        status = os.fstat(fd)
+        if not stat.S_ISREG(status.st_mode):
+            os.close(fd)
+            raise UnsafePath(display, _kind(status.st_mode))
+        return fd
+
+    def rmdir(self, parts: Parts) -> None:
+        """Remove the empty directory ``parts`` (a symlink there is refused: ENOTDIR)."""
+        checked = _check_parts(parts)
+        try:
+            with self._parent(checked) as (parent, name):
+                os.rmdir(name, dir_fd=parent)
+        except OSError as error:
+            raise _os_error(error, self._display(checked)) from None
+
+    def set_times(self, parts: Parts, mtime_ns: int) -> None:
+        """Set access and modification time of the entry ``parts`` itself (a link is not followed)."""
+        checked = _check_parts(parts)
+        try:
+            with self._parent(checked) as (parent, name):
+                os.utime(name, ns=(mtime_ns, mtime_ns), dir_fd=parent, follow_symlinks=False)
+        except OSError as error:
+            raise _os_error(error, self._display(checked)) from None
+
+    def adopt_owner(self, parts: Parts, like: Parts = ()) -> None:
+        """Give the entry ``parts`` (never followed) the owner and group of ``like`` (ROOT by
+        default), so what a run as root creates stays writable by the application's user.
+        A no-op unless the tool runs as root."""
+        if os.geteuid() != 0:
+            return
+        checked = _check_parts(parts)
+        model = self.lstat(like)
+        try:
+            with self._parent(checked) as (parent, name):
+                current = os.stat(name, dir_fd=parent, follow_symlinks=False)
+                if model is not None and (current.st_uid, current.st_gid) != (model.st_uid, model.st_gid):
+                    os.chown(name, model.st_uid, model.st_gid, dir_fd=parent, follow_symlinks=False)
+        except OSError as error:
+            raise _os_error(error, self._display(checked)) from None
 
     def fsync_dir(self, parts: Parts = ()) -> None:
         """fsync the directory ``parts`` so renames and creations in it survive a power cut."""
@@ -885,74 +758,100 @@ class Root:
             except OSError as error:
                 raise _os_error(error, display) from None
 
-    def copy_file(
-        self,
-        src_parts: Parts,
-        dst_parts: Parts,
-        *,
-        dst_root: Root | None = None,
-        overwrite: bool = False,
-        fsync: bool = True,
-        preserve_owner: bool = False,
-    ) -> None:
-        """Copy the regular file ``src_parts`` to ``dst_parts`` (below ``dst_root``, default this
-        ROOT) for a cross-filesystem move: streamed descriptor to descriptor in 1 MiB chunks into
-        a temp file in the destination directory, given the source's permission bits (masked to
-        0o777: a planted set-user-ID bit is never copied) and atime/mtime, optionally its owner,
-        fsynced, then renamed into place (``FileExistsError`` if the destination exists, unless
-        ``overwrite``). The destination's parent must exist."""
+    def copy_tree(self, src_parts: Parts, dst_parts: Parts) -> None:
+        """Copy the directory ``src_parts`` to the new directory ``dst_parts`` (its parent must
+        exist, it must not) for a cross-filesystem move: both trees are walked together with
+        one descriptor each (``_Cursor``), so no path is resolved again from ROOT whatever the
+        depth. Each file is streamed into a temp file in its destination directory, given the
+        source's permission bits (masked to 0o777: a planted set-user-ID bit is never copied)
+        and atime/mtime, fsynced and renamed into place; each directory is fsynced once full.
+        A symlink, FIFO, socket or device anywhere raises ``UnsafePath``; the caller discards
+        the partial copy."""
         src = _check_parts(src_parts)
         dst = _check_parts(dst_parts)
-        target_root = dst_root if dst_root is not None else self
-        src_display = self._display(src)
-        dst_display = target_root._display(dst)
-        src_fd, st = self._open_regular(src)
+        source = _Cursor(self._open_dir_fd(src), self._display(src))
         try:
-            with target_root._parent(dst) as (parent, name):
-                if not overwrite and _lstat_at(parent, name) is not None:
-                    raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), printable(dst_display))
+            with self._parent(dst) as (parent, name):
+                target = _Cursor(self._make_dir_at(parent, name, self._display(dst)), self._display(dst))
+            try:
+                self._copy_walk(source, target)
+            finally:
+                target.close()
+        finally:
+            source.close()
+
+    def _copy_walk(self, source: _Cursor, target: _Cursor) -> None:
+        pending: list[list[str]] = []        # subdirectories still to copy at each depth (reversed)
+        scan_needed = True
+        while True:
+            if scan_needed:
+                subdirs: list[str] = []
+                for name, st in self._scan(source):
+                    if stat.S_ISREG(st.st_mode):
+                        self._copy_file_at(source, name, target)
+                    elif stat.S_ISDIR(st.st_mode):
+                        subdirs.append(name)
+                    else:
+                        raise UnsafePath(source.path(name), _kind(st.st_mode))
+                subdirs.reverse()
+                pending.append(subdirs)
+                scan_needed = False
+            if pending[-1]:
+                name = pending[-1].pop()
+                source.descend(name)
+                os.close(self._make_dir_at(target.fd, name, target.path(name)))
+                target.descend(name)
+                scan_needed = True
+                continue
+            pending.pop()
+            os.fsync(target.fd)
+            if not pending:
+                return
+            source.ascend()
+            target.ascend()
+
+    @staticmethod
+    def _make_dir_at(parent: int, name: str, display: str, mode: int = 0o755) -> int:
+        """``mkdir`` a new directory in ``parent`` and open it (never through a link)."""
+        try:
+            os.mkdir(name, mode, dir_fd=parent)
+            return os.open(name, DIR_FLAGS, dir_fd=parent)
+        except OSError as error:
+            raise _os_error(error, display) from None
+
+    def _copy_file_at(self, source: _Cursor, name: str, target: _Cursor) -> None:
+        """One regular file from the source cursor's directory into the target cursor's."""
+        src_display, dst_display = source.path(name), target.path(name)
+        try:
+            src_fd = os.open(name, READ_FLAGS, dir_fd=source.fd)
+        except OSError as error:
+            raise _explain(source.fd, name, src_display, error, "is not a regular file") from None
+        try:
+            st = os.fstat(src_fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise UnsafePath(src_display, _kind(st.st_mode))
+            os.set_blocking(src_fd, True)
+            try:
+                temp, out = self._create_temp(target.fd, name)
+            except OSError as error:
+                raise _os_error(error, dst_display) from None
+            try:
                 try:
-                    temp, out = target_root._create_temp(parent, name)
-                except OSError as error:
-                    raise _os_error(error, dst_display) from None
-                try:
-                    try:
-                        buffer = bytearray(CHUNK_SIZE)
-                        view = memoryview(buffer)
-                        try:
-                            while True:
-                                try:
-                                    count = os.readv(src_fd, [buffer])
-                                except OSError as error:
-                                    raise _os_error(error, src_display) from None
-                                if count == 0:
-                                    break
-                                written = 0
-                                while written < count:
-                                    written += os.write(out, view[written:count])
-                        finally:
-                            view.release()
-                        if preserve_owner:
-                            os.fchown(out, st.st_uid, st.st_gid)
-                        os.fchmod(out, stat.S_IMODE(st.st_mode) & 0o777)
-                        os.utime(out, ns=(st.st_atime_ns, st.st_mtime_ns))
-                        if fsync:
-                            os.fsync(out)
-                    finally:
-                        os.close(out)
-                    if overwrite:
-                        os.replace(temp, name, src_dir_fd=parent, dst_dir_fd=parent)
-                    elif not _renameat2_noreplace(parent, temp, parent, name):
-                        if _lstat_at(parent, name) is not None:
-                            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST))
-                        os.rename(temp, name, src_dir_fd=parent, dst_dir_fd=parent)
-                except OSError as error:
-                    self._discard_temp(parent, temp)
-                    raise _os_error(error, dst_display) from None
-                except BaseException:
-                    self._discard_temp(parent, temp)
-                    raise
-                if fsync:
-                    os.fsync(parent)
+                    while chunk := os.read(src_fd, CHUNK_SIZE):
+                        view = memoryview(chunk)
+                        while view:
+                            view = view[os.write(out, view):]
+                    os.fchmod(out, stat.S_IMODE(st.st_mode) & 0o777)
+                    os.utime(out, ns=(st.st_atime_ns, st.st_mtime_ns))
+                    os.fsync(out)
+                finally:
+                    os.close(out)
+                os.replace(temp, name, src_dir_fd=target.fd, dst_dir_fd=target.fd)
+            except OSError as error:
+                self._discard_temp(target.fd, temp)
+                raise _os_error(error, dst_display) from None
+            except BaseException:
+                self._discard_temp(target.fd, temp)
+                raise
         finally:
             os.close(src_fd)

@@ -10,6 +10,7 @@ from typing import Any
 from .. import diff
 from ..errors import GenerationError
 from .manifest import Manifest, ManifestHead
+from .opened import Storage
 from .tree import TreeSnapshot, git_blob_id_file, read_regular_file
 
 
@@ -18,6 +19,7 @@ class ManifestTree:
     """A migrated source tree known from its manifest: checksums without reading any file.
     Built from a manifest's head, the whole manifest is read only when checksums are needed."""
 
+    storage: Storage
     root: Path
     manifest: Manifest | ManifestHead
 
@@ -43,7 +45,7 @@ class ManifestTree:
         return {path: size for path, (size, _) in self.full().fingerprints.items()}
 
     def read(self, path: str) -> bytes:
-        return read_regular_file(self.root, path)
+        return read_regular_file(self.storage, self.root, path)
 
 
 SourceTree = TreeSnapshot | ManifestTree
@@ -54,8 +56,8 @@ def write_tree_patch(stream: Any, old: SourceTree, new: SourceTree, comparison: 
     diff.write_patch(
         stream, comparison, old.read, new.read,
         old_sizes=old.sizes(), new_sizes=new.sizes(),
-        blob_id_old=lambda path: git_blob_id_file(old.root, path),
-        blob_id_new=lambda path: git_blob_id_file(new.root, path),
+        blob_id_old=lambda path: git_blob_id_file(old.storage, old.root, path),
+        blob_id_new=lambda path: git_blob_id_file(new.storage, new.root, path),
     )
 
 

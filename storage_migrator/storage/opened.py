@@ -1,0 +1,151 @@
+"""The opened ROOT: the one object through which the rest of the tool looks at and changes
+anything below ROOT. ``open_installation`` creates it; the planner, executor, verify, rollback,
+diff and watch are handed it. Nothing here is module state: two ``Storage`` objects (two ROOTs,
+as in tests) never see each other."""
+from __future__ import annotations
+
+import functools
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+from ..errors import UsageError
+from .layout import StorageLayout
+from .root import Root, UnsafePath
+
+
+@dataclass(frozen=True)
+class Storage:
+    """ROOT's layout (where things go, pure) and ROOT held open (``root``: every access below
+    ROOT resolved from its descriptor, never through a symlink).
+
+    Paths handed to these methods and to the functions of ``tree``, ``manifest`` and ``steps``
+    are ``Path`` objects below ``layout.root`` (as the layout spells them); one that is not
+    below ROOT is refused with ``UnsafePath`` — there is no fallback to a plain call."""
+
+    layout: StorageLayout
+    root: Root
+
+    def close(self) -> None:
+        self.root.close()
+
+    def __enter__(self) -> Storage:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 trace: TracebackType | None) -> None:
+        self.close()
+
+    @property
+    def path(self) -> Path:
+        return self.layout.root
+
+    @functools.cached_property
+    def resolved_path(self) -> str:
+        """ROOT with the links in its own path resolved (the operator's choice): what inotify
+        reports paths below."""
+        return os.path.realpath(self.root.path)
+
+    def parts(self, path: Path | str) -> tuple[str, ...]:
+        """The components of ``path`` below ROOT (``()`` for ROOT itself), as spelled from ROOT
+        or from ``resolved_path``; ``UnsafePath`` if it lies outside ROOT."""
+        absolute = os.path.abspath(path)
+        for base in (self.root.path, self.resolved_path):
+            relative = os.path.relpath(absolute, base)
+            if relative == ".":
+                return ()
+            if relative != ".." and not relative.startswith(".." + os.sep):
+                return tuple(relative.split(os.sep))
+        raise UnsafePath(os.fspath(path), f"is outside the storage root {self.root.path}")
+
+    # -- looking, without following a link at any component ---------------------------------
+
+    def status(self, path: Path) -> os.stat_result | None:
+        """``lstat`` of ``path``; None if nothing is there or a component on the way is a link
+        or missing (then nothing is there as far as the tool is concerned). A path outside ROOT
+        is refused (``UnsafePath``), never looked at."""
+        parts = self.parts(path)
+        try:
+            return self.root.lstat(parts)
+        except OSError:
+            return None
+
+    def is_folder(self, path: Path) -> bool:
+        """A folder itself, not a link to one: the tool's one test for "is a folder"."""
+        found = self.status(path)
+        return found is not None and stat.S_ISDIR(found.st_mode)
+
+    def is_link(self, path: Path) -> bool:
+        found = self.status(path)
+        return found is not None and stat.S_ISLNK(found.st_mode)
+
+    def occupied(self, path: Path) -> bool:
+        """Something (anything, a dangling link included) has this name."""
+        return self.status(path) is not None
+
+    def link_text(self, path: Path) -> str | None:
+        """What the symlink ``path`` holds (never followed); None if it is not a symlink. A path
+        outside ROOT is refused (``UnsafePath``)."""
+        parts = self.parts(path)
+        try:
+            return self.root.readlink(parts)
+        except OSError:
+            return None
+
+    def names(self, path: Path) -> list[str]:
+        """The sorted entry names of the real folder ``path``; OSError if it is not one (a link
+        to a folder included)."""
+        with self.root.open_dir(self.parts(path)) as handle:
+            return sorted(name for name, _ in handle.entries())
+
+    def entries(self, path: Path) -> list[tuple[str, os.stat_result]]:
+        """(name, lstat) of each entry of the real folder ``path``, sorted by name."""
+        with self.root.open_dir(self.parts(path)) as handle:
+            return sorted(handle.entries(), key=lambda entry: entry[0])
+
+    # -- changing ------------------------------------------------------------------------------
+
+    def remove_entry(self, path: Path) -> None:
+        """Remove a file or link (never a folder, never through a link); gone already is fine."""
+        self.root.unlink(self.parts(path), missing_ok=True)
+
+    def remove_empty_folder(self, path: Path) -> None:
+        """``rmdir`` of a folder reached without following a link; OSError if it is not empty."""
+        self.root.rmdir(self.parts(path))
+
+    def set_mtime(self, path: Path, mtime_ns: int) -> None:
+        """Set the modification time of the file ``path`` (never through a link)."""
+        self.root.set_times(self.parts(path), mtime_ns)
+
+
+def open_storage(layout: StorageLayout) -> Storage:
+    """Open ROOT (a symlink in ROOT's own path is followed: it is the operator's choice) after
+    checking it: ROOT must be a folder; ``.storage-migrate`` must not be a symlink or sit on
+    another filesystem (the trash relies on one rename from ROOT into it). Raises
+    ``UsageError`` (exit 2) naming the fix otherwise."""
+    try:
+        root = Root.open(os.path.abspath(layout.root))
+    except OSError:
+        raise UsageError(f"storage root {layout.root} is not a folder; pass --storage-root or set STORAGE_ROOT") from None
+    storage = Storage(layout, root)
+    try:
+        _check_state_dir(storage)
+    except BaseException:
+        storage.close()
+        raise
+    return storage
+
+
+def _check_state_dir(storage: Storage) -> None:
+    state_dir = storage.layout.state_dir
+    found = storage.status(state_dir)
+    if found is None:
+        return
+    if not stat.S_ISDIR(found.st_mode):
+        raise UsageError(f"{state_dir} is not a real folder (a symlink is never followed); "
+                         "remove it and rerun — the tool recreates it")
+    if found.st_dev != os.fstat(storage.root.fileno()).st_dev:
+        raise UsageError(f"{state_dir} is on another filesystem than {storage.path}; "
+                         "unmount whatever is there and rerun")
