@@ -12,14 +12,12 @@ says ``Binary files a/P and b/P differ`` with both blob ids, and ``git apply`` r
 from __future__ import annotations
 
 import datetime
+import functools
 import io
 import re
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import BinaryIO, Literal
-
-import pygit2
-from pygit2.enums import DiffOption
+from typing import Any, BinaryIO, Literal
 
 from .storage.tree import git_blob_id  # the one blob-id function; here too as diff.git_blob_id
 
@@ -27,9 +25,22 @@ LARGE_FILE_LIMIT = 64 << 20        # bytes; a bigger changed file is named in th
 CONTEXT_LINES = 3
 NULL_BLOB_ID = "0" * 40
 FILE_MODE = b"100644"
-# SHOW_BINARY: a binary change as a `GIT binary patch` that git apply can use, not "differ".
-# INDENT_HEURISTIC: git's default since 2.14, so hunks slide to the same places as `git diff`.
-LIBGIT2_FLAGS = DiffOption.SHOW_BINARY | DiffOption.INDENT_HEURISTIC
+@functools.cache
+def _libgit2() -> Any:
+    """pygit2, imported the first time a patch is made: a dry run, an unchanged resync and the
+    read-only commands never pay for loading libgit2 (a good part of their start-up)."""
+    import pygit2
+
+    return pygit2
+
+
+@functools.cache
+def libgit2_flags() -> int:
+    """SHOW_BINARY: a binary change as a `GIT binary patch` that git apply can use, not "differ".
+    INDENT_HEURISTIC: git's default since 2.14, so hunks slide to the same places as `git diff`."""
+    from pygit2.enums import DiffOption
+
+    return int(DiffOption.SHOW_BINARY | DiffOption.INDENT_HEURISTIC)
 # The header is written here, so the name libgit2 sees never reaches the patch; a constant one
 # also spares pygit2 names it cannot pass (it encodes str strictly, a non-UTF-8 name fails).
 _LIBGIT2_NAME = "file"
@@ -203,8 +214,8 @@ def _write_whole_file(write: Write, path: str, content: bytes, *, added: bool) -
 def _write_diffed(write: Write, path: str, old: bytes | None, new: bytes | None) -> None:
     """libgit2 diffs the bytes (hunks, or a ``GIT binary patch``); the header is ours because
     libgit2 abbreviates the ``index`` ids to 7 digits when the text is shown."""
-    patch = pygit2.Patch.create_from(old, new, old_as_path=_LIBGIT2_NAME, new_as_path=_LIBGIT2_NAME,
-                                     flag=LIBGIT2_FLAGS, context_lines=CONTEXT_LINES)
+    patch = _libgit2().Patch.create_from(old, new, old_as_path=_LIBGIT2_NAME, new_as_path=_LIBGIT2_NAME,
+                                         flag=libgit2_flags(), context_lines=CONTEXT_LINES)
     data = patch.data
     body, is_text = _libgit2_body(data)
     write(_header(path, old is not None, new is not None, str(patch.delta.old_file.id),

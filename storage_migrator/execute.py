@@ -434,9 +434,11 @@ class Executor:
         link = self.layout.legacy_dir(generation.id)
         expected = self.layout.legacy_link_text(generation.project_id, generation.version or 0, generation.id)
         current = self.storage.link_text(link)
+        if current == expected and self.legacy_links and plan.action == Action.UNCHANGED:
+            return                          # its source/ was there when planned, a moment ago
         place = parse_legacy_link_text(current or "")
         ours = place is not None and place[0] == generation.project_id and place[2] == generation.id
-        if self.storage.occupied(link) and not ours:
+        if not ours and (current is not None or self.storage.occupied(link)):
             return
         if self.legacy_links and self.storage.is_folder(source_dir(_target(plan))):
             if current != expected:

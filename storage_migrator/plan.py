@@ -171,8 +171,8 @@ def probe_disk(storage: Storage, generation: GenerationRow, check_fingerprints: 
     also one lstat per file (resync), never file content. Nothing here follows a symlink."""
     legacy_kind = _legacy_kind(storage, generation)
     target = storage.layout.generation_target(generation)
-    target_exists = storage.is_folder(target)          # reached through real folders only
-    source_exists = target_exists and storage.is_folder(source_dir(target))
+    source_exists = storage.is_folder(source_dir(target))     # reached through real folders only
+    target_exists = source_exists or storage.is_folder(target)
     manifest = read_manifest_head(storage, manifest_path(target)) if source_exists else None
     patch_versions: tuple[int, ...] = ()
     has_temp_files = False

@@ -577,13 +577,25 @@ def test_whole_file_sections_are_what_git_writes(tmp_path: Path) -> None:
         assert without_first_line(ours) == without_first_line(git), name
 
 
+def test_commands_that_make_no_patch_never_load_libgit2() -> None:
+    """A dry run, an unchanged resync and the read-only commands import everything they use at
+    start-up; libgit2 (pygit2) is loaded only when a patch is made."""
+    import subprocess
+    import sys
+
+    probe = ("import sys, storage_migrator.cli, storage_migrator.migrate, storage_migrator.verify, "
+             "storage_migrator.project_diff, storage_migrator.watch; print('pygit2' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout == "False\n"
+    assert diff._libgit2().Patch.create_from(b"a\n", b"b\n").delta.new_file.id is not None
+
+
 def test_an_added_text_file_is_not_given_to_libgit2(monkeypatch: pytest.MonkeyPatch) -> None:
     import types
 
     calls: list[object] = []
-    original = diff.pygit2.Patch.create_from
+    original = diff._libgit2().Patch.create_from
     counting = types.SimpleNamespace(create_from=lambda *a, **k: calls.append(a) or original(*a, **k))
-    monkeypatch.setattr(diff, "pygit2", types.SimpleNamespace(Patch=counting))
+    monkeypatch.setattr(diff, "_libgit2", lambda: types.SimpleNamespace(Patch=counting))
     make_patch({"gone.py": b"x\n", "same.py": b"1\n"}, {"new.py": b"y\n", "same.py": b"2\n", "b.png": PNG})
     assert len(calls) == 2                  # the modified file and the binary add, nothing else
 

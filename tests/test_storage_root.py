@@ -314,8 +314,8 @@ def test_rmtree_stops_when_a_directory_is_moved_out_of_root_mid_walk(
     real_descend = rootfs._Cursor.descend
     moved: list[bool] = []
 
-    def descend_then_move(self: Any, name: str) -> None:
-        real_descend(self, name)
+    def descend_then_move(self: Any, name: str, status: os.stat_result | None = None) -> None:
+        real_descend(self, name, status)
         if self.names == ["a", "b", "c"] and not moved:
             # The attacker moves victim/a out of ROOT while the walk is inside it.
             os.rename(root_path / "victim/a", outside / "planted/a")
@@ -404,8 +404,9 @@ def test_a_symlink_to_dev_zero_is_refused(tmp_path: Path) -> None:
 
 
 def test_a_device_node_is_refused_without_being_opened(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "dev").mkdir()
     try:
-        os.mknod(tmp_path / "zero", 0o666 | stat.S_IFCHR, os.makedev(1, 5))
+        os.mknod(tmp_path / "dev/zero", 0o666 | stat.S_IFCHR, os.makedev(1, 5))
     except PermissionError:
         pytest.skip("cannot create device nodes here")
     opened_names: list[Any] = []
@@ -417,11 +418,11 @@ def test_a_device_node_is_refused_without_being_opened(tmp_path: Path, monkeypat
 
     with opened(tmp_path) as storage:
         monkeypatch.setattr(os, "open", recording_open)
-        results = [run_with_timeout(lambda: tree.read_regular_file(storage, tmp_path, "zero", max_bytes=10)),
-                   run_with_timeout(lambda: tree.sha256_file(storage, tmp_path, "zero"))]
+        results = [run_with_timeout(lambda: tree.read_regular_file(storage, tmp_path / "dev", "zero", max_bytes=10)),
+                   run_with_timeout(lambda: tree.sha256_file(storage, tmp_path / "dev", "zero"))]
     for result in results:
         assert isinstance(result, GenerationError), result
-        assert f"{tmp_path / 'zero'}: is not a regular file" in str(result)
+        assert f"{tmp_path / 'dev/zero'}: is not a regular file" in str(result)
     assert opened_names  # the recorder saw the walk down to the parent
     assert "zero" not in opened_names
 

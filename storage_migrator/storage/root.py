@@ -112,6 +112,14 @@ def _lstat_at(dir_fd: int, name: str) -> os.stat_result | None:
         return None
 
 
+def _lstat_named(dir_fd: int, name: str, display: str) -> os.stat_result | None:
+    """``_lstat_at``, an error naming ``display``."""
+    try:
+        return _lstat_at(dir_fd, name)
+    except OSError as error:
+        raise _os_error(error, display) from None
+
+
 def _kind(mode: int) -> str:
     if stat.S_ISLNK(mode):
         return "is a symlink"
@@ -155,21 +163,13 @@ def _renameat2_noreplace(src_fd: int, src: str, dst_fd: int, dst: str) -> bool:
     raise OSError(code, os.strerror(code))
 
 
-class DirHandle:
-    """An open directory below ROOT (a context manager); ``fd`` is usable with ``dir_fd=``."""
+class _OpenDirectory:
+    """A directory descriptor ``fd`` held open, closed once (``close()`` or the ``with`` block)."""
 
-    def __init__(self, fd: int, display: str) -> None:
-        self.fd = fd
-        self.display = display
+    fd: int
 
     def fileno(self) -> int:
         return self.fd
-
-    def entries(self) -> list[tuple[str, os.stat_result]]:
-        """(name, lstat) of every entry, sorted by name; symlinks are reported, not followed."""
-        with os.scandir(self.fd) as iterator:
-            found = [(entry.name, entry.stat(follow_symlinks=False)) for entry in iterator]
-        return sorted(found, key=lambda item: item[0])
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -185,10 +185,32 @@ class DirHandle:
         self.close()
 
 
+class DirHandle(_OpenDirectory):
+    """An open directory below ROOT (a context manager); ``fd`` is usable with ``dir_fd=``."""
+
+    def __init__(self, fd: int, display: str) -> None:
+        self.fd = fd
+        self.display = display
+
+    def entries(self) -> list[tuple[str, os.stat_result]]:
+        """(name, lstat) of every entry, sorted by name; symlinks are reported, not followed."""
+        with os.scandir(self.fd) as iterator:
+            found = [(entry.name, entry.stat(follow_symlinks=False)) for entry in iterator]
+        return sorted(found, key=lambda item: item[0])
+
+
+_KEPT_PARENTS = 8
+"""Descriptors of the directories above it a cursor keeps open, so a walk goes back up without
+opening anything; deeper than this it goes up through '..', checked against where it came from."""
+
+
 class _Cursor:
     """One current-directory descriptor moving through a tree, with the identity of every
-    directory above it, so a walk of any depth holds two descriptors at most and its way back up
-    through '..' is checked against where it came from."""
+    directory on the way. The nearest ``_KEPT_PARENTS`` parents stay open, so going back up
+    costs one ``fstatat`` (is the directory just left still there, the same one?); above them
+    the way back up goes through '..', checked against the recorded identity. Either way a walk
+    of any depth holds at most ``_KEPT_PARENTS + 1`` descriptors, never climbs into a directory
+    it did not come from, and stops (``UnsafePath``) when a directory was moved out from under it."""
 
     def __init__(self, fd: int, display: str) -> None:
         self.fd = fd
@@ -196,6 +218,7 @@ class _Cursor:
         top = os.fstat(fd)
         self.identities: list[tuple[int, int]] = [(top.st_dev, top.st_ino)]
         self.names: list[str] = []
+        self._parents: list[int] = []          # innermost last; -1 where not kept open
 
     def path(self, name: str | None = None) -> str:
         parts = [self.display, *self.names] + ([name] if name is not None else [])
@@ -204,43 +227,62 @@ class _Cursor:
     def relative(self, name: str) -> str:
         return "/".join([*self.names, name])
 
-    def descend(self, name: str) -> None:
+    def descend(self, name: str, status: os.stat_result | None = None) -> None:
+        """Into the subdirectory ``name`` (never through a link). ``status`` is its lstat from the
+        listing, if the caller has it: its identity is recorded instead of an fstat (a directory
+        swapped in since then is refused on the checked way back up)."""
         try:
             child = os.open(name, DIR_FLAGS, dir_fd=self.fd)
         except OSError as error:
             raise _explain(self.fd, name, self.path(name), error, "is not a directory") from None
         try:
-            st = os.fstat(child)
+            st = status if status is not None else os.fstat(child)
         except BaseException:
             os.close(child)
             raise
-        os.close(self.fd)
+        if len(self._parents) < _KEPT_PARENTS:
+            self._parents.append(self.fd)
+        else:
+            os.close(self.fd)
+            self._parents.append(-1)
         self.fd = child
         self.identities.append((st.st_dev, st.st_ino))
         self.names.append(name)
 
     def ascend(self) -> str:
         """Go back to the parent; returns the name of the directory just left."""
-        try:
-            parent = os.open("..", DIR_FLAGS, dir_fd=self.fd)
-        except OSError as error:
-            raise _os_error(error, self.path()) from None
-        try:
-            st = os.fstat(parent)
-            if (st.st_dev, st.st_ino) != self.identities[-2]:
+        kept = self._parents[-1]
+        if kept >= 0:
+            parent = kept
+            try:
+                here = os.stat(self.names[-1], dir_fd=parent, follow_symlinks=False)
+            except OSError:
+                here = None
+            if here is None or (here.st_dev, here.st_ino) != self.identities[-1]:
                 raise UnsafePath(self.path(), "was moved during the walk (leaves ROOT)")
-        except BaseException:
-            os.close(parent)
-            raise
+        else:
+            try:
+                parent = os.open("..", DIR_FLAGS, dir_fd=self.fd)
+            except OSError as error:
+                raise _os_error(error, self.path()) from None
+            try:
+                st = os.fstat(parent)
+                if (st.st_dev, st.st_ino) != self.identities[-2]:
+                    raise UnsafePath(self.path(), "was moved during the walk (leaves ROOT)")
+            except BaseException:
+                os.close(parent)
+                raise
+        self._parents.pop()
         os.close(self.fd)
         self.fd = parent
         self.identities.pop()
         return self.names.pop()
 
     def close(self) -> None:
-        if self.fd >= 0:
-            fd, self.fd = self.fd, -1
-            os.close(fd)
+        for fd in (self.fd, *self._parents):
+            if fd >= 0:
+                _close_quietly(fd)
+        self.fd, self._parents = -1, []
 
 
 def _explain(dir_fd: int, name: str, display: str, error: OSError, mismatch: str) -> OSError:
@@ -258,7 +300,7 @@ def _explain(dir_fd: int, name: str, display: str, error: OSError, mismatch: str
     return _os_error(error, display)
 
 
-class Root:
+class Root(_OpenDirectory):
     """The storage folder ROOT, held open as a directory descriptor; every method resolves paths
     below it component by component without following symlinks.
 
@@ -268,28 +310,12 @@ class Root:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = os.path.abspath(os.fspath(path))
-        self._fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        self.fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
 
     @classmethod
     def open(cls, path: str | os.PathLike[str]) -> Root:
         """Open ROOT (following a symlink in ROOT's own path, which the operator chose)."""
         return cls(path)
-
-    def fileno(self) -> int:
-        return self._fd
-
-    def close(self) -> None:
-        if self._fd >= 0:
-            fd, self._fd = self._fd, -1
-            os.close(fd)
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self, kind: type[BaseException] | None, value: BaseException | None, traceback: TracebackType | None
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"Root({self.path!r})"
@@ -301,10 +327,12 @@ class Root:
 
     def _open_dir_fd(self, parts: tuple[str, ...]) -> int:
         """A new descriptor for the directory ``parts``, each component opened with O_NOFOLLOW
-        from the descriptor of the one before."""
-        if self._fd < 0:
+        from the descriptor of the one before (the first from ROOT's own)."""
+        if self.fd < 0:
             raise ValueError(f"{self!r} is closed")
-        fd = os.open(".", DIR_FLAGS, dir_fd=self._fd)
+        if not parts:
+            return os.open(".", DIR_FLAGS, dir_fd=self.fd)
+        fd = self.fd
         try:
             for index, name in enumerate(parts):
                 try:
@@ -312,18 +340,26 @@ class Root:
                 except OSError as error:
                     display = self._display(parts[: index + 1])
                     raise _explain(fd, name, display, error, "is not a directory") from None
-                os.close(fd)
+                if fd != self.fd:
+                    os.close(fd)
                 fd = child
         except BaseException:
-            _close_quietly(fd)
+            if fd != self.fd:
+                _close_quietly(fd)
             raise
         return fd
 
     @contextmanager
     def _parent(self, parts: tuple[str, ...]) -> Iterator[tuple[int, str]]:
-        """(descriptor of the parent directory, final name) for a non-empty ``parts``."""
+        """(descriptor of the parent directory, final name) for a non-empty ``parts``; for an
+        entry directly in ROOT, ROOT's own descriptor (nothing is opened)."""
         if not parts:
             raise ValueError("this operation needs a path below ROOT, not ROOT itself")
+        if len(parts) == 1:
+            if self.fd < 0:
+                raise ValueError(f"{self!r} is closed")
+            yield self.fd, parts[0]
+            return
         fd = self._open_dir_fd(parts[:-1])
         try:
             yield fd, parts[-1]
@@ -338,10 +374,7 @@ class Root:
         """A blocking read descriptor on the regular file ``parts`` and its ``fstat``."""
         display = self._display(parts)
         with self._parent(parts) as (parent, name):
-            try:
-                st = _lstat_at(parent, name)
-            except OSError as error:
-                raise _os_error(error, display) from None
+            st = _lstat_named(parent, name, display)
             if st is None:
                 raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), printable(display))
             if not stat.S_ISREG(st.st_mode):
@@ -388,7 +421,7 @@ class Root:
         A symlink at an intermediate component is refused."""
         checked = _check_parts(parts)
         if not checked:
-            return os.fstat(self._fd)
+            return os.fstat(self.fd)
         try:
             with self._parent(checked) as (parent, name):
                 return _lstat_at(parent, name)
@@ -425,7 +458,7 @@ class Root:
         before subdirectories. The descriptor is valid until the next item: open the file with
         ``dir_fd`` and no path below ROOT is ever resolved again.
 
-        Iterative: any depth, at most three descriptors open. Never follows a link: a symlink,
+        Iterative: any depth, at most ``_KEPT_PARENTS`` + 2 descriptors open. Never follows a link: a symlink,
         FIFO, socket or device entry raises ``UnsafePath`` naming it; so does a directory deeper
         than ``max_depth`` levels below ``parts`` (no limit when None). Names are ``str`` with
         surrogateescape, usable again with ``relative_parts``.
@@ -434,27 +467,27 @@ class Root:
         cursor = _Cursor(self._open_dir_fd(checked), self._display(checked))
         try:
             # pending[i]: subdirectory names still to visit in the directory at depth i (reversed).
-            pending: list[list[str]] = []
+            pending: list[list[tuple[str, os.stat_result]]] = []
             scan_needed = True
             while True:
                 if scan_needed:
-                    subdirs: list[str] = []
+                    subdirs: list[tuple[str, os.stat_result]] = []
                     for name, st in self._scan(cursor):
                         if stat.S_ISREG(st.st_mode):
                             yield cursor.relative(name), st, cursor.fd, name
                         elif stat.S_ISDIR(st.st_mode):
-                            subdirs.append(name)
+                            subdirs.append((name, st))
                         else:
                             raise UnsafePath(cursor.path(name), _kind(st.st_mode))
                     subdirs.reverse()
                     pending.append(subdirs)
                     scan_needed = False
                 if pending[-1]:
-                    name = pending[-1].pop()
+                    name, status = pending[-1].pop()
                     if max_depth is not None and len(cursor.names) + 1 > max_depth:
                         raise UnsafePath(cursor.path(name), f"is too deep (more than {max_depth} levels)")
                     try:
-                        cursor.descend(name)
+                        cursor.descend(name, status)
                     except FileNotFoundError:
                         continue  # removed since the scan: nothing to report
                     scan_needed = True
@@ -502,10 +535,7 @@ class Root:
         checked = _check_parts(parts)
         display = self._display(checked)
         with self._parent(checked) as (parent, name):
-            try:
-                existing = _lstat_at(parent, name)
-            except OSError as error:
-                raise _os_error(error, display) from None
+            existing = _lstat_named(parent, name, display)
             if existing is not None and not stat.S_ISREG(existing.st_mode):
                 raise UnsafePath(display, _kind(existing.st_mode))
             try:
@@ -585,10 +615,7 @@ class Root:
         checked = _check_parts(parts)
         display = self._display(checked)
         with self._parent(checked) as (parent, name):
-            try:
-                existing = _lstat_at(parent, name)
-            except OSError as error:
-                raise _os_error(error, display) from None
+            existing = _lstat_named(parent, name, display)
             if existing is not None and not stat.S_ISLNK(existing.st_mode):
                 raise UnsafePath(display, f"{_kind(existing.st_mode)}, not a symlink")
             for _attempt in range(100):
@@ -681,7 +708,7 @@ class Root:
     def rmtree(self, parts: Parts, *, missing_ok: bool = False) -> None:
         """Remove the directory ``parts`` and everything in it without following any symlink.
 
-        Iterative with an explicit stack and at most three descriptors open at any depth; links,
+        Iterative with an explicit stack and at most ``_KEPT_PARENTS`` + 2 descriptors open at any depth; links,
         FIFOs and devices inside are removed as entries. A symlink at ``parts`` itself or at an
         intermediate component is refused (``UnsafePath``). An entry that cannot be removed
         (permissions, a directory moved out of ROOT during the walk, files added concurrently)
