@@ -214,6 +214,20 @@ def contenders(workers: int | None) -> tuple[Contender, ...]:
             Contender(RUN, f"storage-migrate run {named}", ("-q", "run", *chosen)))
 
 
+def counted_syscalls(command: list[str], environment: dict[str, str]) -> int | None:
+    """Every system call of a command and its children (``strace -f -c``); None without strace."""
+    if shutil.which("strace") is None:
+        return None
+    report = Path(tempfile.mktemp(prefix="bench-strace-"))
+    result = subprocess.run(["strace", "-f", "-c", "-o", str(report), *command], env=environment,
+                            capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        sys.exit(f"strace {shlex.join(command)} failed ({result.returncode}):\n{result.stderr[-3000:]}")
+    total = next(line for line in report.read_text().splitlines() if line.rstrip().endswith("total"))
+    report.unlink()
+    return int(total.split()[3])
+
+
 def tool_env(root: Path, url: str) -> dict[str, str]:
     return {**os.environ, "DATABASE_URL": url, "STORAGE_ROOT": str(root)}
 
@@ -231,9 +245,16 @@ def bench_database(label: str, database_url: str, corpus: Corpus, work: Path, wo
     resync = ("-q", "resync", *(("--workers", str(workers)) if workers else ()))
     seconds, rss = timed([*TOOL, *resync], tool_env(root, url))
     timings[RESYNC] = Timing("storage-migrate resync right after run (unchanged)", label, seconds, rss, corpus.files)
+    calls = counted_syscalls([*TOOL, "-q", "resync", "--workers", "1"], tool_env(root, url))
+    timings["syscalls resync"] = Timing("system calls, unchanged resync --workers 1", label, calls or 0, 0, corpus.files)
     check = subprocess.run([*TOOL, "-q", "verify"], env=tool_env(root, url), capture_output=True, text=True, check=False)
     if check.returncode != 0:
         sys.exit(f"verify failed after the run on {label}:\n{check.stdout[-3000:]}{check.stderr[-2000:]}")
+    root, url = fresh_copy(corpus, work / label, database_url)
+    if postgres:
+        reset_postgres(postgres)
+    calls = counted_syscalls([*TOOL, "-q", "run", "--workers", "1"], tool_env(root, url))
+    timings["syscalls run"] = Timing("system calls, run --workers 1", label, calls or 0, 0, corpus.files)
     shutil.rmtree(work / label, ignore_errors=True)
     return timings
 
@@ -270,11 +291,23 @@ def _ratio(numerator: float, denominator: float) -> str:
 def timings_table(by_database: dict[str, dict[str, Timing]], shell: Timing, floor: Timing) -> list[str]:
     lines = ["| contender | database | wall s | peak RSS MB | files/s | / shell | / sha256sum |",
              "|---|---|---|---|---|---|---|"]
-    every = [timing for timings in by_database.values() for timing in timings.values()] + [shell, floor]
+    every = [timing for timings in by_database.values() for key, timing in timings.items()
+             if not key.startswith("syscalls")] + [shell, floor]
     for timing in every:
         rate = timing.files / timing.seconds if timing.seconds else float("inf")
         lines.append(f"| {timing.contender} | {timing.database} | {timing.seconds:.2f} | {timing.peak_rss_mb:.0f} "
                      f"| {rate:,.0f} | {_ratio(timing.seconds, shell.seconds)} | {_ratio(timing.seconds, floor.seconds)} |")
+    return lines
+
+
+def syscalls_table(by_database: dict[str, dict[str, Timing]]) -> list[str]:
+    """System calls per file (``strace -f -c``, every process, start-up and database included)."""
+    lines = ["| database | run --workers 1: calls | per file | unchanged resync: calls | per file |",
+             "|---|---|---|---|---|"]
+    for label, timings in by_database.items():
+        run, resync = timings["syscalls run"], timings["syscalls resync"]
+        lines.append(f"| {label} | {run.seconds:,.0f} | {run.seconds / run.files:.1f} "
+                     f"| {resync.seconds:,.0f} | {resync.seconds / resync.files:.1f} |")
     return lines
 
 
@@ -318,7 +351,8 @@ def bench_corpus(name: str, arguments: argparse.Namespace, work: Path) -> None:
     print(f"## {name} corpus\n\nmachine: {machine()}\ncorpus: {corpus.description}; "
           f"warm page cache for every contender\n")
     print("\n".join(timings_table(by_database, shell, floor)) + "\n")
-    print("\n".join(ratios_table(by_database, shell, floor)) + "\n", flush=True)
+    print("\n".join(ratios_table(by_database, shell, floor)) + "\n")
+    print("\n".join(syscalls_table(by_database)) + "\n", flush=True)
 
 
 def main() -> None:

@@ -737,10 +737,21 @@ def test_copy_tree_keeps_mode_and_mtime_but_never_setuid(tmp_path: Path) -> None
     assert os.listdir(tmp_path / "dst/sub") == ["tool"]
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="handing folders to another user needs root")
+def test_makedirs_gives_the_folders_it_made_and_only_those_to_the_owner(tmp_path: Path) -> None:
+    (tmp_path / "old").mkdir()
+    with Root(tmp_path) as root:
+        made = root.makedirs("old/new/deeper", owner=(12345, 23456))
+    assert made == [("old", "new"), ("old", "new", "deeper")]
+    assert [(p.stat().st_uid, p.stat().st_gid) for p in (tmp_path / "old/new", tmp_path / "old/new/deeper")] \
+        == [(12345, 23456)] * 2
+    assert (tmp_path / "old").stat().st_uid == os.geteuid()          # what was there keeps its owner
+
+
 def test_rename_makedirs_symlink_readlink_unlink(tmp_path: Path) -> None:
     with Root(tmp_path) as root:
-        root.makedirs("a/b/c")
-        root.makedirs("a/b/c")  # existing is fine
+        assert root.makedirs("a/b/c") == [("a",), ("a", "b"), ("a", "b", "c")]
+        assert root.makedirs("a/b/c") == []  # existing is fine, and not reported as made
         root.write_atomic("a/b/c/f", b"1")
         root.write_atomic("a/g", b"2")
         with pytest.raises(UnsafePath, match="is not a directory"):

@@ -562,16 +562,21 @@ class Root(_OpenDirectory):
             if fsync:
                 os.fsync(parent)
 
-    def makedirs(self, parts: Parts, mode: int = 0o755) -> None:
+    def makedirs(self, parts: Parts, mode: int = 0o755, owner: tuple[int, int] | None = None) -> list[Parts]:
         """Create the directory ``parts`` and any missing parents (``mode`` minus the umask, as
-        ``os.makedirs``); existing directories are fine, a symlink at any component is refused."""
+        ``os.makedirs``); existing directories are fine, a symlink at any component is refused.
+        Returns the directories it created, outermost first; each is given ``owner`` (uid, gid)
+        through its own descriptor when one is asked for (as root). One pass down from ROOT: each
+        component is made and opened relative to the one before, nothing is looked up twice."""
         checked = _check_parts(parts)
-        fd = self._open_dir_fd(())
+        created: list[Parts] = []
+        fd = self.fd
         try:
             for index, name in enumerate(checked):
                 display = self._display(checked[: index + 1])
                 try:
                     os.mkdir(name, mode, dir_fd=fd)
+                    created.append(checked[: index + 1])
                 except FileExistsError:
                     pass
                 except OSError as error:
@@ -580,10 +585,26 @@ class Root(_OpenDirectory):
                     child = os.open(name, DIR_FLAGS, dir_fd=fd)
                 except OSError as error:
                     raise _explain(fd, name, display, error, "is not a directory") from None
-                os.close(fd)
+                if fd != self.fd:
+                    os.close(fd)
                 fd = child
+                if owner is not None and created and created[-1] == checked[: index + 1]:
+                    try:
+                        os.fchown(fd, *owner)
+                    except OSError as error:
+                        raise _os_error(error, display) from None
         finally:
-            _close_quietly(fd)
+            if fd != self.fd:
+                _close_quietly(fd)
+        return created
+
+    def owner_of(self, parts: Parts = ()) -> tuple[int, int] | None:
+        """(uid, gid) of the entry ``parts`` (ROOT by default) when the tool runs as root and so
+        must hand what it creates to the application's user; None otherwise (nothing to do)."""
+        if os.geteuid() != 0:
+            return None
+        model = self.lstat(parts)
+        return None if model is None else (model.st_uid, model.st_gid)
 
     def rename(self, src_parts: Parts, dst_parts: Parts, *, overwrite: bool = False) -> None:
         """Rename the entry ``src_parts`` to ``dst_parts`` (parents must exist) through the two

@@ -72,19 +72,6 @@ def replace_symlink(storage: Storage, link: Path, target_name: str) -> None:
         raise _failed(error, "set the link", link) from error
 
 
-def make_dirs(storage: Storage, path: Path) -> list[Path]:
-    """Create ``path`` and its missing parents; returns the folders created (outermost first),
-    so the caller can hand them to the right owner."""
-    missing: list[Path] = []
-    current = path
-    while not storage.occupied(current) and current != storage.path:
-        missing.append(current)
-        current = current.parent
-    try:
-        storage.root.makedirs(storage.parts(path))
-    except OSError as error:
-        raise _failed(error, "create", path) from error
-    return list(reversed(missing))
 
 
 def adopt_owner(storage: Storage, path: Path, like: Path | None = None) -> None:
@@ -98,9 +85,14 @@ def adopt_owner(storage: Storage, path: Path, like: Path | None = None) -> None:
 
 
 def make_owned_dirs(storage: Storage, path: Path, like: Path | None = None) -> None:
-    """``make_dirs`` with each created folder given the owner of ``like`` (``adopt_owner``)."""
-    for created in make_dirs(storage, path):
-        adopt_owner(storage, created, like)
+    """Create ``path`` and its missing parents in one pass down from ROOT, each created folder
+    given the owner of ``like`` (default ROOT) when run as root, so storage created by a
+    migration run as root stays writable by the application's user."""
+    try:
+        owner = storage.root.owner_of(storage.parts(like) if like is not None else ())
+        storage.root.makedirs(storage.parts(path), owner=owner)
+    except OSError as error:
+        raise _failed(error, "create", path) from error
 
 
 def rename_entry(storage: Storage, source: Path, destination: Path, *, replace: bool = True) -> None:
