@@ -10,6 +10,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -60,6 +61,31 @@ def build_installation(database_url: str, root: Path, size: SampleSize = SMALL, 
     if to_head:
         upgrade_schema(database_url, HEAD_REVISION)
     return Installation(Settings(database_url, root, PATH_PREFIX), sample)
+
+
+def snapshot(path: Path) -> dict[str, tuple[Any, ...]]:
+    """Everything observable about a folder without following links: names, types, modes,
+    inodes, mtimes, file contents and link targets."""
+    found: dict[str, tuple[Any, ...]] = {}
+    top = os.lstat(path)
+    found["."] = (top.st_mode, top.st_ino, top.st_mtime_ns)
+    for dirpath, dirnames, filenames in os.walk(path):
+        for name in sorted(dirnames + filenames):
+            full = os.path.join(dirpath, name)
+            st_ = os.lstat(full)
+            if stat.S_ISLNK(st_.st_mode):
+                content: Any = os.readlink(full)
+            elif stat.S_ISREG(st_.st_mode):
+                content = Path(full).read_bytes()
+            else:
+                content = None
+            found[os.path.relpath(full, path)] = (st_.st_mode, st_.st_ino, st_.st_mtime_ns, st_.st_size, content)
+    return found
+
+
+def open_fds() -> int:
+    """Descriptors this process holds now (a walk or a refused call must leave none behind)."""
+    return len(os.listdir("/proc/self/fd"))
 
 
 def storage_around(path: Path) -> Storage:

@@ -20,30 +20,11 @@ from storage_migrator.storage.layout import STATE_DIR, StorageLayout
 from storage_migrator.storage.opened import Storage, open_storage
 from storage_migrator.storage.root import UnsafePath
 
+from .sandbox import open_fds, snapshot
+
 PREFIX = "./storage/projects"
 
 
-def snapshot(path: Path) -> dict[str, tuple[Any, ...]]:
-    """Everything observable about a folder without following links."""
-    found: dict[str, tuple[Any, ...]] = {}
-    top = os.lstat(path)
-    found["."] = (top.st_mode, top.st_ino, top.st_mtime_ns)
-    for dirpath, dirnames, filenames in os.walk(path):
-        for name in sorted(dirnames + filenames):
-            full = os.path.join(dirpath, name)
-            st_ = os.lstat(full)
-            if stat.S_ISLNK(st_.st_mode):
-                content: Any = os.readlink(full)
-            elif stat.S_ISREG(st_.st_mode):
-                content = Path(full).read_bytes()
-            else:
-                content = None
-            found[os.path.relpath(full, path)] = (st_.st_mode, st_.st_ino, st_.st_mtime_ns, st_.st_size, content)
-    return found
-
-
-def open_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
 
 
 @pytest.fixture

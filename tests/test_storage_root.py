@@ -37,6 +37,8 @@ from storage_migrator.storage.root import (
     relative_parts,
 )
 
+from .sandbox import open_fds, snapshot
+
 MiB = 1 << 20
 DEEP = 2000
 
@@ -44,24 +46,6 @@ DEEP = 2000
 # -- helpers -----------------------------------------------------------------------------------
 
 
-def snapshot(path: Path) -> dict[str, tuple[Any, ...]]:
-    """Everything observable about a folder without following links: names, types, modes,
-    inodes, mtimes, file contents and link targets."""
-    found: dict[str, tuple[Any, ...]] = {}
-    top = os.lstat(path)
-    found["."] = (top.st_mode, top.st_ino, top.st_mtime_ns)
-    for dirpath, dirnames, filenames in os.walk(path):
-        for name in sorted(dirnames + filenames):
-            full = os.path.join(dirpath, name)
-            st_ = os.lstat(full)
-            if stat.S_ISLNK(st_.st_mode):
-                content: Any = os.readlink(full)
-            elif stat.S_ISREG(st_.st_mode):
-                content = Path(full).read_bytes()
-            else:
-                content = None
-            found[os.path.relpath(full, path)] = (st_.st_mode, st_.st_ino, st_.st_mtime_ns, st_.st_size, content)
-    return found
 
 
 def run_with_timeout(function: Callable[[], Any], timeout: float = 10.0, fifo: Path | None = None) -> Any:
@@ -85,10 +69,6 @@ def run_with_timeout(function: Callable[[], Any], timeout: float = 10.0, fifo: P
             thread.join(timeout)
         pytest.fail(f"{function} blocked for {timeout}s")
     return outcome["value"]
-
-
-def open_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
 
 
 @pytest.fixture
