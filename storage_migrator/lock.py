@@ -117,7 +117,8 @@ class RunLock:
         holder = {"command": self.command, "pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
         try:
             os.ftruncate(descriptor, 0)
-            os.pwrite(descriptor, json.dumps(holder).encode(), 0)
+            os.lseek(descriptor, 0, os.SEEK_SET)
+            os.write(descriptor, json.dumps(holder).encode())
         except OSError:
             pass        # the lock is held all the same; only the holder's name is missing (e.g. disk full)
 

@@ -29,6 +29,7 @@ from .errors import FAILS_ONE_GENERATION, GenerationError, failure_line
 from .faults import checkpoint
 from .installation import open_installation
 from .lock import RunLock
+from .plan import is_archived
 from .records import GenerationRow, GenerationUpdate, ProjectRecord
 from .report import GenerationOutcome, Outcome, RunReport
 from .storage.layout import (
@@ -50,6 +51,8 @@ from .storage.tree import read_prefix, scan_tree
 
 GIT_PATCH_START = b"diff --git "
 UNFINISHED_REASON = "pending or processing: the application may still be writing it, so rollback leaves it as it is"
+ARCHIVED_REASON = ("archived by the application (<project>/archive/v<N>__<id>/): its folder and row are the "
+                   "application's, so rollback leaves both as they are")
 
 
 def rollback(settings: Settings, keep_all: bool = True) -> RunReport:
@@ -83,6 +86,8 @@ def _restore_generation(storage: Storage, generation: GenerationRow) -> tuple[Ge
 
     if generation.is_unfinished:
         return outcome(Outcome.SKIPPED, generation.storage_path, reason=UNFINISHED_REASON), None
+    if is_archived(storage, generation):
+        return outcome(Outcome.SKIPPED, generation.storage_path, reason=ARCHIVED_REASON), None
     try:
         legacy_path = storage.layout.legacy_storage_path(generation.id)
         target = find_target(storage, generation)

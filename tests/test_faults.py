@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from pyfakefs.fake_filesystem import set_uid
 from pyfakefs.fake_filesystem_unittest import Patcher
 
+from storage_migrator import diff
 from storage_migrator.migrate import migrate
 
 from .sandbox import Installation, build_installation, scan
@@ -27,6 +28,7 @@ def fake_disk(installation: Installation) -> Iterator:
     """The installation's ROOT inside a fake filesystem (writes stay in memory)."""
     legacy = {g: scan(installation.root / g).checksums()
               for g in installation.sample.generation_ids if (installation.root / g).is_dir()}
+    diff.libgit2_flags()    # libgit2 loads its certificates from the real disk when first used
     with Patcher(additional_skip_names=["sqlalchemy", "alembic"]) as patcher:
         patcher.fs.add_real_directory(str(installation.root), read_only=False)
         patcher.fs.legacy_checksums = legacy

@@ -81,6 +81,30 @@ def test_rollback_leaves_a_generation_the_application_is_writing_untouched(
     assert restored, "the finished generations still go back"
 
 
+def test_rollback_leaves_a_generation_the_application_archived_as_it_is(database_url: str, tmp_path: Path) -> None:
+    """The application's ``cleanup_old_generations`` moves an old version's folder to
+    ``<project>/archive/`` and leaves the row alone: rollback neither "refreshes" that row
+    (zero files, no diff) nor touches the archive."""
+    installation = build_installation(database_url, tmp_path / "projects")
+    assert run_cli(installation, "run").returncode == 0
+    project_id = installation.sample.demo_project_id
+    generations = installation.root / project_id / "generations"
+    folder = sorted(path for path in generations.iterdir() if path.name.startswith("v1__"))[0]
+    generation_id = folder.name.split("__", 1)[1]
+    (installation.root / project_id / "archive").mkdir()
+    archived = installation.root / project_id / "archive" / folder.name
+    folder.rename(archived)
+    tree_before, row_before = tree_digest(archived), generation_row(installation, generation_id)
+
+    code, stderr, entries = rollback_entries(installation)
+
+    assert code == 0, stderr
+    assert entries[generation_id]["action"] == "skipped" and "archived" in entries[generation_id]["reason"]
+    assert generation_row(installation, generation_id) == row_before
+    assert tree_digest(archived) == tree_before
+    assert [entry for entry in entries.values() if entry["action"] == "restored"], "the others still go back"
+
+
 def migrated_generations(installation: Installation) -> dict[str, str]:
     """Generation id → project id of every generation ``run`` put in the new layout."""
     return {generation_id: project_id for generation_id, project_id in query(

@@ -22,7 +22,8 @@ Rules every method keeps:
   symlink, FIFO, socket or device where a regular file is read, or a non-directory where a
   directory is expected. Nothing is opened, created, truncated or removed through a link.
 * Files are opened with ``O_NOFOLLOW | O_NONBLOCK | O_NOCTTY`` after an ``lstat`` that refuses
-  anything but a regular file, then ``fstat``-checked and set back to blocking: a FIFO swapped in
+  anything but a regular file, then ``fstat``-checked (``O_NONBLOCK`` stays: it changes nothing
+  for a regular file, and clearing it cost two ``fcntl`` calls per file): a FIFO swapped in
   after the check never blocks the run and is refused.
 * Methods that replace or remove a name (``write_atomic``, ``rename``, ``symlink``, ``unlink``,
   ``rmtree``) act on the directory entry itself, which a symlink cannot redirect: ``rename(2)`` and
@@ -387,7 +388,6 @@ class Root(_OpenDirectory):
             opened = os.fstat(fd)
             if not stat.S_ISREG(opened.st_mode):
                 raise UnsafePath(display, _kind(opened.st_mode))
-            os.set_blocking(fd, True)
         except BaseException:
             os.close(fd)
             raise
@@ -566,8 +566,9 @@ class Root(_OpenDirectory):
         """Create the directory ``parts`` and any missing parents (``mode`` minus the umask, as
         ``os.makedirs``); existing directories are fine, a symlink at any component is refused.
         Returns the directories it created, outermost first; each is given ``owner`` (uid, gid)
-        through its own descriptor when one is asked for (as root). One pass down from ROOT: each
-        component is made and opened relative to the one before, nothing is looked up twice."""
+        right after its ``mkdir``, through its parent's descriptor, when one is asked for (as
+        root). One pass down from ROOT: each component is made and opened relative to the one
+        before, nothing is looked up twice."""
         checked = _check_parts(parts)
         created: list[Parts] = []
         fd = self.fd
@@ -577,6 +578,8 @@ class Root(_OpenDirectory):
                 try:
                     os.mkdir(name, mode, dir_fd=fd)
                     created.append(checked[: index + 1])
+                    if owner is not None:           # the entry itself, never through a link
+                        os.chown(name, *owner, dir_fd=fd, follow_symlinks=False)
                 except FileExistsError:
                     pass
                 except OSError as error:
@@ -588,11 +591,6 @@ class Root(_OpenDirectory):
                 if fd != self.fd:
                     os.close(fd)
                 fd = child
-                if owner is not None and created and created[-1] == checked[: index + 1]:
-                    try:
-                        os.fchown(fd, *owner)
-                    except OSError as error:
-                        raise _os_error(error, display) from None
         finally:
             if fd != self.fd:
                 _close_quietly(fd)
@@ -878,7 +876,6 @@ class Root(_OpenDirectory):
             st = os.fstat(src_fd)
             if not stat.S_ISREG(st.st_mode):
                 raise UnsafePath(src_display, _kind(st.st_mode))
-            os.set_blocking(src_fd, True)
             try:
                 temp, out = self._create_temp(target.fd, name)
             except OSError as error:

@@ -127,7 +127,6 @@ def _open_at(dir_fd: int, name: str, display: str) -> tuple[int, os.stat_result]
     if not stat.S_ISREG(status.st_mode):
         os.close(descriptor)
         raise GenerationError(f"{display} is not a regular file; it is never read")
-    os.set_blocking(descriptor, True)
     return descriptor, status
 
 
