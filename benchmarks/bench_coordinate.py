@@ -28,7 +28,8 @@ from bench_run import TOOL, build_real, drop_postgres, fresh_copy, machine, prep
 
 
 def run_participants(root: Path, url: str, participants: int) -> tuple[float, list[dict]]:
-    """``participants`` coordinated runs at once (0: one uncoordinated run); wall seconds and JSON."""
+    """``participants`` coordinated runs at once (0: one uncoordinated run); wall seconds and each
+    one's JSON document, with its peak RSS (MB, GNU time) added as ``peak_rss_mb``."""
     started = time.monotonic()
     if participants == 0:
         commands = [([*TOOL, "--json", "run", "--workers", "1"], tool_env(root, url))]
@@ -36,14 +37,20 @@ def run_participants(root: Path, url: str, participants: int) -> tuple[float, li
         commands = [([*TOOL, "--json", "run", "--coordinate", "--workers", "1"],
                      {**tool_env(root, url), "STORAGE_MIGRATE_HOSTNAME": f"bench-{index}"})
                     for index in range(participants)]
-    processes = [subprocess.Popen(command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-                 for command, environment in commands]
+    reports = [Path(tempfile.mktemp(prefix="bench-rss-")) for _ in commands]
+    processes = [subprocess.Popen(["/usr/bin/time", "-o", str(report), "-f", "%M", *command], env=environment,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for (command, environment), report in zip(commands, reports, strict=True)]
     outputs = [process.communicate() for process in processes]
     seconds = time.monotonic() - started
     for process, (_, stderr) in zip(processes, outputs, strict=True):
         if process.returncode != 0:
             sys.exit(f"a participant failed ({process.returncode}):\n{stderr[-3000:]}")
-    return seconds, [json.loads(stdout) for stdout, _ in outputs]
+    documents = [json.loads(stdout) for stdout, _ in outputs]
+    for document, report in zip(documents, reports, strict=True):
+        document["peak_rss_mb"] = int(report.read_text().split()[-1]) / 1024
+        report.unlink()
+    return seconds, documents
 
 
 def main() -> None:
@@ -82,9 +89,11 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
     print(f"## run --coordinate, real corpus\n\nmachine: {machine()}\ncorpus: {corpus.description}; "
           f"PostgreSQL; best of {arguments.rounds}\n")
-    print("| contender | wall s | generations/s | buckets per participant | taken over | waited s (sum) |")
-    print("|---|---:|---:|---|---:|---:|")
+    print("| contender | wall s | speed-up over 1 participant | generations/s | buckets per participant "
+          "| taken over | waited s (sum) | peak RSS per participant MB |")
+    print("|---|---:|---:|---:|---|---:|---:|---|")
     baseline = rows[0][1]
+    single = next((seconds for count, seconds, _ in rows if count == 1), None)
     for count, seconds, documents in rows:
         generations = sum(document["migrated"] + document["skipped"] + document["failed"] for document in documents)
         shares = [document.get("coordination") for document in documents]
@@ -92,8 +101,10 @@ def main() -> None:
         buckets = "/".join(str(share["buckets_claimed"]) for share in shares if share) or "-"
         taken = sum(share["buckets_taken_over"] for share in shares if share)
         waited = sum(share["waited_seconds"] for share in shares if share)
-        print(f"| {label} | {seconds:.2f} ({seconds / baseline:.2f}x) | {generations / seconds:,.0f} | {buckets} "
-              f"| {taken} | {waited:.1f} |")
+        speedup = f"{single / seconds:.2f}x" if single and count else "-"
+        rss = "/".join(f"{document['peak_rss_mb']:.0f}" for document in documents)
+        print(f"| {label} | {seconds:.2f} ({seconds / baseline:.2f}x) | {speedup} | {generations / seconds:,.0f} "
+              f"| {buckets} | {taken} | {waited:.1f} | {rss} |")
 
 
 if __name__ == "__main__":
