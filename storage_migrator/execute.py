@@ -451,8 +451,8 @@ class Executor:
     def _point_active_link(self, plan: ProjectPlan) -> None:
         """``active`` → the active generation's folder if it is in the new layout; else no link."""
         generations_dir = self.layout.generations_dir(plan.project_id)
-        if not (self.storage.is_folder(generations_dir.parent) and self.storage.is_folder(generations_dir)):
-            return                              # a link at either level is never followed
+        if not self.storage.is_folder(generations_dir):    # reached through real folders only
+            return                              # a link at any level is never followed
         remove_temp_files(self.storage, generations_dir)
         link = self.layout.active_link(plan.project_id)
         active = next((p for p in plan.generations if p.id == plan.active_generation_id), None)

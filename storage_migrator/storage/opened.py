@@ -98,12 +98,12 @@ class Storage:
         """The sorted entry names of the real folder ``path``; OSError if it is not one (a link
         to a folder included)."""
         with self.root.open_dir(self.parts(path)) as handle:
-            return sorted(name for name, _ in handle.entries())
+            return handle.names()
 
     def entries(self, path: Path) -> list[tuple[str, os.stat_result]]:
         """(name, lstat) of each entry of the real folder ``path``, sorted by name."""
         with self.root.open_dir(self.parts(path)) as handle:
-            return sorted(handle.entries(), key=lambda entry: entry[0])
+            return handle.entries()
 
     # -- changing ------------------------------------------------------------------------------
 

@@ -193,6 +193,10 @@ class DirHandle(_OpenDirectory):
         self.fd = fd
         self.display = display
 
+    def names(self) -> list[str]:
+        """Every entry's name, sorted; nothing is stat'ed."""
+        return sorted(os.listdir(self.fd))
+
     def entries(self) -> list[tuple[str, os.stat_result]]:
         """(name, lstat) of every entry, sorted by name; symlinks are reported, not followed."""
         with os.scandir(self.fd) as iterator:

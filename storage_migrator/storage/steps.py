@@ -242,7 +242,7 @@ def prepare_state_dir(storage: Storage) -> None:
         try:
             storage.root.makedirs(storage.parts(folder), mode=0o700)
         except OSError as error:
-            if storage.is_link(folder) or (storage.occupied(folder) and not storage.is_folder(folder)):
+            if storage.occupied(folder) and not storage.is_folder(folder):   # a link, a file: said below
                 break
             raise UsageError(str(_failed(error, "create", folder))) from None
     for folder in (state_dir, state_dir / TRASH_DIR, state_dir / MOVING_DIR):
