@@ -67,7 +67,12 @@ POLL_SECONDS = 0.2
 JOIN_PID_CHECKS = 5
 HOSTNAME_VARIABLE = "STORAGE_MIGRATE_HOSTNAME"
 COORDINATE_VARIABLE = "STORAGE_MIGRATE_COORDINATE"
-KEEPALIVES = {"keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 2}
+DEAD_LINK_MILLISECONDS = 9000
+"""How long either end waits on a silent link: keepalives (5 s idle, then 2 probes 2 s apart)
+while nothing is in flight, and TCP_USER_TIMEOUT while a statement or its answer is — without it
+a participant whose link died under a sent statement waits for TCP's retransmissions (~15 min)."""
+KEEPALIVES = {"keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 2,
+              "tcp_user_timeout": DEAD_LINK_MILLISECONDS}
 
 
 class LockSessionLost(Exception):
@@ -139,7 +144,7 @@ def lock_session_engine(database_url: str, command: str) -> Engine:
     that holds none of our locks. Keepalives on both ends detect a dead link in seconds."""
     url = sa.make_url(normalize_database_url(database_url))
     options = (f"-c lock_timeout={LOCK_TIMEOUT} -c tcp_keepalives_idle=5 -c tcp_keepalives_interval=2 "
-               "-c tcp_keepalives_count=2")
+               f"-c tcp_keepalives_count=2 -c tcp_user_timeout={DEAD_LINK_MILLISECONDS}")
     connect_args: dict[str, Any] = {
         "application_name": f"{command} --coordinate pid={os.getpid()} host={host_name()}"[:63],
         "connect_timeout": 10, "options": options, **KEEPALIVES,

@@ -17,7 +17,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -226,6 +226,35 @@ def test_a_killed_participant_is_taken_over(installation: Installation, referenc
     assert sum(document["coordination"]["buckets_taken_over"] for document in documents) >= 1
 
 
+# Every step boundary a coordinated run reaches on the sample data, two per case: the first victim
+# runs alone until it stops at its step, the second (with the first's bucket held) at its own.
+STEP_PAIRS = [("planned", "target-prepared"), ("rebuilt", "moved"), ("manifest-written", "patch-written"),
+              ("legacy-link", "active-link"), ("before-database-write", "after-database-write")]
+
+
+@pytest.mark.parametrize(("first", "second"), STEP_PAIRS)
+def test_two_participants_killed_at_step_boundaries_are_taken_over(installation: Installation, reference: tuple,
+                                                                  first: str, second: str) -> None:
+    (expected_state, _) = reference
+    victims = []
+    for index, step in enumerate((first, second)):
+        victim = participant(installation, f"victim-{index}", extra_environment={PAUSE_AT_VARIABLE: step})
+        wait_until_stopped(victim)
+        victims.append(victim)
+    survivor = participant(installation, "survivor")
+    wait_for_done_markers(installation, BUCKETS - 2)        # all but the victims' claimed buckets
+    for victim in victims:
+        victim.send_signal(signal.SIGKILL)
+        victim.wait(timeout=60)
+    returncode, stdout, stderr = finish(survivor)
+    assert returncode == 0, stderr
+    document = json.loads(stdout)
+    assert end_state(installation) == expected_state, f"killed at {first} and {second}: a rerun was needed"
+    assert document["coordination"]["buckets_taken_over"] >= 2
+    assert document["coordination"]["buckets_claimed"] == BUCKETS, "the victims' finished buckets are redone"
+    assert document["failed"] == 0
+
+
 def test_a_participant_that_loses_its_lock_session_stops(installation: Installation, reference: tuple,
                                                         postgres_url: str) -> None:
     (expected_state, _) = reference
@@ -252,6 +281,151 @@ def test_a_participant_that_loses_its_lock_session_stops(installation: Installat
     assert set(given_up) <= set(installation.sample.project_ids) and given_up
     assert tree_digest(installation.root) == after_others, "the cut-off participant changed the disk"
     assert end_state(installation) == expected_state
+
+
+@dataclass(frozen=True)
+class SeparateHost:
+    """A network namespace joined to this one by a veth pair, and a PostgreSQL cluster of its own
+    listening only on this side's address: a participant started with ``prefix`` reaches the
+    database over the veth link, which ``cut`` turns into a partition (every packet dropped both
+    ways, no error to either end — as a dead switch)."""
+
+    namespace: str
+    database_url: str
+
+    @property
+    def prefix(self) -> list[str]:
+        return ["ip", "netns", "exec", self.namespace]
+
+    def cut(self) -> None:
+        for command in (["ip", "link", "set", f"{self.namespace}a", "down"],
+                        [*self.prefix, "ip", "link", "set", f"{self.namespace}b", "down"]):
+            subprocess.run(command, check=True)
+
+
+def _as_root(*command: str) -> None:
+    subprocess.run(command, check=True, capture_output=True)
+
+
+@pytest.fixture
+def separate_host() -> Iterator[SeparateHost]:
+    binaries = Path("/usr/lib/postgresql") / sorted(os.listdir("/usr/lib/postgresql"))[-1] / "bin"
+    if os.geteuid() != 0 or not shutil.which("ip") or not (binaries / "initdb").exists():
+        pytest.skip("needs root, iproute2 and PostgreSQL's server binaries (initdb, pg_ctl)")
+    namespace = f"sm{uuid.uuid4().hex[:6]}"
+    subnet = f"10.{200 + random.Random().randint(0, 50)}.{random.Random().randint(1, 250)}"
+    data = Path(f"/tmp/storage-migrate-cluster-{namespace}")            # readable by the postgres user
+    data.mkdir(mode=0o700)
+    shutil.chown(data, "postgres", "postgres")
+    port = 5600 + random.Random().randint(0, 300)
+    try:
+        _as_root("ip", "netns", "add", namespace)
+        _as_root("ip", "link", "add", f"{namespace}a", "type", "veth", "peer", "name", f"{namespace}b")
+        _as_root("ip", "link", "set", f"{namespace}b", "netns", namespace)
+        _as_root("ip", "addr", "add", f"{subnet}.1/30", "dev", f"{namespace}a")
+        _as_root("ip", "link", "set", f"{namespace}a", "up")
+        for command in (["ip", "addr", "add", f"{subnet}.2/30", "dev", f"{namespace}b"],
+                        ["ip", "link", "set", f"{namespace}b", "up"], ["ip", "link", "set", "lo", "up"]):
+            _as_root("ip", "netns", "exec", namespace, *command)
+        _as_root("runuser", "-u", "postgres", "--", str(binaries / "initdb"), "-D", str(data / "db"), "-A", "trust",
+                 "-U", "postgres", "--no-sync")
+        with (data / "db" / "pg_hba.conf").open("a") as hba:
+            hba.write(f"host all all {subnet}.0/30 trust\n")
+        _as_root("runuser", "-u", "postgres", "--", str(binaries / "pg_ctl"), "-D", str(data / "db"), "-w",
+                 "-l", str(data / "log"), "-o", f"-c listen_addresses={subnet}.1 -p {port} -k {data} -c fsync=off",
+                 "start")
+        url = f"postgresql+psycopg://postgres@{subnet}.1:{port}/postgres"
+        admin = sa.create_engine(url, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
+        with admin.connect() as connection:
+            connection.execute(sa.text('CREATE DATABASE "installation"'))
+        admin.dispose()
+        yield SeparateHost(namespace, sa.make_url(url).set(database="installation").render_as_string(False))
+    finally:
+        subprocess.run(["runuser", "-u", "postgres", "--", str(binaries / "pg_ctl"), "-D", str(data / "db"),
+                        "-m", "immediate", "stop"], capture_output=True)
+        subprocess.run(["ip", "netns", "del", namespace], capture_output=True)
+        subprocess.run(["ip", "link", "del", f"{namespace}a"], capture_output=True)
+        shutil.rmtree(data, ignore_errors=True)
+
+
+def test_a_participant_cut_off_from_the_network_stops_and_its_projects_are_finished(
+        separate_host: SeparateHost, tmp_path: Path, copies: list[str]) -> None:
+    # The victim runs in a network namespace of its own, as on another host, and stops after its
+    # first plan; the link is cut (no reset, no error: packets vanish). Continued, it must find
+    # out by itself — its next database step times out on the dead link — make no disk change,
+    # and exit 1; the server, by the keepalives the tool asked for, drops its session and its
+    # locks, and a participant on this side finishes its projects.
+    installation = build_installation(separate_host.database_url, tmp_path / "projects", SIZE)
+    single = copy_installation(installation, tmp_path / "single", copies)
+    assert run_cli(single, "run", "--workers", "1").returncode == 0
+    expected_state = end_state(single)
+    environment = {**installation.cli_environment(), "STORAGE_MIGRATE_HOSTNAME": "islander",
+                   "STORAGE_MIGRATE_COORDINATE": "1", PAUSE_AT_VARIABLE: "planned"}
+    victim = subprocess.Popen([*separate_host.prefix, sys.executable, "-m", "storage_migrator", "--json", "run",
+                               "--workers", "1"], env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True)
+    wait_until_stopped_below(victim)
+    separate_host.cut()
+    at_the_cut = tree_digest(installation.root)
+    cut_at = time.monotonic()
+    for pid in _process_tree(victim.pid):
+        os.kill(pid, signal.SIGCONT)
+    returncode, stdout, stderr = finish(victim, timeout=120)
+    noticed_after = time.monotonic() - cut_at
+    assert returncode == 1, stderr
+    document = json.loads(stdout)
+    assert "lost its database session" in document["error"] and "projects given up: " in document["error"]
+    assert noticed_after < 60, f"the partition took {noticed_after:.0f} s to notice"
+    assert tree_digest(installation.root) == at_the_cut, "the cut-off participant changed the disk"
+    assert _seconds_until_no_session_of(installation, "host=islander") < 60, "the server kept the dead session"
+    other = participant(installation, "mainland")
+    returncode, stdout, stderr = finish(other, timeout=120)
+    assert returncode == 0, stderr
+    assert json.loads(stdout)["coordination"]["buckets_claimed"] == BUCKETS
+    assert end_state(installation) == expected_state
+
+
+def _seconds_until_no_session_of(installation: Installation, marker: str, timeout: float = 90) -> float:
+    """How long until the server has dropped every session whose application_name has ``marker``
+    (and with it their advisory locks): its own keepalives must notice the dead peer."""
+    engine = sa.create_engine(installation.database_url, poolclass=sa.pool.NullPool)
+    started = time.monotonic()
+    try:
+        while time.monotonic() - started < timeout:
+            with engine.connect() as connection:
+                left = connection.execute(sa.text("SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE "
+                                                  ":m"), {"m": f"%{marker}%"}).scalar_one()
+            if not left:
+                return time.monotonic() - started
+            time.sleep(0.2)
+    finally:
+        engine.dispose()
+    return timeout
+
+
+def _process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (``ip netns exec`` execs, but be sure)."""
+    found = [pid]
+    for child in Path(f"/proc/{pid}/task").glob("*/children"):
+        for line in child.read_text().split():
+            found.extend(_process_tree(int(line)))
+    return found
+
+
+def wait_until_stopped_below(process: subprocess.Popen[str], timeout: float = 120) -> None:
+    """Until ``process`` or one of its descendants has stopped itself (SIGSTOP at a step)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"the participant ended before pausing: {process.communicate()}")
+        for pid in _process_tree(process.pid):
+            try:
+                if Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] == "T":
+                    return
+            except FileNotFoundError:
+                continue
+        time.sleep(0.05)
+    raise AssertionError("the participant never paused")
 
 
 @pytest.mark.parametrize("other", ["rollback", "run"])
