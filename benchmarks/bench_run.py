@@ -2,13 +2,15 @@
 (`mv` per folder, `find | wc -l`, `du -sb`, `diff -ruN` per consecutive pair) and against the
 `sha256sum` floor (every byte read once), on copies of one corpus, in one run, per corpus.
 
-    .venv/bin/python benchmarks/bench_run.py [--corpus real|synthetic|both] [--scale K]
+    .venv/bin/python benchmarks/bench_run.py [--corpus real|long|synthetic|both|all] [--scale K]
                                               [--database sqlite,postgresql]
                                               [--generations 1000 --files 60000]
 
 The corpus that counts is `real` (benchmarks/real_corpus.py: consecutive releases of real
-packages, fetched once into benchmarks/.cache/); `synthetic` is sample_data's generated one.
-`--scale K` lays out K copies of each real project, or K times the synthetic size.
+packages, many short files, fetched once into benchmarks/.cache/); `long` is the same kind of
+history from one project whose files run to thousands of lines with small edits between releases
+(SQLAlchemy); `synthetic` is sample_data's generated one. `both` is real and synthetic, `all`
+adds long. `--scale K` lays out K copies of each real or long project, or K times the synthetic size.
 Every contender gets a fresh `cp -a` copy and a warm page cache (the corpus is read once before
 each timing: dropping caches needs privileges a CI machine may lack). Wall time and peak RSS come
 from GNU time. The tool's result is checked with `storage-migrate verify` (not timed).
@@ -34,12 +36,14 @@ from storage_migrator.demo import SampleSize, generate_installation
 from storage_migrator.schema import upgrade_schema
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from real_corpus import build_real_installation, versions_per_project
+from real_corpus import CORPORA, build_real_installation, line_lengths
 
 TOOL = [sys.executable, "-m", "storage_migrator"]
 SERVER_URL = os.environ.get("TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 LEGACY_TABLES = ("users", "organizations", "projects", "generations")
 DRY_RUN, RUN_ONE, RUN, RESYNC = "dry-run", "run --workers 1", "run", "resync"
+CORPUS_GROUPS = {"both": ("real", "synthetic"), "all": ("real", "long", "synthetic")}
+"""--corpus names that stand for several corpora, benchmarked in this order."""
 
 
 @dataclass(frozen=True)
@@ -57,6 +61,7 @@ class Corpus:
 
     name: str
     description: str
+    file_lengths: str
     folder: Path
     sqlite_url: str
     files: int
@@ -105,15 +110,17 @@ def build_synthetic(folder: Path, size: SampleSize) -> Corpus:
     engine.dispose()
     description = (f"synthetic (sample_data): {size.projects} projects x ~{size.generations_per_project} "
                    f"generations, {sample.file_count:,} files, {sample.total_bytes / 1024**2:.0f} MiB")
-    return Corpus("synthetic", description, folder, url, sample.file_count)
+    lengths = line_lengths({"": folder / "projects"}).describe()
+    return Corpus("synthetic", description, lengths, folder, url, sample.file_count)
 
 
-def build_real(folder: Path, scale: int) -> Corpus:
-    """Consecutive releases of real packages (benchmarks/real_corpus.py), K copies for --scale K."""
+def build_real(folder: Path, scale: int, name: str = "real") -> Corpus:
+    """Consecutive releases of real packages (benchmarks/real_corpus.py: ``real`` or ``long``),
+    K copies of each project for --scale K."""
     url, engine = _legacy_database(folder)
-    installation = build_real_installation(engine, folder / "projects", scale)
+    installation = build_real_installation(engine, folder / "projects", scale, CORPORA[name])
     engine.dispose()
-    return Corpus("real", installation.describe(versions_per_project()), folder, url, installation.files)
+    return Corpus(name, installation.describe(), installation.lines.describe(), folder, url, installation.files)
 
 
 # --------------------------------------------------------------------------- databases
@@ -330,8 +337,8 @@ def bench_corpus(name: str, arguments: argparse.Namespace, work: Path) -> None:
     work.mkdir(parents=True, exist_ok=True)
     folder = work / "corpus"
     folder.mkdir()
-    if name == "real":
-        corpus = build_real(folder, arguments.scale)
+    if name in CORPORA:
+        corpus = build_real(folder, arguments.scale, name)
     else:
         corpus = build_synthetic(folder, SampleSize.scaled(arguments.generations * arguments.scale,
                                                            arguments.files * arguments.scale))
@@ -349,7 +356,7 @@ def bench_corpus(name: str, arguments: argparse.Namespace, work: Path) -> None:
         if postgres:
             drop_postgres(postgres)
     print(f"## {name} corpus\n\nmachine: {machine()}\ncorpus: {corpus.description}; "
-          f"warm page cache for every contender\n")
+          f"warm page cache for every contender\n{corpus.file_lengths}\n")
     print("\n".join(timings_table(by_database, shell, floor)) + "\n")
     print("\n".join(ratios_table(by_database, shell, floor)) + "\n")
     print("\n".join(syscalls_table(by_database)) + "\n", flush=True)
@@ -357,8 +364,9 @@ def bench_corpus(name: str, arguments: argparse.Namespace, work: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--corpus", choices=("real", "synthetic", "both"), default="both")
-    parser.add_argument("--scale", type=int, default=1, help="K copies of each real project, K times the synthetic size")
+    parser.add_argument("--corpus", choices=(*CORPORA, "synthetic", *CORPUS_GROUPS), default="both")
+    parser.add_argument("--scale", type=int, default=1,
+                        help="K copies of each real or long project, K times the synthetic size")
     parser.add_argument("--generations", type=int, default=1000, help="synthetic corpus only")
     parser.add_argument("--files", type=int, default=60_000, help="synthetic corpus only")
     parser.add_argument("--database", default="sqlite,postgresql")
@@ -369,7 +377,7 @@ def main() -> None:
     if arguments.scale < 1:
         parser.error("--scale must be at least 1")
     work = arguments.workdir or Path(tempfile.mkdtemp(prefix="storage-migrate-bench-"))
-    names = ("real", "synthetic") if arguments.corpus == "both" else (arguments.corpus,)
+    names = CORPUS_GROUPS.get(arguments.corpus, (arguments.corpus,))
     try:
         for name in names:
             bench_corpus(name, arguments, work / name)

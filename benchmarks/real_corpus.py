@@ -1,23 +1,27 @@
-"""Real code history for the benchmark: 24 consecutive releases of five popular Python packages,
-fetched once as sdists (never built, only unpacked), laid out as a LEGACY installation with one
-project per package and one completed generation per release.
+"""Real code history for the benchmark, fetched once as sdists (never built, only unpacked) and laid
+out as a LEGACY installation with one project per package and one completed generation per release.
 
-    .venv/bin/python benchmarks/real_corpus.py      # fetch into benchmarks/.cache/ and print sizes
+Two pinned corpora: ``real``, 24 consecutive releases of five popular Python packages (many short
+files), and ``long``, 24 consecutive patch releases of SQLAlchemy (modules of thousands of lines,
+small edits between versions).
+
+    .venv/bin/python benchmarks/real_corpus.py [--corpus real|long|all]   # fetch into benchmarks/.cache/, print sizes
 """
 from __future__ import annotations
 
 import argparse
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tarfile
 import tempfile
 import uuid
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path, PurePosixPath
 
@@ -48,6 +52,18 @@ RELEASES: dict[str, tuple[str, ...]] = {
              "13.8.0", "13.8.1", "13.9.0", "13.9.1", "13.9.2", "13.9.3", "13.9.4", "14.0.0",
              "14.1.0", "14.2.0", "14.3.0", "14.3.1", "14.3.2", "14.3.3", "14.3.4", "15.0.0"),
 }
+LONG_RELEASES: dict[str, tuple[str, ...]] = {
+    # The opposite shape: one project whose modules run to thousands of lines (sql/compiler.py,
+    # sql/selectable.py, test/sql/test_compiler.py: 7,000 to 8,500 each) and whose patch releases
+    # edit a few lines of some of them. 2.0.35 .. 2.0.58 are the newest 24 of the 2.0 line, all
+    # patch releases, none yanked, no pre-release among them: every pair is one small step. Pinned
+    # for the same reason as RELEASES. The sdist also ships the built HTML docs, long pages that
+    # change by a few lines per release. Preparing its metadata needs Cython: the first pip
+    # download builds Cython from source (two minutes), pip's wheel cache serves the rest.
+    "sqlalchemy": ("2.0.35", "2.0.36", "2.0.37", "2.0.38", "2.0.39", "2.0.40", "2.0.41", "2.0.42",
+                   "2.0.43", "2.0.44", "2.0.45", "2.0.46", "2.0.47", "2.0.48", "2.0.49", "2.0.50",
+                   "2.0.51", "2.0.52", "2.0.53", "2.0.54", "2.0.55", "2.0.56", "2.0.57", "2.0.58"),
+}
 
 _ID_NAMESPACE = uuid.UUID("0c9e6a57-3f0b-4d43-9a41-7d2f1b5e8c60")
 _EPOCH = datetime(2025, 1, 6, 9, 0, 0, tzinfo=timezone.utc)
@@ -66,17 +82,56 @@ class Release:
 
 
 @dataclass(frozen=True)
+class ReleaseCorpus:
+    """One pinned release history: one project per package, one generation per version.
+
+    ``name`` is what ``--corpus`` says; ``title`` heads the benchmark's description of it.
+    """
+
+    name: str
+    title: str
+    releases: Mapping[str, tuple[str, ...]] = field(hash=False)
+
+    def all_releases(self) -> list[Release]:
+        return [Release(package, version) for package, versions in self.releases.items() for version in versions]
+
+    def versions_per_project(self) -> int:
+        return min(len(versions) for versions in self.releases.values())
+
+
+REAL = ReleaseCorpus("real", "real code history", RELEASES)
+LONG = ReleaseCorpus("long", "long files, small edits", LONG_RELEASES)
+CORPORA: dict[str, ReleaseCorpus] = {corpus.name: corpus for corpus in (REAL, LONG)}
+
+
+@dataclass(frozen=True)
+class LineLengths:
+    """Lines per text file over every release: how long the files a line diff walks through are."""
+
+    median: int
+    longest: int
+    longest_file: str
+
+    def describe(self) -> str:
+        return (f"file lengths: median {self.median:,} lines, longest {self.longest:,} lines "
+                f"({self.longest_file}), text files only")
+
+
+@dataclass(frozen=True)
 class RealInstallation:
     """What build_real_installation laid out; the benchmark prints it and divides by it."""
 
+    corpus: ReleaseCorpus
     projects: int
     generations: int
     files: int
     bytes: int
+    lines: LineLengths
 
-    def describe(self, versions: int) -> str:
-        return (f"real code history: {self.projects} projects x {versions} releases "
-                f"({', '.join(RELEASES)}), {self.generations} generations, {self.files:,} files, "
+    def describe(self) -> str:
+        projects = f"{self.projects} project{'s' if self.projects != 1 else ''}"
+        return (f"{self.corpus.title}: {projects} x {self.corpus.versions_per_project()} releases "
+                f"({', '.join(self.corpus.releases)}), {self.generations} generations, {self.files:,} files, "
                 f"{self.bytes / 1024**2:.0f} MiB")
 
 
@@ -87,14 +142,6 @@ class TreeSize:
 
 
 # --------------------------------------------------------------------------- fetching
-
-
-def all_releases() -> list[Release]:
-    return [Release(package, version) for package, versions in RELEASES.items() for version in versions]
-
-
-def versions_per_project() -> int:
-    return min(len(versions) for versions in RELEASES.values())
 
 
 def sdist_path(release: Release, cache: Path = CACHE) -> Path | None:
@@ -178,13 +225,18 @@ def extracted_tree(release: Release, cache: Path = CACHE) -> Path:
     return tree
 
 
-def ensure_corpus(cache: Path = CACHE) -> dict[Release, Path]:
-    """Every release's unpacked tree, fetching only what the cache lacks."""
+def ensure_corpus(cache: Path = CACHE, corpus: ReleaseCorpus = REAL) -> dict[Release, Path]:
+    """Every release's unpacked tree, fetching only what the cache lacks.
+
+    The first release is fetched alone: a build dependency pip must build from source to read
+    an sdist's metadata (Cython, for SQLAlchemy) is then built once, not once per download job.
+    """
     cache.mkdir(parents=True, exist_ok=True)
-    releases = all_releases()
+    first, *rest = corpus.all_releases()
+    trees = [extracted_tree(first, cache)]
     with ThreadPoolExecutor(_DOWNLOAD_JOBS) as pool:
-        trees = list(pool.map(lambda release: extracted_tree(release, cache), releases))
-    return dict(zip(releases, trees, strict=True))
+        trees += pool.map(lambda release: extracted_tree(release, cache), rest)
+    return dict(zip([first, *rest], trees, strict=True))
 
 
 def tree_size(tree: Path) -> TreeSize:
@@ -196,6 +248,36 @@ def _walk_files(tree: Path) -> Iterator[Path]:
     for folder, _, names in os.walk(tree):
         for name in names:
             yield Path(folder, name)
+
+
+def line_count(path: Path) -> int | None:
+    """Lines of a text file, a last line without a newline included; None for a binary file
+    (a NUL byte, git's test), whose "lines" say nothing about how long it is."""
+    content = path.read_bytes()
+    if b"\0" in content:
+        return None
+    return content.count(b"\n") + int(bool(content) and not content.endswith(b"\n"))
+
+
+def line_lengths(trees: Mapping[str, Path]) -> LineLengths:
+    """Median and longest text file over labelled trees (a release's label: its files, once each).
+
+    Copies laid out by ``--scale`` repeat every file K times, which moves neither figure, so the
+    cached trees stand for the whole installation.
+    """
+    counts: list[int] = []
+    longest, longest_file = -1, ""
+    for label, tree in trees.items():
+        for path in _walk_files(tree):
+            lines = line_count(path)
+            if lines is None:
+                continue
+            counts.append(lines)
+            if lines > longest:
+                longest, longest_file = lines, f"{label} {path.relative_to(tree).as_posix()}".strip()
+    if not counts:
+        return LineLengths(0, 0, "no text file")
+    return LineLengths(int(statistics.median_low(counts)), longest, longest_file)
 
 
 # --------------------------------------------------------------------------- laying out
@@ -215,18 +297,18 @@ def _copy_tree(source: Path, destination: Path, moment: datetime) -> None:
         os.utime(folder, ns=(stamp, stamp))
 
 
-def _legacy_tables(engine: sa.Engine) -> dict[str, sa.Table]:
+def _legacy_tables(engine: sa.Engine, name: str) -> dict[str, sa.Table]:
     """The legacy tables, refusing a database at another revision or one that already has rows."""
     with engine.connect() as connection:
         revision = current_revision(connection)
         if revision != BASE_REVISION:
-            raise ValueError(f"the real corpus is a LEGACY installation: the database must be at "
+            raise ValueError(f"the {name} corpus is a LEGACY installation: the database must be at "
                              f"{BASE_REVISION}, found {revision!r}")
         metadata = sa.MetaData()
         metadata.reflect(bind=connection, only=["users", "projects", "generations"])
         for table in metadata.tables.values():
             if connection.execute(sa.select(sa.literal(1)).select_from(table).limit(1)).first():
-                raise ValueError(f"refusing to add the real corpus: table {table.name!r} already has rows")
+                raise ValueError(f"refusing to add the {name} corpus: table {table.name!r} already has rows")
     return dict(metadata.tables)
 
 
@@ -260,53 +342,84 @@ def _generation_row(project: dict[str, object], release: Release, copy: int,
     }
 
 
-def build_real_installation(engine: sa.Engine, root: Path, scale: int = 1) -> RealInstallation:
-    """Insert users, projects and generations at revision e011ab9dd223 and write one folder
-    ``<root>/<generation_id>/`` per release; ``scale`` K lays out K copies of each project with
-    fresh ids, to grow the corpus without downloading more.
+@dataclass(frozen=True)
+class _Target:
+    """Where projects are laid out: the open transaction and its tables, the cached release trees
+    the folders are copied from, and the root they are copied to."""
 
-    Releases follow version order, one day apart, so created_at order is release order. The
-    rows go in one transaction; ``root`` must be empty or absent.
+    connection: sa.Connection
+    tables: dict[str, sa.Table]
+    trees: Mapping[Release, Path]
+    root: Path
+
+
+def _lay_out_project(target: _Target, package: str, versions: tuple[str, ...], copy: int,
+                     user_id: str, started: datetime) -> int:
+    """One project's row, then one generation and one folder per release, a day apart from
+    ``started``; returns how many generations it has."""
+    project = _project_row(package, copy, user_id, started)
+    target.connection.execute(target.tables["projects"].insert(), [project])
+    rows = []
+    for position, version in enumerate(versions):
+        release, moment = Release(package, version), started + timedelta(days=position + 1)
+        row = _generation_row(project, release, copy, moment)
+        _copy_tree(target.trees[release], target.root / str(row["id"]), moment)
+        rows.append(row)
+    target.connection.execute(target.tables["generations"].insert(), rows)
+    return len(rows)
+
+
+def build_real_installation(engine: sa.Engine, root: Path, scale: int = 1,
+                            corpus: ReleaseCorpus = REAL) -> RealInstallation:
+    """Insert users, projects and generations at revision e011ab9dd223 and write one folder
+    ``<root>/<generation_id>/`` per release of ``corpus``; ``scale`` K lays out K copies of each
+    project with fresh ids, to grow the corpus without downloading more.
+
+    Releases follow version order, one day apart, so created_at order is release order. Projects
+    start an hour apart, in the corpus's order, copy after copy. The rows go in one transaction;
+    ``root`` must be empty or absent.
     """
     if scale < 1:
         raise ValueError("scale must be at least 1")
     if root.exists() and any(root.iterdir()):
-        raise ValueError(f"refusing to add the real corpus: {root} is not empty")
-    tables = _legacy_tables(engine)
-    trees = ensure_corpus()
-    sizes = {release: tree_size(tree) for release, tree in trees.items()}
+        raise ValueError(f"refusing to add the {corpus.name} corpus: {root} is not empty")
+    tables = _legacy_tables(engine, corpus.name)
+    trees = ensure_corpus(corpus=corpus)
+    sizes = [tree_size(tree) for tree in trees.values()]
     root.mkdir(parents=True, exist_ok=True)
     user = {"id": _uuid("user"), "email": "releases@example.com", "created_at": _EPOCH, "updated_at": _EPOCH}
     projects = generations = 0
     with engine.begin() as connection:
         connection.execute(tables["users"].insert(), [user])
+        target = _Target(connection, tables, trees, root)
         for copy in range(scale):
-            for index, package in enumerate(RELEASES):
-                started = _EPOCH + timedelta(hours=len(RELEASES) * copy + index)
-                project = _project_row(package, copy, str(user["id"]), started)
-                connection.execute(tables["projects"].insert(), [project])
-                rows = []
-                for position, version in enumerate(RELEASES[package]):
-                    release, moment = Release(package, version), started + timedelta(days=position + 1)
-                    row = _generation_row(project, release, copy, moment)
-                    _copy_tree(trees[release], root / str(row["id"]), moment)
-                    rows.append(row)
-                connection.execute(tables["generations"].insert(), rows)
-                projects, generations = projects + 1, generations + len(rows)
-    return RealInstallation(projects, generations, scale * sum(size.files for size in sizes.values()),
-                            scale * sum(size.bytes for size in sizes.values()))
+            for index, (package, versions) in enumerate(corpus.releases.items()):
+                started = _EPOCH + timedelta(hours=len(corpus.releases) * copy + index)
+                generations += _lay_out_project(target, package, versions, copy, str(user["id"]), started)
+                projects += 1
+    lines = line_lengths({release.label: tree for release, tree in trees.items()})
+    return RealInstallation(corpus, projects, generations, scale * sum(size.files for size in sizes),
+                            scale * sum(size.bytes for size in sizes), lines)
+
+
+def print_corpus(corpus: ReleaseCorpus, cache: Path) -> None:
+    """Fetch one corpus and print each package's range and size, and its file lengths."""
+    trees = ensure_corpus(cache, corpus)
+    for package, versions in corpus.releases.items():
+        sizes = [tree_size(trees[Release(package, version)]) for version in versions]
+        print(f"{package}: {versions[0]} .. {versions[-1]} ({len(versions)} releases), "
+              f"{sum(s.files for s in sizes):,} files, {sum(s.bytes for s in sizes) / 1024**2:.0f} MiB")
+    print(f"{corpus.name}: {line_lengths({release.label: tree for release, tree in trees.items()}).describe()}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cache", type=Path, default=CACHE)
+    parser.add_argument("--corpus", choices=(*CORPORA, "all"), default=REAL.name)
     arguments = parser.parse_args()
-    trees = ensure_corpus(arguments.cache)
+    for corpus in CORPORA.values() if arguments.corpus == "all" else (CORPORA[arguments.corpus],):
+        print_corpus(corpus, arguments.cache)
     downloaded = sum(path.stat().st_size for path in (arguments.cache / "sdists").rglob("*") if path.is_file())
-    for package, versions in RELEASES.items():
-        sizes = [tree_size(trees[Release(package, version)]) for version in versions]
-        print(f"{package}: {versions[0]} .. {versions[-1]} ({len(versions)} releases), "
-              f"{sum(s.files for s in sizes):,} files, {sum(s.bytes for s in sizes) / 1024**2:.0f} MiB")
     print(f"sdists: {downloaded / 1024**2:.0f} MiB in {arguments.cache / 'sdists'}")
 
 
