@@ -177,7 +177,7 @@ class Executor:
     def _move(self, plan: GenerationPlan, previous: SourceTree | None, previous_version: int | None) -> Handled:
         """The legacy folder becomes ``source/`` (one rename, or a verified copy), published at once."""
         self._renumber_folder(plan)
-        snapshot = scan_tree(self.storage, _legacy(plan))      # reads and checks everything before anything moves
+        snapshot = scan_tree(self.storage, _legacy(plan), _diff_base(previous))    # reads and checks all before a move
         source = source_dir(_target(plan))
         with self._row_still_as_planned(plan, legacy_must_exist=True) as claim:
             self._prepare_target(plan)
@@ -197,8 +197,8 @@ class Executor:
         """A killed copy left both: the legacy copy goes once it equals ``source/``."""
         self._renumber_folder(plan)
         source = source_dir(_target(plan))
-        snapshot = scan_tree(self.storage, source)
-        if scan_tree(self.storage, _legacy(plan), keep_contents=False).checksums() != snapshot.checksums():
+        snapshot = scan_tree(self.storage, source, _diff_base(previous))
+        if scan_tree(self.storage, _legacy(plan)).checksums() != snapshot.checksums():
             raise GenerationError(
                 f"{_legacy(plan)} and {source} both exist with different content: "
                 "compare them, keep the right one in one place, and rerun"
@@ -215,7 +215,8 @@ class Executor:
             self._prepare_target(plan)
         self._rebuild_from_database(plan)
         checkpoint("rebuilt")
-        return self._record(plan, scan_tree(self.storage, source_dir(_target(plan))), previous, previous_version)
+        tree = scan_tree(self.storage, source_dir(_target(plan)), _diff_base(previous))
+        return self._record(plan, tree, previous, previous_version)
 
     def _refresh(self, plan: GenerationPlan, previous: SourceTree | None, previous_version: int | None) -> Handled:
         """Already in the new layout: manifest, patch or metadata redone; the files are read only
@@ -227,7 +228,7 @@ class Executor:
                 fingerprint_digest(fingerprint_tree(self.storage, source)) == plan.manifest.fingerprint_digest:
             tree = ManifestTree(self.storage, source, plan.manifest)    # only metadata or the diff to redo
         else:
-            tree = scan_tree(self.storage, source)
+            tree = scan_tree(self.storage, source, _diff_base(previous))
         return self._record(plan, tree, previous, previous_version)
 
     _STEPS: ClassVar[dict[Action, Step]] = {
@@ -475,6 +476,11 @@ def _merged_summary(generation: GenerationRow, summary: diff.ChangeSummary | Non
     return {**generation.summary, **summary.to_json()}
 
 
+
+
+def _diff_base(previous: SourceTree | None) -> dict[str, str] | None:
+    """What a scan compares with to keep only the bytes the patch will read (none without a base)."""
+    return previous.checksums() if previous is not None else None
 
 
 def _target(plan: GenerationPlan) -> Path:

@@ -146,7 +146,7 @@ def _source_tree(storage: Storage, generation: GenerationRow) -> ManifestTree | 
     manifest = read_manifest(storage, manifest_path(target))
     if manifest is not None:
         return ManifestTree(storage, folder, manifest)
-    return scan_tree(storage, folder, keep_contents=False)
+    return scan_tree(storage, folder)
 
 
 def _compare_on_the_fly(storage: Storage, old: GenerationRow, new: GenerationRow, with_patch: bool) -> VersionChanges:

@@ -160,13 +160,13 @@ def _move_back(storage: Storage, generation: GenerationRow, target: Path) -> boo
     _refuse_symlink(storage, source)
     if not storage.is_folder(source):
         return False
-    snapshot = scan_tree(storage, source, keep_contents=False)
+    snapshot = scan_tree(storage, source)
     place = parse_legacy_link_text(storage.link_text(legacy) or "")
     if place is not None and place[0] == generation.project_id and place[2] == generation.id:
         remove_symlink(storage, legacy)                          # the tool's own link makes way for the folder
         checkpoint("legacy-link-removed")
     elif storage.occupied(legacy):
-        if storage.is_folder(legacy) and scan_tree(storage, legacy, keep_contents=False).checksums() == snapshot.checksums():
+        if storage.is_folder(legacy) and scan_tree(storage, legacy).checksums() == snapshot.checksums():
             discard_tree(storage, source)       # an interrupted copy back: the legacy copy is whole
             checkpoint("source-discarded")
             return True

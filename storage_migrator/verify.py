@@ -205,7 +205,7 @@ def _generation_problems(
     if not storage.is_folder(folder):
         problems.append(Problem(generation.id, "missing-folder", f"{folder} does not exist"))
         return None
-    snapshot = scan_tree(storage, folder, keep_contents=False)
+    snapshot = scan_tree(storage, folder)
     if generation.file_count != snapshot.file_count:
         problems.append(Problem(generation.id, "file-count", f"file_count {generation.file_count}, disk {snapshot.file_count}"))
     if generation.total_size_bytes != snapshot.total_size_bytes:

@@ -29,6 +29,7 @@ def fake_disk(installation: Installation) -> Iterator:
     legacy = {g: scan(installation.root / g).checksums()
               for g in installation.sample.generation_ids if (installation.root / g).is_dir()}
     diff.libgit2_flags()    # libgit2 loads its certificates from the real disk when first used
+    diff.memory_blobs()
     with Patcher(additional_skip_names=["sqlalchemy", "alembic"]) as patcher:
         patcher.fs.add_real_directory(str(installation.root), read_only=False)
         patcher.fs.legacy_checksums = legacy

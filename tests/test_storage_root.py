@@ -589,7 +589,7 @@ def test_non_utf8_names_round_trip(tmp_path: Path) -> None:
         assert tree.sha256_file(storage, tmp_path / "src", rel) == hashlib.sha256(b"latin-1 name").hexdigest()
         assert tree.hash_file(storage, tmp_path / "src", rel, keep_up_to=100) == (
             hashlib.sha256(b"latin-1 name").hexdigest(), 12, b"latin-1 name")
-        assert tree.scan_tree(storage, tmp_path / "src").contents == {rel: b"latin-1 name"}
+        assert tree.scan_tree(storage, tmp_path / "src", {}).contents == {rel: b"latin-1 name"}
         os.rmdir(base + b"/dst")
         root.copy_tree("src", "dst")
         root.write_atomic(("dst", "d\udcff", "n\udce9w"), b"written")
@@ -928,3 +928,21 @@ def test_relative_parts_reasons() -> None:
         with pytest.raises(UnsafePath, match=reason):
             relative_parts(path)
     assert relative_parts("generations/42/src/main.py") == ("generations", "42", "src", "main.py")
+
+
+def test_a_scan_keeps_only_the_bytes_the_patch_will_read(tmp_path: Path) -> None:
+    # Against a diff base: the bytes of added and changed files are kept, an unchanged file's are
+    # not (it is read again only if a diff needs it); without a base nothing is kept.
+    folder = tmp_path / "tree"
+    folder.mkdir()
+    contents = {"same.py": b"unchanged\n", "changed.py": b"new text\n", "added.py": b"hello\n"}
+    for name, content in contents.items():
+        (folder / name).write_bytes(content)
+    base = {"same.py": hashlib.sha256(b"unchanged\n").hexdigest(), "changed.py": hashlib.sha256(b"old\n").hexdigest(),
+            "gone.py": hashlib.sha256(b"gone\n").hexdigest()}
+    with opened(tmp_path) as storage:
+        snapshot = tree.scan_tree(storage, folder, base)
+        assert snapshot.contents == {"changed.py": b"new text\n", "added.py": b"hello\n"}
+        assert snapshot.read("same.py") == b"unchanged\n"
+        assert tree.scan_tree(storage, folder).contents == {}
+        assert set(tree.scan_tree(storage, folder).checksums()) == set(contents)

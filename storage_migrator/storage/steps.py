@@ -223,7 +223,7 @@ def copy_tree_verified(storage: Storage, source: Path, destination: Path, expect
     ``expected``; raises GenerationError on any difference (a file that changed or appeared
     while it was read included)."""
     storage.root.copy_tree(storage.parts(source), storage.parts(destination))
-    copied = scan_tree(storage, destination, keep_contents=False).checksums()
+    copied = scan_tree(storage, destination).checksums()
     if copied != expected.checksums():
         changed = sorted(set(copied.items()) ^ set(expected.checksums().items()))
         raise GenerationError(f"{source / changed[0][0]} changed while it was copied; source kept, retried next run")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -24,8 +24,9 @@ from .root import CHUNK_SIZE, READ_FLAGS, UnsafePath, relative_parts
 if TYPE_CHECKING:
     from .opened import Storage
 
-# Bytes of file content kept in memory per tree for the next diff; past it, files are read again.
-CONTENT_CACHE_LIMIT = 64 << 20
+# Bytes of changed files kept in memory per tree for the patches; past it, they are read again
+# (two trees are held at once: the diff base and the new version).
+CONTENT_CACHE_LIMIT = 32 << 20
 # A single file larger than this is never kept in memory whole by a scan.
 KEEP_FILE_LIMIT = 8 << 20
 
@@ -235,20 +236,25 @@ def git_blob_id_file(storage: Storage, folder: Path, relative_path: str) -> str:
     return digest.hexdigest()
 
 
-def scan_tree(storage: Storage, folder: Path, keep_contents: bool = True) -> TreeSnapshot:
-    """Read and hash every file below ``folder`` once, in chunks. Bytes of small files are kept
-    (up to a bound per tree) for the diff; others are read again when the diff needs them."""
+def scan_tree(storage: Storage, folder: Path, keep_changed_from: Mapping[str, str] | None = None) -> TreeSnapshot:
+    """Read and hash every file below ``folder`` once, in chunks.
+
+    With ``keep_changed_from`` (the diff base's checksums) the bytes of each small file whose
+    checksum is not the base's — the files the patch will read — are kept (up to a bound per
+    tree); any other file is read again if a diff needs it. Keeping only those, not every small
+    file, is what keeps memory flat on long files with small edits (a release of SQLAlchemy is
+    60 MiB, of which a patch reads about 15)."""
     snapshot = TreeSnapshot(storage=storage, root=folder, files={})
     kept = 0
     for relative_path, status, dir_fd, name in _walk_entries(storage, folder):
-        room = CONTENT_CACHE_LIMIT - kept if keep_contents else -1
+        room = CONTENT_CACHE_LIMIT - kept if keep_changed_from is not None else -1
         display = os.path.join(folder, relative_path)
         checksum, size, content = _hash_descriptor(*_open_at(dir_fd, name, display), display,
                                                    keep_up_to=min(room, KEEP_FILE_LIMIT))
         snapshot.files[relative_path] = FileRecord(
             path=relative_path, size=size, mtime_ns=status.st_mtime_ns, sha256=checksum
         )
-        if content is not None and keep_contents:
+        if content is not None and keep_changed_from is not None and keep_changed_from.get(relative_path) != checksum:
             snapshot.contents[relative_path] = content
             kept += size
     snapshot.files = dict(sorted(snapshot.files.items()))
