@@ -646,3 +646,24 @@ def test_random_adds_and_deletes_apply_like_libgit2s_patch(tmp_path_factory: pyt
     assert apply("git", old, patch, workdir / "ours") == new
     assert apply("git", old, reference, workdir / "libgit2") == new
     assert patch == reference
+
+
+def test_no_git_config_file_is_read(tmp_path: Path) -> None:
+    # libgit2 diffs blobs of a repository, and a repository would load the system, XDG and global
+    # git config: a file it cannot parse there would fail every patch (and any setting in it
+    # could change one). The tool empties those search paths; the patch is the same as here.
+    import subprocess
+    import sys
+
+    for folder in (tmp_path, tmp_path / "xdg" / "git"):
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / (".gitconfig" if folder == tmp_path else "config")).write_text("[[[ not a git config\n")
+    probe = ("import sys; from storage_migrator import diff; "
+             "sys.stdout.buffer.write(diff.render_patch(diff.compare_trees({'a.py': '1'}, {'a.py': '2'}), "
+             "lambda p: b'one\\ntwo\\n', lambda p: b'one\\n2\\n'))")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, check=False,
+                            env={**os.environ, "HOME": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path / "xdg")})
+    assert result.returncode == 0, result.stderr
+    expected = diff.render_patch(diff.compare_trees({"a.py": "1"}, {"a.py": "2"}), lambda p: b"one\ntwo\n",
+                                 lambda p: b"one\n2\n")
+    assert result.stdout == expected and b"@@ -1,2 +1,2 @@" in expected
