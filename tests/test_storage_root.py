@@ -946,3 +946,14 @@ def test_a_scan_keeps_only_the_bytes_the_patch_will_read(tmp_path: Path) -> None
         assert snapshot.read("same.py") == b"unchanged\n"
         assert tree.scan_tree(storage, folder).contents == {}
         assert set(tree.scan_tree(storage, folder).checksums()) == set(contents)
+
+
+def test_a_file_that_grew_since_its_stat_is_hashed_to_its_end(tmp_path: Path) -> None:
+    # The first read asks for the stat's size + 1 bytes: a file longer than its stat said (it grew
+    # in between) is read on, not cut at the size seen.
+    content = b"x" * 5000 + b"tail\n"
+    (tmp_path / "grown").write_bytes(content)
+    fd = os.open(tmp_path / "grown", os.O_RDONLY)
+    said = os.stat_result((stat.S_IFREG | 0o644, 0, 0, 1, 0, 0, 10, 0, 0, 0))    # st_size 10
+    checksum, size, kept = tree._hash_descriptor(fd, said, "grown", keep_up_to=1 << 20)
+    assert (checksum, size, kept) == (hashlib.sha256(content).hexdigest(), len(content), content)

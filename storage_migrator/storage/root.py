@@ -456,11 +456,14 @@ class Root(_OpenDirectory):
 
     def walk_entries(
         self, parts: Parts = (), *, max_depth: int | None = None
-    ) -> Generator[tuple[str, os.stat_result, int, str], None, None]:
-        """Yield (path relative to ``parts``, lstat, descriptor of its directory, name) for every
-        regular file below the directory ``parts``, sorted by name within a directory, files
-        before subdirectories. The descriptor is valid until the next item: open the file with
-        ``dir_fd`` and no path below ROOT is ever resolved again.
+    ) -> Generator[tuple[str, os.DirEntry[str], int, str], None, None]:
+        """Yield (path relative to ``parts``, directory entry, descriptor of its directory, name)
+        for every regular file below the directory ``parts``, sorted by name within a directory,
+        files before subdirectories. The descriptor is valid until the next item: open the file
+        with ``dir_fd`` and no path below ROOT is ever resolved again. A file's type comes from
+        the listing where the filesystem gives it (no stat); ``entry.stat(follow_symlinks=False)``
+        is its lstat, taken when first asked for — a reader that opens and ``fstat``s the file
+        needs none.
 
         Iterative: any depth, at most ``_KEPT_PARENTS`` + 2 descriptors open. Never follows a link: a symlink,
         FIFO, socket or device entry raises ``UnsafePath`` naming it; so does a directory deeper
@@ -476,10 +479,14 @@ class Root(_OpenDirectory):
             while True:
                 if scan_needed:
                     subdirs: list[tuple[str, os.stat_result]] = []
-                    for name, st in self._scan(cursor):
-                        if stat.S_ISREG(st.st_mode):
-                            yield cursor.relative(name), st, cursor.fd, name
-                        elif stat.S_ISDIR(st.st_mode):
+                    for name, entry in self._list(cursor):
+                        if entry.is_file(follow_symlinks=False):
+                            yield cursor.relative(name), entry, cursor.fd, name
+                            continue
+                        st = self._lstat_entry(cursor, entry)
+                        if st is None:
+                            continue
+                        if stat.S_ISDIR(st.st_mode):
                             subdirs.append((name, st))
                         else:
                             raise UnsafePath(cursor.path(name), _kind(st.st_mode))
@@ -504,20 +511,35 @@ class Root(_OpenDirectory):
             cursor.close()
 
     @staticmethod
-    def _scan(cursor: _Cursor) -> list[tuple[str, os.stat_result]]:
-        """(name, lstat) of every entry of the cursor's directory, sorted, listing fully first so
+    def _list(cursor: _Cursor) -> list[tuple[str, os.DirEntry[str]]]:
+        """(name, entry) of every entry of the cursor's directory, sorted, listing fully first so
         no extra descriptor stays open while the caller works."""
-        found: list[tuple[str, os.stat_result]] = []
         try:
             with os.scandir(cursor.fd) as iterator:
-                for entry in iterator:
-                    try:
-                        found.append((entry.name, entry.stat(follow_symlinks=False)))
-                    except FileNotFoundError:
-                        continue
+                found = [(entry.name, entry) for entry in iterator]
         except OSError as error:
             raise _os_error(error, cursor.path()) from None
         found.sort(key=lambda item: item[0])
+        return found
+
+    @staticmethod
+    def _lstat_entry(cursor: _Cursor, entry: os.DirEntry[str]) -> os.stat_result | None:
+        """An entry's lstat (None: removed since the listing)."""
+        try:
+            return entry.stat(follow_symlinks=False)
+        except FileNotFoundError:
+            return None
+        except OSError as error:
+            raise _os_error(error, cursor.path(entry.name)) from None
+
+    @classmethod
+    def _scan(cls, cursor: _Cursor) -> list[tuple[str, os.stat_result]]:
+        """(name, lstat) of every entry of the cursor's directory, sorted."""
+        found: list[tuple[str, os.stat_result]] = []
+        for name, entry in cls._list(cursor):
+            st = cls._lstat_entry(cursor, entry)
+            if st is not None:
+                found.append((name, st))
         return found
 
     # -- writing -----------------------------------------------------------------------------

@@ -87,9 +87,9 @@ def _read_error(error: OSError, display: object) -> GenerationError:
     return GenerationError(f"cannot read {error.filename or display}: {error.strerror}")
 
 
-def _walk_entries(storage: Storage, folder: Path) -> Iterator[tuple[str, os.stat_result, int, str]]:
-    """(relative '/' path, lstat, directory descriptor, name) of every regular file below
-    ``folder``; a symlink, FIFO, socket or device anywhere in the tree raises GenerationError."""
+def _walk_entries(storage: Storage, folder: Path) -> Iterator[tuple[str, os.DirEntry[str], int, str]]:
+    """(relative '/' path, directory entry, directory descriptor, name) of every regular file
+    below ``folder``; a symlink, FIFO, socket or device anywhere in the tree raises GenerationError."""
     try:
         yield from storage.root.walk_entries(storage.parts(folder))
     except OSError as error:
@@ -102,7 +102,13 @@ def walk_files(storage: Storage, folder: Path) -> Iterator[tuple[str, os.stat_re
     Raises GenerationError for a symlink, a socket, a device or a FIFO anywhere in the tree:
     such an entry is never followed, read or copied, and the generation is left where it is.
     """
-    for relative, status, _, _ in _walk_entries(storage, folder):
+    for relative, entry, _, _ in _walk_entries(storage, folder):
+        try:
+            status = entry.stat(follow_symlinks=False)
+        except FileNotFoundError:
+            continue            # removed since the listing: nothing to report
+        except OSError as error:
+            raise _read_error(error, os.path.join(folder, relative)) from None
         yield relative, status
 
 
@@ -173,18 +179,25 @@ def hash_file(storage: Storage, folder: Path, relative_path: str, keep_up_to: in
 
 def _hash_descriptor(descriptor: int, status: os.stat_result, display: str,
                      keep_up_to: int) -> tuple[str, int, bytes | None]:
-    """Hash an open file (and close it)."""
+    """Hash an open regular file (and close it). The first read asks for one byte more than
+    ``status`` says the file holds, so a file that did not grow is read in one call and its end
+    is known without a second (a regular file reads short only at its end); a file that grew is
+    read on to its end in chunks."""
     digest = hashlib.sha256()
     kept: list[bytes] | None = []
     size = 0
+    wanted = min(status.st_size + 1, CHUNK_SIZE)
     try:
-        while chunk := os.read(descriptor, CHUNK_SIZE):
+        while chunk := os.read(descriptor, wanted):
             digest.update(chunk)
             size += len(chunk)
             if kept is not None:
                 kept.append(chunk)
                 if size > keep_up_to:
                     kept = None
+            if len(chunk) < wanted:
+                break
+            wanted = CHUNK_SIZE
     except OSError as error:
         raise GenerationError(f"cannot read {display}: {error.strerror}") from error
     finally:
@@ -246,11 +259,11 @@ def scan_tree(storage: Storage, folder: Path, keep_changed_from: Mapping[str, st
     60 MiB, of which a patch reads about 15)."""
     snapshot = TreeSnapshot(storage=storage, root=folder, files={})
     kept = 0
-    for relative_path, status, dir_fd, name in _walk_entries(storage, folder):
+    for relative_path, _, dir_fd, name in _walk_entries(storage, folder):
         room = CONTENT_CACHE_LIMIT - kept if keep_changed_from is not None else -1
         display = os.path.join(folder, relative_path)
-        checksum, size, content = _hash_descriptor(*_open_at(dir_fd, name, display), display,
-                                                   keep_up_to=min(room, KEEP_FILE_LIMIT))
+        descriptor, status = _open_at(dir_fd, name, display)        # its fstat: no lstat needed
+        checksum, size, content = _hash_descriptor(descriptor, status, display, keep_up_to=min(room, KEEP_FILE_LIMIT))
         snapshot.files[relative_path] = FileRecord(
             path=relative_path, size=size, mtime_ns=status.st_mtime_ns, sha256=checksum
         )
