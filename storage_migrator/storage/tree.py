@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 # Bytes of changed files kept in memory per tree for the patches; past it, they are read again
 # (two trees are held at once: the diff base and the new version).
-CONTENT_CACHE_LIMIT = 32 << 20
+CONTENT_CACHE_LIMIT = 48 << 20
 # A single file larger than this is never kept in memory whole by a scan.
 KEEP_FILE_LIMIT = 8 << 20
 
