@@ -364,7 +364,7 @@ def bench_corpus(name: str, arguments: argparse.Namespace, work: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--corpus", choices=(*CORPORA, "synthetic", *CORPUS_GROUPS), default="both")
+    parser.add_argument("--corpus", choices=(*CORPORA, "synthetic", *CORPUS_GROUPS), default="all")
     parser.add_argument("--scale", type=int, default=1,
                         help="K copies of each real or long project, K times the synthetic size")
     parser.add_argument("--generations", type=int, default=1000, help="synthetic corpus only")
