@@ -115,14 +115,29 @@ def generation_ids(document: dict) -> list[str]:
 
 
 def wait_until_stopped(process: subprocess.Popen[str], timeout: float = 120) -> None:
+    """Until ``process`` or one of its descendants (``ip netns exec`` in front of it) has stopped
+    itself (SIGSTOP at a step)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise AssertionError(f"the participant ended before pausing: {process.communicate()}")
-        if Path(f"/proc/{process.pid}/stat").read_text().split(") ")[1][0] == "T":
-            return
+        for pid in _process_tree(process.pid):
+            try:
+                if Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] == "T":
+                    return
+            except FileNotFoundError:
+                continue
         time.sleep(0.05)
     raise AssertionError("the participant never paused")
+
+
+def _process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants."""
+    found = [pid]
+    for child in Path(f"/proc/{pid}/task").glob("*/children"):
+        for line in child.read_text().split():
+            found.extend(_process_tree(int(line)))
+    return found
 
 
 def wait_for_participants(installation: Installation, count: int, timeout: float = 60) -> None:
@@ -364,7 +379,7 @@ def test_a_participant_cut_off_from_the_network_stops_and_its_projects_are_finis
     victim = subprocess.Popen([*separate_host.prefix, sys.executable, "-m", "storage_migrator", "--json", "run",
                                "--workers", "1"], env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True)
-    wait_until_stopped_below(victim)
+    wait_until_stopped(victim)
     separate_host.cut()
     at_the_cut = tree_digest(installation.root)
     cut_at = time.monotonic()
@@ -403,31 +418,6 @@ def _seconds_until_no_session_of(installation: Installation, marker: str, timeou
     finally:
         engine.dispose()
     return timeout
-
-
-def _process_tree(pid: int) -> list[int]:
-    """``pid`` and its descendants (``ip netns exec`` execs, but be sure)."""
-    found = [pid]
-    for child in Path(f"/proc/{pid}/task").glob("*/children"):
-        for line in child.read_text().split():
-            found.extend(_process_tree(int(line)))
-    return found
-
-
-def wait_until_stopped_below(process: subprocess.Popen[str], timeout: float = 120) -> None:
-    """Until ``process`` or one of its descendants has stopped itself (SIGSTOP at a step)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"the participant ended before pausing: {process.communicate()}")
-        for pid in _process_tree(process.pid):
-            try:
-                if Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] == "T":
-                    return
-            except FileNotFoundError:
-                continue
-        time.sleep(0.05)
-    raise AssertionError("the participant never paused")
 
 
 @pytest.mark.parametrize("other", ["rollback", "run"])
