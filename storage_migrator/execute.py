@@ -10,9 +10,10 @@ generation alone, with a one-line reason, and the run goes on.
 """
 from __future__ import annotations
 
+import itertools
 import os
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -29,6 +30,7 @@ from .faults import checkpoint
 from .plan import Action, GenerationPlan, ProjectPlan, is_archived
 from .records import GenerationRow, GenerationUpdate, ProjectUpdate, RowDrift, RowSeen, as_utc
 from .report import GenerationOutcome, Outcome, RunReport
+from .scan_ahead import ScanAhead
 from .storage.layout import (
     ARTIFACTS_DIR,
     PARTIAL_SOURCE_DIR,
@@ -62,7 +64,7 @@ from .storage.steps import (
     rename_entry,
     replace_symlink,
 )
-from .storage.tree import fingerprint_tree, read_regular_file, scan_tree
+from .storage.tree import TreeSnapshot, fingerprint_tree, read_regular_file, scan_tree
 
 Handled = tuple[GenerationOutcome, GenerationUpdate | None, "SourceTree | None"]
 """What handling one generation gives: its report line, the metadata to write (if any), and
@@ -89,7 +91,9 @@ class Executor:
     legacy_links: bool = True
     batch_size: int = DEFAULT_BATCH_SIZE
     on_generation: Callable[[int], None] = lambda count: None
+    scan_ahead: ScanAhead | None = None
     _writer: BatchWriter = field(init=False)
+    _next_move: dict[str, GenerationPlan] = field(init=False, default_factory=dict)  # plan id -> the move after it
     _published: dict[str, RowSeen] = field(init=False, default_factory=dict)   # storage_path already written
 
     def __post_init__(self) -> None:
@@ -102,6 +106,7 @@ class Executor:
     def carry_out(self, plan: ProjectPlan) -> None:
         previous: SourceTree | None = None
         previous_version: int | None = None
+        self._next_move = _next_moves(plan.generations) if self.scan_ahead is not None else {}
         checkpoint("planned")
         for generation_plan in plan.generations:
             outcome, update, tree = self._handle(generation_plan, previous, previous_version)
@@ -177,7 +182,7 @@ class Executor:
     def _move(self, plan: GenerationPlan, previous: SourceTree | None, previous_version: int | None) -> Handled:
         """The legacy folder becomes ``source/`` (one rename, or a verified copy), published at once."""
         self._renumber_folder(plan)
-        snapshot = scan_tree(self.storage, _legacy(plan), _diff_base(previous))    # reads and checks all before a move
+        snapshot = self._scan_legacy(plan, previous)        # reads and checks all before a move
         source = source_dir(_target(plan))
         with self._row_still_as_planned(plan, legacy_must_exist=True) as claim:
             self._prepare_target(plan)
@@ -230,6 +235,18 @@ class Executor:
         else:
             tree = scan_tree(self.storage, source, _diff_base(previous))
         return self._record(plan, tree, previous, previous_version)
+
+    def _scan_legacy(self, plan: GenerationPlan, previous: SourceTree | None) -> TreeSnapshot:
+        """The legacy folder about to be moved, read ahead (while the previous generation's patch
+        was written) if it was and nothing changed there since; then the next move's folder is
+        read ahead, compared with this one."""
+        snapshot = self.scan_ahead.take(_legacy(plan)) if self.scan_ahead is not None else None
+        if snapshot is None:
+            snapshot = scan_tree(self.storage, _legacy(plan), _diff_base(previous))
+        upcoming = self._next_move.get(plan.id)
+        if self.scan_ahead is not None and upcoming is not None and plan.is_diff_base:
+            self.scan_ahead.start(_legacy(upcoming), snapshot.checksums())
+        return snapshot
 
     _STEPS: ClassVar[dict[Action, Step]] = {
         Action.SKIP: _skip, Action.FAIL: _fail, Action.UNCHANGED: _unchanged, Action.MOVE: _move,
@@ -476,6 +493,12 @@ def _merged_summary(generation: GenerationRow, summary: diff.ChangeSummary | Non
     return {**generation.summary, **summary.to_json()}
 
 
+
+
+def _next_moves(plans: Sequence[GenerationPlan]) -> dict[str, GenerationPlan]:
+    """For each move of a project, the move that follows it (the folder worth reading ahead)."""
+    moves = [plan for plan in plans if plan.action == Action.MOVE and plan.legacy_dir is not None]
+    return {plan.id: following for plan, following in itertools.pairwise(moves)}
 
 
 def _diff_base(previous: SourceTree | None) -> dict[str, str] | None:

@@ -7,7 +7,8 @@ re-read and unchanged ones are not) and a report of folders on disk that no row 
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass
+from contextlib import ExitStack
+from dataclasses import dataclass, replace
 from typing import Any
 
 import sqlalchemy as sa
@@ -31,6 +32,7 @@ from .orphans import find_orphans
 from .plan import Action, GenerationPlan, plan_project
 from .records import ProjectRecord
 from .report import GenerationOutcome, RunReport
+from .scan_ahead import ScanAhead
 from .storage.layout import StorageLayout
 from .storage.opened import Storage, open_storage
 from .storage.recovery import RootTempFiles, recover_project, sweep_state
@@ -86,6 +88,9 @@ class RunOptions:
     resync: bool
     keep_all: bool
     legacy_links: bool
+    read_ahead: bool = False
+    """Each process carrying out projects has a second one reading ahead (``scan_ahead``): set
+    when there are at least twice as many workers as processes the projects can keep busy."""
 
 
 def migrate(
@@ -160,8 +165,14 @@ def _carry_out(installation: Installation, report: RunReport, options: RunOption
     prepare_state_dir(storage)
     root_temps = RootTempFiles.listed(storage)
     tick = progress(count_generations(engine)) if progress else (lambda count: None)
+    project_ids: list[str] = []
     if workers > 1 and only is None:
-        _carry_out_in_workers(storage.layout, engine, report, options, tick, workers, root_temps)
+        with engine.connect() as connection:
+            project_ids = iter_project_ids(connection)
+        busy = min(workers, len(project_ids))
+        options = replace(options, read_ahead=workers >= 2 * busy)
+    if len(project_ids) > 1 and workers > 1:
+        _carry_out_in_workers(storage.layout, engine, report, options, tick, workers, root_temps, project_ids)
     else:
         _carry_out_projects(storage, engine, report, options, only, tick, root_temps)
     complete = only is None and report.error is None and not report.interrupted
@@ -175,12 +186,15 @@ def _carry_out_projects(storage: Storage, engine: Engine, report: RunReport, opt
                         only: Sequence[str] | None, tick: Callable[[int], None], root_temps: RootTempFiles) -> None:
     """The executor over a stream of projects; the last batch is written even when interrupted.
     Each project is recovered right before it is planned, by whoever carries it out."""
-    executor = Executor(storage, engine, report, legacy_links=options.legacy_links, on_generation=tick)
-    try:
-        for record in iter_project_records(engine, only=only):
-            _carry_out_project(storage, engine, executor, options, record, root_temps)
-    finally:
-        executor.finish()
+    with ExitStack() as stack:
+        scan_ahead = stack.enter_context(ScanAhead(storage)) if options.read_ahead else None
+        executor = Executor(storage, engine, report, legacy_links=options.legacy_links, on_generation=tick,
+                            scan_ahead=scan_ahead)
+        try:
+            for record in iter_project_records(engine, only=only):
+                _carry_out_project(storage, engine, executor, options, record, root_temps)
+        finally:
+            executor.finish()
 
 
 def carry_out_claimed(storage: Storage, engine: Engine, report: RunReport, options: RunOptions,
@@ -199,11 +213,10 @@ def _carry_out_project(storage: Storage, engine: Engine, executor: Executor, opt
 
 
 def _carry_out_in_workers(layout: StorageLayout, engine: Engine, report: RunReport, options: RunOptions,
-                          tick: Callable[[int], None], workers: int, root_temps: RootTempFiles) -> None:
+                          tick: Callable[[int], None], workers: int, root_temps: RootTempFiles,
+                          project_ids: Sequence[str]) -> None:
     """Projects in chunks over ``workers`` processes; each project is wholly one worker's, so
     the per-project ordering (v<P> written before the diff of v<N>) holds as in one process."""
-    with engine.connect() as connection:
-        project_ids = iter_project_ids(connection)
     database_url = engine.url.render_as_string(hide_password=False)
     engine.dispose()
     chunks = [(layout, database_url, list(chunk), options, root_temps)

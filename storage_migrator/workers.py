@@ -38,7 +38,7 @@ def run_in_workers(function: Callable[[Chunk], Result], chunks: Sequence[Chunk],
     are dropped and running ones finish (every step they take is resumable).
     """
     context = multiprocessing.get_context("fork")
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_die_with_parent)
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=die_with_parent)
     try:
         yield from pool.map(function, chunks)
     except BrokenProcessPool:
@@ -48,7 +48,7 @@ def run_in_workers(function: Callable[[Chunk], Result], chunks: Sequence[Chunk],
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """Ask Linux to SIGKILL this worker when the parent dies; a worker whose parent is already
     gone exits at once. Ctrl-C is the parent's to handle: workers ignore SIGINT; SIGTERM (the
     pool's own way to stop a worker) gets its default action back, not the parent's handler."""

@@ -1,7 +1,9 @@
 """The tool beside the application under load: three application processes (tests/appsim.py)
 create, save, activate, edit, read, delete and archive generations the way the application's code
-does, while `run --workers 2`, then `watch --debounce 0.5` and a cron-like `resync` every 10-20 s
-work on the same database and storage. A trigger logs every change of `latest_version` and
+does, while `run --workers 12`, then `watch --debounce 0.5` and a cron-like `resync` every 10-20 s
+(every other one with `--workers 12`) work on the same database and storage. Twelve workers for
+six projects: each project is one worker's, with a second process reading its next folder ahead
+(`scan_ahead`) while the application writes there. A trigger logs every change of `latest_version` and
 `active_generation_id` (with the writer's application_name on PostgreSQL) into a side table.
 
 Afterwards nothing the application deleted or archived may have come back, `latest_version` must
@@ -157,8 +159,9 @@ class Tool:
         while not self.stop.wait(self.rng.uniform(10, 20)):
             if time.time() > self.deadline:
                 return
+            workers = ("--workers", "12") if len(self.cron_exit_codes) % 2 else ()
             for _ in range(40):
-                code = self.command("cron-resync", "resync")
+                code = self.command("cron-resync", "resync", *workers)
                 if code != 75:
                     break
                 self.cron_busy += 1
@@ -245,7 +248,7 @@ def test_the_tool_beside_the_application_under_load(database_url: str, tmp_path:
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for index in range(APPLICATIONS)
     ]
-    run_code = tool.command("run", "run", "--workers", "2")
+    run_code = tool.command("run", "run", "--workers", "12")
     tool.start_watch()
     cron = threading.Thread(target=tool.cron, daemon=True)
     cron.start()

@@ -53,10 +53,12 @@ def legacy_generation(installation: Installation, project_id: str) -> str:
 
 
 def run_paused_at(installation: Installation, step: str, act: Callable[[], None],
-                  command: str = "run") -> tuple[int, dict]:
-    """Start `command`, wait until it stops itself at ``step``, ``act``, let it go on."""
+                  command: str = "run", workers: str = "1",
+                  while_paused: Callable[[int], None] | None = None) -> tuple[int, dict]:
+    """Start `command`, wait until it stops itself at ``step``, ``act`` (after ``while_paused``,
+    given the stopped process's id, has looked at it), let it go on."""
     environment = {**installation.cli_environment(), PAUSE_AT_VARIABLE: step}
-    arguments = [sys.executable, "-m", "storage_migrator", "--json", command, "--workers", "1"]
+    arguments = [sys.executable, "-m", "storage_migrator", "--json", command, "--workers", workers]
     process = subprocess.Popen(arguments, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 120
@@ -64,6 +66,8 @@ def run_paused_at(installation: Installation, step: str, act: Callable[[], None]
             assert process.poll() is None, f"the run ended before {step}: {process.communicate()}"
             assert time.monotonic() < deadline, f"the run never reached {step}"
             time.sleep(0.02)
+        if while_paused is not None:
+            while_paused(process.pid)
         act()
         process.send_signal(signal.SIGCONT)
         stdout, stderr = process.communicate(timeout=300)

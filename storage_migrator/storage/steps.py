@@ -153,7 +153,7 @@ def move_tree(storage: Storage, source: Path, destination: Path, expected: TreeS
         raise
     entry = _moved_entry(storage, source, destination)
     held = _hold_aside(storage, source, entry)
-    if fingerprints_or_none(storage, held) != {path: (record.size, record.mtime_ns) for path, record in expected.files.items()}:
+    if fingerprints_or_none(storage, held) != expected.fingerprints():
         rename_entry(storage, held, source)
         discard_partial(storage, staging)
         raise GenerationError(f"files in {source} changed while it was copied (the application is writing it); "

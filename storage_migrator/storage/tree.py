@@ -69,6 +69,11 @@ class TreeSnapshot:
     def sizes(self) -> dict[str, int]:
         return {path: record.size for path, record in self.files.items()}
 
+    def fingerprints(self) -> dict[str, Fingerprint]:
+        """(size, mtime) of each file as it was read: a folder that stats the same now was not
+        written since (what a copy or a scan read ahead is checked with)."""
+        return {path: (record.size, record.mtime_ns) for path, record in self.files.items()}
+
     def read(self, path: str) -> bytes:
         """The bytes of ``path``: from memory if kept, else read again (without following links)."""
         cached = self.contents.get(path)

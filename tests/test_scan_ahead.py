@@ -1,0 +1,226 @@
+"""Reading ahead (``scan_ahead``): the forked reader's scan is the scan this process would make,
+and it is used only while the folder still stats as it was read — written, grown, added to or
+emptied since, it is read again here; a reader that died or failed costs only the speed.
+End to end: a one-project run with a spare core reads ahead and ends as a run without it, and an
+edit the application makes while the tool is stopped between two generations is in the manifest."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from storage_migrator.demo import SampleSize
+from storage_migrator.errors import GenerationError
+from storage_migrator.scan_ahead import ScanAhead
+from storage_migrator.storage.opened import Storage
+from storage_migrator.storage.tree import scan_tree
+
+from .sandbox import (
+    Installation,
+    build_installation,
+    dump_tables,
+    execute_sql,
+    query_rows,
+    run_cli,
+    storage_around,
+    tree_digest,
+)
+from .test_races import run_paused_at
+
+SAMPLE = SampleSize(projects=5, generations_per_project=6, files_per_generation=10)
+
+
+def write_tree(folder: Path, files: dict[str, bytes]) -> None:
+    for relative, content in files.items():
+        (folder / relative).parent.mkdir(parents=True, exist_ok=True)
+        (folder / relative).write_bytes(content)
+
+
+@pytest.fixture
+def two_versions(tmp_path: Path) -> Iterator[tuple[Storage, Path, Path]]:
+    """ROOT holding an older and a newer version of one tree (some files changed, one added)."""
+    root = tmp_path / "projects"
+    older = {f"pkg/module_{n}.py": b"line\n" * (n * 40) for n in range(12)} | {"README.md": b"# readme\n"}
+    newer = {**older, "pkg/module_3.py": b"changed\n" * 90, "pkg/new.py": b"added\n", "README.md": b"# readme 2\n"}
+    write_tree(root / "v1", older)
+    write_tree(root / "v2", newer)
+    storage = storage_around(root / "v1")
+    try:
+        yield storage, root / "v1", root / "v2"
+    finally:
+        storage.close()
+
+
+def read_ahead(storage: Storage, folder: Path, base: dict[str, str] | None) -> ScanAhead:
+    """A reader with the scan of ``folder`` begun and finished (nothing taken yet)."""
+    reader = ScanAhead(storage)
+    reader.start(folder, base)
+    assert reader.ready(timeout=30), "the reader never answered"
+    return reader
+
+
+def test_a_scan_read_ahead_is_the_scan_this_process_would_make(two_versions: tuple[Storage, Path, Path]) -> None:
+    storage, older, newer = two_versions
+    base = scan_tree(storage, older).checksums()
+    with read_ahead(storage, newer, base) as reader:
+        taken = reader.take(newer)
+    here = scan_tree(storage, newer, base)
+    assert taken is not None and reader.count.used == 1
+    assert taken.root == newer and taken.storage is storage
+    assert taken.files == here.files
+    assert taken.contents == here.contents == {path: (newer / path).read_bytes()
+                                                for path in ("README.md", "pkg/module_3.py", "pkg/new.py")}
+
+
+WRITES: dict[str, Callable[[Path], None]] = {
+    "a file rewritten": lambda folder: os.utime(folder / "pkg/module_3.py", ns=(1, 1)),
+    "a file grown": lambda folder: (folder / "pkg/module_1.py").write_bytes(b"line\n" * 41),
+    "a file added": lambda folder: (folder / "pkg/EDITED.md").write_text("edited\n"),
+    "a file removed": lambda folder: (folder / "pkg/module_5.py").unlink(),
+}
+
+
+@pytest.mark.parametrize("write", WRITES.values(), ids=WRITES.keys())
+def test_a_folder_written_after_it_was_read_ahead_is_read_again(
+        two_versions: tuple[Storage, Path, Path], write: Callable[[Path], None]) -> None:
+    """The reader has answered; the application writes; the answer is not used."""
+    storage, older, newer = two_versions
+    with read_ahead(storage, newer, scan_tree(storage, older).checksums()) as reader:
+        write(newer)
+        assert reader.take(newer) is None
+        assert (reader.count.used, reader.count.stale) == (0, 1)
+
+
+def test_a_scan_begun_for_another_folder_is_dropped_and_the_next_one_answers(
+        two_versions: tuple[Storage, Path, Path]) -> None:
+    storage, older, newer = two_versions
+    with read_ahead(storage, older, None) as reader:
+        assert reader.take(newer) is None           # not what was read ahead: the answer is dropped
+        reader.start(newer, None)
+        reader.start(older, None)                   # the first one is never taken either
+        taken = reader.take(older)
+    assert taken is not None and taken.files == scan_tree(storage, older).files
+    assert (reader.count.used, reader.count.missed) == (1, 1)
+
+
+def test_a_folder_the_reader_cannot_read_is_left_to_this_process(two_versions: tuple[Storage, Path, Path]) -> None:
+    """A link inside: the reader answers "failed", and the scan here raises the one-line error."""
+    storage, older, newer = two_versions
+    os.symlink("/etc/passwd", newer / "pkg" / "link.py")
+    with read_ahead(storage, newer, None) as reader:
+        assert reader.take(newer) is None
+    with pytest.raises(GenerationError, match="link"):
+        scan_tree(storage, newer)
+
+
+def test_a_reader_that_died_costs_only_the_read_ahead(two_versions: tuple[Storage, Path, Path]) -> None:
+    storage, older, newer = two_versions
+    with ScanAhead(storage) as reader:
+        pid = reader._process.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        reader._process.join(timeout=10)
+        reader.start(newer, None)
+        assert reader.take(newer) is None
+        reader.start(older, None)                   # still no error: reading ahead is off now
+        assert reader.take(older) is None
+
+
+def test_a_reader_leaves_with_its_parent(two_versions: tuple[Storage, Path, Path]) -> None:
+    """Closed, the reader's process is gone: a run leaves no process behind."""
+    storage, _, newer = two_versions
+    reader = read_ahead(storage, newer, None)
+    process = reader._process
+    reader.close()
+    assert not process.is_alive()
+
+
+# -- end to end: the real command ------------------------------------------------------------
+
+
+def one_project_installation(database_url: str, root: Path) -> Installation:
+    """The sample installation cut down to the project with the most legacy folders: the other
+    projects' rows and folders are gone, as if the application had deleted them."""
+    installation = build_installation(database_url, root, SAMPLE, seed=3)
+    legacy_count: Counter[str] = Counter(
+        row.project_id for row in query_rows(installation, "SELECT id, project_id FROM generations")
+        if (root / row.id).is_dir() and not (root / row.id).is_symlink())
+    kept = legacy_count.most_common(1)[0][0]
+    for row in query_rows(installation, "SELECT id FROM generations WHERE project_id <> :p", p=kept):
+        if (root / row.id).is_dir() and not (root / row.id).is_symlink():
+            shutil.rmtree(root / row.id)
+    execute_sql(installation, "DELETE FROM generations WHERE project_id <> :p", p=kept)
+    execute_sql(installation, "DELETE FROM projects WHERE id <> :p", p=kept)
+    return installation
+
+
+@pytest.fixture
+def one_project(database_url: str, tmp_path: Path) -> Installation:
+    return one_project_installation(database_url, tmp_path / "projects")
+
+
+def children_of(pid: int) -> list[int]:
+    return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def sqlite_copy(installation: Installation, destination: Path) -> Installation:
+    """The same SQLite installation byte for byte in ``destination`` (ROOT with mtimes and links)."""
+    database = Path(installation.database_url.removeprefix("sqlite:///"))
+    destination.mkdir()
+    shutil.copy2(database, destination / database.name)
+    shutil.copytree(installation.root, destination / "projects", symlinks=True)
+    settings = replace(installation.settings, database_url=f"sqlite:///{destination / database.name}",
+                       storage_root=destination / "projects")
+    return replace(installation, settings=settings)
+
+
+def test_a_one_project_run_with_a_spare_core_reads_ahead_and_ends_as_a_run_without(
+        sqlite_url: str, tmp_path: Path) -> None:
+    reading_ahead = one_project_installation(sqlite_url, tmp_path / "projects")
+    alone = sqlite_copy(reading_ahead, tmp_path / "alone")
+    first = run_cli(alone, "--json", "run", "--workers", "1")
+    assert first.returncode == 0, first.stderr
+    second = run_cli(reading_ahead, "--json", "run", "--workers", "2")
+    assert second.returncode == 0, second.stderr
+    counts = ("migrated", "skipped", "failed", "bytes")
+    assert [json.loads(second.stdout)[key] for key in counts] == [json.loads(first.stdout)[key] for key in counts]
+    assert tree_digest(reading_ahead.root) == tree_digest(alone.root)
+    assert dump_tables(reading_ahead.database_url) == dump_tables(alone.database_url)
+    assert run_cli(reading_ahead, "verify").returncode == 0
+
+
+def test_an_edit_made_while_the_next_folder_was_read_ahead_is_in_its_manifest(one_project: Installation) -> None:
+    """Stopped after the first move, with the next folder's read ahead begun (the run has one
+    child: the reader), the application edits that folder through its flat path; without a
+    resync the generation's manifest must already have the edit."""
+    rows = query_rows(one_project, "SELECT id FROM generations WHERE status = 'completed' ORDER BY version")
+    legacy = [row.id for row in rows if (one_project.root / row.id).is_dir()]
+    assert len(legacy) >= 2, "the sample has two legacy generations to move"
+    victim = legacy[1]
+    new_text = "edited while the next folder was read ahead\n"
+    seen_children: list[int] = []
+
+    def application_edits() -> None:
+        time.sleep(0.5)                             # the reader has read the victim by now
+        edited = next(path for path in sorted((one_project.root / victim).rglob("*")) if path.is_file())
+        edited.write_text(new_text)
+
+    code, document = run_paused_at(one_project, "moved", application_edits, workers="2",
+                                   while_paused=lambda pid: seen_children.extend(children_of(pid)))
+    assert code == 0, document
+    assert len(seen_children) == 1, f"a one-project run on two workers has one reader, saw {seen_children}"
+    verify = run_cli(one_project, "--json", "verify")
+    assert verify.returncode == 0, verify.stdout
+    target = next(one_project.root.glob(f"*/generations/v*__{victim}"))
+    manifest = json.loads((target / "manifest.json").read_text())
+    digest = hashlib.sha256(new_text.encode()).hexdigest()
+    assert digest in manifest["checksums"].values(), "the edit is missing from the manifest"
