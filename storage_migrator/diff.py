@@ -110,15 +110,25 @@ class _Side:
     read: Reader
     sizes: Mapping[str, int] | None
     blob_id: BlobIdOf | None
+    known_ids: Mapping[str, str]
 
     def known_to_be_large(self, path: str) -> bool:
         size = self.sizes.get(path) if self.sizes is not None else None
         return size is not None and size > LARGE_FILE_LIMIT
 
     def blob_id_of(self, path: str, content: bytes | None) -> str:
+        """A large file's id: streamed by ``blob_id`` if given, never from its bytes in memory."""
+        known = self.known_ids.get(path)
+        if known is not None:
+            return known
         if self.blob_id is not None:
             return self.blob_id(path)
         return git_blob_id(content if content is not None else self.read(path))
+
+    def id_of(self, path: str, content: bytes) -> str:
+        """The id of ``content``, the bytes just read of ``path``: hashed by the scan, or now."""
+        known = self.known_ids.get(path)
+        return known if known is not None else git_blob_id(content)
 
 
 def write_patch(
@@ -131,15 +141,20 @@ def write_patch(
     new_sizes: Mapping[str, int] | None = None,
     blob_id_old: BlobIdOf | None = None,
     blob_id_new: BlobIdOf | None = None,
+    old_ids: Mapping[str, str] | None = None,
+    new_ids: Mapping[str, str] | None = None,
 ) -> None:
     """Stream the patch, file by file in path order; only changed paths are read, and a file that
     ``old_sizes``/``new_sizes`` say is over ``LARGE_FILE_LIMIT`` is not read at all: its ids come
-    from ``blob_id_old``/``blob_id_new``, which must therefore come with the sizes. The text goes
-    to ``out`` in pieces as it is made (a file's hunks are never copied into one string)."""
+    from ``blob_id_old``/``blob_id_new``, which must therefore come with the sizes. ``old_ids`` and
+    ``new_ids`` are blob ids already hashed over the bytes the readers give (a scan's); a path
+    not in them is hashed here. The text goes to ``out`` in pieces as it is made (a file's hunks
+    are never copied into one string)."""
     for sizes, blob_id, side in ((old_sizes, blob_id_old, "old"), (new_sizes, blob_id_new, "new")):
         if sizes is not None and blob_id is None:
             raise TypeError(f"{side}_sizes needs blob_id_{side}: a large file's id must come without reading it")
-    old_side, new_side = _Side(read_old, old_sizes, blob_id_old), _Side(read_new, new_sizes, blob_id_new)
+    old_side = _Side(read_old, old_sizes, blob_id_old, old_ids or {})
+    new_side = _Side(read_new, new_sizes, blob_id_new, new_ids or {})
     added, deleted = set(comparison.added), set(comparison.deleted)
     write = out.write
     for path in comparison.changed_paths():
@@ -155,11 +170,13 @@ def render_patch(
     new_sizes: Mapping[str, int] | None = None,
     blob_id_old: BlobIdOf | None = None,
     blob_id_new: BlobIdOf | None = None,
+    old_ids: Mapping[str, str] | None = None,
+    new_ids: Mapping[str, str] | None = None,
 ) -> bytes:
     """``write_patch`` into bytes (for comparing a stored patch with a fresh one)."""
     buffer = io.BytesIO()
     write_patch(buffer, comparison, read_old, read_new, old_sizes=old_sizes, new_sizes=new_sizes,
-                blob_id_old=blob_id_old, blob_id_new=blob_id_new)
+                blob_id_old=blob_id_old, blob_id_new=blob_id_new, old_ids=old_ids, new_ids=new_ids)
     return buffer.getvalue()
 
 
@@ -172,12 +189,15 @@ def _write_section(write: Write, path: str, old_side: _Side | None, new_side: _S
     new = new_side.read(path) if new_side is not None else None
     if any(content is not None and len(content) > LARGE_FILE_LIMIT for content in (old, new)):
         write(_large_section(path, old_side, new_side, old, new))
-    elif old is None and new is not None and not _is_binary(new):
-        _write_whole_file(write, path, new, added=True)
+        return
+    old_id = old_side.id_of(path, old) if old_side is not None and old is not None else NULL_BLOB_ID
+    new_id = new_side.id_of(path, new) if new_side is not None and new is not None else NULL_BLOB_ID
+    if old is None and new is not None and not _is_binary(new):
+        _write_whole_file(write, path, new, new_id, added=True)
     elif new is None and old is not None and not _is_binary(old):
-        _write_whole_file(write, path, old, added=False)
+        _write_whole_file(write, path, old, old_id, added=False)
     elif old != new:                    # the same bytes after all (changed back): nothing to apply
-        _write_diffed(write, path, old, new)
+        _write_diffed(write, path, (old_id, old), (new_id, new))
 
 
 def _is_binary(content: bytes) -> bool:
@@ -188,11 +208,10 @@ def _is_binary(content: bytes) -> bool:
 _BINARY_CHECK_BYTES = 8000
 
 
-def _write_whole_file(write: Write, path: str, content: bytes, *, added: bool) -> None:
+def _write_whole_file(write: Write, path: str, content: bytes, blob_id: str, *, added: bool) -> None:
     """A text file added or deleted whole, as libgit2 and git write it — no diff to compute:
     one hunk of every line, ``+`` (or ``-``) before each, ``\\ No newline at end of file`` after
-    a last line without one; an empty file is the header alone."""
-    blob_id = git_blob_id(content)
+    a last line without one; an empty file is the header alone. ``blob_id`` is ``content``'s."""
     header = _header(path, not added, added, NULL_BLOB_ID if added else blob_id,
                      blob_id if added else NULL_BLOB_ID, with_names=bool(content))
     if not content:
@@ -212,12 +231,12 @@ def _write_whole_file(write: Write, path: str, content: bytes, *, added: bool) -
         write(b"\n\\ No newline at end of file\n")
 
 
-def _write_diffed(write: Write, path: str, old: bytes | None, new: bytes | None) -> None:
-    """libgit2 diffs the bytes (hunks, or a ``GIT binary patch``) as two blobs of the in-memory
-    store, whose ids are hashed here; the header is ours because libgit2 abbreviates the
-    ``index`` ids to 7 digits when the text is shown."""
-    old_id = git_blob_id(old) if old is not None else NULL_BLOB_ID
-    new_id = git_blob_id(new) if new is not None else NULL_BLOB_ID
+def _write_diffed(write: Write, path: str, old_blob: tuple[str, bytes | None],
+                  new_blob: tuple[str, bytes | None]) -> None:
+    """libgit2 diffs the bytes (hunks, or a ``GIT binary patch``) as two blobs (id, content;
+    None: that side does not exist) of the in-memory store; the header is ours because libgit2
+    abbreviates the ``index`` ids to 7 digits when the text is shown."""
+    (old_id, old), (new_id, new) = old_blob, new_blob
     with memory_blobs().holding((old_id, old), (new_id, new)) as (old_blob, new_blob):
         patch = _libgit2().Patch.create_from(old_blob, new_blob, old_as_path=_LIBGIT2_NAME,
                                              new_as_path=_LIBGIT2_NAME, flag=libgit2_flags(),

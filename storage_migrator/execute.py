@@ -239,13 +239,13 @@ class Executor:
     def _scan_legacy(self, plan: GenerationPlan, previous: SourceTree | None) -> TreeSnapshot:
         """The legacy folder about to be moved, read ahead (while the previous generation's patch
         was written) if it was and nothing changed there since; then the next move's folder is
-        read ahead, compared with this one."""
+        read ahead."""
         snapshot = self.scan_ahead.take(_legacy(plan)) if self.scan_ahead is not None else None
         if snapshot is None:
             snapshot = scan_tree(self.storage, _legacy(plan), _diff_base(previous))
         upcoming = self._next_move.get(plan.id)
-        if self.scan_ahead is not None and upcoming is not None and plan.is_diff_base:
-            self.scan_ahead.start(_legacy(upcoming), snapshot.checksums())
+        if self.scan_ahead is not None and upcoming is not None:
+            self.scan_ahead.start(_legacy(upcoming))
         return snapshot
 
     _STEPS: ClassVar[dict[Action, Step]] = {

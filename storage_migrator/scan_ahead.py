@@ -1,6 +1,8 @@
-"""Reading ahead within one project: a second process reads and hashes the next generation's
-legacy folder while this one writes the current generation's manifest and patch, so a project
-of many versions keeps two cores busy (workers split by project; one long project had one).
+"""Reading ahead within one project: a second process reads and hashes (sha256 and git blob id)
+the next generation's legacy folder while this one writes the current generation's manifest and
+patch, so a project of many versions keeps two cores busy (workers split by project; one long
+project had one). Only the records and ids come back, no file's bytes: the patch reads the few
+changed files itself, from the page cache, cheaper than through a pipe.
 
 What comes back is used only if the folder still stats as it did when it was read (one lstat
 per file), so a scan read ahead is never staler than one read just before the move.
@@ -9,7 +11,6 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-from collections.abc import Mapping
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -21,7 +22,8 @@ from .storage.steps import fingerprints_or_none
 from .storage.tree import FileRecord, TreeSnapshot, scan_tree
 from .workers import die_with_parent
 
-ScanResult = tuple[dict[str, FileRecord], dict[str, bytes]]
+ScanResult = tuple[dict[str, FileRecord], dict[str, str]]
+"""A scan read ahead: the file records and the blob ids."""
 
 
 @dataclass
@@ -59,14 +61,14 @@ class ScanAhead:
                  trace: TracebackType | None) -> None:
         self.close()
 
-    def start(self, folder: Path, keep_changed_from: Mapping[str, str] | None) -> None:
-        """Begin scanning ``folder`` (as ``scan_tree(storage, folder, keep_changed_from)``); a scan
-        begun earlier and not taken is dropped."""
+    def start(self, folder: Path) -> None:
+        """Begin scanning ``folder`` (as ``scan_tree(storage, folder, blob_ids=True)``, no bytes
+        kept); a scan begun earlier and not taken is dropped."""
         if self._broken:
             return
         self._drop_pending()
         try:
-            self._connection.send((os.fspath(folder), dict(keep_changed_from) if keep_changed_from is not None else None))
+            self._connection.send(os.fspath(folder))
         except OSError:
             self._broken = True
             return
@@ -88,7 +90,7 @@ class ScanAhead:
         if result is None:
             self.count.missed += 1
             return None
-        snapshot = TreeSnapshot(storage=self._storage, root=folder, files=result[0], contents=result[1])
+        snapshot = TreeSnapshot(storage=self._storage, root=folder, files=result[0], blob_ids=result[1])
         if fingerprints_or_none(self._storage, folder) != snapshot.fingerprints():
             self.count.stale += 1          # the application wrote there since it was read
             return None
@@ -117,19 +119,19 @@ class ScanAhead:
 
 
 def _serve(storage: Storage, connection: Connection, parent_end: Connection) -> None:
-    """The reader's loop: one request (folder, diff base), one answer ("ok", (files, contents))
+    """The reader's loop: one request (a folder), one answer ("ok", (files, blob ids))
     or ("failed", None), until the parent closes its end of the pipe (the copy of that end this
     fork inherited is closed first, or the end would never come)."""
     parent_end.close()
     die_with_parent()
     while True:
         try:
-            folder, keep_changed_from = connection.recv()
+            folder = connection.recv()
         except (EOFError, OSError):
             return
         try:
-            snapshot = scan_tree(storage, Path(folder), keep_changed_from)
-            answer: tuple[str, ScanResult | None] = ("ok", (snapshot.files, snapshot.contents))
+            snapshot = scan_tree(storage, Path(folder), blob_ids=True)
+            answer: tuple[str, ScanResult | None] = ("ok", (snapshot.files, snapshot.blob_ids))
         except FAILS_ONE_GENERATION:
             answer = ("failed", None)
         try:

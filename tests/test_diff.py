@@ -555,7 +555,10 @@ def libgit2_whole_file_patch(old: Tree, new: Tree) -> bytes:
     buffer = io.BytesIO()
     for path in sorted(old.keys() | new.keys()):
         if old.get(path) != new.get(path):
-            diff._write_diffed(buffer.write, path, old.get(path), new.get(path))
+            old_side, new_side = old.get(path), new.get(path)
+            diff._write_diffed(buffer.write, path,
+                               (diff.git_blob_id(old_side) if old_side is not None else diff.NULL_BLOB_ID, old_side),
+                               (diff.git_blob_id(new_side) if new_side is not None else diff.NULL_BLOB_ID, new_side))
     return buffer.getvalue()
 
 
@@ -667,3 +670,26 @@ def test_no_git_config_file_is_read(tmp_path: Path) -> None:
     expected = diff.render_patch(diff.compare_trees({"a.py": "1"}, {"a.py": "2"}), lambda p: b"one\ntwo\n",
                                  lambda p: b"one\n2\n")
     assert result.stdout == expected and b"@@ -1,2 +1,2 @@" in expected
+
+
+def test_blob_ids_a_scan_hashed_are_the_ones_the_index_lines_name() -> None:
+    """Given the ids (a scan hashed them with the checksums), the patch is the same bytes and no
+    id is hashed again: ids that are not the content's show up in the ``index`` lines as given."""
+    old = {"edited.py": b"one\ntwo\n", "gone.py": b"bye\n", "big.bin": b"\0" * 10}
+    new = {"edited.py": b"one\n2\n", "added.py": b"hi\n", "big.bin": b"\0" * 11}
+    comparison = diff.compare_trees(checksums(old), checksums(new))
+
+    def ids(tree: Tree) -> dict[str, str]:
+        return {path: diff.git_blob_id(content) for path, content in tree.items()}
+
+    plain = make_patch(old, new)
+    assert diff.render_patch(comparison, old.__getitem__, new.__getitem__,
+                             old_ids=ids(old), new_ids=ids(new)) == plain
+    named_old = {path: f"{index:040x}" for index, path in enumerate(old, start=1)}
+    named_new = {path: f"{index:040x}" for index, path in enumerate(new, start=7)}
+    named = diff.render_patch(comparison, old.__getitem__, new.__getitem__, old_ids=named_old, new_ids=named_new)
+    index_lines = set(re.findall(rb"(?m)^index (\w+)\.\.(\w+)", named))
+    assert index_lines == {(named_old["edited.py"].encode(), named_new["edited.py"].encode()),
+                           (named_old["gone.py"].encode(), diff.NULL_BLOB_ID.encode()),
+                           (diff.NULL_BLOB_ID.encode(), named_new["added.py"].encode()),
+                           (named_old["big.bin"].encode(), named_new["big.bin"].encode())}

@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -60,25 +61,26 @@ def two_versions(tmp_path: Path) -> Iterator[tuple[Storage, Path, Path]]:
         storage.close()
 
 
-def read_ahead(storage: Storage, folder: Path, base: dict[str, str] | None) -> ScanAhead:
+def read_ahead(storage: Storage, folder: Path) -> ScanAhead:
     """A reader with the scan of ``folder`` begun and finished (nothing taken yet)."""
     reader = ScanAhead(storage)
-    reader.start(folder, base)
+    reader.start(folder)
     assert reader.ready(timeout=30), "the reader never answered"
     return reader
 
 
 def test_a_scan_read_ahead_is_the_scan_this_process_would_make(two_versions: tuple[Storage, Path, Path]) -> None:
-    storage, older, newer = two_versions
-    base = scan_tree(storage, older).checksums()
-    with read_ahead(storage, newer, base) as reader:
+    """The same records; no file's bytes through the pipe; every file's blob id, as git names it."""
+    storage, _, newer = two_versions
+    with read_ahead(storage, newer) as reader:
         taken = reader.take(newer)
-    here = scan_tree(storage, newer, base)
     assert taken is not None and reader.count.used == 1
     assert taken.root == newer and taken.storage is storage
-    assert taken.files == here.files
-    assert taken.contents == here.contents == {path: (newer / path).read_bytes()
-                                                for path in ("README.md", "pkg/module_3.py", "pkg/new.py")}
+    assert taken.files == scan_tree(storage, newer).files
+    assert taken.contents == {}
+    git_ids = subprocess.run(["git", "hash-object", *taken.files], cwd=newer, capture_output=True, text=True,
+                             check=True).stdout.split()
+    assert taken.blob_ids == dict(zip(taken.files, git_ids, strict=True))
 
 
 WRITES: dict[str, Callable[[Path], None]] = {
@@ -94,7 +96,7 @@ def test_a_folder_written_after_it_was_read_ahead_is_read_again(
         two_versions: tuple[Storage, Path, Path], write: Callable[[Path], None]) -> None:
     """The reader has answered; the application writes; the answer is not used."""
     storage, older, newer = two_versions
-    with read_ahead(storage, newer, scan_tree(storage, older).checksums()) as reader:
+    with read_ahead(storage, newer) as reader:
         write(newer)
         assert reader.take(newer) is None
         assert (reader.count.used, reader.count.stale) == (0, 1)
@@ -103,10 +105,10 @@ def test_a_folder_written_after_it_was_read_ahead_is_read_again(
 def test_a_scan_begun_for_another_folder_is_dropped_and_the_next_one_answers(
         two_versions: tuple[Storage, Path, Path]) -> None:
     storage, older, newer = two_versions
-    with read_ahead(storage, older, None) as reader:
+    with read_ahead(storage, older) as reader:
         assert reader.take(newer) is None           # not what was read ahead: the answer is dropped
-        reader.start(newer, None)
-        reader.start(older, None)                   # the first one is never taken either
+        reader.start(newer)
+        reader.start(older)                         # the first one is never taken either
         taken = reader.take(older)
     assert taken is not None and taken.files == scan_tree(storage, older).files
     assert (reader.count.used, reader.count.missed) == (1, 1)
@@ -116,7 +118,7 @@ def test_a_folder_the_reader_cannot_read_is_left_to_this_process(two_versions: t
     """A link inside: the reader answers "failed", and the scan here raises the one-line error."""
     storage, older, newer = two_versions
     os.symlink("/etc/passwd", newer / "pkg" / "link.py")
-    with read_ahead(storage, newer, None) as reader:
+    with read_ahead(storage, newer) as reader:
         assert reader.take(newer) is None
     with pytest.raises(GenerationError, match="link"):
         scan_tree(storage, newer)
@@ -129,16 +131,16 @@ def test_a_reader_that_died_costs_only_the_read_ahead(two_versions: tuple[Storag
         assert pid is not None
         os.kill(pid, signal.SIGKILL)
         reader._process.join(timeout=10)
-        reader.start(newer, None)
+        reader.start(newer)
         assert reader.take(newer) is None
-        reader.start(older, None)                   # still no error: reading ahead is off now
+        reader.start(older)                         # still no error: reading ahead is off now
         assert reader.take(older) is None
 
 
 def test_a_reader_leaves_with_its_parent(two_versions: tuple[Storage, Path, Path]) -> None:
     """Closed, the reader's process is gone: a run leaves no process behind."""
     storage, _, newer = two_versions
-    reader = read_ahead(storage, newer, None)
+    reader = read_ahead(storage, newer)
     process = reader._process
     reader.close()
     assert not process.is_alive()

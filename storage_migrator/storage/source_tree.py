@@ -58,6 +58,12 @@ def write_tree_patch(stream: Any, old: SourceTree, new: SourceTree, comparison: 
         old_sizes=old.sizes(), new_sizes=new.sizes(),
         blob_id_old=lambda path: git_blob_id_file(old.storage, old.root, path),
         blob_id_new=lambda path: git_blob_id_file(new.storage, new.root, path),
+        old_ids=_blob_ids(old), new_ids=_blob_ids(new),
     )
+
+
+def _blob_ids(tree: SourceTree) -> dict[str, str]:
+    """The blob ids a scan hashed (a manifest keeps none)."""
+    return tree.blob_ids if isinstance(tree, TreeSnapshot) else {}
 
 

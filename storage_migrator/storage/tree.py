@@ -54,6 +54,8 @@ class TreeSnapshot:
     root: Path
     files: dict[str, FileRecord]
     contents: dict[str, bytes] = field(default_factory=dict, repr=False)
+    blob_ids: dict[str, str] = field(default_factory=dict, repr=False)
+    """git blob ids hashed in the same pass as the checksums (``scan_tree(blob_ids=True)``)."""
 
     @property
     def file_count(self) -> int:
@@ -183,18 +185,23 @@ def hash_file(storage: Storage, folder: Path, relative_path: str, keep_up_to: in
 
 
 def _hash_descriptor(descriptor: int, status: os.stat_result, display: str,
-                     keep_up_to: int) -> tuple[str, int, bytes | None]:
+                     keep_up_to: int, blob_id: list[str] | None = None) -> tuple[str, int, bytes | None]:
     """Hash an open regular file (and close it). The first read asks for one byte more than
     ``status`` says the file holds, so a file that did not grow is read in one call and its end
     is known without a second (a regular file reads short only at its end); a file that grew is
-    read on to its end in chunks."""
+    read on to its end in chunks. With ``blob_id`` (a list) its git blob id, hashed in the same
+    pass, is appended to it — unless the file's size was not ``status``'s (the id's header
+    names the size first)."""
     digest = hashlib.sha256()
+    blob_digest = git_blob_digest(status.st_size) if blob_id is not None else None
     kept: list[bytes] | None = []
     size = 0
     wanted = min(status.st_size + 1, CHUNK_SIZE)
     try:
         while chunk := os.read(descriptor, wanted):
             digest.update(chunk)
+            if blob_digest is not None:
+                blob_digest.update(chunk)
             size += len(chunk)
             if kept is not None:
                 kept.append(chunk)
@@ -207,6 +214,8 @@ def _hash_descriptor(descriptor: int, status: os.stat_result, display: str,
         raise GenerationError(f"cannot read {display}: {error.strerror}") from error
     finally:
         os.close(descriptor)
+    if blob_id is not None and blob_digest is not None and size == status.st_size:
+        blob_id.append(blob_digest.hexdigest())
     return digest.hexdigest(), size, (b"".join(kept) if kept is not None else None)
 
 
@@ -254,24 +263,30 @@ def git_blob_id_file(storage: Storage, folder: Path, relative_path: str) -> str:
     return digest.hexdigest()
 
 
-def scan_tree(storage: Storage, folder: Path, keep_changed_from: Mapping[str, str] | None = None) -> TreeSnapshot:
+def scan_tree(storage: Storage, folder: Path, keep_changed_from: Mapping[str, str] | None = None,
+              blob_ids: bool = False) -> TreeSnapshot:
     """Read and hash every file below ``folder`` once, in chunks.
 
     With ``keep_changed_from`` (the diff base's checksums) the bytes of each small file whose
     checksum is not the base's — the files the patch will read — are kept (up to a bound per
     tree); any other file is read again if a diff needs it. Keeping only those, not every small
     file, is what keeps memory flat on long files with small edits (a release of SQLAlchemy is
-    60 MiB, of which a patch reads about 15)."""
+    60 MiB, of which a patch reads about 15). With ``blob_ids`` each file's git blob id is
+    hashed in the same pass (``snapshot.blob_ids``), so a patch need not hash it again."""
     snapshot = TreeSnapshot(storage=storage, root=folder, files={})
     kept = 0
+    blob_id: list[str] | None = [] if blob_ids else None
     for relative_path, _, dir_fd, name in _walk_entries(storage, folder):
         room = CONTENT_CACHE_LIMIT - kept if keep_changed_from is not None else -1
         display = os.path.join(folder, relative_path)
         descriptor, status = _open_at(dir_fd, name, display)        # its fstat: no lstat needed
-        checksum, size, content = _hash_descriptor(descriptor, status, display, keep_up_to=min(room, KEEP_FILE_LIMIT))
+        checksum, size, content = _hash_descriptor(descriptor, status, display, keep_up_to=min(room, KEEP_FILE_LIMIT),
+                                                   blob_id=blob_id)
         snapshot.files[relative_path] = FileRecord(
             path=relative_path, size=size, mtime_ns=status.st_mtime_ns, sha256=checksum
         )
+        if blob_id:
+            snapshot.blob_ids[relative_path] = blob_id.pop()
         if content is not None and keep_changed_from is not None and keep_changed_from.get(relative_path) != checksum:
             snapshot.contents[relative_path] = content
             kept += size
