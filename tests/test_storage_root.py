@@ -187,7 +187,24 @@ REFUSED: list[tuple[str, Callable[[Root], Any]]] = [
     ("set_times intermediate", lambda r: r.set_times("dir/link_dir/secret.txt", 0)),
     ("open_lock_file final", lambda r: r.open_lock_file("dir/link_file")),
     ("open_lock_file intermediate", lambda r: r.open_lock_file("dir/link_dir/lock")),
+    ("folder_files first", lambda r: r.folder_files("link_dir")),
+    ("folder_files final", lambda r: opened_in(r.folder_files("dir"), "link_file")),
+    ("folder_files intermediate", lambda r: opened_in(r.folder_files("dir"), "link_dir/secret.txt")),
+    ("folder_files after a file", lambda r: opened_in(r.folder_files(()), "dir/file.txt", "dir/link_dir/secret.txt")),
 ]
+
+
+def opened_in(files: rootfs.FolderFiles, *paths: str) -> None:
+    """Open ``paths`` one after another through ``files`` (closing each), then close it."""
+    with files:
+        for path in paths:
+            os.close(files.open_regular(path)[0])
+
+
+def read_with(storage: Storage, folder: Path, *paths: str) -> None:
+    with tree.FolderReader(storage, folder, {}) as read:
+        for path in paths:
+            read(path)
 
 # The verbs production reads files with (``storage.tree``): the folder below ROOT as a Path, the
 # file below it as a '/' path; a refusal is a ``GenerationError`` whose one line names the path.
@@ -211,6 +228,10 @@ READS_REFUSED: list[tuple[str, Callable[[Storage], Any]]] = [
     ("walk_files of ROOT meets a link", lambda s: list(tree.walk_files(s, s.path))),
     ("scan_tree meets a link", lambda s: tree.scan_tree(s, s.path / "dir")),
     ("fingerprint_tree meets a link", lambda s: tree.fingerprint_tree(s, s.path / "dir")),
+    ("FolderReader final", lambda s: read_with(s, s.path / "dir", "link_file")),
+    ("FolderReader intermediate", lambda s: read_with(s, s.path, "dir/link_dir/secret.txt")),
+    ("FolderReader after a read", lambda s: read_with(s, s.path, "dir/file.txt", "dir/link_dir/secret.txt")),
+    ("FolderReader folder a link", lambda s: read_with(s, s.path / "dir/link_dir", "secret.txt")),
 ]
 
 
@@ -957,3 +978,42 @@ def test_a_file_that_grew_since_its_stat_is_hashed_to_its_end(tmp_path: Path) ->
     said = os.stat_result((stat.S_IFREG | 0o644, 0, 0, 1, 0, 0, 10, 0, 0, 0))    # st_size 10
     checksum, size, kept = tree._hash_descriptor(fd, said, "grown", keep_up_to=1 << 20)
     assert (checksum, size, kept) == (hashlib.sha256(content).hexdigest(), len(content), content)
+
+
+def test_a_folder_reader_reads_in_any_order_and_keeps_one_descriptor_per_level(tmp_path: Path) -> None:
+    """Path order (a patch's) and any other order give each file's bytes; kept bytes are not read
+    from disk; while reading, at most one descriptor per level of the path is held, none after."""
+    root_path = tmp_path / "root"
+    files = {f"a/b{n % 3}/c{n % 2}/f{n}.txt": f"content {n}\n".encode() for n in range(24)} | {"top.txt": b"top\n"}
+    for relative, content in files.items():
+        (root_path / "src" / relative).parent.mkdir(parents=True, exist_ok=True)
+        (root_path / "src" / relative).write_bytes(content)
+    before = open_fds()
+    with opened(root_path) as storage:
+        for order in (sorted(files), sorted(files, reverse=True), [*sorted(files)[::3], *sorted(files)[1::3]]):
+            with tree.FolderReader(storage, root_path / "src", {"top.txt": b"kept, not read"}) as read:
+                for relative in order:
+                    expected = b"kept, not read" if relative == "top.txt" else files[relative]
+                    assert read(relative) == expected
+                    assert open_fds() <= before + 1 + 1 + 3      # ROOT, the folder, a/bN/cN
+    assert open_fds() == before
+
+
+def test_a_folder_reader_never_follows_a_link_swapped_in_for_a_kept_directory(tmp_path: Path) -> None:
+    """``a`` is replaced by a link to a folder outside ROOT between two reads: the kept chain
+    still names the directory it opened (now ``a_old``), so the second read gets its file, never
+    the outside one; a reader opened afterwards refuses the link."""
+    root_path, outside = tmp_path / "root", tmp_path / "outside"
+    (root_path / "src" / "a").mkdir(parents=True)
+    (root_path / "src" / "a" / "one.txt").write_bytes(b"one")
+    (root_path / "src" / "a" / "two.txt").write_bytes(b"two")
+    outside.mkdir()
+    (outside / "two.txt").write_bytes(b"do not read")
+    with opened(root_path) as storage:
+        with tree.FolderReader(storage, root_path / "src", {}) as read:
+            assert read("a/one.txt") == b"one"
+            (root_path / "src" / "a").rename(root_path / "src" / "a_old")
+            (root_path / "src" / "a").symlink_to(outside)
+            assert read("a/two.txt") == b"two"
+        with pytest.raises(GenerationError, match="is a symlink"):
+            read_with(storage, root_path / "src", "a/two.txt")

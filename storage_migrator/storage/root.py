@@ -57,6 +57,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CHUNK_SIZE",
     "DirHandle",
+    "FolderFiles",
     "Parts",
     "Root",
     "UnsafePath",
@@ -148,6 +149,31 @@ def _renameat2() -> Callable[..., int] | None:
     function.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
     function.restype = ctypes.c_int
     return function
+
+
+@functools.lru_cache(maxsize=1)
+def _sync_file_range() -> Callable[..., int] | None:
+    """libc's ``sync_file_range``, or None where libc does not export it."""
+    try:
+        function = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    function.restype = ctypes.c_int
+    return function
+
+
+_SYNC_FILE_RANGE_WRITE = 2
+
+
+def start_writeback(fd: int) -> None:
+    """Start writing a file's dirty pages to disk now, without waiting (``sync_file_range``
+    WRITE): the ``sync`` before the next database commit then finds them written instead of
+    writing them all while the run waits (120 MB of patches on a long project: 1 s). Only a
+    hint: nothing is promised until that ``sync``; where the call is missing nothing happens."""
+    function = _sync_file_range()
+    if function is not None:
+        function(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)
 
 
 def _renameat2_noreplace(src_fd: int, src: str, dst_fd: int, dst: str) -> bool:
@@ -290,6 +316,73 @@ class _Cursor:
         self.fd, self._parents = -1, []
 
 
+class FolderFiles(_OpenDirectory):
+    """Regular files below one open folder, opened one after another from a kept chain of
+    directory descriptors: the directories of the last file opened stay open, so files read in
+    path order (as a patch reads them) cost one ``lstat``, ``open`` and ``fstat`` each, not a
+    walk from ROOT. Each directory is opened with ``O_NOFOLLOW`` from the one above it, as
+    everywhere below ROOT; at most one descriptor per level of the deepest path is held."""
+
+    def __init__(self, fd: int, display: str) -> None:
+        self.fd = fd
+        self.display = display
+        self._chain: list[tuple[str, int]] = []     # (name, descriptor) below the folder, outermost first
+
+    def open_regular(self, parts: Parts) -> tuple[int, os.stat_result]:
+        """A read descriptor (the caller closes it) on the regular file ``parts`` below the
+        folder, and its fstat; a link or anything but a regular file is refused (``UnsafePath``)."""
+        checked = _check_parts(parts)
+        parent = self._directory(checked[:-1])
+        return _open_regular_at(parent, checked[-1], os.path.join(self.display, *checked))
+
+    def _directory(self, names: tuple[str, ...]) -> int:
+        kept = 0
+        while kept < min(len(names), len(self._chain)) and self._chain[kept][0] == names[kept]:
+            kept += 1
+        self._close_chain(kept)
+        fd = self._chain[-1][1] if self._chain else self.fd
+        for index in range(kept, len(names)):
+            try:
+                child = os.open(names[index], DIR_FLAGS, dir_fd=fd)
+            except OSError as error:
+                display = os.path.join(self.display, *names[: index + 1])
+                raise _explain(fd, names[index], display, error, "is not a directory") from None
+            self._chain.append((names[index], child))
+            fd = child
+        return fd
+
+    def _close_chain(self, keep: int) -> None:
+        while len(self._chain) > keep:
+            _close_quietly(self._chain.pop()[1])
+
+    def close(self) -> None:
+        self._close_chain(0)
+        super().close()
+
+
+def _open_regular_at(parent: int, name: str, display: str) -> tuple[int, os.stat_result]:
+    """A read descriptor on the regular file ``name`` in the open directory ``parent``, and its
+    fstat: lstat'ed first (a FIFO is never opened), opened without following a link, fstat'ed
+    again (a FIFO swapped in between is refused, never blocks)."""
+    st = _lstat_named(parent, name, display)
+    if st is None:
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), printable(display))
+    if not stat.S_ISREG(st.st_mode):
+        raise UnsafePath(display, _kind(st.st_mode))
+    try:
+        fd = os.open(name, READ_FLAGS, dir_fd=parent)
+    except OSError as error:
+        raise _explain(parent, name, display, error, "is not a regular file") from None
+    try:
+        opened = os.fstat(fd)
+        if not stat.S_ISREG(opened.st_mode):
+            raise UnsafePath(display, _kind(opened.st_mode))
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, opened
+
+
 def _explain(dir_fd: int, name: str, display: str, error: OSError, mismatch: str) -> OSError:
     """Turn a failed ``openat(dir_fd, name)`` into an error naming the path: ``UnsafePath`` when
     the entry is a symlink or of the wrong type (``mismatch``), else the errno as it came."""
@@ -377,25 +470,14 @@ class Root(_OpenDirectory):
 
     def _open_regular(self, parts: tuple[str, ...]) -> tuple[int, os.stat_result]:
         """A blocking read descriptor on the regular file ``parts`` and its ``fstat``."""
-        display = self._display(parts)
         with self._parent(parts) as (parent, name):
-            st = _lstat_named(parent, name, display)
-            if st is None:
-                raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), printable(display))
-            if not stat.S_ISREG(st.st_mode):
-                raise UnsafePath(display, _kind(st.st_mode))
-            try:
-                fd = os.open(name, READ_FLAGS, dir_fd=parent)
-            except OSError as error:
-                raise _explain(parent, name, display, error, "is not a regular file") from None
-        try:
-            opened = os.fstat(fd)
-            if not stat.S_ISREG(opened.st_mode):
-                raise UnsafePath(display, _kind(opened.st_mode))
-        except BaseException:
-            os.close(fd)
-            raise
-        return fd, opened
+            return _open_regular_at(parent, name, self._display(parts))
+
+    def folder_files(self, parts: Parts) -> FolderFiles:
+        """The regular files below the folder ``parts``, for opening many of them in path order
+        (a patch's reads): see ``FolderFiles``. The caller closes it."""
+        checked = _check_parts(parts)
+        return FolderFiles(self._open_dir_fd(checked), self._display(checked))
 
     def _create_temp(self, parent: int, name: str, mode: int = 0o600) -> tuple[str, int]:
         for _attempt in range(100):
@@ -578,6 +660,8 @@ class Root(_OpenDirectory):
                     os.fchmod(handle.fileno(), mode)
                     if fsync:
                         os.fsync(handle.fileno())
+                    else:
+                        start_writeback(handle.fileno())
                 os.replace(temp, name, src_dir_fd=parent, dst_dir_fd=parent)
             except OSError as error:
                 self._discard_temp(parent, temp)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import GenerationError
-from .root import CHUNK_SIZE, READ_FLAGS, UnsafePath, relative_parts
+from .root import CHUNK_SIZE, READ_FLAGS, FolderFiles, UnsafePath, relative_parts
 
 if TYPE_CHECKING:
     from .opened import Storage
@@ -147,8 +147,45 @@ def _open_at(dir_fd: int, name: str, display: str) -> tuple[int, os.stat_result]
 def read_regular_file(storage: Storage, folder: Path, relative_path: str, max_bytes: int | None = None) -> bytes:
     """Read a regular file below ``folder`` (never through a symlink, never a FIFO or device);
     with ``max_bytes``, a larger file is refused unread."""
-    full_path = os.path.join(folder, relative_path)
     descriptor, status = open_regular_file(storage, folder, relative_path)
+    return _read_whole(descriptor, status, os.path.join(folder, relative_path), max_bytes)
+
+
+class FolderReader:
+    """Reads files below one folder, many in a row in path order (a patch's reads): bytes a scan
+    kept come from memory; any other file is opened from a kept chain of directory descriptors
+    (``Root.folder_files``, opened at the first such read), not walked to from ROOT each time.
+    A context manager: the descriptors are closed at its end."""
+
+    def __init__(self, storage: Storage, folder: Path, kept: Mapping[str, bytes]) -> None:
+        self._storage, self._folder, self._kept = storage, folder, kept
+        self._files: FolderFiles | None = None
+
+    def __enter__(self) -> FolderReader:
+        return self
+
+    def __exit__(self, *exception: object) -> None:
+        if self._files is not None:
+            self._files.close()
+
+    def __call__(self, relative_path: str) -> bytes:
+        content = self._kept.get(relative_path)
+        if content is not None:
+            return content
+        full_path = os.path.join(self._folder, relative_path)
+        try:
+            if self._files is None:
+                self._files = self._storage.root.folder_files(self._storage.parts(self._folder))
+            descriptor, status = self._files.open_regular(relative_parts(relative_path))
+        except UnsafePath as error:
+            raise GenerationError(f"{error}; it is never read") from None
+        except OSError as error:
+            raise _read_error(error, full_path) from None
+        return _read_whole(descriptor, status, full_path, None)
+
+
+def _read_whole(descriptor: int, status: os.stat_result, full_path: str, max_bytes: int | None) -> bytes:
+    """Every byte of an open regular file (closed after), refused past ``max_bytes`` if given."""
     try:
         if max_bytes is not None and status.st_size > max_bytes:
             raise GenerationError(f"{full_path} is larger than {max_bytes} bytes; not read")
