@@ -152,7 +152,7 @@ def test_interrupt_reports_what_was_done_and_exits_130(installation: Installatio
         if process.poll() is None:
             process.kill()
             process.wait()
-    assert process.returncode == 130, stderr
+    assert process.returncode == 130, (stderr, stdout[-2000:], signal.getsignal(signal.SIGINT))
     assert "Traceback" not in stderr
     document = json.loads(stdout)
     assert document["interrupted"] is True and document["migrated"] >= 1
