@@ -139,28 +139,24 @@ def _close_quietly(fd: int) -> None:
         pass
 
 
-@functools.lru_cache(maxsize=1)
+@functools.cache
+def _libc_function(name: str, *argtypes: type) -> Callable[..., int] | None:
+    """libc's ``name`` (returning an int, errno kept), or None where libc does not export it."""
+    try:
+        function = getattr(ctypes.CDLL(None, use_errno=True), name)
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = list(argtypes)
+    function.restype = ctypes.c_int
+    return function
+
+
 def _renameat2() -> Callable[..., int] | None:
-    """libc's ``renameat2``, or None where libc does not export it."""
-    try:
-        function = ctypes.CDLL(None, use_errno=True).renameat2
-    except (OSError, AttributeError):
-        return None
-    function.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-    function.restype = ctypes.c_int
-    return function
+    return _libc_function("renameat2", ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint)
 
 
-@functools.lru_cache(maxsize=1)
 def _sync_file_range() -> Callable[..., int] | None:
-    """libc's ``sync_file_range``, or None where libc does not export it."""
-    try:
-        function = ctypes.CDLL(None, use_errno=True).sync_file_range
-    except (OSError, AttributeError):
-        return None
-    function.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-    function.restype = ctypes.c_int
-    return function
+    return _libc_function("sync_file_range", ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
 
 
 _SYNC_FILE_RANGE_WRITE = 2
