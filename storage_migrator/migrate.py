@@ -169,8 +169,8 @@ def _carry_out(installation: Installation, report: RunReport, options: RunOption
     if workers > 1 and only is None:
         with engine.connect() as connection:
             project_ids = iter_project_ids(connection)
-        busy = min(workers, len(project_ids))
-        options = replace(options, read_ahead=workers >= 2 * busy)
+        busy = min(workers, len(project_ids))          # processes the projects can keep busy
+        options = replace(options, read_ahead=0 < busy and workers >= 2 * busy)
     if len(project_ids) > 1 and workers > 1:
         _carry_out_in_workers(storage.layout, engine, report, options, tick, workers, root_temps, project_ids)
     else:
