@@ -190,13 +190,15 @@ def _write_section(write: Write, path: str, old_side: _Side | None, new_side: _S
     if any(content is not None and len(content) > LARGE_FILE_LIMIT for content in (old, new)):
         write(_large_section(path, old_side, new_side, old, new))
         return
+    if old == new:                      # the same bytes after all (changed back): nothing to apply
+        return
     old_id = old_side.id_of(path, old) if old_side is not None and old is not None else NULL_BLOB_ID
     new_id = new_side.id_of(path, new) if new_side is not None and new is not None else NULL_BLOB_ID
     if old is None and new is not None and not _is_binary(new):
         _write_whole_file(write, path, new, new_id, added=True)
     elif new is None and old is not None and not _is_binary(old):
         _write_whole_file(write, path, old, old_id, added=False)
-    elif old != new:                    # the same bytes after all (changed back): nothing to apply
+    else:
         _write_diffed(write, path, (old_id, old), (new_id, new))
 
 

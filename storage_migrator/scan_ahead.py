@@ -28,7 +28,7 @@ ScanResult = tuple[dict[str, FileRecord], dict[str, str]]
 
 @dataclass
 class ReadAheadCount:
-    """How the scans asked of ``take`` went (tests and benchmarks look at it)."""
+    """How the scans asked of ``take`` went (what the tests look at)."""
 
     used: int = 0
     stale: int = 0

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -123,12 +123,19 @@ def open_regular_file(storage: Storage, folder: Path, relative_path: str) -> tup
     """Open the regular file ``relative_path`` (checked: no ``..``, no absolute path) below
     ``folder``, resolved from ROOT's descriptor without following any symlink and without
     blocking on a FIFO; anything but a regular file is refused."""
+    return _opened_or_refused(lambda: storage.root.open_regular((*storage.parts(folder), *relative_parts(relative_path))),
+                              os.path.join(folder, relative_path))
+
+
+def _opened_or_refused(open_file: Callable[[], tuple[int, os.stat_result]], display: str) -> tuple[int, os.stat_result]:
+    """``open_file()``, its refusal (a link, a FIFO, an unsafe name) or failure made the one-line
+    ``GenerationError`` every read of the tool gives."""
     try:
-        return storage.root.open_regular((*storage.parts(folder), *relative_parts(relative_path)))
+        return open_file()
     except UnsafePath as error:
         raise GenerationError(f"{error}; it is never read") from None
     except OSError as error:
-        raise _read_error(error, os.path.join(folder, relative_path)) from None
+        raise _read_error(error, display) from None
 
 
 def _open_at(dir_fd: int, name: str, display: str) -> tuple[int, os.stat_result]:
@@ -173,15 +180,14 @@ class FolderReader:
         if content is not None:
             return content
         full_path = os.path.join(self._folder, relative_path)
-        try:
-            if self._files is None:
-                self._files = self._storage.root.folder_files(self._storage.parts(self._folder))
-            descriptor, status = self._files.open_regular(relative_parts(relative_path))
-        except UnsafePath as error:
-            raise GenerationError(f"{error}; it is never read") from None
-        except OSError as error:
-            raise _read_error(error, full_path) from None
+        descriptor, status = _opened_or_refused(lambda: self._folder_files().open_regular(relative_parts(relative_path)),
+                                                full_path)
         return _read_whole(descriptor, status, full_path, None)
+
+    def _folder_files(self) -> FolderFiles:
+        if self._files is None:
+            self._files = self._storage.root.folder_files(self._storage.parts(self._folder))
+        return self._files
 
 
 def _read_whole(descriptor: int, status: os.stat_result, full_path: str, max_bytes: int | None) -> bytes:
@@ -222,23 +228,20 @@ def hash_file(storage: Storage, folder: Path, relative_path: str, keep_up_to: in
 
 
 def _hash_descriptor(descriptor: int, status: os.stat_result, display: str,
-                     keep_up_to: int, blob_id: list[str] | None = None) -> tuple[str, int, bytes | None]:
+                     keep_up_to: int, also: hashlib._Hash | None = None) -> tuple[str, int, bytes | None]:
     """Hash an open regular file (and close it). The first read asks for one byte more than
     ``status`` says the file holds, so a file that did not grow is read in one call and its end
     is known without a second (a regular file reads short only at its end); a file that grew is
-    read on to its end in chunks. With ``blob_id`` (a list) its git blob id, hashed in the same
-    pass, is appended to it — unless the file's size was not ``status``'s (the id's header
-    names the size first)."""
+    read on to its end in chunks. ``also`` (a git blob digest, say) is fed the same bytes."""
     digest = hashlib.sha256()
-    blob_digest = git_blob_digest(status.st_size) if blob_id is not None else None
     kept: list[bytes] | None = []
     size = 0
     wanted = min(status.st_size + 1, CHUNK_SIZE)
     try:
         while chunk := os.read(descriptor, wanted):
             digest.update(chunk)
-            if blob_digest is not None:
-                blob_digest.update(chunk)
+            if also is not None:
+                also.update(chunk)
             size += len(chunk)
             if kept is not None:
                 kept.append(chunk)
@@ -251,8 +254,6 @@ def _hash_descriptor(descriptor: int, status: os.stat_result, display: str,
         raise GenerationError(f"cannot read {display}: {error.strerror}") from error
     finally:
         os.close(descriptor)
-    if blob_id is not None and blob_digest is not None and size == status.st_size:
-        blob_id.append(blob_digest.hexdigest())
     return digest.hexdigest(), size, (b"".join(kept) if kept is not None else None)
 
 
@@ -312,18 +313,18 @@ def scan_tree(storage: Storage, folder: Path, keep_changed_from: Mapping[str, st
     hashed in the same pass (``snapshot.blob_ids``), so a patch need not hash it again."""
     snapshot = TreeSnapshot(storage=storage, root=folder, files={})
     kept = 0
-    blob_id: list[str] | None = [] if blob_ids else None
     for relative_path, _, dir_fd, name in _walk_entries(storage, folder):
         room = CONTENT_CACHE_LIMIT - kept if keep_changed_from is not None else -1
         display = os.path.join(folder, relative_path)
         descriptor, status = _open_at(dir_fd, name, display)        # its fstat: no lstat needed
+        blob_digest = git_blob_digest(status.st_size) if blob_ids else None
         checksum, size, content = _hash_descriptor(descriptor, status, display, keep_up_to=min(room, KEEP_FILE_LIMIT),
-                                                   blob_id=blob_id)
+                                                   also=blob_digest)
         snapshot.files[relative_path] = FileRecord(
             path=relative_path, size=size, mtime_ns=status.st_mtime_ns, sha256=checksum
         )
-        if blob_id:
-            snapshot.blob_ids[relative_path] = blob_id.pop()
+        if blob_digest is not None and size == status.st_size:   # the id's header named this size
+            snapshot.blob_ids[relative_path] = blob_digest.hexdigest()
         if content is not None and keep_changed_from is not None and keep_changed_from.get(relative_path) != checksum:
             snapshot.contents[relative_path] = content
             kept += size
