@@ -183,7 +183,7 @@ def main(click_context: click.Context, database_url: str, storage_root: Path, pa
     click_context.obj = Context(settings, Output(as_json, quiet, verbose))
     if click_context.invoked_subcommand is None:
         if dry_run:
-            click_context.invoke(run, dry_run=True, workers=1)
+            click_context.invoke(run, dry_run=True, workers=os.cpu_count() or 1)
         else:
             click.echo(click_context.get_help())
 

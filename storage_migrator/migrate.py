@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -24,20 +25,20 @@ from .db import (
     load_output_files,
     reserve_version,
 )
-from .errors import FAILS_ONE_GENERATION
+from .errors import failure_line
 from .execute import Executor
 from .installation import Installation, open_installation
 from .lock import RunLock
 from .orphans import find_orphans
-from .plan import Action, GenerationPlan, plan_project
+from .plan import Action, GenerationPlan, ProjectPlan, plan_project
 from .records import ProjectRecord
 from .report import GenerationOutcome, RunReport
-from .scan_ahead import ScanAhead
+from .scan_ahead import ScanAhead, SummaryOrError, summarize_trees
 from .storage.layout import StorageLayout
+from .storage.manifest import TreeSummary
 from .storage.opened import Storage, open_storage
 from .storage.recovery import RootTempFiles, recover_project, sweep_state
 from .storage.steps import handling_project, prepare_state_dir
-from .storage.tree import fingerprint_tree
 from .workers import WorkerDied, chunked, run_in_workers
 
 ProgressFactory = Callable[[int], Callable[[int], None]]
@@ -54,20 +55,20 @@ def version_reserver(engine: Engine) -> Callable[[str, int], int | None]:
     return lambda project_id, at_least: reserve_version(engine, project_id, at_least)
 
 
-def plan_outcome(storage: Storage, plan: GenerationPlan) -> GenerationOutcome:
+def plan_outcome(plan: GenerationPlan, summaries: Mapping[Path, SummaryOrError]) -> GenerationOutcome:
     """A planned action as a report line (the dry run's rendering of the plan). A folder to be
-    moved is walked with one lstat per file — never read — for the counts the run will write,
-    and so that a symlink inside it shows as a planned failure."""
+    moved was walked with one lstat per file — never read — for the counts the run will write,
+    and so that a symlink inside it shows as a planned failure (``summaries``, see
+    ``move_summaries``)."""
     generation = plan.generation
     action, reason, error = plan.action, plan.reason, None
     file_count = total_size_bytes = None
     if action == Action.MOVE and plan.legacy_dir is not None:
-        try:
-            fingerprints = fingerprint_tree(storage, plan.legacy_dir)
-            file_count = len(fingerprints)
-            total_size_bytes = sum(size for size, _ in fingerprints.values())
-        except FAILS_ONE_GENERATION as problem:
-            action, error = Action.FAIL, str(problem)
+        summary = summaries[plan.legacy_dir]
+        if isinstance(summary, TreeSummary):
+            file_count, total_size_bytes = summary.file_count, summary.total_size_bytes
+        else:
+            action, error = Action.FAIL, failure_line(summary)
     if action == Action.FAIL:
         error, reason = error or reason, None
     return GenerationOutcome.of_row(
@@ -79,6 +80,13 @@ def plan_outcome(storage: Storage, plan: GenerationPlan) -> GenerationOutcome:
         file_count=file_count,
         total_size_bytes=total_size_bytes,
     )
+
+
+def move_summaries(storage: Storage, plan: ProjectPlan, ahead: ScanAhead | None) -> dict[Path, SummaryOrError]:
+    """The stat walk of every legacy folder ``plan`` moves (half of them by ``ahead``'s reader)."""
+    folders = [generation.legacy_dir for generation in plan.generations
+               if generation.action == Action.MOVE and generation.legacy_dir is not None]
+    return summarize_trees(storage, folders, ahead)
 
 
 @dataclass(frozen=True)
@@ -126,7 +134,7 @@ def migrate(
     with open_installation(settings, command, read_only=dry_run) as installation:
         try:
             if dry_run:
-                _plan_only(installation, report, resync, only)
+                _plan_only(installation, report, resync, only, workers)
             elif coordinate:
                 from .coordinate import carry_out_coordinated
 
@@ -144,14 +152,20 @@ def migrate(
     return report.finish()
 
 
-def _plan_only(installation: Installation, report: RunReport, resync: bool, only: list[str] | None) -> None:
+def _plan_only(installation: Installation, report: RunReport, resync: bool, only: list[str] | None,
+               workers: int) -> None:
+    """Every project planned and reported, nothing written; with two workers or more a reader
+    process takes half of the stat walks."""
     storage, engine = installation.storage, installation.engine
-    for record in iter_project_records(engine, only=only):
-        plan = plan_project(record, storage, resync, output_files_reader(engine))
-        for generation_plan in plan.generations:
-            report.add(plan_outcome(storage, generation_plan))
-            if generation_plan.leftover is not None:
-                report.leftovers.append(str(generation_plan.leftover))
+    with ExitStack() as stack:
+        ahead = stack.enter_context(ScanAhead(storage)) if workers >= 2 else None
+        for record in iter_project_records(engine, only=only):
+            plan = plan_project(record, storage, resync, output_files_reader(engine), ahead=ahead)
+            summaries = move_summaries(storage, plan, ahead)
+            for generation_plan in plan.generations:
+                report.add(plan_outcome(generation_plan, summaries))
+                if generation_plan.leftover is not None:
+                    report.leftovers.append(str(generation_plan.leftover))
     if resync and only is None:
         report.orphans = find_orphans(storage, engine)
 
@@ -209,7 +223,7 @@ def _carry_out_project(storage: Storage, engine: Engine, executor: Executor, opt
     recover_project(storage, record.project_id, generation_ids, root_temps)
     with handling_project(record.project_id, generation_ids):
         executor.carry_out(plan_project(record, storage, options.resync, output_files_reader(engine),
-                                        reserve=version_reserver(engine)))
+                                        reserve=version_reserver(engine), ahead=executor.scan_ahead))
 
 
 def _carry_out_in_workers(layout: StorageLayout, engine: Engine, report: RunReport, options: RunOptions,

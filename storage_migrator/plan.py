@@ -18,6 +18,7 @@ from typing import Any
 
 from .errors import FAILS_ONE_GENERATION, GenerationError, failure_line
 from .records import GenerationRow, Outcome, ProjectRecord, RowSeen, Tally, as_utc
+from .scan_ahead import ScanAhead, SummaryOrError, summarize_trees
 from .storage.layout import (
     StorageLayout,
     UnsafePathComponent,
@@ -29,9 +30,8 @@ from .storage.layout import (
     parse_target_dir_name,
     source_dir,
 )
-from .storage.manifest import Manifest, ManifestHead, fingerprint_digest, read_manifest_head
+from .storage.manifest import Manifest, ManifestHead, TreeSummary, read_manifest_head
 from .storage.opened import Storage
-from .storage.tree import fingerprint_tree
 
 
 class Action(str, Enum):
@@ -166,9 +166,10 @@ def _legacy_kind(storage: Storage, generation: GenerationRow) -> LegacyKind:
 
 
 
-def probe_disk(storage: Storage, generation: GenerationRow, check_fingerprints: bool) -> DiskState:
-    """Look at one generation's folders. Reads at most its manifest; with ``check_fingerprints``
-    also one lstat per file (resync), never file content. Nothing here follows a symlink."""
+def probe_disk(storage: Storage, generation: GenerationRow) -> DiskState:
+    """Look at one generation's folders: stats and at most its manifest's head, never file
+    content; resync's fingerprint check comes after (``plan_project``). Nothing here follows a
+    symlink."""
     legacy_kind = _legacy_kind(storage, generation)
     target = storage.layout.generation_target(generation)
     source_exists = storage.is_folder(source_dir(target))     # reached through real folders only
@@ -182,16 +183,28 @@ def probe_disk(storage: Storage, generation: GenerationRow, check_fingerprints: 
             version for name in names if (version := parse_patch_file_name(name)) is not None
         ))
         has_temp_files = any(is_temp_name(name) for name in names)
-    fingerprints_match: bool | None = None
-    if check_fingerprints and manifest is not None:
-        try:
-            fingerprints_match = fingerprint_digest(fingerprint_tree(storage, source_dir(target))) \
-                == manifest.fingerprint_digest
-        except GenerationError:
-            fingerprints_match = False
     archived = is_archived(storage, generation)
-    return DiskState(legacy_kind, target_exists, source_exists, manifest, patch_versions, fingerprints_match, archived,
+    return DiskState(legacy_kind, target_exists, source_exists, manifest, patch_versions, None, archived,
                      has_temp_files)
+
+
+def _fingerprints_checked(disks: dict[str, DiskState], sources: Mapping[str, Path], summaries: Mapping[Path, SummaryOrError],
+                          unprobed: dict[str, str]) -> None:
+    """Resync's check, in place: each probed generation with a manifest gets ``fingerprints_match``
+    (its files' stat digest against the manifest head's). A walk stopped by a link or an
+    unreadable file counts as changed (the executor then reads the folder and reports it); any
+    other error leaves the generation unprobed, as an error while probing does."""
+    for generation_id, folder in sources.items():
+        disk, summary = disks[generation_id], summaries[folder]
+        if isinstance(summary, TreeSummary):
+            matches = summary.fingerprint_digest == disk.manifest.fingerprint_digest   # type: ignore[union-attr]
+        elif isinstance(summary, GenerationError):
+            matches = False
+        else:
+            del disks[generation_id]
+            unprobed[generation_id] = f"cannot look at its folders: {failure_line(summary)}"
+            continue
+        disks[generation_id] = replace(disk, fingerprints_match=matches)
 
 
 def is_archived(storage: Storage, generation: GenerationRow) -> bool:
@@ -393,6 +406,7 @@ def plan_project(
     check_fingerprints: bool = False,
     output_files: Callable[[str], Mapping[str, Any] | None] | None = None,
     reserve: NumberSource | None = None,
+    ahead: ScanAhead | None = None,
 ) -> ProjectPlan:
     """Probe the disk for every generation of ``record`` and decide.
 
@@ -407,11 +421,15 @@ def plan_project(
     with ``reserve`` (a real run) the number is taken from the database at once, so the
     application never hands it out too; without it (a dry run) the number is predicted. A folder
     ``v<K>__<id>`` already renamed by an earlier, interrupted run keeps its number K.
+
+    With ``check_fingerprints`` (resync) every generation's files are stat'ed after all are
+    probed, half of the walks by ``ahead``'s reader when there is one (``summarize_trees``).
     """
     renamed = _renamed_folders(storage, record)
     numbers = assign_numbers(record, storage, renamed, reserve)
     disks: dict[str, DiskState] = {}
     unprobed: dict[str, str] = {}
+    sources: dict[str, Path] = {}          # resync: the source/ folders whose stats are checked
     for generation in record.generations:
         if _unsafe_reason(generation) or not isinstance(generation.version, int):
             continue
@@ -420,9 +438,14 @@ def plan_project(
             if storage.is_folder(storage.layout.generation_target(moved)):
                 generation = moved
         try:
-            disks[generation.id] = probe_disk(storage, generation, check_fingerprints)
+            disks[generation.id] = probe_disk(storage, generation)
         except FAILS_ONE_GENERATION as error:
             unprobed[generation.id] = f"cannot look at its folders: {failure_line(error)}"
+            continue
+        if check_fingerprints and disks[generation.id].manifest is not None:
+            sources[generation.id] = source_dir(storage.layout.generation_target(generation))
+    if sources:
+        _fingerprints_checked(disks, sources, summarize_trees(storage, list(sources.values()), ahead), unprobed)
     files: dict[str, Mapping[str, Any] | None] = {}
     if output_files is not None:
         files = {generation.id: output_files(generation.id) for generation in record.generations

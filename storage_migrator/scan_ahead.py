@@ -6,17 +6,23 @@ changed files itself, from the page cache, cheaper than through a pipe.
 
 What comes back is used only if the folder still stats as it did when it was read (one lstat
 per file), so a scan read ahead is never staler than one read just before the move.
+
+The same process takes half of the stat walks of a project's plan (``summarize_trees``: resync's
+fingerprint check, the dry run's counts), which are most of an unchanged resync's time.
 """
 from __future__ import annotations
 
 import multiprocessing
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from .errors import FAILS_ONE_GENERATION
+from .storage.manifest import TreeSummary, summarize_tree
 from .storage.opened import Storage
 from .storage.steps import fingerprints_or_none
 from .storage.tree import FileRecord, TreeSnapshot, scan_tree
@@ -24,6 +30,10 @@ from .workers import die_with_parent
 
 ScanResult = tuple[dict[str, FileRecord], dict[str, str]]
 """A scan read ahead: the file records and the blob ids."""
+SummaryOrError = TreeSummary | Exception
+"""A folder's summary, or what walking it raised (one of ``FAILS_ONE_GENERATION``)."""
+SCAN, SUMMARIZE = "scan", "summarize"
+"""The two requests the reader serves: (SCAN, folder) and (SUMMARIZE, folders)."""
 
 
 @dataclass
@@ -33,6 +43,8 @@ class ReadAheadCount:
     used: int = 0
     stale: int = 0
     missed: int = 0
+    summarized: int = 0
+    """Folders whose stat walk the reader made (``take_summaries``)."""
 
 
 class ScanAhead:
@@ -50,7 +62,7 @@ class ScanAhead:
                                         name="storage-migrate read-ahead")
         self._process.start()
         reader_end.close()
-        self._pending: Path | None = None
+        self._pending: tuple[str, Any] | None = None        # the request sent and not answered yet
         self._broken = False
         self.count = ReadAheadCount()
 
@@ -64,15 +76,33 @@ class ScanAhead:
     def start(self, folder: Path) -> None:
         """Begin scanning ``folder`` (as ``scan_tree(storage, folder, blob_ids=True)``, no bytes
         kept); a scan begun earlier and not taken is dropped."""
+        self._send((SCAN, os.fspath(folder)))
+
+    def start_summaries(self, folders: Sequence[Path]) -> bool:
+        """Begin ``summarize_tree`` of each of ``folders``; False if the reader is gone."""
+        return self._send((SUMMARIZE, tuple(os.fspath(folder) for folder in folders)))
+
+    def take_summaries(self, folders: Sequence[Path]) -> dict[Path, TreeSummary]:
+        """The summaries begun by ``start_summaries(folders)`` of those the reader could walk;
+        the caller walks the rest itself (and sees its own errors)."""
+        if self._pending != (SUMMARIZE, tuple(os.fspath(folder) for folder in folders)):
+            self._drop_pending()
+            return {}
+        result: dict[str, TreeSummary] | None = self._receive()
+        self.count.summarized += len(result or {})
+        return {Path(folder): summary for folder, summary in (result or {}).items()}
+
+    def _send(self, request: tuple[str, Any]) -> bool:
         if self._broken:
-            return
+            return False
         self._drop_pending()
         try:
-            self._connection.send(os.fspath(folder))
+            self._connection.send(request)
         except OSError:
             self._broken = True
-            return
-        self._pending = folder
+            return False
+        self._pending = request
+        return True
 
     def ready(self, timeout: float) -> bool:
         """Whether the scan begun by ``start`` has finished (waits up to ``timeout`` seconds)."""
@@ -82,11 +112,11 @@ class ScanAhead:
         """The scan of ``folder`` begun by ``start``, if there was one, it succeeded, and every file
         below ``folder`` still has the size and mtime it was read with (no file added or gone);
         else None — then the caller scans ``folder`` itself, and sees its own errors."""
-        if self._pending != folder:
+        if self._pending != (SCAN, os.fspath(folder)):
             self._drop_pending()
             self.count.missed += 1
             return None
-        result = self._receive()
+        result: ScanResult | None = self._receive()
         if result is None:
             self.count.missed += 1
             return None
@@ -104,10 +134,11 @@ class ScanAhead:
             self._process.kill()
             self._process.join()
 
-    def _receive(self) -> ScanResult | None:
+    def _receive(self) -> Any:
+        """The answer to the pending request (None: it failed, or the reader is gone)."""
         self._pending = None
         try:
-            outcome: tuple[str, ScanResult | None] = self._connection.recv()
+            outcome: tuple[str, Any] = self._connection.recv()
         except (EOFError, OSError):
             self._broken = True
             return None
@@ -118,23 +149,58 @@ class ScanAhead:
             self._receive()
 
 
+def summarize_trees(storage: Storage, folders: Sequence[Path], ahead: ScanAhead | None) -> dict[Path, SummaryOrError]:
+    """``summarize_tree`` of every folder, or the error walking it raised, in the order given; with a
+    reader, it walks every other folder while this process walks the rest (a project's
+    consecutive versions are about the same size).
+
+    What this returns is what one walk per folder, in turn, would have seen: each folder is
+    walked once, by one process, during this call, and a walk the reader could not finish is
+    made again here. Nothing is cached beyond the call."""
+    theirs: list[Path] = []
+    if ahead is not None and len(folders) > 1 and ahead.start_summaries(folders[1::2]):
+        theirs = list(folders[1::2])
+    found: dict[Path, SummaryOrError] = {}
+    for folder in folders[0::2] if theirs else folders:
+        found[folder] = _summary_or_error(storage, folder)
+    walked = ahead.take_summaries(theirs) if ahead is not None and theirs else {}
+    for folder in theirs:
+        found[folder] = walked[folder] if folder in walked else _summary_or_error(storage, folder)
+    return {folder: found[folder] for folder in folders}
+
+
+def _summary_or_error(storage: Storage, folder: Path) -> SummaryOrError:
+    try:
+        return summarize_tree(storage, folder)
+    except FAILS_ONE_GENERATION as error:
+        return error
+
+
 def _serve(storage: Storage, connection: Connection, parent_end: Connection) -> None:
-    """The reader's loop: one request (a folder), one answer ("ok", (files, blob ids))
-    or ("failed", None), until the parent closes its end of the pipe (the copy of that end this
-    fork inherited is closed first, or the end would never come)."""
+    """The reader's loop: one request, one answer ("ok", result) or ("failed", None), until the
+    parent closes its end of the pipe (the copy of that end this fork inherited is closed
+    first, or the end would never come). A scan answers (files, blob ids); summaries answer
+    {folder: TreeSummary} for the folders it could walk."""
     parent_end.close()
     die_with_parent()
     while True:
         try:
-            folder = connection.recv()
+            kind, argument = connection.recv()
         except (EOFError, OSError):
             return
         try:
-            snapshot = scan_tree(storage, Path(folder), blob_ids=True)
-            answer: tuple[str, ScanResult | None] = ("ok", (snapshot.files, snapshot.blob_ids))
+            answer: tuple[str, Any] = ("ok", _answer(storage, kind, argument))
         except FAILS_ONE_GENERATION:
             answer = ("failed", None)
         try:
             connection.send(answer)
         except OSError:
             return
+
+
+def _answer(storage: Storage, kind: str, argument: Any) -> Any:
+    if kind == SCAN:
+        snapshot = scan_tree(storage, Path(argument), blob_ids=True)
+        return snapshot.files, snapshot.blob_ids
+    summaries = {folder: _summary_or_error(storage, Path(folder)) for folder in argument}
+    return {folder: summary for folder, summary in summaries.items() if isinstance(summary, TreeSummary)}

@@ -21,9 +21,10 @@ import pytest
 
 from storage_migrator.demo import SampleSize
 from storage_migrator.errors import GenerationError
-from storage_migrator.scan_ahead import ScanAhead
+from storage_migrator.scan_ahead import ScanAhead, SummaryOrError, summarize_trees
+from storage_migrator.storage.manifest import TreeSummary, fingerprint_digest, summarize_tree
 from storage_migrator.storage.opened import Storage
-from storage_migrator.storage.tree import scan_tree
+from storage_migrator.storage.tree import fingerprint_tree, scan_tree
 
 from .sandbox import (
     Installation,
@@ -226,3 +227,110 @@ def test_an_edit_made_while_the_next_folder_was_read_ahead_is_in_its_manifest(on
     manifest = json.loads((target / "manifest.json").read_text())
     digest = hashlib.sha256(new_text.encode()).hexdigest()
     assert digest in manifest["checksums"].values(), "the edit is missing from the manifest"
+
+
+# -- the stat walks of a plan (summarize_trees) ----------------------------------------------
+
+
+@pytest.fixture
+def five_versions(tmp_path: Path) -> Iterator[tuple[Storage, list[Path]]]:
+    """ROOT holding five versions of one tree, each with a file of its own."""
+    root = tmp_path / "projects"
+    folders = [root / f"v{n}" for n in range(1, 6)]
+    for n, folder in enumerate(folders, start=1):
+        write_tree(folder, {f"pkg/module_{m}.py": b"line\n" * (m + n) for m in range(6)} | {f"only_v{n}.txt": b"x"})
+    storage = storage_around(folders[0])
+    try:
+        yield storage, folders
+    finally:
+        storage.close()
+
+
+def walked_here(storage: Storage, folders: list[Path]) -> dict[Path, object]:
+    """What one stat walk per folder here says: a summary, or the one-line error it raised."""
+    found: dict[Path, object] = {}
+    for folder in folders:
+        try:
+            found[folder] = summarize_tree(storage, folder)
+        except GenerationError as error:
+            found[folder] = str(error)
+    return found
+
+
+def as_compared(found: dict[Path, SummaryOrError]) -> dict[Path, object]:
+    return {folder: str(value) if isinstance(value, Exception) else value for folder, value in found.items()}
+
+
+def test_the_reader_walks_every_other_folder_and_the_summaries_are_the_walks_made_here(
+        five_versions: tuple[Storage, list[Path]]) -> None:
+    storage, folders = five_versions
+    with ScanAhead(storage) as reader:
+        found = summarize_trees(storage, folders, reader)
+    assert reader.count.summarized == 2, "v2 and v4 are the reader's"
+    assert list(found) == folders
+    assert as_compared(found) == walked_here(storage, folders)
+    assert found[folders[1]] == TreeSummary(7, sum(len(b"line\n") * (m + 2) for m in range(6)) + 1,
+                                            fingerprint_digest(fingerprint_tree(storage, folders[1])))
+
+
+def test_a_folder_the_reader_cannot_walk_is_walked_here_and_fails_with_the_one_line_error(
+        five_versions: tuple[Storage, list[Path]]) -> None:
+    storage, folders = five_versions
+    os.symlink("/etc/passwd", folders[3] / "pkg" / "link.py")       # v4: the reader's half
+    with ScanAhead(storage) as reader:
+        found = summarize_trees(storage, folders, reader)
+    assert reader.count.summarized == 1
+    assert isinstance(found[folders[3]], GenerationError) and "link" in str(found[folders[3]])
+    assert as_compared(found) == walked_here(storage, folders)
+
+
+def test_an_edit_after_the_reader_answered_is_seen_by_the_next_walk(five_versions: tuple[Storage, list[Path]]) -> None:
+    """Nothing is kept between calls: the digest of an edited folder changes at the next call."""
+    storage, folders = five_versions
+    with ScanAhead(storage) as reader:
+        before = summarize_trees(storage, folders, reader)
+        (folders[1] / "pkg" / "module_0.py").write_bytes(b"edited by the application\n")
+        after = summarize_trees(storage, folders, reader)
+    changed = [folder for folder in folders if before[folder] != after[folder]]
+    assert changed == [folders[1]]
+
+
+def test_without_a_reader_or_with_a_dead_one_every_folder_is_walked_here(
+        five_versions: tuple[Storage, list[Path]]) -> None:
+    storage, folders = five_versions
+    assert as_compared(summarize_trees(storage, folders, None)) == walked_here(storage, folders)
+    with ScanAhead(storage) as reader:
+        pid = reader._process.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        reader._process.join(timeout=10)
+        assert as_compared(summarize_trees(storage, folders, reader)) == walked_here(storage, folders)
+        assert reader.count.summarized == 0
+
+
+def test_a_resync_with_a_reader_refreshes_exactly_the_edited_generations(one_project: Installation) -> None:
+    """One project on two workers: this process and the reader share the stat walks. An edit in
+    the reader's half and one in this process's half are both found (their manifests name the
+    new bytes; the next versions' diffs are redone for them); no other generation's row moves."""
+    assert run_cli(one_project, "run", "--workers", "1").returncode == 0
+    sources = sorted(one_project.root.glob("*/generations/v*__*/source"),
+                     key=lambda folder: int(folder.parent.name[1:].split("__")[0]))
+    assert len(sources) >= 4, "the sample project has four migrated generations"
+    edited = {sources[1].parent.name, sources[2].parent.name}       # odd: the reader's; even: this process's
+    new_text = "edited between two resyncs\n"
+    for folder in (sources[1], sources[2]):
+        next(path for path in sorted(folder.rglob("*")) if path.is_file()).write_text(new_text)
+    before = dump_tables(one_project.database_url)
+    result = run_cli(one_project, "--json", "resync", "--workers", "2")
+    assert result.returncode == 0, result.stderr
+    lines = json.loads(result.stdout)["generations"]
+    assert {Path(line["storage_path"]).name for line in lines if line["reason"] == "files changed on disk"} == edited
+    digest = hashlib.sha256(new_text.encode()).hexdigest()
+    for folder in (sources[1], sources[2]):
+        assert digest in json.loads((folder.parent / "manifest.json").read_text())["checksums"].values()
+    assert run_cli(one_project, "verify").returncode == 0
+    untouched = {line["id"] for line in lines if line["action"] == "unchanged"}
+    assert len(untouched) == len(lines) - 3, "v2 and v3 (edited) and v4 (its diff from v3 is redone) are not"
+    after = dump_tables(one_project.database_url)
+    assert [row for row in after["generations"] if row["id"] in untouched] == \
+        [row for row in before["generations"] if row["id"] in untouched]

@@ -52,7 +52,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import GenerationError
 from ..records import as_utc
 from .layout import check_relative_paths
-from .tree import CHUNK_SIZE, Fingerprint, TreeSnapshot, open_regular_file
+from .tree import CHUNK_SIZE, Fingerprint, TreeSnapshot, fingerprint_tree, open_regular_file
 
 if TYPE_CHECKING:
     from .opened import Storage
@@ -154,6 +154,25 @@ def fingerprint_digest(fingerprints: Mapping[str, Fingerprint]) -> str:
     """One sha256 over every (path, size, mtime): equal digests mean resync need not read."""
     canonical = repr(sorted((path, tuple(pair)) for path, pair in fingerprints.items()))
     return hashlib.sha256(canonical.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+@dataclass(frozen=True)
+class TreeSummary:
+    """A tree as one lstat per file sees it, in a manifest head's terms: resync compares the
+    digest with the head's, the dry run reports the counts. Small, so a reader process can hand
+    it back (``scan_ahead.summarize_trees``)."""
+
+    file_count: int
+    total_size_bytes: int
+    fingerprint_digest: str
+
+
+def summarize_tree(storage: Storage, folder: Path) -> TreeSummary:
+    """One lstat per file below ``folder``, nothing read; raises GenerationError as the walk does
+    (a link or a special file anywhere, an unreadable directory)."""
+    fingerprints = fingerprint_tree(storage, folder)
+    return TreeSummary(len(fingerprints), sum(size for size, _ in fingerprints.values()),
+                       fingerprint_digest(fingerprints))
 
 
 @dataclass(frozen=True)

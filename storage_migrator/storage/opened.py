@@ -51,13 +51,13 @@ class Storage:
     def parts(self, path: Path | str) -> tuple[str, ...]:
         """The components of ``path`` below ROOT (``()`` for ROOT itself), as spelled from ROOT
         or from ``resolved_path``; ``UnsafePath`` if it lies outside ROOT."""
-        absolute = os.path.abspath(path)
-        for base in (self.root.path, self.resolved_path):
-            relative = os.path.relpath(absolute, base)
-            if relative == ".":
+        absolute = os.path.abspath(path)                 # normalized: no '..' left to climb out with
+        for base in (self.root.path, self.resolved_path):     # both normalized too
+            if absolute == base:
                 return ()
-            if relative != ".." and not relative.startswith(".." + os.sep):
-                return tuple(relative.split(os.sep))
+            below = base.rstrip(os.sep) + os.sep
+            if absolute.startswith(below):
+                return tuple(absolute[len(below):].split(os.sep))
         raise UnsafePath(os.fspath(path), f"is outside the storage root {self.root.path}")
 
     # -- looking, without following a link at any component ---------------------------------

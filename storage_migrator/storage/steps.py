@@ -34,7 +34,7 @@ from .layout import (
     state_entry_name,
 )
 from .opened import Storage
-from .tree import TreeSnapshot, scan_tree, walk_files
+from .tree import TreeSnapshot, fingerprint_tree, scan_tree
 
 
 def _failed(error: OSError, verb: str, path: Path) -> FilesystemError:
@@ -212,7 +212,7 @@ def _hold_aside(storage: Storage, source: Path, entry: StateEntry) -> Path:
 def fingerprints_or_none(storage: Storage, folder: Path) -> dict[str, tuple[int, int]] | None:
     """(size, mtime) per file below ``folder`` now; None if it cannot be walked (gone, a link)."""
     try:
-        return {path: (status.st_size, status.st_mtime_ns) for path, status in walk_files(storage, folder)}
+        return fingerprint_tree(storage, folder)
     except (GenerationError, OSError):
         return None
 
