@@ -3,6 +3,7 @@ application's keys passed through unchanged (lone-surrogate escapes included), a
 not grow with the size of a manifest someone else wrote."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -261,3 +262,19 @@ def test_application_keys_too_large_to_keep_fail_the_generation_rather_than_vani
     assert read_manifest_document(path) is None                            # as json.loads would say
     path.write_text(json.dumps({"files": ["a"] * 1000, "metadata": [1, 2]})[:-1], "utf-8")   # truncated
     assert read_manifest_document(path) is None
+
+
+# The text the fingerprint digest has always hashed: manifests written by earlier versions name it.
+def digest_as_first_written(fingerprints: dict[str, tuple[int, int]]) -> str:
+    canonical = repr(sorted((path, tuple(pair)) for path, pair in fingerprints.items()))
+    return hashlib.sha256(canonical.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+@given(st.dictionaries(
+    st.one_of(st.text(min_size=1, max_size=12),
+              st.sampled_from(["it's.py", 'say "hi".txt', "back\\slash", "new\nline", "caf\u00e9", "bad\udcff.py"])),
+    st.tuples(st.integers(0, 2**40), st.integers(0, 2**63)), max_size=8))
+def test_the_fingerprint_digest_is_the_one_earlier_manifests_recorded(fingerprints: dict[str, tuple[int, int]]) -> None:
+    """Quotes, backslashes, newlines, non-ASCII and undecodable names: the same digest as the
+    first version's ``repr`` of the sorted list, or every migrated generation would look changed."""
+    assert manifest_module.fingerprint_digest(fingerprints) == digest_as_first_written(fingerprints)
