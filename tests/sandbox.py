@@ -8,6 +8,7 @@ import os
 import stat
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -192,3 +193,29 @@ def run_cli(installation: Installation, *arguments: str, extra_environment: dict
         [sys.executable, "-m", "storage_migrator", *arguments],
         env=environment, capture_output=True, text=True, timeout=timeout,
     )
+
+
+def wait_until_stopped(process: subprocess.Popen[str], timeout: float = 120) -> None:
+    """Until ``process`` or one of its descendants (``ip netns exec`` in front of it, a worker)
+    has stopped itself (SIGSTOP at a step, ``faults.checkpoint``); fails if it ends first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"the run ended before pausing ({process.returncode}): {process.communicate()}")
+        for pid in process_tree(process.pid):
+            try:
+                if Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] == "T":
+                    return
+            except FileNotFoundError:
+                continue
+        time.sleep(0.05)
+    raise AssertionError("the run never paused")
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants."""
+    found = [pid]
+    for child in Path(f"/proc/{pid}/task").glob("*/children"):
+        for line in child.read_text().split():
+            found.extend(process_tree(int(line)))
+    return found

@@ -28,7 +28,15 @@ from storage_migrator.coordinate import BUCKETS, DONE_CLASS
 from storage_migrator.demo import SampleSize
 from storage_migrator.faults import PAUSE_AT_VARIABLE
 
-from .sandbox import Installation, build_installation, dump_tables, run_cli, tree_digest
+from .sandbox import (
+    Installation,
+    build_installation,
+    dump_tables,
+    process_tree,
+    run_cli,
+    tree_digest,
+    wait_until_stopped,
+)
 
 pytestmark = pytest.mark.postgres
 SIZE = SampleSize(projects=30, generations_per_project=3, files_per_generation=6)
@@ -112,32 +120,6 @@ def finish(process: subprocess.Popen[str], timeout: float = 300) -> tuple[int, s
 
 def generation_ids(document: dict) -> list[str]:
     return [line["id"] for line in document["generations"]]
-
-
-def wait_until_stopped(process: subprocess.Popen[str], timeout: float = 120) -> None:
-    """Until ``process`` or one of its descendants (``ip netns exec`` in front of it) has stopped
-    itself (SIGSTOP at a step)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"the participant ended before pausing: {process.communicate()}")
-        for pid in _process_tree(process.pid):
-            try:
-                if Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] == "T":
-                    return
-            except FileNotFoundError:
-                continue
-        time.sleep(0.05)
-    raise AssertionError("the participant never paused")
-
-
-def _process_tree(pid: int) -> list[int]:
-    """``pid`` and its descendants."""
-    found = [pid]
-    for child in Path(f"/proc/{pid}/task").glob("*/children"):
-        for line in child.read_text().split():
-            found.extend(_process_tree(int(line)))
-    return found
 
 
 def wait_for_participants(installation: Installation, count: int, timeout: float = 60) -> None:
@@ -383,7 +365,7 @@ def test_a_participant_cut_off_from_the_network_stops_and_its_projects_are_finis
     separate_host.cut()
     at_the_cut = tree_digest(installation.root)
     cut_at = time.monotonic()
-    for pid in _process_tree(victim.pid):
+    for pid in process_tree(victim.pid):
         os.kill(pid, signal.SIGCONT)
     returncode, stdout, stderr = finish(victim, timeout=120)
     noticed_after = time.monotonic() - cut_at

@@ -14,8 +14,7 @@ import pytest
 
 from storage_migrator.faults import PAUSE_AT_VARIABLE
 
-from .sandbox import Installation, build_installation, run_cli
-from .test_lock_and_database_loss import _wait_until_stopped as wait_until_stopped
+from .sandbox import Installation, build_installation, run_cli, wait_until_stopped
 from .test_sync import execute, rows
 
 

@@ -19,7 +19,7 @@ from storage_migrator.lock import RunLock
 from storage_migrator.storage.layout import StorageLayout
 from storage_migrator.storage.opened import open_storage
 
-from .sandbox import Installation, build_installation, run_cli
+from .sandbox import Installation, build_installation, run_cli, wait_until_stopped
 
 
 @pytest.fixture
@@ -55,18 +55,6 @@ def test_advisory_lock_is_shared_across_storage_roots(postgres_url: str, tmp_pat
     assert "advisory lock" in result.stderr and f"pid={os.getpid()}" in result.stderr
 
 
-def _wait_until_stopped(process: subprocess.Popen, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        state = Path(f"/proc/{process.pid}/stat").read_text().split(") ")[1][0]
-        if state == "T":
-            return
-        if process.poll() is not None:
-            raise AssertionError(f"the run ended before pausing: {process.returncode}")
-        time.sleep(0.05)
-    raise AssertionError("the run never paused")
-
-
 @pytest.mark.postgres
 @pytest.mark.parametrize("pause_at", [3, 12])
 def test_database_lost_mid_run(postgres_url: str, tmp_path: Path, pause_at: int) -> None:
@@ -77,7 +65,7 @@ def test_database_lost_mid_run(postgres_url: str, tmp_path: Path, pause_at: int)
     process = subprocess.Popen([sys.executable, "-m", "storage_migrator", "--json", "run", "--workers", "1"], env=environment,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        _wait_until_stopped(process)
+        wait_until_stopped(process)
         with admin.connect() as connection:
             connection.execute(sa.text(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false'))
             connection.execute(sa.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
@@ -109,7 +97,7 @@ def test_db_upgrade_waits_for_no_run_exit_75(postgres_url: str, tmp_path: Path) 
     process = subprocess.Popen([sys.executable, "-m", "storage_migrator", "run", "--workers", "1"], env=environment,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        _wait_until_stopped(process)
+        wait_until_stopped(process)
         upgrade = run_cli(installation, "db", "upgrade")
         process.send_signal(signal.SIGCONT)
         process.communicate(timeout=120)
