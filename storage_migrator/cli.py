@@ -183,7 +183,7 @@ def main(click_context: click.Context, database_url: str, storage_root: Path, pa
     click_context.obj = Context(settings, Output(as_json, quiet, verbose))
     if click_context.invoked_subcommand is None:
         if dry_run:
-            click_context.invoke(run, dry_run=True, workers=os.cpu_count() or 1)
+            click_context.invoke(run, dry_run=True, workers=DEFAULT_WORKERS)
         else:
             click.echo(click_context.get_help())
 
@@ -208,8 +208,12 @@ def coordinate_option(function: Callable) -> Callable:
                         "host name from STORAGE_MIGRATE_HOSTNAME, else the system's).")(function)
 
 
+DEFAULT_WORKERS = os.cpu_count() or 1
+"""``--workers`` when not given: the cores (the top-level ``--dry-run`` takes it too)."""
+
+
 def workers_option(function: Callable) -> Callable:
-    return click.option("--workers", type=click.IntRange(min=1), default=os.cpu_count() or 1, show_default="cores",
+    return click.option("--workers", type=click.IntRange(min=1), default=DEFAULT_WORKERS, show_default="cores",
                         help="Processes; each project is handled by one of them.")(function)
 
 

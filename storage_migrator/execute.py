@@ -46,7 +46,7 @@ from .storage.layout import (
     patch_file_name,
     source_dir,
 )
-from .storage.manifest import Manifest, fingerprint_digest, read_manifest_document
+from .storage.manifest import Manifest, read_manifest_document, summarize_tree
 from .storage.opened import Storage
 from .storage.source_tree import ManifestTree, SourceTree, write_tree_patch
 from .storage.steps import (
@@ -64,7 +64,7 @@ from .storage.steps import (
     rename_entry,
     replace_symlink,
 )
-from .storage.tree import TreeSnapshot, fingerprint_tree, read_regular_file, scan_tree
+from .storage.tree import TreeSnapshot, read_regular_file, scan_tree
 
 Handled = tuple[GenerationOutcome, GenerationUpdate | None, "SourceTree | None"]
 """What handling one generation gives: its report line, the metadata to write (if any), and
@@ -230,7 +230,7 @@ class Executor:
         source = source_dir(_target(plan))
         tree: SourceTree
         if plan.manifest is not None and \
-                fingerprint_digest(fingerprint_tree(self.storage, source)) == plan.manifest.fingerprint_digest:
+                summarize_tree(self.storage, source).fingerprint_digest == plan.manifest.fingerprint_digest:
             tree = ManifestTree(self.storage, source, plan.manifest)    # only metadata or the diff to redo
         else:
             tree = scan_tree(self.storage, source, _diff_base(previous))
