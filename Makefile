@@ -5,12 +5,21 @@ BIN := $(VENV)/bin
 export DATABASE_URL ?= sqlite:///storage/codebegen.db
 export STORAGE_ROOT ?= ./storage/projects
 
-.PHONY: demo test bench clean-demo
+.PHONY: demo test test-latest test-fast lock bench clean-demo
 
-$(BIN)/storage-migrate: pyproject.toml
+UV_VERSION := 0.13.9
+UV := $(BIN)/uv
+# uv installs into this venv (not one of its own), and --inexact keeps uv itself in it.
+SYNC := UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync --inexact --extra test
+
+$(UV):
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet 'uv==$(UV_VERSION)'
+
+# Exactly the versions in uv.lock (the ones CI passed with); --locked fails if pyproject.toml
+# moved without the lock. Refresh the lock with `make lock`.
+$(BIN)/storage-migrate: pyproject.toml uv.lock $(UV)
+	$(SYNC) --locked --quiet
 	touch $@
 
 # Sample data -> schema migration -> dry run -> migration -> diff of the demo project.
@@ -29,6 +38,21 @@ test: $(BIN)/storage-migrate
 	$(BIN)/ruff check storage_migrator tests benchmarks
 	$(BIN)/mypy
 	$(BIN)/pytest -q
+
+# The newest versions pyproject.toml's ranges allow (what a wheel user may get), in a venv of its
+# own, through the same checks. The lock is not touched.
+test-latest: $(UV)
+	rm -rf .venv-latest
+	$(PYTHON) -m venv .venv-latest
+	$(UV) pip install --quiet --python .venv-latest/bin/python --upgrade --no-cache -e '.[test]'
+	.venv-latest/bin/python -m pip list --format=freeze | grep -iE '^(sqlalchemy|psycopg|alembic|click|tqdm|watchdog|pygit2|prometheus)'
+	.venv-latest/bin/ruff check storage_migrator tests benchmarks
+	.venv-latest/bin/mypy
+	.venv-latest/bin/pytest -q
+
+# Refresh uv.lock to the newest versions the ranges allow; commit it once `make test` passes.
+lock: $(UV)
+	$(UV) lock --upgrade
 
 bench: $(BIN)/storage-migrate
 	$(BIN)/python benchmarks/bench_run.py

@@ -22,7 +22,7 @@ import zipfile
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path, PurePosixPath
 
 import sqlalchemy as sa
@@ -66,7 +66,7 @@ LONG_RELEASES: dict[str, tuple[str, ...]] = {
 }
 
 _ID_NAMESPACE = uuid.UUID("0c9e6a57-3f0b-4d43-9a41-7d2f1b5e8c60")
-_EPOCH = datetime(2025, 1, 6, 9, 0, 0, tzinfo=timezone.utc)
+_EPOCH = datetime(2025, 1, 6, 9, 0, 0, tzinfo=UTC)
 _DOWNLOAD_JOBS = 2
 """pip spends most of its time waiting on the index: two at a time halves a cold fetch."""
 

@@ -328,17 +328,24 @@ def rollback(context: Context) -> None:
 
 
 @main.command()
-@click.option("--debounce", default=2.0, show_default=True, help="Seconds of quiet before a folder is resynced.")
+@click.option("--debounce", default=2.0, show_default=True, type=click.FloatRange(min=0),
+              help="Seconds of quiet before a folder is resynced.")
 @pass_context
 def watch(context: Context, debounce: float) -> None:
-    """Resync a generation within seconds of a change inside its folder (Ctrl-C stops)."""
+    """Resync a generation within seconds of a change inside its folder; with --json, one JSON
+    line per resync. Ctrl-C or SIGTERM stop it (exit 130); exit 1 if it can no longer watch."""
     from .watch import watch as watch_storage
 
     def on_report(report: RunReport) -> None:
-        if report.migrated or report.failed:
+        if not (report.migrated or report.failed):
+            return
+        if context.output.as_json:
+            click.echo(json.dumps(report.to_json()))
+        else:
             render_report(report, context.output)
 
-    watch_storage(context.settings, debounce_seconds=debounce, on_report=on_report)
+    watch_storage(context.settings, debounce_seconds=debounce, on_report=on_report,
+                  keep_all=context.output.keeps_every_line())
 
 
 @main.group("db")

@@ -97,6 +97,12 @@ class SchemaMissing(UsageError):
     """The tables lack the columns this tool works with; the message gives the command that adds them."""
 
 
+class WatchFailed(CommandError):
+    """``watch`` can no longer see changes (exit 1): a supervisor should restart it."""
+
+    exit_code = EXIT_SOME_FAILED
+
+
 class LockHeld(CommandError):
     """Another run holds the lock (exit 75): cron can simply try again next time."""
 

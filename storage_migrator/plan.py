@@ -11,7 +11,7 @@ import stat
 from collections import defaultdict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -219,7 +219,7 @@ def is_archived(storage: Storage, generation: GenerationRow) -> bool:
 
 def _sort_key(generation: GenerationRow) -> tuple[datetime, str]:
     created = generation.created_at
-    return (datetime.max.replace(tzinfo=timezone.utc) if created is None else as_utc(created)), generation.id
+    return (datetime.max.replace(tzinfo=UTC) if created is None else as_utc(created)), generation.id
 
 
 def renumber_duplicates(record: ProjectRecord) -> dict[str, int]:

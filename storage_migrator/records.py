@@ -12,7 +12,7 @@ while the row still shows it, because the application changes rows while the too
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from enum import Enum
 from typing import Any
 
@@ -24,8 +24,8 @@ def as_utc(value: datetime) -> datetime:
     stores timestamps, and what SQLite hands back). The one place this fact is written: the
     database layer reads every timestamp through it, and so does anyone handed a bare row."""
     if value.tzinfo is None:
-        return value.replace(tzinfo=timezone.utc)
-    return value.astimezone(timezone.utc)
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
 
 
 @dataclass(frozen=True)

@@ -9,16 +9,16 @@ Two things watch must survive, both met by the application creating folders by t
 
 * Memory stays flat. Nothing is kept per folder once it has been resynced or deleted: the names
   waiting for a resync are capped (past the cap, one resync of every project replaces them), and
-  watchdog's per-watch warnings, whose text held every watched path and which Python's warning
-  registry keeps forever, are silenced and made cheap.
+  watchdog's per-watch warnings, each a new text that Python's warning registry keeps
+  forever, are silenced.
 * No change is silently lost. When the kernel's event queue overflows, the events in it are gone;
-  watchdog only re-adds its watches, so watch resyncs every project and says so on stderr.
+  watchdog re-adds its watches and signals the loss (``on_events_lost``), and watch resyncs every
+  project and says so on stderr. If watchdog's threads end, watch exits 1 instead of living on deaf.
 """
 from __future__ import annotations
 
 import logging
 import os
-import signal
 import sys
 import threading
 import time
@@ -26,7 +26,6 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
-from typing import Any
 
 from sqlalchemy.engine import Engine
 from watchdog.events import (
@@ -35,6 +34,7 @@ from watchdog.events import (
     DirDeletedEvent,
     DirModifiedEvent,
     DirMovedEvent,
+    EventsLostEvent,
     FileAttribEvent,
     FileClosedEvent,
     FileCreatedEvent,
@@ -45,18 +45,18 @@ from watchdog.events import (
     FileSystemEventHandler,
 )
 from watchdog.observers import Observer
-from watchdog.observers.api import BaseObserver, EventQueue, ObservedWatch
+from watchdog.observers.api import BaseObserver
 
 from .config import Settings
 from .db import ROWS_PER_STATEMENT, project_ids_for_names
-from .errors import LockHeld
+from .errors import LockHeld, WatchFailed
 from .installation import open_installation
 from .migrate import migrate
 from .report import RunReport
 from .storage.layout import ACTIVE_LINK, is_tool_written, is_utf8_name
-from .storage.opened import Storage
 
 POLL_SECONDS = 0.2
+OBSERVER_STOP_SECONDS = 10
 MAX_PENDING_NAMES = 5000        # folders waiting for a resync; past this, resync every project
 NAMES_PER_QUERY = ROWS_PER_STATEMENT    # names looked up in one statement
 OVERFLOW_REASON = "the kernel's event queue overflowed"
@@ -68,6 +68,7 @@ TOO_MANY_REASON = f"more than {MAX_PENDING_NAMES} folders changed before a resyn
 WATCHED_EVENTS: list[type[FileSystemEvent]] = [
     FileCreatedEvent, DirCreatedEvent, FileDeletedEvent, DirDeletedEvent, FileModifiedEvent,
     DirModifiedEvent, FileMovedEvent, DirMovedEvent, FileClosedEvent, FileAttribEvent, DirAttribEvent,
+    EventsLostEvent,    # the kernel's queue overflowed: watchdog reaches it to on_events_lost only if listed
 ]
 
 
@@ -89,7 +90,7 @@ def say_on_stderr(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-class ChangeCollector(FileSystemEventHandler):
+class ChangeCollector:
     """Remembers, per top-level name, when it last changed, or that every project must be
     resynced (thread-safe; watchdog calls from its own threads).
 
@@ -164,84 +165,80 @@ class ChangeCollector(FileSystemEventHandler):
             self._last_change.clear()
 
 
-if sys.platform.startswith("linux"):
-    from watchdog.observers.inotify import InotifyEmitter, InotifyWatchGroup
-    from watchdog.observers.inotify_c import InotifyFD
+class ObserverFeed(FileSystemEventHandler):
+    """What one observer reports, handed to the collector until the observer is retired.
 
-    @dataclass(repr=False)
-    class ReportingWatchGroup(InotifyWatchGroup):
-        """watchdog's recursive watch group, which after an overflow only re-adds its watches:
-        this one reconciles them without overflowing again and calls ``on_overflow``. Its repr
-        has a constant size, because watchdog puts it into a RuntimeWarning for each duplicate
-        watch: with every watched path in it, each warning cost time and memory in proportion
-        to the folders under ROOT."""
+    watchdog recovers from an overflow by removing and re-adding every watch; each removal
+    queues an event, so with more folders under ROOT than the kernel's queue holds, its
+    recovery overflows the queue again, forever. An observer that lost events is therefore
+    replaced by a new one (a new inotify instance: adding watches queues nothing) and this
+    feed of the old one is cut first, so its last overflows are not taken for new ones."""
 
-        on_overflow: Callable[[], None] = field(default=lambda: None)
-        is_folder: Callable[[str], bool] = field(default=lambda path: False)   # the opened ROOT's test
+    def __init__(self, collector: ChangeCollector) -> None:
+        self.collector = collector
+        self.retired = False
+        self.lost_events = threading.Event()
 
-        def __repr__(self) -> str:
-            return f"<watch group {os.fsdecode(self.path)!r}>"
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if not self.retired:
+            self.collector.on_any_event(event)
 
-        def on_queue_overflow(self) -> None:
-            """watchdog's own reconciling removes every watch and adds them again; each removal
-            queues an event, so with more folders under ROOT than the queue holds it overflows
-            again, forever. Here the watches in place stay: folders that appeared while events
-            were lost get one, folders gone lose theirs."""
-            try:
-                with self._lock:
-                    if self.is_active:
-                        self._move_event_grouper.discard_pending_events()
-                        self._reconcile_watches()
-            finally:
-                self.on_overflow()
-
-        def _reconcile_watches(self) -> None:
-            if not self.is_recursive:
-                return
-            gone = [descriptor for descriptor, path in self._active_callbacks_by_watch.items()
-                    if not self.is_folder(os.fsdecode(path))]
-            self._remove_callbacks(gone)
-            try:
-                self._add_all_callbacks(self.path)
-            except OSError as error:
-                say_on_stderr(f"watch: cannot watch {os.fsdecode(self.path)} again: {error.strerror}")
-
-    class ReportingEmitter(InotifyEmitter):
-        """watchdog's inotify emitter with a ``ReportingWatchGroup`` (an ``on_overflow`` option)."""
-
-        def __init__(self, event_queue: EventQueue, watch: ObservedWatch, **options: Any) -> None:
-            self._on_overflow: Callable[[], None] = options.pop("on_overflow")
-            self._is_folder: Callable[[str], bool] = options.pop("is_folder")
-            super().__init__(event_queue, watch, **options)
-
-        def on_thread_start(self) -> None:
-            self._inotify = ReportingWatchGroup(
-                self._inotify_fd, os.fsencode(self.watch.path), is_recursive=self.watch.is_recursive,
-                event_mask=self.get_event_mask_from_filter(), follow_symlink=self.watch.follow_symlink,
-                on_overflow=self._on_overflow, is_folder=self._is_folder)
-
-    class ReportingObserver(BaseObserver):
-        """watchdog's inotify observer, with ``ReportingEmitter``s."""
-
-        def __init__(self, on_overflow: Callable[[], None], is_folder: Callable[[str], bool]) -> None:
-            self._descriptor = InotifyFD()
-            self._descriptor.start()
-            super().__init__(ReportingEmitter, inotify_fd=self._descriptor, on_overflow=on_overflow,
-                             is_folder=is_folder)
-
-        def on_thread_stop(self) -> None:
-            super().on_thread_stop()
-            self._descriptor.stop()
-            self._descriptor.join()
+    def on_events_lost(self, event: EventsLostEvent) -> None:
+        if not self.retired:
+            self.lost_events.set()
+            self.collector.resync_everything(OVERFLOW_REASON)
 
 
-def reporting_observer(storage: Storage, on_overflow: Callable[[], None]) -> BaseObserver:
-    """An observer that calls ``on_overflow`` after the kernel dropped events (inotify);
-    watchdog's default observer on other platforms. Watched folders are looked at through
-    ``storage`` (never through a link)."""
-    if sys.platform.startswith("linux"):
-        return ReportingObserver(on_overflow, lambda path: storage.is_folder(Path(path)))
-    return Observer()
+@dataclass
+class Watching:
+    """The running observer on ROOT and its feed; ``renew`` swaps in a fresh one."""
+
+    collector: ChangeCollector
+    root: str
+    observer: BaseObserver = field(init=False)
+    feed: ObserverFeed = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.observer, self.feed = self._started()
+
+    def _started(self) -> tuple[BaseObserver, ObserverFeed]:
+        feed = ObserverFeed(self.collector)
+        observer = Observer()
+        observer.schedule(feed, self.root, recursive=True, event_filter=WATCHED_EVENTS)
+        observer.start()
+        return observer, feed
+
+    def renew_if_events_were_lost(self) -> None:
+        """After an overflow: the new observer watches before the old one stops, so no change
+        falls between them (the resync of every project covers the overflow itself)."""
+        if not self.feed.lost_events.is_set():
+            return
+        old_observer, old_feed = self.observer, self.feed
+        old_feed.retired = True
+        self.observer, self.feed = self._started()
+        _stop(old_observer)
+
+    def failure(self) -> str | None:
+        """Why the observer no longer delivers events, or None while it does: watchdog ends its
+        observer or an emitter thread on an error of its own (its inotify descriptor closed,
+        an exception in its thread), and the process would otherwise live on, deaf."""
+        if not self.observer.is_alive():
+            return "watchdog's observer thread stopped"
+        emitters = list(self.observer.emitters)
+        if not emitters or not all(emitter.is_alive() for emitter in emitters):
+            return "watchdog stopped watching ROOT (its inotify thread ended)"
+        return None
+
+    def stop(self) -> None:
+        self.feed.retired = True
+        _stop(self.observer)
+
+
+def _stop(observer: BaseObserver) -> None:
+    observer.stop()
+    observer.join(timeout=OBSERVER_STOP_SECONDS)
+    if observer.is_alive():
+        say_on_stderr(f"watch: watchdog's observer did not stop within {OBSERVER_STOP_SECONDS} s; left behind")
 
 
 def quiet_watchdog() -> None:
@@ -267,13 +264,13 @@ def projects_for(engine: Engine, names: Sequence[str]) -> set[str]:
 
 
 def resync_pending(settings: Settings, engine: Engine, collector: ChangeCollector, debounce_seconds: float,
-                   on_report: Callable[[RunReport], None]) -> None:
+                   on_report: Callable[[RunReport], None], keep_all: bool = False) -> None:
     """One look at what is due: every project after an overflow, else the quiet names'
     projects. A busy lock (another run) postpones the resync instead of failing it."""
     reason = collector.take_everything(debounce_seconds)
     if reason is not None:
         try:
-            on_report(migrate(settings, resync=True, only_projects=None, keep_all=False))
+            on_report(migrate(settings, resync=True, only_projects=None, keep_all=keep_all))
         except LockHeld:
             collector.put_back_everything(reason)
         return
@@ -282,7 +279,7 @@ def resync_pending(settings: Settings, engine: Engine, collector: ChangeCollecto
     if not project_ids:
         return
     try:
-        on_report(migrate(settings, resync=True, only_projects=project_ids, keep_all=False))
+        on_report(migrate(settings, resync=True, only_projects=project_ids, keep_all=keep_all))
     except LockHeld:
         collector.put_back(names)
 
@@ -293,25 +290,28 @@ def watch(
     on_report: Callable[[RunReport], None] = lambda report: None,
     stop: threading.Event | None = None,
     say: Callable[[str], None] = say_on_stderr,
+    keep_all: bool = False,
 ) -> None:
-    """Run until ``stop`` is set, Ctrl-C or SIGTERM."""
+    """Run until ``stop`` is set (returns), or Ctrl-C / SIGTERM (``KeyboardInterrupt`` propagates
+    to the caller, which exits 130). Raises ``WatchFailed`` once watchdog no longer delivers
+    events, so a supervisor restarts the process instead of keeping a deaf one."""
     installation = open_installation(settings, "watch")
     storage, engine = installation.storage, installation.engine
     stop = stop or threading.Event()
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
     quiet_watchdog()
     collector = ChangeCollector(Path(storage.resolved_path), say)
-    observer = reporting_observer(storage, lambda: collector.resync_everything(OVERFLOW_REASON))
-    observer.schedule(collector, storage.resolved_path, recursive=True, event_filter=WATCHED_EVENTS)
-    observer.start()
+    watching = Watching(collector, storage.resolved_path)
+    say(f"watch: watching {storage.resolved_path} (resync {debounce_seconds:g} s after the last change)")
     try:
         while not stop.wait(POLL_SECONDS):
-            resync_pending(settings, engine, collector, debounce_seconds, on_report)
-    except KeyboardInterrupt:
-        pass
+            watching.renew_if_events_were_lost()
+            failure = watching.failure() or (None if storage.still_in_place() else
+                                             f"ROOT {storage.path} was removed, moved or replaced")
+            if failure is not None:
+                raise WatchFailed(f"watch can no longer see changes: {failure}; restart it "
+                                  "(changes made meanwhile are found by the next resync)")
+            resync_pending(settings, engine, collector, debounce_seconds, on_report, keep_all)
     finally:
-        observer.stop()
-        observer.join(timeout=10)
+        watching.stop()
         engine.dispose()
         storage.close()

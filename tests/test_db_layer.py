@@ -3,7 +3,7 @@ from the records, and every timestamp comes out aware UTC whatever the backend s
 from __future__ import annotations
 
 from dataclasses import fields
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 
 import sqlalchemy as sa
 
@@ -50,9 +50,9 @@ def test_sqlite_naive_text_reads_as_aware_utc(sqlite_url: str) -> None:
     with engine.connect() as connection:
         (record,) = db.load_projects(connection, ["p"])
     by_id = {generation.id: generation.created_at for generation in record.generations}
-    expected = datetime(2025, 3, 1, 10, tzinfo=timezone.utc)
-    assert by_id["naive"] == expected and by_id["naive"].tzinfo is timezone.utc
-    assert by_id["offset"] == expected and by_id["offset"].tzinfo is timezone.utc
+    expected = datetime(2025, 3, 1, 10, tzinfo=UTC)
+    assert by_id["naive"] == expected and by_id["naive"].tzinfo is UTC
+    assert by_id["offset"] == expected and by_id["offset"].tzinfo is UTC
     assert by_id["junk"] is None and by_id["number"] is None
     engine.dispose()
 
@@ -67,5 +67,5 @@ def test_postgresql_reads_aware_utc_whatever_the_session_time_zone(postgres_url:
         connection.execute(sa.text("SET TIME ZONE 'America/New_York'"))
         (record,) = db.load_projects(connection, ["p"])
     (generation,) = record.generations
-    assert generation.created_at == moment and generation.created_at.tzinfo is timezone.utc
+    assert generation.created_at == moment and generation.created_at.tzinfo is UTC
     engine.dispose()

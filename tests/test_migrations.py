@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -23,7 +23,7 @@ NEW_PROJECT_COLUMNS = {"active_generation_id", "latest_version"}
 
 
 def at(day: int, hour: int = 0) -> datetime:
-    return datetime(2025, 3, day, hour, tzinfo=timezone.utc)
+    return datetime(2025, 3, day, hour, tzinfo=UTC)
 
 
 # project -> [(generation id, created_at, status)]; ids chosen so that id order differs from insert order.

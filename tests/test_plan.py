@@ -7,7 +7,7 @@ layout, scratch copies, archives), §4 (metadata, diff base, duplicate versions)
 """
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ from storage_migrator.storage.manifest import Manifest
 
 PROJECT = "p1"
 PREFIX = "storage/projects"
-T0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
+T0 = datetime(2024, 1, 1, tzinfo=UTC)
 FILES = 3
 DEFAULT = object()   # "created_at not given": distinct from an explicit None (a NULL column)
 SIZE = 120

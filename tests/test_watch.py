@@ -4,6 +4,7 @@ creates and deletes thousands of folders, and an overflow of the kernel's event 
 lost) ends in a resync of every project, announced on stderr."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -18,6 +19,10 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+
+from storage_migrator.config import HEAD_REVISION
+from storage_migrator.schema import upgrade_schema
+from storage_migrator.watch import ChangeCollector, Watching
 
 from .sandbox import Installation, build_installation, run_cli
 
@@ -124,13 +129,14 @@ class Watcher:
 
 
 @contextmanager
-def running_watch(installation: Installation, tmp_path: Path) -> Iterator[Watcher]:
+def running_watch(installation: Installation, tmp_path: Path, *options: str,
+                  stdout_path: Path | None = None) -> Iterator[Watcher]:
     """``watch --debounce 0.5`` for the duration; on exit it is stopped with SIGTERM and must end
     cleanly, without a traceback."""
     stderr_path = tmp_path / f"watch-{uuid.uuid4().hex[:8]}.stderr"
-    with open(stderr_path, "wb") as stderr:
-        process = subprocess.Popen([sys.executable, "-m", "storage_migrator", "watch", "--debounce", "0.5"],
-                                   env=installation.cli_environment(), stdout=subprocess.DEVNULL, stderr=stderr)
+    with open(stderr_path, "wb") as stderr, open(stdout_path or os.devnull, "wb") as stdout:
+        process = subprocess.Popen([sys.executable, "-m", "storage_migrator", *options, "watch", "--debounce", "0.5"],
+                                   env=installation.cli_environment(), stdout=stdout, stderr=stderr)
     watcher = Watcher(process, stderr_path)
     try:
         yield watcher
@@ -138,32 +144,49 @@ def running_watch(installation: Installation, tmp_path: Path) -> Iterator[Watche
         os.kill(process.pid, signal.SIGCONT)           # in case a test stopped it
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=60)
-    assert process.returncode == 0, watcher.stderr()
+    assert process.returncode == 130, watcher.stderr()      # stopped (SIGTERM), as documented
     assert "Traceback" not in watcher.stderr(), watcher.stderr()
 
 
 def test_watch_resyncs_a_changed_generation(migrated: Installation, tmp_path: Path) -> None:
+    """Announced on start; with --json, each resync is one line of JSON (JSON Lines)."""
     v1 = first_version(migrated)
     target = source_of(migrated, v1)
-    with running_watch(migrated, tmp_path) as watcher:
+    stdout_path = tmp_path / "watch.jsonl"
+    with running_watch(migrated, tmp_path, "--json", stdout_path=stdout_path) as watcher:
         watcher.wait_until_watching(target)
+        assert f"watch: watching {migrated.root}" in watcher.stderr()
         (target / "WATCHED.md").write_bytes(b"x" * 1234)
         row = wait_for_file_count(migrated, v1.id, v1.file_count + 1)
         assert row.file_count == v1.file_count + 1 and row.total_size_bytes == v1.total_size_bytes + 1234
+        watcher.wait_until("printed the resync", lambda: stdout_path.read_bytes().endswith(b"\n"))
+    documents = [json.loads(line) for line in stdout_path.read_text().splitlines()]
+    assert documents and all(document["command"] == "resync" for document in documents), documents
+    assert any(entry["id"] == v1.id for document in documents for entry in document["generations"]), documents
 
 
-def test_watch_picks_up_an_edit_through_the_flat_link_and_survives_odd_names(migrated: Installation,
-                                                                             tmp_path: Path) -> None:
-    v1 = first_version(migrated)
-    flat = migrated.root / v1.id
-    assert flat.is_symlink()
-    with running_watch(migrated, tmp_path) as watcher:
-        watcher.wait_until_watching(source_of(migrated, v1))
-        os.mkdir(os.fsencode(migrated.root) + b"/\xff-not-utf8")                 # a name no row can have
-        (flat / "EDITED_THROUGH_LINK.md").write_bytes(b"y" * 777)               # the application's file edit
-        row = wait_for_file_count(migrated, v1.id, v1.file_count + 1)
-        assert row.file_count == v1.file_count + 1 and row.total_size_bytes == v1.total_size_bytes + 777
-        assert watcher.process.poll() is None, "watch keeps running"
+def test_watch_exits_non_zero_once_it_can_no_longer_watch(sqlite_url: str, tmp_path: Path) -> None:
+    """ROOT removed from under it: watchdog's inotify thread ends, and watch must not live on
+    deaf (a supervisor restarts a process that exits non-zero, not one that stays up). ROOT
+    holds no project, so no resync runs: the exit is watch's own check of its observer."""
+    upgrade_schema(sqlite_url, HEAD_REVISION)
+    root = tmp_path / "projects"
+    root.mkdir()
+    environment = {**os.environ, "DATABASE_URL": sqlite_url, "STORAGE_ROOT": str(root)}
+    stderr_path = tmp_path / "watch.stderr"
+    with open(stderr_path, "wb") as stderr:
+        process = subprocess.Popen([sys.executable, "-m", "storage_migrator", "watch", "--debounce", "0.5"],
+                                   env=environment, stdout=subprocess.DEVNULL, stderr=stderr)
+    watcher = Watcher(process, stderr_path)
+    try:
+        watcher.wait_until_watching(root)
+        shutil.rmtree(root)
+        process.wait(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 1, watcher.stderr()
+    assert "watch can no longer see changes" in watcher.stderr() and "Traceback" not in watcher.stderr()
 
 
 class Application:
@@ -282,4 +305,24 @@ def test_watch_resyncs_every_project_after_the_kernel_queue_overflows(migrated: 
         row = wait_for_file_count(migrated, v1.id, v1.file_count + 1)
         assert (row.file_count, row.total_size_bytes) == (v1.file_count + 1, v1.total_size_bytes + 4321), \
             watcher.stderr()
+        # Not deaf afterwards: an edit after the overflow reaches the database on its own.
+        (target / "EDITED_AFTER_OVERFLOW.md").write_bytes(b"y" * 99)
+        row = wait_for_file_count(migrated, v1.id, v1.file_count + 2)
+        assert (row.file_count, row.total_size_bytes) == (v1.file_count + 2, v1.total_size_bytes + 4321 + 99), \
+            watcher.stderr()
     assert watcher.stderr().count(OVERFLOW_LINE) == 1, watcher.stderr()
+
+
+def test_watching_reports_an_observer_that_no_longer_watches(tmp_path: Path) -> None:
+    """The check watch makes every poll: a live observer passes; one whose emitter is gone
+    (watchdog ended its inotify thread) is named, so watch exits instead of living on deaf."""
+    watching = Watching(ChangeCollector(tmp_path), str(tmp_path))
+    try:
+        assert watching.failure() is None
+        watching.observer.unschedule_all()
+        assert watching.failure() == "watchdog stopped watching ROOT (its inotify thread ended)"
+        watching.observer.stop()
+        watching.observer.join(timeout=10)
+        assert watching.failure() == "watchdog's observer thread stopped"
+    finally:
+        watching.stop()

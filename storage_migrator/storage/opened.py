@@ -60,6 +60,16 @@ class Storage:
                 return tuple(absolute[len(below):].split(os.sep))
         raise UnsafePath(os.fspath(path), f"is outside the storage root {self.root.path}")
 
+    def still_in_place(self) -> bool:
+        """Whether ROOT's path still names the folder held open: False once it was removed,
+        renamed or replaced (a remount), when a watch on the held folder sees nothing more."""
+        held = os.fstat(self.root.fd)
+        try:
+            named = os.stat(self.root.path)
+        except OSError:
+            return False
+        return held.st_nlink > 0 and (held.st_dev, held.st_ino) == (named.st_dev, named.st_ino)
+
     # -- looking, without following a link at any component ---------------------------------
 
     def status(self, path: Path) -> os.stat_result | None:

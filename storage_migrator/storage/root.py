@@ -52,7 +52,7 @@ from typing import TYPE_CHECKING, BinaryIO
 from .layout import UnsafePath, _component_problem, printable, relative_parts, temp_name
 
 if TYPE_CHECKING:
-    from typing_extensions import Self
+    from typing import Self
 
 __all__ = [
     "CHUNK_SIZE",
@@ -97,13 +97,17 @@ def _temp_name(name: str) -> str:
     return temp_name(name, os.getpid(), secrets.token_hex(8))
 
 
+_NAMES_ITS_PATH = "storage_migrator_names_its_path"
+"""An attribute set on an ``OSError`` already renamed here, so an outer step keeps its path."""
+
+
 def _os_error(error: OSError, display: str) -> OSError:
     """The same error (same errno, hence the same subclass) naming the full path for an operator."""
-    if isinstance(error, UnsafePath) or getattr(error, "_rootfs_named", False):
+    if isinstance(error, UnsafePath) or getattr(error, _NAMES_ITS_PATH, False):
         return error  # already names its path
     code = error.errno if error.errno is not None else errno.EIO
     named = OSError(code, error.strerror or os.strerror(code), printable(display))
-    named._rootfs_named = True  # type: ignore[attr-defined]
+    setattr(named, _NAMES_ITS_PATH, True)
     return named
 
 
