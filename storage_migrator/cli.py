@@ -2,6 +2,7 @@
 command, and renders the result object as text or as one JSON document. Nothing else."""
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -13,8 +14,15 @@ from pathlib import Path
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
-from .config import DEFAULT_DATABASE_URL, Settings, default_path_prefix, normalize_database_url, storage_root_from_env
+from .config import (
+    DEFAULT_DATABASE_URL,
+    DEFAULT_STORAGE_ROOT,
+    Settings,
+    default_path_prefix,
+    normalize_database_url,
+)
 from .errors import EXIT_INTERRUPTED, EXIT_USAGE, CommandError
 from .report import RunReport
 
@@ -23,6 +31,26 @@ class ToolGroup(click.Group):
     """Click's group with the library's boundary: a ``CommandError`` becomes one line on stderr
     and its exit code; a database error that escapes a command does too. Nothing else is caught:
     a traceback means a bug."""
+
+    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        """Click's own handling, except that a usage error is one line (what is wrong and
+        where to look), like every other error of the tool."""
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.UsageError as error:
+            command = error.ctx.command_path if error.ctx is not None else "storage-migrate"
+            click.echo(f"error: {error.format_message()} (see '{command} --help')", err=True)
+            sys.exit(error.exit_code)
+        except click.ClickException as error:
+            click.echo(f"error: {error.format_message()}", err=True)
+            sys.exit(error.exit_code)
+        except click.exceptions.Abort:
+            click.echo("interrupted", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+        sys.exit(code if isinstance(code, int) else 0)
 
     def invoke(self, ctx: click.Context) -> Any:
         import sqlalchemy as sa
@@ -78,7 +106,46 @@ class Context:
     output: Output
 
 
-pass_context = click.make_pass_decorator(Context)
+_GIVEN_AFTER_COMMAND = "storage_migrator.global_options_after_the_command"
+_ANNOUNCED = "storage_migrator.announced"
+
+
+def _remember_given(click_context: click.Context, parameter: click.Parameter, value: object) -> object:
+    """A global option repeated after the command: kept (for the root's values to be overridden)
+    only when it was given there, never for its absent default."""
+    if parameter.name and click_context.get_parameter_source(parameter.name) is ParameterSource.COMMANDLINE:
+        click_context.meta.setdefault(_GIVEN_AFTER_COMMAND, {})[parameter.name] = value
+    return value
+
+
+def _tool_context(click_context: click.Context) -> Context:
+    """The settings and output of this invocation: the group's options, overridden by those
+    given after the command; checked and announced (once, on stderr, unless -q)."""
+    values = {**click_context.find_root().params, **click_context.meta.get(_GIVEN_AFTER_COMMAND, {})}
+    if values["quiet"] and values["verbose"]:
+        raise click.UsageError("-q/--quiet and -v/--verbose exclude each other; give one")
+    if not values["storage_root"].strip():
+        raise click.BadParameter("is empty; give the folder holding the generation folders",
+                                 param_hint="--storage-root / STORAGE_ROOT")
+    settings = Settings(normalize_database_url(values["database_url"]), Path(values["storage_root"]),
+                        values["path_prefix"], values["legacy_links"])
+    output = Output(values["as_json"], values["quiet"], values["verbose"])
+    if not output.quiet and not click_context.meta.get(_ANNOUNCED):
+        from .db import display_url  # SQLAlchemy: not imported for --help and --version
+
+        click_context.meta[_ANNOUNCED] = True
+        click.echo(f"storage-migrate: database {display_url(settings.database_url)}, "
+                   f"ROOT {os.path.abspath(settings.storage_root)}", err=True)
+    return Context(settings, output)
+
+
+def pass_context(function: Callable) -> Callable:
+    """Hands a command its ``Context`` as first argument (instead of Click's context)."""
+    @functools.wraps(function)
+    def with_context(*arguments: Any, **options: Any) -> Any:
+        return function(_tool_context(click.get_current_context()), *arguments, **options)
+
+    return with_context
 
 
 def _human_bytes(count: int) -> str:
@@ -113,7 +180,8 @@ def render_report(report: RunReport, output: Output) -> None:
         click.echo(json.dumps(report.to_json(), indent=2))
         return
     for outcome in report.outcomes:
-        line = f"{outcome.project_id} v{outcome.version} {outcome.id}: {outcome.action.value}"
+        verb = f"would be {outcome.action.value}" if report.dry_run else outcome.action.value
+        line = f"{outcome.project_id} v{outcome.version} {outcome.id}: {verb}"
         if outcome.failed:
             click.echo(f"{line}: {outcome.error}", err=True)
             continue
@@ -147,7 +215,9 @@ def render_report(report: RunReport, output: Output) -> None:
 
             click.echo(coordination_line(report.coordination))
         verb = "would migrate" if report.dry_run else "migrated"
-        summary = f"{report.command}: {verb} {report.migrated}, skipped {report.skipped}, failed {report.failed}"
+        left = report.skipped - report.unchanged
+        summary = (f"{report.command}: {verb} {report.migrated}, unchanged {report.unchanged}, skipped {left}, "
+                   f"failed {report.failed}")
         if not report.dry_run:
             summary += f"; {_human_bytes(report.bytes_handled)} in {report.seconds:.1f} s"
         else:
@@ -158,29 +228,64 @@ def render_report(report: RunReport, output: Output) -> None:
 DISTRIBUTION = "storage-migrator"
 
 
-@click.group(cls=ToolGroup, invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
+EXIT_CODES_HELP = """\b
+Exit codes: 0 all done; 1 some generations failed (the others are done) or watch can no
+longer watch; 2 usage, configuration or precondition error; 3 verify found problems;
+75 another run holds the lock; 130 interrupted (Ctrl-C or SIGTERM)."""
+
+
+def _global_options(*, after_the_command: bool) -> Callable[[Callable], Callable]:
+    """The options every command takes. Before the command (on the group) they carry their
+    defaults and environment variables; repeated after it they only override what was given."""
+    def option(*declarations: str, envvar: str | list[str] | None = None, default: object = None,
+               show_default: bool | str = False, **attributes: Any) -> Callable[[Callable], Callable]:
+        if after_the_command:
+            return click.option(*declarations, expose_value=False, callback=_remember_given, **attributes)
+        return click.option(*declarations, envvar=envvar, show_envvar=envvar is not None, default=default,
+                            show_default=show_default, **attributes)
+
+    options = [
+        option("--database-url", envvar="DATABASE_URL", default=DEFAULT_DATABASE_URL, show_default=True,
+               help="SQLAlchemy URL; postgresql:// (and +asyncpg, +psycopg2) means psycopg 3."),
+        option("--storage-root", envvar=["STORAGE_ROOT", "FILE_STORAGE_PATH"], default=DEFAULT_STORAGE_ROOT,
+               show_default=True, type=click.Path(path_type=str),
+               help="ROOT: the folder holding the generation folders (the application's FILE_STORAGE_PATH "
+               "when STORAGE_ROOT is not set)."),
+        option("--path-prefix", envvar="STORAGE_PATH_PREFIX", default=default_path_prefix,
+               show_default="FILE_STORAGE_PATH as the application spells it: storage/projects",
+               help="How the application spells ROOT in generations.storage_path."),
+        option("--legacy-links/--no-legacy-links", default=True, show_default=True,
+               help="Leave <ROOT>/<generation_id> as a link to the moved source/ for the application's "
+               "flat-layout code."),
+        option("--json", "as_json", is_flag=True, default=False, help="Print JSON on stdout instead of text."),
+        option("-q", "--quiet", is_flag=True, default=False, help="Print only errors."),
+        option("-v", "--verbose", is_flag=True, default=False, help="Print every generation."),
+    ]
+
+    def decorate(function: Callable) -> Callable:
+        for add in reversed(options):
+            function = add(function)
+        return function
+
+    return decorate
+
+
+global_options = _global_options(after_the_command=False)
+global_options_again = _global_options(after_the_command=True)
+
+
+@click.group(cls=ToolGroup, invoke_without_command=True, epilog=EXIT_CODES_HELP,
+             context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name=DISTRIBUTION, prog_name="storage-migrate",
                       message="%(prog)s %(version)s")
-@click.option("--database-url", envvar="DATABASE_URL", default=DEFAULT_DATABASE_URL, show_default=True,
-              help="SQLAlchemy URL; postgresql:// (and +asyncpg, +psycopg2) means psycopg 3.")
-@click.option("--storage-root", default=storage_root_from_env, show_default="STORAGE_ROOT, else FILE_STORAGE_PATH, "
-              "else ./storage/projects", type=click.Path(path_type=Path),
-              help="ROOT: the folder holding the generation folders.")
-@click.option("--path-prefix", envvar="STORAGE_PATH_PREFIX", default=default_path_prefix,
-              show_default="FILE_STORAGE_PATH as the application spells it: storage/projects",
-              help="How the application spells ROOT in generations.storage_path.")
-@click.option("--legacy-links/--no-legacy-links", default=True, show_default=True,
-              help="Leave <ROOT>/<generation_id> as a link to the moved source/ for the application's flat-layout code.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout instead of text.")
-@click.option("-q", "--quiet", is_flag=True, help="Print only errors.")
-@click.option("-v", "--verbose", is_flag=True, help="Print every generation.")
+@global_options
 @click.option("--dry-run", is_flag=True, help="Same as `run --dry-run`.")
 @click.pass_context
-def main(click_context: click.Context, database_url: str, storage_root: Path, path_prefix: str, legacy_links: bool,
+def main(click_context: click.Context, database_url: str, storage_root: str, path_prefix: str, legacy_links: bool,
          as_json: bool, quiet: bool, verbose: bool, dry_run: bool) -> None:
-    """Move generation folders into the versioned layout and keep database and disk in agreement."""
-    settings = Settings(normalize_database_url(database_url), Path(storage_root), path_prefix, legacy_links)
-    click_context.obj = Context(settings, Output(as_json, quiet, verbose))
+    """Move generation folders into the versioned layout and keep database and disk in agreement.
+
+    Every option before the command may also follow it."""
     if click_context.invoked_subcommand is None:
         if dry_run:
             click_context.invoke(run, dry_run=True, workers=DEFAULT_WORKERS)
@@ -218,6 +323,7 @@ def workers_option(function: Callable) -> Callable:
 
 
 @main.command()
+@global_options_again
 @click.option("--dry-run", is_flag=True, help="Print the plan; change nothing on disk or in the database.")
 @workers_option
 @coordinate_option
@@ -234,6 +340,7 @@ def run(context: Context, dry_run: bool, workers: int, coordinate: bool = False)
 
 
 @main.command("demo-data")
+@global_options_again
 @click.option("--projects", default=6, show_default=True, callback=_at_least_the_demo_minimum("projects"),
               help="Number of projects (at least one per edge case).")
 @click.option("--generations", default=6, show_default=True,
@@ -260,6 +367,7 @@ def demo_data(context: Context, projects: int, generations: int, files: int, see
 
 
 @main.command("diff")
+@global_options_again
 @click.argument("project_id")
 @click.option("--patch", "with_patch", is_flag=True, help="Print the patch text too.")
 @click.option("--from", "from_version", type=int, help="Compare this version …")
@@ -269,6 +377,10 @@ def diff_command(context: Context, project_id: str, with_patch: bool, from_versi
                  to_version: int | None) -> None:
     """Per version: from-version, added / modified / deleted counts and the patch path."""
     from .project_diff import project_diff
+
+    if from_version is not None and to_version is not None and from_version > to_version:
+        raise click.BadParameter(f"--from {from_version} is above --to {to_version}; give the older version "
+                                 "first (the patch goes from --from to --to)", param_hint="--from/--to")
 
     report = project_diff(context.settings, project_id, from_version, to_version, with_patch)
     if context.output.as_json:
@@ -285,6 +397,7 @@ def diff_command(context: Context, project_id: str, with_patch: bool, from_versi
 
 
 @main.command()
+@global_options_again
 @workers_option
 @coordinate_option
 @pass_context
@@ -299,6 +412,7 @@ def resync(context: Context, workers: int, coordinate: bool) -> None:
 
 
 @main.command()
+@global_options_again
 @pass_context
 def verify(context: Context) -> None:
     """Read-only check of the database against the disk; exit 3 on any problem."""
@@ -317,6 +431,7 @@ def verify(context: Context) -> None:
 
 
 @main.command()
+@global_options_again
 @pass_context
 def rollback(context: Context) -> None:
     """Move every generation back to <ROOT>/<generation_id>/ and restore storage_path."""
@@ -328,6 +443,7 @@ def rollback(context: Context) -> None:
 
 
 @main.command()
+@global_options_again
 @click.option("--debounce", default=2.0, show_default=True, type=click.FloatRange(min=0),
               help="Seconds of quiet before a folder is resynced.")
 @pass_context
@@ -354,6 +470,7 @@ def db_group() -> None:
 
 
 @db_group.command("upgrade")
+@global_options_again
 @click.argument("revision", default="head")
 @click.option("--sql", is_flag=True, help="Print the SQL instead of running it (offline mode).")
 @pass_context
@@ -361,10 +478,11 @@ def db_upgrade(context: Context, revision: str, sql: bool) -> None:
     """Upgrade the schema to REVISION (default: head)."""
     from .db_commands import upgrade
 
-    upgrade(context.settings.database_url, revision, sql=sql)
+    upgrade(context.settings, revision, sql=sql)
 
 
 @db_group.command("downgrade")
+@global_options_again
 @click.argument("revision")
 @click.option("--sql", is_flag=True, help="Print the SQL instead of running it (offline mode).")
 @pass_context
@@ -372,10 +490,11 @@ def db_downgrade(context: Context, revision: str, sql: bool) -> None:
     """Downgrade the schema to REVISION (e.g. e011ab9dd223, after `storage-migrate rollback`)."""
     from .db_commands import downgrade
 
-    downgrade(context.settings.database_url, revision, sql=sql)
+    downgrade(context.settings, revision, sql=sql)
 
 
 @db_group.command("current")
+@global_options_again
 @pass_context
 def db_current(context: Context) -> None:
     """Print the revision the database is at."""

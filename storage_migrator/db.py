@@ -151,6 +151,9 @@ def _parse_url(url: str) -> sa.URL:
         raise DatabaseUnavailable(f"database URL {display_url(url)!r} is not usable ({first_line(error)}); {fix}") from None
     if parsed.get_backend_name() not in ("postgresql", "sqlite"):
         raise DatabaseUnavailable(f"database URL {display_url(url)!r}: only PostgreSQL and SQLite are supported; {fix}")
+    if parsed.get_backend_name() == "postgresql" and parsed.get_driver_name() != "psycopg":
+        raise DatabaseUnavailable(f"database URL {display_url(url)!r}: the driver {parsed.get_driver_name()} is not "
+                                  f"installed with this tool; write postgresql:// (psycopg 3) — {fix}")
     return parsed
 
 
@@ -161,12 +164,13 @@ def sqlite_file(parsed: sa.URL) -> Path | None:
     return Path(parsed.database)
 
 
-def create_database_engine(database_url: str, command: str = "storage-migrate", *, create: bool = True) -> Engine:
+def create_database_engine(database_url: str, command: str = "storage-migrate", *, create: bool = False) -> Engine:
     """An engine whose PostgreSQL sessions carry ``application_name`` = who and where, so a
     second run can name the holder of the lock.
 
-    With ``create=False`` (read-only commands) a SQLite file that does not exist is an error
-    rather than a new empty database.
+    A SQLite file that does not exist is an error (a forgotten ``DATABASE_URL`` must not
+    become a new empty database that every later command reads as "nothing to do"); only
+    ``create=True`` (``demo-data``) creates it.
     """
     parsed = _parse_url(normalize_database_url(database_url))
     connect_args: dict[str, Any] = {}
@@ -180,8 +184,8 @@ def create_database_engine(database_url: str, command: str = "storage-migrate", 
         database_file = sqlite_file(parsed)
         if database_file is not None and not database_file.exists():  # not below ROOT: the SQLite file
             if not create:
-                raise DatabaseUnavailable(f"the SQLite database {database_file} does not exist; "
-                                          "check --database-url / DATABASE_URL")
+                raise DatabaseUnavailable(f"the SQLite database {database_file} does not exist; set DATABASE_URL "
+                                          "(or --database-url) to the application's database")
             ensure_sqlite_parent(database_file)
         connect_args = {"timeout": 30}
     return sa.create_engine(parsed, pool_pre_ping=True, connect_args=connect_args)

@@ -1,6 +1,6 @@
 """Opening an installation: ROOT on disk plus the database, with the preconditions every
-command shares checked once, here. Read-only commands open it with ``read_only=True`` and
-then create nothing — not a SQLite file, not the tool's state folder."""
+command shares checked once, here. Opening creates nothing — not a SQLite file (only
+``demo-data`` does), not the tool's state folder (the run lock does)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -35,14 +35,13 @@ class Installation:
         self.storage.close()
 
 
-def open_installation(settings: Settings, command: str, *, read_only: bool = False) -> Installation:
+def open_installation(settings: Settings, command: str) -> Installation:
     """Open ROOT (``open_storage`` checks it and the tool's state folder) and the database, and
     check that it answers with the versioning columns. Raises ``UsageError`` (exit 2) naming
     the fix otherwise."""
     storage = open_storage(StorageLayout(settings.storage_root, settings.path_prefix))
     try:
-        engine = create_database_engine(settings.database_url, command=f"storage-migrate {command}",
-                                        create=not read_only)
+        engine = create_database_engine(settings.database_url, command=f"storage-migrate {command}")
     except BaseException:
         storage.close()
         raise

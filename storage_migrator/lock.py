@@ -74,6 +74,41 @@ def _holder_description(storage: Storage, lock_file: Path) -> str:
         return "an unknown process"
 
 
+def current_holder(storage: Storage, engine: Engine) -> str | None:
+    """Who holds the run lock right now (a run, resync, rollback or schema change at work), or
+    None. Looks without taking anything — a probe that took the lock even briefly could make a
+    starting run exit 75 — and creates nothing: the kernel's list of file locks for the lock
+    file, and on PostgreSQL the advisory key's holders."""
+    if engine.dialect.name == "postgresql":
+        with engine.connect() as connection:
+            if _advisory_key_held(connection):
+                return _advisory_holders(connection)
+    status = storage.status(storage.layout.lock_file)
+    if status is not None and _flock_held(status):
+        return _holder_description(storage, storage.layout.lock_file)
+    return None
+
+
+def _advisory_key_held(connection: Connection) -> bool:
+    high, low = run_lock_parts()
+    return connection.execute(sa.text(
+        "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1 "
+        "AND classid::bigint = :high AND objid::bigint = :low "
+        "AND database = (SELECT oid FROM pg_database WHERE datname = current_database()))"),
+        {"high": high, "low": low}).scalar() is True
+
+
+def _flock_held(status: os.stat_result) -> bool:
+    """Whether /proc/locks lists an flock on the file of ``status`` (major:minor:inode)."""
+    wanted = f"{os.major(status.st_dev):02x}:{os.minor(status.st_dev):02x}:{status.st_ino}"
+    try:
+        with open("/proc/locks") as locks:        # not below ROOT: the kernel's table
+            return any(fields[1] == "FLOCK" and fields[5] == wanted
+                       for fields in (line.split() for line in locks) if len(fields) > 5)
+    except OSError:
+        return False
+
+
 class RunLock:
     """Context manager: raises LockHeld (exit 75) at once if another run holds either lock."""
 

@@ -72,7 +72,7 @@ def plan_outcome(plan: GenerationPlan, summaries: Mapping[Path, SummaryOrError])
     if action == Action.FAIL:
         error, reason = error or reason, None
     return GenerationOutcome.of_row(
-        generation, action, plan.storage_path if action != Action.FAIL else generation.storage_path,
+        generation, action.done, plan.storage_path if action != Action.FAIL else generation.storage_path,
         error=error,
         reason=reason,
         from_path=str(plan.legacy_dir) if action == Action.MOVE else None,
@@ -131,7 +131,7 @@ def migrate(
         from .coordinate import require_postgresql
 
         require_postgresql(settings.database_url)
-    with open_installation(settings, command, read_only=dry_run) as installation:
+    with open_installation(settings, command) as installation:
         try:
             if dry_run:
                 _plan_only(installation, report, resync, only, workers)

@@ -64,7 +64,7 @@ def project_diff(
     """The recorded history, or — with both ``from_version`` and ``to_version`` — a fresh
     comparison of those two versions (any two, also non-consecutive). Exit 2 for an unknown
     project or version."""
-    with open_installation(settings, "diff", read_only=True) as installation:
+    with open_installation(settings, "diff") as installation:
         with installation.engine.connect() as connection:
             records = load_projects(connection, [project_id])
         installation.engine.dispose()

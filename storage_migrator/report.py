@@ -1,12 +1,12 @@
 """What a command did, as one object: the CLI renders it as text or as the JSON document, and
 its exit code follows from it. ``Outcome`` (in ``records``) is the one vocabulary of what
-happened to a generation; a dry run reports the planner's ``Action`` instead, which names the
-``Outcome`` it ends in (``Action.done``) and is counted by it."""
+happened to a generation; a dry run reports the ``Outcome`` each planned action would end in
+(``Action.done``), with ``dry_run`` true."""
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 from .errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_SOME_FAILED
 from .records import GenerationRow, Outcome, RowDrift, Tally
@@ -14,28 +14,18 @@ from .records import GenerationRow, Outcome, RowDrift, Tally
 if TYPE_CHECKING:
     from .plan import GenerationPlan
 
-__all__ = ["GenerationOutcome", "Outcome", "ReportedAction", "RunReport", "Tally"]
-
-
-class ReportedAction(Protocol):
-    """What a report needs of an action: an ``Outcome`` or the planner's ``Action``."""
-
-    @property
-    def value(self) -> str: ...
-
-    @property
-    def tally(self) -> Tally: ...
+__all__ = ["GenerationOutcome", "Outcome", "RunReport", "Tally"]
 
 
 @dataclass(frozen=True)
 class GenerationOutcome:
-    """One generation's line in a report. ``action`` is an ``Outcome``, or in a dry run the
-    planned ``Action`` (``move``); ``reason`` says why it was skipped or redone."""
+    """One generation's line in a report: what happened (or, in a dry run, would happen) to it;
+    ``reason`` says why it was skipped or redone."""
 
     id: str
     project_id: str
     version: int | None
-    action: ReportedAction
+    action: Outcome
     storage_path: str | None
     error: str | None = None
     reason: str | None = None
@@ -58,14 +48,14 @@ class GenerationOutcome:
         return self.tally is Tally.SKIPPED and self.action.value != Outcome.UNCHANGED.value
 
     @classmethod
-    def of_row(cls, generation: GenerationRow, action: ReportedAction, storage_path: str | None,
+    def of_row(cls, generation: GenerationRow, action: Outcome, storage_path: str | None,
                **details: object) -> GenerationOutcome:
         """The line of ``generation`` (as read) with ``action``; ``details`` are the optional fields."""
         return cls(generation.id, generation.project_id, generation.version, action, storage_path,
                    **details)  # type: ignore[arg-type]
 
     @classmethod
-    def from_plan(cls, plan: GenerationPlan, action: ReportedAction, storage_path: str | None,
+    def from_plan(cls, plan: GenerationPlan, action: Outcome, storage_path: str | None,
                   **details: object) -> GenerationOutcome:
         """The line of a planned generation: the plan's reason goes with it unless it failed."""
         if "error" not in details or details["error"] is None:
@@ -86,6 +76,7 @@ class GenerationOutcome:
     def to_json(self) -> dict:
         return {
             "id": self.id,
+            "generation_id": self.id,     # the key diff and verify use; "id" stays for existing readers
             "project_id": self.project_id,
             "version": self.version,
             "action": self.action.value,
@@ -118,7 +109,8 @@ class RunReport:
     interrupted: bool = False         # Ctrl-C or SIGTERM: what was done is still reported
     coordination: dict | None = None  # a --coordinate run: this host's share (coordinate.CoordinationStats)
     migrated: int = 0
-    skipped: int = 0
+    skipped: int = 0                  # every generation left as it was, the unchanged ones included
+    unchanged: int = 0                # of ``skipped``: found already in agreement
     failed: int = 0
     started: float = field(default_factory=time.monotonic)
     finished: float | None = None
@@ -131,6 +123,7 @@ class RunReport:
             self.migrated += 1
         else:
             self.skipped += 1
+            self.unchanged += outcome.action is Outcome.UNCHANGED
         if self.keep_all or outcome.failed or outcome.skipped:
             self.outcomes.append(outcome)
 
@@ -140,6 +133,7 @@ class RunReport:
         self.leftovers.extend(other.leftovers)
         self.migrated += other.migrated
         self.skipped += other.skipped
+        self.unchanged += other.unchanged
         self.failed += other.failed
         self.bytes_handled += other.bytes_handled
         self.error = self.error or other.error
@@ -166,6 +160,7 @@ class RunReport:
             "dry_run": self.dry_run,
             "migrated": self.migrated,
             "skipped": self.skipped,
+            "unchanged": self.unchanged,
             "failed": self.failed,
             "bytes": self.bytes_handled,
             "seconds": round(self.seconds, 3),

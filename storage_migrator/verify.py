@@ -21,8 +21,9 @@ import sqlalchemy as sa
 from . import diff
 from .config import Settings
 from .db import has_active_generation_key, iter_project_records, missing_columns
-from .errors import EXIT_OK, EXIT_VERIFY_PROBLEMS, FAILS_ONE_GENERATION, GenerationError, failure_line
+from .errors import EXIT_OK, EXIT_VERIFY_PROBLEMS, FAILS_ONE_GENERATION, GenerationError, LockHeld, failure_line
 from .installation import open_installation
+from .lock import current_holder
 from .records import GenerationRow, ProjectRecord
 from .storage.layout import (
     ARCHIVE_DIR,
@@ -87,7 +88,11 @@ class VerifyReport:
 
 def verify(settings: Settings) -> VerifyReport:
     report = VerifyReport()
-    with open_installation(settings, "verify", read_only=True) as installation:
+    with open_installation(settings, "verify") as installation:
+        holder = current_holder(installation.storage, installation.engine)
+        if holder is not None:
+            raise LockHeld(f"verify: a run is changing the installation ({holder}); what it has not finished would "
+                           "show as problems — verify when it has finished")
         report.problems.extend(_schema_problems(installation.engine))
         for record in iter_project_records(installation.engine):
             report.problems.extend(_project_problems(installation.storage, record, settings.legacy_links))

@@ -219,3 +219,11 @@ def process_tree(pid: int) -> list[int]:
         for line in child.read_text().split():
             found.extend(process_tree(int(line)))
     return found
+
+
+ANNOUNCEMENT = "storage-migrate: database "
+
+
+def error_lines(stderr: str) -> list[str]:
+    """stderr without the line every command starts with (which database, which ROOT)."""
+    return [line for line in stderr.strip().splitlines() if not line.startswith(ANNOUNCEMENT)]

@@ -169,8 +169,8 @@ def test_output_files_holding_json_null_is_not_a_rebuild(installation: Installat
     cast = "CAST('null' AS JSON)" if installation.engine().dialect.name == "postgresql" else "'null'"
     execute(installation, f"UPDATE generations SET output_files = {cast} WHERE id IN (:a, :b)", a=failed_id, b=completed_id)
     planned = by_id(json.loads(run_cli(installation, "--json", "--dry-run").stdout))
-    assert planned[failed_id]["action"] == "skip"
-    assert planned[completed_id]["action"] == "fail" and "output_files is empty" in planned[completed_id]["error"]
+    assert planned[failed_id]["action"] == "skipped"
+    assert planned[completed_id]["action"] == "failed" and "output_files is empty" in planned[completed_id]["error"]
     code, document = run_json(installation)
     assert code == 1
     entries = by_id(document)

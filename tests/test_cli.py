@@ -35,8 +35,8 @@ def test_demo_data_takes_its_minimum_and_refuses_one_less_in_one_line(tmp_path: 
     refused = storage_migrate("demo-data", option, str(minimum - 1), cwd=tmp_path)
     assert refused.returncode == 2, refused.stdout + refused.stderr
     assert "Traceback" not in refused.stderr
-    errors = [line for line in refused.stderr.splitlines() if line.startswith("Error:")]
-    assert len(errors) == 1 and f"'{option}'" in errors[0] and f"use {minimum} or more" in errors[0], refused.stderr
+    errors = refused.stderr.splitlines()
+    assert len(errors) == 1 and errors[0].startswith("error: ") and f"'{option}'" in errors[0] and f"use {minimum} or more" in errors[0], refused.stderr
     assert not (tmp_path / "storage").exists(), "a refused size creates nothing"
     taken = storage_migrate("demo-data", "--projects", "5", "--generations", "1", "--files", "1", option, str(minimum),
                             cwd=tmp_path)

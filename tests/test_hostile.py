@@ -14,7 +14,7 @@ import pytest
 
 from storage_migrator.faults import PAUSE_AT_VARIABLE
 
-from .sandbox import Installation, build_installation, run_cli, wait_until_stopped
+from .sandbox import Installation, build_installation, error_lines, run_cli, wait_until_stopped
 from .test_sync import execute, rows
 
 
@@ -41,7 +41,7 @@ def test_symlinked_state_folder_is_refused_and_outside_untouched(installation: I
     before = snapshot(outside)
     result = run_cli(installation, "run")
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert ".storage-migrate" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert ".storage-migrate" in result.stderr and len(error_lines(result.stderr)) == 1
     assert snapshot(outside) == before and sorted(os.listdir(outside)) == ["secret"]
 
 
@@ -126,7 +126,7 @@ def test_non_utf8_folder_name_in_root(installation: Installation) -> None:
 def test_malformed_or_unreachable_database_url_is_one_line(installation: Installation, url: str) -> None:
     result = run_cli(installation, "verify", extra_environment={"DATABASE_URL": url})
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1
+    assert len(error_lines(result.stderr)) == 1
 
 
 def test_read_only_commands_create_no_database(installation: Installation, tmp_path: Path) -> None:
@@ -223,4 +223,4 @@ def test_diff_patch_never_prints_through_a_symlink(installation: Installation, o
     result = run_cli(installation, "diff", project_id, "--patch")
     assert "Traceback" not in result.stderr
     assert "must never leave" not in result.stdout
-    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert result.returncode == 2 and len(error_lines(result.stderr)) == 1

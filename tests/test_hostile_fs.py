@@ -41,7 +41,7 @@ from storage_migrator.config import Settings
 from storage_migrator.demo import SampleSize
 from storage_migrator.storage.layout import StorageLayout
 
-from .sandbox import Installation, build_installation, dump_tables, run_cli, tree_digest
+from .sandbox import Installation, build_installation, dump_tables, error_lines, run_cli, tree_digest
 
 if TYPE_CHECKING:
     from .conftest import CliForkServer
@@ -278,7 +278,7 @@ def test_state_folder_on_another_filesystem_is_refused(installation: Installatio
     digest, tables = tree_digest(installation.root), dump_tables(installation.database_url)
     result = run_cli(installation, "run")
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1 and ".storage-migrate" in result.stderr
+    assert len(error_lines(result.stderr)) == 1 and ".storage-migrate" in result.stderr
     assert tree_digest(installation.root) == digest
     assert dump_tables(installation.database_url) == tables
     assert os.listdir(state) == []

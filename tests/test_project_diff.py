@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from .sandbox import Installation, build_installation, run_cli, scan
+from .sandbox import Installation, build_installation, error_lines, run_cli, scan
 
 
 @pytest.fixture
@@ -97,4 +97,4 @@ def test_unknown_project_or_version_is_exit_2(migrated: Installation, arguments:
     arguments = [argument.format(demo=migrated.sample.demo_project_id) for argument in arguments]
     result = run_cli(migrated, "diff", *arguments)
     assert result.returncode == 2
-    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in result.stderr and len(error_lines(result.stderr)) == 1

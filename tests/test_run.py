@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from storage_migrator.migrate import migrate
 from storage_migrator.storage.layout import StorageLayout
 
-from .sandbox import Installation, build_installation, dump_tables, manifest_at, run_cli, scan, tree_digest
+from .sandbox import Installation, build_installation, dump_tables, error_lines, manifest_at, run_cli, scan, tree_digest
 
 
 @pytest.fixture
@@ -43,10 +43,10 @@ def test_dry_run_changes_nothing_and_lists_every_generation(installation: Instal
     planned = {entry["id"]: entry for entry in document["generations"]}
     assert set(planned) == set(installation.sample.generation_ids)
     assert {"migrated", "skipped", "failed", "generations"} <= set(document)
-    assert planned[installation.sample.processing_generation_id]["action"] == "skip"
+    assert planned[installation.sample.processing_generation_id]["action"] == "skipped"
     assert "processing" in planned[installation.sample.processing_generation_id]["reason"]
-    assert planned[installation.sample.missing_folder_generation_id]["action"] == "rebuild"
-    moves = [entry for entry in planned.values() if entry["action"] == "move"]
+    assert planned[installation.sample.missing_folder_generation_id]["action"] == "rebuilt"
+    moves = [entry for entry in planned.values() if entry["action"] == "moved"]
     assert len(moves) >= len(installation.sample.folder_generation_ids) - 2
     for entry in moves:
         assert entry["storage_path"] == f"storage/projects/{entry['project_id']}/generations/v{entry['version']}__{entry['id']}"
@@ -152,7 +152,7 @@ def test_unreachable_database_is_one_line_without_password(tmp_path: Path, sqlit
     assert result.returncode == 2
     assert "s3cret-pw" not in result.stderr + result.stdout
     assert "Traceback" not in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1
+    assert len(error_lines(result.stderr)) == 1
     assert "cannot connect" in result.stderr
 
 

@@ -20,7 +20,11 @@ from .sizes import SampleSize
 def create_demo_installation(settings: Settings, projects: int, generations: int, files: int, seed: int) -> SampleInstallation:
     """Refuses any database that already has a schema and any non-empty ROOT: demo data never
     mixes with a real installation."""
-    engine = create_database_engine(settings.database_url, command="storage-migrate demo-data")
+    root = settings.storage_root
+    if root.is_symlink() or (root.exists() and not root.is_dir()):
+        raise UsageError(f"storage root {root} is not a folder; point --storage-root / STORAGE_ROOT at a folder "
+                         "(it is created if missing)")
+    engine = create_database_engine(settings.database_url, command="storage-migrate demo-data", create=True)
     try:
         try:
             with engine.connect() as connection:
@@ -31,7 +35,6 @@ def create_demo_installation(settings: Settings, projects: int, generations: int
         if revision is not None:
             raise UsageError(f"the database {display_url(settings.database_url)} already has a schema (revision "
                              f"{revision}); demo-data needs an empty one — remove it or point --database-url elsewhere")
-        root = settings.storage_root
         if root.exists() and any(root.iterdir()):
             raise UsageError(f"{root} is not empty; demo-data needs an empty storage root")
         size = SampleSize(projects=projects, generations_per_project=generations, files_per_generation=files)
