@@ -89,22 +89,27 @@ def test_database_lost_mid_run(postgres_url: str, tmp_path: Path, pause_at: int)
     assert json.loads(run_cli(installation, "--json", "run").stdout)["migrated"] == 0
 
 
-@pytest.mark.postgres
-def test_db_upgrade_waits_for_no_run_exit_75(postgres_url: str, tmp_path: Path) -> None:
-    """A schema change and a run never overlap: `db upgrade` beside a running `run` exits 75."""
-    installation = build_installation(postgres_url, tmp_path / "projects")
+@pytest.mark.parametrize("command", [("db", "upgrade"), ("db", "downgrade", "e011ab9dd223"), ("verify",)],
+                         ids=["db upgrade", "db downgrade", "verify"])
+def test_schema_changes_and_verify_wait_for_no_run_exit_75(database_url: str, tmp_path: Path,
+                                                          command: tuple[str, ...]) -> None:
+    """A schema change and a run never overlap, on SQLite too (the run lock's file): `db
+    upgrade`/`downgrade` beside a running `run` exit 75 naming it. `verify` then would report
+    the run's unfinished work as problems: it exits 75 too, naming the run."""
+    installation = build_installation(database_url, tmp_path / "projects")
     environment = {**installation.cli_environment(), PAUSE_AT_VARIABLE: "planned"}
     process = subprocess.Popen([sys.executable, "-m", "storage_migrator", "run", "--workers", "1"], env=environment,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         wait_until_stopped(process)
-        upgrade = run_cli(installation, "db", "upgrade")
+        blocked = run_cli(installation, *command)
         process.send_signal(signal.SIGCONT)
         process.communicate(timeout=120)
     finally:
         if process.poll() is None:
             process.kill()
             process.wait()
-    assert upgrade.returncode == 75, upgrade.stderr
-    assert "storage-migrate run" in upgrade.stderr and "Traceback" not in upgrade.stderr
-    assert run_cli(installation, "db", "upgrade").returncode == 0, "free again once the run is over"
+    assert blocked.returncode == 75, blocked.stderr
+    assert "storage-migrate run" in blocked.stderr and "Traceback" not in blocked.stderr
+    assert process.returncode == 0, "the run was not disturbed"
+    assert run_cli(installation, *command).returncode == 0, "free again once the run is over"
