@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import sqlalchemy as sa
 
 from storage_migrator.config import BASE_REVISION, HEAD_REVISION, Settings
@@ -227,3 +228,14 @@ ANNOUNCEMENT = "storage-migrate: database "
 def error_lines(stderr: str) -> list[str]:
     """stderr without the line every command starts with (which database, which ROOT)."""
     return [line for line in stderr.strip().splitlines() if not line.startswith(ANNOUNCEMENT)]
+
+
+SCHEMA_FILE = Path(__file__).resolve().parent.parent / "docs" / "output.schema.json"
+
+
+def check_json_output(kind: str, text: str) -> dict[str, Any]:
+    """``text`` parsed, after checking it against the ``kind`` definition of the JSON output schema."""
+    schema = json.loads(SCHEMA_FILE.read_text())
+    document = json.loads(text)
+    jsonschema.validate(document, {**schema, "oneOf": [{"$ref": f"#/$defs/{kind}"}]})
+    return document

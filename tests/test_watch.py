@@ -4,7 +4,6 @@ creates and deletes thousands of folders, and an overflow of the kernel's event 
 lost) ends in a resync of every project, announced on stderr."""
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -24,7 +23,7 @@ from storage_migrator.config import HEAD_REVISION
 from storage_migrator.schema import upgrade_schema
 from storage_migrator.watch import ChangeCollector, Watching
 
-from .sandbox import Installation, build_installation, run_cli
+from .sandbox import Installation, build_installation, check_json_output, run_cli
 
 OVERFLOW_LINE = "watch: the kernel's event queue overflowed; resyncing every project"
 QUEUE_LIMIT = Path("/proc/sys/fs/inotify/max_queued_events")
@@ -155,12 +154,12 @@ def test_watch_resyncs_a_changed_generation(migrated: Installation, tmp_path: Pa
     stdout_path = tmp_path / "watch.jsonl"
     with running_watch(migrated, tmp_path, "--json", stdout_path=stdout_path) as watcher:
         watcher.wait_until_watching(target)
-        assert f"watch: watching {migrated.root}" in watcher.stderr()
+        watcher.wait_until("announced what it watches", lambda: f"watch: watching {migrated.root}" in watcher.stderr())
         (target / "WATCHED.md").write_bytes(b"x" * 1234)
         row = wait_for_file_count(migrated, v1.id, v1.file_count + 1)
         assert row.file_count == v1.file_count + 1 and row.total_size_bytes == v1.total_size_bytes + 1234
         watcher.wait_until("printed the resync", lambda: stdout_path.read_bytes().endswith(b"\n"))
-    documents = [json.loads(line) for line in stdout_path.read_text().splitlines()]
+    documents = [check_json_output("report", line) for line in stdout_path.read_text().splitlines()]
     assert documents and all(document["command"] == "resync" for document in documents), documents
     assert any(entry["id"] == v1.id for document in documents for entry in document["generations"]), documents
 
