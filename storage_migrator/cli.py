@@ -23,7 +23,7 @@ from .config import (
     default_path_prefix,
     normalize_database_url,
 )
-from .errors import EXIT_INTERRUPTED, EXIT_USAGE, CommandError
+from .errors import EXIT_INTERRUPTED, EXIT_USAGE, CommandError, LockHeld
 from .report import RunReport
 
 
@@ -59,7 +59,8 @@ class ToolGroup(click.Group):
             with _sigterm_as_interrupt():
                 return super().invoke(ctx)
         except CommandError as error:
-            click.echo(f"error: {error.message}", err=True)
+            if not (isinstance(error, LockHeld) and _is_quiet(ctx)):     # -q: exit 75 says it (cron)
+                click.echo(f"error: {error.message}", err=True)
             ctx.exit(error.exit_code)
         except sa.exc.DBAPIError as error:
             from .db import first_line
@@ -116,6 +117,11 @@ def _remember_given(click_context: click.Context, parameter: click.Parameter, va
     if parameter.name and click_context.get_parameter_source(parameter.name) is ParameterSource.COMMANDLINE:
         click_context.meta.setdefault(_GIVEN_AFTER_COMMAND, {})[parameter.name] = value
     return value
+
+
+def _is_quiet(click_context: click.Context) -> bool:
+    given_after = click_context.meta.get(_GIVEN_AFTER_COMMAND, {})
+    return bool(given_after.get("quiet", click_context.find_root().params.get("quiet")))
 
 
 def _tool_context(click_context: click.Context) -> Context:
@@ -258,7 +264,8 @@ def _global_options(*, after_the_command: bool) -> Callable[[Callable], Callable
                help="Leave <ROOT>/<generation_id> as a link to the moved source/ for the application's "
                "flat-layout code."),
         option("--json", "as_json", is_flag=True, default=False, help="Print JSON on stdout instead of text."),
-        option("-q", "--quiet", is_flag=True, default=False, help="Print only errors."),
+        option("-q", "--quiet", is_flag=True, default=False,
+               help="Print only errors (another run holding the lock, exit 75, is not one)."),
         option("-v", "--verbose", is_flag=True, default=False, help="Print every generation."),
     ]
 
