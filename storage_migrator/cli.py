@@ -329,21 +329,39 @@ def workers_option(function: Callable) -> Callable:
                         help="Processes; each project is handled by one of them.")(function)
 
 
+def metrics_file_option(function: Callable) -> Callable:
+    return click.option("--metrics-file", type=click.Path(dir_okay=False, path_type=Path),
+                        envvar="STORAGE_MIGRATE_METRICS_FILE", show_envvar=True,
+                        help="Also write this run's numbers in Prometheus text format to PATH, atomically "
+                        "(for node_exporter's textfile collector).")(function)
+
+
+def finish(report: RunReport, output: Output, metrics_file: Path | None) -> None:
+    """Render ``report``, write its metrics file if asked, and exit with its code."""
+    render_report(report, output)
+    if metrics_file is not None and not report.dry_run:
+        from .metrics import write_metrics_file
+
+        write_metrics_file(metrics_file, report)
+    sys.exit(report.exit_code)
+
+
 @main.command()
 @global_options_again
 @click.option("--dry-run", is_flag=True, help="Print the plan; change nothing on disk or in the database.")
 @workers_option
 @coordinate_option
+@metrics_file_option
 @pass_context
-def run(context: Context, dry_run: bool, workers: int, coordinate: bool = False) -> None:
+def run(context: Context, dry_run: bool, workers: int, coordinate: bool = False,
+        metrics_file: Path | None = None) -> None:
     """Migrate every generation still in the legacy layout."""
     from .migrate import migrate
 
     report = migrate(context.settings, dry_run=dry_run, progress=progress_bar(context.output, "migrating"),
                      workers=workers, keep_all=dry_run or context.output.keeps_every_line(),
                      coordinate=coordinate and not dry_run)
-    render_report(report, context.output)
-    sys.exit(report.exit_code)
+    finish(report, context.output, metrics_file)
 
 
 @main.command("demo-data")
@@ -407,15 +425,15 @@ def diff_command(context: Context, project_id: str, with_patch: bool, from_versi
 @global_options_again
 @workers_option
 @coordinate_option
+@metrics_file_option
 @pass_context
-def resync(context: Context, workers: int, coordinate: bool) -> None:
+def resync(context: Context, workers: int, coordinate: bool, metrics_file: Path | None) -> None:
     """The cron job: migrate stragglers, re-read changed generations, repair metadata, report orphans."""
     from .migrate import migrate
 
     report = migrate(context.settings, resync=True, progress=progress_bar(context.output, "resyncing"),
                      workers=workers, keep_all=context.output.keeps_every_line(), coordinate=coordinate)
-    render_report(report, context.output)
-    sys.exit(report.exit_code)
+    finish(report, context.output, metrics_file)
 
 
 @main.command()
@@ -453,13 +471,25 @@ def rollback(context: Context) -> None:
 @global_options_again
 @click.option("--debounce", default=2.0, show_default=True, type=click.FloatRange(min=0),
               help="Seconds of quiet before a folder is resynced.")
+@click.option("--metrics-port", type=click.IntRange(1, 65535), envvar="STORAGE_MIGRATE_METRICS_PORT",
+              show_envvar=True, help="Serve Prometheus metrics (the last resync's numbers, lag, overflows) on "
+              "this port at /metrics.")
+@click.option("--metrics-address", default="127.0.0.1", show_default=True,
+              help="Address --metrics-port listens on.")
 @pass_context
-def watch(context: Context, debounce: float) -> None:
+def watch(context: Context, debounce: float, metrics_port: int | None, metrics_address: str) -> None:
     """Resync a generation within seconds of a change inside its folder; with --json, one JSON
     line per resync. Ctrl-C or SIGTERM stop it (exit 130); exit 1 if it can no longer watch."""
+    from .metrics import WatchMetrics
     from .watch import watch as watch_storage
 
+    metrics = WatchMetrics() if metrics_port is not None else None
+    if metrics is not None and metrics_port is not None:
+        metrics.serve(metrics_port, metrics_address)
+
     def on_report(report: RunReport) -> None:
+        if metrics is not None:
+            metrics.record(report)
         if not (report.migrated or report.failed):
             return
         if context.output.as_json:
@@ -468,7 +498,7 @@ def watch(context: Context, debounce: float) -> None:
             render_report(report, context.output)
 
     watch_storage(context.settings, debounce_seconds=debounce, on_report=on_report,
-                  keep_all=context.output.keeps_every_line())
+                  keep_all=context.output.keeps_every_line(), metrics=metrics)
 
 
 @main.group("db")

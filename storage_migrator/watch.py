@@ -51,6 +51,7 @@ from .config import Settings
 from .db import ROWS_PER_STATEMENT, project_ids_for_names
 from .errors import LockHeld, WatchFailed
 from .installation import open_installation
+from .metrics import WatchMetrics
 from .migrate import migrate
 from .report import RunReport
 from .storage.layout import ACTIVE_LINK, is_tool_written, is_utf8_name
@@ -99,9 +100,11 @@ class ChangeCollector:
     for one resync of everything, which covers them.
     """
 
-    def __init__(self, root: Path, say: Callable[[str], None] = say_on_stderr) -> None:
+    def __init__(self, root: Path, say: Callable[[str], None] = say_on_stderr,
+                 on_overflow: Callable[[], None] = lambda: None) -> None:
         self.root = root
         self._say = say
+        self.on_overflow = on_overflow
         self._lock = threading.Lock()
         self._last_change: dict[str, float] = {}
         self._everything: tuple[str, float] | None = None    # (why, when it was last asked for)
@@ -132,6 +135,16 @@ class ChangeCollector:
             self._last_change.clear()
         if announce:
             self._say(f"watch: {reason}; resyncing every project")
+
+    def oldest_pending_age(self) -> float:
+        """How long the longest-waiting change has waited since its folder's last event (0 when
+        none waits): how far behind watch is."""
+        now = time.monotonic()
+        with self._lock:
+            waiting = list(self._last_change.values())
+            if self._everything is not None:
+                waiting.append(self._everything[1])
+        return now - min(waiting) if waiting else 0.0
 
     def take_everything(self, debounce_seconds: float) -> str | None:
         """Why every project must be resynced now, once ``debounce_seconds`` have passed since
@@ -186,6 +199,7 @@ class ObserverFeed(FileSystemEventHandler):
     def on_events_lost(self, event: EventsLostEvent) -> None:
         if not self.retired:
             self.lost_events.set()
+            self.collector.on_overflow()
             self.collector.resync_everything(OVERFLOW_REASON)
 
 
@@ -291,6 +305,7 @@ def watch(
     stop: threading.Event | None = None,
     say: Callable[[str], None] = say_on_stderr,
     keep_all: bool = False,
+    metrics: WatchMetrics | None = None,
 ) -> None:
     """Run until ``stop`` is set (returns), or Ctrl-C / SIGTERM (``KeyboardInterrupt`` propagates
     to the caller, which exits 130). Raises ``WatchFailed`` once watchdog no longer delivers
@@ -299,7 +314,8 @@ def watch(
     storage, engine = installation.storage, installation.engine
     stop = stop or threading.Event()
     quiet_watchdog()
-    collector = ChangeCollector(Path(storage.resolved_path), say)
+    collector = ChangeCollector(Path(storage.resolved_path), say,
+                                on_overflow=metrics.overflows.inc if metrics is not None else lambda: None)
     watching = Watching(collector, storage.resolved_path)
     say(f"watch: watching {storage.resolved_path} (resync {debounce_seconds:g} s after the last change)")
     try:
@@ -311,6 +327,8 @@ def watch(
                 raise WatchFailed(f"watch can no longer see changes: {failure}; restart it "
                                   "(changes made meanwhile are found by the next resync)")
             resync_pending(settings, engine, collector, debounce_seconds, on_report, keep_all)
+            if metrics is not None:
+                metrics.lag.set(collector.oldest_pending_age())
     finally:
         watching.stop()
         engine.dispose()
