@@ -24,7 +24,7 @@ from .config import (
     normalize_database_url,
 )
 from .errors import EXIT_INTERRUPTED, EXIT_USAGE, CommandError, LockHeld
-from .report import RunReport
+from .report import ProgressFactory, RunReport, Workload
 
 
 class ToolGroup(click.Group):
@@ -163,22 +163,58 @@ def _human_bytes(count: int) -> str:
     return f"{count} B"
 
 
-def progress_bar(output: Output, description: str) -> Callable[[int], Callable[[int], None]] | None:
-    """A tqdm bar on stderr, only when stderr is a terminal and output is not JSON or quiet."""
-    if not output.show_progress():
-        return None
+class ProgressBar:
+    """A tqdm bar on stderr, only when stderr is a terminal and output is not JSON or quiet: in
+    bytes with an ETA when the run moves legacy folders (their total is known at the start),
+    else in generations. A context manager: the bar is cleared on the way out, Ctrl-C included."""
 
-    def start(total: int) -> Callable[[int], None]:
+    def __init__(self, output: Output, description: str) -> None:
+        self.shown = output.show_progress()
+        self.description = description
+        self._bar: Any = None
+
+    def factory(self) -> ProgressFactory | None:
+        return self.start if self.shown else None
+
+    def start(self, workload: Workload) -> Callable[[int], None]:
         from tqdm import tqdm
 
-        bar = tqdm(total=total, desc=description, unit="gen", file=sys.stderr, leave=False)
+        if workload.legacy_bytes > 0:
+            bar = tqdm(total=workload.legacy_bytes, desc=self.description, unit="B", unit_scale=True,
+                       unit_divisor=1024, file=sys.stderr, leave=False, ncols=_bar_columns())
+            shown = [0]
 
-        def advance(count: int = 1) -> None:
-            bar.update(count)
+            def advance_bytes(count: int) -> None:
+                done = min(workload.bytes_done(), workload.legacy_bytes)
+                bar.update(done - shown[0])
+                shown[0] = done
 
-        return advance
+            self._bar = bar
+            return advance_bytes
+        bar = tqdm(total=workload.generations, desc=self.description, unit="gen", file=sys.stderr, leave=False,
+                   ncols=_bar_columns())
+        self._bar = bar
+        return bar.update
 
-    return start
+    def __enter__(self) -> ProgressBar:
+        return self
+
+    def __exit__(self, *exception: object) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+            sys.stderr.write("\r\x1b[K")         # the terminal's own ^C echo too
+            sys.stderr.flush()
+
+
+def _bar_columns() -> int:
+    """The bar leaves room at the end of the line for the terminal's ``^C`` echo: a full-width
+    bar would wrap there, and the bar could no longer be cleared."""
+    try:
+        columns = os.get_terminal_size(sys.stderr.fileno()).columns
+    except OSError:
+        columns = 80
+    return max(20, columns - 4)
 
 
 def render_report(report: RunReport, output: Output) -> None:
@@ -358,9 +394,9 @@ def run(context: Context, dry_run: bool, workers: int, coordinate: bool = False,
     """Migrate every generation still in the legacy layout."""
     from .migrate import migrate
 
-    report = migrate(context.settings, dry_run=dry_run, progress=progress_bar(context.output, "migrating"),
-                     workers=workers, keep_all=dry_run or context.output.keeps_every_line(),
-                     coordinate=coordinate and not dry_run)
+    with ProgressBar(context.output, "migrating") as bar:
+        report = migrate(context.settings, dry_run=dry_run, progress=bar.factory(), workers=workers,
+                         keep_all=dry_run or context.output.keeps_every_line(), coordinate=coordinate and not dry_run)
     finish(report, context.output, metrics_file)
 
 
@@ -431,8 +467,9 @@ def resync(context: Context, workers: int, coordinate: bool, metrics_file: Path 
     """The cron job: migrate stragglers, re-read changed generations, repair metadata, report orphans."""
     from .migrate import migrate
 
-    report = migrate(context.settings, resync=True, progress=progress_bar(context.output, "resyncing"),
-                     workers=workers, keep_all=context.output.keeps_every_line(), coordinate=coordinate)
+    with ProgressBar(context.output, "resyncing") as bar:
+        report = migrate(context.settings, resync=True, progress=bar.factory(), workers=workers,
+                         keep_all=context.output.keeps_every_line(), coordinate=coordinate)
     finish(report, context.output, metrics_file)
 
 

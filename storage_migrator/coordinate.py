@@ -48,7 +48,7 @@ from .db import LOCK_TIMEOUT, count_generations, first_line, iter_project_ids
 from .errors import UsageError
 from .lock import run_lock_parts, take_shared_run_lock
 from .orphans import find_orphans
-from .report import RunReport
+from .report import ProgressFactory, RunReport, Workload
 from .storage.layout import StorageLayout
 from .storage.opened import open_storage
 from .storage.steps import prepare_state_dir
@@ -56,7 +56,7 @@ from .workers import run_in_workers
 
 if TYPE_CHECKING:
     from .installation import Installation
-    from .migrate import ProgressFactory, RunOptions
+    from .migrate import RunOptions
 
 BUCKETS = 64
 CLAIM_CLASS = 0x534D_4301       # "SMC" + 1: the tool's own class ids (two-int advisory locks)
@@ -360,7 +360,7 @@ def carry_out_coordinated(installation: Installation, report: RunReport, options
                 report.orphans.extend(share_report.orphans)
                 stats.merge(share_stats)
         else:
-            tick = progress(count_generations(engine)) if progress else (lambda count: None)
+            tick = progress(Workload(count_generations(engine))) if progress else (lambda count: None)
             engine.dispose()
             _participate(layout, database_url, options, report, stats, tick)
     finally:

@@ -20,28 +20,28 @@ from .db import (
     count_generations,
     create_database_engine,
     first_line,
+    generations,
     iter_project_ids,
     iter_project_records,
     load_output_files,
     reserve_version,
 )
-from .errors import failure_line
+from .errors import FAILS_ONE_GENERATION, failure_line
 from .execute import Executor
 from .installation import Installation, open_installation
 from .lock import RunLock
 from .orphans import find_orphans
 from .plan import Action, GenerationPlan, ProjectPlan, plan_project
 from .records import ProjectRecord
-from .report import GenerationOutcome, RunReport
+from .report import GenerationOutcome, ProgressFactory, RunReport, Workload
 from .scan_ahead import ScanAhead, SummaryOrError, summarize_trees
 from .storage.layout import StorageLayout
-from .storage.manifest import TreeSummary
+from .storage.manifest import TreeSummary, summarize_tree
 from .storage.opened import Storage, open_storage
 from .storage.recovery import RootTempFiles, recover_project, sweep_state
 from .storage.steps import handling_project, prepare_state_dir
 from .workers import WorkerDied, chunked, run_in_workers
 
-ProgressFactory = Callable[[int], Callable[[int], None]]
 WORKER_CHUNK_PROJECTS = 16
 
 
@@ -178,7 +178,8 @@ def _carry_out(installation: Installation, report: RunReport, options: RunOption
     storage, engine = installation.storage, installation.engine
     prepare_state_dir(storage)
     root_temps = RootTempFiles.listed(storage)
-    tick = progress(count_generations(engine)) if progress else (lambda count: None)
+    tick = (progress(Workload(count_generations(engine), legacy_bytes(storage, engine), lambda: report.bytes_handled))
+            if progress else (lambda count: None))
     project_ids: list[str] = []
     if workers > 1 and only is None:
         with engine.connect() as connection:
@@ -194,6 +195,22 @@ def _carry_out(installation: Installation, report: RunReport, options: RunOption
         sweep_state(storage)
     if options.resync and complete:
         report.orphans = find_orphans(storage, engine)
+
+
+def legacy_bytes(storage: Storage, engine: Engine) -> int:
+    """The bytes below every generation's legacy folder ``<ROOT>/<id>/`` (one lstat per file):
+    what a run moves, as a progress bar's total. Only asked for when a bar is shown."""
+    with engine.connect() as connection:
+        generation_ids = connection.execute(sa.select(generations.c.id)).scalars().all()
+    total = 0
+    for generation_id in generation_ids:
+        try:
+            folder = storage.layout.legacy_dir(generation_id)
+            if storage.is_folder(folder):
+                total += summarize_tree(storage, folder).total_size_bytes
+        except FAILS_ONE_GENERATION:
+            continue                    # the run reports it; the bar only misses its bytes
+    return total
 
 
 def _carry_out_projects(storage: Storage, engine: Engine, report: RunReport, options: RunOptions,

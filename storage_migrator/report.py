@@ -5,6 +5,7 @@ happened to a generation; a dry run reports the ``Outcome`` each planned action 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
@@ -14,7 +15,7 @@ from .records import GenerationRow, Outcome, RowDrift, Tally
 if TYPE_CHECKING:
     from .plan import GenerationPlan
 
-__all__ = ["GenerationOutcome", "Outcome", "RunReport", "Tally"]
+__all__ = ["GenerationOutcome", "Outcome", "ProgressFactory", "RunReport", "Tally", "Workload"]
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,20 @@ class GenerationOutcome:
             "file_count": self.file_count,
             "total_size_bytes": self.total_size_bytes,
         }
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What a progress bar is told at the start: the generations to go through and, for a run,
+    the bytes below the legacy folders it moves; ``bytes_done`` reads the bytes handled so far."""
+
+    generations: int
+    legacy_bytes: int = 0
+    bytes_done: Callable[[], int] = lambda: 0
+
+
+ProgressFactory = Callable[[Workload], Callable[[int], None]]
+"""Called once with the workload; returns what is called with each number of generations done."""
 
 
 @dataclass
