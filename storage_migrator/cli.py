@@ -24,7 +24,7 @@ from .config import (
     normalize_database_url,
 )
 from .errors import EXIT_INTERRUPTED, EXIT_USAGE, CommandError, LockHeld
-from .report import ProgressFactory, RunReport, Workload
+from .report import ProgressFactory, RunReport, Workload, application_state_lines
 
 
 class ToolGroup(click.Group):
@@ -252,6 +252,8 @@ def render_report(report: RunReport, output: Output) -> None:
             click.echo(f"orphan folder (no row; left alone): {orphan}")
         for leftover in report.leftovers:
             click.echo(f"leftover folder (the application's scratch copy; left alone): {leftover}")
+        for line in application_state_lines(report.application_states):
+            click.echo(line)
         if report.coordination is not None:
             from .coordinate import coordination_line
 
@@ -462,14 +464,18 @@ def diff_command(context: Context, project_id: str, with_patch: bool, from_versi
 @workers_option
 @coordinate_option
 @metrics_file_option
+@click.option("--adopt-complete", is_flag=True,
+              help="Mark completed each `failed` generation whose folder holds exactly its output_files "
+                   "(the application's save finished, its activation raised); only if the row is unchanged.")
 @pass_context
-def resync(context: Context, workers: int, coordinate: bool, metrics_file: Path | None) -> None:
+def resync(context: Context, workers: int, coordinate: bool, metrics_file: Path | None, adopt_complete: bool) -> None:
     """The cron job: migrate stragglers, re-read changed generations, repair metadata, report orphans."""
     from .migrate import migrate
 
     with ProgressBar(context.output, "resyncing") as bar:
         report = migrate(context.settings, resync=True, progress=bar.factory(), workers=workers,
-                         keep_all=context.output.keeps_every_line(), coordinate=coordinate)
+                         keep_all=context.output.keeps_every_line(), coordinate=coordinate,
+                         adopt_complete=adopt_complete)
     finish(report, context.output, metrics_file)
 
 
@@ -486,6 +492,9 @@ def verify(context: Context) -> None:
     else:
         for problem in report.problems:
             click.echo(f"{problem.generation_id or '-'} {problem.kind}: {problem.detail}")
+        if not context.output.quiet:
+            for line in application_state_lines(report.application_states):
+                click.echo(line)
         if not context.output.quiet or not report.ok:
             click.echo(f"verify: {report.generations_checked} generations checked, "
                        f"{len(report.problems)} problem(s)", err=not report.ok)

@@ -370,6 +370,27 @@ def load_output_files(engine: Engine, generation_id: str) -> dict[str, str] | No
     return value if isinstance(value, dict) else None
 
 
+def adopt_failed_generation(engine: Engine, generation_id: str, seen: RowSeen, file_count: int,
+                            total_size_bytes: int | None) -> bool:
+    """``status`` failed → completed for a generation whose files are the application's own
+    record (``resync --adopt-complete``), only while the row still shows what was read: failed,
+    the same version, ``storage_path``, ``file_count`` and ``total_size_bytes``. False if the
+    application changed or deleted it meanwhile (nothing is written then)."""
+    if seen.status != "failed":
+        return False
+    with engine.begin() as connection:
+        written = connection.execute(
+            generations.update()
+            .where(generations.c.id == generation_id, generations.c.status == "failed",
+                   generations.c.version.is_not_distinct_from(seen.version),
+                   generations.c.storage_path.is_not_distinct_from(seen.storage_path),
+                   sa.func.coalesce(generations.c.file_count, 0) == file_count,
+                   generations.c.total_size_bytes.is_not_distinct_from(total_size_bytes))
+            .values(status="completed")
+        ).rowcount
+    return written == 1
+
+
 _UPDATE_GENERATION = (
     generations.update()
     .where(

@@ -486,11 +486,16 @@ class Executor:
 
 
 def _merged_summary(generation: GenerationRow, summary: diff.ChangeSummary | None) -> Any:
-    """``changes_summary`` as the tool computes it, merged into the application's keys; for a
-    failed generation (no diff) the column is left as it is."""
-    if summary is None:
+    """``changes_summary`` as the tool computes it, merged into the application's keys (its
+    ``diff_created_at`` stays); the version facts follow the numbers as they are now: the
+    application's ``to_version``, where present, is this generation's version, and
+    ``from_version`` is P. For a failed generation (no diff) only a ``to_version`` is corrected."""
+    merged = {**generation.summary, **(summary.to_json() if summary is not None else {})}
+    if "to_version" in merged:
+        merged["to_version"] = generation.version
+    if summary is None and merged == generation.summary:
         return generation.changes_summary
-    return {**generation.summary, **summary.to_json()}
+    return merged
 
 
 

@@ -33,13 +33,14 @@ from .lock import RunLock
 from .orphans import find_orphans
 from .plan import Action, GenerationPlan, ProjectPlan, plan_project
 from .records import ProjectRecord
-from .report import GenerationOutcome, ProgressFactory, RunReport, Workload
+from .report import ADOPTED, GenerationOutcome, ProgressFactory, RunReport, Workload, merge_states
 from .scan_ahead import ScanAhead, SummaryOrError, summarize_trees
 from .storage.layout import StorageLayout
 from .storage.manifest import TreeSummary, summarize_tree
 from .storage.opened import Storage, open_storage
 from .storage.recovery import RootTempFiles, recover_project, sweep_state
 from .storage.steps import handling_project, prepare_state_dir
+from .triage import adopt_complete, project_states, root_files
 from .workers import WorkerDied, chunked, run_in_workers
 
 WORKER_CHUNK_PROJECTS = 16
@@ -96,6 +97,9 @@ class RunOptions:
     resync: bool
     keep_all: bool
     legacy_links: bool
+    adopt_complete: bool = False
+    """``resync --adopt-complete``: failed-but-complete generations whose files are their
+    ``output_files`` are marked completed (``triage.adopt_complete``) before they are planned."""
     read_ahead: bool = False
     """Each process carrying out projects has a second one reading ahead (``scan_ahead``): set
     when there are at least twice as many workers as processes the projects can keep busy."""
@@ -111,6 +115,7 @@ def migrate(
     workers: int = 1,
     keep_all: bool = True,
     coordinate: bool = False,
+    adopt_complete: bool = False,
 ) -> RunReport:
     """Plan every project (or those in ``only_projects``) and, unless ``dry_run``, carry the
     plans out under the run lock. Returns the report.
@@ -122,9 +127,12 @@ def migrate(
 
     With ``coordinate`` this is one host's part of a coordinated run (``coordinate.py``): the
     projects of the buckets it claims, not all projects, under its share of the run lock.
+
+    Every report says what of the application's own inconsistent states it found
+    (``triage``); only ``adopt_complete`` changes one of them.
     """
     command = "resync" if resync else "run"
-    options = RunOptions(resync, keep_all, settings.legacy_links)
+    options = RunOptions(resync, keep_all, settings.legacy_links, adopt_complete=adopt_complete and not dry_run)
     report = RunReport(command=command, dry_run=dry_run, keep_all=keep_all)
     only = None if only_projects is None else sorted(only_projects)
     if coordinate:
@@ -149,6 +157,8 @@ def migrate(
             report.error = str(error)
         except KeyboardInterrupt:
             report.interrupted = True
+        if only is None and report.error is None and not report.interrupted:
+            report.application_states.update(root_files(installation.storage))
     return report.finish()
 
 
@@ -160,6 +170,7 @@ def _plan_only(installation: Installation, report: RunReport, resync: bool, only
     with ExitStack() as stack:
         ahead = stack.enter_context(ScanAhead(storage)) if workers >= 2 else None
         for record in iter_project_records(engine, only=only):
+            merge_states(report.application_states, project_states(storage, record, output_files_reader(engine)))
             plan = plan_project(record, storage, resync, output_files_reader(engine), ahead=ahead)
             summaries = move_summaries(storage, plan, ahead)
             for generation_plan in plan.generations:
@@ -238,6 +249,11 @@ def _carry_out_project(storage: Storage, engine: Engine, executor: Executor, opt
                        record: ProjectRecord, root_temps: RootTempFiles) -> None:
     generation_ids = [generation.id for generation in record.generations]
     recover_project(storage, record.project_id, generation_ids, root_temps)
+    states = executor.report.application_states
+    if options.adopt_complete:
+        record, adopted = adopt_complete(storage, engine, record, output_files_reader(engine))
+        states[ADOPTED].extend(adopted)
+    merge_states(states, project_states(storage, record, output_files_reader(engine)))
     with handling_project(record.project_id, generation_ids):
         executor.carry_out(plan_project(record, storage, options.resync, output_files_reader(engine),
                                         reserve=version_reserver(engine), ahead=executor.scan_ahead))

@@ -30,7 +30,7 @@ from .storage.layout import (
     parse_target_dir_name,
     source_dir,
 )
-from .storage.manifest import Manifest, ManifestHead, TreeSummary, read_manifest_head
+from .storage.manifest import Manifest, ManifestHead, TreeSummary, read_manifest, read_manifest_head
 from .storage.opened import Storage
 
 
@@ -91,6 +91,7 @@ class DiskState:
     fingerprints_match: bool | None  # None when not checked
     archived: bool = False           # <ROOT>/<project>/archive/v<N>__<id>/ exists
     has_temp_files: bool = False     # a killed write left a temp file beside source/
+    application_manifest: bool = False   # manifest.json beside source/ is not the tool's (the application wrote it)
 
 
 @dataclass(frozen=True)
@@ -184,8 +185,22 @@ def probe_disk(storage: Storage, generation: GenerationRow) -> DiskState:
         ))
         has_temp_files = any(is_temp_name(name) for name in names)
     archived = is_archived(storage, generation)
+    application = source_exists and legacy_kind == LegacyKind.DIR and has_application_manifest(storage, target)
     return DiskState(legacy_kind, target_exists, source_exists, manifest, patch_versions, None, archived,
-                     has_temp_files)
+                     has_temp_files, application)
+
+
+def has_application_manifest(storage: Storage, target: Path) -> bool:
+    """``target`` holds a ``manifest.json`` the application wrote, or one the tool merged keys of
+    the application's into (its ``metadata``): the application wrote this folder (it writes its
+    manifest before the files). The tool's own interrupted copy has none, or only the tool's
+    (its manifest is written after the move). Reads the whole manifest: called only where both
+    a flat folder and ``source/`` exist."""
+    path = manifest_path(target)
+    if not storage.occupied(path):
+        return False
+    manifest = read_manifest(storage, path)
+    return manifest is None or bool(set(manifest.extra) - {"created_at"})
 
 
 def _fingerprints_checked(disks: dict[str, DiskState], sources: Mapping[str, Path], summaries: Mapping[Path, SummaryOrError],
@@ -258,7 +273,8 @@ def _problem(generation: GenerationRow, record: ProjectRecord) -> str | None:
 def _summary_is_ours(generation: GenerationRow, expected_from: int | None) -> bool:
     summary = generation.summary
     counts_ok = all(isinstance(summary.get(key), int) for key in ("added", "modified", "deleted"))
-    return counts_ok and "from_version" in summary and summary.get("from_version") == expected_from
+    to_version_ok = "to_version" not in summary or summary["to_version"] == generation.version
+    return counts_ok and to_version_ok and "from_version" in summary and summary.get("from_version") == expected_from
 
 
 def _decide_on_disk(
@@ -359,10 +375,10 @@ def _decide_generation(
     if disk.source_exists:
         leftover = base.legacy_dir if disk.legacy_kind == LegacyKind.OTHER else None   # foreign: reported, left
         if disk.legacy_kind == LegacyKind.DIR:
-            if not written_in_new_layout:
+            if not written_in_new_layout and not disk.application_manifest:
                 return replace(base, action=Action.FINISH_MOVE, content_changes=True, manifest=disk.manifest,
                                reason="both the legacy folder and source/ exist (an interrupted copy)")
-            leftover = base.legacy_dir       # the application's scratch copy: reported, never touched
+            leftover = base.legacy_dir       # the application's scratch copy or its half-broken save: never touched
         action, reason = _decide_on_disk(generation, disk, path_is_right, base.from_version)
         if action == Action.UNCHANGED and previous is not None and previous.content_changes and base.from_version:
             action, reason = Action.REFRESH, f"v{previous.generation.version} changed, so the diff from it is redone"

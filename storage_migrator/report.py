@@ -5,8 +5,9 @@ happened to a generation; a dry run reports the ``Outcome`` each planned action 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
+from enum import Enum
 from typing import TYPE_CHECKING
 
 from .errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_SOME_FAILED
@@ -15,7 +16,39 @@ from .records import GenerationRow, Outcome, RowDrift, Tally
 if TYPE_CHECKING:
     from .plan import GenerationPlan
 
-__all__ = ["GenerationOutcome", "Outcome", "ProgressFactory", "RunReport", "Tally", "Workload"]
+__all__ = ["ApplicationState", "GenerationOutcome", "Outcome", "ProgressFactory", "RunReport", "Tally", "Workload"]
+
+
+class ApplicationState(str, Enum):
+    """The application's inconsistent rows a report lists (found by ``triage``)."""
+
+    FAILED_BUT_COMPLETE = "failed_but_complete"
+    COMPLETED_WITHOUT_STORAGE_PATH = "completed_without_storage_path"
+    FLAT_AND_HIERARCHICAL = "flat_and_hierarchical_without_storage_path"
+
+
+ADOPTED = "adopted"          # marked completed by ``resync --adopt-complete``
+ROOT_ZIPS = "root_zips"      # the application's ``<ROOT>/<id>.zip`` downloads
+ROOT_FILES = "root_files"    # anything else at ROOT's top level that is not a folder
+APPLICATION_STATE_KEYS = (*(state.value for state in ApplicationState), ADOPTED, ROOT_ZIPS, ROOT_FILES)
+"""The keys of a report's ``application_states``: each a sorted list of generation ids (of
+names at ROOT for the last two), every key always present."""
+
+
+def empty_states() -> dict[str, list[str]]:
+    return {key: [] for key in APPLICATION_STATE_KEYS}
+
+
+def merge_states(states: dict[str, list[str]], more: Mapping[str, list[str]]) -> None:
+    for key, found in more.items():
+        states.setdefault(key, []).extend(found)
+
+
+def application_state_lines(states: Mapping[str, list[str]]) -> list[str]:
+    """The text section: one line per state found, its count and its ids (or names)."""
+    return [f"application state {key} ({len(states[key])}): {' '.join(sorted(states[key]))}"
+            for key in APPLICATION_STATE_KEYS if states.get(key)]
+
 
 
 @dataclass(frozen=True)
@@ -119,6 +152,7 @@ class RunReport:
     outcomes: list[GenerationOutcome] = field(default_factory=list)
     orphans: list[str] = field(default_factory=list)
     leftovers: list[str] = field(default_factory=list)
+    application_states: dict[str, list[str]] = field(default_factory=empty_states)   # see ``triage``
     bytes_handled: int = 0
     error: str | None = None          # why the run stopped early (e.g. the database went away)
     interrupted: bool = False         # Ctrl-C or SIGTERM: what was done is still reported
@@ -146,6 +180,7 @@ class RunReport:
         """Fold a worker's report into this one (its lines were already filtered the same way)."""
         self.outcomes.extend(other.outcomes)
         self.leftovers.extend(other.leftovers)
+        merge_states(self.application_states, other.application_states)
         self.migrated += other.migrated
         self.skipped += other.skipped
         self.unchanged += other.unchanged
@@ -181,6 +216,7 @@ class RunReport:
             "seconds": round(self.seconds, 3),
             "orphans": self.orphans,
             "leftovers": self.leftovers,
+            "application_states": {key: sorted(found) for key, found in self.application_states.items()},
             "error": self.error,
             "interrupted": self.interrupted,
             "generations": [outcome.to_json() for outcome in self.outcomes],

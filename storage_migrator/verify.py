@@ -7,7 +7,10 @@ link. Every normal state of the running application is accepted: rows still bein
 failed rows without files, version gaps and duplicates (resync renumbers), archived versions,
 a patch whose base the application just archived or deleted (resync re-bases it), a generation
 the application wrote itself without a flat link (resync adds it), the application's manifests
-and ``diff -ru`` patches (checked by their file list). No symlink below ROOT is followed: one
+and ``diff -ru`` patches (checked by their file list), and the application's inconsistent rows
+(``triage``: a completed row with NULL ``storage_path`` beside the folder it wrote, NULL
+``storage_path`` with both its flat and its hierarchical folder, failed rows whose folder is
+complete), which the report lists apart, not as problems. No symlink below ROOT is followed: one
 where a project folder, ``generations/``, ``archive/``, a version folder, an archive entry or a
 ``source/`` folder should be is a problem, never a reason to skip.
 """
@@ -20,11 +23,13 @@ import sqlalchemy as sa
 
 from . import diff
 from .config import Settings
-from .db import has_active_generation_key, iter_project_records, missing_columns
+from .db import has_active_generation_key, iter_project_records, load_output_files, missing_columns
 from .errors import EXIT_OK, EXIT_VERIFY_PROBLEMS, FAILS_ONE_GENERATION, GenerationError, LockHeld, failure_line
 from .installation import open_installation
 from .lock import current_holder
+from .plan import has_application_manifest
 from .records import GenerationRow, ProjectRecord
+from .report import empty_states, merge_states
 from .storage.layout import (
     ARCHIVE_DIR,
     MAX_PATCH_BYTES,
@@ -38,6 +43,7 @@ from .storage.manifest import read_manifest
 from .storage.opened import Storage
 from .storage.source_tree import ManifestTree
 from .storage.tree import TreeSnapshot, git_blob_id_file, read_regular_file, scan_tree
+from .triage import project_states, root_files
 
 SourceTree = ManifestTree | TreeSnapshot
 COUNT_KEYS = ("added", "modified", "deleted")
@@ -72,6 +78,7 @@ class _Bases:
 class VerifyReport:
     problems: list[Problem] = field(default_factory=list)
     generations_checked: int = 0
+    application_states: dict[str, list[str]] = field(default_factory=empty_states)   # see ``triage``
 
     @property
     def ok(self) -> bool:
@@ -83,7 +90,8 @@ class VerifyReport:
 
     def to_json(self) -> dict:
         return {"ok": self.ok, "generations_checked": self.generations_checked,
-                "problems": [problem.to_json() for problem in self.problems]}
+                "problems": [problem.to_json() for problem in self.problems],
+                "application_states": {key: sorted(found) for key, found in self.application_states.items()}}
 
 
 def verify(settings: Settings) -> VerifyReport:
@@ -94,9 +102,13 @@ def verify(settings: Settings) -> VerifyReport:
             raise LockHeld(f"verify: a run is changing the installation ({holder}); what it has not finished would "
                            "show as problems — verify when it has finished")
         report.problems.extend(_schema_problems(installation.engine))
-        for record in iter_project_records(installation.engine):
+        engine = installation.engine
+        for record in iter_project_records(engine):
             report.problems.extend(_project_problems(installation.storage, record, settings.legacy_links))
+            merge_states(report.application_states, project_states(
+                installation.storage, record, lambda generation_id: load_output_files(engine, generation_id)))
             report.generations_checked += len(record.generations)
+        report.application_states.update(root_files(installation.storage))
     return report
 
 
@@ -195,6 +207,9 @@ def _generation_problems(
         return None
     if not storage.layout.names_target(generation.storage_path, generation.project_id, version, generation.id):
         legacy = storage.layout.legacy_dir(generation.id)
+        if generation.storage_path is None and storage.is_folder(source_dir(target)) and (
+                not storage.is_folder(legacy) or has_application_manifest(storage, target)):
+            return None                 # the application wrote the folder, not the column: resync fills it
         if storage.is_folder(legacy):
             problems.append(Problem(generation.id, "not-migrated",
                                     f"still at {generation.storage_path}; run `storage-migrate resync`"))

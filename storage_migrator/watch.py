@@ -58,6 +58,9 @@ from .storage.layout import ACTIVE_LINK, is_tool_written, is_utf8_name
 
 POLL_SECONDS = 0.2
 OBSERVER_STOP_SECONDS = 10
+STATE_DIR_TOUCH_SECONDS = 3600.0
+"""How often a living ``watch`` refreshes its state folder's modification time (the
+application's ``cleanup_old_files`` removes top-level entries of ROOT older than 30 days)."""
 MAX_PENDING_NAMES = 5000        # folders waiting for a resync; past this, resync every project
 NAMES_PER_QUERY = ROWS_PER_STATEMENT    # names looked up in one statement
 OVERFLOW_REASON = "the kernel's event queue overflowed"
@@ -318,6 +321,7 @@ def watch(
                                 on_overflow=metrics.overflows.inc if metrics is not None else lambda: None)
     watching = Watching(collector, storage.resolved_path)
     say(f"watch: watching {storage.resolved_path} (resync {debounce_seconds:g} s after the last change)")
+    fresh_until = time.monotonic() + STATE_DIR_TOUCH_SECONDS
     try:
         while not stop.wait(POLL_SECONDS):
             watching.renew_if_events_were_lost()
@@ -329,6 +333,9 @@ def watch(
             resync_pending(settings, engine, collector, debounce_seconds, on_report, keep_all)
             if metrics is not None:
                 metrics.lag.set(collector.oldest_pending_age())
+            if time.monotonic() >= fresh_until:
+                storage.keep_state_dir_fresh()
+                fresh_until = time.monotonic() + STATE_DIR_TOUCH_SECONDS
     finally:
         watching.stop()
         engine.dispose()

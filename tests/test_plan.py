@@ -7,6 +7,7 @@ layout, scratch copies, archives), §4 (metadata, diff base, duplicate versions)
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -297,6 +298,20 @@ def test_scratch_copy_is_a_leftover_not_an_interrupted_copy(prefix: str, manifes
 def test_no_leftover_without_a_real_legacy_folder(legacy: LegacyKind) -> None:
     generation = settled("g", 1)
     assert decide_one(generation, on_disk(generation, legacy=legacy)).leftover is None
+
+
+@pytest.mark.parametrize("status", ["completed", "failed"])
+def test_flat_folder_beside_the_applications_own_folder_is_its_leftover(status: str) -> None:
+    """SPEC §1a: NULL storage_path with both <ROOT>/<id>/ and v<N>__<id>/source/ under the
+    application's manifest (a save that broke half-way, or its scratch copy beside it) is the
+    application's: never finished as the tool's interrupted copy (which would delete the flat
+    folder, or fail every resync when the two differ)."""
+    generation = row("g", 1, status)
+    state = replace(disk(LegacyKind.DIR, source=True), application_manifest=True)
+    plan = decide_one(generation, state)
+    assert plan.action == Action.REFRESH, plan.reason
+    assert plan.leftover == LAYOUT.legacy_dir("g")
+    assert plan.storage_path == target_path("g", 1)
 
 
 def test_interrupted_copy_has_no_leftover() -> None:

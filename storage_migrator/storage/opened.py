@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import os
 import stat
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -129,6 +130,17 @@ class Storage:
         """Set the modification time of the file ``path`` (never through a link)."""
         self.root.set_times(self.parts(path), mtime_ns)
 
+    def keep_state_dir_fresh(self) -> None:
+        """Set the tool's state folder's modification time to now, if it is a real folder: the
+        application's ``cleanup_old_files`` removes every top-level entry of ROOT older than its
+        age limit (30 days), so the folder is touched by every command that opens ROOT and
+        periodically by ``watch``. A ROOT mounted read-only leaves it as it is."""
+        if self.is_folder(self.layout.state_dir):
+            try:
+                self.set_mtime(self.layout.state_dir, time.time_ns())
+            except OSError:
+                pass
+
 
 def open_storage(layout: StorageLayout) -> Storage:
     """Open ROOT (a symlink in ROOT's own path is followed: it is the operator's choice) after
@@ -159,3 +171,4 @@ def _check_state_dir(storage: Storage) -> None:
     if found.st_dev != os.fstat(storage.root.fileno()).st_dev:
         raise UsageError(f"{state_dir} is on another filesystem than {storage.path}; "
                          "unmount whatever is there and rerun")
+    storage.keep_state_dir_fresh()

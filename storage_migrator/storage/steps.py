@@ -248,6 +248,7 @@ def prepare_state_dir(storage: Storage) -> None:
     for folder in (state_dir, state_dir / TRASH_DIR, state_dir / MOVING_DIR):
         if not storage.is_folder(folder):
             raise UsageError(f"{folder} is not a real folder (a symlink is never followed); remove it and rerun")
+    storage.keep_state_dir_fresh()
 
 
 _handled_project: ContextVar[tuple[str, frozenset[str]] | None] = ContextVar("handled_project", default=None)
