@@ -248,7 +248,7 @@ class Participant:
         order = [(offset + step) % BUCKETS for step in range(BUCKETS)]
         seen: dict[int, int] = {}           # bucket → pid of the done marker seen
         contested: set[int] = set()         # seen claimed by another, or its marker vanished
-        scanner = False
+        scanner = asked_to_scan = False
         while True:
             done, _, _ = self._snapshot()
             for bucket in list(seen):
@@ -260,7 +260,11 @@ class Participant:
             seen.update({bucket: pid for bucket, pid in done.items() if bucket not in seen})
             pending = [bucket for bucket in order if bucket not in seen]
             if not pending:
-                if orphan_scan is not None and not scanner:
+                if orphan_scan is not None and not asked_to_scan:
+                    # Asked once: the first to arrive holds the lock past the barrier, which every
+                    # other participant reaches (and asks at) before it; asking again after the
+                    # holder left would scan twice.
+                    asked_to_scan = True
                     scanner = self._try("pg_try_advisory_lock", ORPHANS_CLASS, 0)
                 if self._at_barrier():
                     break
