@@ -117,3 +117,7 @@ def test_text_summary_counts_unchanged_generations_apart_from_skipped(installati
     again = run_cli(installation, "run")
     summary = again.stdout.strip().splitlines()[-1]
     assert summary.startswith(f"run: migrated 0, unchanged {first['migrated']}, skipped "), summary
+
+
+def test_watch_refuses_a_negative_debounce(installation: Installation) -> None:
+    assert_one_line_error(run_cli(installation, "watch", "--debounce", "-1"), "--debounce")
