@@ -36,7 +36,7 @@ def _insert(connection: sa.Connection, generation_id: str, created_at: object) -
 
 
 def test_sqlite_naive_text_reads_as_aware_utc(sqlite_url: str) -> None:
-    engine = db.create_database_engine(sqlite_url)
+    engine = db.create_database_engine(sqlite_url, create=True)
     db.metadata.create_all(engine)
     with engine.begin() as connection:
         _insert(connection, "naive", None)
