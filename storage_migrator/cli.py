@@ -503,12 +503,14 @@ def verify(context: Context) -> None:
 
 @main.command()
 @global_options_again
+@click.option("--project", "project_id", metavar="ID",
+              help="Only this project's generations (the undo at the application's later schema revisions).")
 @pass_context
-def rollback(context: Context) -> None:
+def rollback(context: Context, project_id: str | None) -> None:
     """Move every generation back to <ROOT>/<generation_id>/ and restore storage_path."""
     from .rollback import rollback as rollback_installation
 
-    report = rollback_installation(context.settings, keep_all=context.output.keeps_every_line())
+    report = rollback_installation(context.settings, keep_all=context.output.keeps_every_line(), project_id=project_id)
     render_report(report, context.output)
     sys.exit(report.exit_code)
 
@@ -558,10 +560,13 @@ def db_group() -> None:
 @click.option("--sql", is_flag=True, help="Print the SQL instead of running it (offline mode).")
 @pass_context
 def db_upgrade(context: Context, revision: str, sql: bool) -> None:
-    """Upgrade the schema to REVISION (default: head)."""
+    """Upgrade the schema to REVISION (default: head). At a later revision of the application's,
+    with every column the tool needs, there is nothing to do: says so, exit 0."""
     from .db_commands import upgrade
 
-    upgrade(context.settings, revision, sql=sql)
+    nothing_to_do = upgrade(context.settings, revision, sql=sql)
+    if nothing_to_do is not None and not context.output.quiet:
+        click.echo(nothing_to_do, err=True)
 
 
 @db_group.command("downgrade")
@@ -570,7 +575,8 @@ def db_upgrade(context: Context, revision: str, sql: bool) -> None:
 @click.option("--sql", is_flag=True, help="Print the SQL instead of running it (offline mode).")
 @pass_context
 def db_downgrade(context: Context, revision: str, sql: bool) -> None:
-    """Downgrade the schema to REVISION (e.g. e011ab9dd223, after `storage-migrate rollback`)."""
+    """Downgrade the schema to REVISION (e.g. e011ab9dd223, after `storage-migrate rollback`).
+    Refused (exit 2) at a later revision of the application's: the schema stays there."""
     from .db_commands import downgrade
 
     downgrade(context.settings, revision, sql=sql)

@@ -1,17 +1,26 @@
 """``storage-migrate db upgrade|downgrade|current``: Alembic's command API with the tool's URL
-handling and errors, so the schema can be migrated wherever the wheel is installed."""
+handling and errors, so the schema can be migrated wherever the wheel is installed.
+
+A database at a revision these scripts do not know was migrated further by the application
+(its ``add_auto_created_projects``, ``7e78789cc89a`` …): Alembic cannot move it with this tool's
+scripts, so neither command hands it to Alembic. ``upgrade`` there has nothing to do when the
+tool's columns are present (the tool checks columns, not revisions: ``db.check_schema``) and
+says so, exit 0; ``downgrade`` refuses in one line, exit 2: the schema stays, because the
+application's code at that revision needs those columns, and the undo is the storage rollback
+alone (``rollback``, or ``rollback --project ID``)."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager
+from typing import NoReturn
 
 import sqlalchemy as sa
 
-from .config import Settings
-from .db import create_database_engine, current_revision, display_url, first_line
+from .config import HEAD_REVISION, Settings
+from .db import create_database_engine, current_revision, display_url, first_line, missing_columns
 from .errors import DatabaseUnavailable, UsageError
 from .lock import DatabaseLock, RunLock
-from .schema import downgrade_schema, upgrade_schema
+from .schema import downgrade_schema, known_revisions, upgrade_schema
 from .storage.layout import StorageLayout
 from .storage.opened import open_storage
 
@@ -44,30 +53,71 @@ def _schema_lock(settings: Settings, engine: sa.Engine) -> AbstractContextManage
     return stack
 
 
-def _run(settings: Settings, migrate: Callable[[], None], sql: bool) -> None:
-    """Change the schema while holding the run lock (``_schema_lock``). ``--sql`` only prints,
-    and takes no lock."""
+UnknownRevision = Callable[[sa.Engine, str], "str | None"]
+"""What a command does at a database revision this tool does not know: raise, or return the
+one line to print."""
+
+
+def _run(settings: Settings, migrate: Callable[[], None], sql: bool, at_unknown_revision: UnknownRevision) -> str | None:
+    """Change the schema while holding the run lock (``_schema_lock``), unless the database is
+    at a revision this tool does not know (``at_unknown_revision`` decides). ``--sql`` only
+    prints, and takes no lock and reads no database. Returns a line to print, if any."""
     if sql:
         if settings.database_url.startswith("sqlite"):
             raise UsageError("--sql prints PostgreSQL's SQL only: on SQLite, Alembic rebuilds each altered table "
                              "from the live database; back up the SQLite file and run `db upgrade` without --sql")
         with _alembic_errors(settings.database_url):
             migrate()
-        return
+        return None
     engine = create_database_engine(settings.database_url, command="storage-migrate db")   # validates the URL
     try:
         with _alembic_errors(settings.database_url), _schema_lock(settings, engine):
+            revision = _unknown_revision(engine)
+            if revision is not None:
+                return at_unknown_revision(engine, revision)
             migrate()
+            return None
     finally:
         engine.dispose()
 
 
-def upgrade(settings: Settings, revision: str = "head", sql: bool = False) -> None:
-    _run(settings, lambda: upgrade_schema(settings.database_url, revision, sql=sql), sql)
+def _unknown_revision(engine: sa.Engine) -> str | None:
+    """The database's revision if this tool's scripts do not know it (None for a known one or
+    an empty database)."""
+    with engine.connect() as connection:
+        revision = current_revision(connection)
+    if revision is None or set(revision.split(",")) <= known_revisions():
+        return None
+    return revision
+
+
+def _past_head(engine: sa.Engine, revision: str) -> str:
+    """``upgrade`` at an unknown revision: nothing to do if the tool's columns are there."""
+    with engine.connect() as connection:
+        missing = missing_columns(connection)
+    if missing:
+        listed = "; ".join(f"{table} lacks {', '.join(columns)}" for table, columns in missing.items())
+        raise UsageError(f"the database is at revision {revision}, which this tool does not know, and {listed}: "
+                         "it is not a later revision of the application's schema this tool can work with; "
+                         "check DATABASE_URL")
+    return (f"the schema is already past this tool's head {HEAD_REVISION}: the database is at {revision} (a later "
+            "revision of the application's) and has every column the tool needs; nothing to do")
+
+
+def _refuse_downgrade(engine: sa.Engine, revision: str) -> NoReturn:
+    raise UsageError(f"the database is at revision {revision}, which this tool does not know (a later migration of "
+                     "the application's): do not downgrade — the schema stays, the application's code at that revision "
+                     "needs those columns; undo the storage only with `storage-migrate rollback` "
+                     "(`rollback --project ID` for one project)")
+
+
+def upgrade(settings: Settings, revision: str = "head", sql: bool = False) -> str | None:
+    """Returns the line to print when there was nothing to do (the schema is past this tool's head)."""
+    return _run(settings, lambda: upgrade_schema(settings.database_url, revision, sql=sql), sql, _past_head)
 
 
 def downgrade(settings: Settings, revision: str, sql: bool = False) -> None:
-    _run(settings, lambda: downgrade_schema(settings.database_url, revision, sql=sql), sql)
+    _run(settings, lambda: downgrade_schema(settings.database_url, revision, sql=sql), sql, _refuse_downgrade)
 
 
 def current(database_url: str) -> str | None:

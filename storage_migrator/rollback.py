@@ -15,17 +15,24 @@ skipped and nothing of it — folder, files, row, flat link — is looked at or 
 any component on the way to a generation's folder (project folder, ``generations/``, the
 ``v<N>__<id>`` folder, ``source/``) fails that generation with a line naming the link; nothing
 behind a link is read, changed or deleted.
+
+``rollback --project ID`` does the same for one project, under the same run lock: its
+interrupted steps are recovered and its generations go back as above; nothing of another
+project — its folders, rows, its entries in the tool's state folder, the temp files at ROOT
+of its generations — is looked at. This is the undo at the application's later schema
+revisions, where the schema must stay (the application's later code needs those columns).
 """
 from __future__ import annotations
 
 import os
 import stat
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .batch import BatchWriter
 from .config import Settings
-from .db import iter_project_records
-from .errors import FAILS_ONE_GENERATION, GenerationError, failure_line
+from .db import iter_project_records, load_projects
+from .errors import FAILS_ONE_GENERATION, GenerationError, UsageError, failure_line
 from .faults import checkpoint
 from .installation import open_installation
 from .lock import RunLock
@@ -49,33 +56,51 @@ from .storage.root import printable
 from .storage.steps import discard_tree, move_tree, prepare_state_dir, remove_symlink, remove_tree
 from .storage.tree import read_prefix, scan_tree
 
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
+
 GIT_PATCH_START = b"diff --git "
 UNFINISHED_REASON = "pending or processing: the application may still be writing it, so rollback leaves it as it is"
 ARCHIVED_REASON = ("archived by the application (<project>/archive/v<N>__<id>/): its folder and row are the "
                    "application's, so rollback leaves both as they are")
 
 
-def rollback(settings: Settings, keep_all: bool = True) -> RunReport:
+def rollback(settings: Settings, keep_all: bool = True, project_id: str | None = None) -> RunReport:
+    """Every project back to the legacy layout, or only ``project_id``'s (``UsageError``, exit 2,
+    if the database knows no such project: neither its row nor a generation of it)."""
     report = RunReport(command="rollback", keep_all=keep_all)
     with open_installation(settings, "rollback") as installation:
         storage, engine = installation.storage, installation.engine
         with RunLock(storage, engine, "storage-migrate rollback"):
+            records = iter_project_records(engine) if project_id is None else iter(_one_project(engine, project_id))
             prepare_state_dir(storage)
             root_temps = RootTempFiles.listed(storage)
             writer = BatchWriter(engine, report)
             try:
-                for record in iter_project_records(engine):
+                for record in records:
                     recover_project(storage, record.project_id, [g.id for g in record.generations], root_temps)
                     for generation in record.generations:
                         writer.add(*_restore_generation(storage, generation))
                     _remove_project_links(storage, record)
                     writer.flush_if_full()
-                sweep_state(storage)                     # rollback has ROOT to itself (the run lock)
+                if project_id is None:
+                    sweep_state(storage)                 # rollback has ROOT to itself (the run lock)
             except KeyboardInterrupt:
                 report.interrupted = True
             finally:
                 writer.flush()
     return report.finish()
+
+
+def _one_project(engine: Engine, project_id: str) -> list[ProjectRecord]:
+    """``project_id``'s record, read under the run lock; ``UsageError`` if the database has no
+    trace of it (checked before anything on disk is touched)."""
+    with engine.connect() as connection:
+        records = load_projects(connection, [project_id])
+    if not records or (not records[0].exists and not records[0].generations):
+        raise UsageError(f"project {project_id!r} not found in the database (no project row, no generation); "
+                         "check the id — nothing was rolled back")
+    return records
 
 
 def _restore_generation(storage: Storage, generation: GenerationRow) -> tuple[GenerationOutcome, GenerationUpdate | None]:

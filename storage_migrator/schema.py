@@ -48,3 +48,12 @@ def downgrade_schema(database_url: str, revision: str, sql: bool = False) -> Non
 
     command.downgrade(alembic_config(database_url), revision, sql=sql)
 
+
+
+def known_revisions() -> frozenset[str]:
+    """Every revision id of this tool's migration scripts. A database at any other revision
+    was migrated further by the application (``7e78789cc89a`` and the ones before it): Alembic
+    cannot move it from there with these scripts."""
+    from alembic.script import ScriptDirectory
+
+    return frozenset(script.revision for script in ScriptDirectory(str(script_location())).walk_revisions())
