@@ -16,6 +16,7 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
+from .cloud import CloudStorage
 from .config import (
     DEFAULT_DATABASE_URL,
     DEFAULT_STORAGE_ROOT,
@@ -24,7 +25,7 @@ from .config import (
     normalize_database_url,
 )
 from .errors import EXIT_INTERRUPTED, EXIT_USAGE, CommandError, LockHeld
-from .report import ProgressFactory, RunReport, Workload, application_state_lines
+from .report import ProgressFactory, RunReport, Workload, application_state_lines, cloud_key_lines
 
 
 class ToolGroup(click.Group):
@@ -105,6 +106,9 @@ class Output:
 class Context:
     settings: Settings
     output: Output
+    cloud: CloudStorage | None = None
+    """The application's cloud storage, from its environment variables (``cloud``): a report
+    lists the cloud copies a renumbering left under an old number."""
 
 
 _GIVEN_AFTER_COMMAND = "storage_migrator.global_options_after_the_command"
@@ -142,7 +146,7 @@ def _tool_context(click_context: click.Context) -> Context:
         click_context.meta[_ANNOUNCED] = True
         click.echo(f"storage-migrate: database {display_url(settings.database_url)}, "
                    f"ROOT {os.path.abspath(settings.storage_root)}", err=True)
-    return Context(settings, output)
+    return Context(settings, output, CloudStorage.from_environment(os.environ))
 
 
 def pass_context(function: Callable) -> Callable:
@@ -217,9 +221,11 @@ def _bar_columns() -> int:
     return max(20, columns - 4)
 
 
-def render_report(report: RunReport, output: Output) -> None:
+def render_report(report: RunReport, output: Output, cloud: CloudStorage | None = None) -> None:
+    """The report as JSON or text. The cloud copies to rename are printed even with -q: they
+    are the operator's to do, and a renumbering mostly happens in a cron resync."""
     if output.as_json:
-        click.echo(json.dumps(report.to_json(), indent=2))
+        click.echo(json.dumps(report.to_json(cloud), indent=2))
         return
     for outcome in report.outcomes:
         verb = f"would be {outcome.action.value}" if report.dry_run else outcome.action.value
@@ -247,6 +253,8 @@ def render_report(report: RunReport, output: Output) -> None:
         click.echo(f"error: {report.error}", err=True)
     if report.interrupted:
         click.echo("interrupted: stopped after the generation at hand; rerun to finish", err=True)
+    for line in cloud_key_lines(report.renumberings, cloud, report.dry_run):
+        click.echo(line)
     if not output.quiet:
         for orphan in report.orphans:
             click.echo(f"orphan folder (no row; left alone): {orphan}")
@@ -374,9 +382,9 @@ def metrics_file_option(function: Callable) -> Callable:
                         "(for node_exporter's textfile collector).")(function)
 
 
-def finish(report: RunReport, output: Output, metrics_file: Path | None) -> None:
+def finish(report: RunReport, context: Context, metrics_file: Path | None) -> None:
     """Render ``report``, write its metrics file if asked, and exit with its code."""
-    render_report(report, output)
+    render_report(report, context.output, context.cloud)
     if metrics_file is not None and not report.dry_run:
         from .metrics import write_metrics_file
 
@@ -399,7 +407,7 @@ def run(context: Context, dry_run: bool, workers: int, coordinate: bool = False,
     with ProgressBar(context.output, "migrating") as bar:
         report = migrate(context.settings, dry_run=dry_run, progress=bar.factory(), workers=workers,
                          keep_all=dry_run or context.output.keeps_every_line(), coordinate=coordinate and not dry_run)
-    finish(report, context.output, metrics_file)
+    finish(report, context, metrics_file)
 
 
 @main.command("demo-data")
@@ -476,7 +484,7 @@ def resync(context: Context, workers: int, coordinate: bool, metrics_file: Path 
         report = migrate(context.settings, resync=True, progress=bar.factory(), workers=workers,
                          keep_all=context.output.keeps_every_line(), coordinate=coordinate,
                          adopt_complete=adopt_complete)
-    finish(report, context.output, metrics_file)
+    finish(report, context, metrics_file)
 
 
 @main.command()
@@ -541,9 +549,9 @@ def watch(context: Context, debounce: float, metrics_port: int | None, metrics_a
         if not (report.migrated or report.failed):
             return
         if context.output.as_json:
-            click.echo(json.dumps(report.to_json()))
+            click.echo(json.dumps(report.to_json(context.cloud)))
         else:
-            render_report(report, context.output)
+            render_report(report, context.output, context.cloud)
 
     watch_storage(context.settings, debounce_seconds=debounce, on_report=on_report,
                   keep_all=context.output.keeps_every_line(), metrics=metrics)

@@ -80,6 +80,7 @@ def plan_outcome(plan: GenerationPlan, summaries: Mapping[Path, SummaryOrError])
         from_version=plan.from_version if action.ends_on_disk else None,
         file_count=file_count,
         total_size_bytes=total_size_bytes,
+        renumbered_from=plan.renumbered_from,
     )
 
 

@@ -10,13 +10,15 @@ from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import TYPE_CHECKING
 
+from .cloud import CloudStorage, object_key
 from .errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_SOME_FAILED
 from .records import GenerationRow, Outcome, RowDrift, Tally
 
 if TYPE_CHECKING:
     from .plan import GenerationPlan
 
-__all__ = ["ApplicationState", "GenerationOutcome", "Outcome", "ProgressFactory", "RunReport", "Tally", "Workload"]
+__all__ = ["ApplicationState", "GenerationOutcome", "Outcome", "ProgressFactory", "Renumbering", "RunReport", "Tally",
+           "Workload"]
 
 
 class ApplicationState(str, Enum):
@@ -51,10 +53,37 @@ def application_state_lines(states: Mapping[str, list[str]]) -> list[str]:
 
 
 
+@dataclass(frozen=True, slots=True)
+class Renumbering:
+    """A generation the command gave another version (or, in a dry run, would give)."""
+
+    generation_id: str
+    project_id: str
+    from_version: int
+    to_version: int
+
+    def cloud_keys(self) -> dict[str, str]:
+        """The application's cloud copy, under its old number, and the key it now belongs at."""
+        return {"generation_id": self.generation_id,
+                "from": object_key(self.project_id, self.from_version, self.generation_id),
+                "to": object_key(self.project_id, self.to_version, self.generation_id)}
+
+
+def cloud_key_lines(renumberings: list[Renumbering], cloud: CloudStorage | None, dry_run: bool) -> list[str]:
+    """The text section: one line per cloud object that now carries an old number (none when
+    the application's cloud storage is off)."""
+    if cloud is None:
+        return []
+    when = "after the run " if dry_run else ""
+    return [f"cloud copy to rename {when}in bucket {cloud.bucket} (if it exists; the tool never calls the cloud): "
+            f"{keys['from']} -> {keys['to']}" for keys in (renumbering.cloud_keys() for renumbering in renumberings)]
+
+
 @dataclass(frozen=True)
 class GenerationOutcome:
     """One generation's line in a report: what happened (or, in a dry run, would happen) to it;
-    ``reason`` says why it was skipped or redone."""
+    ``reason`` says why it was skipped or redone; ``renumbered_from`` is the version its row had
+    before the command gave it ``version``."""
 
     id: str
     project_id: str
@@ -67,6 +96,7 @@ class GenerationOutcome:
     from_version: int | None = None
     file_count: int | None = None
     total_size_bytes: int | None = None
+    renumbered_from: int | None = None
 
     @property
     def tally(self) -> Tally:
@@ -91,9 +121,11 @@ class GenerationOutcome:
     @classmethod
     def from_plan(cls, plan: GenerationPlan, action: Outcome, storage_path: str | None,
                   **details: object) -> GenerationOutcome:
-        """The line of a planned generation: the plan's reason goes with it unless it failed."""
+        """The line of a planned generation: the plan's reason goes with it unless it failed,
+        and the version it is renumbered from."""
         if "error" not in details or details["error"] is None:
             details.setdefault("reason", plan.reason)
+        details.setdefault("renumbered_from", plan.renumbered_from)
         return cls.of_row(plan.generation, action, storage_path, **details)
 
     def failed_with(self, error: str) -> GenerationOutcome:
@@ -153,6 +185,7 @@ class RunReport:
     orphans: list[str] = field(default_factory=list)
     leftovers: list[str] = field(default_factory=list)
     application_states: dict[str, list[str]] = field(default_factory=empty_states)   # see ``triage``
+    renumberings: list[Renumbering] = field(default_factory=list)   # every one, whatever ``keep_all``
     bytes_handled: int = 0
     error: str | None = None          # why the run stopped early (e.g. the database went away)
     interrupted: bool = False         # Ctrl-C or SIGTERM: what was done is still reported
@@ -175,11 +208,16 @@ class RunReport:
             self.unchanged += outcome.action is Outcome.UNCHANGED
         if self.keep_all or outcome.failed or outcome.skipped:
             self.outcomes.append(outcome)
+        if tally is Tally.MIGRATED and outcome.renumbered_from is not None and outcome.version is not None \
+                and outcome.renumbered_from != outcome.version:
+            self.renumberings.append(Renumbering(outcome.id, outcome.project_id, outcome.renumbered_from,
+                                                 outcome.version))
 
     def merge(self, other: RunReport) -> None:
         """Fold a worker's report into this one (its lines were already filtered the same way)."""
         self.outcomes.extend(other.outcomes)
         self.leftovers.extend(other.leftovers)
+        self.renumberings.extend(other.renumberings)
         merge_states(self.application_states, other.application_states)
         self.migrated += other.migrated
         self.skipped += other.skipped
@@ -203,7 +241,9 @@ class RunReport:
             return EXIT_INTERRUPTED
         return EXIT_SOME_FAILED if self.failed or self.error else EXIT_OK
 
-    def to_json(self) -> dict:
+    def to_json(self, cloud: CloudStorage | None = None) -> dict:
+        """The JSON document; ``cloud_keys_to_rename`` lists the renumberings' cloud objects
+        when the application's cloud storage is on (``cloud``), else it is empty."""
         coordination = {} if self.coordination is None else {"coordination": self.coordination}
         return {
             "command": self.command,
@@ -217,6 +257,8 @@ class RunReport:
             "orphans": self.orphans,
             "leftovers": self.leftovers,
             "application_states": {key: sorted(found) for key, found in self.application_states.items()},
+            "cloud_keys_to_rename": [] if cloud is None else [renumbering.cloud_keys()
+                                                              for renumbering in self.renumberings],
             "error": self.error,
             "interrupted": self.interrupted,
             "generations": [outcome.to_json() for outcome in self.outcomes],
