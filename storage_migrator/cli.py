@@ -311,7 +311,8 @@ def _global_options(*, after_the_command: bool) -> Callable[[Callable], Callable
                "flat-layout code."),
         option("--json", "as_json", is_flag=True, default=False, help="Print JSON on stdout instead of text."),
         option("-q", "--quiet", is_flag=True, default=False,
-               help="Print only errors (another run holding the lock, exit 75, is not one)."),
+               help="Print only errors (another run holding the lock, exit 75, is not one) and the "
+               "cloud copies a renumbering left under an old number."),
         option("-v", "--verbose", is_flag=True, default=False, help="Print every generation."),
     ]
 
