@@ -94,7 +94,7 @@ class Executor:
     scan_ahead: ScanAhead | None = None
     _writer: BatchWriter = field(init=False)
     _next_move: dict[str, GenerationPlan] = field(init=False, default_factory=dict)  # plan id -> the move after it
-    _published: dict[str, RowSeen] = field(init=False, default_factory=dict)   # storage_path already written
+    _published: dict[str, RowSeen] = field(init=False, default_factory=dict)   # id -> the row as the tool wrote it
 
     def __post_init__(self) -> None:
         self._writer = BatchWriter(self.engine, self.report, self.batch_size)
@@ -110,6 +110,7 @@ class Executor:
         checkpoint("planned")
         for generation_plan in plan.generations:
             outcome, update, tree = self._handle(generation_plan, previous, previous_version)
+            self._published.pop(generation_plan.id, None)
             self._writer.add(outcome, update)
             if tree is not None and generation_plan.is_diff_base:
                 previous, previous_version = tree, generation_plan.generation.version
@@ -146,10 +147,13 @@ class Executor:
     def _failed(self, plan: GenerationPlan, reason: str, base: SourceTree | None) -> GenerationOutcome:
         """A failure on a generation the application deleted, changed or archived meanwhile —
         or whose folder, or its diff base's, vanished under the tool (the application's delete
-        removes the files before the row) — is that, not a failure: the next resync looks again."""
-        outcome = GenerationOutcome.from_plan(plan, Outcome.FAILED, plan.generation.storage_path, error=reason)
-        self._published.pop(plan.id, None)
-        drift = self._drift_since_planned(plan)
+        removes the files before the row) — is that, not a failure: the next resync looks again.
+        The row is compared with what the tool itself last wrote to it (``_expected_row``), so
+        the tool's own publish never passes for the application's change: every other failure,
+        before or after a publish (a full disk, an unreadable patch base), stays ``failed``."""
+        expected = self._expected_row(plan)
+        outcome = GenerationOutcome.from_plan(plan, Outcome.FAILED, expected.storage_path, error=reason)
+        drift = self._drift_since(plan, expected)
         if drift is None and (self._folders_vanished(plan) or (base is not None and not self.storage.is_folder(base.root))):
             drift = RowDrift.CHANGED
         return outcome.drifted(drift) if drift else outcome
@@ -261,7 +265,7 @@ class Executor:
         self._keep_legacy_link(plan)
         update = GenerationUpdate.from_row(
             generation,
-            seen=self._published.pop(plan.id, plan.row_seen),
+            seen=self._expected_row(plan),
             storage_path=plan.storage_path,
             file_count=tree.file_count,
             total_size_bytes=tree.total_size_bytes,
@@ -292,7 +296,7 @@ class Executor:
         """Guard one irreversible step: the row still shows what the plan saw (on PostgreSQL it
         stays locked for the step), and the disk still shows it too — not archived meanwhile,
         the legacy folder still there. Else ``RowDrifted``: nothing is done, nothing comes back."""
-        with claimed_generation(self.engine, plan.id, plan.row_seen) as claim:
+        with claimed_generation(self.engine, plan.id, self._expected_row(plan)) as claim:
             drift = claim.drift
             if drift is None and is_archived(self.storage, replace(plan.generation, version=plan.row_seen.version)):
                 drift = RowDrift.CHANGED
@@ -323,11 +327,17 @@ class Executor:
         if claim.record_place(plan.storage_path, version):
             self._published[plan.id] = RowSeen(plan.row_seen.status, version, plan.storage_path)
 
-    def _drift_since_planned(self, plan: GenerationPlan) -> RowDrift | None:
-        """A failure the plan found is reported only if the row is still as planned: a
-        generation the application deleted meanwhile is gone, not "restore from a backup"."""
+    def _expected_row(self, plan: GenerationPlan) -> RowSeen:
+        """What the row should show now unless the application touched it: what the tool itself
+        published for it in this run (a move's or renumbering's ``storage_path`` and ``version``),
+        else what the plan read."""
+        return self._published.get(plan.id, plan.row_seen)
+
+    def _drift_since(self, plan: GenerationPlan, expected: RowSeen) -> RowDrift | None:
+        """A failure is reported only if the row still shows ``expected``: a generation the
+        application deleted meanwhile is gone, not "restore from a backup"."""
         with self.engine.connect() as connection:
-            return RowDrift.of(read_row_seen(connection, plan.id), plan.row_seen)
+            return RowDrift.of(read_row_seen(connection, plan.id), expected)
 
     def _patch_path_as_written(self, generation: GenerationRow, patch_path: str | None) -> str | None:
         """The row's own spelling of the patch path when it already names that file."""

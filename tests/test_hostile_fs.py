@@ -18,6 +18,7 @@ import json
 import os
 import pwd
 import shutil
+import signal
 import stat
 import subprocess
 import sys
@@ -41,7 +42,16 @@ from storage_migrator.config import Settings
 from storage_migrator.demo import SampleSize
 from storage_migrator.storage.layout import StorageLayout
 
-from .sandbox import Installation, build_installation, dump_tables, error_lines, run_cli, tree_digest
+from .sandbox import (
+    Installation,
+    build_installation,
+    dump_tables,
+    error_lines,
+    process_tree,
+    run_cli,
+    tree_digest,
+    wait_until_stopped,
+)
 
 if TYPE_CHECKING:
     from .conftest import CliForkServer
@@ -365,6 +375,80 @@ def test_full_disk_without_legacy_links_leaves_every_generation_where_its_row_sa
             misplaced.append(generation_id)
     assert not misplaced, f"{len(misplaced)} of {len(before)} generations are not where their row says"
 
+
+
+def start_paused(installation: Installation, step: str, *arguments: str) -> subprocess.Popen[str]:
+    """The real command in its own process, stopped (SIGSTOP) at the first ``step`` boundary."""
+    environment = {**installation.cli_environment(), "STORAGE_MIGRATOR_PAUSE_AT": step}
+    process = subprocess.Popen([sys.executable, "-m", "storage_migrator", *arguments], env=environment,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_until_stopped(process)
+    return process
+
+
+def resume(process: subprocess.Popen[str]) -> tuple[str, str]:
+    for pid in process_tree(process.pid):
+        os.kill(pid, signal.SIGCONT)
+    return process.communicate(timeout=300)
+
+
+def test_disk_full_mid_run_fails_every_unfinished_generation(database_url: str, tmp_path: Path, tmpfs) -> None:
+    """The disk fills after the first patch: every generation not finished by then is failed
+    (exit 1), none passes for "changed by the application" because of the tool's own publish."""
+    disk = tmpfs(tmp_path / "disk", size="24m")
+    installation = build_installation(database_url, disk / "projects")
+    before = legacy_contents(installation)
+    process = start_paused(installation, "patch-written", "--json", "run", "--workers", "1")
+    filler = fill(disk)
+    stdout, stderr = resume(process)
+    assert "Traceback" not in stderr, stderr
+    assert process.returncode == 1, stdout + stderr
+    document = json.loads(stdout)
+    actions = {line["id"]: line for line in document["generations"]}
+    hidden = [line for line in actions.values() if line["action"] in ("changed", "gone")]
+    assert not hidden, hidden
+    assert document["migrated"] >= 2, document
+    failed = [line for line in actions.values() if line["action"] == "failed"]
+    assert failed and document["failed"] == len(failed)
+    assert all("disk is full" in line["error"] for line in failed), failed
+    unaccounted = [actions[generation_id] for generation_id in before
+                   if actions[generation_id]["action"] not in ("moved", "failed")
+                   and not actions[generation_id]["reason"].startswith(("status is pending", "status is processing"))]
+    assert not unaccounted, [(line["action"], line["reason"]) for line in unaccounted]
+    assert_nothing_lost(installation, before)
+    filler.unlink()
+    assert run_cli(installation, "run").returncode == 0
+    verify = run_cli(installation, "verify")
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    assert_nothing_lost(installation, before)
+
+
+def test_unreadable_patch_base_after_the_move_is_a_failure(database_url: str, tmp_path: Path) -> None:
+    """A patch base that cannot be read once the next version has moved (and its row was
+    published) fails that version with its reason, exit 1 — not "changed by the application"."""
+    installation = build_installation(database_url, tmp_path / "projects")
+    process = start_paused(installation, "manifest-written", "--json", "run", "--workers", "1")
+    (first_source,) = installation.root.glob("*/generations/v1__*/source")
+    project_id = first_source.parent.parent.parent.name
+    engine = installation.engine()
+    with engine.connect() as connection:
+        next_id = connection.execute(sa.text(
+            "SELECT id FROM generations WHERE project_id = :p AND version > 1 AND status = 'completed' "
+            "ORDER BY version LIMIT 1"), {"p": project_id}).scalar_one()     # the next diff against v1
+    engine.dispose()
+    following = regular_files(installation.root / next_id)
+    modified = sorted(path for path, checksum in regular_files(first_source).items()
+                      if path in following and following[path] != checksum)
+    assert modified, "the next version modifies no file of v1: the test proves nothing"
+    (first_source / modified[0]).unlink()
+    (first_source / modified[0]).mkdir()        # v1's bytes for the patch can no longer be read
+    stdout, stderr = resume(process)
+    assert "Traceback" not in stderr, stderr
+    assert process.returncode == 1, stdout + stderr
+    lines = {line["id"]: line for line in json.loads(stdout)["generations"]}
+    assert lines[next_id]["action"] == "failed", lines[next_id]
+    assert modified[0] in lines[next_id]["error"], lines[next_id]
+    assert not [line for line in lines.values() if line["action"] in ("changed", "gone")]
 
 # -- 4. permission denied for an ordinary user ---------------------------------------------------
 
