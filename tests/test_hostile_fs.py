@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import pwd
+import resource
 import shutil
 import signal
 import stat
@@ -41,6 +42,7 @@ from packaging.utils import canonicalize_name
 from storage_migrator.config import Settings
 from storage_migrator.demo import SampleSize
 from storage_migrator.storage.layout import StorageLayout
+from storage_migrator.storage.root import Root
 
 from .sandbox import (
     Installation,
@@ -603,6 +605,57 @@ def test_thousand_level_tree_across_filesystems(installation: Installation, tmpf
             if candidate is not None and is_real_dir(candidate / "deep"):
                 remove_deep(candidate / "deep")
 
+
+
+def make_deep_file(folder: Path, depth: int, name: str, content: bytes) -> None:
+    """``folder/d/d/…/name`` ``depth`` levels down, built through descriptors (the path is
+    longer than PATH_MAX)."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for _ in range(depth):
+            os.mkdir("d", dir_fd=fd)
+            child = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = child
+        out = os.open(name, os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd)
+        os.write(out, content)
+        os.close(out)
+    finally:
+        os.close(fd)
+
+
+def test_file_2000_levels_deep_with_256_descriptors(installation: Installation) -> None:
+    """A file 2,000 folders deep in v1 that later versions drop, under ``ulimit -n 256``: every
+    version migrates (the patch that deletes it reads it within a bounded number of
+    descriptors), and no later version is poisoned by it."""
+    root = installation.root
+    first = demo_generation_ids(installation)[0]
+    make_deep_file(root / first, 2000, "bottom.txt", b"two thousand levels down\n")
+    environment = installation.cli_environment()
+
+    def few_descriptors() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+
+    try:
+        result = subprocess.run([sys.executable, "-m", "storage_migrator", "--json", "run"], env=environment,
+                                capture_output=True, text=True, timeout=300, preexec_fn=few_descriptors)
+        assert "Traceback" not in result.stderr, result.stderr
+        document = json.loads(result.stdout)
+        assert result.returncode == 0, (failures(document), result.stderr)
+        assert not [g for g in document["generations"] if g["action"] in ("failed", "changed", "gone")]
+        patches = [g for g in document["generations"]
+                   if g["project_id"] == installation.sample.demo_project_id and g["from_version"] == 1]
+        assert patches, "no version diffs against v1: the test proves nothing"
+        patch = (root / patches[0]["storage_path"].removeprefix("storage/projects/")
+                 / "diff_from_v1.patch").read_bytes()
+        assert b"/bottom.txt" in patch and b"two thousand levels down" in patch
+        verify = run_cli(installation, "verify")
+        assert verify.returncode == 0, verify.stdout + verify.stderr
+    finally:       # the path is longer than PATH_MAX: removed through descriptors
+        for candidate in (root / first, migrated_source(root, first)):
+            if candidate is not None:
+                with Root(candidate) as folder:
+                    folder.rmtree("d", missing_ok=True)
 
 # -- 6. a device symlink and a FIFO ---------------------------------------------------------------
 

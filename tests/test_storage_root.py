@@ -549,6 +549,34 @@ def test_walk_files_on_a_2000_level_tree(tmp_path: Path, low_fd_limit: int) -> N
     assert os.listdir(tmp_path) == []
 
 
+
+def test_folder_files_reads_a_2000_level_tree_with_few_descriptors(tmp_path: Path, low_fd_limit: int) -> None:
+    """A patch's reader (``FolderFiles``) holds a bounded number of descriptors whatever the
+    depth: the bottom file, then the shallower ones (path order), then a sibling branch."""
+    (tmp_path / "top").mkdir()
+    (tmp_path / "top" / "a.txt").write_bytes(b"a")
+    deep_files = make_deep_tree(tmp_path / "top", DEEP, file_every=500)
+    (tmp_path / "top" / "z").mkdir()
+    (tmp_path / "top" / "z" / "z.txt").write_bytes(b"z")
+    outside = open_fds()
+    try:
+        with Root(tmp_path) as root, root.folder_files("top") as files:
+            before = open_fds()
+            for path in sorted(["a.txt", *deep_files, "z/z.txt", deep_files[-1]]):
+                fd, _ = files.open_regular(path)
+                try:
+                    assert open_fds() <= before + rootfs._KEPT_PARENTS + 1, path
+                    expected = b"a" if path == "a.txt" else b"z" if path == "z/z.txt" \
+                        else f"level {path.count('/')}".encode()
+                    assert os.read(fd, 100) == expected
+                finally:
+                    os.close(fd)
+            assert open_fds() <= before + rootfs._KEPT_PARENTS
+        assert open_fds() == outside
+    finally:
+        with Root(tmp_path) as cleanup:
+            cleanup.rmtree("top", missing_ok=True)
+
 def walk_a_2000_level_tree(tmp_path: Path, expected: list[str]) -> None:
     with opened(tmp_path) as storage:
         root = storage.root

@@ -321,12 +321,15 @@ class FolderFiles(_OpenDirectory):
     directory descriptors: the directories of the last file opened stay open, so files read in
     path order (as a patch reads them) cost one ``lstat``, ``open`` and ``fstat`` each, not a
     walk from ROOT. Each directory is opened with ``O_NOFOLLOW`` from the one above it, as
-    everywhere below ROOT; at most one descriptor per level of the deepest path is held."""
+    everywhere below ROOT. Only the innermost ``_KEPT_PARENTS`` levels of the chain stay open,
+    whatever the depth: a file that leaves a level above them is reached again from the
+    nearest one still open (or the folder), so a path 2,000 levels deep costs more ``openat``
+    calls, never more descriptors than ``_KEPT_PARENTS`` + 2."""
 
     def __init__(self, fd: int, display: str) -> None:
         self.fd = fd
         self.display = display
-        self._chain: list[tuple[str, int]] = []     # (name, descriptor) below the folder, outermost first
+        self._chain: list[tuple[str, int]] = []     # (name, descriptor or -1 if closed), outermost first
 
     def open_regular(self, parts: Parts) -> tuple[int, os.stat_result]:
         """A read descriptor (the caller closes it) on the regular file ``parts`` below the
@@ -336,12 +339,16 @@ class FolderFiles(_OpenDirectory):
         return _open_regular_at(parent, checked[-1], os.path.join(self.display, *checked))
 
     def _directory(self, names: tuple[str, ...]) -> int:
+        """The descriptor of the directory ``names`` below the folder. The open part of the
+        chain is always its innermost levels, so the deepest shared level is open or none is."""
         kept = 0
         while kept < min(len(names), len(self._chain)) and self._chain[kept][0] == names[kept]:
             kept += 1
         self._close_chain(kept)
+        start = kept if kept == 0 or self._chain[kept - 1][1] >= 0 else 0
+        del self._chain[start:]                     # closed levels are opened again from above
         fd = self._chain[-1][1] if self._chain else self.fd
-        for index in range(kept, len(names)):
+        for index in range(start, len(names)):
             try:
                 child = os.open(names[index], DIR_FLAGS, dir_fd=fd)
             except OSError as error:
@@ -349,11 +356,17 @@ class FolderFiles(_OpenDirectory):
                 raise _explain(fd, names[index], display, error, "is not a directory") from None
             self._chain.append((names[index], child))
             fd = child
+            outer = len(self._chain) - 1 - _KEPT_PARENTS
+            if outer >= 0 and self._chain[outer][1] >= 0:
+                _close_quietly(self._chain[outer][1])
+                self._chain[outer] = (self._chain[outer][0], -1)
         return fd
 
     def _close_chain(self, keep: int) -> None:
         while len(self._chain) > keep:
-            _close_quietly(self._chain.pop()[1])
+            fd = self._chain.pop()[1]
+            if fd >= 0:
+                _close_quietly(fd)
 
     def close(self) -> None:
         self._close_chain(0)
