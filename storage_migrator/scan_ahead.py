@@ -9,14 +9,23 @@ per file), so a scan read ahead is never staler than one read just before the mo
 
 The same process takes half of the stat walks of a project's plan (``summarize_trees``: resync's
 fingerprint check, the dry run's counts), which are most of an unchanged resync's time.
+
+Every wait on the reader is bounded: an answer (or the room to send a request) that does not
+come within ``answer_timeout()`` seconds — a reader stopped (SIGSTOP), swapped out or stuck —
+ends the reader (SIGKILL, reaped), says so in one stderr line, and its work is done here.
 """
 from __future__ import annotations
 
 import multiprocessing
 import os
+import pickle
+import select
+import socket
+import struct
+import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from multiprocessing.connection import Connection
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -34,6 +43,28 @@ SummaryOrError = TreeSummary | Exception
 """A folder's summary, or what walking it raised (one of ``FAILS_ONE_GENERATION``)."""
 SCAN, SUMMARIZE = "scan", "summarize"
 """The two requests the reader serves: (SCAN, folder) and (SUMMARIZE, folders)."""
+ANSWER_TIMEOUT_SECONDS = 60.0
+"""How long this process waits for one answer of the reader (or to hand it one request) before
+it ends the reader and does the work itself: far beyond any one folder's read on a sane disk,
+so it only ever ends a reader that is stopped or stuck."""
+ANSWER_TIMEOUT_VARIABLE = "STORAGE_MIGRATOR_READ_AHEAD_TIMEOUT"
+"""Overrides ``ANSWER_TIMEOUT_SECONDS`` (seconds; a test sets a short one)."""
+REAP_SECONDS = 5.0
+"""How long an ended reader is waited for (a process in uninterruptible I/O dies later)."""
+_LENGTH = struct.Struct("!Q")
+
+
+def answer_timeout() -> float:
+    """``ANSWER_TIMEOUT_SECONDS``, or the positive number of seconds in ``ANSWER_TIMEOUT_VARIABLE``."""
+    try:
+        value = float(os.environ.get(ANSWER_TIMEOUT_VARIABLE, ""))
+    except ValueError:
+        return ANSWER_TIMEOUT_SECONDS
+    return value if value > 0 else ANSWER_TIMEOUT_SECONDS
+
+
+class _NoAnswer(Exception):
+    """The reader did not answer (or take a request) before the deadline."""
 
 
 @dataclass
@@ -57,11 +88,13 @@ class ScanAhead:
     def __init__(self, storage: Storage) -> None:
         context = multiprocessing.get_context("fork")
         self._storage = storage
-        self._connection, reader_end = context.Pipe()
-        self._process = context.Process(target=_serve, args=(storage, reader_end, self._connection), daemon=True,
+        self._socket, reader_end = socket.socketpair()
+        self._process = context.Process(target=_serve, args=(storage, reader_end, self._socket), daemon=True,
                                         name="storage-migrate read-ahead")
         self._process.start()
         reader_end.close()
+        self._socket.setblocking(False)             # every wait here goes through _wait, with a deadline
+        self._timeout = answer_timeout()
         self._pending: tuple[str, Any] | None = None        # the request sent and not answered yet
         self._broken = False
         self.count = ReadAheadCount()
@@ -96,8 +129,13 @@ class ScanAhead:
         if self._broken:
             return False
         self._drop_pending()
+        if self._broken:
+            return False
         try:
-            self._connection.send(request)
+            _send_frame(self._socket, request, time.monotonic() + self._timeout)
+        except _NoAnswer:
+            self._end_reader("took no request")
+            return False
         except OSError:
             self._broken = True
             return False
@@ -106,7 +144,8 @@ class ScanAhead:
 
     def ready(self, timeout: float) -> bool:
         """Whether the scan begun by ``start`` has finished (waits up to ``timeout`` seconds)."""
-        return self._pending is not None and self._connection.poll(timeout)
+        return self._pending is not None and not self._broken and \
+            _readable(self._socket, time.monotonic() + timeout)
 
     def take(self, folder: Path) -> TreeSnapshot | None:
         """The scan of ``folder`` begun by ``start``, if there was one, it succeeded, and every file
@@ -128,21 +167,34 @@ class ScanAhead:
         return snapshot
 
     def close(self) -> None:
-        self._connection.close()
-        self._process.join(timeout=5)
+        self._socket.close()
+        self._process.join(timeout=REAP_SECONDS)
         if self._process.is_alive():
             self._process.kill()
-            self._process.join()
+            self._process.join(timeout=REAP_SECONDS)
 
     def _receive(self) -> Any:
-        """The answer to the pending request (None: it failed, or the reader is gone)."""
+        """The answer to the pending request (None: it failed, the reader is gone, or it gave no
+        answer within the timeout — then it is ended and the caller does the work)."""
         self._pending = None
         try:
-            outcome: tuple[str, Any] = self._connection.recv()
-        except (EOFError, OSError):
+            outcome: tuple[str, Any] = _receive_frame(self._socket, time.monotonic() + self._timeout)
+        except _NoAnswer:
+            self._end_reader("gave no answer")
+            return None
+        except (EOFError, OSError, pickle.UnpicklingError):
             self._broken = True
             return None
         return outcome[1]
+
+    def _end_reader(self, what: str) -> None:
+        """A reader that is stopped or stuck: SIGKILL, reaped, said on one stderr line; from now
+        on this process reads every folder itself."""
+        self._broken = True
+        print(f"storage-migrate: the read-ahead helper (pid {self._process.pid}) {what} within "
+              f"{self._timeout:g} s; it was ended and its work is done here", file=sys.stderr, flush=True)
+        self._process.kill()
+        self._process.join(timeout=REAP_SECONDS)
 
     def _drop_pending(self) -> None:
         if self._pending is not None:
@@ -176,16 +228,16 @@ def _summary_or_error(storage: Storage, folder: Path) -> SummaryOrError:
         return error
 
 
-def _serve(storage: Storage, connection: Connection, parent_end: Connection) -> None:
+def _serve(storage: Storage, connection: socket.socket, parent_end: socket.socket) -> None:
     """The reader's loop: one request, one answer ("ok", result) or ("failed", None), until the
-    parent closes its end of the pipe (the copy of that end this fork inherited is closed
-    first, or the end would never come). A scan answers (files, blob ids); summaries answer
-    {folder: TreeSummary} for the folders it could walk."""
+    parent closes its end (the copy of that end this fork inherited is closed first, or the end
+    would never come). A scan answers (files, blob ids); summaries answer {folder: TreeSummary}
+    for the folders it could walk. Its own waits are the parent's to bound (it ends the reader)."""
     parent_end.close()
     die_with_parent()
     while True:
         try:
-            kind, argument = connection.recv()
+            kind, argument = _receive_frame(connection, None)
         except (EOFError, OSError):
             return
         try:
@@ -193,7 +245,7 @@ def _serve(storage: Storage, connection: Connection, parent_end: Connection) -> 
         except FAILS_ONE_GENERATION:
             answer = ("failed", None)
         try:
-            connection.send(answer)
+            _send_frame(connection, answer, None)
         except OSError:
             return
 
@@ -204,3 +256,58 @@ def _answer(storage: Storage, kind: str, argument: Any) -> Any:
         return snapshot.files, snapshot.blob_ids
     summaries = {folder: _summary_or_error(storage, Path(folder)) for folder in argument}
     return {folder: summary for folder, summary in summaries.items() if isinstance(summary, TreeSummary)}
+
+
+# -- framing: one pickled message per frame, every wait with a deadline (None: the reader's own) --
+
+
+def _send_frame(channel: socket.socket, message: object, deadline: float | None) -> None:
+    payload = pickle.dumps(message, pickle.HIGHEST_PROTOCOL)
+    view = memoryview(_LENGTH.pack(len(payload)) + payload)
+    while view:
+        if deadline is not None and not _writable(channel, deadline):
+            raise _NoAnswer
+        try:
+            view = view[channel.send(view):]
+        except BlockingIOError:
+            continue
+
+
+def _receive_frame(channel: socket.socket, deadline: float | None) -> Any:
+    (length,) = _LENGTH.unpack(_receive_exactly(channel, _LENGTH.size, deadline))
+    return pickle.loads(_receive_exactly(channel, length, deadline))  # noqa: S301 - our own fork's answer
+
+
+def _receive_exactly(channel: socket.socket, size: int, deadline: float | None) -> bytes:
+    received = bytearray()
+    while len(received) < size:
+        if deadline is not None and not _readable(channel, deadline):
+            raise _NoAnswer
+        try:
+            chunk = channel.recv(min(size - len(received), 1 << 20))
+        except BlockingIOError:
+            continue
+        if not chunk:
+            raise EOFError("the read-ahead helper is gone")
+        received += chunk
+    return bytes(received)
+
+
+def _readable(channel: socket.socket, deadline: float) -> bool:
+    return _ready(channel, select.POLLIN | select.POLLHUP | select.POLLERR, deadline)
+
+
+def _writable(channel: socket.socket, deadline: float) -> bool:
+    return _ready(channel, select.POLLOUT | select.POLLHUP | select.POLLERR, deadline)
+
+
+def _ready(channel: socket.socket, events: int, deadline: float) -> bool:
+    """Whether ``channel`` is ready for ``events`` before ``deadline`` (a monotonic time)."""
+    poller = select.poll()
+    poller.register(channel, events)
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return False
+        if poller.poll(remaining * 1000):
+            return True

@@ -11,6 +11,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -21,7 +22,8 @@ import pytest
 
 from storage_migrator.demo import SampleSize
 from storage_migrator.errors import GenerationError
-from storage_migrator.scan_ahead import ScanAhead, SummaryOrError, summarize_trees
+from storage_migrator.faults import PAUSE_AT_VARIABLE
+from storage_migrator.scan_ahead import ANSWER_TIMEOUT_VARIABLE, ScanAhead, SummaryOrError, summarize_trees
 from storage_migrator.storage.manifest import TreeSummary, fingerprint_digest, summarize_tree
 from storage_migrator.storage.opened import Storage
 from storage_migrator.storage.tree import fingerprint_tree, scan_tree
@@ -31,10 +33,12 @@ from .sandbox import (
     build_installation,
     dump_tables,
     execute_sql,
+    process_tree,
     query_rows,
     run_cli,
     storage_around,
     tree_digest,
+    wait_until_stopped,
 )
 from .test_races import run_paused_at
 
@@ -228,6 +232,37 @@ def test_an_edit_made_while_the_next_folder_was_read_ahead_is_in_its_manifest(on
     digest = hashlib.sha256(new_text.encode()).hexdigest()
     assert digest in manifest["checksums"].values(), "the edit is missing from the manifest"
 
+
+
+def test_a_stopped_reader_is_ended_and_the_run_finishes(one_project: Installation) -> None:
+    """The reader stopped (SIGSTOP) while the run is paused after its first move: the run waits
+    for its answer no longer than the timeout (2 s here), ends it (killed and reaped), says so
+    in one stderr line, reads the folders itself and ends as it would have."""
+    legacy = [row.id for row in query_rows(one_project, "SELECT id FROM generations WHERE status = 'completed'")
+              if (one_project.root / row.id).is_dir()]
+    assert len(legacy) >= 3, "the sample has a move whose folder is read ahead after the reader stops"
+    environment = {**one_project.cli_environment(), PAUSE_AT_VARIABLE: "moved", ANSWER_TIMEOUT_VARIABLE: "2"}
+    process = subprocess.Popen([sys.executable, "-m", "storage_migrator", "--json", "run", "--workers", "2"],
+                               env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until_stopped(process)
+        (reader,) = children_of(process.pid)
+        os.kill(reader, signal.SIGSTOP)
+        process.send_signal(signal.SIGCONT)
+        stdout, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            for pid in process_tree(process.pid):
+                os.kill(pid, signal.SIGKILL)
+            process.wait()
+    assert process.returncode == 0, stdout + stderr
+    said = [line for line in stderr.splitlines() if "read-ahead helper" in line]
+    assert len(said) == 1 and f"pid {reader}" in said[0] and "its work is done here" in said[0], stderr
+    assert not Path(f"/proc/{reader}").exists(), "the stopped reader was not ended and reaped"
+    document = json.loads(stdout)
+    assert document["failed"] == 0 and all(line["action"] != "failed" for line in document["generations"])
+    verify = run_cli(one_project, "verify")
+    assert verify.returncode == 0, verify.stdout + verify.stderr
 
 # -- the stat walks of a plan (summarize_trees) ----------------------------------------------
 
