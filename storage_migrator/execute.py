@@ -73,6 +73,18 @@ its tree as the next version's diff base (if it ends on disk)."""
 Step = Callable[["Executor", GenerationPlan, "SourceTree | None", "int | None"], Handled]
 
 
+class FailedInPlace(Exception):
+    """A generation whose files are in place (moved, rebuilt or already there, and scanned)
+    failed while its manifest, patch or link was written: it fails alone, and its tree is
+    still the next version's diff base, as the plan counted on — so one version's failure
+    (a full disk, an unreadable base) never makes every later one diff against an older base."""
+
+    def __init__(self, cause: BaseException, tree: SourceTree) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+        self.tree = tree
+
+
 class RowDrifted(Exception):
     """The application deleted or changed the row since it was planned: the step is not taken."""
 
@@ -141,6 +153,10 @@ class Executor:
         except RowDrifted as drifted:
             skipped = GenerationOutcome.from_plan(plan, Outcome.SKIPPED, plan.generation.storage_path)
             return skipped.drifted(drifted.drift), None, None
+        except FailedInPlace as failed:
+            outcome = self._failed(plan, failure_line(failed.cause), previous)
+            in_place = outcome.failed and self.storage.is_folder(failed.tree.root)
+            return outcome, None, failed.tree if in_place else None
         except FAILS_ONE_GENERATION as error:
             return self._failed(plan, failure_line(error), previous), None, None
 
@@ -197,10 +213,11 @@ class Executor:
         checkpoint("moved")
         try:
             return self._record(plan, snapshot, previous, previous_version)
-        except GenerationError:
-            if plan.id not in self._published:
-                self._undo_move(plan)       # once published, the row names the new place: stay there
-            raise
+        except FailedInPlace as failed:
+            if plan.id in self._published:
+                raise                       # once published, the row names the new place: stay there
+            self._undo_move(plan)           # back in the legacy folder: not a diff base
+            raise failed.cause from None
 
     def _finish_move(self, plan: GenerationPlan, previous: SourceTree | None, previous_version: int | None) -> Handled:
         """A killed copy left both: the legacy copy goes once it equals ``source/``."""
@@ -261,8 +278,11 @@ class Executor:
                 previous_version: int | None) -> Handled:
         """The manifest, the patch and the flat link of a generation now in place, and its metadata."""
         generation = plan.generation
-        summary, patch_path = self._write_manifest_and_patch(plan, tree, previous, previous_version)
-        self._keep_legacy_link(plan)
+        try:
+            summary, patch_path = self._write_manifest_and_patch(plan, tree, previous, previous_version)
+            self._keep_legacy_link(plan)
+        except FAILS_ONE_GENERATION as error:
+            raise FailedInPlace(error, tree) from error
         update = GenerationUpdate.from_row(
             generation,
             seen=self._expected_row(plan),

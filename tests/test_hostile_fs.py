@@ -451,6 +451,11 @@ def test_unreadable_patch_base_after_the_move_is_a_failure(database_url: str, tm
     assert lines[next_id]["action"] == "failed", lines[next_id]
     assert modified[0] in lines[next_id]["error"], lines[next_id]
     assert not [line for line in lines.values() if line["action"] in ("changed", "gone")]
+    failed = [line["id"] for line in lines.values() if line["action"] == "failed"]
+    assert failed == [next_id], "the failure poisoned the versions after it"
+    later = sorted((line for line in lines.values() if line["project_id"] == project_id and line["from_version"]),
+                   key=lambda line: line["version"])
+    assert later and later[0]["from_version"] == lines[next_id]["version"], later
 
 # -- 4. permission denied for an ordinary user ---------------------------------------------------
 
