@@ -362,6 +362,10 @@ def _at_least_the_demo_minimum(field: str) -> Callable[[click.Context, click.Par
 
 
 def coordinate_option(function: Callable) -> Callable:
+    function = click.option("--lease-seconds", type=click.FloatRange(1, 86400), default=60, show_default=True,
+                            envvar="STORAGE_MIGRATE_LEASE_SECONDS", show_envvar=True,
+                            help="With --coordinate: a participant whose heartbeat is older than this is ended by "
+                            "the others and its projects taken over.")(function)
     return click.option("--coordinate", is_flag=True, envvar="STORAGE_MIGRATE_COORDINATE",
                         help="Share the work with participants on other hosts (PostgreSQL advisory locks; "
                         "host name from STORAGE_MIGRATE_HOSTNAME, else the system's).")(function)
@@ -400,14 +404,15 @@ def finish(report: RunReport, context: Context, metrics_file: Path | None) -> No
 @coordinate_option
 @metrics_file_option
 @pass_context
-def run(context: Context, dry_run: bool, workers: int, coordinate: bool = False,
+def run(context: Context, dry_run: bool, workers: int, coordinate: bool = False, lease_seconds: float = 60,
         metrics_file: Path | None = None) -> None:
     """Migrate every generation still in the legacy layout."""
     from .migrate import migrate
 
     with ProgressBar(context.output, "migrating") as bar:
         report = migrate(context.settings, dry_run=dry_run, progress=bar.factory(), workers=workers,
-                         keep_all=dry_run or context.output.keeps_every_line(), coordinate=coordinate and not dry_run)
+                         keep_all=dry_run or context.output.keeps_every_line(), coordinate=coordinate and not dry_run,
+                         lease_seconds=lease_seconds)
     finish(report, context, metrics_file)
 
 
@@ -477,14 +482,15 @@ def diff_command(context: Context, project_id: str, with_patch: bool, from_versi
               help="Mark completed each `failed` generation whose folder holds exactly its output_files "
                    "(the application's save finished, its activation raised); only if the row is unchanged.")
 @pass_context
-def resync(context: Context, workers: int, coordinate: bool, metrics_file: Path | None, adopt_complete: bool) -> None:
+def resync(context: Context, workers: int, coordinate: bool, lease_seconds: float, metrics_file: Path | None,
+           adopt_complete: bool) -> None:
     """The cron job: migrate stragglers, re-read changed generations, repair metadata, report orphans."""
     from .migrate import migrate
 
     with ProgressBar(context.output, "resyncing") as bar:
         report = migrate(context.settings, resync=True, progress=bar.factory(), workers=workers,
                          keep_all=context.output.keeps_every_line(), coordinate=coordinate,
-                         adopt_complete=adopt_complete)
+                         adopt_complete=adopt_complete, lease_seconds=lease_seconds)
     finish(report, context, metrics_file)
 
 

@@ -24,20 +24,42 @@ session* (no table, no revision); ``b`` = ``crc32(project id) % BUCKETS``:
    finished bucket is redone while its finisher lives.
 5. The orphan scan (``resync``) runs once, after the barrier, by the holder of ``(ORPHANS, 0)``.
 
+Leases: each participant renews its claims on a heartbeat — a thread of its process (so a long
+generation never delays it, and a stopped process stops it too) that runs one statement every
+quarter lease on a second session, the *heartbeat session*, named ``HEARTBEAT_NAME`` + the lock
+session's backend pid; its ``pg_stat_activity.state_change`` is the renewal, on the server's
+clock (no table). A participant that waits (3, 4) ends every other one whose last renewal is
+older than the lease (``STORAGE_MIGRATE_LEASE_SECONDS``, default 60) — ``pg_terminate_backend``
+of both its sessions, which releases its locks — and so takes its buckets over (3).
+
+Fencing: before every write (each project's recovery, each generation's disk steps and again
+before its manifest and patch, the ``active`` link and each batch), ``Participant.fence``
+checks that the lease has not lapsed locally (a process paused longer than the lease stops for
+good, whether or not another ended it yet) and that the lock session answers, as the same
+backend, still holding the bucket's claim. Every database statement runs on the lock session,
+which never reconnects, so a participant that was ended cannot write there either. What a check
+cannot close is the instant between it and the write it guards.
+
+Every wait (a claimed bucket, the barrier) says on stderr what it waits for every
+``WAIT_NOTICE_SECONDS``; a holder that stopped is ended after the lease, so only one that still
+renews (its process runs) can make the others wait longer.
+
 The lock session never reconnects: once the server has dropped it (keepalives detect a dead
 link in seconds), every database step — the row claim before each irreversible disk step, each
-metadata write, the check before each project and after each generation — fails, and the
-participant exits 1 naming the projects it gave up. Host name: ``socket.gethostname()``, or
+metadata write, each fence — fails, and the participant exits 1 naming the projects it gave up. Host name: ``socket.gethostname()``, or
 ``STORAGE_MIGRATE_HOSTNAME``.
 """
 from __future__ import annotations
 
 import os
 import socket
+import sys
+import threading
 import time
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
@@ -67,6 +89,14 @@ POLL_SECONDS = 0.2
 JOIN_PID_CHECKS = 5
 HOSTNAME_VARIABLE = "STORAGE_MIGRATE_HOSTNAME"
 COORDINATE_VARIABLE = "STORAGE_MIGRATE_COORDINATE"
+LEASE_VARIABLE = "STORAGE_MIGRATE_LEASE_SECONDS"
+DEFAULT_LEASE_SECONDS = 60.0
+BEATS_PER_LEASE = 4
+"""Renewals (and, by a waiting participant, checks of the others' renewals) per lease."""
+HEARTBEAT_NAME = "storage-migrate heartbeat of backend "
+"""The heartbeat session's ``application_name``, followed by its lock session's backend pid."""
+WAIT_NOTICE_SECONDS = 10.0
+INSUFFICIENT_PRIVILEGE = "42501"
 DEAD_LINK_MILLISECONDS = 9000
 """How long either end waits on a silent link: keepalives (5 s idle, then 2 probes 2 s apart)
 while nothing is in flight, and TCP_USER_TIMEOUT while a statement or its answer is — without it
@@ -142,34 +172,110 @@ def lock_session_engine(database_url: str, command: str) -> Engine:
     """An engine of exactly one connection — the lock session — that never reconnects: once the
     server has dropped it, every use raises ``LockSessionLost`` instead of opening a session
     that holds none of our locks. Keepalives on both ends detect a dead link in seconds."""
+    return _single_session_engine(database_url, f"{command} --coordinate pid={os.getpid()} host={host_name()}")
+
+
+def _single_session_engine(database_url: str, application_name: str, **engine_options: Any) -> Engine:
     url = sa.make_url(normalize_database_url(database_url))
     options = (f"-c lock_timeout={LOCK_TIMEOUT} -c tcp_keepalives_idle=5 -c tcp_keepalives_interval=2 "
                f"-c tcp_keepalives_count=2 -c tcp_user_timeout={DEAD_LINK_MILLISECONDS}")
     connect_args: dict[str, Any] = {
-        "application_name": f"{command} --coordinate pid={os.getpid()} host={host_name()}"[:63],
-        "connect_timeout": 10, "options": options, **KEEPALIVES,
+        "application_name": application_name[:63], "connect_timeout": 10, "options": options, **KEEPALIVES,
     }
-    engine = sa.create_engine(url, pool_size=1, max_overflow=0, pool_timeout=5, connect_args=connect_args)
+    engine = sa.create_engine(url, pool_size=1, max_overflow=0, pool_timeout=5, connect_args=connect_args,
+                              **engine_options)
     connected: list[bool] = []
 
     @sa.event.listens_for(engine, "do_connect")
     def connect_once(dialect: Any, record: Any, cargs: Any, cparams: Any) -> None:
         if connected:
-            raise LockSessionLost("the lock session was lost; not opening another")
+            raise LockSessionLost(f"the session {application_name!r} was lost; not opening another")
         connected.append(True)
 
     return engine
 
 
+class Heartbeat:
+    """A participant's lease, renewed by a daemon thread on a session of its own every
+    ``lease / BEATS_PER_LEASE`` — each renewal also asks whether the lock session still exists.
+
+    Lapsed for good once a renewal is older than the lease, on this process's monotonic clock
+    (which runs on while the process is stopped): the others may have ended it, or will; so
+    ``check`` raises from then on, even if the server never noticed."""
+
+    def __init__(self, database_url: str, lock_pid: int, lease: float) -> None:
+        self.lease = lease
+        self.lock_pid = lock_pid
+        self._engine = _single_session_engine(database_url, f"{HEARTBEAT_NAME}{lock_pid}",
+                                              isolation_level="AUTOCOMMIT")
+        self._renewed = time.monotonic()
+        self._lost: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="storage-migrate heartbeat", daemon=True)
+
+    def start(self) -> None:
+        """The first renewal, here (the heartbeat exists before the participant joins), then the thread."""
+        self._beat()
+        self.check()
+        self._thread.start()
+
+    def check(self) -> None:
+        """Raise ``LockSessionLost`` if the lease lapsed or the heartbeat found the lock session gone."""
+        silent = time.monotonic() - self._renewed
+        if self._lost is None and silent > self.lease:
+            self._lost = (f"its lease lapsed: no heartbeat for {silent:.0f} s, longer than the lease "
+                          f"({self.lease:g} s; the process was paused or starved) — another participant may "
+                          "have taken its projects over")
+        if self._lost is not None:
+            raise LockSessionLost(self._lost)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=DEAD_LINK_MILLISECONDS / 1000 + 1)    # a renewal in flight is bounded by it
+        if not self._thread.is_alive():
+            self._engine.dispose()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.lease / BEATS_PER_LEASE) and self._lost is None:
+            try:
+                self.check()
+            except LockSessionLost:
+                return
+            self._beat()
+
+    def _beat(self) -> None:
+        sent = time.monotonic()
+        try:
+            with self._engine.connect() as connection:
+                alive = connection.execute(sa.text("SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = :p)"),
+                                           {"p": self.lock_pid}).scalar()
+        except (sa.exc.DBAPIError, LockSessionLost) as error:
+            detail = first_line(error) if isinstance(error, sa.exc.DBAPIError) else str(error)
+            self._lost = f"its heartbeat session failed ({detail})"
+            return
+        if not alive:
+            self._lost = "its lock session is gone (ended by another participant, an administrator or the server)"
+        else:
+            self._renewed = sent
+
+
 class Participant:
     """One participant's view of the protocol, over its lock-session engine."""
 
-    def __init__(self, engine: Engine, command: str, stats: CoordinationStats) -> None:
+    def __init__(self, engine: Engine, command: str, stats: CoordinationStats, database_url: str,
+                 lease: float = DEFAULT_LEASE_SECONDS) -> None:
         self.engine = engine
         self.command = command
         self.stats = stats
+        self.database_url = database_url
+        self.lease = lease
         self.backend_pid: int | None = None
+        self.heartbeat: Heartbeat | None = None
         self._mine: set[int] = set()            # done markers this participant holds
+        self._bucket: int | None = None         # the bucket being carried out (its claim held)
+        self._lease_checked = 0.0
+        self._waiting_since: float | None = None
+        self._noticed = 0.0
 
     # -- the lock session -----------------------------------------------------------------
 
@@ -188,15 +294,32 @@ class Participant:
         if len(set(pids)) > 1:
             raise PoolingProxy(sorted(set(pids)))
         self.backend_pid = pids[0]
+        self.heartbeat = Heartbeat(self.database_url, self.backend_pid, self.lease)
+        self.heartbeat.start()
         with self.engine.connect() as connection:
             take_shared_run_lock(connection, self.command)
 
-    def check_alive(self) -> None:
-        """The lock session still answers (else ``LockSessionLost``), as the same backend (else
-        ``PoolingProxy``: a proxy that let the first transactions through on one backend)."""
-        pid = self._scalar("SELECT pg_backend_pid()")
-        if pid != self.backend_pid:
-            raise PoolingProxy([self.backend_pid or 0, pid])
+    def fence(self) -> None:
+        """Before a write on disk or in the database: raise ``LockSessionLost`` unless the lease
+        holds (``Heartbeat.check``, no round trip) and the lock session answers as the same
+        backend, still holding the claim of the bucket at hand (one round trip). The caller must
+        not hold the lock session's one connection (it is checked out here)."""
+        if self.heartbeat is not None:
+            self.heartbeat.check()
+        bucket = -1 if self._bucket is None else self._bucket
+        try:
+            with self.engine.connect() as connection:
+                row = connection.execute(sa.text(
+                    "SELECT pg_backend_pid() AS pid, :b < 0 OR EXISTS (SELECT 1 FROM pg_locks WHERE "
+                    "pid = pg_backend_pid() AND locktype = 'advisory' AND granted AND objsubid = 2 "
+                    "AND classid::bigint = :c AND objid::bigint = :b) AS held"), {"b": bucket, "c": CLAIM_CLASS}).one()
+                connection.commit()
+        except sa.exc.DBAPIError as error:
+            raise LockSessionLost(f"the lock session failed ({first_line(error)})") from None
+        if row.pid != self.backend_pid:
+            raise PoolingProxy([self.backend_pid or 0, row.pid])
+        if not row.held:
+            raise LockSessionLost(f"bucket {bucket}'s claim is no longer held")
 
     def _try(self, function: str, class_id: int, key: int) -> bool:
         return bool(self._scalar(f"SELECT {function}(CAST(:c AS integer), CAST(:k AS integer))", c=class_id, k=key))
@@ -281,8 +404,10 @@ class Participant:
                 self._carry_out_bucket(bucket, by_bucket[bucket], carry_out, taken_over=bucket in contested)
                 seen[bucket] = self.backend_pid or 0
                 progressed = True
-            if not progressed:
-                self._wait()
+            if progressed:
+                self._waiting_since = None
+            else:
+                self._wait(partial(self._claims_of, [bucket for bucket in pending if bucket not in seen]))
         if scanner and orphan_scan is not None:
             orphan_scan()
 
@@ -292,14 +417,17 @@ class Participant:
 
     def _carry_out_bucket(self, bucket: int, project_ids: list[str], carry_out: Callable[[Sequence[str]], None],
                           taken_over: bool) -> None:
-        self.check_alive()
+        self._bucket = bucket
         try:
+            self.fence()
             if project_ids:
                 carry_out(project_ids)
-            self.check_alive()
+            self.fence()
         except (LockSessionLost, sa.exc.DBAPIError):
             self.stats.gave_up.extend(project_ids)
             raise
+        finally:
+            self._bucket = None
         if not self._try("pg_try_advisory_lock", DONE_CLASS, bucket):
             raise LockSessionLost(f"bucket {bucket}'s done marker is held by another participant")
         self._mine.add(bucket)
@@ -322,25 +450,115 @@ class Participant:
                 return False
             if participants <= barrier[0]:
                 break
-            self._wait()
+            self._wait(partial(self._laggards, "see every bucket done", participants - barrier[0]))
         if not self._try("pg_try_advisory_lock_shared", BARRIER_CLASS, 1):
             raise LockSessionLost("the barrier lock could not be taken in shared mode")
         while True:
             _, participants, barrier = self._snapshot()
             if participants <= barrier[1]:
+                self._waiting_since = None
                 return True
-            self._wait()
+            self._wait(partial(self._laggards, "see that all have seen every bucket done", participants - barrier[1]))
 
-    def _wait(self) -> None:
+    def _wait(self, waiting_for: Callable[[], str]) -> None:
+        """One poll interval of a wait. Every ``lease / BEATS_PER_LEASE`` the participants whose
+        heartbeat is older than the lease are ended (so a stopped one holds nobody up for longer);
+        every ``WAIT_NOTICE_SECONDS`` of waiting, stderr says for what (``waiting_for()``)."""
         started = time.monotonic()
+        if self._waiting_since is None:
+            self._waiting_since = self._noticed = started
+        if started - self._lease_checked >= self.lease / BEATS_PER_LEASE:
+            self._lease_checked = started
+            self._end_lapsed()
+        if started - self._noticed >= WAIT_NOTICE_SECONDS:
+            self._noticed = started
+            self._say(f"waiting {started - self._waiting_since:.0f} s for {waiting_for()}")
         time.sleep(POLL_SECONDS)
         self.stats.waited_seconds += time.monotonic() - started
+
+    def _say(self, text: str) -> None:
+        print(f"{self.command} --coordinate: {text}", file=sys.stderr, flush=True)
+
+    def _rows(self, sql: str, **parameters: Any) -> list[Any]:
+        try:
+            with self.engine.connect() as connection:
+                rows = connection.execute(sa.text(sql), parameters).all()
+                connection.commit()
+                return list(rows)
+        except sa.exc.DBAPIError as error:
+            raise LockSessionLost(f"the lock session failed ({first_line(error)})") from None
+
+    def _end_lapsed(self) -> None:
+        """End every other participant whose last renewal (its heartbeat session's
+        ``state_change``; without one, its lock session's start) is older than the lease:
+        ``pg_terminate_backend`` of its lock and heartbeat sessions, judged and ended in one
+        statement. Its claims and markers vanish with its lock session: ``work`` takes them over.
+        Sessions of another role, whose times the server hides, are never judged."""
+        high, low = run_lock_parts()
+        try:
+            with self.engine.connect() as connection:
+                rows = connection.execute(sa.text(
+                    "WITH participants AS (SELECT l.pid, a.application_name AS name, coalesce((SELECT max(h.state_change) "
+                    "FROM pg_stat_activity h WHERE h.application_name = :hb || l.pid::text), a.backend_start) AS renewed "
+                    "FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory' AND l.granted "
+                    "AND l.objsubid = 1 AND l.mode = 'ShareLock' AND l.classid::bigint = :high AND l.objid::bigint = :low "
+                    "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+                    "AND l.pid <> pg_backend_pid() AND a.backend_start IS NOT NULL), "
+                    "lapsed AS (SELECT pid, name, extract(epoch FROM clock_timestamp() - renewed)::float8 AS age "
+                    "FROM participants WHERE renewed < clock_timestamp() - make_interval(secs => :lease)) "
+                    "SELECT lapsed.pid, lapsed.name, lapsed.age, (SELECT count(*) FILTER (WHERE pg_terminate_backend(s.pid)) "
+                    "FROM pg_stat_activity s WHERE s.pid = lapsed.pid OR s.application_name = :hb || lapsed.pid::text) "
+                    "AS ended FROM lapsed"), {"hb": HEARTBEAT_NAME, "high": high, "low": low,
+                                          "lease": float(self.lease)}).all()
+                connection.commit()
+        except sa.exc.DBAPIError as error:
+            if getattr(error.orig, "sqlstate", None) != INSUFFICIENT_PRIVILEGE:
+                raise LockSessionLost(f"the lock session failed ({first_line(error)})") from None
+            self._say(f"cannot end a participant whose heartbeat is older than the lease ({first_line(error)}): "
+                      "run every participant as the same database role (or grant pg_signal_backend)")
+            return
+        for row in rows:
+            self._say(f"ended {row.name} (backend {row.pid}): its heartbeat is {row.age:.0f} s old, longer than "
+                      f"the lease ({self.lease:g} s); its buckets are taken over")
+
+    def _claims_of(self, buckets: Sequence[int]) -> str:
+        """Who holds the claims of ``buckets``, for a notice."""
+        rows = self._rows(
+            "SELECT objid::bigint AS bucket, pid FROM pg_locks WHERE locktype = 'advisory' AND granted "
+            "AND objsubid = 2 AND classid::bigint = :c AND database = "
+            "(SELECT oid FROM pg_database WHERE datname = current_database())", c=CLAIM_CLASS)
+        holders: dict[int, list[int]] = {}
+        for row in rows:
+            if row.bucket in buckets:
+                holders.setdefault(row.pid, []).append(row.bucket)
+        if not holders:
+            return f"bucket(s) {', '.join(map(str, sorted(buckets)))} (their claims are being let go)"
+        names = self._named(holders)
+        return "; ".join(f"bucket(s) {', '.join(map(str, sorted(held)))} claimed by {names[pid]}"
+                         for pid, held in sorted(holders.items()))
+
+    def _laggards(self, step: str, pids: set[int]) -> str:
+        """The participants a barrier phase waits for, for a notice."""
+        names = self._named(pids)
+        return f"every participant to {step}; not yet: {', '.join(names[pid] for pid in sorted(pids))}"
+
+    def _named(self, pids: Collection[int]) -> dict[int, str]:
+        """Each backend pid as its participant's ``application_name``, backend and heartbeat age."""
+        rows = self._rows(
+            "SELECT a.pid, a.application_name AS name, extract(epoch FROM clock_timestamp() - (SELECT max(h.state_change) "
+            "FROM pg_stat_activity h WHERE h.application_name = :hb || a.pid::text))::float8 AS age "
+            "FROM pg_stat_activity a WHERE a.pid = ANY(:pids)", hb=HEARTBEAT_NAME, pids=list(pids))
+        found = {row.pid: f"{row.name} (backend {row.pid}, heartbeat "
+                          f"{'unseen' if row.age is None else f'{row.age:.0f} s ago'})" for row in rows}
+        return {pid: found.get(pid, f"backend {pid} (gone)") for pid in pids}
 
     def leave(self) -> None:
         try:
             self._scalar("SELECT pg_advisory_unlock_all()")
         except LockSessionLost:
             pass
+        if self.heartbeat is not None:
+            self.heartbeat.stop()       # after the run lock: never a participant without a heartbeat
         self.engine.dispose()
 
 
@@ -388,16 +606,11 @@ def _participate(layout: StorageLayout, database_url: str, options: RunOptions, 
 
     command = f"storage-migrate {report.command}"
     engine = lock_session_engine(database_url, command)
-    participant = Participant(engine, command, stats)
-
-    def checked_tick(count: int) -> None:
-        participant.check_alive()       # after each generation: a lost session stops the next one
-        tick(count)
-
+    participant = Participant(engine, command, stats, database_url, options.lease_seconds)
     storage = open_storage(layout)       # each participant its own descriptor of ROOT
 
     def carry_out(project_ids: Sequence[str]) -> None:
-        carry_out_claimed(storage, engine, report, options, project_ids, checked_tick)
+        carry_out_claimed(storage, engine, report, options, project_ids, tick, participant.fence)
 
     def orphan_scan() -> None:
         report.orphans = find_orphans(storage, engine)
@@ -408,9 +621,9 @@ def _participate(layout: StorageLayout, database_url: str, options: RunOptions, 
     except (LockSessionLost, sa.exc.DBAPIError) as error:
         reason = str(error) if isinstance(error, LockSessionLost) else first_line(error)
         gave_up = ", ".join(stats.gave_up) or "none"
-        report.error = (f"{command} --coordinate lost its database session ({reason}); it made no further "
-                        f"change to the disk; projects given up: {gave_up} — the other participants take them "
-                        "over (or rerun)")
+        report.error = (f"{command} --coordinate lost its database session or its claim ({reason}); it made no "
+                        f"further change to the disk or the database; projects given up: {gave_up} — the other "
+                        "participants take them over (or rerun)")
     finally:
         participant.leave()
         storage.close()

@@ -104,6 +104,11 @@ class Executor:
     batch_size: int = DEFAULT_BATCH_SIZE
     on_generation: Callable[[int], None] = lambda count: None
     scan_ahead: ScanAhead | None = None
+    fence: Callable[[], None] = lambda: None
+    """Called before each generation's disk steps, before its manifest and patch, before the
+    ``active`` link and each batch: a coordinated participant's raises once it may no longer
+    write (``coordinate.Participant.fence``) — never one of ``FAILS_ONE_GENERATION``, so the
+    command stops there, the batch unwritten."""
     _writer: BatchWriter = field(init=False)
     _next_move: dict[str, GenerationPlan] = field(init=False, default_factory=dict)  # plan id -> the move after it
     _published: dict[str, RowSeen] = field(init=False, default_factory=dict)   # id -> the row as the tool wrote it
@@ -129,6 +134,7 @@ class Executor:
             if generation_plan.leftover is not None:
                 self.report.leftovers.append(str(generation_plan.leftover))
             self.on_generation(1)
+        self.fence()
         self._point_active_link(plan)
         record = plan.record
         flags_disagree = any(g.is_active != (g.id == plan.active_generation_id) for g in record.generations)
@@ -139,6 +145,7 @@ class Executor:
         self._writer.flush_if_full()
 
     def finish(self) -> None:
+        self.fence()
         self._writer.flush()
 
     # -- one generation ------------------------------------------------------------------
@@ -148,6 +155,7 @@ class Executor:
     ) -> Handled:
         """Handle one generation by its action's step; whatever goes wrong fails this generation
         alone (``FAILS_ONE_GENERATION``), with one line saying why."""
+        self.fence()
         try:
             return self._STEPS[plan.action](self, plan, previous, previous_version)
         except RowDrifted as drifted:
@@ -278,6 +286,7 @@ class Executor:
                 previous_version: int | None) -> Handled:
         """The manifest, the patch and the flat link of a generation now in place, and its metadata."""
         generation = plan.generation
+        self.fence()                    # a move or a copy may have taken long: still ours?
         try:
             summary, patch_path = self._write_manifest_and_patch(plan, tree, previous, previous_version)
             self._keep_legacy_link(plan)

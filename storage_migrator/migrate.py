@@ -104,6 +104,9 @@ class RunOptions:
     read_ahead: bool = False
     """Each process carrying out projects has a second one reading ahead (``scan_ahead``): set
     when there are at least twice as many workers as processes the projects can keep busy."""
+    lease_seconds: float = 60.0
+    """``--coordinate``: how long a participant may go without renewing its claims before the
+    others end it (``coordinate.py``)."""
 
 
 def migrate(
@@ -117,6 +120,7 @@ def migrate(
     keep_all: bool = True,
     coordinate: bool = False,
     adopt_complete: bool = False,
+    lease_seconds: float = 60.0,
 ) -> RunReport:
     """Plan every project (or those in ``only_projects``) and, unless ``dry_run``, carry the
     plans out under the run lock. Returns the report.
@@ -133,7 +137,8 @@ def migrate(
     (``triage``); only ``adopt_complete`` changes one of them.
     """
     command = "resync" if resync else "run"
-    options = RunOptions(resync, keep_all, settings.legacy_links, adopt_complete=adopt_complete and not dry_run)
+    options = RunOptions(resync, keep_all, settings.legacy_links, adopt_complete=adopt_complete and not dry_run,
+                         lease_seconds=lease_seconds)
     report = RunReport(command=command, dry_run=dry_run, keep_all=keep_all)
     only = None if only_projects is None else sorted(only_projects)
     if coordinate:
@@ -226,13 +231,14 @@ def legacy_bytes(storage: Storage, engine: Engine) -> int:
 
 
 def _carry_out_projects(storage: Storage, engine: Engine, report: RunReport, options: RunOptions,
-                        only: Sequence[str] | None, tick: Callable[[int], None], root_temps: RootTempFiles) -> None:
+                        only: Sequence[str] | None, tick: Callable[[int], None], root_temps: RootTempFiles,
+                        fence: Callable[[], None] = lambda: None) -> None:
     """The executor over a stream of projects; the last batch is written even when interrupted.
     Each project is recovered right before it is planned, by whoever carries it out."""
     with ExitStack() as stack:
         scan_ahead = stack.enter_context(ScanAhead(storage)) if options.read_ahead else None
         executor = Executor(storage, engine, report, legacy_links=options.legacy_links, on_generation=tick,
-                            scan_ahead=scan_ahead)
+                            scan_ahead=scan_ahead, fence=fence)
         try:
             for record in iter_project_records(engine, only=only):
                 _carry_out_project(storage, engine, executor, options, record, root_temps)
@@ -241,14 +247,16 @@ def _carry_out_projects(storage: Storage, engine: Engine, report: RunReport, opt
 
 
 def carry_out_claimed(storage: Storage, engine: Engine, report: RunReport, options: RunOptions,
-                      project_ids: Sequence[str], tick: Callable[[int], None]) -> None:
-    """A coordinated participant's claimed projects, through the same per-project loop."""
-    _carry_out_projects(storage, engine, report, options, project_ids, tick, RootTempFiles.listed(storage))
+                      project_ids: Sequence[str], tick: Callable[[int], None], fence: Callable[[], None]) -> None:
+    """A coordinated participant's claimed projects, through the same per-project loop; ``fence``
+    raises once the participant may no longer write (see ``Executor.fence``)."""
+    _carry_out_projects(storage, engine, report, options, project_ids, tick, RootTempFiles.listed(storage), fence)
 
 
 def _carry_out_project(storage: Storage, engine: Engine, executor: Executor, options: RunOptions,
                        record: ProjectRecord, root_temps: RootTempFiles) -> None:
     generation_ids = [generation.id for generation in record.generations]
+    executor.fence()
     recover_project(storage, record.project_id, generation_ids, root_temps)
     states = executor.report.application_states
     if options.adopt_complete:

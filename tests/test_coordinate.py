@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections import Counter
@@ -33,6 +34,7 @@ from .sandbox import (
     build_installation,
     dump_tables,
     process_tree,
+    query_rows,
     run_cli,
     tree_digest,
     wait_until_stopped,
@@ -577,3 +579,107 @@ def test_the_database_lock_for_db_commands_excludes_coordinated_runs(installatio
         paused.send_signal(signal.SIGCONT)
         engine.dispose()
     assert finish(paused)[0] == 0
+
+
+LEASE_VARIABLE = "STORAGE_MIGRATE_LEASE_SECONDS"
+
+
+def _stop(process: subprocess.Popen[str]) -> None:
+    """A paused participant a failed test leaves behind is killed, never left stopped."""
+    if process.poll() is None:
+        process.kill()
+        process.communicate()
+
+
+def test_a_participant_that_lost_its_claim_after_a_move_writes_nothing(installation: Installation,
+                                                                        postgres_url: str) -> None:
+    # A stops right after its first move (published: the row and the flat link name the new
+    # place) and its lock session is terminated; the application edits a file of that generation
+    # through its flat path; B finishes everything (its manifest holds the edit). Continued, A
+    # holds a scan from before the edit: it must write nothing — no stale manifest — and exit 1.
+    stale = participant(installation, "stale", extra_environment={PAUSE_AT_VARIABLE: "moved"})
+    try:
+        wait_until_stopped(stale)
+        moved = [row[0] for row in query_rows(
+            installation, "SELECT id FROM generations WHERE storage_path LIKE '%/generations/%'")]
+        assert len(moved) == 1, moved
+        admin = _admin(postgres_url)
+        with admin.connect() as connection:
+            terminated = connection.execute(sa.text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name LIKE '%host=stale%'"
+            )).scalars().all()
+        admin.dispose()
+        assert terminated == [True]
+        flat = installation.root / moved[0]
+        edited = sorted(path for path in flat.resolve().rglob("*") if path.is_file())[0]
+        (flat / edited.relative_to(flat.resolve())).write_bytes(edited.read_bytes() + b"# edited by the application\n")
+        returncode, _, stderr = finish(participant(installation, "finisher"))
+        assert returncode == 0, stderr
+        before = tree_digest(installation.root)
+        stale.send_signal(signal.SIGCONT)
+        returncode, stdout, stderr = finish(stale)
+    finally:
+        _stop(stale)
+    assert returncode == 1, stderr
+    assert "lost its database session" in json.loads(stdout)["error"]
+    assert tree_digest(installation.root) == before, "the fenced-off participant changed the disk"
+
+
+def test_a_paused_participant_is_ended_after_its_lease_and_its_projects_taken_over(
+        installation: Installation, reference: tuple) -> None:
+    # A stops (SIGSTOP, as `docker pause`) with its session alive: the kernel still answers the
+    # keepalives, only its heartbeat stops. B ends it once its heartbeat is older than the lease
+    # and takes its bucket over; A, continued, writes nothing and exits 1.
+    (expected_state, _) = reference
+    lease = 4
+    frozen = participant(installation, "frozen", extra_environment={PAUSE_AT_VARIABLE: "moved",
+                                                                    LEASE_VARIABLE: str(lease)})
+    try:
+        wait_until_stopped(frozen)
+        started = time.monotonic()
+        returncode, stdout, stderr = finish(participant(installation, "thawed",
+                                                        extra_environment={LEASE_VARIABLE: str(lease)}),
+                                            timeout=lease + 30)
+        took = time.monotonic() - started
+        assert returncode == 0, stderr
+        print(f"the paused participant's work finished by the other after {took:.1f} s (lease {lease} s)")
+        assert "host=frozen" in stderr and "heartbeat" in stderr, stderr
+        assert json.loads(stdout)["coordination"]["buckets_taken_over"] >= 1
+        assert end_state(installation) == expected_state
+        after = tree_digest(installation.root)
+        frozen.send_signal(signal.SIGCONT)
+        returncode, stdout, stderr = finish(frozen, timeout=60)
+    finally:
+        _stop(frozen)
+    assert returncode == 1, stderr
+    assert "lost its database session" in json.loads(stdout)["error"]
+    assert tree_digest(installation.root) == after, "the ended participant changed the disk"
+    assert end_state(installation) == expected_state
+
+
+def test_a_waiting_participant_says_what_it_waits_for(installation: Installation) -> None:
+    # A holds a bucket, paused, with a lease far longer than the test: B waits for it and says so
+    # on stderr — which bucket, held by whom — until A is killed; then B takes it over.
+    held = participant(installation, "holder", extra_environment={PAUSE_AT_VARIABLE: "planned",
+                                                                  LEASE_VARIABLE: "600"})
+    wait_until_stopped(held)
+    waiter = participant(installation, "waiter", extra_environment={LEASE_VARIABLE: "600"})
+    try:
+        assert waiter.stderr is not None
+        lines: list[str] = []
+        reader = threading.Thread(target=lambda: lines.extend(iter(waiter.stderr.readline, "")), daemon=True)
+        reader.start()          # stderr read as it comes; ``finish`` then finds it drained
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not any("--coordinate: waiting" in line for line in lines):
+            time.sleep(0.2)
+        notice = next((line for line in lines if "--coordinate: waiting" in line), None)
+        assert notice is not None, lines
+        assert "bucket" in notice and "host=holder" in notice, notice
+        held.kill()
+        held.communicate()
+        returncode, _, _ = finish(waiter)
+        reader.join(timeout=10)
+        assert returncode == 0, "".join(lines)
+    finally:
+        _stop(held)
+        _stop(waiter)
