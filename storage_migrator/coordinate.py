@@ -32,13 +32,13 @@ clock (no table). A participant that waits (3, 4) ends every other one whose las
 older than the lease (``STORAGE_MIGRATE_LEASE_SECONDS``, default 60) — ``pg_terminate_backend``
 of both its sessions, which releases its locks — and so takes its buckets over (3).
 
-Fencing: before every write (each project's recovery, each generation's disk steps and again
-before its manifest and patch, the ``active`` link and each batch), ``Participant.fence``
-checks that the lease has not lapsed locally (a process paused longer than the lease stops for
-good, whether or not another ended it yet) and that the lock session answers, as the same
-backend, still holding the bucket's claim. Every database statement runs on the lock session,
-which never reconnects, so a participant that was ended cannot write there either. What a check
-cannot close is the instant between it and the write it guards.
+Fencing: right before every write below ROOT (each project's recovery, a move, a rebuild, a
+manifest and patch, a flat link, the ``active`` link), ``Participant.fence`` checks that the
+lease has not lapsed locally (a process paused longer than the lease stops for good, whether or
+not another ended it yet) and asks the server, on the heartbeat session, whether the lock
+session still holds the bucket's claim. Database writes are fenced by the lock session itself:
+every statement runs on it, it never reconnects, and a claim is let go only after its bucket's
+last batch. What a check cannot close is the instant between it and the write it guards.
 
 Every wait (a claimed bucket, the barrier) says on stderr what it waits for every
 ``WAIT_NOTICE_SECONDS``; a holder that stopped is ended after the lease, so only one that still
@@ -58,10 +58,12 @@ import threading
 import time
 import zlib
 from collections.abc import Callable, Collection, Sequence
+from contextlib import suppress
 from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
+import psycopg
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
@@ -201,20 +203,29 @@ class Heartbeat:
 
     Lapsed for good once a renewal is older than the lease, on this process's monotonic clock
     (which runs on while the process is stopped): the others may have ended it, or will; so
-    ``check`` raises from then on, even if the server never noticed."""
+    ``check`` raises from then on, even if the server never noticed. The session is one psycopg
+    connection held from ``start`` to ``stop`` (never reopened), in autocommit: each question is
+    one round trip."""
 
     def __init__(self, database_url: str, lock_pid: int, lease: float) -> None:
         self.lease = lease
         self.lock_pid = lock_pid
-        self._engine = _single_session_engine(database_url, f"{HEARTBEAT_NAME}{lock_pid}",
-                                              isolation_level="AUTOCOMMIT")
+        self._engine = _single_session_engine(database_url, f"{HEARTBEAT_NAME}{lock_pid}")
+        self._connection: Any = None
         self._renewed = time.monotonic()
         self._lost: str | None = None
+        self._session = threading.Lock()           # the thread's renewals and the fence's questions
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="storage-migrate heartbeat", daemon=True)
 
     def start(self) -> None:
-        """The first renewal, here (the heartbeat exists before the participant joins), then the thread."""
+        """The session and the first renewal, here (the heartbeat exists before the participant
+        joins), then the thread."""
+        try:
+            self._connection = self._engine.raw_connection()
+        except sa.exc.DBAPIError as error:
+            raise LockSessionLost(f"the heartbeat session could not be opened ({first_line(error)})") from None
+        self._connection.driver_connection.autocommit = True
         self._beat()
         self.check()
         self._thread.start()
@@ -229,14 +240,43 @@ class Heartbeat:
         if self._lost is not None:
             raise LockSessionLost(self._lost)
 
+    def confirm(self, class_id: int, key: int) -> None:
+        """Ask the server whether the lock session holds the advisory lock ``(class_id, key)``
+        (an exclusive claim) — one round trip on this session, which no caller holds for long,
+        so it may be asked while the lock session is busy; raise ``LockSessionLost`` if not."""
+        held = self._ask(
+            "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE pid = %s AND locktype = 'advisory' AND granted "
+            "AND objsubid = 2 AND classid::bigint = %s AND objid::bigint = %s AND database = "
+            "(SELECT oid FROM pg_database WHERE datname = current_database()))", (self.lock_pid, class_id, key))
+        if not held:
+            self._lost = self._lost or (f"its lock session no longer holds its claim (advisory lock {class_id}, {key}): "
+                                        "ended by another participant, an administrator or the server")
+        self.check()
+
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=DEAD_LINK_MILLISECONDS / 1000 + 1)    # a renewal in flight is bounded by it
-        if not self._thread.is_alive():
-            self._engine.dispose()
+        if self._thread.is_alive():
+            self._thread.join(timeout=DEAD_LINK_MILLISECONDS / 1000 + 1)    # a renewal in flight is bounded by it
+        if self._thread.is_alive():
+            return                  # a daemon thread: it ends with the process, its session with it
+        if self._connection is not None:
+            with suppress(Exception):
+                self._connection.invalidate()       # closed, never handed out again
+        self._engine.dispose()
+
+    def _ask(self, sql: str, parameters: tuple[int, ...]) -> Any:
+        """One question on the session; a failure loses the lease for good."""
+        try:
+            with self._session:
+                if self._lost is None:
+                    return self._connection.driver_connection.execute(sql, parameters).fetchone()[0]
+        except psycopg.Error as error:
+            self._lost = self._lost or f"its heartbeat session failed ({first_line(error)})"
+        self.check()
+        return None
 
     def _run(self) -> None:
-        while not self._stop.wait(self.lease / BEATS_PER_LEASE) and self._lost is None:
+        while not self._stop.wait(self.lease / BEATS_PER_LEASE):
             try:
                 self.check()
             except LockSessionLost:
@@ -246,15 +286,12 @@ class Heartbeat:
     def _beat(self) -> None:
         sent = time.monotonic()
         try:
-            with self._engine.connect() as connection:
-                alive = connection.execute(sa.text("SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = :p)"),
-                                           {"p": self.lock_pid}).scalar()
-        except (sa.exc.DBAPIError, LockSessionLost) as error:
-            detail = first_line(error) if isinstance(error, sa.exc.DBAPIError) else str(error)
-            self._lost = f"its heartbeat session failed ({detail})"
+            alive = self._ask("SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = %s)", (self.lock_pid,))
+        except LockSessionLost:
             return
         if not alive:
-            self._lost = "its lock session is gone (ended by another participant, an administrator or the server)"
+            self._lost = self._lost or ("its lock session is gone (ended by another participant, an administrator "
+                                        "or the server)")
         else:
             self._renewed = sent
 
@@ -300,26 +337,16 @@ class Participant:
             take_shared_run_lock(connection, self.command)
 
     def fence(self) -> None:
-        """Before a write on disk or in the database: raise ``LockSessionLost`` unless the lease
-        holds (``Heartbeat.check``, no round trip) and the lock session answers as the same
-        backend, still holding the claim of the bucket at hand (one round trip). The caller must
-        not hold the lock session's one connection (it is checked out here)."""
-        if self.heartbeat is not None:
-            self.heartbeat.check()
-        bucket = -1 if self._bucket is None else self._bucket
-        try:
-            with self.engine.connect() as connection:
-                row = connection.execute(sa.text(
-                    "SELECT pg_backend_pid() AS pid, :b < 0 OR EXISTS (SELECT 1 FROM pg_locks WHERE "
-                    "pid = pg_backend_pid() AND locktype = 'advisory' AND granted AND objsubid = 2 "
-                    "AND classid::bigint = :c AND objid::bigint = :b) AS held"), {"b": bucket, "c": CLAIM_CLASS}).one()
-                connection.commit()
-        except sa.exc.DBAPIError as error:
-            raise LockSessionLost(f"the lock session failed ({first_line(error)})") from None
-        if row.pid != self.backend_pid:
-            raise PoolingProxy([self.backend_pid or 0, row.pid])
-        if not row.held:
-            raise LockSessionLost(f"bucket {bucket}'s claim is no longer held")
+        """Before a write below ROOT: raise ``LockSessionLost`` unless the lease holds
+        (``Heartbeat.check``, no round trip) and the server shows the lock session still holding
+        the claim of the bucket at hand (``Heartbeat.confirm``, one round trip on the heartbeat
+        session, so it may be called inside a row claim). Database writes need no fence: they run
+        on the lock session itself, and a claim is let go only after its bucket's last batch."""
+        if self.heartbeat is None:
+            raise LockSessionLost("the participant has not joined")
+        self.heartbeat.check()
+        if self._bucket is not None:
+            self.heartbeat.confirm(CLAIM_CLASS, self._bucket)
 
     def _try(self, function: str, class_id: int, key: int) -> bool:
         return bool(self._scalar(f"SELECT {function}(CAST(:c AS integer), CAST(:k AS integer))", c=class_id, k=key))

@@ -105,10 +105,10 @@ class Executor:
     on_generation: Callable[[int], None] = lambda count: None
     scan_ahead: ScanAhead | None = None
     fence: Callable[[], None] = lambda: None
-    """Called before each generation's disk steps, before its manifest and patch, before the
-    ``active`` link and each batch: a coordinated participant's raises once it may no longer
+    """Called right before writes below ROOT — a move, a rebuild, a manifest and patch, a link,
+    each project's ``active`` link: a coordinated participant's raises once it may no longer
     write (``coordinate.Participant.fence``) — never one of ``FAILS_ONE_GENERATION``, so the
-    command stops there, the batch unwritten."""
+    command stops there."""
     _writer: BatchWriter = field(init=False)
     _next_move: dict[str, GenerationPlan] = field(init=False, default_factory=dict)  # plan id -> the move after it
     _published: dict[str, RowSeen] = field(init=False, default_factory=dict)   # id -> the row as the tool wrote it
@@ -145,7 +145,6 @@ class Executor:
         self._writer.flush_if_full()
 
     def finish(self) -> None:
-        self.fence()
         self._writer.flush()
 
     # -- one generation ------------------------------------------------------------------
@@ -155,7 +154,6 @@ class Executor:
     ) -> Handled:
         """Handle one generation by its action's step; whatever goes wrong fails this generation
         alone (``FAILS_ONE_GENERATION``), with one line saying why."""
-        self.fence()
         try:
             return self._STEPS[plan.action](self, plan, previous, previous_version)
         except RowDrifted as drifted:
@@ -215,6 +213,7 @@ class Executor:
         with self._row_still_as_planned(plan, legacy_must_exist=True) as claim:
             self._prepare_target(plan)
             checkpoint("target-prepared")
+            self.fence()
             move_tree(self.storage, _legacy(plan), source, snapshot)
             self._publish(plan, claim, undo=lambda: self._undo_move(plan))
         snapshot.root = source
@@ -421,6 +420,7 @@ class Executor:
             raise GenerationError("output_files is empty; nothing to rebuild the folder from")
         target = _target(plan)
         staging = partial_source_dir(target)
+        self.fence()
         discard_partial(self.storage, staging)
         timestamp_ns = _timestamp_ns(generation.created_at)
         try:
@@ -499,10 +499,12 @@ class Executor:
             return
         if self.legacy_links and self.storage.is_folder(source_dir(_target(plan))):
             if current != expected:
+                self.fence()
                 replace_symlink(self.storage, link, expected)
                 adopt_owner(self.storage, link)
                 checkpoint("legacy-link")
         elif ours:
+            self.fence()
             remove_symlink(self.storage, link)
 
     def _point_active_link(self, plan: ProjectPlan) -> None:

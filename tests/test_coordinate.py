@@ -625,14 +625,16 @@ def test_a_participant_that_lost_its_claim_after_a_move_writes_nothing(installat
     assert tree_digest(installation.root) == before, "the fenced-off participant changed the disk"
 
 
+@pytest.mark.parametrize("step", ["moved", "target-prepared"])
 def test_a_paused_participant_is_ended_after_its_lease_and_its_projects_taken_over(
-        installation: Installation, reference: tuple) -> None:
-    # A stops (SIGSTOP, as `docker pause`) with its session alive: the kernel still answers the
-    # keepalives, only its heartbeat stops. B ends it once its heartbeat is older than the lease
-    # and takes its bucket over; A, continued, writes nothing and exits 1.
+        installation: Installation, reference: tuple, step: str) -> None:
+    # A stops (SIGSTOP, as `docker pause`) with its session alive — after a move, or inside the
+    # row claim just before one: the kernel still answers the keepalives, only its heartbeat
+    # stops. B ends it once its heartbeat is older than the lease and takes its bucket over; A,
+    # continued, writes nothing (not even the move it was about to make) and exits 1.
     (expected_state, _) = reference
     lease = 4
-    frozen = participant(installation, "frozen", extra_environment={PAUSE_AT_VARIABLE: "moved",
+    frozen = participant(installation, "frozen", extra_environment={PAUSE_AT_VARIABLE: step,
                                                                     LEASE_VARIABLE: str(lease)})
     try:
         wait_until_stopped(frozen)
