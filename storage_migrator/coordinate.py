@@ -46,7 +46,8 @@ renews (its process runs) can make the others wait longer.
 
 The lock session never reconnects: once the server has dropped it (keepalives detect a dead
 link in seconds), every database step — the row claim before each irreversible disk step, each
-metadata write, each fence — fails, and the participant exits 1 naming the projects it gave up. Host name: ``socket.gethostname()``, or
+metadata write, each fence — fails, and the participant exits 1 naming the projects it gave up.
+Host name: ``socket.gethostname()``, or
 ``STORAGE_MIGRATE_HOSTNAME``.
 """
 from __future__ import annotations
