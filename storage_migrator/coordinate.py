@@ -36,7 +36,8 @@ Fencing: right before every write below ROOT (each project's recovery, a move, a
 manifest and patch, a flat link, the ``active`` link), ``Participant.fence`` checks that the
 lease has not lapsed locally (a process paused longer than the lease stops for good, whether or
 not another ended it yet) and asks the server, on the heartbeat session, whether the lock
-session still holds the bucket's claim. Database writes are fenced by the lock session itself:
+session still holds the bucket's claim (unless the lock session itself completed a statement
+within the last ``FENCE_FRESH_SECONDS``). Database writes are fenced by the lock session itself:
 every statement runs on it, it never reconnects, and a claim is let go only after its bucket's
 last batch. What a check cannot close is the instant between it and the write it guards.
 
@@ -99,6 +100,10 @@ BEATS_PER_LEASE = 4
 HEARTBEAT_NAME = "storage-migrate heartbeat of backend "
 """The heartbeat session's ``application_name``, followed by its lock session's backend pid."""
 WAIT_NOTICE_SECONDS = 10.0
+FENCE_FRESH_SECONDS = 0.05
+"""A statement the lock session completed this recently (monotonic time, which runs on while the
+process is stopped) proves it alive and holding its claims: the fence asks the server only when
+the lock session has been quiet for longer."""
 INSUFFICIENT_PRIVILEGE = "42501"
 DEAD_LINK_MILLISECONDS = 9000
 """How long either end waits on a silent link: keepalives (5 s idle, then 2 probes 2 s apart)
@@ -314,6 +319,11 @@ class Participant:
         self._lease_checked = 0.0
         self._waiting_since: float | None = None
         self._noticed = 0.0
+        self._proven = 0.0                      # when the lock session last completed a statement
+        sa.event.listen(engine, "after_cursor_execute", self._statement_completed)
+
+    def _statement_completed(self, *arguments: Any) -> None:
+        self._proven = time.monotonic()
 
     # -- the lock session -----------------------------------------------------------------
 
@@ -341,12 +351,14 @@ class Participant:
         """Before a write below ROOT: raise ``LockSessionLost`` unless the lease holds
         (``Heartbeat.check``, no round trip) and the server shows the lock session still holding
         the claim of the bucket at hand (``Heartbeat.confirm``, one round trip on the heartbeat
-        session, so it may be called inside a row claim). Database writes need no fence: they run
-        on the lock session itself, and a claim is let go only after its bucket's last batch."""
+        session, so it may be called inside a row claim) — unless the lock session itself
+        completed a statement within ``FENCE_FRESH_SECONDS`` (the row claim just before a move,
+        the ``storage_path`` just written before a manifest). Database writes need no fence: they
+        run on the lock session itself, and a claim is let go only after its bucket's last batch."""
         if self.heartbeat is None:
             raise LockSessionLost("the participant has not joined")
         self.heartbeat.check()
-        if self._bucket is not None:
+        if self._bucket is not None and time.monotonic() - self._proven > FENCE_FRESH_SECONDS:
             self.heartbeat.confirm(CLAIM_CLASS, self._bucket)
 
     def _try(self, function: str, class_id: int, key: int) -> bool:
