@@ -633,7 +633,7 @@ def test_a_paused_participant_is_ended_after_its_lease_and_its_projects_taken_ov
     # stops. B ends it once its heartbeat is older than the lease and takes its bucket over; A,
     # continued, writes nothing (not even the move it was about to make) and exits 1.
     (expected_state, _) = reference
-    lease = 4
+    lease = 8               # headroom: a healthy participant starved for a whole lease stops itself
     frozen = participant(installation, "frozen", extra_environment={PAUSE_AT_VARIABLE: step,
                                                                     LEASE_VARIABLE: str(lease)})
     try:
