@@ -34,6 +34,7 @@ from .scan_ahead import ScanAhead
 from .storage.layout import (
     ARTIFACTS_DIR,
     PARTIAL_SOURCE_DIR,
+    SOURCE_DIR,
     StorageLayout,
     UnsafePathComponent,
     artifacts_dir,
@@ -56,12 +57,15 @@ from .storage.steps import (
     discard_partial,
     discard_tree,
     fsync_dir,
+    is_prepared_link,
     make_owned_dirs,
     move_tree,
+    put_back_over_link,
     remove_symlink,
     remove_temp_files,
     rename_dir,
     rename_entry,
+    rename_relinking,
     replace_symlink,
 )
 from .storage.tree import TreeSnapshot, read_regular_file, scan_tree
@@ -214,7 +218,8 @@ class Executor:
             self._prepare_target(plan)
             checkpoint("target-prepared")
             self.fence()
-            move_tree(self.storage, _legacy(plan), source, snapshot)
+            move_tree(self.storage, _legacy(plan), source, snapshot, leave_link=self._link_text(plan))
+            checkpoint("folder-moved")
             self._publish(plan, claim, undo=lambda: self._undo_move(plan))
         snapshot.root = source
         checkpoint("moved")
@@ -314,8 +319,13 @@ class Executor:
         generation = plan.generation
         old = self.layout.target_dir(generation.project_id, plan.renumbered_from, generation.id)
         if self.storage.is_folder(old) and not self.storage.occupied(_target(plan)):
+            link = self.layout.legacy_dir(generation.id)
+            relink = self._link_text(plan) if self._link_is_ours(plan) and self.storage.is_link(link) else None
             with self._row_still_as_planned(plan) as claim:
-                rename_dir(self.storage, old, _target(plan))
+                if relink is None:
+                    rename_dir(self.storage, old, _target(plan))
+                else:                       # the flat path follows within two system calls
+                    rename_relinking(self.storage, old, _target(plan), link, relink)
                 self._publish(plan, claim, undo=lambda: rename_dir(self.storage, _target(plan), old))
             checkpoint("renumbered")
 
@@ -345,6 +355,8 @@ class Executor:
         A link that cannot be written undoes the rename. The rest follows in the batch."""
         try:
             self._keep_legacy_link(plan)
+            if self.storage.is_link(self.layout.legacy_dir(plan.id)) and self._link_is_ours(plan):
+                adopt_owner(self.storage, self.layout.legacy_dir(plan.id))   # a link the move left
         except GenerationError:
             undo()
             raise
@@ -376,15 +388,32 @@ class Executor:
 
     def _undo_move(self, plan: GenerationPlan) -> None:
         """A move whose manifest, patch or link could not be written (a full disk): ``source/``
-        goes back to the legacy folder by one rename, so the application still finds the files
-        where its row says they are. Across filesystems the rename is refused and the verified
-        copy stays in place for the next run."""
-        source = source_dir(_target(plan))
-        if self.storage.is_folder(source) and not self.storage.occupied(_legacy(plan)):
-            try:
-                rename_entry(self.storage, source, _legacy(plan))
-            except OSError:
-                pass
+        goes back to the legacy folder by one rename (over the link the move left there), so
+        the application still finds the files where its row says they are. Across filesystems
+        the rename is refused and the verified copy stays in place for the next run."""
+        source, legacy = source_dir(_target(plan)), _legacy(plan)
+        if not self.storage.is_folder(source):
+            return
+        try:
+            if self.storage.link_text(legacy) == self._link_text(plan):
+                put_back_over_link(self.storage, source, legacy)
+            elif not self.storage.occupied(legacy):
+                rename_entry(self.storage, source, legacy)
+        except OSError:
+            pass
+
+    def _link_text(self, plan: GenerationPlan) -> str | None:
+        """What ``<ROOT>/<id>`` holds once the generation is in place; None without legacy links."""
+        if not self.legacy_links:
+            return None
+        generation = plan.generation
+        return self.layout.legacy_link_text(generation.project_id, generation.version or 0, generation.id)
+
+    def _link_is_ours(self, plan: GenerationPlan) -> bool:
+        """``<ROOT>/<id>`` is a link of the tool's for this generation (at any version)."""
+        generation = plan.generation
+        place = parse_legacy_link_text(self.storage.link_text(self.layout.legacy_dir(generation.id)) or "")
+        return place is not None and place[0] == generation.project_id and place[2] == generation.id
 
     def _prepare_target(self, plan: GenerationPlan) -> None:
         """Create the target folder, or clear what an interrupted run of this tool left in it.
@@ -397,9 +426,12 @@ class Executor:
         if self.storage.is_link(target):
             raise GenerationError(f"{target} is a symlink; it is never followed — remove it and rerun")
         if self.storage.is_folder(target):
+            prepared = self.layout.legacy_link_text(generation.project_id, generation.version or 0, generation.id)
             for name, status in self.storage.entries(target):
                 if name == PARTIAL_SOURCE_DIR:
                     discard_partial(self.storage, target / name)   # a copy or rebuild that a killed run began
+                elif name == SOURCE_DIR and is_prepared_link(self.storage, target / name, prepared):
+                    remove_symlink(self.storage, target / name)     # a move killed before its exchange
                 elif is_tool_written(name) or _is_empty_artifacts(self.storage, target / name, status):
                     continue                        # rewritten later in this run
                 else:

@@ -193,3 +193,35 @@ def test_an_edit_through_the_flat_path_after_the_plan_is_picked_up(installation:
     assert (source / "EDITED.md").is_file()
     file_count = scalar(installation, "SELECT file_count FROM generations WHERE id = :id", id=victim)
     assert file_count == sum(1 for path in source.rglob("*") if path.is_file())
+
+
+def legacy_files(root: Path) -> dict[str, str]:
+    """One file (relative path) of every legacy folder ``<ROOT>/<id>/`` there is now."""
+    found = {}
+    for folder in root.iterdir():
+        if folder.is_dir() and not folder.is_symlink() and not folder.name.startswith("."):
+            first = next((path for path in sorted(folder.rglob("*")) if path.is_file()), None)
+            if first is not None and not (folder / "generations").is_dir():
+                found[folder.name] = str(first.relative_to(folder))
+    return found
+
+
+@pytest.mark.parametrize("step", ["target-prepared", "link-prepared", "folder-moved", "moved"])
+def test_the_flat_path_resolves_at_every_pause_point_of_a_move(installation: Installation, step: str) -> None:
+    """A reader of ``<ROOT>/<id>/<file>`` never misses it while its folder moves: the link is
+    swapped in with the move itself, before any fsync or database write."""
+    files = legacy_files(installation.root)
+    assert files, "the sample has legacy folders"
+    unreadable: list[str] = []
+
+    def read_every_flat_path() -> None:
+        for generation_id, relative in files.items():
+            try:
+                (installation.root / generation_id / relative).read_bytes()
+            except OSError as error:
+                unreadable.append(f"{generation_id}/{relative}: {error}")
+
+    code, document = run_paused_at(installation, step, read_every_flat_path)
+    assert code == 0, document
+    assert unreadable == []
+    assert any(line["action"] == "moved" for line in document["generations"])

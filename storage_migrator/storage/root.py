@@ -72,6 +72,7 @@ DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_NOCTTY | os.O_CLOEXEC
 _RENAME_NOREPLACE = 1
+_RENAME_EXCHANGE = 2
 
 Parts = str | Sequence[str]
 """A relative path below ROOT: a '/'-separated string (checked by ``relative_parts``) or its
@@ -183,6 +184,20 @@ def _renameat2_noreplace(src_fd: int, src: str, dst_fd: int, dst: str) -> bool:
     if function is None:
         return False
     if function(src_fd, os.fsencode(src), dst_fd, os.fsencode(dst), _RENAME_NOREPLACE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, os.strerror(code))
+
+
+def _renameat2_exchange(a_fd: int, a: str, b_fd: int, b: str) -> bool:
+    """``renameat2(RENAME_EXCHANGE)``: True if the two entries swapped places, False when libc or
+    the filesystem does not offer it (nothing changed); any other failure raises."""
+    function = _renameat2()
+    if function is None:
+        return False
+    if function(a_fd, os.fsencode(a), b_fd, os.fsencode(b), _RENAME_EXCHANGE) == 0:
         return True
     code = ctypes.get_errno()
     if code in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
@@ -748,6 +763,83 @@ class Root(_OpenDirectory):
                 code = error.errno if error.errno is not None else errno.EIO
                 raise OSError(code, error.strerror or os.strerror(code), display) from None
 
+    def exchange(self, a_parts: Parts, b_parts: Parts) -> bool:
+        """Swap the entries ``a_parts`` and ``b_parts`` (both must exist, neither is followed) in
+        one ``renameat2(RENAME_EXCHANGE)``: no instant exists where either name is missing.
+        False where the kernel, libc or the filesystem lacks it (nothing changed); ``EXDEV``
+        across filesystems comes through as an ``OSError``."""
+        a = _check_parts(a_parts)
+        b = _check_parts(b_parts)
+        display = f"{printable(self._display(a))} <-> {printable(self._display(b))}"
+        with self._parent(a) as (a_fd, a_name), self._parent(b) as (b_fd, b_name):
+            try:
+                return _renameat2_exchange(a_fd, a_name, b_fd, b_name)
+            except OSError as error:
+                raise OSError(error.errno, error.strerror, display) from None
+
+    def rename_and_link(self, src_parts: Parts, dst_parts: Parts, link_parts: Parts, target: str) -> None:
+        """Rename ``src_parts`` to ``dst_parts`` (which must not exist) and make ``link_parts``
+        (missing, a symlink, or ``src_parts`` itself) a symlink to ``target``: the link is made
+        under a temp name beside it first and renamed into place right after the rename, so
+        the link's name is missing or stale only between two system calls (``exchange`` has no
+        such instant: prefer it where it exists). Nothing is fsynced here. If the link cannot
+        be put in place the rename is undone; on any error nothing changed."""
+        if "\0" in target or target == "":
+            raise ValueError("a symlink target must be non-empty and contain no NUL")
+        src = _check_parts(src_parts)
+        dst = _check_parts(dst_parts)
+        link = _check_parts(link_parts)
+        display = f"{printable(self._display(src))} -> {printable(self._display(dst))}"
+        with self._parent(src) as (src_fd, src_name), self._parent(dst) as (dst_fd, dst_name), \
+                self._parent(link) as (link_fd, link_name):
+            existing = _lstat_named(link_fd, link_name, self._display(link))
+            if existing is not None and link != src and not stat.S_ISLNK(existing.st_mode):
+                raise UnsafePath(self._display(link), f"{_kind(existing.st_mode)}, not a symlink")
+            temp = self._make_temp_link(link_fd, link_name, target, self._display(link))
+            try:
+                if not _renameat2_noreplace(src_fd, src_name, dst_fd, dst_name):
+                    if _lstat_at(dst_fd, dst_name) is not None:
+                        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST))
+                    os.rename(src_name, dst_name, src_dir_fd=src_fd, dst_dir_fd=dst_fd)
+            except OSError as error:
+                self._discard_temp(link_fd, temp)
+                code = error.errno if error.errno is not None else errno.EIO
+                raise OSError(code, error.strerror or os.strerror(code), display) from None
+            try:
+                os.replace(temp, link_name, src_dir_fd=link_fd, dst_dir_fd=link_fd)
+            except OSError as error:
+                self._discard_temp(link_fd, temp)
+                try:
+                    os.rename(dst_name, src_name, src_dir_fd=dst_fd, dst_dir_fd=src_fd)
+                except OSError:
+                    pass
+                raise _os_error(error, self._display(link)) from None
+
+    def _make_temp_link(self, parent: int, name: str, target: str, display: str) -> str:
+        """A new symlink to ``target`` under a free temp name for ``name`` in ``parent``."""
+        for _attempt in range(100):
+            temp = _temp_name(name)
+            try:
+                os.symlink(target, temp, dir_fd=parent)
+                return temp
+            except FileExistsError:
+                continue
+            except OSError as error:
+                raise _os_error(error, display) from None
+        raise FileExistsError(errno.EEXIST, "no free temp name", printable(display))
+
+    def new_symlink(self, parts: Parts, target: str) -> None:
+        """Create ``parts`` as a symlink to ``target`` (stored as given); an existing entry
+        there raises ``FileExistsError`` and is left alone."""
+        if "\0" in target or target == "":
+            raise ValueError("a symlink target must be non-empty and contain no NUL")
+        checked = _check_parts(parts)
+        with self._parent(checked) as (parent, name):
+            try:
+                os.symlink(target, name, dir_fd=parent)
+            except OSError as error:
+                raise _os_error(error, self._display(checked)) from None
+
     def symlink(self, parts: Parts, target: str) -> None:
         """Make ``parts`` a symlink to ``target`` (stored as given, never resolved here),
         atomically replacing an existing symlink (temp link + rename). Refuses to replace anything
@@ -760,17 +852,7 @@ class Root(_OpenDirectory):
             existing = _lstat_named(parent, name, display)
             if existing is not None and not stat.S_ISLNK(existing.st_mode):
                 raise UnsafePath(display, f"{_kind(existing.st_mode)}, not a symlink")
-            for _attempt in range(100):
-                temp = _temp_name(name)
-                try:
-                    os.symlink(target, temp, dir_fd=parent)
-                    break
-                except FileExistsError:
-                    continue
-                except OSError as error:
-                    raise _os_error(error, display) from None
-            else:
-                raise FileExistsError(errno.EEXIST, "no free temp name", printable(display))
+            temp = self._make_temp_link(parent, name, target, display)
             try:
                 os.replace(temp, name, src_dir_fd=parent, dst_dir_fd=parent)
             except OSError as error:

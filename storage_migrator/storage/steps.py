@@ -122,8 +122,13 @@ def fsync_dir(storage: Storage, folder: Path) -> None:
     storage.root.fsync_dir(storage.parts(folder))
 
 
-def move_tree(storage: Storage, source: Path, destination: Path, expected: TreeSnapshot) -> bool:
+def move_tree(storage: Storage, source: Path, destination: Path, expected: TreeSnapshot, *,
+              leave_link: str | None = None) -> bool:
     """Move folder ``source`` to ``destination`` (which must not exist); True if it was copied.
+
+    With ``leave_link``, a same-filesystem move leaves ``source`` a symlink with that text
+    (which must resolve to ``destination``), and ``source`` resolves at every instant: see
+    ``_move_leaving_link``. Nothing is fsynced: the caller does that right after.
 
     On one filesystem this is a single rename: no byte is copied and no instant exists where the
     files are in neither place. Across filesystems (EXDEV) the tree is copied next to the
@@ -136,7 +141,10 @@ def move_tree(storage: Storage, source: Path, destination: Path, expected: TreeS
     puts it back first (``recover_project``).
     """
     try:
-        rename_entry(storage, source, destination)
+        if leave_link is None:
+            rename_entry(storage, source, destination)
+        else:
+            _move_leaving_link(storage, source, destination, leave_link)
         return False
     except OSError as error:
         if error.errno != errno.EXDEV:
@@ -168,6 +176,57 @@ def move_tree(storage: Storage, source: Path, destination: Path, expected: TreeS
     checkpoint("copy-in-place")
     _discard_as(storage, held, entry)
     return True
+
+
+def _move_leaving_link(storage: Storage, source: Path, destination: Path, link_text: str) -> None:
+    """Same filesystem: the link is made at ``destination`` first, then the two entries swap
+    places in one ``renameat2(RENAME_EXCHANGE)``, so ``source`` names the folder and then the
+    link, never nothing (a reader of ``source`` never misses a file). Where the exchange is not
+    offered, the link is renamed over ``source`` right after the folder's rename (missing
+    between two system calls). Any error (``EXDEV`` across filesystems) leaves the folder at
+    ``source`` and no link. A link a killed run left at ``destination`` is the
+    tool's: ``is_prepared_link`` names it."""
+    root = storage.root
+    source_parts, destination_parts = storage.parts(source), storage.parts(destination)
+    root.new_symlink(destination_parts, link_text)
+    checkpoint("link-prepared")
+    try:
+        exchanged = root.exchange(source_parts, destination_parts)
+    except OSError:
+        root.unlink(destination_parts, missing_ok=True)
+        raise
+    if not exchanged:
+        root.unlink(destination_parts)
+        root.rename_and_link(source_parts, destination_parts, source_parts, link_text)
+
+
+def rename_relinking(storage: Storage, source: Path, destination: Path, link: Path, link_text: str) -> None:
+    """Rename folder ``source`` to ``destination`` and point the symlink ``link`` at
+    ``link_text`` (which resolves to the renamed folder) right after, back to back, fsyncs
+    left to the caller: a reader of ``link`` finds it stale only between two system calls.
+    On failure nothing changed."""
+    try:
+        storage.root.rename_and_link(storage.parts(source), storage.parts(destination), storage.parts(link),
+                                     link_text)
+    except OSError as error:
+        raise _failed(error, "rename", source) from error
+
+
+def is_prepared_link(storage: Storage, destination: Path, link_text: str) -> bool:
+    """True if ``destination`` is the link ``_move_leaving_link`` makes there before its
+    exchange (a killed move left it; it may be removed)."""
+    return storage.is_link(destination) and storage.link_text(destination) == link_text
+
+
+def put_back_over_link(storage: Storage, moved: Path, link: Path) -> None:
+    """Undo ``move_tree(..., leave_link=...)``: the folder ``moved`` goes back to ``link``'s
+    name, replacing that link (by one exchange where offered, the link then removed)."""
+    root = storage.root
+    if root.exchange(storage.parts(moved), storage.parts(link)):
+        storage.remove_entry(moved)
+        return
+    storage.remove_entry(link)
+    rename_entry(storage, moved, link, replace=False)
 
 
 def _unique_name(entry: StateEntry) -> str:
