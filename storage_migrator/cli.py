@@ -256,6 +256,8 @@ def render_report(report: RunReport, output: Output, cloud: CloudStorage | None 
     for line in cloud_key_lines(report.renumberings, cloud, report.dry_run):
         click.echo(line)
     if not output.quiet:
+        for link in report.removed_links:
+            click.echo(f"removed the tool's link to a deleted generation (it pointed nowhere): {link}")
         for orphan in report.orphans:
             click.echo(f"orphan folder (no row; left alone): {orphan}")
         for leftover in report.leftovers:

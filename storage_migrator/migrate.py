@@ -30,7 +30,7 @@ from .errors import FAILS_ONE_GENERATION, failure_line
 from .execute import Executor
 from .installation import Installation, open_installation
 from .lock import RunLock
-from .orphans import find_orphans
+from .orphans import find_orphans, remove_dangling_links
 from .plan import Action, GenerationPlan, ProjectPlan, plan_project
 from .records import ProjectRecord
 from .report import ADOPTED, GenerationOutcome, ProgressFactory, RunReport, Workload, merge_states
@@ -211,6 +211,7 @@ def _carry_out(installation: Installation, report: RunReport, options: RunOption
     if complete:
         sweep_state(storage)
     if options.resync and complete:
+        report.removed_links = remove_dangling_links(storage, engine)
         report.orphans = find_orphans(storage, engine)
 
 

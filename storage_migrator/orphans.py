@@ -1,4 +1,7 @@
-"""Folders under ROOT that no generation row owns: reported by ``resync``, never deleted.
+"""Folders under ROOT that no generation row owns: reported by ``resync``, never deleted. The
+tool's own flat link ``<ROOT>/<id>`` of a generation whose row is gone and whose target is
+missing (the application deleted it while the tool moved or renumbered it) resolves nowhere and
+is removed (``remove_dangling_links``); the folder left beside it is reported as an orphan.
 
 The scan reads directory entries only (no symlink is followed, the tool's legacy links are its
 own and skipped), and names are looked up in the database in batches, so memory does not grow
@@ -14,8 +17,9 @@ from pathlib import Path
 from sqlalchemy.engine import Engine
 
 from .db import ROWS_PER_STATEMENT, existing_generation_ids
-from .storage.layout import ARCHIVE_DIR, GENERATIONS_DIR, is_utf8_name, parse_target_dir_name
+from .storage.layout import ARCHIVE_DIR, GENERATIONS_DIR, is_utf8_name, parse_legacy_link_text, parse_target_dir_name
 from .storage.opened import Storage
+from .storage.steps import remove_symlink
 
 ORPHAN_LOOKUP_BATCH = ROWS_PER_STATEMENT    # folder names looked up in one statement
 
@@ -66,3 +70,36 @@ def find_orphans(storage: Storage, engine: Engine) -> list[str]:
     if batch:
         look_up()
     return orphans
+
+
+def remove_dangling_links(storage: Storage, engine: Engine) -> list[str]:
+    """Remove every link ``<ROOT>/<id>`` in the tool's form for generation ``<id>`` whose row is
+    gone and whose target (``<project>/generations/v<N>__<id>/source``) is not there; the
+    removed links' paths. Only links: nothing they pointed to, no folder, is touched. Call it
+    only while holding ROOT (a complete run)."""
+    links: list[str] = []
+    for name, status in _entries(storage, storage.path):
+        if stat.S_ISLNK(status.st_mode) and is_utf8_name(name):
+            place = parse_legacy_link_text(storage.link_text(storage.path / name) or "")
+            if place is not None and place[2] == name:
+                links.append(name)
+    removed: list[str] = []
+    for start in range(0, len(links), ORPHAN_LOOKUP_BATCH):
+        batch = links[start:start + ORPHAN_LOOKUP_BATCH]
+        known = existing_generation_ids(engine, batch)
+        for name in batch:
+            link = storage.path / name
+            text = storage.link_text(link)
+            if name in known or text is None or _target_present(storage, text):
+                continue
+            remove_symlink(storage, link)
+            removed.append(str(link))
+    return removed
+
+
+def _target_present(storage: Storage, link_text: str) -> bool:
+    """Anything at the link's target (reached through real folders only; an unreadable path counts)."""
+    try:
+        return storage.occupied(storage.path / link_text)
+    except (OSError, ValueError):
+        return True

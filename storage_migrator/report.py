@@ -184,6 +184,7 @@ class RunReport:
     outcomes: list[GenerationOutcome] = field(default_factory=list)
     orphans: list[str] = field(default_factory=list)
     leftovers: list[str] = field(default_factory=list)
+    removed_links: list[str] = field(default_factory=list)   # the tool's links to deleted generations
     application_states: dict[str, list[str]] = field(default_factory=empty_states)   # see ``triage``
     renumberings: list[Renumbering] = field(default_factory=list)   # every one, whatever ``keep_all``
     bytes_handled: int = 0
@@ -256,6 +257,7 @@ class RunReport:
             "seconds": round(self.seconds, 3),
             "orphans": self.orphans,
             "leftovers": self.leftovers,
+            "removed_links": self.removed_links,
             "application_states": {key: sorted(found) for key, found in self.application_states.items()},
             "cloud_keys_to_rename": [] if cloud is None else [renumbering.cloud_keys()
                                                               for renumbering in self.renumberings],

@@ -225,3 +225,28 @@ def test_the_flat_path_resolves_at_every_pause_point_of_a_move(installation: Ins
     assert code == 0, document
     assert unreadable == []
     assert any(line["action"] == "moved" for line in document["generations"])
+
+
+def test_resync_removes_the_tools_dangling_link_of_a_deleted_generation(installation: Installation) -> None:
+    """The application deleted a generation while the tool renumbered it: its row is gone, the
+    renumbered folder stayed beside, the flat link points at the old number. resync removes
+    the link (it resolves nowhere) and reports the folder as an orphan, every file kept; a
+    link of a deleted generation whose target is still there stays."""
+    assert run_cli(installation, "run").returncode == 0
+    project_id = first_project(installation)
+    victim, kept = [gid for gid in completed_ids(installation, project_id) if (installation.root / gid).is_symlink()][:2]
+    generations_dir = installation.root / project_id / "generations"
+    version = scalar(installation, "SELECT version FROM generations WHERE id = :id", id=victim)
+    left = generations_dir / f"v{version + 10}__{victim}"
+    (generations_dir / f"v{version}__{victim}").rename(left)
+    files_before = sorted(str(path.relative_to(left)) for path in left.rglob("*"))
+    execute(installation, "DELETE FROM generations WHERE id IN (:a, :b)", a=victim, b=kept)
+    assert (installation.root / victim).is_symlink() and not (installation.root / victim).exists()
+
+    result = run_cli(installation, "--json", "resync")
+    document = json.loads(result.stdout)
+    assert not (installation.root / victim).is_symlink(), "the dangling link is removed"
+    assert document["removed_links"] == [str(installation.root / victim)]
+    assert str(left) in document["orphans"]
+    assert sorted(str(path.relative_to(left)) for path in left.rglob("*")) == files_before, "no file deleted"
+    assert (installation.root / kept).is_symlink() and (installation.root / kept).exists(), "a resolving link stays"
