@@ -8,8 +8,9 @@ six projects: each project is one worker's, with a second process reading its ne
 
 Afterwards nothing the application deleted or archived may have come back, `latest_version` must
 never have gone down, the application's last activation per project must still hold, every read
-the application made must have seen complete files, `verify` is clean and a second resync is a
-no-op. All counts are collected and printed before anything is asserted.
+the application made must have seen complete files (a flat-path read never finds `<ROOT>/<id>`
+missing during a move, counted apart), no deleted generation keeps a dangling `<ROOT>/<id>` link,
+`verify` is clean and a second resync is a no-op. All counts are collected and printed before anything is asserted.
 
 Duration: STORAGE_MIGRATOR_LOAD_SECONDS (default 30; it was 60 — with seed 1, 30 s already has
 every kind of application operation, at least one cron resync and watch reports, which the test
@@ -285,7 +286,7 @@ def test_the_tool_beside_the_application_under_load(database_url: str, tmp_path:
 
     # Nothing deleted came back.
     deleted_row_back = [gid for gid in deleted if gid in generation_rows]
-    deleted_folder_back, deleted_flat_rebuilt = [], []
+    deleted_folder_back, deleted_flat_rebuilt, dangling_links = [], [], []
     for gid, event in deleted.items():
         generations_dir = root / event["project_id"] / "generations"
         archived_after = gid in archived and archived[gid]["t"] > event["t"]   # a folder came back, then was archived
@@ -296,6 +297,8 @@ def test_the_tool_beside_the_application_under_load(database_url: str, tmp_path:
         if flat.is_symlink():
             if flat.exists():
                 deleted_flat_rebuilt.append(gid)      # a link to a folder that should be gone
+            else:
+                dangling_links.append(gid)            # SQLite race: deleted while the tool moved it
         elif flat.is_dir():
             now = sorted(str(path.relative_to(flat)) for path in flat.rglob("*"))
             if not (left and "dir" in left and set(now) <= set(left["dir"])):
@@ -363,6 +366,8 @@ def test_the_tool_beside_the_application_under_load(database_url: str, tmp_path:
     # Reads saw complete files; edits through the tool's link were not lost; no application error.
     incomplete_reads = [event for event in by_kind["read_incomplete"]
                         if not (event["storage_path_changed"] and event["retry_missing_count"] == 0)]
+    flat_path_missing = [event for event in by_kind["read_incomplete"]       # SQLite race: read during a move
+                         if event["way"] == "flat" and "does not exist" in event["detail"]]
     edits_lost = []
     for event in by_kind["edited"]:
         row = generation_rows.get(event["generation_id"])
@@ -404,6 +409,8 @@ def test_the_tool_beside_the_application_under_load(database_url: str, tmp_path:
         "application numbers renumbered (collisions)": len(numbers_changed),
         "duplicate versions left": len(duplicate_versions),
         "incomplete reads": len(incomplete_reads),
+        "flat-path reads that found <ROOT>/<id> missing": len(flat_path_missing),
+        "dangling <ROOT>/<id> links of deleted generations": len(dangling_links),
         "edits through the link lost": len(edits_lost),
         "application errors": len(application_errors),
         "verify exit code": verify.returncode,
@@ -438,6 +445,7 @@ def test_the_tool_beside_the_application_under_load(database_url: str, tmp_path:
         "tool_active_changes": tool_active_changes[:10], "activation_lost": activation_lost,
         "is_active_inconsistent": is_active_inconsistent, "numbers_changed": numbers_changed[:10],
         "duplicate_versions": duplicate_versions[:10], "incomplete_reads": incomplete_reads[:10],
+        "flat_path_missing": flat_path_missing[:10], "dangling_links": dangling_links[:10],
         "edits_lost": edits_lost[:10], "application_errors": [
             {key: value for key, value in event.items() if key != "traceback"} for event in application_errors[:10]],
         "verify_problems": problems[:15], "failed_gone": failed_gone[:10], "failed_any": failed_any[:10],
