@@ -207,9 +207,11 @@ class Executor:
         with self._row_still_as_planned(plan, legacy_must_exist=True) as claim:
             self._prepare_target(plan)
             checkpoint("target-prepared")
-            move_tree(self.storage, _legacy(plan), source, snapshot)
+            copied = move_tree(self.storage, _legacy(plan), source, snapshot)
             self._publish(plan, claim, undo=lambda: self._undo_move(plan))
         snapshot.root = source
+        if copied is not None:
+            snapshot.files = copied         # the copy's fingerprints go into its manifest
         checkpoint("moved")
         try:
             return self._record(plan, snapshot, previous, previous_version)

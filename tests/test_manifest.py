@@ -71,7 +71,7 @@ NAMES = st.lists(COMPONENT, min_size=1, max_size=3).map(lambda parts: os.fsdecod
 @given(names=st.sets(NAMES, min_size=1, max_size=8))
 def test_any_bytes_names_round_trip_through_strict_utf8(tmp_path: Path, names: set[str]) -> None:
     checksums = {name: f"{index:064x}" for index, name in enumerate(sorted(names))}
-    fingerprints = {name: (index, 10**18 + index) for index, name in enumerate(sorted(names))}
+    fingerprints = {name: (index, 10**18 + index, 10**18 + 2 * index, 7 + index) for index, name in enumerate(sorted(names))}
     manifest = Manifest("g", "p", 1, None, len(names), 0, checksums, fingerprints)
     path = tmp_path / "manifest.json"
     path.write_bytes(manifest.to_bytes())
@@ -123,7 +123,7 @@ def test_a_manifest_the_old_writer_left_with_raw_bytes_is_rewritten(installation
     old = {**document, "format": 1,
            "files": manifest.files,
            "checksums": dict(sorted(manifest.checksums.items())),
-           "fingerprints": {k: list(v) for k, v in sorted(manifest.fingerprints.items())}}
+           "fingerprints": {k: list(v[:2]) for k, v in sorted(manifest.fingerprints.items())}}   # size, mtime
     raw = (json.dumps(old, ensure_ascii=False) + "\n").encode("utf-8", "surrogateescape")
     (target / "manifest.json").write_bytes(raw)
     with pytest.raises(UnicodeDecodeError):
@@ -264,17 +264,48 @@ def test_application_keys_too_large_to_keep_fail_the_generation_rather_than_vani
     assert read_manifest_document(path) is None
 
 
-# The text the fingerprint digest has always hashed: manifests written by earlier versions name it.
-def digest_as_first_written(fingerprints: dict[str, tuple[int, int]]) -> str:
-    canonical = repr(sorted((path, tuple(pair)) for path, pair in fingerprints.items()))
+# The text the fingerprint digest hashes, as plainly as it can be said.
+def digest_by_repr(fingerprints: dict[str, tuple[int, int, int, int]]) -> str:
+    canonical = repr(sorted((path, tuple(fingerprint)) for path, fingerprint in fingerprints.items()))
     return hashlib.sha256(canonical.encode("utf-8", "surrogateescape")).hexdigest()
 
 
 @given(st.dictionaries(
     st.one_of(st.text(min_size=1, max_size=12),
               st.sampled_from(["it's.py", 'say "hi".txt', "back\\slash", "new\nline", "caf\u00e9", "bad\udcff.py"])),
-    st.tuples(st.integers(0, 2**40), st.integers(0, 2**63)), max_size=8))
-def test_the_fingerprint_digest_is_the_one_earlier_manifests_recorded(fingerprints: dict[str, tuple[int, int]]) -> None:
-    """Quotes, backslashes, newlines, non-ASCII and undecodable names: the same digest as the
-    first version's ``repr`` of the sorted list, or every migrated generation would look changed."""
-    assert manifest_module.fingerprint_digest(fingerprints) == digest_as_first_written(fingerprints)
+    st.tuples(st.integers(0, 2**40), st.integers(0, 2**63), st.integers(0, 2**63), st.integers(1, 2**64 - 1)),
+    max_size=8))
+def test_the_fingerprint_digest_is_the_repr_of_the_sorted_fingerprints(
+        fingerprints: dict[str, tuple[int, int, int, int]]) -> None:
+    """Quotes, backslashes, newlines, non-ASCII and undecodable names: the digest spelled out per
+    entry is the digest of ``repr`` of the sorted list, whatever the name holds."""
+    assert manifest_module.fingerprint_digest(fingerprints) == digest_by_repr(fingerprints)
+
+
+def test_a_manifest_with_the_older_fingerprints_is_read_again_once(installation: Installation) -> None:
+    """A manifest of format 2 (size and mtime per file, and their digest) is never taken for
+    unchanged: the next resync reads the generation again — finding the same-size rewrite whose
+    mtime was set back — and writes the current format; the resync after it reads nothing."""
+    assert run_cli(installation, "run").returncode == 0
+    target = migrated_target(installation)
+    document = json.loads((target / "manifest.json").read_text("utf-8"))
+    pairs = {path: fingerprint[:2] for path, fingerprint in document["fingerprints"].items()}
+    older = {**document, "format": 2, "fingerprints": pairs,
+             "fingerprint_digest": hashlib.sha256(repr(sorted(
+                 (path, tuple(pair)) for path, pair in pairs.items())).encode("utf-8", "surrogateescape")).hexdigest()}
+    (target / "manifest.json").write_text(json.dumps(older, ensure_ascii=False) + "\n", "utf-8")
+    edited = next(path for path in sorted((target / "source").rglob("*")) if path.is_file() and path.stat().st_size)
+    status = edited.stat()
+    edited.write_bytes(bytes(byte ^ 1 for byte in edited.read_bytes()))       # same size, other bytes
+    os.utime(edited, ns=(status.st_atime_ns, status.st_mtime_ns))           # what cp -p does
+    upgrade = run_cli(installation, "--json", "resync")
+    assert upgrade.returncode == 0, upgrade.stderr
+    line = {g["id"]: g for g in json.loads(upgrade.stdout)["generations"]}[target.name.split("__", 1)[1]]
+    assert line["action"] != "unchanged", line
+    rewritten = read_strict(target / "manifest.json")
+    assert rewritten["format"] == 3 and all(len(fingerprint) == 4 for fingerprint in rewritten["fingerprints"].values())
+    relative = edited.relative_to(target / "source").as_posix()
+    assert rewritten["checksums"][relative] == hashlib.sha256(edited.read_bytes()).hexdigest()
+    assert run_cli(installation, "verify").returncode == 0
+    again = run_cli(installation, "--json", "resync")
+    assert {g["action"] for g in json.loads(again.stdout)["generations"] if g["id"] == line["id"]} == {"unchanged"}

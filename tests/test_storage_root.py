@@ -588,7 +588,7 @@ def walk_a_2000_level_tree(tmp_path: Path, expected: list[str]) -> None:
         deepest = found[-1][0]
         assert tree.read_regular_file(storage, tmp_path / "top", deepest, max_bytes=100) == f"level {DEEP}".encode()
         assert tree.fingerprint_tree(storage, tmp_path / "top") == {
-            path: (st_.st_size, st_.st_mtime_ns) for path, st_ in found
+            path: (st_.st_size, st_.st_mtime_ns, st_.st_ctime_ns, st_.st_ino) for path, st_ in found
         }
         assert open_fds() == before
         with pytest.raises(UnsafePath, match="is too deep"):

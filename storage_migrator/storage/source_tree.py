@@ -42,7 +42,7 @@ class ManifestTree:
         return self.full().checksums
 
     def sizes(self) -> dict[str, int]:
-        return {path: size for path, (size, _) in self.full().fingerprints.items()}
+        return {path: fingerprint[0] for path, fingerprint in self.full().fingerprints.items()}
 
     def read(self, path: str) -> bytes:
         return read_regular_file(self.storage, self.root, path)
