@@ -6,11 +6,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -309,3 +311,62 @@ def test_a_manifest_with_the_older_fingerprints_is_read_again_once(installation:
     assert run_cli(installation, "verify").returncode == 0
     again = run_cli(installation, "--json", "resync")
     assert {g["action"] for g in json.loads(again.stdout)["generations"] if g["id"] == line["id"]} == {"unchanged"}
+
+
+# Every byte a Linux name may hold but '/' and NUL, in names the application may meet: a path
+# from a Windows archive, quotes, control characters, spaces at either end, undecodable bytes,
+# text that looks like the manifest's own escapes.
+ODD_NAMES = [b"app\\models\\user.py", b"dir\\with\\backslash/inner.txt", b"trailing\\", b"\\\\double",
+             b"\\x41 not an escape", b"\\u0000 nor this", b"tab\there", b"new\nline", b"ctrl\x01\x1b\x1f\x7f",
+             b"quote\"'`", b" both ends ", b"-dash", b"..dots..", b"...", b"#*?[]{}$!", b"caf\xc3\xa9",
+             b"bad\xff\xfe", b"\xed\xa0\x80 surrogate bytes", b"bad\\\xe9 mixed", bytes(range(1, 47)) + b"end",
+             bytes(range(48, 256)).replace(b"/", b"")]
+
+
+def byte_tree(folder: bytes) -> dict[bytes, bytes]:
+    """Every regular file below ``folder`` by its exact byte path → its bytes."""
+    found: dict[bytes, bytes] = {}
+    for directory, _, files in os.walk(folder):
+        for name in files:
+            with open(os.path.join(directory, name), "rb") as stream:
+                found[os.path.relpath(os.path.join(directory, name), folder)] = stream.read()
+    return found
+
+
+def test_names_with_any_byte_round_trip_through_run_resync_verify_and_rollback(installation: Installation,
+                                                                             tmp_path: Path) -> None:
+    """Two consecutive versions hold every odd name: most unchanged, some modified, one deleted,
+    one added. run, verify, resync (twice: an unchanged backslash name must not make the next one
+    fail), verify, rollback — each exits 0 and every byte comes back where it was."""
+    engine = installation.engine()
+    with engine.connect() as connection:
+        ids = connection.execute(sa.text(
+            "SELECT id FROM generations WHERE project_id = :p AND status = 'completed' ORDER BY version"),
+            {"p": installation.sample.demo_project_id}).scalars().all()
+    engine.dispose()
+    first, second = [os.fsencode(installation.root / generation_id) for generation_id in ids[:2]]
+    assert os.path.isdir(first) and os.path.isdir(second)
+    for index, name in enumerate(ODD_NAMES):
+        for folder, content in ((first, b"same %d\n" % index), (second, b"same %d\n" % index)):
+            os.makedirs(os.path.dirname(os.path.join(folder, name)), exist_ok=True)
+            with open(os.path.join(folder, name), "wb") as stream:
+                stream.write(content + (b"changed\n" if folder == second and index % 3 == 1 else b""))
+    os.unlink(os.path.join(second, ODD_NAMES[2]))
+    with open(os.path.join(second, b"added\\" + ODD_NAMES[16]), "wb") as stream:
+        stream.write(b"added\n")
+    before = {folder: byte_tree(folder) for folder in (first, second)}
+
+    for command in ("run", "verify", "resync", "resync", "verify"):
+        result = run_cli(installation, "--json", command)
+        assert result.returncode == 0, (command, result.stdout[-2000:], result.stderr[-2000:])
+    last = json.loads(result.stdout)
+    assert last["problems"] == []
+    patch = next(installation.root.glob(f"*/generations/v*__{ids[1]}/diff_from_v*.patch"))
+    assert b"user.py" not in patch.read_bytes(), "an unchanged name is not in the patch"
+    copy = os.fsencode(tmp_path / "applied")
+    shutil.copytree(os.path.join(first, b""), copy)        # through the tool's link: the migrated v1
+    subprocess.run(["git", "apply", "--binary", str(patch)], cwd=copy, check=True, capture_output=True)
+    assert byte_tree(copy) == before[second], "git apply in a copy of v1 gives v2, every name included"
+    rollback = run_cli(installation, "--json", "rollback")
+    assert rollback.returncode == 0, rollback.stdout[-2000:] + rollback.stderr[-2000:]
+    assert {folder: byte_tree(folder) for folder in (first, second)} == before

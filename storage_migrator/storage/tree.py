@@ -290,19 +290,8 @@ def git_blob_id(content: bytes) -> str:
 
 def git_blob_id_file(storage: Storage, folder: Path, relative_path: str) -> str:
     """git's object id of a file (sha1 over ``blob <size>\\0`` + bytes), streamed: what a
-    patch's ``index`` line names for a file too large to enter the patch. A name with a
-    backslash, which the tool migrates and diffs but ``relative_parts`` refuses as a path, is
-    found by a walk and opened by name in its directory's descriptor (no link followed either way)."""
-    if "\\" in relative_path:
-        display = os.path.join(folder, relative_path)
-        for relative, _, dir_fd, name in _walk_entries(storage, folder):
-            if relative == relative_path:
-                descriptor, status = _open_at(dir_fd, name, display)
-                break
-        else:
-            raise GenerationError(f"{display} is gone")
-    else:
-        descriptor, status = open_regular_file(storage, folder, relative_path)
+    patch's ``index`` line names for a file too large to enter the patch."""
+    descriptor, status = open_regular_file(storage, folder, relative_path)
     digest = git_blob_digest(status.st_size)
     try:
         while chunk := os.read(descriptor, CHUNK_SIZE):
