@@ -173,10 +173,15 @@ class FolderReader:
     """Reads files below one folder, many in a row in path order (a patch's reads): bytes a scan
     kept come from memory; any other file is opened from a kept chain of directory descriptors
     (``Root.folder_files``, opened at the first such read), not walked to from ROOT each time.
-    A context manager: the descriptors are closed at its end."""
+    A file read again whose blob id the scan hashed (``scanned_ids``) must still have that id:
+    else it changed since the scan, and GenerationError says so — a patch never pairs an id with
+    other bytes than the ones it was hashed from. A context manager: the descriptors are closed
+    at its end."""
 
-    def __init__(self, storage: Storage, folder: Path, kept: Mapping[str, bytes]) -> None:
+    def __init__(self, storage: Storage, folder: Path, kept: Mapping[str, bytes],
+                 scanned_ids: Mapping[str, str] | None = None) -> None:
         self._storage, self._folder, self._kept = storage, folder, kept
+        self._scanned_ids = scanned_ids or {}
         self._files: FolderFiles | None = None
 
     def __enter__(self) -> FolderReader:
@@ -193,7 +198,12 @@ class FolderReader:
         full_path = os.path.join(self._folder, relative_path)
         descriptor, status = _opened_or_refused(lambda: self._folder_files().open_regular(relative_parts(relative_path)),
                                                 full_path)
-        return _read_whole(descriptor, status, full_path, None)
+        content = _read_whole(descriptor, status, full_path, None)
+        scanned = self._scanned_ids.get(relative_path)
+        if scanned is not None and git_blob_id(content) != scanned:
+            raise GenerationError(f"{full_path} changed while its patch was made (the application is writing it); "
+                                  "the next resync redoes it")
+        return content
 
     def _folder_files(self) -> FolderFiles:
         if self._files is None:
