@@ -128,6 +128,26 @@ def test_a_rewrite_that_sets_the_mtime_back_is_seen_by_the_next_resync(migrated:
     assert summary(demo_versions(migrated)[1])["modified"] == summary(v2)["modified"] + 1
 
 
+def test_a_failed_duplicate_with_nothing_on_disk_gets_the_next_number_once(migrated: Installation) -> None:
+    """SPEC §4: versions are unique per project. A failed row sharing v1 with an older generation
+    and with no folder at all takes the next free number; later resyncs take no other."""
+    project_id = migrated.sample.demo_project_id
+    v1 = demo_versions(migrated)[0]
+    duplicate = "d0f00000-0000-4000-8000-000000000001"
+    execute(migrated, "INSERT INTO generations (id, project_id, user_id, prompt, status, version, storage_path, "
+            "created_at) SELECT :id, id, user_id, 'again', 'failed', :v, :path, :at FROM projects WHERE id = :p",
+            id=duplicate, p=project_id, v=v1.version, path=f"storage/projects/{duplicate}", at="2099-01-01 00:00:00")
+    latest = rows(migrated, "SELECT latest_version FROM projects WHERE id = :p", p=project_id)[0].latest_version
+    for attempt in range(3):
+        result = run_cli(migrated, "resync")
+        assert result.returncode == 0, (attempt, result.stdout, result.stderr)
+        numbers = rows(migrated, "SELECT g.version, p.latest_version FROM generations g JOIN projects p "
+                       "ON p.id = g.project_id WHERE g.id = :id", id=duplicate)[0]
+        assert tuple(numbers) == (latest + 1, latest + 1), (attempt, tuple(numbers), latest)
+    code, document = verify_json(migrated)
+    assert (code, document["problems"]) == (0, [])
+
+
 def test_resync_of_unchanged_storage_reads_no_file(migrated: Installation, monkeypatch: pytest.MonkeyPatch) -> None:
     opened: list[str] = []
     real_open = os.open
