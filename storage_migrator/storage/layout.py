@@ -433,9 +433,13 @@ def is_tool_written(name: str) -> bool:
 
 def check_relative_file_path(value: object) -> str:
     """A file path from the ``output_files`` column, usable below ``source/`` (the rule of
-    ``relative_parts``); ``UnsafePathComponent`` names the column's value otherwise."""
+    ``relative_parts``); ``UnsafePathComponent`` names the column's value otherwise. Unlike a
+    name found on disk, a backslash here is refused: in a column the application filled, it may
+    be meant as a Windows separator, and the tool does not guess which."""
     if not isinstance(value, str):
         raise UnsafePathComponent("file path is not a string")
+    if "\\" in value:
+        raise UnsafePathComponent(f"file path {value!r} contains a backslash")
     try:
         relative_parts(value)
     except UnsafePath as error:
