@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Literal
 
+from .errors import GenerationError
 from .storage.tree import git_blob_id  # the one blob-id function; here too as diff.git_blob_id
 
 LARGE_FILE_LIMIT = 64 << 20        # bytes; a bigger changed file is named in the patch, not diffed
@@ -295,11 +296,17 @@ class MemoryBlobs:
     @contextmanager
     def holding(self, *blobs: tuple[str, bytes | None]) -> Iterator[list[Any]]:
         """The blobs (id, content; ``None`` content: that side does not exist) as libgit2 objects
-        for the ``with`` block; they leave the store after it, so it never holds more than one diff."""
+        for the ``with`` block; they leave the store after it, so it never holds more than one diff.
+        Two different contents under one id (an id hashed from other bytes than these) raise
+        GenerationError: the store would keep one, and the patch would silently drop the change."""
         try:
             for blob_id, content in blobs:
-                if content is not None:
-                    self._held[blob_id] = content
+                if content is None:
+                    continue
+                if self._held.get(blob_id, content) != content:
+                    raise GenerationError(f"two different contents were named {blob_id}: a file changed between "
+                                          "its hashing and its reading; the next resync redoes the patch")
+                self._held[blob_id] = content
             yield [None if content is None else self._repository[blob_id] for blob_id, content in blobs]
         finally:
             self._held.clear()

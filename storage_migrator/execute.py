@@ -197,10 +197,11 @@ class Executor:
     # -- the step of each action: (plan, diff base, its version) -> (outcome, update, tree) -----
 
     def _skip(self, plan: GenerationPlan, previous: SourceTree | None, previous_version: int | None) -> Handled:
-        return GenerationOutcome.from_plan(plan, Outcome.SKIPPED, plan.generation.storage_path), None, None
+        skipped = GenerationOutcome.from_plan(plan, Outcome.SKIPPED, plan.generation.storage_path)
+        return skipped, _new_number_only(plan), None
 
     def _fail(self, plan: GenerationPlan, previous: SourceTree | None, previous_version: int | None) -> Handled:
-        return self._failed(plan, plan.reason or "cannot be handled", None), None, None
+        return self._failed(plan, plan.reason or "cannot be handled", None), _new_number_only(plan), None
 
     def _unchanged(self, plan: GenerationPlan, previous: SourceTree | None, previous_version: int | None) -> Handled:
         """Nothing to write; its manifest (read by the plan) is the next version's diff base."""
@@ -218,10 +219,12 @@ class Executor:
             self._prepare_target(plan)
             checkpoint("target-prepared")
             self.fence()
-            move_tree(self.storage, _legacy(plan), source, snapshot, leave_link=self._link_text(plan))
+            copied = move_tree(self.storage, _legacy(plan), source, snapshot, leave_link=self._link_text(plan))
             checkpoint("folder-moved")
             self._publish(plan, claim, undo=lambda: self._undo_move(plan))
         snapshot.root = source
+        if copied is not None:
+            snapshot.files = copied         # the copy's fingerprints go into its manifest
         checkpoint("moved")
         try:
             return self._record(plan, snapshot, previous, previous_version)
@@ -571,6 +574,14 @@ def _merged_summary(generation: GenerationRow, summary: diff.ChangeSummary | Non
     return merged
 
 
+
+
+def _new_number_only(plan: GenerationPlan) -> GenerationUpdate | None:
+    """A duplicate given a new number that has no folder to rename (skipped or failed): its row
+    alone takes the number, written if the row is still as planned, so no later run takes another."""
+    if plan.renumbered_from is None or plan.generation.version == plan.row_seen.version:
+        return None
+    return GenerationUpdate.from_row(plan.generation, seen=plan.row_seen)
 
 
 def _next_moves(plans: Sequence[GenerationPlan]) -> dict[str, GenerationPlan]:

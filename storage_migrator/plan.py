@@ -503,9 +503,11 @@ def _renamed_folders(storage: Storage, record: ProjectRecord) -> dict[str, int]:
 
 def assign_numbers(record: ProjectRecord, storage: Storage, renamed: dict[str, int],
                    reserve: NumberSource | None) -> dict[str, int]:
-    """New versions: a folder already renamed keeps its number; a duplicate that has something
-    to move gets the next number (reserved, or predicted in a dry run); one that has nothing on
-    disk keeps its duplicate number and takes none (only numbers given count)."""
+    """New versions: a folder already renamed keeps its number; every other duplicate gets the
+    next number (reserved, or predicted in a dry run) — one with nothing on disk too, whose row
+    alone is renumbered (the executor writes its version at once, so the next run finds no
+    duplicate and takes no other number) — but an archived one, whose ``archive/v<N>__<id>``
+    folder the application named by its number and the tool never renames."""
     numbers = dict(renamed)
     floor = max([record.latest_version, *renamed.values(),
                  *(g.version for g in record.generations if isinstance(g.version, int))], default=0)
@@ -513,8 +515,7 @@ def assign_numbers(record: ProjectRecord, storage: Storage, renamed: dict[str, i
     for generation_id in renumber_duplicates(record):
         if generation_id in numbers:
             continue
-        generation = by_id[generation_id]
-        if not _has_something_to_move(storage, generation):
+        if is_archived(storage, by_id[generation_id]):
             continue
         number = reserve(record.project_id, floor) if reserve is not None else floor + 1
         if number is None:
@@ -522,15 +523,6 @@ def assign_numbers(record: ProjectRecord, storage: Storage, renamed: dict[str, i
         numbers[generation_id] = number
         floor = max(floor, number)
     return numbers
-
-
-def _has_something_to_move(storage: Storage, generation: GenerationRow) -> bool:
-    """A legacy folder, a folder at its old number, or files in ``output_files`` — and not archived."""
-    if is_archived(storage, generation):
-        return False
-    return (storage.is_folder(storage.layout.legacy_dir(generation.id))
-            or storage.is_folder(storage.layout.generation_target(generation))
-            or generation.has_output_files)
 
 
 _UNPROBED = DiskState(LegacyKind.MISSING, False, False, None, (), None)

@@ -39,7 +39,7 @@ from .storage.layout import (
     patch_file_name,
     source_dir,
 )
-from .storage.manifest import read_manifest
+from .storage.manifest import Manifest, read_manifest_document
 from .storage.opened import Storage
 from .storage.source_tree import ManifestTree
 from .storage.tree import TreeSnapshot, git_blob_id_file, read_regular_file, scan_tree
@@ -230,16 +230,46 @@ def _generation_problems(
         problems.append(Problem(generation.id, "file-count", f"file_count {generation.file_count}, disk {snapshot.file_count}"))
     if generation.total_size_bytes != snapshot.total_size_bytes:
         problems.append(Problem(generation.id, "size", f"total_size_bytes {generation.total_size_bytes}, disk {snapshot.total_size_bytes}"))
-    manifest = read_manifest(storage, manifest_path(target))
+    manifest, manifest_problem = _manifest_or_problem(storage, manifest_path(target))
+    if manifest_problem is not None:
+        problems.append(Problem(generation.id, "manifest", manifest_problem))
     if manifest is not None and manifest.checksums != snapshot.checksums():
-        changed = sorted(set(manifest.checksums.items()) ^ set(snapshot.checksums().items()))
-        problems.append(Problem(generation.id, "checksum", f"{len(changed)} file(s) differ from the manifest, e.g. {changed[0][0]}"))
+        found = snapshot.checksums()
+        differing = sorted(path for path in manifest.checksums.keys() | found.keys()
+                           if manifest.checksums.get(path) != found.get(path))
+        problems.append(Problem(generation.id, "checksum",
+                                f"{len(differing)} file(s) differ from the manifest, e.g. {differing[0]!r}"))
     if generation.status == "completed":
         problems.extend(_patch_problems(storage, generation, snapshot, bases, target))
     # Only the tool's manifest says the tool placed this generation (and its flat link); one the
     # application wrote itself gets its link from the next resync.
     problems.extend(_legacy_link_problems(storage, generation, legacy_links and manifest is not None))
     return snapshot
+
+
+_TOOL_ONLY_KEYS = frozenset({"format", "fingerprint_digest", "checksums", "fingerprints"})
+"""Keys only the tool's manifest has: a manifest holding one is the tool's, whatever else it holds."""
+
+
+def _manifest_or_problem(storage: Storage, path: Path) -> tuple[Manifest | None, str | None]:
+    """The tool's manifest, or why the generation's manifest is a problem: missing, not a JSON
+    object (unreadable, not a regular file, too large to keep the application's keys), or the
+    tool's but not readable as such. The application's own manifest (none of the tool's keys) is
+    no problem: resync merges into it."""
+    try:
+        document = read_manifest_document(storage, path)
+    except GenerationError as error:
+        return None, str(error)
+    if document is None:
+        if not storage.occupied(path):
+            return None, f"{path} is missing; run `storage-migrate resync`"
+        return None, f"{path} is unreadable; remove it and run `storage-migrate resync`"
+    try:
+        return Manifest.from_document(document), None
+    except (ValueError, KeyError, TypeError):
+        if _TOOL_ONLY_KEYS & document.keys():
+            return None, f"{path} is the tool's but unreadable; remove it and run `storage-migrate resync`"
+        return None, None
 
 
 def _patch_problems(

@@ -18,9 +18,10 @@ import sqlalchemy as sa
 
 from storage_migrator.config import BASE_REVISION, HEAD_REVISION, Settings
 from storage_migrator.demo import SampleInstallation, SampleSize, generate_installation
+from storage_migrator.errors import GenerationError
 from storage_migrator.schema import upgrade_schema
 from storage_migrator.storage.layout import StorageLayout
-from storage_migrator.storage.manifest import Manifest, read_manifest
+from storage_migrator.storage.manifest import Manifest, read_manifest, summarize_tree
 from storage_migrator.storage.opened import Storage, open_storage
 from storage_migrator.storage.tree import TreeSnapshot, scan_tree
 
@@ -156,14 +157,36 @@ def tree_digest(root: Path) -> dict[str, str]:
                 digest[relative] = "link:" + os.readlink(path)
             elif stat.S_ISDIR(status.st_mode):
                 digest[relative] = "dir"
+            elif name == "manifest.json":
+                digest[relative] = _manifest_digest(path)
             else:
                 content = hashlib.sha256(path.read_bytes()).hexdigest()
-                # The tool's own files (manifest, patch) are compared by content; the generated
-                # files also by mtime, which a move or a verified copy must keep.
-                ours = name == "manifest.json" or name.endswith(".patch")
-                digest[relative] = f"file:{content}" + ("" if ours else f":{status.st_mtime_ns}")
+                # The tool's patches are compared by content; the generated files also by mtime,
+                # which a move or a verified copy must keep.
+                digest[relative] = f"file:{content}" + ("" if name.endswith(".patch") else f":{status.st_mtime_ns}")
     digest.pop(".storage-migrate", None)
     return digest
+
+
+def _manifest_digest(path: Path) -> str:
+    """A manifest by content, but for its fingerprints (ctime and inode differ between two
+    installations whatever happened), which must instead be those of ``source/`` beside it now."""
+    content = path.read_bytes()
+    try:
+        document = json.loads(content)
+    except ValueError:
+        return f"file:{hashlib.sha256(content).hexdigest()}"
+    if not isinstance(document, dict) or "fingerprints" not in document:
+        return f"file:{hashlib.sha256(content).hexdigest()}"
+    recorded = document.pop("fingerprint_digest", None)
+    document.pop("fingerprints")
+    with storage_around(path.parent) as storage:
+        try:
+            current = summarize_tree(storage, path.parent / "source").fingerprint_digest == recorded
+        except GenerationError:
+            current = False
+    rest = hashlib.sha256(json.dumps(document, sort_keys=True).encode("utf-8", "surrogatepass")).hexdigest()
+    return f"manifest:{rest}:fingerprints {'current' if current else 'stale'}"
 
 
 def dump_tables(database_url: str) -> dict[str, list[dict]]:

@@ -356,8 +356,8 @@ def test_the_tool_beside_the_application_under_load(database_url: str, tmp_path:
                        for event in numbers if event["generation_id"] in generation_rows
                        and generation_rows[event["generation_id"]].version != event["version"]]
     # A duplicate the application archived (its folder is in archive/, which is the application's)
-    # or one with nothing on disk keeps its number: renumbering renames folders in generations/ only,
-    # and only numbers actually given count (documented; verify accepts both).
+    # keeps its number: renumbering renames folders in generations/ only (documented; verify
+    # accepts it). One with nothing on disk has its row renumbered; only live folders count here.
     versions = Counter((row.project_id, row.version) for gid, row in generation_rows.items()
                        if row.status in ("completed", "failed")
                        and (root / row.project_id / "generations" / f"v{row.version}__{gid}").is_dir())

@@ -3,6 +3,7 @@ changes) in a copy of the old tree must reproduce the new tree byte for byte."""
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import re
 import subprocess
@@ -13,6 +14,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from storage_migrator import diff
+from storage_migrator.errors import GenerationError
+from storage_migrator.storage.source_tree import write_tree_patch
+from storage_migrator.storage.tree import scan_tree
+
+from .sandbox import storage_around
 
 Tree = dict[str, bytes]
 
@@ -693,3 +699,29 @@ def test_blob_ids_a_scan_hashed_are_the_ones_the_index_lines_name() -> None:
                            (named_old["gone.py"].encode(), diff.NULL_BLOB_ID.encode()),
                            (diff.NULL_BLOB_ID.encode(), named_new["added.py"].encode()),
                            (named_old["big.bin"].encode(), named_new["big.bin"].encode())}
+
+
+def test_a_pair_with_equal_ids_and_different_bytes_never_makes_a_patch_that_drops_the_change() -> None:
+    """An id taken from a scan and bytes read after an edit: both sides named by one id. The
+    store would keep one content and the patch would show only the header; it fails instead."""
+    old, new = {"edited.py": b"one\ntwo\n"}, {"edited.py": b"one\n2\n"}
+    comparison = diff.compare_trees(checksums(old), checksums(new))
+    stale = {"edited.py": diff.git_blob_id(old["edited.py"])}
+    with pytest.raises(GenerationError, match="two different contents"):
+        diff.render_patch(comparison, old.__getitem__, new.__getitem__, old_ids=stale, new_ids=stale)
+
+
+def test_a_file_edited_after_its_scan_fails_its_patch_instead_of_naming_a_stale_id(tmp_path: Path) -> None:
+    """The scan hashed the new version's file (its id) without keeping its bytes; then the
+    application rewrote it. The patch reads the file again: its id is not the scan's, so the
+    patch is refused rather than written with an ``index`` line naming other bytes."""
+    write_tree(tmp_path / "old", {"a.py": b"one\n", "same.py": b"same\n"})
+    write_tree(tmp_path / "new", {"a.py": b"two\n", "same.py": b"same\n"})
+    with storage_around(tmp_path / "old") as storage:
+        old = scan_tree(storage, tmp_path / "old", blob_ids=True)
+        new = scan_tree(storage, tmp_path / "new", blob_ids=True)       # no diff base: no bytes kept
+        assert not new.contents and "a.py" in new.blob_ids
+        (tmp_path / "new" / "a.py").write_bytes(b"one\n")                # back to the old bytes
+        comparison = diff.compare_trees(old.checksums(), new.checksums())
+        with pytest.raises(GenerationError, match="changed while its patch was made"):
+            write_tree_patch(io.BytesIO(), old, new, comparison)

@@ -93,7 +93,9 @@ def test_a_renumbering_whose_database_write_was_lost_is_finished_from_the_disk(p
     assert verified.returncode == 0, verified.stdout
 
 
-def test_a_duplicate_with_nothing_on_disk_takes_no_number(migrated: Installation) -> None:
+def test_a_duplicate_with_nothing_on_disk_takes_one_number_once(migrated: Installation) -> None:
+    """The row (its version from the schema's default, shared with v1) takes the next free
+    number on the first resync, and no other on the next ones (no creep)."""
     project_id = first_project(migrated)
     execute(migrated, "INSERT INTO generations (id, project_id, user_id, prompt, status) "
             "SELECT 'failed00-0000-0000-0000-000000000001', id, user_id, 'x', 'failed' FROM projects WHERE id = :p",
@@ -102,7 +104,9 @@ def test_a_duplicate_with_nothing_on_disk_takes_no_number(migrated: Installation
     for _ in range(3):
         resync = run_cli(migrated, "--json", "resync")
         assert resync.returncode == 0, resync.stdout + resync.stderr
-    assert latest_version(migrated, project_id) == before, "only numbers actually given count"
+        assert latest_version(migrated, project_id) == before + 1, "one number, taken once"
+    assert scalar(migrated, "SELECT version FROM generations WHERE id = 'failed00-0000-0000-0000-000000000001'") \
+        == before + 1
     assert run_cli(migrated, "verify").returncode == 0
 
 

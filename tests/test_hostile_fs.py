@@ -41,6 +41,7 @@ from packaging.utils import canonicalize_name
 
 from storage_migrator.config import Settings
 from storage_migrator.demo import SampleSize
+from storage_migrator.faults import PAUSE_AT_VARIABLE
 from storage_migrator.storage.layout import StorageLayout
 from storage_migrator.storage.root import Root
 
@@ -280,6 +281,47 @@ def test_cross_filesystem_move_while_the_application_writes(installation: Instal
     assert source is not None
     in_source = regular_files(source)
     assert all(name in in_source for name in writer.written)
+
+
+def test_a_rewrite_that_sets_the_mtime_back_during_a_copy_keeps_the_source(installation: Installation,
+                                                                          tmpfs) -> None:
+    """Stopped after the copy was verified, before the source is checked and removed: the
+    application rewrites a file in place, same size, and sets its mtime back (``cp -p``). The
+    check before the removal sees the new ctime, so the source stays with the new bytes; the
+    next run moves them."""
+    root = installation.root
+    tmpfs(root / installation.sample.demo_project_id, size="64m")
+    environment = {**installation.cli_environment(), PAUSE_AT_VARIABLE: "copied"}
+    process = subprocess.Popen([sys.executable, "-m", "storage_migrator", "--json", "run", "--workers", "1"],
+                               env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until_stopped(process)
+        staging = list((root / installation.sample.demo_project_id).glob("generations/v*__*/.source.partial"))
+        assert len(staging) == 1, staging
+        generation_id = staging[0].parent.name.split("__", 1)[1]
+        edited = next(path for path in sorted((root / generation_id).rglob("*"))
+                      if path.is_file() and path.stat().st_size > 0)
+        status = edited.stat()
+        rewritten = bytes(byte ^ 1 for byte in edited.read_bytes())
+        edited.write_bytes(rewritten)
+        os.utime(edited, ns=(status.st_atime_ns, status.st_mtime_ns))
+        assert (edited.stat().st_size, edited.stat().st_mtime_ns) == (status.st_size, status.st_mtime_ns)
+        process.send_signal(signal.SIGCONT)
+        stdout, stderr = process.communicate(timeout=300)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert "Traceback" not in stderr, stderr
+    assert (root / generation_id).is_dir() and not (root / generation_id).is_symlink(), "the source stays"
+    assert edited.read_bytes() == rewritten, "the rewritten bytes are where the application wrote them"
+    line = {g["id"]: g for g in json.loads(stdout)["generations"]}[generation_id]
+    assert line["action"] != "moved" and "changed while it was copied" in (line.get("error") or ""), line
+    assert run_cli(installation, "run").returncode == 0
+    source = migrated_source(root, generation_id)
+    assert source is not None and (source / edited.relative_to(root / generation_id)).read_bytes() == rewritten
+    verify = run_cli(installation, "verify")
+    assert verify.returncode == 0, verify.stdout + verify.stderr
 
 
 # -- 2. the state folder on another filesystem ---------------------------------------------------

@@ -6,11 +6,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -71,7 +73,7 @@ NAMES = st.lists(COMPONENT, min_size=1, max_size=3).map(lambda parts: os.fsdecod
 @given(names=st.sets(NAMES, min_size=1, max_size=8))
 def test_any_bytes_names_round_trip_through_strict_utf8(tmp_path: Path, names: set[str]) -> None:
     checksums = {name: f"{index:064x}" for index, name in enumerate(sorted(names))}
-    fingerprints = {name: (index, 10**18 + index) for index, name in enumerate(sorted(names))}
+    fingerprints = {name: (index, 10**18 + index, 10**18 + 2 * index, 7 + index) for index, name in enumerate(sorted(names))}
     manifest = Manifest("g", "p", 1, None, len(names), 0, checksums, fingerprints)
     path = tmp_path / "manifest.json"
     path.write_bytes(manifest.to_bytes())
@@ -123,7 +125,7 @@ def test_a_manifest_the_old_writer_left_with_raw_bytes_is_rewritten(installation
     old = {**document, "format": 1,
            "files": manifest.files,
            "checksums": dict(sorted(manifest.checksums.items())),
-           "fingerprints": {k: list(v) for k, v in sorted(manifest.fingerprints.items())}}
+           "fingerprints": {k: list(v[:2]) for k, v in sorted(manifest.fingerprints.items())}}   # size, mtime
     raw = (json.dumps(old, ensure_ascii=False) + "\n").encode("utf-8", "surrogateescape")
     (target / "manifest.json").write_bytes(raw)
     with pytest.raises(UnicodeDecodeError):
@@ -264,17 +266,107 @@ def test_application_keys_too_large_to_keep_fail_the_generation_rather_than_vani
     assert read_manifest_document(path) is None
 
 
-# The text the fingerprint digest has always hashed: manifests written by earlier versions name it.
-def digest_as_first_written(fingerprints: dict[str, tuple[int, int]]) -> str:
-    canonical = repr(sorted((path, tuple(pair)) for path, pair in fingerprints.items()))
+# The text the fingerprint digest hashes, as plainly as it can be said.
+def digest_by_repr(fingerprints: dict[str, tuple[int, int, int, int]]) -> str:
+    canonical = repr(sorted((path, tuple(fingerprint)) for path, fingerprint in fingerprints.items()))
     return hashlib.sha256(canonical.encode("utf-8", "surrogateescape")).hexdigest()
 
 
 @given(st.dictionaries(
     st.one_of(st.text(min_size=1, max_size=12),
               st.sampled_from(["it's.py", 'say "hi".txt', "back\\slash", "new\nline", "caf\u00e9", "bad\udcff.py"])),
-    st.tuples(st.integers(0, 2**40), st.integers(0, 2**63)), max_size=8))
-def test_the_fingerprint_digest_is_the_one_earlier_manifests_recorded(fingerprints: dict[str, tuple[int, int]]) -> None:
-    """Quotes, backslashes, newlines, non-ASCII and undecodable names: the same digest as the
-    first version's ``repr`` of the sorted list, or every migrated generation would look changed."""
-    assert manifest_module.fingerprint_digest(fingerprints) == digest_as_first_written(fingerprints)
+    st.tuples(st.integers(0, 2**40), st.integers(0, 2**63), st.integers(0, 2**63), st.integers(1, 2**64 - 1)),
+    max_size=8))
+def test_the_fingerprint_digest_is_the_repr_of_the_sorted_fingerprints(
+        fingerprints: dict[str, tuple[int, int, int, int]]) -> None:
+    """Quotes, backslashes, newlines, non-ASCII and undecodable names: the digest spelled out per
+    entry is the digest of ``repr`` of the sorted list, whatever the name holds."""
+    assert manifest_module.fingerprint_digest(fingerprints) == digest_by_repr(fingerprints)
+
+
+def test_a_manifest_with_the_older_fingerprints_is_read_again_once(installation: Installation) -> None:
+    """A manifest of format 2 (size and mtime per file, and their digest) is never taken for
+    unchanged: the next resync reads the generation again — finding the same-size rewrite whose
+    mtime was set back — and writes the current format; the resync after it reads nothing."""
+    assert run_cli(installation, "run").returncode == 0
+    target = migrated_target(installation)
+    document = json.loads((target / "manifest.json").read_text("utf-8"))
+    pairs = {path: fingerprint[:2] for path, fingerprint in document["fingerprints"].items()}
+    older = {**document, "format": 2, "fingerprints": pairs,
+             "fingerprint_digest": hashlib.sha256(repr(sorted(
+                 (path, tuple(pair)) for path, pair in pairs.items())).encode("utf-8", "surrogateescape")).hexdigest()}
+    (target / "manifest.json").write_text(json.dumps(older, ensure_ascii=False) + "\n", "utf-8")
+    edited = next(path for path in sorted((target / "source").rglob("*")) if path.is_file() and path.stat().st_size)
+    status = edited.stat()
+    edited.write_bytes(bytes(byte ^ 1 for byte in edited.read_bytes()))       # same size, other bytes
+    os.utime(edited, ns=(status.st_atime_ns, status.st_mtime_ns))           # what cp -p does
+    upgrade = run_cli(installation, "--json", "resync")
+    assert upgrade.returncode == 0, upgrade.stderr
+    line = {g["id"]: g for g in json.loads(upgrade.stdout)["generations"]}[target.name.split("__", 1)[1]]
+    assert line["action"] != "unchanged", line
+    rewritten = read_strict(target / "manifest.json")
+    assert rewritten["format"] == 3 and all(len(fingerprint) == 4 for fingerprint in rewritten["fingerprints"].values())
+    relative = edited.relative_to(target / "source").as_posix()
+    assert rewritten["checksums"][relative] == hashlib.sha256(edited.read_bytes()).hexdigest()
+    assert run_cli(installation, "verify").returncode == 0
+    again = run_cli(installation, "--json", "resync")
+    assert {g["action"] for g in json.loads(again.stdout)["generations"] if g["id"] == line["id"]} == {"unchanged"}
+
+
+# Every byte a Linux name may hold but '/' and NUL, in names the application may meet: a path
+# from a Windows archive, quotes, control characters, spaces at either end, undecodable bytes,
+# text that looks like the manifest's own escapes.
+ODD_NAMES = [b"app\\models\\user.py", b"dir\\with\\backslash/inner.txt", b"trailing\\", b"\\\\double",
+             b"\\x41 not an escape", b"\\u0000 nor this", b"tab\there", b"new\nline", b"ctrl\x01\x1b\x1f\x7f",
+             b"quote\"'`", b" both ends ", b"-dash", b"..dots..", b"...", b"#*?[]{}$!", b"caf\xc3\xa9",
+             b"bad\xff\xfe", b"\xed\xa0\x80 surrogate bytes", b"bad\\\xe9 mixed", bytes(range(1, 47)) + b"end",
+             bytes(range(48, 256)).replace(b"/", b"")]
+
+
+def byte_tree(folder: bytes) -> dict[bytes, bytes]:
+    """Every regular file below ``folder`` by its exact byte path → its bytes."""
+    found: dict[bytes, bytes] = {}
+    for directory, _, files in os.walk(folder):
+        for name in files:
+            with open(os.path.join(directory, name), "rb") as stream:
+                found[os.path.relpath(os.path.join(directory, name), folder)] = stream.read()
+    return found
+
+
+def test_names_with_any_byte_round_trip_through_run_resync_verify_and_rollback(installation: Installation,
+                                                                             tmp_path: Path) -> None:
+    """Two consecutive versions hold every odd name: most unchanged, some modified, one deleted,
+    one added. run, verify, resync (twice: an unchanged backslash name must not make the next one
+    fail), verify, rollback — each exits 0 and every byte comes back where it was."""
+    engine = installation.engine()
+    with engine.connect() as connection:
+        ids = connection.execute(sa.text(
+            "SELECT id FROM generations WHERE project_id = :p AND status = 'completed' ORDER BY version"),
+            {"p": installation.sample.demo_project_id}).scalars().all()
+    engine.dispose()
+    first, second = [os.fsencode(installation.root / generation_id) for generation_id in ids[:2]]
+    assert os.path.isdir(first) and os.path.isdir(second)
+    for index, name in enumerate(ODD_NAMES):
+        for folder, content in ((first, b"same %d\n" % index), (second, b"same %d\n" % index)):
+            os.makedirs(os.path.dirname(os.path.join(folder, name)), exist_ok=True)
+            with open(os.path.join(folder, name), "wb") as stream:
+                stream.write(content + (b"changed\n" if folder == second and index % 3 == 1 else b""))
+    os.unlink(os.path.join(second, ODD_NAMES[2]))
+    with open(os.path.join(second, b"added\\" + ODD_NAMES[16]), "wb") as stream:
+        stream.write(b"added\n")
+    before = {folder: byte_tree(folder) for folder in (first, second)}
+
+    for command in ("run", "verify", "resync", "resync", "verify"):
+        result = run_cli(installation, "--json", command)
+        assert result.returncode == 0, (command, result.stdout[-2000:], result.stderr[-2000:])
+    last = json.loads(result.stdout)
+    assert last["problems"] == []
+    patch = next(installation.root.glob(f"*/generations/v*__{ids[1]}/diff_from_v*.patch"))
+    assert b"user.py" not in patch.read_bytes(), "an unchanged name is not in the patch"
+    copy = os.fsencode(tmp_path / "applied")
+    shutil.copytree(os.path.join(first, b""), copy)        # through the tool's link: the migrated v1
+    subprocess.run(["git", "apply", "--binary", str(patch)], cwd=copy, check=True, capture_output=True)
+    assert byte_tree(copy) == before[second], "git apply in a copy of v1 gives v2, every name included"
+    rollback = run_cli(installation, "--json", "rollback")
+    assert rollback.returncode == 0, rollback.stdout[-2000:] + rollback.stderr[-2000:]
+    assert {folder: byte_tree(folder) for folder in (first, second)} == before

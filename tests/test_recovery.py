@@ -126,6 +126,8 @@ def test_a_cross_filesystem_move_holds_its_source_aside_under_its_project(
         real_rename(storage, origin, destination, replace=replace)
 
     def crash(step: str) -> None:
+        if step != "copy-in-place":
+            return                                                # killed once the copy is in place
         seen.extend(os.listdir(moving))
         raise KeyboardInterrupt                                   # killed with the source held aside
 

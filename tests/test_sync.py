@@ -3,6 +3,7 @@ repairs it (incrementally), stragglers and completed-since-run generations are m
 orphans survive, and rollback is byte-exact (watch: test_watch.py)."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -99,6 +100,52 @@ def test_tampered_middle_version_is_found_and_repaired(migrated: Installation) -
     assert summary(new_v3)["from_version"] == v2.version
     assert summary(new_v3)["deleted"] == summary(v3)["deleted"] + 1, "HAND_ADDED.md is gone again in v3"
     assert new_v1 == v1
+
+
+def test_a_rewrite_that_sets_the_mtime_back_is_seen_by_the_next_resync(migrated: Installation) -> None:
+    """What ``cp -p``, ``rsync -t --inplace``, ``tar x`` and ``touch -r`` do: same size, other
+    bytes, the old mtime. The ctime (which no call sets back) tells resync to read the folder."""
+    assert run_cli(migrated, "resync").returncode == 0
+    v1, v2 = demo_versions(migrated)[:2]
+    old, middle = source_of(migrated, v1.id, v1.version), source_of(migrated, v2.id, v2.version)
+    edited = next(path for path in sorted(middle.rglob("*"))
+                  if path.is_file() and path.stat().st_size > 0
+                  and (old / path.relative_to(middle)).is_file()
+                  and (old / path.relative_to(middle)).read_bytes() == path.read_bytes())
+    status = edited.stat()
+    edited.write_bytes(bytes(byte ^ 1 for byte in edited.read_bytes()))
+    os.utime(edited, ns=(status.st_atime_ns, status.st_mtime_ns))
+    assert (edited.stat().st_size, edited.stat().st_mtime_ns) == (status.st_size, status.st_mtime_ns)
+
+    result = run_cli(migrated, "--json", "resync")
+    assert result.returncode == 0, result.stderr
+    refreshed = {entry["id"] for entry in json.loads(result.stdout)["generations"] if entry["action"] == "refreshed"}
+    assert v2.id in refreshed, "the rewritten version is read again"
+    code, document = verify_json(migrated)
+    assert (code, document["problems"]) == (0, [])
+    manifest = json.loads((middle.parent / "manifest.json").read_text("utf-8"))
+    assert manifest["checksums"][edited.relative_to(middle).as_posix()] == hashlib.sha256(edited.read_bytes()).hexdigest()
+    assert summary(demo_versions(migrated)[1])["modified"] == summary(v2)["modified"] + 1
+
+
+def test_a_failed_duplicate_with_nothing_on_disk_gets_the_next_number_once(migrated: Installation) -> None:
+    """SPEC §4: versions are unique per project. A failed row sharing v1 with an older generation
+    and with no folder at all takes the next free number; later resyncs take no other."""
+    project_id = migrated.sample.demo_project_id
+    v1 = demo_versions(migrated)[0]
+    duplicate = "d0f00000-0000-4000-8000-000000000001"
+    execute(migrated, "INSERT INTO generations (id, project_id, user_id, prompt, status, version, storage_path, "
+            "created_at) SELECT :id, id, user_id, 'again', 'failed', :v, :path, :at FROM projects WHERE id = :p",
+            id=duplicate, p=project_id, v=v1.version, path=f"storage/projects/{duplicate}", at="2099-01-01 00:00:00")
+    latest = rows(migrated, "SELECT latest_version FROM projects WHERE id = :p", p=project_id)[0].latest_version
+    for attempt in range(3):
+        result = run_cli(migrated, "resync")
+        assert result.returncode == 0, (attempt, result.stdout, result.stderr)
+        numbers = rows(migrated, "SELECT g.version, p.latest_version FROM generations g JOIN projects p "
+                       "ON p.id = g.project_id WHERE g.id = :id", id=duplicate)[0]
+        assert tuple(numbers) == (latest + 1, latest + 1), (attempt, tuple(numbers), latest)
+    code, document = verify_json(migrated)
+    assert (code, document["problems"]) == (0, [])
 
 
 def test_resync_of_unchanged_storage_reads_no_file(migrated: Installation, monkeypatch: pytest.MonkeyPatch) -> None:

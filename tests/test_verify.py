@@ -203,3 +203,22 @@ def test_patches_that_name_wrong_files_or_blob_ids_are_still_found(migrated: Ins
     assert code == 3
     assert {(versions[1].id, "patch"), (versions[2].id, "patch"), (versions[4].id, "missing-folder")} <= kinds(document)
     assert (versions[5].id, "changes-summary") in kinds(document), "a base whose row is there but folder gone is no gap"
+
+
+def test_a_missing_or_unreadable_manifest_is_a_problem_and_a_changed_file_counts_once(migrated: Installation) -> None:
+    first, second = demo_versions(migrated)[:2]
+    missing = source_of(migrated, first.id, first.version).parent / "manifest.json"
+    missing.unlink()
+    broken = source_of(migrated, second.id, second.version).parent / "manifest.json"
+    broken.write_bytes(b"\x00not json")
+    code, document = verify_json(migrated)
+    assert code == 3 and {(first.id, "manifest"), (second.id, "manifest")} <= kinds(document), document
+    assert run_cli(migrated, "resync").returncode == 0
+    code, document = verify_json(migrated)
+    assert (code, document["problems"]) == (0, [])
+
+    edited = next(path for path in sorted(source_of(migrated, first.id, first.version).rglob("*")) if path.is_file())
+    edited.write_bytes(edited.read_bytes() + b"# one more line\n")
+    code, document = verify_json(migrated)
+    details = [problem["detail"] for problem in document["problems"] if problem["kind"] == "checksum"]
+    assert code == 3 and len(details) == 1 and details[0].startswith("1 file(s) differ"), details

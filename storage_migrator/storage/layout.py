@@ -83,8 +83,6 @@ def _component_problem(name: str) -> str | None:
         return "has a component containing '/'"
     if "\0" in name:
         return "contains NUL"
-    if "\\" in name:
-        return "contains a backslash"
     try:
         os.fsencode(name)
     except UnicodeEncodeError:
@@ -96,8 +94,10 @@ def relative_parts(path: str | bytes) -> tuple[str, ...]:
     """Split a relative '/'-separated path from a manifest or database column into components.
 
     Refused with ``UnsafePath``: the empty string, absolute paths, '' (doubled or trailing '/'),
-    '.' and '..' components, NUL, backslashes and strings that cannot be file names. Bytes are
-    decoded with ``os.fsdecode`` (surrogateescape), so any real file name is accepted.
+    '.' and '..' components, NUL and strings that cannot be file names. Every other byte is a
+    legal Linux name, a backslash included (``app\\models\\user.py`` from an archive made on
+    Windows is one file name). Bytes are decoded with ``os.fsdecode`` (surrogateescape), so any
+    real file name is accepted.
     """
     text = os.fsdecode(path) if isinstance(path, bytes) else path
     if not isinstance(text, str):
@@ -433,9 +433,13 @@ def is_tool_written(name: str) -> bool:
 
 def check_relative_file_path(value: object) -> str:
     """A file path from the ``output_files`` column, usable below ``source/`` (the rule of
-    ``relative_parts``); ``UnsafePathComponent`` names the column's value otherwise."""
+    ``relative_parts``); ``UnsafePathComponent`` names the column's value otherwise. Unlike a
+    name found on disk, a backslash here is refused: in a column the application filled, it may
+    be meant as a Windows separator, and the tool does not guess which."""
     if not isinstance(value, str):
         raise UnsafePathComponent("file path is not a string")
+    if "\\" in value:
+        raise UnsafePathComponent(f"file path {value!r} contains a backslash")
     try:
         relative_parts(value)
     except UnsafePath as error:
@@ -444,9 +448,9 @@ def check_relative_file_path(value: object) -> str:
 
 
 # The rule of ``relative_parts`` as one regex over many paths joined by NUL (the one character no
-# path holds; a newline is legal in a file name): an empty, "." or ".." component, a leading "/"
-# or a backslash. ``check_relative_paths`` checks a manifest's keys in one pass with it.
-_UNSAFE_JOINED_PATHS = re.compile(r'(?:\A|[/\x00])\.{0,2}(?:[/\x00]|\Z)|\\')
+# path holds; a newline is legal in a file name): an empty, "." or ".." component, or a leading
+# "/". ``check_relative_paths`` checks a manifest's keys in one pass with it.
+_UNSAFE_JOINED_PATHS = re.compile(r'(?:\A|[/\x00])\.{0,2}(?:[/\x00]|\Z)')
 
 
 def check_relative_paths(paths: list[str]) -> None:

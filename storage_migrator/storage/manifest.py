@@ -1,7 +1,10 @@
 """``manifest.json``: what a generation folder holds, written beside ``source/``.
 
 The application reads ``files``; the tool reads ``checksums`` (diffs without re-reading the
-older side) and ``fingerprints`` (resync skips a generation whose files all stat the same).
+older side) and ``fingerprints`` (resync skips a generation whose files all stat the same: size,
+mtime, ctime and inode per file, ``tree.Fingerprint``). Formats 1 and 2 kept size and mtime alone;
+they are read with ctime and inode unknown, so such a generation counts as changed once, is read
+again, and gets a manifest of the current format.
 The text is a pure function of the tree, the row and the keys already there: the tool merges
 into a manifest the application wrote (its ``metadata`` and ``created_at`` stay), so reruns write
 identical bytes. Its head (counts and a digest of the stat fingerprints) comes first in the file,
@@ -33,7 +36,7 @@ bytes a file, parsed in ~70 MB) is never parsed: for the plan and ``verify`` it 
 re-read on every resync), and to merge into it a streaming scan picks out only its top-level keys
 the tool does not own; it keeps them if they total at most ``MAX_APPLICATION_KEY_BYTES`` (1 MiB)
 and otherwise fails that generation rather than drop them. The head read never reads past
-``HEAD_BYTES`` (but to check that a format-1 file is UTF-8); format 2 keeps the application's
+``HEAD_BYTES`` (but to check that a format-1 file is UTF-8); formats 2 and 3 keep the application's
 ``created_at`` out of the head, so the head always fits.
 """
 from __future__ import annotations
@@ -57,8 +60,12 @@ from .tree import CHUNK_SIZE, Fingerprint, TreeSnapshot, fingerprint_tree, open_
 if TYPE_CHECKING:
     from .opened import Storage
 
-MANIFEST_FORMAT = 2
-READABLE_FORMATS = (1, 2)
+MANIFEST_FORMAT = 3
+READABLE_FORMATS = (1, 2, 3)
+OLDER_FINGERPRINT_FORMATS = (1, 2)
+"""Formats whose fingerprints hold (size, mtime) alone: read with ctime and inode ``UNKNOWN``,
+which no file has, so such a generation is read again once (and its manifest rewritten)."""
+UNKNOWN = -1
 MAX_MANIFEST_BYTES = 16 << 20
 MAX_APPLICATION_KEY_BYTES = 1 << 20
 # Keys the tool writes; every other key of an existing manifest is the application's and stays.
@@ -151,10 +158,12 @@ def _parse_object(text: str) -> dict[str, Any] | None:
 
 
 def fingerprint_digest(fingerprints: Mapping[str, Fingerprint]) -> str:
-    """One sha256 over every (path, size, mtime): equal digests mean resync need not read. The
-    text hashed is ``repr`` of the sorted (path, (size, mtime)) list, as manifests have always
-    recorded it, spelled out per entry (a third faster: resync makes it for every file)."""
-    entries = ", ".join([f"({path!r}, ({size}, {mtime}))" for path, (size, mtime) in sorted(fingerprints.items())])
+    """One sha256 over every path and its fingerprint: equal digests mean resync need not read.
+    The text hashed is ``repr`` of the sorted (path, fingerprint) list, spelled out per entry (a
+    third faster: resync makes it for every file). A manifest of an older format recorded a
+    digest of (size, mtime) alone, a different text: it never equals a digest made now."""
+    entries = ", ".join([f"({path!r}, ({size}, {mtime}, {ctime}, {inode}))"
+                         for path, (size, mtime, ctime, inode) in sorted(fingerprints.items())])
     canonical = f"[{entries}]"
     return hashlib.sha256(canonical.encode("utf-8", "surrogateescape")).hexdigest()
 
@@ -174,7 +183,7 @@ def summarize_tree(storage: Storage, folder: Path) -> TreeSummary:
     """One lstat per file below ``folder``, nothing read; raises GenerationError as the walk does
     (a link or a special file anywhere, an unreadable directory)."""
     fingerprints = fingerprint_tree(storage, folder)
-    return TreeSummary(len(fingerprints), sum(size for size, _ in fingerprints.values()),
+    return TreeSummary(len(fingerprints), sum(fingerprint[0] for fingerprint in fingerprints.values()),
                        fingerprint_digest(fingerprints))
 
 
@@ -229,10 +238,7 @@ class Manifest:
             file_count=snapshot.file_count,
             total_size_bytes=snapshot.total_size_bytes,
             checksums=snapshot.checksums(),
-            fingerprints={
-                path: (record.size, record.mtime_ns)
-                for path, record in snapshot.files.items()
-            },
+            fingerprints=snapshot.fingerprints(),
         )
 
     def with_extra(self, existing: dict[str, Any] | None) -> Manifest:
@@ -275,11 +281,12 @@ class Manifest:
             raise TypeError("checksums must map paths to strings")
         checksums, fingerprints = _decoded_keys(checksums), _decoded_keys(fingerprints)
         check_relative_paths([*checksums, *fingerprints])    # a key like ../../etc/shadow is never read
+        older = document.get("format") in OLDER_FINGERPRINT_FORMATS
         pairs: dict[str, Fingerprint] = {}
         for path, pair in fingerprints.items():
-            if not (isinstance(pair, list) and len(pair) == 2 and all(type(n) is int for n in pair)):
-                raise TypeError("a fingerprint must be [size, mtime_ns]")
-            pairs[path] = (pair[0], pair[1])
+            if not (isinstance(pair, list) and len(pair) == (2 if older else 4) and all(type(n) is int for n in pair)):
+                raise TypeError("a fingerprint must be [size, mtime_ns, ctime_ns, inode]")
+            pairs[path] = (pair[0], pair[1], UNKNOWN, UNKNOWN) if older else (pair[0], pair[1], pair[2], pair[3])
         integers = [document["version"], document["file_count"], document["total_size_bytes"]]
         if not all(type(number) is int for number in integers):
             raise TypeError("version, file_count and total_size_bytes must be integers")

@@ -4,7 +4,7 @@ is (``layout.state_entry_name``), so whoever handles a project recovers it, on a
 from __future__ import annotations
 
 import stat
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +33,7 @@ from .steps import (
     state_entries,
     temp_names,
 )
+from .tree import Fingerprint
 
 
 @dataclass
@@ -170,16 +171,23 @@ def _target_missing(storage: Storage, project_id: str, generation_ids: set[str],
         return None                                   # a linked project folder is never read
     entries = state_entries(storage, generations_dir)
     found = fingerprints_or_none(storage, held) if entries else None
-    for name, status in entries if found is not None else []:
+    if found is None:
+        return None
+    for name, status in entries:
         parsed = parse_target_dir_name(name)
         target = generations_dir / name
         if parsed is None or parsed[1] not in generation_ids or not stat.S_ISDIR(status.st_mode) \
                 or storage.occupied(target / SOURCE_DIR):
             continue
         manifest = read_manifest(storage, target / MANIFEST_FILE)
-        if manifest is not None and {path: tuple(pair) for path, pair in manifest.fingerprints.items()} == found:
+        if manifest is not None and _sizes_and_mtimes(manifest.fingerprints) == _sizes_and_mtimes(found):
             return target / SOURCE_DIR
     return None
+
+
+def _sizes_and_mtimes(fingerprints: Mapping[str, Fingerprint]) -> dict[str, tuple[int, int]]:
+    """What names a held folder's files in a manifest of any format (older ones kept no more)."""
+    return {path: (fingerprint[0], fingerprint[1]) for path, fingerprint in fingerprints.items()}
 
 
 def _put_back(storage: Storage, held: Path, origin: Path) -> None:

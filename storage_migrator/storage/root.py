@@ -11,8 +11,8 @@ component between a check and its use therefore cannot redirect the operation ou
 kernel refuses to follow it, and the check and the use name the same directory inode.
 
 Paths are handed in as tuples of components (``relative_parts`` makes one from a manifest or
-database string and refuses absolute paths, ``..``, empty and ``.`` components, NUL and
-backslashes) or as such strings. Names are ``str`` in the filesystem encoding with
+database string and refuses absolute paths, ``..``, empty and ``.`` components and NUL) or as
+such strings. Names are ``str`` in the filesystem encoding with
 ``surrogateescape``, so a name that is not UTF-8 survives a round trip through ``walk_files`` and
 back into any method; error messages escape such names so that they are always printable lines.
 

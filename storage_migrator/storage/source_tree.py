@@ -42,7 +42,7 @@ class ManifestTree:
         return self.full().checksums
 
     def sizes(self) -> dict[str, int]:
-        return {path: size for path, (size, _) in self.full().fingerprints.items()}
+        return {path: fingerprint[0] for path, fingerprint in self.full().fingerprints.items()}
 
     def read(self, path: str) -> bytes:
         return read_regular_file(self.storage, self.root, path)
@@ -54,8 +54,8 @@ SourceTree = TreeSnapshot | ManifestTree
 def write_tree_patch(stream: Any, old: SourceTree, new: SourceTree, comparison: diff.TreeComparison) -> None:
     """The patch between two trees; files above the size limit are named, never read whole.
     The changed files are read in path order, each tree's through one ``FolderReader``."""
-    with FolderReader(old.storage, old.root, _kept(old)) as read_old, \
-            FolderReader(new.storage, new.root, _kept(new)) as read_new:
+    with FolderReader(old.storage, old.root, _kept(old), _blob_ids(old)) as read_old, \
+            FolderReader(new.storage, new.root, _kept(new), _blob_ids(new)) as read_new:
         diff.write_patch(
             stream, comparison, read_old, read_new,
             old_sizes=old.sizes(), new_sizes=new.sizes(),

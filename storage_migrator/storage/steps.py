@@ -34,7 +34,7 @@ from .layout import (
     state_entry_name,
 )
 from .opened import Storage
-from .tree import TreeSnapshot, fingerprint_tree, scan_tree
+from .tree import FileRecord, Fingerprint, TreeSnapshot, fingerprint_tree, scan_tree
 
 
 def _failed(error: OSError, verb: str, path: Path) -> FilesystemError:
@@ -123,8 +123,9 @@ def fsync_dir(storage: Storage, folder: Path) -> None:
 
 
 def move_tree(storage: Storage, source: Path, destination: Path, expected: TreeSnapshot, *,
-              leave_link: str | None = None) -> bool:
-    """Move folder ``source`` to ``destination`` (which must not exist); True if it was copied.
+              leave_link: str | None = None) -> dict[str, FileRecord] | None:
+    """Move folder ``source`` to ``destination`` (which must not exist); if it was copied, the
+    copy's file records (same checksums as ``expected``, the copy's own fingerprints), else None.
 
     With ``leave_link``, a same-filesystem move leaves ``source`` a symlink with that text
     (which must resolve to ``destination``), and ``source`` resolves at every instant: see
@@ -134,8 +135,9 @@ def move_tree(storage: Storage, source: Path, destination: Path, expected: TreeS
     files are in neither place. Across filesystems (EXDEV) the tree is copied next to the
     destination, fsynced and verified against ``expected``; then ``source`` is taken out of the
     application's way by one rename into ``<state>/moving/`` and re-scanned: if any file changed
-    or appeared while it was copied, it goes back and the copy is discarded (the generation is
-    retried next run). Only then does the copy become ``destination`` and the source go to the
+    or appeared while it was copied — any fingerprint differs: a rewrite that set the mtime back
+    still has a new ctime — it goes back and the copy is discarded (the generation is retried
+    next run). Only then does the copy become ``destination`` and the source go to the
     trash. A run killed in between finds the source in ``moving/``, named for its project,
     generation and origin (``layout.state_entry_name``), and whoever next handles that project
     puts it back first (``recover_project``).
@@ -145,20 +147,21 @@ def move_tree(storage: Storage, source: Path, destination: Path, expected: TreeS
             rename_entry(storage, source, destination)
         else:
             _move_leaving_link(storage, source, destination, leave_link)
-        return False
+        return None
     except OSError as error:
         if error.errno != errno.EXDEV:
             raise _failed(error, "move", source) from error
     staging = destination.with_name(f".{destination.name}.partial")
     discard_partial(storage, staging)
     try:
-        copy_tree_verified(storage, source, staging, expected)
+        copied = copy_tree_verified(storage, source, staging, expected)
     except OSError as error:
         discard_partial(storage, staging)
         raise _failed(error, "copy to", destination) from error
     except GenerationError:
         discard_partial(storage, staging)
         raise
+    checkpoint("copied")
     entry = _moved_entry(storage, source, destination)
     held = _hold_aside(storage, source, entry)
     if fingerprints_or_none(storage, held) != expected.fingerprints():
@@ -175,7 +178,7 @@ def move_tree(storage: Storage, source: Path, destination: Path, expected: TreeS
         raise _failed(error, "move to", destination) from error
     checkpoint("copy-in-place")
     _discard_as(storage, held, entry)
-    return True
+    return copied
 
 
 def _move_leaving_link(storage: Storage, source: Path, destination: Path, link_text: str) -> None:
@@ -268,24 +271,25 @@ def _hold_aside(storage: Storage, source: Path, entry: StateEntry) -> Path:
     return held
 
 
-def fingerprints_or_none(storage: Storage, folder: Path) -> dict[str, tuple[int, int]] | None:
-    """(size, mtime) per file below ``folder`` now; None if it cannot be walked (gone, a link)."""
+def fingerprints_or_none(storage: Storage, folder: Path) -> dict[str, Fingerprint] | None:
+    """Each file's fingerprint below ``folder`` now; None if it cannot be walked (gone, a link)."""
     try:
         return fingerprint_tree(storage, folder)
     except (GenerationError, OSError):
         return None
 
 
-def copy_tree_verified(storage: Storage, source: Path, destination: Path, expected: TreeSnapshot) -> None:
+def copy_tree_verified(storage: Storage, source: Path, destination: Path, expected: TreeSnapshot) -> dict[str, FileRecord]:
     """Copy every folder and file of ``source`` (modes and mtimes kept) to the new folder
     ``destination``, each file and folder fsynced, then re-read the copy and compare it with
     ``expected``; raises GenerationError on any difference (a file that changed or appeared
-    while it was read included)."""
+    while it was read included). Returns the copy's records, as the re-read saw them."""
     storage.root.copy_tree(storage.parts(source), storage.parts(destination))
-    copied = scan_tree(storage, destination).checksums()
-    if copied != expected.checksums():
-        changed = sorted(set(copied.items()) ^ set(expected.checksums().items()))
+    copied = scan_tree(storage, destination)
+    if copied.checksums() != expected.checksums():
+        changed = sorted(set(copied.checksums().items()) ^ set(expected.checksums().items()))
         raise GenerationError(f"{source / changed[0][0]} changed while it was copied; source kept, retried next run")
+    return copied.files
 
 
 def discard_partial(storage: Storage, path: Path) -> None:

@@ -31,19 +31,30 @@ CONTENT_CACHE_LIMIT = 48 << 20
 KEEP_FILE_LIMIT = 8 << 20
 
 
+Fingerprint = tuple[int, int, int, int]
+"""(size, mtime_ns, ctime_ns, inode) of one file, all from the one ``lstat``/``fstat`` already
+made: equal fingerprints mean the file was not written since. mtime alone is not enough: ``cp -p``,
+``rsync -t``, ``tar x`` and ``touch -r`` set it back after a rewrite, but no call sets ctime back,
+and a file replaced by a rename has another inode. A plain tuple: resync builds and compares one
+per file of every generation."""
+
+
+def fingerprint_of(status: os.stat_result, size: int | None = None) -> Fingerprint:
+    """The one definition of a file's fingerprint; ``size`` is the bytes a scan read, if it read."""
+    return (status.st_size if size is None else size, status.st_mtime_ns, status.st_ctime_ns, status.st_ino)
+
+
 @dataclass(frozen=True)
 class FileRecord:
-    """One regular file: what the manifest keeps of it."""
+    """One regular file: what the manifest keeps of it (its checksum and its fingerprint)."""
 
     path: str
-    size: int
-    mtime_ns: int
     sha256: str
+    fingerprint: Fingerprint
 
-
-Fingerprint = tuple[int, int]
-"""(size, mtime_ns) of one file, from one ``lstat``: equal fingerprints mean resync need not
-read the file. A plain tuple: resync builds and compares one per file of every generation."""
+    @property
+    def size(self) -> int:
+        return self.fingerprint[0]
 
 
 @dataclass
@@ -72,9 +83,9 @@ class TreeSnapshot:
         return {path: record.size for path, record in self.files.items()}
 
     def fingerprints(self) -> dict[str, Fingerprint]:
-        """(size, mtime) of each file as it was read: a folder that stats the same now was not
+        """Each file's fingerprint as it was read: a folder that stats the same now was not
         written since (what a copy or a scan read ahead is checked with)."""
-        return {path: (record.size, record.mtime_ns) for path, record in self.files.items()}
+        return {path: record.fingerprint for path, record in self.files.items()}
 
     def read(self, path: str) -> bytes:
         """The bytes of ``path``: from memory if kept, else read again (without following links)."""
@@ -162,10 +173,15 @@ class FolderReader:
     """Reads files below one folder, many in a row in path order (a patch's reads): bytes a scan
     kept come from memory; any other file is opened from a kept chain of directory descriptors
     (``Root.folder_files``, opened at the first such read), not walked to from ROOT each time.
-    A context manager: the descriptors are closed at its end."""
+    A file read again whose blob id the scan hashed (``scanned_ids``) must still have that id:
+    else it changed since the scan, and GenerationError says so — a patch never pairs an id with
+    other bytes than the ones it was hashed from. A context manager: the descriptors are closed
+    at its end."""
 
-    def __init__(self, storage: Storage, folder: Path, kept: Mapping[str, bytes]) -> None:
+    def __init__(self, storage: Storage, folder: Path, kept: Mapping[str, bytes],
+                 scanned_ids: Mapping[str, str] | None = None) -> None:
         self._storage, self._folder, self._kept = storage, folder, kept
+        self._scanned_ids = scanned_ids or {}
         self._files: FolderFiles | None = None
 
     def __enter__(self) -> FolderReader:
@@ -182,7 +198,12 @@ class FolderReader:
         full_path = os.path.join(self._folder, relative_path)
         descriptor, status = _opened_or_refused(lambda: self._folder_files().open_regular(relative_parts(relative_path)),
                                                 full_path)
-        return _read_whole(descriptor, status, full_path, None)
+        content = _read_whole(descriptor, status, full_path, None)
+        scanned = self._scanned_ids.get(relative_path)
+        if scanned is not None and git_blob_id(content) != scanned:
+            raise GenerationError(f"{full_path} changed while its patch was made (the application is writing it); "
+                                  "the next resync redoes it")
+        return content
 
     def _folder_files(self) -> FolderFiles:
         if self._files is None:
@@ -279,19 +300,8 @@ def git_blob_id(content: bytes) -> str:
 
 def git_blob_id_file(storage: Storage, folder: Path, relative_path: str) -> str:
     """git's object id of a file (sha1 over ``blob <size>\\0`` + bytes), streamed: what a
-    patch's ``index`` line names for a file too large to enter the patch. A name with a
-    backslash, which the tool migrates and diffs but ``relative_parts`` refuses as a path, is
-    found by a walk and opened by name in its directory's descriptor (no link followed either way)."""
-    if "\\" in relative_path:
-        display = os.path.join(folder, relative_path)
-        for relative, _, dir_fd, name in _walk_entries(storage, folder):
-            if relative == relative_path:
-                descriptor, status = _open_at(dir_fd, name, display)
-                break
-        else:
-            raise GenerationError(f"{display} is gone")
-    else:
-        descriptor, status = open_regular_file(storage, folder, relative_path)
+    patch's ``index`` line names for a file too large to enter the patch."""
+    descriptor, status = open_regular_file(storage, folder, relative_path)
     digest = git_blob_digest(status.st_size)
     try:
         while chunk := os.read(descriptor, CHUNK_SIZE):
@@ -320,9 +330,7 @@ def scan_tree(storage: Storage, folder: Path, keep_changed_from: Mapping[str, st
         blob_digest = git_blob_digest(status.st_size) if blob_ids else None
         checksum, size, content = _hash_descriptor(descriptor, status, display, keep_up_to=min(room, KEEP_FILE_LIMIT),
                                                    also=blob_digest)
-        snapshot.files[relative_path] = FileRecord(
-            path=relative_path, size=size, mtime_ns=status.st_mtime_ns, sha256=checksum
-        )
+        snapshot.files[relative_path] = FileRecord(relative_path, checksum, fingerprint_of(status, size))
         if blob_digest is not None and size == status.st_size:   # the id's header named this size
             snapshot.blob_ids[relative_path] = blob_digest.hexdigest()
         if content is not None and keep_changed_from is not None and keep_changed_from.get(relative_path) != checksum:
@@ -334,7 +342,4 @@ def scan_tree(storage: Storage, folder: Path, keep_changed_from: Mapping[str, st
 
 def fingerprint_tree(storage: Storage, folder: Path) -> dict[str, Fingerprint]:
     """One lstat per file and nothing read: what resync compares with the manifest."""
-    return {
-        relative_path: (status.st_size, status.st_mtime_ns)
-        for relative_path, status in walk_files(storage, folder)
-    }
+    return {relative_path: fingerprint_of(status) for relative_path, status in walk_files(storage, folder)}
