@@ -23,8 +23,8 @@ from GNU time. The tool's result is checked with `storage-migrate verify` (not t
 
 Besides the timings, two untimed counting runs per database, `run --workers 1` on a fresh copy
 and an unchanged `resync --workers 1`, give the per-generation tolls: system calls and fsyncs
-from `strace -f -c` (every process, start-up and database included; fsyncs are fsync and
-fdatasync calls, whole-machine sync() counted apart), and, on PostgreSQL, database round trips
+from `strace -f -c` (every process, start-up and database included; fsyncs are fsync,
+fdatasync and syncfs calls, whole-machine sync() counted apart), and, on PostgreSQL, database round trips
 counted on the wire by a relay between the tool and the server (benchmarks/round_trips.py: each
 time a client speaks after the server has, on every connection, pre-pings and log-ins included;
 SQLite has none, its commits show as fsyncs).
@@ -94,8 +94,9 @@ class PostgresCopy:
 
 @dataclass(frozen=True)
 class Tolls:
-    """What one counting run cost, in total: system calls, fsyncs (fsync and fdatasync),
-    whole-machine sync() calls, and database round trips (None: not counted, SQLite)."""
+    """What one counting run cost, in total: system calls, fsyncs (fsync, fdatasync and syncfs:
+    each makes something durable), whole-machine sync() calls, and database round trips (None:
+    not counted, SQLite)."""
 
     command: str
     database: str
@@ -279,8 +280,9 @@ def counted(command: str, database: str, arguments: tuple[str, ...], environment
     (``relay``: the PostgreSQL relay the environment's URL points at, or None)."""
     before = relay.round_trips if relay else 0
     calls = strace_counts([*TOOL, *arguments], environment) or {}
-    return Tolls(command, database, calls.get("total", 0), calls.get("fsync", 0) + calls.get("fdatasync", 0),
-                 calls.get("sync", 0) + calls.get("syncfs", 0), relay.round_trips - before if relay else None)
+    fsyncs = sum(calls.get(name, 0) for name in ("fsync", "fdatasync", "syncfs"))
+    return Tolls(command, database, calls.get("total", 0), fsyncs, calls.get("sync", 0),
+                 relay.round_trips - before if relay else None)
 
 
 def tool_env(root: Path, url: str) -> dict[str, str]:
@@ -377,7 +379,7 @@ def timings_table(by_database: dict[str, dict[str, Timing]], baselines: Baseline
 
 def tolls_table(tolls: list[Tolls], corpus: Corpus) -> list[str]:
     """The counting runs' tolls per generation and per file: system calls (every process, start-up
-    and database included), fsyncs (fsync + fdatasync), whole-machine sync() calls, and database
+    and database included), fsyncs (fsync, fdatasync, syncfs), whole-machine sync() calls, and database
     round trips on the wire (PostgreSQL only)."""
     lines = ["| command | database | system calls | per file | per generation | fsyncs per generation "
              "| sync() calls | round trips | per generation |",

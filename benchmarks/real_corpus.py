@@ -73,10 +73,9 @@ APP_RELEASES: dict[str, tuple[str, ...]] = {
     # for the same reason as RELEASES. Left out for not fitting: sdists of fewer than 30 files at
     # one end of the range (asgiref, croniter, cloudpickle, colorama, idna, pathspec, portalocker,
     # responses, semver, platformdirs, pytest-mock, cachecontrol) or in the middle of it (arrow
-    # 0.15.3: 20 files), or of more than 150 whose
-    # package folder holds fewer than 30 (tomlkit, pyparsing, wcwidth, pip-tools), and ranges
-    # with a release whose sdist is missing or whose metadata no longer builds (more-itertools,
-    # sqlparse, filelock).
+    # 0.15.3: 20 files), or of more than 150 whose package folder holds fewer than 30 (tomlkit,
+    # pyparsing, wcwidth, pip-tools), and ranges with a release whose sdist is missing or whose
+    # metadata no longer builds (more-itertools, sqlparse, filelock).
     "anyio": ("4.1.0", "4.2.0", "4.3.0", "4.4.0", "4.5.0", "4.5.1", "4.5.2", "4.6.0", "4.6.1",
               "4.6.2.post1", "4.7.0", "4.8.0", "4.9.0", "4.10.0", "4.11.0", "4.12.0", "4.12.1",
               "4.13.0", "4.14.0", "4.14.1", "4.14.2", "4.15.0", "4.15.1", "4.16.0"),
