@@ -1,25 +1,38 @@
 """Benchmark: `storage-migrate run` against the shell pipeline an operator would otherwise write
 (`mv` per folder, `find | wc -l`, `du -sb`, `diff -ruN` per consecutive pair) and against the
-`sha256sum` floor (every byte read once), on copies of one corpus, in one run, per corpus.
+`sha256sum` floor (every byte read once) and the `cat` floor (every byte read, nothing computed),
+on copies of one corpus, in one run, per corpus.
 
-    .venv/bin/python benchmarks/bench_run.py [--corpus real|long|synthetic|both|all] [--scale K]
+    .venv/bin/python benchmarks/bench_run.py [--corpus app|real|long|synthetic|both|all] [--scale K]
                                               [--database sqlite,postgresql]
                                               [--generations 1000 --files 60000]
 
-The corpus that counts is `real` (benchmarks/real_corpus.py: consecutive releases of real
-packages, many short files, fetched once into benchmarks/.cache/); `long` is the same kind of
-history from one project whose files run to thousands of lines with small edits between releases
-(SQLAlchemy); `synthetic` is sample_data's generated one. `both` is real and synthetic, `all`
-adds long. `--scale K` lays out K copies of each real or long project, or K times the synthetic size.
+The corpora that count are real code history (benchmarks/real_corpus.py, fetched once into
+benchmarks/.cache/): `app` is shaped like the application's data, dozens of projects each with
+24 small generations (consecutive releases of small packages, tens of files each), and comes
+first; `real` is consecutive releases of five popular packages (hundreds of short files a
+generation); `long` is one project whose files run to thousands of lines with small edits
+between releases (SQLAlchemy); `synthetic` is sample_data's generated one. `both` is real and
+synthetic, `all` is app, real, long and synthetic. `--scale K` lays out K copies of each app,
+real or long project, or K times the synthetic size.
 Every contender gets a fresh copy — `cp -al`: new folders, the files hard links to the corpus's,
 since nothing the tool or the pipeline does writes into a legacy file (10x was 2.5 min per `cp -a`)
 — and a warm page cache (the corpus is read once before each timing: dropping caches needs
 privileges a CI machine may lack). Wall time and peak RSS come
 from GNU time. The tool's result is checked with `storage-migrate verify` (not timed).
+
+Besides the timings, two untimed counting runs per database, `run --workers 1` on a fresh copy
+and an unchanged `resync --workers 1`, give the per-generation tolls: system calls and fsyncs
+from `strace -f -c` (every process, start-up and database included; fsyncs are fsync,
+fdatasync and syncfs calls, whole-machine sync() counted apart), and, on PostgreSQL, database round trips
+counted on the wire by a relay between the tool and the server (benchmarks/round_trips.py: each
+time a client speaks after the server has, on every connection, pre-pings and log-ins included;
+SQLite has none, its commits show as fsyncs).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import shlex
@@ -39,12 +52,13 @@ from storage_migrator.schema import upgrade_schema
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from real_corpus import CORPORA, build_real_installation, line_lengths
+from round_trips import RoundTripCounter
 
 TOOL = [sys.executable, "-m", "storage_migrator"]
 SERVER_URL = os.environ.get("TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 LEGACY_TABLES = ("users", "organizations", "projects", "generations")
 DRY_RUN, RUN_ONE, RUN, RESYNC = "dry-run", "run --workers 1", "run", "resync"
-CORPUS_GROUPS = {"both": ("real", "synthetic"), "all": ("real", "long", "synthetic")}
+CORPUS_GROUPS = {"both": ("real", "synthetic"), "all": ("app", "real", "long", "synthetic")}
 """--corpus names that stand for several corpora, benchmarked in this order."""
 
 
@@ -67,6 +81,7 @@ class Corpus:
     folder: Path
     sqlite_url: str
     files: int
+    generations: int
 
 
 @dataclass(frozen=True)
@@ -75,6 +90,20 @@ class PostgresCopy:
 
     template: str
     url: str
+
+
+@dataclass(frozen=True)
+class Tolls:
+    """What one counting run cost, in total: system calls, fsyncs (fsync, fdatasync and syncfs:
+    each makes something durable), whole-machine sync() calls, and database round trips (None:
+    not counted, SQLite)."""
+
+    command: str
+    database: str
+    syscalls: int
+    fsyncs: int
+    syncs: int
+    round_trips: int | None
 
 
 @dataclass(frozen=True)
@@ -113,7 +142,8 @@ def build_synthetic(folder: Path, size: SampleSize) -> Corpus:
     description = (f"synthetic (sample_data): {size.projects} projects x ~{size.generations_per_project} "
                    f"generations, {sample.file_count:,} files, {sample.total_bytes / 1024**2:.0f} MiB")
     lengths = line_lengths({"": folder / "projects"}).describe()
-    return Corpus("synthetic", description, lengths, folder, url, sample.file_count)
+    return Corpus("synthetic", description, lengths, folder, url, sample.file_count,
+                  len(sample.folder_generation_ids))
 
 
 def build_real(folder: Path, scale: int, name: str = "real") -> Corpus:
@@ -122,7 +152,8 @@ def build_real(folder: Path, scale: int, name: str = "real") -> Corpus:
     url, engine = _legacy_database(folder)
     installation = build_real_installation(engine, folder / "projects", scale, CORPORA[name])
     engine.dispose()
-    return Corpus(name, installation.describe(), installation.lines.describe(), folder, url, installation.files)
+    return Corpus(name, installation.describe(), installation.lines.describe(), folder, url, installation.files,
+                  installation.generations)
 
 
 # --------------------------------------------------------------------------- databases
@@ -224,8 +255,8 @@ def contenders(workers: int | None) -> tuple[Contender, ...]:
             Contender(RUN, f"storage-migrate run {named}", ("-q", "run", *chosen)))
 
 
-def counted_syscalls(command: list[str], environment: dict[str, str]) -> int | None:
-    """Every system call of a command and its children (``strace -f -c``); None without strace."""
+def strace_counts(command: list[str], environment: dict[str, str]) -> dict[str, int] | None:
+    """Calls per system call of a command and its children (``strace -f -c``); None without strace."""
     if shutil.which("strace") is None:
         return None
     report = Path(tempfile.mktemp(prefix="bench-strace-"))
@@ -233,9 +264,25 @@ def counted_syscalls(command: list[str], environment: dict[str, str]) -> int | N
                             capture_output=True, text=True, check=False)
     if result.returncode != 0:
         sys.exit(f"strace {shlex.join(command)} failed ({result.returncode}):\n{result.stderr[-3000:]}")
-    total = next(line for line in report.read_text().splitlines() if line.rstrip().endswith("total"))
+    calls: dict[str, int] = {}
+    for line in report.read_text().splitlines():
+        fields = line.split()
+        # "% time  seconds  usecs/call  calls  [errors]  syscall"; the header and rules do not parse.
+        if len(fields) >= 5 and fields[3].isdigit():
+            calls[fields[-1]] = int(fields[3])
     report.unlink()
-    return int(total.split()[3])
+    return calls
+
+
+def counted(command: str, database: str, arguments: tuple[str, ...], environment: dict[str, str],
+            relay: RoundTripCounter | None) -> Tolls:
+    """One untimed counting run of the tool: its system calls, fsyncs, syncs and round trips
+    (``relay``: the PostgreSQL relay the environment's URL points at, or None)."""
+    before = relay.round_trips if relay else 0
+    calls = strace_counts([*TOOL, *arguments], environment) or {}
+    fsyncs = sum(calls.get(name, 0) for name in ("fsync", "fdatasync", "syncfs"))
+    return Tolls(command, database, calls.get("total", 0), fsyncs, calls.get("sync", 0),
+                 relay.round_trips - before if relay else None)
 
 
 def tool_env(root: Path, url: str) -> dict[str, str]:
@@ -243,8 +290,9 @@ def tool_env(root: Path, url: str) -> dict[str, str]:
 
 
 def bench_database(label: str, database_url: str, corpus: Corpus, work: Path, workers: int | None,
-                   postgres: PostgresCopy | None) -> dict[str, Timing]:
-    """Each contender on a fresh copy; an unchanged resync right after the last run; then verify."""
+                   postgres: PostgresCopy | None) -> tuple[dict[str, Timing], list[Tolls]]:
+    """Each contender on a fresh copy; an unchanged resync right after the last run; then verify;
+    then the counting runs (``Tolls``), through the round-trip relay on PostgreSQL."""
     timings: dict[str, Timing] = {}
     for contender in contenders(workers):
         root, url = fresh_copy(corpus, work / label, database_url)
@@ -255,22 +303,36 @@ def bench_database(label: str, database_url: str, corpus: Corpus, work: Path, wo
     resync = ("-q", "resync", *(("--workers", str(workers)) if workers else ()))
     seconds, rss = timed([*TOOL, *resync], tool_env(root, url))
     timings[RESYNC] = Timing("storage-migrate resync right after run (unchanged)", label, seconds, rss, corpus.files)
-    calls = counted_syscalls([*TOOL, "-q", "resync", "--workers", "1"], tool_env(root, url))
-    timings["syscalls resync"] = Timing("system calls, unchanged resync --workers 1", label, calls or 0, 0, corpus.files)
     check = subprocess.run([*TOOL, "-q", "verify"], env=tool_env(root, url), capture_output=True, text=True, check=False)
     if check.returncode != 0:
         sys.exit(f"verify failed after the run on {label}:\n{check.stdout[-3000:]}{check.stderr[-2000:]}")
-    root, url = fresh_copy(corpus, work / label, database_url)
-    if postgres:
-        reset_postgres(postgres)
-    calls = counted_syscalls([*TOOL, "-q", "run", "--workers", "1"], tool_env(root, url))
-    timings["syscalls run"] = Timing("system calls, run --workers 1", label, calls or 0, 0, corpus.files)
+    server = sa.make_url(database_url)
+    with contextlib.ExitStack() as stack:
+        relay = stack.enter_context(RoundTripCounter(server.host or "127.0.0.1", server.port or 5432)) if postgres else None
+        relayed = server.set(host="127.0.0.1", port=relay.port).render_as_string(hide_password=False) if relay else url
+        tolls = [counted("unchanged resync --workers 1", label, ("-q", "resync", "--workers", "1"),
+                         tool_env(root, relayed), relay)]
+        root, url = fresh_copy(corpus, work / label, database_url)
+        if postgres:
+            reset_postgres(postgres)
+        relayed = server.set(host="127.0.0.1", port=relay.port).render_as_string(hide_password=False) if relay else url
+        tolls.insert(0, counted("run --workers 1", label, ("-q", "run", "--workers", "1"), tool_env(root, relayed), relay))
     shutil.rmtree(work / label, ignore_errors=True)
-    return timings
+    return timings, tolls
 
 
-def bench_baselines(corpus: Corpus, work: Path) -> tuple[Timing, Timing]:
-    """The shell pipeline and the sha256sum floor, each on its own fresh copy."""
+@dataclass(frozen=True)
+class Baselines:
+    """What the tool is measured against: the shell pipeline, and two floors that read every byte
+    once (sha256sum: and hash it; cat: nothing more)."""
+
+    shell: Timing
+    sha256sum: Timing
+    cat: Timing
+
+
+def bench_baselines(corpus: Corpus, work: Path) -> Baselines:
+    """The shell pipeline, the sha256sum floor and the cat floor, each on its own fresh copy."""
     root, url = fresh_copy(corpus, work / "shell", corpus.sqlite_url)
     script = work / "pipeline.sh"
     script.write_text(shell_pipeline(url, root))
@@ -281,7 +343,11 @@ def bench_baselines(corpus: Corpus, work: Path) -> tuple[Timing, Timing]:
     seconds, rss = timed(["bash", "-c", f"find {shlex.quote(str(root))} -type f -print0 | xargs -0 sha256sum > /dev/null"])
     floor = Timing("sha256sum of every file (floor)", "-", seconds, rss, corpus.files)
     shutil.rmtree(work / "floor", ignore_errors=True)
-    return shell, floor
+    root, _ = fresh_copy(corpus, work / "cat", corpus.sqlite_url)
+    seconds, rss = timed(["bash", "-c", f"find {shlex.quote(str(root))} -type f -print0 | xargs -0 cat > /dev/null"])
+    cat = Timing("cat of every file (floor)", "-", seconds, rss, corpus.files)
+    shutil.rmtree(work / "cat", ignore_errors=True)
+    return Baselines(shell, floor, cat)
 
 
 # --------------------------------------------------------------------------- report
@@ -298,37 +364,45 @@ def _ratio(numerator: float, denominator: float) -> str:
     return f"{numerator / denominator:.2f}" if denominator else "n/a"
 
 
-def timings_table(by_database: dict[str, dict[str, Timing]], shell: Timing, floor: Timing) -> list[str]:
-    lines = ["| contender | database | wall s | peak RSS MB | files/s | / shell | / sha256sum |",
-             "|---|---|---|---|---|---|---|"]
-    every = [timing for timings in by_database.values() for key, timing in timings.items()
-             if not key.startswith("syscalls")] + [shell, floor]
+def timings_table(by_database: dict[str, dict[str, Timing]], baselines: Baselines) -> list[str]:
+    shell, floor, cat = baselines.shell, baselines.sha256sum, baselines.cat
+    lines = ["| contender | database | wall s | peak RSS MB | files/s | / shell | / sha256sum | / cat |",
+             "|---|---|---|---|---|---|---|---|"]
+    every = [timing for timings in by_database.values() for timing in timings.values()] + [shell, floor, cat]
     for timing in every:
         rate = timing.files / timing.seconds if timing.seconds else float("inf")
         lines.append(f"| {timing.contender} | {timing.database} | {timing.seconds:.2f} | {timing.peak_rss_mb:.0f} "
-                     f"| {rate:,.0f} | {_ratio(timing.seconds, shell.seconds)} | {_ratio(timing.seconds, floor.seconds)} |")
+                     f"| {rate:,.0f} | {_ratio(timing.seconds, shell.seconds)} | {_ratio(timing.seconds, floor.seconds)} "
+                     f"| {_ratio(timing.seconds, cat.seconds)} |")
     return lines
 
 
-def syscalls_table(by_database: dict[str, dict[str, Timing]]) -> list[str]:
-    """System calls per file (``strace -f -c``, every process, start-up and database included)."""
-    lines = ["| database | run --workers 1: calls | per file | unchanged resync: calls | per file |",
-             "|---|---|---|---|---|"]
-    for label, timings in by_database.items():
-        run, resync = timings["syscalls run"], timings["syscalls resync"]
-        lines.append(f"| {label} | {run.seconds:,.0f} | {run.seconds / run.files:.1f} "
-                     f"| {resync.seconds:,.0f} | {resync.seconds / resync.files:.1f} |")
+def tolls_table(tolls: list[Tolls], corpus: Corpus) -> list[str]:
+    """The counting runs' tolls per generation and per file: system calls (every process, start-up
+    and database included), fsyncs (fsync, fdatasync, syncfs), whole-machine sync() calls, and database
+    round trips on the wire (PostgreSQL only)."""
+    lines = ["| command | database | system calls | per file | per generation | fsyncs per generation "
+             "| sync() calls | round trips | per generation |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    generations = max(corpus.generations, 1)
+    for toll in tolls:
+        trips = "n/a" if toll.round_trips is None else f"{toll.round_trips:,}"
+        per_generation = "n/a" if toll.round_trips is None else f"{toll.round_trips / generations:.2f}"
+        lines.append(f"| {toll.command} | {toll.database} | {toll.syscalls:,} | {toll.syscalls / max(corpus.files, 1):.1f} "
+                     f"| {toll.syscalls / generations:.0f} | {toll.fsyncs / generations:.2f} | {toll.syncs} "
+                     f"| {trips} | {per_generation} |")
     return lines
 
 
-def ratios_table(by_database: dict[str, dict[str, Timing]], shell: Timing, floor: Timing) -> list[str]:
-    lines = ["| database | run/shell | run/sha256sum | run --workers 1/shell | resync/run | peak RSS of run MB |",
-             "|---|---|---|---|---|---|"]
+def ratios_table(by_database: dict[str, dict[str, Timing]], baselines: Baselines) -> list[str]:
+    shell, floor, cat = baselines.shell, baselines.sha256sum, baselines.cat
+    lines = ["| database | run/shell | run/sha256sum | run/cat | run --workers 1/shell | resync/run | peak RSS of run MB |",
+             "|---|---|---|---|---|---|---|"]
     for label, timings in by_database.items():
         run, single, resync = timings[RUN], timings[RUN_ONE], timings[RESYNC]
         lines.append(f"| {label} | {_ratio(run.seconds, shell.seconds)} | {_ratio(run.seconds, floor.seconds)} "
-                     f"| {_ratio(single.seconds, shell.seconds)} | {_ratio(resync.seconds, run.seconds)} "
-                     f"| {run.peak_rss_mb:.0f} |")
+                     f"| {_ratio(run.seconds, cat.seconds)} | {_ratio(single.seconds, shell.seconds)} "
+                     f"| {_ratio(resync.seconds, run.seconds)} | {run.peak_rss_mb:.0f} |")
     return lines
 
 
@@ -349,27 +423,28 @@ def bench_corpus(name: str, arguments: argparse.Namespace, work: Path) -> None:
     postgres = prepare_postgres(corpus.sqlite_url) if "postgresql" in databases else None
     try:
         upgrade_schema(corpus.sqlite_url, HEAD_REVISION)
-        by_database = {}
+        by_database, tolls = {}, []
         for label in databases:
             url = corpus.sqlite_url if label == "sqlite" else postgres.url  # type: ignore[union-attr]
-            by_database[label] = bench_database(label, url, corpus, work, arguments.workers,
-                                                postgres if label == "postgresql" else None)
-        shell, floor = bench_baselines(corpus, work)
+            by_database[label], counted_tolls = bench_database(label, url, corpus, work, arguments.workers,
+                                                               postgres if label == "postgresql" else None)
+            tolls += counted_tolls
+        baselines = bench_baselines(corpus, work)
     finally:
         if postgres:
             drop_postgres(postgres)
     print(f"## {name} corpus\n\nmachine: {machine()}\ncorpus: {corpus.description}; "
           f"warm page cache for every contender\n{corpus.file_lengths}\n")
-    print("\n".join(timings_table(by_database, shell, floor)) + "\n")
-    print("\n".join(ratios_table(by_database, shell, floor)) + "\n")
-    print("\n".join(syscalls_table(by_database)) + "\n", flush=True)
+    print("\n".join(timings_table(by_database, baselines)) + "\n")
+    print("\n".join(ratios_table(by_database, baselines)) + "\n")
+    print("\n".join(tolls_table(tolls, corpus)) + "\n", flush=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--corpus", choices=(*CORPORA, "synthetic", *CORPUS_GROUPS), default="all")
     parser.add_argument("--scale", type=int, default=1,
-                        help="K copies of each real or long project, K times the synthetic size")
+                        help="K copies of each app, real or long project, K times the synthetic size")
     parser.add_argument("--generations", type=int, default=1000, help="synthetic corpus only")
     parser.add_argument("--files", type=int, default=60_000, help="synthetic corpus only")
     parser.add_argument("--database", default="sqlite,postgresql")
