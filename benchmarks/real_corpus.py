@@ -75,8 +75,9 @@ APP_RELEASES: dict[str, tuple[str, ...]] = {
     # responses, semver, platformdirs, pytest-mock, cachecontrol) or in the middle of it (arrow
     # 0.15.3: 20 files), or of more than 150 whose package folder holds fewer than 30 (tomlkit,
     # pyparsing, wcwidth, pip-tools, cattrs), and ranges with a release whose sdist is missing or
-    # whose metadata no longer builds (more-itertools, sqlparse, filelock, flask-cors 2.1.1,
-    # flask-migrate 2.5.0, pipdeptree 4.2.16, flit-core 2.0.2).
+    # whose metadata no longer builds or names another version (more-itertools, sqlparse,
+    # filelock, flask-cors 2.1.1, flask-migrate 2.5.0, pipdeptree 4.2.16, flit-core 2.0.2,
+    # jsonpickle 4.1.3).
     "anyio": ("4.1.0", "4.2.0", "4.3.0", "4.4.0", "4.5.0", "4.5.1", "4.5.2", "4.6.0", "4.6.1",
               "4.6.2.post1", "4.7.0", "4.8.0", "4.9.0", "4.10.0", "4.11.0", "4.12.0", "4.12.1",
               "4.13.0", "4.14.0", "4.14.1", "4.14.2", "4.15.0", "4.15.1", "4.16.0"),
@@ -122,9 +123,6 @@ APP_RELEASES: dict[str, tuple[str, ...]] = {
     "importlib-resources": ("5.11.1", "5.12.0", "5.13.0", "6.0.0", "6.0.1", "6.1.0", "6.1.1", "6.1.2",
                             "6.1.3", "6.2.0", "6.3.0", "6.3.1", "6.3.2", "6.4.0", "6.4.1", "6.4.2",
                             "6.4.3", "6.4.4", "6.4.5", "6.5.0", "6.5.1", "6.5.2", "7.0.0", "7.1.0"),
-    "jsonpickle": ("2.2.0", "3.0.0", "3.0.1", "3.0.2", "3.0.3", "3.0.4", "3.1.0", "3.2.0", "3.2.1",
-                   "3.2.2", "3.3.0", "3.4.0", "3.4.2", "4.0.0", "4.0.1", "4.0.2", "4.0.3", "4.0.4",
-                   "4.0.5", "4.1.0", "4.1.1", "4.1.2", "4.1.3", "4.1.4"),
     "keyring": ("23.9.3", "23.10.0", "23.11.0", "23.12.1", "23.13.0", "23.13.1", "24.0.0", "24.0.1",
                 "24.1.0", "24.1.1", "24.2.0", "24.3.0", "24.3.1", "25.0.0", "25.0.1", "25.1.0",
                 "25.2.0", "25.2.1", "25.3.0", "25.4.0", "25.4.1", "25.5.0", "25.6.0", "25.7.0"),
