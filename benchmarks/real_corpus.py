@@ -216,8 +216,8 @@ _NAMED_PACKAGES = 8
 """A corpus of more packages than this is described by their count, not their names."""
 _DOWNLOAD_JOBS = 8
 """pip spends most of its time waiting (on the index, on its build-isolation subprocesses), not
-computing: eight at a time bring the app corpus's 1,000-odd sdists in within the hour on a busy
-2-core machine, where two at a time took several."""
+computing, and the app corpus alone is nearly a thousand sdists: a cold fetch still takes the
+better part of an hour on a busy 2-core machine."""
 
 
 @dataclass(frozen=True)
