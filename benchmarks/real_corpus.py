@@ -67,18 +67,17 @@ LONG_RELEASES: dict[str, tuple[str, ...]] = {
                    "2.0.51", "2.0.52", "2.0.53", "2.0.54", "2.0.55", "2.0.56", "2.0.57", "2.0.58"),
 }
 APP_RELEASES: dict[str, tuple[str, ...]] = {
-    # The application's shape: many projects, each a long run of small generations (tens of files,
-    # 30 to 150 here). Small pure-Python packages, each the newest 24 non-pre-release versions with
-    # an sdist on the day they were pinned (yanked ones skipped by the index), oldest first; pinned
-    # for the same reason as RELEASES. Left out for not fitting: sdists of fewer than 30 files at
-    # one end of the range (asgiref, croniter, cloudpickle, colorama, idna, pathspec, portalocker,
-    # responses, semver, platformdirs, pytest-mock, cachecontrol) or in the middle of it (arrow
-    # 0.15.3: 20 files; build: 9 to 17 in eight releases; freezegun: 26 to 29 in three; flake8's
-    # package folder: 27 in two), or of more than 150 whose package folder holds fewer than 30 (tomlkit,
-    # pyparsing, wcwidth, pip-tools, cattrs), and ranges with a release whose sdist is missing or
-    # whose metadata no longer builds or names another version (more-itertools, sqlparse,
-    # filelock, flask-cors 2.1.1, flask-migrate 2.5.0, pipdeptree 4.2.16, flit-core 2.0.2,
-    # jsonpickle 4.1.3).
+    # The application's shape: many projects, each a long run of small generations (tens of files, 30
+    # to 150 here). Small pure-Python packages, each the newest 24 non-pre-release versions with an
+    # sdist on the day they were pinned (yanked ones skipped by the index), oldest first; pinned for
+    # the same reason as RELEASES. Left out for not fitting: fewer than 30 files in a release at one
+    # end of the range (asgiref, croniter, cloudpickle, colorama, idna, pathspec, portalocker,
+    # responses, semver, platformdirs, pytest-mock, cachecontrol, rich-click) or in the middle of it
+    # (arrow 0.15.3: 20; build: 9 to 17 in eight releases; freezegun: 26 to 29 in three; flake8's
+    # package folder: 27 in two); more than 150 with a package folder of fewer than 30 (tomlkit,
+    # pyparsing, wcwidth, pip-tools, cattrs); a release whose sdist is missing, or whose metadata no
+    # longer builds or names another version (more-itertools, sqlparse, filelock, flask-cors 2.1.1,
+    # flask-migrate 2.5.0, pipdeptree 4.2.16, flit-core 2.0.2, jsonpickle 4.1.3).
     "anyio": ("4.1.0", "4.2.0", "4.3.0", "4.4.0", "4.5.0", "4.5.1", "4.5.2", "4.6.0", "4.6.1",
               "4.6.2.post1", "4.7.0", "4.8.0", "4.9.0", "4.10.0", "4.11.0", "4.12.0", "4.12.1",
               "4.13.0", "4.14.0", "4.14.1", "4.14.2", "4.15.0", "4.15.1", "4.16.0"),
@@ -115,6 +114,9 @@ APP_RELEASES: dict[str, tuple[str, ...]] = {
     "importlib-resources": ("5.11.1", "5.12.0", "5.13.0", "6.0.0", "6.0.1", "6.1.0", "6.1.1", "6.1.2",
                             "6.1.3", "6.2.0", "6.3.0", "6.3.1", "6.3.2", "6.4.0", "6.4.1", "6.4.2",
                             "6.4.3", "6.4.4", "6.4.5", "6.5.0", "6.5.1", "6.5.2", "7.0.0", "7.1.0"),
+    "inflect": ("5.3.0", "5.4.0", "5.5.1", "5.5.2", "5.6.0", "5.6.1", "5.6.2", "6.0.0", "6.0.1",
+                "6.0.2", "6.0.3", "6.0.4", "6.0.5", "6.1.0", "6.1.1", "6.2.0", "7.0.0", "7.2.0",
+                "7.2.1", "7.3.0", "7.3.1", "7.4.0", "7.5.0", "7.6.0"),
     "keyring": ("23.9.3", "23.10.0", "23.11.0", "23.12.1", "23.13.0", "23.13.1", "24.0.0", "24.0.1",
                 "24.1.0", "24.1.1", "24.2.0", "24.3.0", "24.3.1", "25.0.0", "25.0.1", "25.1.0",
                 "25.2.0", "25.2.1", "25.3.0", "25.4.0", "25.4.1", "25.5.0", "25.6.0", "25.7.0"),
@@ -185,9 +187,15 @@ APP_RELEASES: dict[str, tuple[str, ...]] = {
     "twine": ("2.0.0", "3.0.0", "3.1.0", "3.1.1", "3.2.0", "3.3.0", "3.4.0", "3.4.1", "3.4.2", "3.5.0",
               "3.6.0", "3.7.0", "3.7.1", "3.8.0", "4.0.0", "4.0.1", "4.0.2", "5.0.0", "5.1.1", "6.0.0",
               "6.0.1", "6.1.0", "6.2.0", "7.0.0"),
+    "typeguard": ("3.0.0", "3.0.1", "3.0.2", "4.0.0", "4.0.1", "4.1.0", "4.1.1", "4.1.2", "4.1.3",
+                  "4.1.4", "4.1.5", "4.2.0", "4.2.1", "4.3.0", "4.4.0", "4.4.1", "4.4.2", "4.4.3",
+                  "4.4.4", "4.5.0", "4.5.1", "4.5.2", "4.6.0", "4.6.1"),
     "uvicorn": ("0.38.0", "0.39.0", "0.40.0", "0.41.0", "0.42.0", "0.43.0", "0.44.0", "0.45.0",
                 "0.46.0", "0.47.0", "0.48.0", "0.49.0", "0.50.0", "0.50.1", "0.50.2", "0.51.0",
                 "0.52.0", "0.52.1", "0.52.2", "0.52.3", "0.52.4", "0.53.0", "0.54.0", "0.55.0"),
+    "validators": ("0.20.0", "0.21.0", "0.21.1", "0.21.2", "0.22.0", "0.23.0", "0.23.1", "0.23.2",
+                   "0.24.0", "0.25.0", "0.26.0", "0.27.0", "0.28.0", "0.28.1", "0.28.2", "0.28.3",
+                   "0.29.0", "0.30.0", "0.31.0", "0.32.0", "0.33.0", "0.34.0", "0.35.0", "0.36.0"),
     "wheel": ("0.35.1", "0.36.0", "0.36.1", "0.36.2", "0.37.0", "0.37.1", "0.38.1", "0.38.2", "0.38.3",
               "0.38.4", "0.40.0", "0.41.0", "0.41.1", "0.41.2", "0.41.3", "0.42.0", "0.43.0", "0.44.0",
               "0.45.0", "0.45.1", "0.46.2", "0.46.3", "0.47.0", "0.48.0"),
