@@ -73,11 +73,12 @@ APP_RELEASES: dict[str, tuple[str, ...]] = {
     # the same reason as RELEASES. Left out for not fitting: fewer than 30 files in a release at one
     # end of the range (asgiref, croniter, cloudpickle, colorama, idna, pathspec, portalocker,
     # responses, semver, platformdirs, pytest-mock, cachecontrol, rich-click) or in the middle of it
-    # (arrow 0.15.3: 20; build: 9 to 17 in eight releases; freezegun: 26 to 29 in three; flake8's
-    # package folder: 27 in two); more than 150 with a package folder of fewer than 30 (tomlkit,
-    # pyparsing, wcwidth, pip-tools, cattrs); a release whose sdist is missing, or whose metadata no
-    # longer builds or names another version (more-itertools, sqlparse, filelock, flask-cors 2.1.1,
-    # flask-migrate 2.5.0, pipdeptree 4.2.16, flit-core 2.0.2, jsonpickle 4.1.3).
+    # (arrow 0.15.3: 20; packaging 20.5 and 20.7: 14 and 17; build: 9 to 17 in eight releases;
+    # freezegun: 26 to 29 in three; flake8's package folder: 27 in two); more than 150 with a package
+    # folder of fewer than 30 (tomlkit, pyparsing, wcwidth, pip-tools, cattrs); a release whose sdist
+    # is missing, or whose metadata no longer builds or names another version (more-itertools,
+    # sqlparse, filelock, flask-cors 2.1.1, flask-migrate 2.5.0, pipdeptree 4.2.16, flit-core 2.0.2,
+    # jsonpickle 4.1.3).
     "anyio": ("4.1.0", "4.2.0", "4.3.0", "4.4.0", "4.5.0", "4.5.1", "4.5.2", "4.6.0", "4.6.1",
               "4.6.2.post1", "4.7.0", "4.8.0", "4.9.0", "4.10.0", "4.11.0", "4.12.0", "4.12.1",
               "4.13.0", "4.14.0", "4.14.1", "4.14.2", "4.15.0", "4.15.1", "4.16.0"),
@@ -136,9 +137,6 @@ APP_RELEASES: dict[str, tuple[str, ...]] = {
             "2022.8.7", "2022.11.21", "2023.4.22", "2024.3.2", "2024.4.15", "2024.10.9", "2025.2.9",
             "2025.5.1", "2025.10.14", "2025.10.16", "2025.11.12", "2026.2.9", "2026.4.10", "2026.7.11",
             "2026.8.10", "2026.8.17", "2026.10.20"),
-    "packaging": ("20.2", "20.3", "20.4", "20.5", "20.7", "20.8", "20.9", "21.0", "21.1", "21.2",
-                  "21.3", "22.0", "23.0", "23.1", "23.2", "24.0", "24.1", "24.2", "25.0", "26.0",
-                  "26.1", "26.2", "26.3", "26.4"),
     "pre-commit": ("3.3.0", "3.3.1", "3.3.2", "3.3.3", "3.4.0", "3.5.0", "3.6.0", "3.6.1", "3.6.2",
                    "3.7.0", "3.7.1", "3.8.0", "4.0.0", "4.0.1", "4.1.0", "4.2.0", "4.3.0", "4.4.0",
                    "4.5.0", "4.5.1", "4.6.0", "4.6.1", "4.6.2", "4.7.0"),
