@@ -14,6 +14,8 @@ from pyfakefs.fake_filesystem_unittest import Patcher
 
 from storage_migrator import diff
 from storage_migrator.migrate import migrate
+from storage_migrator.storage import root as root_module
+from storage_migrator.storage import tree as tree_module
 
 from .sandbox import Installation, build_installation, scan
 
@@ -24,14 +26,23 @@ def installation(sqlite_url: str, tmp_path: Path) -> Installation:
 
 
 @pytest.fixture
-def fake_disk(installation: Installation) -> Iterator:
-    """The installation's ROOT inside a fake filesystem (writes stay in memory)."""
+def fake_disk(installation: Installation, monkeypatch: pytest.MonkeyPatch) -> Iterator:
+    """The installation's ROOT inside a fake filesystem (writes stay in memory). libc's
+    renameat2 would act on the real disk behind the fake one's back: the tool runs as on a libc
+    without it (its fallbacks: check-then-rename, link renamed into place right after a move).
+    pyfakefs also changes a file's ctime on every read, which Linux never does: here the
+    fingerprint leaves ctime out (the real cross-filesystem tests on tmpfs, in test_hostile_fs,
+    hold the whole fingerprint)."""
+    monkeypatch.setattr(root_module, "_renameat2", lambda: None)
+    monkeypatch.setattr(tree_module, "fingerprint_of", lambda status, size=None: (
+        status.st_size if size is None else size, status.st_mtime_ns, 0, status.st_ino))
     legacy = {g: scan(installation.root / g).checksums()
               for g in installation.sample.generation_ids if (installation.root / g).is_dir()}
     diff.libgit2_flags()    # libgit2 loads its certificates from the real disk when first used
     diff.memory_blobs()
     with Patcher(additional_skip_names=["sqlalchemy", "alembic"]) as patcher:
         patcher.fs.add_real_directory(str(installation.root), read_only=False)
+        patcher.fs.add_real_file(sa.make_url(installation.database_url).database, read_only=False)   # sqlite3 opens it
         patcher.fs.legacy_checksums = legacy
         yield patcher.fs
 
