@@ -33,7 +33,7 @@ def fake_disk(installation: Installation, monkeypatch: pytest.MonkeyPatch) -> It
     pyfakefs also changes a file's ctime on every read, which Linux never does: here the
     fingerprint leaves ctime out (the real cross-filesystem tests on tmpfs, in test_hostile_fs,
     hold the whole fingerprint)."""
-    monkeypatch.setattr(root_module, "_renameat2", lambda: None)
+    monkeypatch.setattr(root_module, "_renameat2_function", lambda: None)
     monkeypatch.setattr(tree_module, "fingerprint_of", lambda status, size=None: (
         status.st_size if size is None else size, status.st_mtime_ns, 0, status.st_ino))
     legacy = {g: scan(installation.root / g).checksums()

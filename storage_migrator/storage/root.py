@@ -156,7 +156,7 @@ def _libc_function(name: str, *argtypes: type) -> Callable[..., int] | None:
     return function
 
 
-def _renameat2() -> Callable[..., int] | None:
+def _renameat2_function() -> Callable[..., int] | None:
     return _libc_function("renameat2", ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint)
 
 
@@ -177,32 +177,28 @@ def start_writeback(fd: int) -> None:
         function(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)
 
 
-def _renameat2_noreplace(src_fd: int, src: str, dst_fd: int, dst: str) -> bool:
-    """``renameat2(RENAME_NOREPLACE)``: True if renamed, False when libc or the filesystem does
-    not offer it (the caller falls back to check-then-rename); an existing target raises."""
-    function = _renameat2()
+def _renameat2(src_fd: int, src: str, dst_fd: int, dst: str, flags: int) -> bool:
+    """``renameat2`` with ``flags``: True if done, False when libc or the filesystem does not
+    offer it (nothing changed; the caller falls back); any other failure raises."""
+    function = _renameat2_function()
     if function is None:
         return False
-    if function(src_fd, os.fsencode(src), dst_fd, os.fsencode(dst), _RENAME_NOREPLACE) == 0:
+    if function(src_fd, os.fsencode(src), dst_fd, os.fsencode(dst), flags) == 0:
         return True
     code = ctypes.get_errno()
     if code in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
         return False
     raise OSError(code, os.strerror(code))
+
+
+def _renameat2_noreplace(src_fd: int, src: str, dst_fd: int, dst: str) -> bool:
+    """``renameat2(RENAME_NOREPLACE)``: an existing target raises; False: check-then-rename instead."""
+    return _renameat2(src_fd, src, dst_fd, dst, _RENAME_NOREPLACE)
 
 
 def _renameat2_exchange(a_fd: int, a: str, b_fd: int, b: str) -> bool:
-    """``renameat2(RENAME_EXCHANGE)``: True if the two entries swapped places, False when libc or
-    the filesystem does not offer it (nothing changed); any other failure raises."""
-    function = _renameat2()
-    if function is None:
-        return False
-    if function(a_fd, os.fsencode(a), b_fd, os.fsencode(b), _RENAME_EXCHANGE) == 0:
-        return True
-    code = ctypes.get_errno()
-    if code in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
-        return False
-    raise OSError(code, os.strerror(code))
+    """``renameat2(RENAME_EXCHANGE)``: True if the two entries swapped places."""
+    return _renameat2(a_fd, a, b_fd, b, _RENAME_EXCHANGE)
 
 
 class _OpenDirectory:
