@@ -37,11 +37,6 @@ def database_url_from_env() -> str:
     return normalize_database_url(os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL)
 
 
-def storage_root_from_env() -> str:
-    """``STORAGE_ROOT``, else the application's ``FILE_STORAGE_PATH``, else the default."""
-    return os.environ.get("STORAGE_ROOT") or os.environ.get("FILE_STORAGE_PATH") or DEFAULT_STORAGE_ROOT
-
-
 def normalize_path_prefix(prefix: str) -> str:
     """Spell a path prefix the way the application spells ``str(Path(FILE_STORAGE_PATH))``:
     no leading ``./``, no trailing or doubled ``/`` (``./storage/projects/`` → ``storage/projects``)."""
