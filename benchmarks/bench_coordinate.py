@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from storage_migrator.config import HEAD_REVISION
-from storage_migrator.schema import upgrade_schema
+from storage_migrator.db.revisions import upgrade_schema
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_run import TOOL, build_real, drop_postgres, fresh_copy, machine, prepare_postgres, reset_postgres, tool_env

@@ -2,7 +2,7 @@
 change, not the file), files where everything changed, and whole files added and deleted (what
 most of a real history's sections are: 31,240 of 42,640 in the issue-19 profile).
 
-Times ``diff.render_patch`` as it is now against two engines read from git history:
+Times ``writer.render_patch`` as it is now against two engines read from git history:
 ``--before REV`` (default: the writer that gave every section, adds and deletes included, to
 libgit2) and ``--baseline REV`` (the hand-written Python engine libgit2 replaced; it is slow,
 ``--baseline ''`` leaves it out). A column is left out when its revision is not available.
@@ -24,7 +24,7 @@ import types
 from collections.abc import Callable
 from pathlib import Path
 
-from storage_migrator import diff
+from storage_migrator.patch import compare, writer
 
 # The last commit whose diff.py is the pure-Python Myers/patience engine.
 OLD_ENGINE_COMMIT = "14ba721c0d87420d318d3f0eb6fcf13d6a8492ea"
@@ -77,7 +77,7 @@ def best_of(renders: list[Render], old: Tree, new: Tree, repeat: int) -> list[tu
 def timed(label: str, old_tree: Tree, new_tree: Tree, others: list[Render], repeat: int) -> None:
     lines = sum(content.count(b"\n") for content in old_tree.values())
     new_lines = sum(content.count(b"\n") for content in new_tree.values())
-    (seconds, patch), *rest = best_of([renderer(diff), *others], old_tree, new_tree, repeat)
+    (seconds, patch), *rest = best_of([renderer(types.SimpleNamespace(compare_trees=compare.compare_trees, render_patch=writer.render_patch)), *others], old_tree, new_tree, repeat)
     row = f"| {label} | {lines:,} → {new_lines:,} | {seconds * 1000:,.1f} ms | {len(patch):,} B |"
     for other_seconds, other_patch in rest:
         same = "same bytes" if other_patch == patch else f"{len(other_patch):,} B"
@@ -147,7 +147,7 @@ def main() -> None:
     before = engine_at(arguments.before, "render_patch")
     baseline = engine_at(arguments.baseline, "text_hunks")
     if arguments.real:
-        engines = [("now", renderer(diff))] + [(name, engine) for name, engine in (("before", before),
+        engines = [("now", renderer(types.SimpleNamespace(compare_trees=compare.compare_trees, render_patch=writer.render_patch)))] + [(name, engine) for name, engine in (("before", before),
                                                 ("Python engine", baseline)) if engine is not None]
         real_history(engines, arguments.repeat)
         return

@@ -25,8 +25,8 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from storage_migrator.config import BASE_REVISION, HEAD_REVISION
+from storage_migrator.db.revisions import upgrade_schema
 from storage_migrator.demo import MIN_PROJECTS, SampleSize, generate_installation
-from storage_migrator.schema import upgrade_schema
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_run import TOOL, machine, tool_env

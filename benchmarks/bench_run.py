@@ -47,8 +47,8 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from storage_migrator.config import BASE_REVISION, HEAD_REVISION
+from storage_migrator.db.revisions import upgrade_schema
 from storage_migrator.demo import SampleSize, generate_installation
-from storage_migrator.schema import upgrade_schema
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from real_corpus import CORPORA, build_real_installation, line_lengths

@@ -1,4 +1,4 @@
 """``python -m storage_migrator`` is the ``storage-migrate`` command."""
-from .cli import main
+from storage_migrator.cli.main import main
 
 main()

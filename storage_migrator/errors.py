@@ -10,14 +10,45 @@ import errno
 import os
 from collections.abc import Sequence
 
-from .storage.layout import printable
-
 EXIT_OK = 0
 EXIT_SOME_FAILED = 1
 EXIT_USAGE = 2
 EXIT_VERIFY_PROBLEMS = 3
 EXIT_LOCKED = 75
 EXIT_INTERRUPTED = 130
+
+
+def printable(path: str | bytes) -> str:
+    """``path`` as one printable line: undecodable bytes and control characters are escaped."""
+    if isinstance(path, str):
+        try:
+            raw = os.fsencode(path)
+        except UnicodeEncodeError:
+            raw = path.encode("utf-8", "backslashreplace")
+    else:
+        raw = path
+    text = raw.decode("utf-8", "backslashreplace")
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text)
+
+
+class UnsafePath(OSError):
+    """A path below ROOT that this tool refuses to touch: the message is one line naming the path
+    and the reason ("is a symlink", "is not a regular file", "is too large", "leaves ROOT", ...)."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"{printable(path)}: {reason}")
+        self.path = path
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"{printable(self.path)}: {self.reason}"
+
+    def __reduce__(self) -> tuple[type[UnsafePath], tuple[str, str]]:
+        return (type(self), (self.path, self.reason))
+
+
+class UnsafePathComponent(ValueError):
+    """An id that cannot be used as one folder name: it would escape or confuse the layout."""
 
 
 class GenerationError(Exception):

@@ -13,9 +13,9 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server, write_to_textfile
 from prometheus_client.parser import text_string_to_metric_families
 
-from .errors import EXIT_OK, UsageError
-from .records import Outcome
-from .report import RunReport
+from storage_migrator.errors import EXIT_OK, UsageError
+from storage_migrator.records import Outcome
+from storage_migrator.report import RunReport
 
 PREFIX = "storage_migrate"
 LAST_SUCCESS = f"{PREFIX}_last_success_timestamp_seconds"

@@ -8,17 +8,25 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from enum import Enum
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-from .cloud import CloudStorage, object_key
-from .errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_SOME_FAILED
-from .records import GenerationRow, Outcome, RowDrift, Tally
-
-if TYPE_CHECKING:
-    from .plan import GenerationPlan
+from storage_migrator.cloud import CloudStorage, object_key
+from storage_migrator.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_SOME_FAILED
+from storage_migrator.records import GenerationRow, Outcome, RowDrift, Tally
 
 __all__ = ["ApplicationState", "GenerationOutcome", "Outcome", "ProgressFactory", "Renumbering", "RunReport", "Tally",
            "Workload"]
+
+
+class PlannedGeneration(Protocol):
+    """What a report line takes from the engine's plan of a generation (``GenerationPlan``)."""
+
+    @property
+    def generation(self) -> GenerationRow: ...
+    @property
+    def reason(self) -> str | None: ...
+    @property
+    def renumbered_from(self) -> int | None: ...
 
 
 class ApplicationState(str, Enum):
@@ -119,7 +127,7 @@ class GenerationOutcome:
                    **details)  # type: ignore[arg-type]
 
     @classmethod
-    def from_plan(cls, plan: GenerationPlan, action: Outcome, storage_path: str | None,
+    def from_plan(cls, plan: PlannedGeneration, action: Outcome, storage_path: str | None,
                   **details: object) -> GenerationOutcome:
         """The line of a planned generation: the plan's reason goes with it unless it failed,
         and the version it is renumbered from."""

@@ -17,12 +17,12 @@ import jsonschema
 import sqlalchemy as sa
 
 from storage_migrator.config import BASE_REVISION, HEAD_REVISION, Settings
+from storage_migrator.db.revisions import upgrade_schema
 from storage_migrator.demo import SampleInstallation, SampleSize, generate_installation
 from storage_migrator.errors import GenerationError
-from storage_migrator.schema import upgrade_schema
+from storage_migrator.storage.handle import Storage, open_storage
 from storage_migrator.storage.layout import StorageLayout
 from storage_migrator.storage.manifest import Manifest, read_manifest, summarize_tree
-from storage_migrator.storage.opened import Storage, open_storage
 from storage_migrator.storage.tree import TreeSnapshot, scan_tree
 
 SMALL = SampleSize(projects=5, generations_per_project=4, files_per_generation=12)

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from storage_migrator.db import create_database_engine
-from storage_migrator.lock import RunLock
+from storage_migrator.db.rows import create_database_engine
+from storage_migrator.engine.lock import RunLock
+from storage_migrator.storage.handle import open_storage
 from storage_migrator.storage.layout import StorageLayout
-from storage_migrator.storage.opened import open_storage
 
 from .sandbox import Installation, build_installation, run_cli
 

@@ -25,8 +25,8 @@ import pytest
 import sqlalchemy as sa
 
 from storage_migrator.config import Settings
-from storage_migrator.coordinate import BUCKETS, DONE_CLASS
 from storage_migrator.demo import SampleSize
+from storage_migrator.engine.coordinate import BUCKETS, DONE_CLASS
 from storage_migrator.faults import PAUSE_AT_VARIABLE
 
 from .sandbox import (
@@ -562,9 +562,9 @@ def test_the_orphan_scan_runs_once_and_the_host_name_is_the_systems(installation
 
 
 def test_the_database_lock_for_db_commands_excludes_coordinated_runs(installation: Installation) -> None:
-    from storage_migrator.db import create_database_engine
+    from storage_migrator.db.rows import create_database_engine
+    from storage_migrator.engine.lock import DatabaseLock
     from storage_migrator.errors import LockHeld
-    from storage_migrator.lock import DatabaseLock
 
     engine = create_database_engine(installation.database_url, command="storage-migrate db")
     with DatabaseLock(engine, "storage-migrate db upgrade"):

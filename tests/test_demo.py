@@ -13,6 +13,7 @@ import pytest
 import sqlalchemy as sa
 
 from storage_migrator.config import BASE_REVISION
+from storage_migrator.db.revisions import upgrade_schema
 from storage_migrator.demo import (
     BINARY_PATHS,
     CRLF_PATH,
@@ -26,7 +27,6 @@ from storage_migrator.demo import (
     SampleSize,
     generate_installation,
 )
-from storage_migrator.schema import upgrade_schema
 
 SMALL = SampleSize(projects=6, generations_per_project=5, files_per_generation=18)
 LOGO = BINARY_PATHS[0]

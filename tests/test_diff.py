@@ -13,8 +13,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from storage_migrator import diff
 from storage_migrator.errors import GenerationError
+from storage_migrator.patch import blob, compare, reader, writer
 from storage_migrator.storage.source_tree import write_tree_patch
 from storage_migrator.storage.tree import scan_tree
 
@@ -28,8 +28,8 @@ def checksums(tree: Tree) -> dict[str, str]:
 
 
 def make_patch(old: Tree, new: Tree) -> bytes:
-    comparison = diff.compare_trees(checksums(old), checksums(new))
-    return diff.render_patch(comparison, old.__getitem__, new.__getitem__)
+    comparison = compare.compare_trees(checksums(old), checksums(new))
+    return writer.render_patch(comparison, old.__getitem__, new.__getitem__)
 
 
 def write_tree(root: Path, tree: Tree) -> None:
@@ -109,7 +109,7 @@ def test_gnu_patch_reproduces_text_changes(name: str, tmp_path: Path) -> None:
 def test_identical_trees_give_an_empty_patch() -> None:
     tree = {"a.py": b"x\n", "b.png": PNG}
     assert make_patch(tree, dict(tree)) == b""
-    assert diff.compare_trees(checksums(tree), checksums(tree)).is_empty()
+    assert compare.compare_trees(checksums(tree), checksums(tree)).is_empty()
 
 
 def test_patch_matches_git_for_a_simple_change(tmp_path: Path) -> None:
@@ -137,19 +137,19 @@ def test_binary_patch_names_full_blob_ids(tmp_path: Path) -> None:
     patch = make_patch(old, new)
     assert re.search(rb"GIT binary patch\n(literal|delta) \d+\n", patch)     # libgit2 picks the smaller
     assert apply("git", old, patch, tmp_path) == new
-    assert f"index {diff.git_blob_id(PNG)}..{diff.git_blob_id(PNG + bytes(1))}".encode() in patch
+    assert f"index {blob.git_blob_id(PNG)}..{blob.git_blob_id(PNG + bytes(1))}".encode() in patch
 
 
 def test_git_blob_id_is_gits() -> None:
-    assert diff.git_blob_id(b"") == "e69de29bb2d1d6434b8b29ae775ad8c2e48c5391"
-    assert diff.git_blob_id(b"hello\n") == "ce013625030ba8dba906f756967f9e9ca394464a"
+    assert blob.git_blob_id(b"") == "e69de29bb2d1d6434b8b29ae775ad8c2e48c5391"
+    assert blob.git_blob_id(b"hello\n") == "ce013625030ba8dba906f756967f9e9ca394464a"
 
 
 def test_compare_trees_and_change_summary() -> None:
-    comparison = diff.compare_trees({"a": "1", "b": "2", "c": "3"}, {"a": "1", "b": "9", "d": "4"})
+    comparison = compare.compare_trees({"a": "1", "b": "2", "c": "3"}, {"a": "1", "b": "9", "d": "4"})
     assert (comparison.added, comparison.modified, comparison.deleted) == (("d",), ("b",), ("c",))
-    assert diff.ChangeSummary.from_comparison(comparison, 2).to_json() == {"added": 1, "modified": 1, "deleted": 1, "from_version": 2}
-    assert diff.ChangeSummary.first_version(7).to_json() == {"added": 7, "modified": 0, "deleted": 0, "from_version": None}
+    assert compare.ChangeSummary.from_comparison(comparison, 2).to_json() == {"added": 1, "modified": 1, "deleted": 1, "from_version": 2}
+    assert compare.ChangeSummary.first_version(7).to_json() == {"added": 7, "modified": 0, "deleted": 0, "from_version": None}
 
 
 def test_a_changed_everything_file_is_still_a_correct_patch(tmp_path: Path) -> None:
@@ -166,8 +166,8 @@ def test_only_changed_files_are_read() -> None:
     def reader(tree: Tree):
         return lambda path: read.append(path) or tree[path]
 
-    comparison = diff.compare_trees(checksums(old), checksums(new))
-    diff.render_patch(comparison, reader(old), reader(new))
+    comparison = compare.compare_trees(checksums(old), checksums(new))
+    writer.render_patch(comparison, reader(old), reader(new))
     assert read == ["edit.py", "edit.py"]
 
 
@@ -277,11 +277,11 @@ def test_a_non_utf8_name_is_quoted_and_applies(tmp_path: Path) -> None:
 
 @pytest.fixture
 def small_limit(monkeypatch: pytest.MonkeyPatch) -> int:
-    monkeypatch.setattr(diff, "LARGE_FILE_LIMIT", 10)
+    monkeypatch.setattr(writer, "LARGE_FILE_LIMIT", 10)
     return 10
 
 
-def never_read_large(tree: Tree, large: set[str], read: list[str]) -> diff.Reader:
+def never_read_large(tree: Tree, large: set[str], read: list[str]) -> writer.Reader:
     def read_file(path: str) -> bytes:
         assert path not in large, f"{path} is over the limit and must not be read"
         read.append(path)
@@ -290,14 +290,14 @@ def never_read_large(tree: Tree, large: set[str], read: list[str]) -> diff.Reade
 
 
 def large_patch(old: Tree, new: Tree, read: list[str]) -> bytes:
-    large = {path for tree in (old, new) for path, content in tree.items() if len(content) > diff.LARGE_FILE_LIMIT}
-    comparison = diff.compare_trees(checksums(old), checksums(new))
-    return diff.render_patch(
+    large = {path for tree in (old, new) for path, content in tree.items() if len(content) > writer.LARGE_FILE_LIMIT}
+    comparison = compare.compare_trees(checksums(old), checksums(new))
+    return writer.render_patch(
         comparison, never_read_large(old, large, read), never_read_large(new, large, read),
         old_sizes={path: len(content) for path, content in old.items()},
         new_sizes={path: len(content) for path, content in new.items()},
-        blob_id_old=lambda path: diff.git_blob_id(old[path]),      # the caller would stream this
-        blob_id_new=lambda path: diff.git_blob_id(new[path]),
+        blob_id_old=lambda path: blob.git_blob_id(old[path]),      # the caller would stream this
+        blob_id_new=lambda path: blob.git_blob_id(new[path]),
     )
 
 
@@ -311,13 +311,13 @@ def test_a_large_file_is_named_with_its_blob_ids_and_never_read(small_limit: int
     sections = {section.split(b"\n", 1)[0]: section for section in re.split(rb"(?m)^(?=diff --git )", patch) if section}
     null = "0" * 40
     assert sections[b"diff --git a/big.bin b/big.bin"] == (
-        f"diff --git a/big.bin b/big.bin\nindex {diff.git_blob_id(big_old)}..{diff.git_blob_id(big_new)} 100644\n"
+        f"diff --git a/big.bin b/big.bin\nindex {blob.git_blob_id(big_old)}..{blob.git_blob_id(big_new)} 100644\n"
         "Binary files a/big.bin and b/big.bin differ\n").encode()
     assert sections[b"diff --git a/added.bin b/added.bin"] == (
-        f"diff --git a/added.bin b/added.bin\nnew file mode 100644\nindex {null}..{diff.git_blob_id(new['added.bin'])}\n"
+        f"diff --git a/added.bin b/added.bin\nnew file mode 100644\nindex {null}..{blob.git_blob_id(new['added.bin'])}\n"
         "Binary files /dev/null and b/added.bin differ\n").encode()
     assert sections[b"diff --git a/gone.bin b/gone.bin"] == (
-        f"diff --git a/gone.bin b/gone.bin\ndeleted file mode 100644\nindex {diff.git_blob_id(old['gone.bin'])}..{null}\n"
+        f"diff --git a/gone.bin b/gone.bin\ndeleted file mode 100644\nindex {blob.git_blob_id(old['gone.bin'])}..{null}\n"
         "Binary files a/gone.bin and /dev/null differ\n").encode()
     # As documented: git apply refuses such sections, and applies the rest once told to skip them.
     (tmp_path / "p").write_bytes(patch)
@@ -336,42 +336,42 @@ def test_a_large_quoted_name_is_quoted_in_the_binary_line(small_limit: int) -> N
 def test_without_sizes_a_large_file_is_read_but_still_not_diffed(small_limit: int) -> None:
     old, new = {"big.txt": b"line\n" * 5}, {"big.txt": b"line\n" * 6}
     patch = make_patch(old, new)
-    assert patch == (f"diff --git a/big.txt b/big.txt\nindex {diff.git_blob_id(old['big.txt'])}..{diff.git_blob_id(new['big.txt'])} 100644\n"
+    assert patch == (f"diff --git a/big.txt b/big.txt\nindex {blob.git_blob_id(old['big.txt'])}..{blob.git_blob_id(new['big.txt'])} 100644\n"
                      "Binary files a/big.txt and b/big.txt differ\n").encode()
 
 
 def test_sizes_come_with_blob_ids() -> None:
-    comparison = diff.compare_trees({"a": "1"}, {"a": "2"})
+    comparison = compare.compare_trees({"a": "1"}, {"a": "2"})
     with pytest.raises(TypeError):
-        diff.render_patch(comparison, lambda path: b"1", lambda path: b"2", old_sizes={"a": 1})
+        writer.render_patch(comparison, lambda path: b"1", lambda path: b"2", old_sizes={"a": 1})
 
 
 def test_the_limit_is_64_mib() -> None:
-    assert diff.LARGE_FILE_LIMIT == 64 << 20
+    assert writer.LARGE_FILE_LIMIT == 64 << 20
 
 
 # -- reading patches back -----------------------------------------------------------------------
 
 
-def expected_entries(old: Tree, new: Tree) -> list[diff.PatchEntry]:
-    comparison = diff.compare_trees(checksums(old), checksums(new))
+def expected_entries(old: Tree, new: Tree) -> list[reader.PatchEntry]:
+    comparison = compare.compare_trees(checksums(old), checksums(new))
     change = {**dict.fromkeys(comparison.added, "added"), **dict.fromkeys(comparison.modified, "modified"),
               **dict.fromkeys(comparison.deleted, "deleted")}
-    return [diff.PatchEntry(path, change[path],  # type: ignore[arg-type]
-                            diff.git_blob_id(old[path]) if path in old else None,
-                            diff.git_blob_id(new[path]) if path in new else None)
+    return [reader.PatchEntry(path, change[path],  # type: ignore[arg-type]
+                            blob.git_blob_id(old[path]) if path in old else None,
+                            blob.git_blob_id(new[path]) if path in new else None)
             for path in comparison.changed_paths()]
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_parse_patch_reads_our_patches(name: str) -> None:
     old, new = CASES[name]
-    entries = diff.parse_patch(make_patch(old, new))
+    entries = reader.parse_patch(make_patch(old, new))
     assert entries == expected_entries(old, new)
-    assert diff.comparison_of(entries) == diff.compare_trees(checksums(old), checksums(new))
+    assert reader.comparison_of(entries) == compare.compare_trees(checksums(old), checksums(new))
     for entry in entries:
-        real_old = diff.git_blob_id(old[entry.path]) if entry.path in old else None
-        real_new = diff.git_blob_id(new[entry.path]) if entry.path in new else None
+        real_old = blob.git_blob_id(old[entry.path]) if entry.path in old else None
+        real_new = blob.git_blob_id(new[entry.path]) if entry.path in new else None
         assert entry.has_blob_ids and entry.agrees_with(real_old, real_new)
         assert not entry.agrees_with(real_old and "f" * 40, real_new and "e" * 40)
         assert not entry.agrees_with(real_new, real_old) or real_old == real_new
@@ -386,13 +386,13 @@ TRICKY_NEW: Tree = {"db/schema.sql": b"--- added\nselect 1;\n+++ too\n", "same.t
 
 def test_parse_patch_reads_git_diff(tmp_path: Path) -> None:
     full = git_no_index(TRICKY_OLD, TRICKY_NEW, tmp_path, "--full-index", "--binary")
-    assert diff.parse_patch(full) == expected_entries(TRICKY_OLD, TRICKY_NEW)
-    short = diff.parse_patch(git_no_index(TRICKY_OLD, TRICKY_NEW, tmp_path / "short"))
+    assert reader.parse_patch(full) == expected_entries(TRICKY_OLD, TRICKY_NEW)
+    short = reader.parse_patch(git_no_index(TRICKY_OLD, TRICKY_NEW, tmp_path / "short"))
     assert short is not None and [(entry.path, entry.change) for entry in short] == \
         [(entry.path, entry.change) for entry in expected_entries(TRICKY_OLD, TRICKY_NEW)]
     for entry in short:                  # 7-digit ids: prefixes of the real ones
-        assert entry.agrees_with(diff.git_blob_id(TRICKY_OLD[entry.path]) if entry.path in TRICKY_OLD else None,
-                                 diff.git_blob_id(TRICKY_NEW[entry.path]) if entry.path in TRICKY_NEW else None)
+        assert entry.agrees_with(blob.git_blob_id(TRICKY_OLD[entry.path]) if entry.path in TRICKY_OLD else None,
+                                 blob.git_blob_id(TRICKY_NEW[entry.path]) if entry.path in TRICKY_NEW else None)
 
 
 def test_parse_patch_reads_a_git_rename_as_delete_plus_add(tmp_path: Path) -> None:
@@ -406,14 +406,14 @@ def test_parse_patch_reads_a_git_rename_as_delete_plus_add(tmp_path: Path) -> No
     patch = subprocess.run([*git, "diff", "--cached", "-M", "--full-index"], cwd=tmp_path, capture_output=True, check=True).stdout
     assert b"rename from old name.py" in patch
     # An exact rename has no index line: the entries say which paths, not which ids.
-    assert diff.parse_patch(patch) == [diff.PatchEntry("old name.py", "deleted"), diff.PatchEntry("new name.py", "added")]
+    assert reader.parse_patch(patch) == [reader.PatchEntry("old name.py", "deleted"), reader.PatchEntry("new name.py", "added")]
     (tmp_path / "new name.py").write_bytes(b"same\n" * 19 + b"other\n")
     subprocess.run([*git, "add", "-A"], cwd=tmp_path, check=True)
     patch = subprocess.run([*git, "diff", "--cached", "-M", "--full-index"], cwd=tmp_path, capture_output=True, check=True).stdout
     assert b"\nsimilarity index " in patch and b"\nindex " in patch
-    assert diff.parse_patch(patch) == [
-        diff.PatchEntry("old name.py", "deleted", diff.git_blob_id(b"same\n" * 20), None),
-        diff.PatchEntry("new name.py", "added", None, diff.git_blob_id(b"same\n" * 19 + b"other\n"))]
+    assert reader.parse_patch(patch) == [
+        reader.PatchEntry("old name.py", "deleted", blob.git_blob_id(b"same\n" * 20), None),
+        reader.PatchEntry("new name.py", "added", None, blob.git_blob_id(b"same\n" * 19 + b"other\n"))]
 
 
 def gnu_diff(old: Tree, new: Tree, workdir: Path, option: str) -> bytes:
@@ -427,31 +427,31 @@ def gnu_diff(old: Tree, new: Tree, workdir: Path, option: str) -> bytes:
 @pytest.mark.parametrize("option", ["-ru", "-ruN"])
 def test_parse_patch_reads_gnu_diff(option: str, tmp_path: Path) -> None:
     patch = gnu_diff(TRICKY_OLD, TRICKY_NEW, tmp_path, option)
-    entries = diff.parse_patch(patch)
+    entries = reader.parse_patch(patch)
     assert entries is not None and not any(entry.has_blob_ids for entry in entries)
     # GNU diff compared v1/source with v2/source: a generation's paths are those below source/.
-    entries = diff.expand_directories(entries, set(TRICKY_OLD), set(TRICKY_NEW))
-    assert diff.comparison_of(entries) == diff.compare_trees(checksums(TRICKY_OLD), checksums(TRICKY_NEW))
+    entries = reader.expand_directories(entries, set(TRICKY_OLD), set(TRICKY_NEW))
+    assert reader.comparison_of(entries) == compare.compare_trees(checksums(TRICKY_OLD), checksums(TRICKY_NEW))
     for entry in entries:
-        assert entry.agrees_with(diff.git_blob_id(TRICKY_OLD[entry.path]) if entry.path in TRICKY_OLD else None,
-                                 diff.git_blob_id(TRICKY_NEW[entry.path]) if entry.path in TRICKY_NEW else None)
+        assert entry.agrees_with(blob.git_blob_id(TRICKY_OLD[entry.path]) if entry.path in TRICKY_OLD else None,
+                                 blob.git_blob_id(TRICKY_NEW[entry.path]) if entry.path in TRICKY_NEW else None)
 
 
 def test_parse_patch_places_only_in_lines_by_the_directories_compared(tmp_path: Path) -> None:
     patch = gnu_diff({"a.txt": b"1\n", "gone.txt": b"x\n"}, {"a.txt": b"2\n", "new.txt": b"y\n"}, tmp_path, "-ru")
     assert patch.startswith(b"diff -ru v1/source/a.txt v2/source/a.txt\n")
-    assert diff.parse_patch(patch) == [diff.PatchEntry("a.txt", "modified"),
-                                       diff.PatchEntry("gone.txt", "deleted", may_be_directory=True),
-                                       diff.PatchEntry("new.txt", "added", may_be_directory=True)]
-    assert diff.parse_patch(b"Only in b/app: new.py\nOnly in a: old.py\n") == [
-        diff.PatchEntry("app/new.py", "added", may_be_directory=True),
-        diff.PatchEntry("old.py", "deleted", may_be_directory=True)]
-    unplaced = diff.parse_patch(b"Only in left: x\n")
-    assert unplaced == [diff.PatchEntry("x", "one-sided", may_be_directory=True)]
+    assert reader.parse_patch(patch) == [reader.PatchEntry("a.txt", "modified"),
+                                       reader.PatchEntry("gone.txt", "deleted", may_be_directory=True),
+                                       reader.PatchEntry("new.txt", "added", may_be_directory=True)]
+    assert reader.parse_patch(b"Only in b/app: new.py\nOnly in a: old.py\n") == [
+        reader.PatchEntry("app/new.py", "added", may_be_directory=True),
+        reader.PatchEntry("old.py", "deleted", may_be_directory=True)]
+    unplaced = reader.parse_patch(b"Only in left: x\n")
+    assert unplaced == [reader.PatchEntry("x", "one-sided", may_be_directory=True)]
     assert unplaced[0].agrees_with(None, "1" * 40) and not unplaced[0].agrees_with("1" * 40, "2" * 40)
     assert unplaced[0].covers("x/y.py") and not unplaced[0].covers("xy.py")
-    assert diff.expand_directories(unplaced, {"a.py"}, {"x/y.py", "x/z/w.py", "xy.py"}) == [
-        diff.PatchEntry("x/y.py", "added"), diff.PatchEntry("x/z/w.py", "added")]
+    assert reader.expand_directories(unplaced, {"a.py"}, {"x/y.py", "x/z/w.py", "xy.py"}) == [
+        reader.PatchEntry("x/y.py", "added"), reader.PatchEntry("x/z/w.py", "added")]
 
 
 def test_parse_patch_reads_the_applications_diff_ru_below_source(tmp_path: Path) -> None:
@@ -466,17 +466,17 @@ def test_parse_patch_reads_the_applications_diff_ru_below_source(tmp_path: Path)
     patch = subprocess.run(["diff", "-ru", str(generations / "v3__base" / "source"),
                             str(generations / "v1__renumbered" / "source")], capture_output=True).stdout
     assert f"--- {generations}/v3__base/source/README.md\t".encode() in patch
-    entries = diff.expand_directories(diff.parse_patch(patch) or [], set(old), set(new))
-    assert diff.comparison_of(entries) == diff.compare_trees(checksums(old), checksums(new))
-    assert diff.parse_patch(b"diff -ru a/x/source/README.md b/y/source/README.md\n"
+    entries = reader.expand_directories(reader.parse_patch(patch) or [], set(old), set(new))
+    assert reader.comparison_of(entries) == compare.compare_trees(checksums(old), checksums(new))
+    assert reader.parse_patch(b"diff -ru a/x/source/README.md b/y/source/README.md\n"
                             b"--- a/x/source/README.md\t2026-01-01 00:00:00 +0000\n"
                             b"+++ b/y/source/README.md\t2026-01-01 00:00:00 +0000\n@@ -1 +1 @@\n-1\n+2\n") == [
-        diff.PatchEntry("README.md", "modified")]
-    only = diff.parse_patch(f"Only in {generations}/v1__renumbered/source/pkg: new.py\n"
+        reader.PatchEntry("README.md", "modified")]
+    only = reader.parse_patch(f"Only in {generations}/v1__renumbered/source/pkg: new.py\n"
                             f"Only in {generations}/v3__base/source: gone.py\n".encode())
     assert only is not None and [entry.path for entry in only] == ["pkg/new.py", "gone.py"]
-    assert diff.comparison_of(diff.expand_directories(only, set(old), set(new))) == \
-        diff.TreeComparison(added=("pkg/new.py",), modified=(), deleted=("gone.py",))
+    assert reader.comparison_of(reader.expand_directories(only, set(old), set(new))) == \
+        compare.TreeComparison(added=("pkg/new.py",), modified=(), deleted=("gone.py",))
 
 
 def test_parse_patch_keeps_trailing_spaces_and_backslashes(tmp_path: Path) -> None:
@@ -485,20 +485,20 @@ def test_parse_patch_keeps_trailing_spaces_and_backslashes(tmp_path: Path) -> No
     old = {"notes ": b"1\n", "dir\\name.txt": b"a\n", "gone ": b"g\n"}
     new = {"notes ": b"2\n", "dir\\name.txt": b"b\n", "new ": b"n\n"}
     for patch in (make_patch(old, new), git_no_index(old, new, tmp_path / "git", "--full-index")):
-        entries = diff.parse_patch(patch)
-        assert entries is not None and diff.comparison_of(entries) == diff.compare_trees(checksums(old), checksums(new))
-    gnu = diff.parse_patch(gnu_diff(old, new, tmp_path / "gnu", "-ru"))
+        entries = reader.parse_patch(patch)
+        assert entries is not None and reader.comparison_of(entries) == compare.compare_trees(checksums(old), checksums(new))
+    gnu = reader.parse_patch(gnu_diff(old, new, tmp_path / "gnu", "-ru"))
     assert gnu is not None
-    assert diff.comparison_of(diff.expand_directories(gnu, set(old), set(new))) == \
-        diff.compare_trees(checksums(old), checksums(new))
+    assert reader.comparison_of(reader.expand_directories(gnu, set(old), set(new))) == \
+        compare.compare_trees(checksums(old), checksums(new))
 
 
 def test_parse_patch_empty_and_not_a_patch() -> None:
-    assert diff.parse_patch(b"") == []
-    assert diff.parse_patch(b"\n") == []
-    assert diff.parse_patch(b"hello\nworld\n") is None
-    assert diff.parse_patch(PNG) is None
-    assert diff.parse_patch(b"diff -ru a b\n") is None
+    assert reader.parse_patch(b"") == []
+    assert reader.parse_patch(b"\n") == []
+    assert reader.parse_patch(b"hello\nworld\n") is None
+    assert reader.parse_patch(PNG) is None
+    assert reader.parse_patch(b"diff -ru a b\n") is None
 
 
 PATCH_LINES = st.sampled_from([
@@ -515,15 +515,15 @@ PATCH_LINES = st.sampled_from([
 @settings(max_examples=300, deadline=None, derandomize=True)
 @given(st.one_of(st.binary(max_size=400), st.lists(PATCH_LINES, max_size=30).map(b"\n".join)))
 def test_parse_patch_never_raises(data: bytes) -> None:
-    entries = diff.parse_patch(data)
-    assert entries is None or all(isinstance(entry, diff.PatchEntry) for entry in entries)
+    entries = reader.parse_patch(data)
+    assert entries is None or all(isinstance(entry, reader.PatchEntry) for entry in entries)
 
 
 @settings(max_examples=40, deadline=None, derandomize=True)
 @given(tree_pairs())
 def test_parse_patch_reads_every_random_patch(pair: tuple[Tree, Tree]) -> None:
     old, new = pair
-    assert diff.parse_patch(make_patch(old, new)) == expected_entries(old, new)
+    assert reader.parse_patch(make_patch(old, new)) == expected_entries(old, new)
 
 
 # -- whole-file adds and deletes: written without libgit2, applied like its own -----------------
@@ -562,9 +562,9 @@ def libgit2_whole_file_patch(old: Tree, new: Tree) -> bytes:
     for path in sorted(old.keys() | new.keys()):
         if old.get(path) != new.get(path):
             old_side, new_side = old.get(path), new.get(path)
-            diff._write_diffed(buffer.write, path,
-                               (diff.git_blob_id(old_side) if old_side is not None else diff.NULL_BLOB_ID, old_side),
-                               (diff.git_blob_id(new_side) if new_side is not None else diff.NULL_BLOB_ID, new_side))
+            writer._write_diffed(buffer.write, path,
+                               (blob.git_blob_id(old_side) if old_side is not None else blob.NULL_BLOB_ID, old_side),
+                               (blob.git_blob_id(new_side) if new_side is not None else blob.NULL_BLOB_ID, new_side))
     return buffer.getvalue()
 
 
@@ -592,19 +592,19 @@ def test_commands_that_make_no_patch_never_load_libgit2() -> None:
     import subprocess
     import sys
 
-    probe = ("import sys, storage_migrator.cli, storage_migrator.migrate, storage_migrator.verify, "
-             "storage_migrator.project_diff, storage_migrator.watch; print('pygit2' in sys.modules)")
+    probe = ("import sys, storage_migrator.cli.main, storage_migrator.engine.projects, storage_migrator.commands.verify, "
+             "storage_migrator.commands.diff, storage_migrator.commands.watch; print('pygit2' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout == "False\n"
-    assert diff._libgit2().Patch.create_from(b"a\n", b"b\n").delta.new_file.id is not None
+    assert writer._libgit2().Patch.create_from(b"a\n", b"b\n").delta.new_file.id is not None
 
 
 def test_an_added_text_file_is_not_given_to_libgit2(monkeypatch: pytest.MonkeyPatch) -> None:
     import types
 
     calls: list[object] = []
-    original = diff._libgit2().Patch.create_from
+    original = writer._libgit2().Patch.create_from
     counting = types.SimpleNamespace(create_from=lambda *a, **k: calls.append(a) or original(*a, **k))
-    monkeypatch.setattr(diff, "_libgit2", lambda: types.SimpleNamespace(Patch=counting))
+    monkeypatch.setattr(writer, "_libgit2", lambda: types.SimpleNamespace(Patch=counting))
     make_patch({"gone.py": b"x\n", "same.py": b"1\n"}, {"new.py": b"y\n", "same.py": b"2\n", "b.png": PNG})
     assert len(calls) == 2                  # the modified file and the binary add, nothing else
 
@@ -613,9 +613,9 @@ def test_quote_path_matches_the_per_byte_rule() -> None:
     for byte in range(256):
         name = b"x" + bytes([byte]) + b"y"
         expected = name if 0x20 <= byte < 0x7F and byte not in (0x22, 0x5C) else (
-            b'"x' + diff._C_ESCAPES.get(byte, b"\\%03o" % byte) + b'y"')
-        assert diff.quote_path(name) == expected
-    assert diff.quote_path(b"a/\xc3\xa9\xc3\xa9 \"q\"\\") == b'"a/\\303\\251\\303\\251 \\"q\\"\\\\"'
+            b'"x' + writer._C_ESCAPES.get(byte, b"\\%03o" % byte) + b'y"')
+        assert writer.quote_path(name) == expected
+    assert writer.quote_path(b"a/\xc3\xa9\xc3\xa9 \"q\"\\") == b'"a/\\303\\251\\303\\251 \\"q\\"\\\\"'
 
 
 WHOLE_CONTENTS = st.one_of(file_contents(), st.binary(max_size=60),
@@ -667,13 +667,13 @@ def test_no_git_config_file_is_read(tmp_path: Path) -> None:
     for folder in (tmp_path, tmp_path / "xdg" / "git"):
         folder.mkdir(parents=True, exist_ok=True)
         (folder / (".gitconfig" if folder == tmp_path else "config")).write_text("[[[ not a git config\n")
-    probe = ("import sys; from storage_migrator import diff; "
-             "sys.stdout.buffer.write(diff.render_patch(diff.compare_trees({'a.py': '1'}, {'a.py': '2'}), "
+    probe = ("import sys; from storage_migrator.patch import blob, compare, reader, writer; "
+             "sys.stdout.buffer.write(writer.render_patch(compare.compare_trees({'a.py': '1'}, {'a.py': '2'}), "
              "lambda p: b'one\\ntwo\\n', lambda p: b'one\\n2\\n'))")
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, check=False,
                             env={**os.environ, "HOME": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path / "xdg")})
     assert result.returncode == 0, result.stderr
-    expected = diff.render_patch(diff.compare_trees({"a.py": "1"}, {"a.py": "2"}), lambda p: b"one\ntwo\n",
+    expected = writer.render_patch(compare.compare_trees({"a.py": "1"}, {"a.py": "2"}), lambda p: b"one\ntwo\n",
                                  lambda p: b"one\n2\n")
     assert result.stdout == expected and b"@@ -1,2 +1,2 @@" in expected
 
@@ -683,21 +683,21 @@ def test_blob_ids_a_scan_hashed_are_the_ones_the_index_lines_name() -> None:
     id is hashed again: ids that are not the content's show up in the ``index`` lines as given."""
     old = {"edited.py": b"one\ntwo\n", "gone.py": b"bye\n", "big.bin": b"\0" * 10}
     new = {"edited.py": b"one\n2\n", "added.py": b"hi\n", "big.bin": b"\0" * 11}
-    comparison = diff.compare_trees(checksums(old), checksums(new))
+    comparison = compare.compare_trees(checksums(old), checksums(new))
 
     def ids(tree: Tree) -> dict[str, str]:
-        return {path: diff.git_blob_id(content) for path, content in tree.items()}
+        return {path: blob.git_blob_id(content) for path, content in tree.items()}
 
     plain = make_patch(old, new)
-    assert diff.render_patch(comparison, old.__getitem__, new.__getitem__,
+    assert writer.render_patch(comparison, old.__getitem__, new.__getitem__,
                              old_ids=ids(old), new_ids=ids(new)) == plain
     named_old = {path: f"{index:040x}" for index, path in enumerate(old, start=1)}
     named_new = {path: f"{index:040x}" for index, path in enumerate(new, start=7)}
-    named = diff.render_patch(comparison, old.__getitem__, new.__getitem__, old_ids=named_old, new_ids=named_new)
+    named = writer.render_patch(comparison, old.__getitem__, new.__getitem__, old_ids=named_old, new_ids=named_new)
     index_lines = set(re.findall(rb"(?m)^index (\w+)\.\.(\w+)", named))
     assert index_lines == {(named_old["edited.py"].encode(), named_new["edited.py"].encode()),
-                           (named_old["gone.py"].encode(), diff.NULL_BLOB_ID.encode()),
-                           (diff.NULL_BLOB_ID.encode(), named_new["added.py"].encode()),
+                           (named_old["gone.py"].encode(), blob.NULL_BLOB_ID.encode()),
+                           (blob.NULL_BLOB_ID.encode(), named_new["added.py"].encode()),
                            (named_old["big.bin"].encode(), named_new["big.bin"].encode())}
 
 
@@ -705,10 +705,10 @@ def test_a_pair_with_equal_ids_and_different_bytes_never_makes_a_patch_that_drop
     """An id taken from a scan and bytes read after an edit: both sides named by one id. The
     store would keep one content and the patch would show only the header; it fails instead."""
     old, new = {"edited.py": b"one\ntwo\n"}, {"edited.py": b"one\n2\n"}
-    comparison = diff.compare_trees(checksums(old), checksums(new))
-    stale = {"edited.py": diff.git_blob_id(old["edited.py"])}
+    comparison = compare.compare_trees(checksums(old), checksums(new))
+    stale = {"edited.py": blob.git_blob_id(old["edited.py"])}
     with pytest.raises(GenerationError, match="two different contents"):
-        diff.render_patch(comparison, old.__getitem__, new.__getitem__, old_ids=stale, new_ids=stale)
+        writer.render_patch(comparison, old.__getitem__, new.__getitem__, old_ids=stale, new_ids=stale)
 
 
 def test_a_file_edited_after_its_scan_fails_its_patch_instead_of_naming_a_stale_id(tmp_path: Path) -> None:
@@ -722,6 +722,6 @@ def test_a_file_edited_after_its_scan_fails_its_patch_instead_of_naming_a_stale_
         new = scan_tree(storage, tmp_path / "new", blob_ids=True)       # no diff base: no bytes kept
         assert not new.contents and "a.py" in new.blob_ids
         (tmp_path / "new" / "a.py").write_bytes(b"one\n")                # back to the old bytes
-        comparison = diff.compare_trees(old.checksums(), new.checksums())
+        comparison = compare.compare_trees(old.checksums(), new.checksums())
         with pytest.raises(GenerationError, match="changed while its patch was made"):
             write_tree_patch(io.BytesIO(), old, new, comparison)

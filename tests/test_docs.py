@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 import pytest
 
-from storage_migrator.cli import main
+from storage_migrator.cli.main import main
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
 

@@ -12,8 +12,8 @@ import sqlalchemy as sa
 from pyfakefs.fake_filesystem import set_uid
 from pyfakefs.fake_filesystem_unittest import Patcher
 
-from storage_migrator import diff
-from storage_migrator.migrate import migrate
+from storage_migrator.commands.run import run
+from storage_migrator.patch import writer
 from storage_migrator.storage import root as root_module
 from storage_migrator.storage import tree as tree_module
 
@@ -38,8 +38,8 @@ def fake_disk(installation: Installation, monkeypatch: pytest.MonkeyPatch) -> It
         status.st_size if size is None else size, status.st_mtime_ns, 0, status.st_ino))
     legacy = {g: scan(installation.root / g).checksums()
               for g in installation.sample.generation_ids if (installation.root / g).is_dir()}
-    diff.libgit2_flags()    # libgit2 loads its certificates from the real disk when first used
-    diff.memory_blobs()
+    writer.libgit2_flags()    # libgit2 loads its certificates from the real disk when first used
+    writer.memory_blobs()
     with Patcher(additional_skip_names=["sqlalchemy", "alembic"]) as patcher:
         patcher.fs.add_real_directory(str(installation.root), read_only=False)
         patcher.fs.add_real_file(sa.make_url(installation.database_url).database, read_only=False)   # sqlite3 opens it
@@ -75,7 +75,7 @@ def demo_legacy_ids(installation: Installation, fs) -> list[str]:
 
 def test_target_on_another_filesystem_is_copied_and_verified(installation: Installation, fake_disk) -> None:
     fake_disk.add_mount_point(str(installation.root / installation.sample.demo_project_id))
-    report = migrate(installation.settings)
+    report = run(installation.settings)
     assert report.failed == 0, [o.error for o in report.outcomes if o.failed]
     assert_migrated_intact(installation, fake_disk.legacy_checksums)
     assert not any((installation.root / ".storage-migrate" / "trash").iterdir())
@@ -84,7 +84,7 @@ def test_target_on_another_filesystem_is_copied_and_verified(installation: Insta
 def test_disk_full_during_a_copy_keeps_the_source_and_resumes(installation: Installation, fake_disk) -> None:
     mount = installation.root / installation.sample.demo_project_id
     fake_disk.add_mount_point(str(mount), total_size=20_000)
-    report = migrate(installation.settings)
+    report = run(installation.settings)
     failed = {o.id: o.error for o in report.outcomes if o.failed}
     assert failed and all("disk is full" in error for error in failed.values()), failed
     assert report.exit_code == 1
@@ -92,7 +92,7 @@ def test_disk_full_during_a_copy_keeps_the_source_and_resumes(installation: Inst
         assert scan(installation.root / generation_id).checksums() == fake_disk.legacy_checksums[generation_id]
     assert not list(mount.rglob(".source.partial")), "no half copy is left behind"
     fake_disk.set_disk_usage(10**9, str(mount))
-    again = migrate(installation.settings)
+    again = run(installation.settings)
     assert again.failed == 0, [o.error for o in again.outcomes if o.failed]
     assert_migrated_intact(installation, fake_disk.legacy_checksums)
 
@@ -105,7 +105,7 @@ def test_permission_denied_fails_that_generation_only(installation: Installation
     os.chmod(unreadable, 0)
     set_uid(1000)     # an ordinary user: root would read the file anyway
     try:
-        report = migrate(installation.settings)
+        report = run(installation.settings)
     finally:
         set_uid(0)
     failed = {o.id: o.error for o in report.outcomes if o.failed}
@@ -113,7 +113,7 @@ def test_permission_denied_fails_that_generation_only(installation: Installation
     assert report.exit_code == 1 and report.migrated > 5
     assert (installation.root / victim).is_dir()
     os.chmod(unreadable, 0o644)
-    again = migrate(installation.settings)
+    again = run(installation.settings)
     assert again.failed == 0
     assert_migrated_intact(installation, fake_disk.legacy_checksums)
 
@@ -128,7 +128,7 @@ def test_permission_denied_at_the_copy_target_keeps_the_source(installation: Ins
     os.chmod(project_dir / "generations", 0o555)        # the other filesystem refuses our writes
     set_uid(1000)
     try:
-        report = migrate(installation.settings)
+        report = run(installation.settings)
     finally:
         set_uid(0)
     failed = {o.id: o.error for o in report.outcomes if o.failed}
@@ -137,6 +137,6 @@ def test_permission_denied_at_the_copy_target_keeps_the_source(installation: Ins
     for generation_id in demo_ids:
         assert scan(installation.root / generation_id).checksums() == fake_disk.legacy_checksums[generation_id]
     os.chmod(project_dir / "generations", 0o755)
-    again = migrate(installation.settings)
+    again = run(installation.settings)
     assert again.failed == 0, [o.error for o in again.outcomes if o.failed]
     assert_migrated_intact(installation, fake_disk.legacy_checksums)

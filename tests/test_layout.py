@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
+from storage_migrator.errors import UnsafePathComponent
 from storage_migrator.storage.layout import (
     StorageLayout,
-    UnsafePathComponent,
     check_path_component,
     check_relative_file_path,
     join_storage_path,

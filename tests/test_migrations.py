@@ -12,7 +12,7 @@ import pytest
 import sqlalchemy as sa
 
 from storage_migrator.config import BASE_REVISION, HEAD_REVISION
-from storage_migrator.schema import downgrade_schema, upgrade_schema
+from storage_migrator.db.revisions import downgrade_schema, upgrade_schema
 
 REPO = Path(__file__).resolve().parent.parent
 NEW_GENERATION_COLUMNS = {

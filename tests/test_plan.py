@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from storage_migrator.plan import (
+from storage_migrator.engine.plan import (
     Action,
     DiskState,
     GenerationPlan,

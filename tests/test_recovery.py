@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from storage_migrator.migrate import migrate
-from storage_migrator.rollback import rollback
+from storage_migrator.commands.rollback import rollback
+from storage_migrator.commands.run import run
 from storage_migrator.storage import steps as fsops
+from storage_migrator.storage.handle import Storage, open_storage
 from storage_migrator.storage.layout import (
     StateEntry,
     StorageLayout,
@@ -26,7 +27,6 @@ from storage_migrator.storage.layout import (
     temp_name_kept,
     temp_name_original,
 )
-from storage_migrator.storage.opened import Storage, open_storage
 from storage_migrator.storage.tree import scan_tree
 
 from .sandbox import Installation, build_installation, scan
@@ -155,12 +155,12 @@ def test_held_aside_source_and_trash_of_a_wait_for_a(installation: Installation)
     os.rename(installation.root / generation, held)
     trash = a_trash_entry(installation, entry_name(a, "0000-deleted", "legacy"))
 
-    report = migrate(installation.settings, only_projects=[b])
+    report = run(installation.settings, only_projects=[b])
     assert report.failed == 0 and migrated(installation, b, b_generation)
     assert held.is_dir() and trash.is_dir(), "another project's entries are another host's business"
     assert not os.path.lexists(installation.root / generation)
 
-    report = migrate(installation.settings, only_projects=[a])
+    report = run(installation.settings, only_projects=[a])
     assert report.failed == 0, [o.error for o in report.outcomes if o.failed]
     assert not held.exists() and not trash.exists()
     assert migrated(installation, a, generation)
@@ -177,10 +177,10 @@ def test_temp_links_in_root_go_with_their_generations_project(installation: Inst
     in_project_b.parent.mkdir(exist_ok=True)
     in_project_b.write_text("half written")
 
-    assert migrate(installation.settings, only_projects=[b]).failed == 0
+    assert run(installation.settings, only_projects=[b]).failed == 0
     assert os.path.lexists(temp_a)
     assert not os.path.lexists(temp_b) and not os.path.lexists(in_project_b)
-    assert migrate(installation.settings, only_projects=[a]).failed == 0
+    assert run(installation.settings, only_projects=[a]).failed == 0
     assert not os.path.lexists(temp_a)
 
 
@@ -191,9 +191,9 @@ def test_a_deleted_projects_entries_are_swept_at_the_end_of_a_full_run(installat
     (held / "app" / "main.py").write_text("kept\n")
     trash = a_trash_entry(installation, entry_name("gone-project", "gone-generation", "v2-source"))
 
-    assert migrate(installation.settings, only_projects=[b]).failed == 0
+    assert run(installation.settings, only_projects=[b]).failed == 0
     assert held.is_dir() and trash.is_dir()
-    assert migrate(installation.settings).failed == 0
+    assert run(installation.settings).failed == 0
     assert not held.exists() and not trash.exists()
     assert (installation.root / "gone-generation" / "app" / "main.py").read_text() == "kept\n"
 
@@ -206,9 +206,9 @@ def test_old_names_are_recovered_with_their_generations_project(installation: In
     os.rename(installation.root / generation, held)
     trash = a_trash_entry(installation, f"{generation}.4242.1700000000000000000")
 
-    assert migrate(installation.settings, only_projects=[b]).failed == 0
+    assert run(installation.settings, only_projects=[b]).failed == 0
     assert held.is_dir() and trash.is_dir()
-    assert migrate(installation.settings, only_projects=[a]).failed == 0
+    assert run(installation.settings, only_projects=[a]).failed == 0
     assert not held.exists() and not trash.exists()
     assert scan(target_source(installation, a, generation)).checksums() == checksums
 
@@ -219,7 +219,7 @@ def test_old_names_are_recovered_with_their_generations_project(installation: In
 def rollback_killed_while_source_was_held(installation: Installation, held_name: str) -> tuple[str, dict]:
     """The state a rollback killed mid cross-filesystem move leaves: the flat link removed,
     ``source/`` held aside in ``moving/``, the copy not yet in place."""
-    assert migrate(installation.settings).failed == 0
+    assert run(installation.settings).failed == 0
     a, generation, _, _ = two_projects(installation)
     source = target_source(installation, a, generation)
     checksums = scan(source).checksums()

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from storage_migrator.migrate import migrate
+from storage_migrator.commands.run import run
 from storage_migrator.storage.layout import StorageLayout
 
 from .sandbox import Installation, build_installation, dump_tables, error_lines, manifest_at, run_cli, scan, tree_digest
@@ -61,7 +61,7 @@ def test_run_builds_the_versioned_layout(installation: Installation) -> None:
         for generation_id in installation.sample.generation_ids
         if (installation.root / generation_id).is_dir()
     }
-    report = migrate(installation.settings)
+    report = run(installation.settings)
     assert report.failed == 0, [outcome for outcome in report.outcomes if outcome.failed]
     rows = rows_by_id(installation, "generations")
     projects = rows_by_id(installation, "projects")
@@ -163,7 +163,7 @@ def test_missing_storage_root_is_a_usage_error(tmp_path: Path, sqlite_url: str) 
 
 
 def test_text_mode_report_keeps_only_failures_and_skips(installation: Installation) -> None:
-    report = migrate(installation.settings, keep_all=False)
+    report = run(installation.settings, keep_all=False)
     assert report.migrated > 10 and report.failed == 0
     assert {outcome.action for outcome in report.outcomes} == {"skipped"}
     assert report.skipped == len(report.outcomes)

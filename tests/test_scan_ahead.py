@@ -21,11 +21,11 @@ from pathlib import Path
 import pytest
 
 from storage_migrator.demo import SampleSize
+from storage_migrator.engine.scan_ahead import ANSWER_TIMEOUT_VARIABLE, ScanAhead, SummaryOrError, summarize_trees
 from storage_migrator.errors import GenerationError
 from storage_migrator.faults import PAUSE_AT_VARIABLE
-from storage_migrator.scan_ahead import ANSWER_TIMEOUT_VARIABLE, ScanAhead, SummaryOrError, summarize_trees
+from storage_migrator.storage.handle import Storage
 from storage_migrator.storage.manifest import TreeSummary, fingerprint_digest, summarize_tree
-from storage_migrator.storage.opened import Storage
 from storage_migrator.storage.tree import fingerprint_tree, scan_tree
 
 from .sandbox import (

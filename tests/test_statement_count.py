@@ -8,8 +8,8 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
+from storage_migrator.commands.run import run
 from storage_migrator.demo import SampleSize
-from storage_migrator.migrate import migrate
 
 from .sandbox import build_installation, empty_public_schema
 
@@ -40,7 +40,7 @@ def statements_for(database_url: str, folder: Path, size: SampleSize) -> tuple[i
     folder.mkdir()
     installation = build_installation(empty_database(database_url, folder), folder / "projects", size)
     with counted_statements() as statements:
-        report = migrate(installation.settings)
+        report = run(installation.settings)
     assert report.failed == 0 and report.migrated > 0
     return len(statements), report.migrated
 

@@ -1,4 +1,4 @@
-"""storage_migrator.storage.opened: the ``Storage`` object's own methods on real folders.
+"""storage_migrator.storage.handle: the ``Storage`` object's own methods on real folders.
 
 Every case that plants a link has a sentinel folder OUTSIDE ROOT whose names, types, inodes,
 mtimes and contents must be exactly the same afterwards; where a followed link would give a
@@ -15,10 +15,9 @@ from typing import Any
 
 import pytest
 
-from storage_migrator.errors import UsageError
+from storage_migrator.errors import UnsafePath, UsageError
+from storage_migrator.storage.handle import Storage, open_storage
 from storage_migrator.storage.layout import STATE_DIR, StorageLayout
-from storage_migrator.storage.opened import Storage, open_storage
-from storage_migrator.storage.root import UnsafePath
 
 from .sandbox import open_fds, snapshot
 

@@ -26,16 +26,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from storage_migrator.errors import GenerationError
+from storage_migrator.errors import GenerationError, UnsafePath
 from storage_migrator.storage import root as rootfs
 from storage_migrator.storage import tree
+from storage_migrator.storage.handle import Storage, open_storage
 from storage_migrator.storage.layout import TEMP_SUFFIX, StorageLayout, is_temp_name
-from storage_migrator.storage.opened import Storage, open_storage
-from storage_migrator.storage.root import (
-    Root,
-    UnsafePath,
-    relative_parts,
-)
+from storage_migrator.storage.root import Root, relative_parts
 
 from .sandbox import open_fds, snapshot
 

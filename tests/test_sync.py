@@ -13,9 +13,9 @@ from pathlib import Path, PurePath
 import pytest
 import sqlalchemy as sa
 
+from storage_migrator.commands.run import run
 from storage_migrator.config import BASE_REVISION
-from storage_migrator.migrate import migrate
-from storage_migrator.schema import downgrade_schema, upgrade_schema
+from storage_migrator.db.revisions import downgrade_schema, upgrade_schema
 
 from .sandbox import Installation, build_installation, dump_tables, run_cli, tree_digest
 
@@ -158,7 +158,7 @@ def test_resync_of_unchanged_storage_reads_no_file(migrated: Installation, monke
         return real_open(path, flags, *args, **kwargs)
 
     monkeypatch.setattr(os, "open", counting_open)
-    report = migrate(migrated.settings, resync=True)
+    report = run(migrated.settings, resync=True)
     assert report.migrated == 0 and report.failed == 0
     assert opened == []
 

@@ -16,12 +16,12 @@ import pytest
 import sqlalchemy as sa
 
 from storage_migrator.config import HEAD_REVISION
-from storage_migrator.db import create_database_engine
+from storage_migrator.db.rows import create_database_engine
 from storage_migrator.demo import SampleSize
+from storage_migrator.engine.lock import RunLock
 from storage_migrator.faults import CRASH_AT_VARIABLE
-from storage_migrator.lock import RunLock
+from storage_migrator.storage.handle import open_storage
 from storage_migrator.storage.layout import StorageLayout
-from storage_migrator.storage.opened import open_storage
 
 from .sandbox import (
     Installation,

@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from storage_migrator.commands.watch import ChangeCollector, Watching
 from storage_migrator.config import HEAD_REVISION
-from storage_migrator.schema import upgrade_schema
-from storage_migrator.watch import ChangeCollector, Watching
+from storage_migrator.db.revisions import upgrade_schema
 
 from .sandbox import Installation, build_installation, check_json_output, run_cli
 

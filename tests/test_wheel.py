@@ -43,6 +43,6 @@ def test_the_wheel_installs_and_does_the_job_without_a_checkout(tmp_path: Path) 
     run([tool, "run"], work, environment)
     run([tool, "verify"], work, environment)
     # The package carries the scripts; nothing named `alembic` shadows the library.
-    site = run([str(venv / "bin" / "python"), "-c", "import alembic, storage_migrator.schema as s; "
+    site = run([str(venv / "bin" / "python"), "-c", "import alembic, storage_migrator.db.revisions as s; "
                 "print(alembic.__file__); print(s.script_location())"], work, environment).stdout.split()
     assert "site-packages/alembic/" in site[0] and site[1].endswith("storage_migrator/migrations")

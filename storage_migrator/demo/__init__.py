@@ -2,9 +2,9 @@
 deterministic sample-data generator it uses, which the tests and the benchmark build on too."""
 from __future__ import annotations
 
-from .generate import SampleInstallation, generate_installation
-from .install import create_demo_installation
-from .paths import (
+from storage_migrator.demo.generate import SampleInstallation, generate_installation
+from storage_migrator.demo.install import create_demo_installation
+from storage_migrator.demo.paths import (
     BINARY_PATHS,
     CRLF_PATH,
     EMPTY_PATH,
@@ -15,7 +15,7 @@ from .paths import (
     SPACE_NAME_PATH,
     UNICODE_NAME_PATH,
 )
-from .sizes import MIN_PROJECTS, SIZE_MINIMUMS, SampleSize
+from storage_migrator.demo.sizes import MIN_PROJECTS, SIZE_MINIMUMS, SampleSize
 
 __all__ = [
     "BINARY_PATHS",

@@ -8,7 +8,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from .sizes import SampleSize
+from storage_migrator.demo.sizes import SampleSize
 
 _ID_NAMESPACE = uuid.UUID("6f1d3c1e-8a52-4f7e-9d0b-5b8f2a7c4e11")
 EPOCH = datetime(2025, 3, 3, 9, 0, 0, tzinfo=UTC)

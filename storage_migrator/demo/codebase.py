@@ -8,16 +8,16 @@ import random
 from collections.abc import Iterator
 from pathlib import Path
 
-from .edits import edited_bytes
-from .paths import (
+from storage_migrator.demo.edits import edited_bytes
+from storage_migrator.demo.paths import (
     BINARY_PATHS,
     CRLF_PATH,
     LARGE_FILE_PATH,
     LATIN1_PATH,
     UNICODE_NAME_PATH,
 )
-from .renderers import ENTITY_FILES, FILES_PER_ENTITY, plural, render_migration
-from .skeleton import SKELETON_PATHS, render_binary, render_skeleton
+from storage_migrator.demo.renderers import ENTITY_FILES, FILES_PER_ENTITY, plural, render_migration
+from storage_migrator.demo.skeleton import SKELETON_PATHS, render_binary, render_skeleton
 
 
 class Change(enum.Enum):

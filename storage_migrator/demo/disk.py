@@ -6,8 +6,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .blueprint import GenerationKind
-from .projects import GeneratedGeneration
+from storage_migrator.demo.blueprint import GenerationKind
+from storage_migrator.demo.projects import GeneratedGeneration
 
 
 @dataclass(frozen=True)

@@ -5,14 +5,14 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 
-from .paths import (
+from storage_migrator.demo.paths import (
     CRLF_PATH,
     LATIN1_PATH,
     NO_FINAL_NEWLINE_PATH,
     UNICODE_NAME_PATH,
     encoding_of,
 )
-from .vocabulary import LATIN1_WORDS, PACKAGES, UNICODE_WORDS, WORDS, phrase
+from storage_migrator.demo.vocabulary import LATIN1_WORDS, PACKAGES, UNICODE_WORDS, WORDS, phrase
 
 
 def edited_bytes(path: str, content: bytes, rng: random.Random) -> bytes:

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from .blueprint import GenerationKind, ProjectBlueprint, ProjectRole, plan_projects
-from .disk import WrittenFolder, write_folder
-from .projects import GeneratedGeneration, build_project
-from .rows import LEGACY_TABLES, build_account_rows, reflect_legacy_tables
-from .sizes import DEFAULT_SIZE, SampleSize
+from storage_migrator.demo.blueprint import GenerationKind, ProjectBlueprint, ProjectRole, plan_projects
+from storage_migrator.demo.disk import WrittenFolder, write_folder
+from storage_migrator.demo.projects import GeneratedGeneration, build_project
+from storage_migrator.demo.rows import LEGACY_TABLES, build_account_rows, reflect_legacy_tables
+from storage_migrator.demo.sizes import DEFAULT_SIZE, SampleSize
 
 
 @dataclass(frozen=True)

@@ -6,15 +6,15 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from ..config import BASE_REVISION, Settings
-from ..db import create_database_engine, current_revision, display_url, first_line
-from ..errors import UsageError
-from ..schema import downgrade_schema, upgrade_schema
-from ..storage.layout import StorageLayout
-from ..storage.opened import open_storage
-from ..storage.steps import remove_tree
-from .generate import SampleInstallation, generate_installation
-from .sizes import SampleSize
+from storage_migrator.config import BASE_REVISION, Settings
+from storage_migrator.db.revisions import downgrade_schema, upgrade_schema
+from storage_migrator.db.rows import create_database_engine, current_revision, display_url, first_line
+from storage_migrator.demo.generate import SampleInstallation, generate_installation
+from storage_migrator.demo.sizes import SampleSize
+from storage_migrator.errors import UsageError
+from storage_migrator.storage.handle import open_storage
+from storage_migrator.storage.layout import StorageLayout
+from storage_migrator.storage.steps import remove_tree
 
 
 def create_demo_installation(settings: Settings, projects: int, generations: int, files: int, seed: int) -> SampleInstallation:

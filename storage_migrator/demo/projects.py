@@ -7,12 +7,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from .blueprint import EPOCH, GenerationKind, ProjectBlueprint, ProjectRole, sample_uuid
-from .codebase import DEMO_SCHEDULE, CodeBase
-from .paths import ODDITY_PATHS
-from .rows import DOMAINS, PROJECT_NAMES, build_generation_row, build_project_row
-from .sizes import SampleSize
-from .vocabulary import ENTITIES
+from storage_migrator.demo.blueprint import EPOCH, GenerationKind, ProjectBlueprint, ProjectRole, sample_uuid
+from storage_migrator.demo.codebase import DEMO_SCHEDULE, CodeBase
+from storage_migrator.demo.paths import ODDITY_PATHS
+from storage_migrator.demo.rows import DOMAINS, PROJECT_NAMES, build_generation_row, build_project_row
+from storage_migrator.demo.sizes import SampleSize
+from storage_migrator.demo.vocabulary import ENTITIES
 
 
 @dataclass(frozen=True)

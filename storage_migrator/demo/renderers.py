@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from .vocabulary import WORDS
+from storage_migrator.demo.vocabulary import WORDS
 
 _FIELDS = (
     ("name", "String(120)", "str"), ("title", "String(200)", "str"), ("description", "Text", "str | None"),

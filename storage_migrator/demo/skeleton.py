@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from .paths import (
+from storage_migrator.demo.paths import (
     BINARY_PATHS,
     CRLF_PATH,
     EMPTY_PATH,
@@ -16,8 +16,8 @@ from .paths import (
     UNICODE_NAME_PATH,
     encoding_of,
 )
-from .renderers import plural
-from .vocabulary import LATIN1_WORDS, PACKAGES, UNICODE_WORDS, WORDS, phrase
+from storage_migrator.demo.renderers import plural
+from storage_migrator.demo.vocabulary import LATIN1_WORDS, PACKAGES, UNICODE_WORDS, WORDS, phrase
 
 
 def render_binary(path: str, rng: random.Random) -> bytes:

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from storage_migrator.errors import UnsafePath, UnsafePathComponent
+
 STATE_DIR = ".storage-migrate"
 GENERATIONS_DIR = "generations"
 SOURCE_DIR = "source"
@@ -40,35 +42,6 @@ _STATE_ENTRY_NAME = re.compile(
 _OLD_HELD_NAME = re.compile(rf"^(?P<original>.+){re.escape(HELD_SEPARATOR)}[0-9]+$")
 _MAX_KEY_BYTES = 100
 _TEMP_NAME_BYTES = 120                 # of the original name a temp name keeps, so it fits NAME_MAX
-
-
-def printable(path: str | bytes) -> str:
-    """``path`` as one printable line: undecodable bytes and control characters are escaped."""
-    if isinstance(path, str):
-        try:
-            raw = os.fsencode(path)
-        except UnicodeEncodeError:
-            raw = path.encode("utf-8", "backslashreplace")
-    else:
-        raw = path
-    text = raw.decode("utf-8", "backslashreplace")
-    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text)
-
-
-class UnsafePath(OSError):
-    """A path below ROOT that this tool refuses to touch: the message is one line naming the path
-    and the reason ("is a symlink", "is not a regular file", "is too large", "leaves ROOT", ...)."""
-
-    def __init__(self, path: str, reason: str) -> None:
-        super().__init__(f"{printable(path)}: {reason}")
-        self.path = path
-        self.reason = reason
-
-    def __str__(self) -> str:
-        return f"{printable(self.path)}: {self.reason}"
-
-    def __reduce__(self) -> tuple[type[UnsafePath], tuple[str, str]]:
-        return (type(self), (self.path, self.reason))
 
 
 def _component_problem(name: str) -> str | None:
@@ -112,10 +85,6 @@ def relative_parts(path: str | bytes) -> tuple[str, ...]:
         if problem is not None:
             raise UnsafePath(text, problem)
     return parts
-
-
-class UnsafePathComponent(ValueError):
-    """An id that cannot be used as one folder name: it would escape or confuse the layout."""
 
 
 def check_path_component(value: object, what: str) -> str:

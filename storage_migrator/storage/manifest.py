@@ -52,13 +52,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import GenerationError
-from ..records import as_utc
-from .layout import check_relative_paths
-from .tree import CHUNK_SIZE, Fingerprint, TreeSnapshot, fingerprint_tree, open_regular_file
+from storage_migrator.errors import GenerationError
+from storage_migrator.records import as_utc
+from storage_migrator.storage.layout import check_relative_paths
+from storage_migrator.storage.tree import CHUNK_SIZE, Fingerprint, TreeSnapshot, fingerprint_tree, open_regular_file
 
 if TYPE_CHECKING:
-    from .opened import Storage
+    from storage_migrator.storage.handle import Storage
 
 MANIFEST_FORMAT = 3
 READABLE_FORMATS = (1, 2, 3)

@@ -8,12 +8,12 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import FAILS_ONE_GENERATION
-from .layout import (
+from storage_migrator.errors import FAILS_ONE_GENERATION, UnsafePathComponent
+from storage_migrator.storage.handle import Storage
+from storage_migrator.storage.layout import (
     MANIFEST_FILE,
     MOVING_DIR,
     SOURCE_DIR,
-    UnsafePathComponent,
     parse_old_held_name,
     parse_state_entry_name,
     parse_target_dir_name,
@@ -22,9 +22,8 @@ from .layout import (
     temp_name_kept,
     temp_name_original,
 )
-from .manifest import read_manifest
-from .opened import Storage
-from .steps import (
+from storage_migrator.storage.manifest import read_manifest
+from storage_migrator.storage.steps import (
     empty_trash,
     fingerprints_or_none,
     make_owned_dirs,
@@ -33,7 +32,7 @@ from .steps import (
     state_entries,
     temp_names,
 )
-from .tree import Fingerprint
+from storage_migrator.storage.tree import Fingerprint
 
 
 @dataclass

@@ -49,7 +49,8 @@ from contextlib import contextmanager
 from types import TracebackType
 from typing import TYPE_CHECKING, BinaryIO
 
-from .layout import UnsafePath, _component_problem, printable, relative_parts, temp_name
+from storage_migrator.errors import UnsafePath, printable
+from storage_migrator.storage.layout import _component_problem, relative_parts, temp_name
 
 if TYPE_CHECKING:
     from typing import Self

@@ -7,11 +7,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .. import diff
-from ..errors import GenerationError
-from .manifest import Manifest, ManifestHead
-from .opened import Storage
-from .tree import FolderReader, TreeSnapshot, git_blob_id_file, read_regular_file
+from storage_migrator.errors import GenerationError
+from storage_migrator.patch import compare, writer
+from storage_migrator.storage.handle import Storage
+from storage_migrator.storage.manifest import Manifest, ManifestHead
+from storage_migrator.storage.tree import FolderReader, TreeSnapshot, git_blob_id_file, read_regular_file
 
 
 @dataclass
@@ -51,12 +51,12 @@ class ManifestTree:
 SourceTree = TreeSnapshot | ManifestTree
 
 
-def write_tree_patch(stream: Any, old: SourceTree, new: SourceTree, comparison: diff.TreeComparison) -> None:
+def write_tree_patch(stream: Any, old: SourceTree, new: SourceTree, comparison: compare.TreeComparison) -> None:
     """The patch between two trees; files above the size limit are named, never read whole.
     The changed files are read in path order, each tree's through one ``FolderReader``."""
     with FolderReader(old.storage, old.root, _kept(old), _blob_ids(old)) as read_old, \
             FolderReader(new.storage, new.root, _kept(new), _blob_ids(new)) as read_new:
-        diff.write_patch(
+        writer.write_patch(
             stream, comparison, read_old, read_new,
             old_sizes=old.sizes(), new_sizes=new.sizes(),
             blob_id_old=lambda path: git_blob_id_file(old.storage, old.root, path),

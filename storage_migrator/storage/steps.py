@@ -21,9 +21,10 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import BinaryIO
 
-from ..errors import FilesystemError, GenerationError, UsageError
-from ..faults import checkpoint
-from .layout import (
+from storage_migrator.errors import FilesystemError, GenerationError, UsageError
+from storage_migrator.faults import checkpoint
+from storage_migrator.storage.handle import Storage
+from storage_migrator.storage.layout import (
     GENERATIONS_DIR,
     MOVING_DIR,
     SOURCE_DIR,
@@ -33,8 +34,7 @@ from .layout import (
     parse_target_dir_name,
     state_entry_name,
 )
-from .opened import Storage
-from .tree import FileRecord, Fingerprint, TreeSnapshot, fingerprint_tree, scan_tree
+from storage_migrator.storage.tree import FileRecord, Fingerprint, TreeSnapshot, fingerprint_tree, scan_tree
 
 
 def _failed(error: OSError, verb: str, path: Path) -> FilesystemError:

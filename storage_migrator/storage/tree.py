@@ -18,11 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..errors import GenerationError
-from .root import CHUNK_SIZE, READ_FLAGS, FolderFiles, UnsafePath, relative_parts
+from storage_migrator.errors import GenerationError, UnsafePath
+from storage_migrator.patch.blob import git_blob_digest, git_blob_id
+from storage_migrator.storage.root import CHUNK_SIZE, READ_FLAGS, FolderFiles, relative_parts
 
 if TYPE_CHECKING:
-    from .opened import Storage
+    from storage_migrator.storage.handle import Storage
 
 # Bytes of changed files kept in memory per tree for the patches; past it, they are read again
 # (two trees are held at once: the diff base and the new version).
@@ -283,19 +284,6 @@ def sha256_file(storage: Storage, folder: Path, relative_path: str) -> str:
     return hash_file(storage, folder, relative_path, keep_up_to=0)[0]
 
 
-def git_blob_digest(size: int) -> hashlib._Hash:
-    """git's object id as a digest still to be fed the file's ``size`` bytes: sha1 over
-    ``blob <size>\\0`` + bytes. hashlib's SHA-1, not the collision-detecting one libgit2 and git
-    hash with: the id is the same, and the work is not a security check (the sha256 is)."""
-    return hashlib.sha1(b"blob %d\0" % size, usedforsecurity=False)
-
-
-def git_blob_id(content: bytes) -> str:
-    """git's object id of bytes in memory: what a patch's ``index`` line names (no copy of
-    ``content`` is made)."""
-    digest = git_blob_digest(len(content))
-    digest.update(content)
-    return digest.hexdigest()
 
 
 def git_blob_id_file(storage: Storage, folder: Path, relative_path: str) -> str:

@@ -16,16 +16,16 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
-from .cloud import CloudStorage
-from .config import (
+from storage_migrator.cloud import CloudStorage
+from storage_migrator.config import (
     DEFAULT_DATABASE_URL,
     DEFAULT_STORAGE_ROOT,
     Settings,
     default_path_prefix,
     normalize_database_url,
 )
-from .errors import EXIT_INTERRUPTED, EXIT_USAGE, CommandError, LockHeld
-from .report import ProgressFactory, RunReport, Workload, application_state_lines, cloud_key_lines
+from storage_migrator.errors import EXIT_INTERRUPTED, EXIT_USAGE, CommandError, LockHeld
+from storage_migrator.report import ProgressFactory, RunReport, Workload, application_state_lines, cloud_key_lines
 
 
 class ToolGroup(click.Group):
@@ -64,7 +64,7 @@ class ToolGroup(click.Group):
                 click.echo(f"error: {error.message}", err=True)
             ctx.exit(error.exit_code)
         except sa.exc.DBAPIError as error:
-            from .db import first_line
+            from storage_migrator.db.rows import first_line
             click.echo(f"error: the database failed: {first_line(error)}; nothing is lost — rerun when it is back", err=True)
             ctx.exit(EXIT_USAGE)
         except KeyboardInterrupt:
@@ -141,7 +141,7 @@ def _tool_context(click_context: click.Context) -> Context:
                         values["path_prefix"], values["legacy_links"])
     output = Output(values["as_json"], values["quiet"], values["verbose"])
     if not output.quiet and not click_context.meta.get(_ANNOUNCED):
-        from .db import display_url  # SQLAlchemy: not imported for --help and --version
+        from storage_migrator.db.rows import display_url  # SQLAlchemy: not imported for --help and --version
 
         click_context.meta[_ANNOUNCED] = True
         click.echo(f"storage-migrate: database {display_url(settings.database_url)}, "
@@ -265,7 +265,7 @@ def render_report(report: RunReport, output: Output, cloud: CloudStorage | None 
         for line in application_state_lines(report.application_states):
             click.echo(line)
         if report.coordination is not None:
-            from .coordinate import coordination_line
+            from storage_migrator.engine.coordinate import coordination_line
 
             click.echo(coordination_line(report.coordination))
         verb = "would migrate" if report.dry_run else "migrated"
@@ -353,7 +353,7 @@ def _at_least_the_demo_minimum(field: str) -> Callable[[click.Context, click.Par
     """An option callback refusing a number the sample-data generator cannot honour (looked up
     when demo-data runs, so other commands never import the generator)."""
     def check(click_context: click.Context, parameter: click.Parameter, value: int) -> int:
-        from .demo import SIZE_MINIMUMS
+        from storage_migrator.demo import SIZE_MINIMUMS
 
         minimum, reason = SIZE_MINIMUMS[field]
         if value < minimum:
@@ -393,7 +393,7 @@ def finish(report: RunReport, context: Context, metrics_file: Path | None) -> No
     """Render ``report``, write its metrics file if asked, and exit with its code."""
     render_report(report, context.output, context.cloud)
     if metrics_file is not None and not report.dry_run:
-        from .metrics import write_metrics_file
+        from storage_migrator.metrics import write_metrics_file
 
         write_metrics_file(metrics_file, report)
     sys.exit(report.exit_code)
@@ -409,10 +409,10 @@ def finish(report: RunReport, context: Context, metrics_file: Path | None) -> No
 def run(context: Context, dry_run: bool, workers: int, coordinate: bool = False, lease_seconds: float = 60,
         metrics_file: Path | None = None) -> None:
     """Migrate every generation still in the legacy layout."""
-    from .migrate import migrate
+    from storage_migrator.commands.run import run
 
     with ProgressBar(context.output, "migrating") as bar:
-        report = migrate(context.settings, dry_run=dry_run, progress=bar.factory(), workers=workers,
+        report = run(context.settings, dry_run=dry_run, progress=bar.factory(), workers=workers,
                          keep_all=dry_run or context.output.keeps_every_line(), coordinate=coordinate and not dry_run,
                          lease_seconds=lease_seconds)
     finish(report, context, metrics_file)
@@ -430,7 +430,7 @@ def run(context: Context, dry_run: bool, workers: int, coordinate: bool = False,
 @pass_context
 def demo_data(context: Context, projects: int, generations: int, files: int, seed: int) -> None:
     """Create a sample legacy installation (database at e011ab9dd223 plus folders) to try the tool on."""
-    from .demo import create_demo_installation
+    from storage_migrator.demo import create_demo_installation
 
     installation = create_demo_installation(context.settings, projects, generations, files, seed)
     if context.output.as_json:
@@ -455,7 +455,7 @@ def demo_data(context: Context, projects: int, generations: int, files: int, see
 def diff_command(context: Context, project_id: str, with_patch: bool, from_version: int | None,
                  to_version: int | None) -> None:
     """Per version: from-version, added / modified / deleted counts and the patch path."""
-    from .project_diff import project_diff
+    from storage_migrator.commands.diff import project_diff
 
     if from_version is not None and to_version is not None and from_version > to_version:
         raise click.BadParameter(f"--from {from_version} is above --to {to_version}; give the older version "
@@ -487,10 +487,10 @@ def diff_command(context: Context, project_id: str, with_patch: bool, from_versi
 def resync(context: Context, workers: int, coordinate: bool, lease_seconds: float, metrics_file: Path | None,
            adopt_complete: bool) -> None:
     """The cron job: migrate stragglers, re-read changed generations, repair metadata, report orphans."""
-    from .migrate import migrate
+    from storage_migrator.commands.run import run
 
     with ProgressBar(context.output, "resyncing") as bar:
-        report = migrate(context.settings, resync=True, progress=bar.factory(), workers=workers,
+        report = run(context.settings, resync=True, progress=bar.factory(), workers=workers,
                          keep_all=context.output.keeps_every_line(), coordinate=coordinate,
                          adopt_complete=adopt_complete, lease_seconds=lease_seconds)
     finish(report, context, metrics_file)
@@ -501,7 +501,7 @@ def resync(context: Context, workers: int, coordinate: bool, lease_seconds: floa
 @pass_context
 def verify(context: Context) -> None:
     """Read-only check of the database against the disk; exit 3 on any problem."""
-    from .verify import verify as verify_installation
+    from storage_migrator.commands.verify import verify as verify_installation
 
     report = verify_installation(context.settings)
     if context.output.as_json:
@@ -525,7 +525,7 @@ def verify(context: Context) -> None:
 @pass_context
 def rollback(context: Context, project_id: str | None) -> None:
     """Move every generation back to <ROOT>/<generation_id>/ and restore storage_path."""
-    from .rollback import rollback as rollback_installation
+    from storage_migrator.commands.rollback import rollback as rollback_installation
 
     report = rollback_installation(context.settings, keep_all=context.output.keeps_every_line(), project_id=project_id)
     render_report(report, context.output)
@@ -545,8 +545,8 @@ def rollback(context: Context, project_id: str | None) -> None:
 def watch(context: Context, debounce: float, metrics_port: int | None, metrics_address: str) -> None:
     """Resync a generation within seconds of a change inside its folder; with --json, one JSON
     line per resync. Ctrl-C or SIGTERM stop it (exit 130); exit 1 if it can no longer watch."""
-    from .metrics import WatchMetrics
-    from .watch import watch as watch_storage
+    from storage_migrator.commands.watch import watch as watch_storage
+    from storage_migrator.metrics import WatchMetrics
 
     metrics = WatchMetrics() if metrics_port is not None else None
     if metrics is not None and metrics_port is not None:
@@ -579,7 +579,7 @@ def db_group() -> None:
 def db_upgrade(context: Context, revision: str, sql: bool) -> None:
     """Upgrade the schema to REVISION (default: head). At a later revision of the application's,
     with every column the tool needs, there is nothing to do: says so, exit 0."""
-    from .db_commands import upgrade
+    from storage_migrator.commands.db import upgrade
 
     nothing_to_do = upgrade(context.settings, revision, sql=sql)
     if nothing_to_do is not None and not context.output.quiet:
@@ -594,7 +594,7 @@ def db_upgrade(context: Context, revision: str, sql: bool) -> None:
 def db_downgrade(context: Context, revision: str, sql: bool) -> None:
     """Downgrade the schema to REVISION (e.g. e011ab9dd223, after `storage-migrate rollback`).
     Refused (exit 2) at a later revision of the application's: the schema stays there."""
-    from .db_commands import downgrade
+    from storage_migrator.commands.db import downgrade
 
     downgrade(context.settings, revision, sql=sql)
 
@@ -604,7 +604,7 @@ def db_downgrade(context: Context, revision: str, sql: bool) -> None:
 @pass_context
 def db_current(context: Context) -> None:
     """Print the revision the database is at."""
-    from .db_commands import current
+    from storage_migrator.commands.db import current
 
     revision = current(context.settings.database_url)
     if context.output.as_json:

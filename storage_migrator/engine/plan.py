@@ -16,12 +16,12 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from .errors import FAILS_ONE_GENERATION, GenerationError, failure_line
-from .records import GenerationRow, Outcome, ProjectRecord, RowSeen, Tally, as_utc
-from .scan_ahead import ScanAhead, SummaryOrError, summarize_trees
-from .storage.layout import (
+from storage_migrator.engine.scan_ahead import ScanAhead, SummaryOrError, summarize_trees
+from storage_migrator.errors import FAILS_ONE_GENERATION, GenerationError, UnsafePathComponent, failure_line
+from storage_migrator.records import GenerationRow, Outcome, ProjectRecord, RowSeen, Tally, as_utc
+from storage_migrator.storage.handle import Storage
+from storage_migrator.storage.layout import (
     StorageLayout,
-    UnsafePathComponent,
     check_path_component,
     is_temp_name,
     manifest_path,
@@ -30,8 +30,7 @@ from .storage.layout import (
     parse_target_dir_name,
     source_dir,
 )
-from .storage.manifest import Manifest, ManifestHead, TreeSummary, read_manifest, read_manifest_head
-from .storage.opened import Storage
+from storage_migrator.storage.manifest import Manifest, ManifestHead, TreeSummary, read_manifest, read_manifest_head
 
 
 class Action(str, Enum):

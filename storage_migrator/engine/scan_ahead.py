@@ -30,12 +30,12 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from .errors import FAILS_ONE_GENERATION
-from .storage.manifest import TreeSummary, summarize_tree
-from .storage.opened import Storage
-from .storage.steps import fingerprints_or_none
-from .storage.tree import FileRecord, TreeSnapshot, scan_tree
-from .workers import die_with_parent
+from storage_migrator.engine.workers import die_with_parent
+from storage_migrator.errors import FAILS_ONE_GENERATION
+from storage_migrator.storage.handle import Storage
+from storage_migrator.storage.manifest import TreeSummary, summarize_tree
+from storage_migrator.storage.steps import fingerprints_or_none
+from storage_migrator.storage.tree import FileRecord, TreeSnapshot, scan_tree
 
 ScanResult = tuple[dict[str, FileRecord], dict[str, str]]
 """A scan read ahead: the file records and the blob ids."""

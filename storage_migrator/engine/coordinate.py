@@ -63,26 +63,24 @@ from collections.abc import Callable, Collection, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import psycopg
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from .config import normalize_database_url
-from .db import LOCK_TIMEOUT, count_generations, first_line, iter_project_ids
-from .errors import UsageError
-from .lock import run_lock_parts, take_shared_run_lock
-from .orphans import find_orphans
-from .report import ProgressFactory, RunReport, Workload
-from .storage.layout import StorageLayout
-from .storage.opened import open_storage
-from .storage.steps import prepare_state_dir
-from .workers import run_in_workers
-
-if TYPE_CHECKING:
-    from .installation import Installation
-    from .migrate import RunOptions
+from storage_migrator.config import normalize_database_url
+from storage_migrator.db.rows import LOCK_TIMEOUT, count_generations, first_line, iter_project_ids
+from storage_migrator.engine.installation import Installation
+from storage_migrator.engine.lock import run_lock_parts, take_shared_run_lock
+from storage_migrator.engine.orphans import find_orphans
+from storage_migrator.engine.projects import RunOptions, carry_out_claimed
+from storage_migrator.engine.workers import run_in_workers
+from storage_migrator.errors import UsageError
+from storage_migrator.report import ProgressFactory, RunReport, Workload
+from storage_migrator.storage.handle import open_storage
+from storage_migrator.storage.layout import StorageLayout
+from storage_migrator.storage.steps import prepare_state_dir
 
 BUCKETS = 64
 CLAIM_CLASS = 0x534D_4301       # "SMC" + 1: the tool's own class ids (two-int advisory locks)
@@ -642,8 +640,6 @@ def _participate_in_worker(share: tuple[StorageLayout, str, RunOptions, str]) ->
 
 def _participate(layout: StorageLayout, database_url: str, options: RunOptions, report: RunReport,
                  stats: CoordinationStats, tick: Callable[[int], None]) -> None:
-    from .migrate import carry_out_claimed
-
     command = f"storage-migrate {report.command}"
     engine = lock_session_engine(database_url, command)
     participant = Participant(engine, command, stats, database_url, options.lease_seconds)

@@ -16,10 +16,16 @@ from pathlib import Path
 
 from sqlalchemy.engine import Engine
 
-from .db import ROWS_PER_STATEMENT, existing_generation_ids
-from .storage.layout import ARCHIVE_DIR, GENERATIONS_DIR, is_utf8_name, parse_legacy_link_text, parse_target_dir_name
-from .storage.opened import Storage
-from .storage.steps import remove_symlink
+from storage_migrator.db.rows import ROWS_PER_STATEMENT, existing_generation_ids
+from storage_migrator.storage.handle import Storage
+from storage_migrator.storage.layout import (
+    ARCHIVE_DIR,
+    GENERATIONS_DIR,
+    is_utf8_name,
+    parse_legacy_link_text,
+    parse_target_dir_name,
+)
+from storage_migrator.storage.steps import remove_symlink
 
 ORPHAN_LOOKUP_BATCH = ROWS_PER_STATEMENT    # folder names looked up in one statement
 

@@ -15,17 +15,17 @@ from dataclasses import dataclass, field
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from .db import (
+from storage_migrator.db.rows import (
     ROWS_PER_STATEMENT,
     existing_generation_ids,
     first_line,
     write_generation_updates,
     write_project_update,
 )
-from .faults import checkpoint
-from .records import GenerationUpdate, ProjectUpdate, RowDrift
-from .report import GenerationOutcome, RunReport
-from .storage.steps import flush_to_disk
+from storage_migrator.faults import checkpoint
+from storage_migrator.records import GenerationUpdate, ProjectUpdate, RowDrift
+from storage_migrator.report import GenerationOutcome, RunReport
+from storage_migrator.storage.steps import flush_to_disk
 
 DEFAULT_BATCH_SIZE = ROWS_PER_STATEMENT     # generations per batch: one executemany, one transaction
 

@@ -22,21 +22,21 @@ from typing import Any, ClassVar
 
 from sqlalchemy.engine import Engine
 
-from . import diff
-from .batch import DEFAULT_BATCH_SIZE, BatchWriter
-from .db import GenerationClaim, claimed_generation, read_row_seen
-from .errors import FAILS_ONE_GENERATION, GenerationError, failure_line
-from .faults import checkpoint
-from .plan import Action, GenerationPlan, ProjectPlan, is_archived
-from .records import GenerationRow, GenerationUpdate, ProjectUpdate, RowDrift, RowSeen, as_utc
-from .report import GenerationOutcome, Outcome, RunReport
-from .scan_ahead import ScanAhead
-from .storage.layout import (
+from storage_migrator.db.rows import GenerationClaim, claimed_generation, read_row_seen
+from storage_migrator.engine.batch import DEFAULT_BATCH_SIZE, BatchWriter
+from storage_migrator.engine.plan import Action, GenerationPlan, ProjectPlan, is_archived
+from storage_migrator.engine.scan_ahead import ScanAhead
+from storage_migrator.errors import FAILS_ONE_GENERATION, GenerationError, UnsafePathComponent, failure_line
+from storage_migrator.faults import checkpoint
+from storage_migrator.patch import compare
+from storage_migrator.records import GenerationRow, GenerationUpdate, ProjectUpdate, RowDrift, RowSeen, as_utc
+from storage_migrator.report import GenerationOutcome, Outcome, RunReport
+from storage_migrator.storage.handle import Storage
+from storage_migrator.storage.layout import (
     ARTIFACTS_DIR,
     PARTIAL_SOURCE_DIR,
     SOURCE_DIR,
     StorageLayout,
-    UnsafePathComponent,
     artifacts_dir,
     check_relative_file_path,
     is_tool_written,
@@ -47,10 +47,9 @@ from .storage.layout import (
     patch_file_name,
     source_dir,
 )
-from .storage.manifest import Manifest, read_manifest_document, summarize_tree
-from .storage.opened import Storage
-from .storage.source_tree import ManifestTree, SourceTree, write_tree_patch
-from .storage.steps import (
+from storage_migrator.storage.manifest import Manifest, read_manifest_document, summarize_tree
+from storage_migrator.storage.source_tree import ManifestTree, SourceTree, write_tree_patch
+from storage_migrator.storage.steps import (
     adopt_owner,
     atomic_write,
     atomic_write_bytes,
@@ -68,7 +67,7 @@ from .storage.steps import (
     rename_relinking,
     replace_symlink,
 )
-from .storage.tree import TreeSnapshot, read_regular_file, scan_tree
+from storage_migrator.storage.tree import TreeSnapshot, read_regular_file, scan_tree
 
 Handled = tuple[GenerationOutcome, GenerationUpdate | None, "SourceTree | None"]
 """What handling one generation gives: its report line, the metadata to write (if any), and
@@ -484,7 +483,7 @@ class Executor:
 
     def _write_manifest_and_patch(
         self, plan: GenerationPlan, tree: SourceTree, previous: SourceTree | None, previous_version: int | None
-    ) -> tuple[diff.ChangeSummary | None, str | None]:
+    ) -> tuple[compare.ChangeSummary | None, str | None]:
         """The manifest (merged into the application's), then the patch from P. A failed
         generation gets a manifest but no diff: it is never compared."""
         generation = plan.generation
@@ -506,8 +505,8 @@ class Executor:
             return None, None
         if previous is None or previous_version is None:
             _remove_patches(self.storage, target, keep=None)
-            return diff.ChangeSummary.first_version(tree.file_count), None
-        comparison = diff.compare_trees(previous.checksums(), tree.checksums())
+            return compare.ChangeSummary.first_version(tree.file_count), None
+        comparison = compare.compare_trees(previous.checksums(), tree.checksums())
         patch_file = target / patch_file_name(previous_version)
         atomic_write(self.storage, patch_file, lambda stream: write_tree_patch(stream, previous, tree, comparison))
         adopt_owner(self.storage, patch_file)
@@ -516,7 +515,7 @@ class Executor:
         patch_path = self.layout.patch_storage_path(
             generation.project_id, generation.version or 0, generation.id, previous_version
         )
-        return diff.ChangeSummary.from_comparison(comparison, previous_version), patch_path
+        return compare.ChangeSummary.from_comparison(comparison, previous_version), patch_path
 
     def _keep_legacy_link(self, plan: GenerationPlan) -> None:
         """``<ROOT>/<id>`` → ``<project>/generations/v<N>__<id>/source``, so the application's
@@ -561,7 +560,7 @@ class Executor:
             remove_symlink(self.storage, link)
 
 
-def _merged_summary(generation: GenerationRow, summary: diff.ChangeSummary | None) -> Any:
+def _merged_summary(generation: GenerationRow, summary: compare.ChangeSummary | None) -> Any:
     """``changes_summary`` as the tool computes it, merged into the application's keys (its
     ``diff_created_at`` stays); the version facts follow the numbers as they are now: the
     application's ``to_version``, where present, is this generation's version, and

@@ -23,9 +23,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from .config import DB_UPGRADE_COMMAND, ensure_sqlite_parent, normalize_database_url
-from .errors import DatabaseUnavailable, SchemaMissing
-from .records import (
+from storage_migrator.config import DB_UPGRADE_COMMAND, ensure_sqlite_parent, normalize_database_url
+from storage_migrator.errors import DatabaseUnavailable, SchemaMissing
+from storage_migrator.records import (
     OWNED_GENERATION_COLUMNS,
     GenerationRow,
     GenerationUpdate,

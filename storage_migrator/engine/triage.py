@@ -30,22 +30,21 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
-from .db import adopt_failed_generation
-from .errors import FAILS_ONE_GENERATION
-from .plan import has_application_manifest
-from .records import GenerationRow, ProjectRecord, RowSeen
-from .report import ROOT_FILES, ROOT_ZIPS, ApplicationState, empty_states
-from .storage.layout import (
+from storage_migrator.db.rows import adopt_failed_generation
+from storage_migrator.engine.plan import has_application_manifest
+from storage_migrator.errors import FAILS_ONE_GENERATION, UnsafePathComponent
+from storage_migrator.records import GenerationRow, ProjectRecord, RowSeen
+from storage_migrator.report import ROOT_FILES, ROOT_ZIPS, ApplicationState, empty_states
+from storage_migrator.storage.handle import Storage
+from storage_migrator.storage.layout import (
     STATE_DIR,
-    UnsafePathComponent,
     check_path_component,
     is_temp_name,
     manifest_path,
     parse_legacy_link_text,
     source_dir,
 )
-from .storage.opened import Storage
-from .storage.tree import fingerprint_tree, scan_tree
+from storage_migrator.storage.tree import fingerprint_tree, scan_tree
 
 OutputFiles = Callable[[str], "Mapping[str, Any] | None"]
 

@@ -16,13 +16,13 @@ from typing import NoReturn
 
 import sqlalchemy as sa
 
-from .config import HEAD_REVISION, Settings
-from .db import create_database_engine, current_revision, display_url, first_line, missing_columns
-from .errors import DatabaseUnavailable, UsageError
-from .lock import DatabaseLock, RunLock
-from .schema import downgrade_schema, known_revisions, upgrade_schema
-from .storage.layout import StorageLayout
-from .storage.opened import open_storage
+from storage_migrator.config import HEAD_REVISION, Settings
+from storage_migrator.db.revisions import downgrade_schema, known_revisions, upgrade_schema
+from storage_migrator.db.rows import create_database_engine, current_revision, display_url, first_line, missing_columns
+from storage_migrator.engine.lock import DatabaseLock, RunLock
+from storage_migrator.errors import DatabaseUnavailable, UsageError
+from storage_migrator.storage.handle import open_storage
+from storage_migrator.storage.layout import StorageLayout
 
 
 @contextmanager

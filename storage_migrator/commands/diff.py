@@ -6,17 +6,17 @@ import io
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import diff
-from .config import Settings
-from .db import load_projects
-from .errors import GenerationError, UsageError
-from .installation import open_installation
-from .records import GenerationRow, ProjectRecord
-from .storage.layout import MAX_PATCH_BYTES, UnsafePathComponent, manifest_path, source_dir
-from .storage.manifest import read_manifest
-from .storage.opened import Storage
-from .storage.source_tree import ManifestTree, write_tree_patch
-from .storage.tree import TreeSnapshot, read_regular_file, scan_tree
+from storage_migrator.config import Settings
+from storage_migrator.db.rows import load_projects
+from storage_migrator.engine.installation import open_installation
+from storage_migrator.errors import GenerationError, UnsafePathComponent, UsageError
+from storage_migrator.patch import compare
+from storage_migrator.records import GenerationRow, ProjectRecord
+from storage_migrator.storage.handle import Storage
+from storage_migrator.storage.layout import MAX_PATCH_BYTES, manifest_path, source_dir
+from storage_migrator.storage.manifest import read_manifest
+from storage_migrator.storage.source_tree import ManifestTree, write_tree_patch
+from storage_migrator.storage.tree import TreeSnapshot, read_regular_file, scan_tree
 
 
 @dataclass(frozen=True)
@@ -152,7 +152,7 @@ def _source_tree(storage: Storage, generation: GenerationRow) -> ManifestTree | 
 def _compare_on_the_fly(storage: Storage, old: GenerationRow, new: GenerationRow, with_patch: bool) -> VersionChanges:
     try:
         old_tree, new_tree = _source_tree(storage, old), _source_tree(storage, new)
-        comparison = diff.compare_trees(old_tree.checksums(), new_tree.checksums())
+        comparison = compare.compare_trees(old_tree.checksums(), new_tree.checksums())
         patch_text = None
         if with_patch:
             buffer = io.BytesIO()
@@ -160,7 +160,7 @@ def _compare_on_the_fly(storage: Storage, old: GenerationRow, new: GenerationRow
             patch_text = buffer.getvalue()
     except GenerationError as error:
         raise UsageError(str(error)) from None
-    summary = diff.ChangeSummary.from_comparison(comparison, old.version or 0)
+    summary = compare.ChangeSummary.from_comparison(comparison, old.version or 0)
     return VersionChanges(
         version=new.version or 0,
         generation_id=new.id,

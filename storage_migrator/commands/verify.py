@@ -21,29 +21,36 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from . import diff
-from .config import Settings
-from .db import has_active_generation_key, iter_project_records, load_output_files, missing_columns
-from .errors import EXIT_OK, EXIT_VERIFY_PROBLEMS, FAILS_ONE_GENERATION, GenerationError, LockHeld, failure_line
-from .installation import open_installation
-from .lock import current_holder
-from .plan import has_application_manifest
-from .records import GenerationRow, ProjectRecord
-from .report import empty_states, merge_states
-from .storage.layout import (
+from storage_migrator.config import Settings
+from storage_migrator.db.rows import has_active_generation_key, iter_project_records, load_output_files, missing_columns
+from storage_migrator.engine.installation import open_installation
+from storage_migrator.engine.lock import current_holder
+from storage_migrator.engine.plan import has_application_manifest
+from storage_migrator.engine.triage import project_states, root_files
+from storage_migrator.errors import (
+    EXIT_OK,
+    EXIT_VERIFY_PROBLEMS,
+    FAILS_ONE_GENERATION,
+    GenerationError,
+    LockHeld,
+    UnsafePathComponent,
+    failure_line,
+)
+from storage_migrator.patch import compare, reader
+from storage_migrator.records import GenerationRow, ProjectRecord
+from storage_migrator.report import empty_states, merge_states
+from storage_migrator.storage.handle import Storage
+from storage_migrator.storage.layout import (
     ARCHIVE_DIR,
     MAX_PATCH_BYTES,
-    UnsafePathComponent,
     check_path_component,
     manifest_path,
     patch_file_name,
     source_dir,
 )
-from .storage.manifest import Manifest, read_manifest_document
-from .storage.opened import Storage
-from .storage.source_tree import ManifestTree
-from .storage.tree import TreeSnapshot, git_blob_id_file, read_regular_file, scan_tree
-from .triage import project_states, root_files
+from storage_migrator.storage.manifest import Manifest, read_manifest_document
+from storage_migrator.storage.source_tree import ManifestTree
+from storage_migrator.storage.tree import TreeSnapshot, git_blob_id_file, read_regular_file, scan_tree
 
 SourceTree = ManifestTree | TreeSnapshot
 COUNT_KEYS = ("added", "modified", "deleted")
@@ -290,10 +297,10 @@ def _patch_problems(
         if bases.is_gap(from_version) or not counted:
             return []
         return [Problem(generation.id, "changes-summary", f"diff from v{from_version}, which is not on disk")]
-    comparison = diff.compare_trees(previous.checksums(), snapshot.checksums())
+    comparison = compare.compare_trees(previous.checksums(), snapshot.checksums())
     if not counted:
         return _application_patch_problems(storage, generation, target, from_version, comparison, previous, snapshot)
-    if diff.ChangeSummary.from_comparison(comparison, from_version).to_json() != {
+    if compare.ChangeSummary.from_comparison(comparison, from_version).to_json() != {
             key: summary.get(key) for key in (*COUNT_KEYS, "from_version")}:
         return [Problem(generation.id, "changes-summary", f"changes_summary {summary} does not match the folders")]
     if generation.diff_from_previous is None:
@@ -310,7 +317,7 @@ def _patch_problems(
 
 def _application_patch_problems(
     storage: Storage, generation: GenerationRow, target: Path, from_version: int,
-    comparison: diff.TreeComparison, previous: SourceTree, snapshot: TreeSnapshot,
+    comparison: compare.TreeComparison, previous: SourceTree, snapshot: TreeSnapshot,
 ) -> list[Problem]:
     """The application's patch (``diff -ru``) is where its row names it or, as it writes it, in
     the version folder as ``diff_from_v<P>.patch``; none yet is normal (resync writes one)."""
@@ -326,15 +333,15 @@ def _application_patch_problems(
     return _patch_meaning_problems(generation, patch, comparison, previous, snapshot)
 
 
-def _patch_meaning_problems(generation: GenerationRow, patch: bytes, comparison: diff.TreeComparison,
+def _patch_meaning_problems(generation: GenerationRow, patch: bytes, comparison: compare.TreeComparison,
                             previous: SourceTree, snapshot: TreeSnapshot) -> list[Problem]:
     """A patch is right when it names exactly the changed files and, where it names blob ids,
     the ids of the two versions' files: whichever engine (or the application) wrote it."""
-    entries = diff.parse_patch(patch)
+    entries = reader.parse_patch(patch)
     if entries is None:
         return [Problem(generation.id, "patch", "the patch file is not a patch")]
     old_paths, new_paths = previous.checksums().keys(), snapshot.checksums().keys()
-    listed = diff.comparison_of(diff.expand_directories(entries, old_paths, new_paths))
+    listed = reader.comparison_of(reader.expand_directories(entries, old_paths, new_paths))
     if listed.changed_paths() != comparison.changed_paths():
         missing = sorted(set(comparison.changed_paths()) - set(listed.changed_paths()))
         extra = sorted(set(listed.changed_paths()) - set(comparison.changed_paths()))

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-from ..errors import UsageError
-from .layout import StorageLayout
-from .root import Root, UnsafePath
+from storage_migrator.errors import UnsafePath, UsageError
+from storage_migrator.storage.layout import StorageLayout
+from storage_migrator.storage.root import Root
 
 
 @dataclass(frozen=True)

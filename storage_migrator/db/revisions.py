@@ -10,13 +10,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
-from .config import normalize_database_url
-from .errors import UsageError
+from storage_migrator.config import normalize_database_url
+from storage_migrator.errors import UsageError
 
 if TYPE_CHECKING:
     from alembic.config import Config
 
-PACKAGE_DIR = Path(__file__).resolve().parent  # not below ROOT: the package itself
+PACKAGE_DIR = Path(__file__).resolve().parents[1]  # not below ROOT: the package itself, storage_migrator/
 
 
 def script_location() -> Path:

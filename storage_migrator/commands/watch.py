@@ -47,14 +47,14 @@ from watchdog.events import (
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 
-from .config import Settings
-from .db import ROWS_PER_STATEMENT, project_ids_for_names
-from .errors import LockHeld, WatchFailed
-from .installation import open_installation
-from .metrics import WatchMetrics
-from .migrate import migrate
-from .report import RunReport
-from .storage.layout import ACTIVE_LINK, is_tool_written, is_utf8_name
+from storage_migrator.commands.run import run
+from storage_migrator.config import Settings
+from storage_migrator.db.rows import ROWS_PER_STATEMENT, project_ids_for_names
+from storage_migrator.engine.installation import open_installation
+from storage_migrator.errors import LockHeld, WatchFailed
+from storage_migrator.metrics import WatchMetrics
+from storage_migrator.report import RunReport
+from storage_migrator.storage.layout import ACTIVE_LINK, is_tool_written, is_utf8_name
 
 POLL_SECONDS = 0.2
 OBSERVER_STOP_SECONDS = 10
@@ -287,7 +287,7 @@ def resync_pending(settings: Settings, engine: Engine, collector: ChangeCollecto
     reason = collector.take_everything(debounce_seconds)
     if reason is not None:
         try:
-            on_report(migrate(settings, resync=True, only_projects=None, keep_all=keep_all))
+            on_report(run(settings, resync=True, only_projects=None, keep_all=keep_all))
         except LockHeld:
             collector.put_back_everything(reason)
         return
@@ -296,7 +296,7 @@ def resync_pending(settings: Settings, engine: Engine, collector: ChangeCollecto
     if not project_ids:
         return
     try:
-        on_report(migrate(settings, resync=True, only_projects=project_ids, keep_all=keep_all))
+        on_report(run(settings, resync=True, only_projects=project_ids, keep_all=keep_all))
     except LockHeld:
         collector.put_back(names)
 

@@ -12,7 +12,7 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import TypeVar
 
-from .errors import CommandError
+from storage_migrator.errors import CommandError
 
 PR_SET_PDEATHSIG = 1
 Chunk = TypeVar("Chunk")

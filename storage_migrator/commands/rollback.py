@@ -29,32 +29,37 @@ import stat
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .batch import BatchWriter
-from .config import Settings
-from .db import iter_project_records, load_projects
-from .errors import FAILS_ONE_GENERATION, GenerationError, UsageError, failure_line
-from .faults import checkpoint
-from .installation import open_installation
-from .lock import RunLock
-from .plan import is_archived
-from .records import GenerationRow, GenerationUpdate, ProjectRecord
-from .report import GenerationOutcome, Outcome, RunReport
-from .storage.layout import (
+from storage_migrator.config import Settings
+from storage_migrator.db.rows import iter_project_records, load_projects
+from storage_migrator.engine.batch import BatchWriter
+from storage_migrator.engine.installation import open_installation
+from storage_migrator.engine.lock import RunLock
+from storage_migrator.engine.plan import is_archived
+from storage_migrator.errors import (
+    FAILS_ONE_GENERATION,
+    GenerationError,
+    UnsafePathComponent,
+    UsageError,
+    failure_line,
+    printable,
+)
+from storage_migrator.faults import checkpoint
+from storage_migrator.records import GenerationRow, GenerationUpdate, ProjectRecord
+from storage_migrator.report import GenerationOutcome, Outcome, RunReport
+from storage_migrator.storage.handle import Storage
+from storage_migrator.storage.layout import (
     ARTIFACTS_DIR,
     MANIFEST_FILE,
-    UnsafePathComponent,
     is_tool_written,
     parse_legacy_link_text,
     parse_patch_file_name,
     parse_target_dir_name,
     source_dir,
 )
-from .storage.manifest import read_manifest
-from .storage.opened import Storage
-from .storage.recovery import RootTempFiles, recover_project, sweep_state
-from .storage.root import printable
-from .storage.steps import discard_tree, move_tree, prepare_state_dir, remove_symlink, remove_tree
-from .storage.tree import read_prefix, scan_tree
+from storage_migrator.storage.manifest import read_manifest
+from storage_migrator.storage.recovery import RootTempFiles, recover_project, sweep_state
+from storage_migrator.storage.steps import discard_tree, move_tree, prepare_state_dir, remove_symlink, remove_tree
+from storage_migrator.storage.tree import read_prefix, scan_tree
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine

@@ -19,11 +19,10 @@ from types import TracebackType
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from .errors import GenerationError, LockHeld, UsageError
-from .storage.opened import Storage
-from .storage.root import UnsafePath
-from .storage.steps import prepare_state_dir
-from .storage.tree import read_regular_file
+from storage_migrator.errors import GenerationError, LockHeld, UnsafePath, UsageError
+from storage_migrator.storage.handle import Storage
+from storage_migrator.storage.steps import prepare_state_dir
+from storage_migrator.storage.tree import read_regular_file
 
 ADVISORY_LOCK_KEY = 0x5354_4F52_4D49_47  # "STORMIG": one key for every storage-migrate
 

@@ -8,10 +8,10 @@ from types import TracebackType
 
 from sqlalchemy.engine import Engine
 
-from .config import Settings
-from .db import check_schema, create_database_engine
-from .storage.layout import StorageLayout
-from .storage.opened import Storage, open_storage
+from storage_migrator.config import Settings
+from storage_migrator.db.rows import check_schema, create_database_engine
+from storage_migrator.storage.handle import Storage, open_storage
+from storage_migrator.storage.layout import StorageLayout
 
 
 @dataclass
