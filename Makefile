@@ -39,12 +39,12 @@ test: $(BIN)/storage-migrate
 	$(BIN)/mypy
 	$(BIN)/pytest -q
 
-# The fast lane: lint, types, and every test on SQLite but the slow scenarios (crash injection,
-# races, the load test, the wheel). `make test` is the whole suite.
+# The fast lane: lint, types, then the unit tests and the commands end to end, on SQLite only.
+# `make test` is the whole suite (PostgreSQL, the scenarios, packaging).
 test-fast: $(BIN)/storage-migrate
 	$(BIN)/ruff check storage_migrator tests benchmarks
 	$(BIN)/mypy
-	$(BIN)/pytest -q -m "not slow and not postgres"
+	$(BIN)/pytest -q -m "not slow and not postgres" tests/unit tests/commands
 
 # The newest versions pyproject.toml's ranges allow (what a wheel user may get), in a venv of its
 # own, through the same checks. The lock is not touched.

@@ -23,8 +23,7 @@ import pytest
 import sqlalchemy as sa
 
 from storage_migrator.config import normalize_database_url
-
-from .sandbox import Installation, empty_public_schema
+from tests.support.sandbox import Sandbox, empty_public_schema
 
 DEFAULT_TEST_DATABASE_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 
@@ -134,7 +133,7 @@ for line in sys.stdin:
 class CliForkServer:
     """``run(installation, *arguments)`` like ``sandbox.run_cli``, the process forked from one
     interpreter that has the tool imported already: for tests that start the command hundreds
-    of times (tests/test_crash.py, tests/test_hostile_fs.py), where starting Python and importing
+    of times (tests/scenarios/test_crash.py, tests/scenarios/test_hostile_filesystems.py), where starting Python and importing
     the tool cost four times what the command does. Each command is still its own process, with
     its own environment, working folder, stdout, stderr and exit status (-9 when killed)."""
 
@@ -150,7 +149,7 @@ class CliForkServer:
         assert line, f"the fork server died (exit {self.process.poll()})"
         return json.loads(line)
 
-    def run(self, installation: Installation, *arguments: str, extra_environment: dict[str, str] | None = None,
+    def run(self, installation: Sandbox, *arguments: str, extra_environment: dict[str, str] | None = None,
             timeout: float = 300, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
         assert self.process.stdin is not None
         self.count += 1
