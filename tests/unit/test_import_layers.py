@@ -4,6 +4,7 @@ import each other, directly or around a loop."""
 from __future__ import annotations
 
 import ast
+import functools
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -48,6 +49,7 @@ def imported_modules(path: Path) -> Iterator[str]:
             yield from (alias.name for alias in node.names if alias.name.startswith("storage_migrator"))
 
 
+@functools.cache
 def import_graph() -> dict[str, set[str]]:
     return {module_name(path): set(imported_modules(path)) for path in PACKAGE.rglob("*.py")}
 
