@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from tests.support.sandbox import Sandbox, build_installation, run_cli, tree_digest
+from tests.support.sandbox import Sandbox, build_installation, execute_sql, run_cli, tree_digest
 
 SECRET = b"TOP-SECRET-OUTSIDE-ROOT"
 
@@ -17,13 +17,6 @@ SECRET = b"TOP-SECRET-OUTSIDE-ROOT"
 @pytest.fixture
 def installation(database_url: str, tmp_path: Path) -> Sandbox:
     return build_installation(database_url, tmp_path / "projects")
-
-
-def execute(installation: Sandbox, sql: str, **parameters: object) -> None:
-    engine = installation.engine()
-    with engine.begin() as connection:
-        connection.execute(sa.text(sql), parameters)
-    engine.dispose()
 
 
 def completed_generation(installation: Sandbox, index: int = 0) -> tuple[str, str, int]:
@@ -53,7 +46,7 @@ def assert_others_migrated(document: dict, bad_ids: set[str]) -> None:
 
 
 def insert_generation(installation: Sandbox, generation_id: str, project_id: str, version: int) -> None:
-    execute(installation,
+    execute_sql(installation,
             "INSERT INTO generations (id, project_id, user_id, prompt, status, version, storage_path) "
             "SELECT :id, id, user_id, 'p', 'completed', :version, :path FROM projects WHERE id = :project_id",
             id=generation_id, project_id=project_id, version=version, path=f"./storage/projects/{generation_id}")
@@ -130,7 +123,7 @@ def test_duplicate_versions_are_renumbered_oldest_keeps_its_number(installation:
     first, project_id, version = completed_generation(installation, 0)
     second, second_project, _ = completed_generation(installation, 1)
     assert project_id == second_project
-    execute(installation, "UPDATE generations SET version = :version WHERE id = :id", version=version, id=second)
+    execute_sql(installation, "UPDATE generations SET version = :version WHERE id = :id", version=version, id=second)
     latest = installation_rows(installation, "SELECT latest_version FROM projects WHERE id = :p", p=project_id)[0][0]
     code, document = run_json(installation)
     assert code == 0, document
@@ -154,8 +147,8 @@ def installation_rows(installation: Sandbox, sql: str, **parameters: object) -> 
 def test_generation_whose_project_row_is_gone(sqlite_url: str, tmp_path: Path) -> None:
     installation = build_installation(sqlite_url, tmp_path / "projects")
     generation_id, project_id, _ = completed_generation(installation)
-    execute(installation, "UPDATE projects SET active_generation_id = NULL WHERE id = :id", id=project_id)
-    execute(installation, "DELETE FROM projects WHERE id = :id", id=project_id)
+    execute_sql(installation, "UPDATE projects SET active_generation_id = NULL WHERE id = :id", id=project_id)
+    execute_sql(installation, "DELETE FROM projects WHERE id = :id", id=project_id)
     code, document = run_json(installation)
     assert code == 1
     entry = by_id(document)[generation_id]
@@ -167,7 +160,7 @@ def test_output_files_holding_json_null_is_not_a_rebuild(installation: Sandbox) 
     failed_id = installation.sample.failed_without_folder_generation_ids[0]
     completed_id = installation.sample.missing_folder_generation_id
     cast = "CAST('null' AS JSON)" if installation.engine().dialect.name == "postgresql" else "'null'"
-    execute(installation, f"UPDATE generations SET output_files = {cast} WHERE id IN (:a, :b)", a=failed_id, b=completed_id)
+    execute_sql(installation, f"UPDATE generations SET output_files = {cast} WHERE id IN (:a, :b)", a=failed_id, b=completed_id)
     planned = by_id(json.loads(run_cli(installation, "--json", "--dry-run").stdout))
     assert planned[failed_id]["action"] == "skipped"
     assert planned[completed_id]["action"] == "failed" and "output_files is empty" in planned[completed_id]["error"]

@@ -9,9 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.commands.test_resync import execute
-from tests.scenarios.test_application_states import app_saves, next_version, row_of
-from tests.support.sandbox import Sandbox, build_installation, check_json_output, run_cli
+from tests.support.application import app_saves, next_version, row_of
+from tests.support.sandbox import Sandbox, build_installation, check_json_output, execute_sql, run_cli
 
 CLOUD_ON = {"USE_CLOUD_STORAGE": "True", "SUPABASE_BUCKET": "team-bucket"}
 CLOUD_OFF = {"USE_CLOUD_STORAGE": "false"}
@@ -29,7 +28,7 @@ def two_saves_at_one_number(installation: Sandbox) -> tuple[str, str, int]:
     number): the older keeps it, the later is renumbered by the next resync."""
     number = next_version(installation)
     older, _ = app_saves(installation, number, status="completed", with_storage_path=True)
-    execute(installation, "UPDATE generations SET created_at = '2020-01-01 00:00:00' WHERE id = :id", id=older)
+    execute_sql(installation, "UPDATE generations SET created_at = '2020-01-01 00:00:00' WHERE id = :id", id=older)
     later, _ = app_saves(installation, number, status="completed", with_storage_path=True)
     return older, later, number
 

@@ -16,7 +16,18 @@ import sqlalchemy as sa
 from storage_migrator.commands.run import run
 from storage_migrator.config import BASE_REVISION
 from storage_migrator.db.revisions import downgrade_schema, upgrade_schema
-from tests.support.sandbox import Sandbox, build_installation, dump_tables, run_cli, tree_digest
+from tests.support.sandbox import (
+    Sandbox,
+    build_installation,
+    demo_versions,
+    dump_tables,
+    execute_sql,
+    query_rows,
+    run_cli,
+    source_of,
+    tree_digest,
+    verify_json,
+)
 
 
 @pytest.fixture
@@ -31,39 +42,9 @@ def migrated(installation: Sandbox) -> Sandbox:
     return installation
 
 
-def rows(installation: Sandbox, sql: str, **parameters: object) -> list[sa.Row]:
-    engine = installation.engine()
-    with engine.connect() as connection:
-        found = connection.execute(sa.text(sql), parameters).all()
-    engine.dispose()
-    return found
-
-
-def execute(installation: Sandbox, sql: str, **parameters: object) -> None:
-    engine = installation.engine()
-    with engine.begin() as connection:
-        connection.execute(sa.text(sql), parameters)
-    engine.dispose()
-
-
-def demo_versions(installation: Sandbox) -> list[sa.Row]:
-    return rows(installation, "SELECT id, version, file_count, total_size_bytes, changes_summary, diff_from_previous "
-                "FROM generations WHERE project_id = :p AND status = 'completed' ORDER BY version",
-                p=installation.sample.demo_project_id)
-
-
-def source_of(installation: Sandbox, generation_id: str, version: int) -> Path:
-    return installation.root / installation.sample.demo_project_id / "generations" / f"v{version}__{generation_id}" / "source"
-
-
 def summary(row: sa.Row) -> dict:
     value = row.changes_summary
     return json.loads(value) if isinstance(value, str) else value
-
-
-def verify_json(installation: Sandbox) -> tuple[int, dict]:
-    result = run_cli(installation, "--json", "verify")
-    return result.returncode, json.loads(result.stdout)
 
 
 def test_verify_is_clean_after_run(migrated: Sandbox) -> None:
@@ -133,14 +114,14 @@ def test_a_failed_duplicate_with_nothing_on_disk_gets_the_next_number_once(migra
     project_id = migrated.sample.demo_project_id
     v1 = demo_versions(migrated)[0]
     duplicate = "d0f00000-0000-4000-8000-000000000001"
-    execute(migrated, "INSERT INTO generations (id, project_id, user_id, prompt, status, version, storage_path, "
+    execute_sql(migrated, "INSERT INTO generations (id, project_id, user_id, prompt, status, version, storage_path, "
             "created_at) SELECT :id, id, user_id, 'again', 'failed', :v, :path, :at FROM projects WHERE id = :p",
             id=duplicate, p=project_id, v=v1.version, path=f"storage/projects/{duplicate}", at="2099-01-01 00:00:00")
-    latest = rows(migrated, "SELECT latest_version FROM projects WHERE id = :p", p=project_id)[0].latest_version
+    latest = query_rows(migrated, "SELECT latest_version FROM projects WHERE id = :p", p=project_id)[0].latest_version
     for attempt in range(3):
         result = run_cli(migrated, "resync")
         assert result.returncode == 0, (attempt, result.stdout, result.stderr)
-        numbers = rows(migrated, "SELECT g.version, p.latest_version FROM generations g JOIN projects p "
+        numbers = query_rows(migrated, "SELECT g.version, p.latest_version FROM generations g JOIN projects p "
                        "ON p.id = g.project_id WHERE g.id = :id", id=duplicate)[0]
         assert tuple(numbers) == (latest + 1, latest + 1), (attempt, tuple(numbers), latest)
     code, document = verify_json(migrated)
@@ -164,14 +145,14 @@ def test_resync_of_unchanged_storage_reads_no_file(migrated: Sandbox, monkeypatc
 
 def test_resync_migrates_stragglers_and_completed_since_run(migrated: Sandbox) -> None:
     processing = migrated.sample.processing_generation_id
-    execute(migrated, "UPDATE generations SET status = 'completed' WHERE id = :id", id=processing)
-    project_id, latest = rows(migrated, "SELECT id, latest_version FROM projects WHERE id = "
+    execute_sql(migrated, "UPDATE generations SET status = 'completed' WHERE id = :id", id=processing)
+    project_id, latest = query_rows(migrated, "SELECT id, latest_version FROM projects WHERE id = "
                               "(SELECT project_id FROM generations WHERE id = :id)", id=processing)[0]
     straggler = "0a0a0a0a-0000-4000-8000-00000000beef"
     folder = migrated.root / straggler
     (folder / "app").mkdir(parents=True)
     (folder / "app" / "main.py").write_text("print('written by the old code')\n")
-    execute(migrated, "INSERT INTO generations (id, project_id, user_id, prompt, status, version, storage_path) "
+    execute_sql(migrated, "INSERT INTO generations (id, project_id, user_id, prompt, status, version, storage_path) "
             "SELECT :id, id, user_id, 'p', 'completed', :version, :path FROM projects WHERE id = :project",
             id=straggler, version=latest + 1, path=f"./storage/projects/{straggler}", project=project_id)
 
@@ -180,7 +161,7 @@ def test_resync_migrates_stragglers_and_completed_since_run(migrated: Sandbox) -
     actions = {entry["id"]: entry["action"] for entry in json.loads(result.stdout)["generations"]}
     assert actions[processing] == "moved" and actions[straggler] == "moved"
     assert folder.is_symlink() and (migrated.root / processing).is_symlink()
-    assert rows(migrated, "SELECT latest_version FROM projects WHERE id = :p", p=project_id)[0][0] == latest + 1
+    assert query_rows(migrated, "SELECT latest_version FROM projects WHERE id = :p", p=project_id)[0][0] == latest + 1
     code, document = verify_json(migrated)
     assert (code, document["problems"]) == (0, [])
 

@@ -22,16 +22,18 @@ from storage_migrator.engine.lock import RunLock
 from storage_migrator.faults import CRASH_AT_VARIABLE
 from storage_migrator.storage.handle import open_storage
 from storage_migrator.storage.layout import StorageLayout
-from tests.scenarios.test_crash import Cli, end_state, rerun_until_done, sqlite_copy
+from tests.support.processes import Cli, rerun_until_done
 from tests.support.sandbox import (
     Sandbox,
     build_installation,
     dump_tables,
+    end_state,
     error_lines,
     execute_sql,
     query_rows,
     query_scalar,
     run_cli,
+    sqlite_copy,
     tree_digest,
 )
 

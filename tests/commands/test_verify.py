@@ -17,8 +17,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.commands.test_resync import demo_versions, execute, source_of, verify_json
-from tests.support.sandbox import Sandbox, build_installation, run_cli
+from tests.support.sandbox import (
+    Sandbox,
+    build_installation,
+    demo_versions,
+    execute_sql,
+    run_cli,
+    source_of,
+    verify_json,
+)
 
 APP_GENERATION_ID = "app-made-0000-4000-8000-00000000a001"
 
@@ -73,16 +80,16 @@ def app_writes_generation(installation: Sandbox, base_source: Path, patch_names:
     patch = subprocess.run(["diff", "-ru", str(old), str(new)], capture_output=True).stdout
     assert b"\nOnly in " in patch and b"\n--- " in patch
     (target / f"diff_from_v{latest.version}.patch").write_bytes(patch)
-    execute(installation, "INSERT INTO generations (id, project_id, user_id, prompt, status, version, storage_path, "
+    execute_sql(installation, "INSERT INTO generations (id, project_id, user_id, prompt, status, version, storage_path, "
             "changes_summary, file_count, total_size_bytes) SELECT :id, id, user_id, 'again', 'completed', :v, :path, "
             ":summary, :count, :size FROM projects WHERE id = :p",
             id=APP_GENERATION_ID, v=version, p=project_id, count=len(listed), size=size,
             path=f"storage/projects/{project_id}/generations/{target.name}",
             summary=json.dumps({"diff_created_at": "2026-11-25T10:00:00", "from_version": latest.version,
                                 "to_version": version}))
-    execute(installation, "UPDATE generations SET is_active = (id = :id) WHERE project_id = :p", id=APP_GENERATION_ID,
+    execute_sql(installation, "UPDATE generations SET is_active = (id = :id) WHERE project_id = :p", id=APP_GENERATION_ID,
             p=project_id)
-    execute(installation, "UPDATE projects SET latest_version = :v, active_generation_id = :id WHERE id = :p",
+    execute_sql(installation, "UPDATE projects SET latest_version = :v, active_generation_id = :id WHERE id = :p",
             v=version, id=APP_GENERATION_ID, p=project_id)
     active = target.parent / "active"
     active.unlink()
@@ -109,8 +116,8 @@ def test_a_patch_whose_base_was_archived_or_deleted_is_a_gap_not_an_alarm(migrat
     # cleanup_old_generations archives v1; a delete removes v3's row and folder.
     (project / "archive").mkdir()
     (project / "generations" / f"v1__{archived.id}").rename(project / "archive" / f"v1__{archived.id}")
-    execute(migrated, "UPDATE generations SET parent_generation_id = NULL WHERE parent_generation_id = :id", id=deleted.id)
-    execute(migrated, "DELETE FROM generations WHERE id = :id", id=deleted.id)
+    execute_sql(migrated, "UPDATE generations SET parent_generation_id = NULL WHERE parent_generation_id = :id", id=deleted.id)
+    execute_sql(migrated, "DELETE FROM generations WHERE id = :id", id=deleted.id)
     shutil.rmtree(project / "generations" / f"v{deleted.version}__{deleted.id}")
     code, document = verify_json(migrated)
     assert (code, document["problems"]) == (0, []), "v2 and v4 name a base that is gone until resync re-bases them"

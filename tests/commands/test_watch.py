@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from storage_migrator.commands.watch import ChangeCollector, Watching
 from storage_migrator.config import HEAD_REVISION
 from storage_migrator.db.revisions import upgrade_schema
-from tests.support.sandbox import Sandbox, build_installation, check_json_output, run_cli
+from tests.support.sandbox import Sandbox, build_installation, check_json_output, query_rows, run_cli
 
 OVERFLOW_LINE = "watch: the kernel's event queue overflowed; resyncing every project"
 QUEUE_LIMIT = Path("/proc/sys/fs/inotify/max_queued_events")
@@ -37,17 +37,9 @@ def migrated(database_url: str, tmp_path: Path) -> Sandbox:
     return installation
 
 
-def rows(installation: Sandbox, sql: str, **parameters: object) -> Sequence[sa.Row]:
-    engine = installation.engine()
-    with engine.connect() as connection:
-        found = connection.execute(sa.text(sql), parameters).all()
-    engine.dispose()
-    return found
-
-
 def first_version(installation: Sandbox) -> sa.Row:
     """The demo project's first completed generation: id, version, file_count, total_size_bytes."""
-    return rows(installation, "SELECT id, version, file_count, total_size_bytes FROM generations "
+    return query_rows(installation, "SELECT id, version, file_count, total_size_bytes FROM generations "
                 "WHERE project_id = :p AND status = 'completed' ORDER BY version",
                 p=installation.sample.demo_project_id)[0]
 
@@ -62,7 +54,7 @@ def wait_for_file_count(installation: Sandbox, generation_id: str, expected: int
     """The generation's row once its file_count is ``expected`` (or after ``seconds``, as it is then)."""
     deadline = time.monotonic() + seconds
     while True:
-        row = rows(installation, "SELECT file_count, total_size_bytes FROM generations WHERE id = :id",
+        row = query_rows(installation, "SELECT file_count, total_size_bytes FROM generations WHERE id = :id",
                    id=generation_id)[0]
         if row.file_count == expected or time.monotonic() > deadline:
             return row
@@ -196,7 +188,7 @@ class Application:
 
     def __init__(self, installation: Sandbox) -> None:
         self.root = installation.root
-        self.projects = sorted({row.project_id for row in rows(installation, "SELECT project_id FROM generations")})
+        self.projects = sorted({row.project_id for row in query_rows(installation, "SELECT project_id FROM generations")})
         self.made: list[Path] = []
         self.count = 0
 

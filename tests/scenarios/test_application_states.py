@@ -9,15 +9,12 @@ from __future__ import annotations
 import json
 import os
 import time
-import uuid
 from pathlib import Path
 
 import pytest
 
-from tests.commands.test_resync import execute, rows
-from tests.support.sandbox import Sandbox, build_installation, run_cli, tree_digest
-
-FILES = {"app/main.py": "print('written by the application')\n", "README.md": "# generated\n"}
+from tests.support.application import FILES, app_saves, next_version, row_of
+from tests.support.sandbox import Sandbox, build_installation, execute_sql, run_cli, tree_digest
 
 
 @pytest.fixture
@@ -25,37 +22,6 @@ def installation(database_url: str, tmp_path: Path) -> Sandbox:
     built = build_installation(database_url, tmp_path / "projects")
     assert run_cli(built, "run").returncode == 0
     return built
-
-
-def app_saves(installation: Sandbox, version: int, *, status: str, with_storage_path: bool,
-              files: dict[str, str] = FILES, summary: dict | None = None,
-              broke_after: int | None = None) -> tuple[str, Path]:
-    """The application's save (`save_generation_files_hierarchical` then its row update): returns
-    the generation id and its version folder. ``with_storage_path`` False: a route that drops the
-    column; ``status`` failed: the auto-activation raised after the save; ``broke_after``: the
-    save broke after writing that many files (its row keeps the generator's ``output_files``)."""
-    generation_id = str(uuid.uuid4())
-    project_id = installation.sample.demo_project_id
-    target = installation.root / project_id / "generations" / f"v{version}__{generation_id}"
-    (target / "source").mkdir(parents=True)
-    (target / "artifacts").mkdir()
-    total = sum(len(content.encode("utf-8")) for content in files.values())
-    manifest = {"generation_id": generation_id, "project_id": project_id, "version": version,
-                "created_at": "2026-11-25T10:00:00", "file_count": len(files), "total_size_bytes": total,
-                "files": list(files), "metadata": {"model": "the application's own key"}}
-    (target / "manifest.json").write_text(json.dumps(manifest, indent=2))
-    for path, content in list(files.items())[:broke_after]:
-        (target / "source" / path).parent.mkdir(parents=True, exist_ok=True)
-        (target / "source" / path).write_text(content, encoding="utf-8")
-    execute(installation, "INSERT INTO generations (id, project_id, user_id, prompt, status, version, storage_path, "
-            "file_count, total_size_bytes, output_files, changes_summary) SELECT :id, id, user_id, 'app', :status, :v, "
-            ":path, :count, :size, :files, :summary FROM projects WHERE id = :p",
-            id=generation_id, status=status, v=version, p=project_id, count=len(files), size=total,
-            path=f"storage/projects/{project_id}/generations/{target.name}" if with_storage_path else None,
-            files=json.dumps(files), summary=json.dumps(summary) if summary else None)
-    execute(installation, "UPDATE projects SET latest_version = :v WHERE id = :p AND latest_version < :v",
-            v=version, p=project_id)
-    return generation_id, target
 
 
 def flat_copy(installation: Sandbox, generation_id: str, files: dict[str, str]) -> Path:
@@ -70,18 +36,6 @@ def flat_copy(installation: Sandbox, generation_id: str, files: dict[str, str]) 
 def json_of(installation: Sandbox, *arguments: str) -> tuple[int, dict]:
     result = run_cli(installation, "--json", *arguments)
     return result.returncode, json.loads(result.stdout)
-
-
-def row_of(installation: Sandbox, generation_id: str) -> dict:
-    found = rows(installation, "SELECT status, storage_path, version, changes_summary FROM generations WHERE id = :id",
-                 id=generation_id)
-    return dict(found[0]._mapping)
-
-
-def next_version(installation: Sandbox) -> int:
-    """The application's `latest_version + 1` for the demo project."""
-    found = rows(installation, "SELECT latest_version FROM projects WHERE id = :p", p=installation.sample.demo_project_id)
-    return int(found[0][0]) + 1
 
 
 def seed_every_state(installation: Sandbox) -> dict[str, str]:
@@ -196,7 +150,7 @@ def test_renumbering_makes_the_application_version_facts_follow(installation: Sa
     renumbers the application's generation, and its `to_version` follows."""
     number = next_version(installation)
     older, _ = app_saves(installation, number, status="completed", with_storage_path=True)
-    execute(installation, "UPDATE generations SET created_at = '2020-01-01 00:00:00' WHERE id = :id", id=older)
+    execute_sql(installation, "UPDATE generations SET created_at = '2020-01-01 00:00:00' WHERE id = :id", id=older)
     summary = {"diff_created_at": "2026-11-25T10:00:00", "from_version": number - 1, "to_version": number}
     later, _ = app_saves(installation, number, status="completed", with_storage_path=True, summary=summary,
                          files={"app/main.py": "print('later')\n"})
@@ -214,7 +168,7 @@ def test_renumbering_makes_the_application_version_facts_follow(installation: Sa
 def test_a_failed_generation_renumbered_keeps_its_to_version_right(installation: Sandbox) -> None:
     number = next_version(installation)
     older, _ = app_saves(installation, number, status="completed", with_storage_path=True)
-    execute(installation, "UPDATE generations SET created_at = '2020-01-01 00:00:00' WHERE id = :id", id=older)
+    execute_sql(installation, "UPDATE generations SET created_at = '2020-01-01 00:00:00' WHERE id = :id", id=older)
     summary = {"diff_created_at": "2026-11-25T10:00:00", "from_version": number - 1, "to_version": number}
     later, _ = app_saves(installation, number, status="failed", with_storage_path=True, summary=summary)
     assert run_cli(installation, "resync").returncode == 0

@@ -22,17 +22,15 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 
-from storage_migrator.config import Settings
 from storage_migrator.demo import SampleSize
 from storage_migrator.faults import CRASH_AT_VARIABLE
-from tests.support.sandbox import Sandbox, build_installation, dump_tables, run_cli, tree_digest
+from tests.support.processes import Cli, rerun_until_done
+from tests.support.sandbox import Sandbox, build_installation, end_state, run_cli, sqlite_copy
 
 if TYPE_CHECKING:
     from tests.conftest import CliForkServer
@@ -41,41 +39,10 @@ TINY = SampleSize(projects=5, generations_per_project=2, files_per_generation=4)
 pytestmark = pytest.mark.slow
 CRASH_EXEC = os.environ.get("STORAGE_MIGRATOR_CRASH_EXEC") == "1"
 
-Cli = Callable[..., subprocess.CompletedProcess[str]]
-
-
 @pytest.fixture
 def cli(forked_cli: CliForkServer) -> Cli:
     """How the crash tests start a command: the fork server, or ``run_cli`` with CRASH_EXEC."""
     return run_cli if CRASH_EXEC else forked_cli.run
-
-
-def end_state(installation: Sandbox) -> tuple[dict, dict]:
-    tables = dump_tables(installation.database_url)
-    for rows in tables.values():
-        for row in rows:
-            row.pop("updated_at", None)
-    return tree_digest(installation.root), tables
-
-
-def sqlite_copy(template: Sandbox, destination: Path) -> Sandbox:
-    """A byte-identical copy of an SQLite installation (mtimes kept), far cheaper than a rebuild."""
-    destination.mkdir()
-    shutil.copytree(template.root, destination / "projects", symlinks=True)
-    database = Path(template.database_url.removeprefix("sqlite:///"))
-    shutil.copy2(database, destination / "codebegen.db")
-    settings = Settings(f"sqlite:///{destination / 'codebegen.db'}", destination / "projects", template.settings.path_prefix)
-    return replace(template, settings=settings)
-
-
-def rerun_until_done(cli: Cli, installation: Sandbox, *arguments: str) -> None:
-    """Rerun; a 75 (a dying worker of the killed run still holds the lock for an instant) is retried."""
-    for _ in range(50):
-        rerun = cli(installation, *arguments)
-        if rerun.returncode != 75:
-            break
-        time.sleep(0.1)
-    assert rerun.returncode == 0, rerun.stderr
 
 
 def crash_then_rerun(cli: Cli, installation: Sandbox, command: str, step: int, workers: int = 1) -> bool:

@@ -16,8 +16,15 @@ import pytest
 import sqlalchemy as sa
 
 from storage_migrator.faults import PAUSE_AT_VARIABLE
-from tests.scenarios.test_races import execute, first_project, scalar
-from tests.support.sandbox import Sandbox, build_installation, query_rows, run_cli
+from tests.support.sandbox import (
+    Sandbox,
+    build_installation,
+    execute_sql,
+    first_project,
+    query_rows,
+    query_scalar,
+    run_cli,
+)
 
 
 @pytest.fixture
@@ -30,7 +37,7 @@ def migrated(database_url: str, tmp_path: Path) -> Sandbox:
 def app_writes_at_version_one(installation: Sandbox, project_id: str, generation_id: str) -> Path:
     """The router path: a row with the default version 1, written by the application itself in
     the new layout (a duplicate of the project's v1)."""
-    execute(installation, "INSERT INTO generations (id, project_id, user_id, prompt, status, storage_path) "
+    execute_sql(installation, "INSERT INTO generations (id, project_id, user_id, prompt, status, storage_path) "
             "SELECT :id, id, user_id, 'again', 'completed', :path FROM projects WHERE id = :p",
             id=generation_id, p=project_id, path=f"storage/projects/{project_id}/generations/v1__{generation_id}")
     target = installation.root / project_id / "generations" / f"v1__{generation_id}"
@@ -41,7 +48,7 @@ def app_writes_at_version_one(installation: Sandbox, project_id: str, generation
 
 
 def latest_version(installation: Sandbox, project_id: str) -> int:
-    return int(scalar(installation, "SELECT latest_version FROM projects WHERE id = :p", p=project_id))
+    return int(query_scalar(installation, "SELECT latest_version FROM projects WHERE id = :p", p=project_id))
 
 
 @pytest.mark.postgres
@@ -67,10 +74,10 @@ def test_a_renumbering_whose_database_write_was_lost_is_finished_from_the_disk(p
             connection.execute(sa.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE "
                                        "application_name LIKE 'storage-migrate%' AND pid <> pg_backend_pid()"))
         taken = latest_version(installation, project_id) + 1
-        execute(installation, "INSERT INTO generations (id, project_id, user_id, prompt, status, version) "
+        execute_sql(installation, "INSERT INTO generations (id, project_id, user_id, prompt, status, version) "
                 "SELECT 'app-next-0000-0000-0000-000000000001', id, user_id, 'next', 'processing', :v "
                 "FROM projects WHERE id = :p", v=taken, p=project_id)
-        execute(installation, "UPDATE projects SET latest_version = :v WHERE id = :p", v=taken, p=project_id)
+        execute_sql(installation, "UPDATE projects SET latest_version = :v WHERE id = :p", v=taken, p=project_id)
         process.send_signal(signal.SIGCONT)
         _, stderr = process.communicate(timeout=120)
     finally:
@@ -82,8 +89,8 @@ def test_a_renumbering_whose_database_write_was_lost_is_finished_from_the_disk(p
     assert len(renamed) == 1 and renamed[0] != f"v1__{duplicate}", renamed
     rerun = run_cli(installation, "--json", "resync")
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
-    version = scalar(installation, "SELECT version FROM generations WHERE id = :id", id=duplicate)
-    storage_path = scalar(installation, "SELECT storage_path FROM generations WHERE id = :id", id=duplicate)
+    version = query_scalar(installation, "SELECT version FROM generations WHERE id = :id", id=duplicate)
+    storage_path = query_scalar(installation, "SELECT storage_path FROM generations WHERE id = :id", id=duplicate)
     assert f"v{version}__{duplicate}" == renamed[0], "the number of the folder already renamed is kept"
     assert storage_path == f"storage/projects/{project_id}/generations/{renamed[0]}"
     assert version != taken and latest_version(installation, project_id) >= max(int(str(version)), taken)
@@ -96,7 +103,7 @@ def test_a_duplicate_with_nothing_on_disk_takes_one_number_once(migrated: Sandbo
     """The row (its version from the schema's default, shared with v1) takes the next free
     number on the first resync, and no other on the next ones (no creep)."""
     project_id = first_project(migrated)
-    execute(migrated, "INSERT INTO generations (id, project_id, user_id, prompt, status) "
+    execute_sql(migrated, "INSERT INTO generations (id, project_id, user_id, prompt, status) "
             "SELECT 'failed00-0000-0000-0000-000000000001', id, user_id, 'x', 'failed' FROM projects WHERE id = :p",
             p=project_id)
     before = latest_version(migrated, project_id)
@@ -104,7 +111,7 @@ def test_a_duplicate_with_nothing_on_disk_takes_one_number_once(migrated: Sandbo
         resync = run_cli(migrated, "--json", "resync")
         assert resync.returncode == 0, resync.stdout + resync.stderr
         assert latest_version(migrated, project_id) == before + 1, "one number, taken once"
-    assert scalar(migrated, "SELECT version FROM generations WHERE id = 'failed00-0000-0000-0000-000000000001'") \
+    assert query_scalar(migrated, "SELECT version FROM generations WHERE id = 'failed00-0000-0000-0000-000000000001'") \
         == before + 1
     assert run_cli(migrated, "verify").returncode == 0
 
@@ -116,7 +123,7 @@ def test_a_renumbered_duplicate_takes_its_number_from_the_database(migrated: San
     before = latest_version(migrated, project_id)
     resync = run_cli(migrated, "--json", "resync")
     assert resync.returncode == 0, resync.stdout + resync.stderr
-    version = scalar(migrated, "SELECT version FROM generations WHERE id = :id", id=duplicate)
+    version = query_scalar(migrated, "SELECT version FROM generations WHERE id = :id", id=duplicate)
     assert version == before + 1 and latest_version(migrated, project_id) == before + 1
     assert (migrated.root / project_id / "generations" / f"v{version}__{duplicate}" / "source").is_dir()
     second = json.loads(run_cli(migrated, "--json", "resync").stdout)
@@ -143,9 +150,9 @@ def test_a_flat_path_the_application_replaced_does_not_stop_its_generation(migra
         document = json.loads(resync.stdout)
         assert str(flat) in document["leftovers"], "the foreign entry is reported"
     assert flat.read_text() == "the application put a file here\n", "left alone"
-    file_count = scalar(migrated, "SELECT file_count FROM generations WHERE id = :id", id=replaced)
+    file_count = query_scalar(migrated, "SELECT file_count FROM generations WHERE id = :id", id=replaced)
     assert file_count == sum(1 for path in source.rglob("*") if path.is_file()), "its edits reach the database"
-    summary = scalar(migrated, "SELECT changes_summary FROM generations WHERE id = :id", id=following)
+    summary = query_scalar(migrated, "SELECT changes_summary FROM generations WHERE id = :id", id=following)
     summary = summary if isinstance(summary, dict) else json.loads(str(summary))
     assert summary["from_version"] == version, "the next version is still diffed from it"
 
@@ -153,14 +160,14 @@ def test_a_flat_path_the_application_replaced_does_not_stop_its_generation(migra
 def test_the_applications_spelling_of_the_patch_path_is_left_as_written(migrated: Sandbox) -> None:
     project_id = first_project(migrated)
     _, (generation_id, _) = completed_in_new_layout(migrated, project_id)[:2]
-    written = str(scalar(migrated, "SELECT diff_from_previous FROM generations WHERE id = :id", id=generation_id))
+    written = str(query_scalar(migrated, "SELECT diff_from_previous FROM generations WHERE id = :id", id=generation_id))
     assert written.startswith("storage/projects/")
-    execute(migrated, "UPDATE generations SET diff_from_previous = :d WHERE id = :id", d="./" + written,
+    execute_sql(migrated, "UPDATE generations SET diff_from_previous = :d WHERE id = :id", d="./" + written,
             id=generation_id)
     (migrated.root / generation_id / "NEW.md").write_text("an edit, so the generation is refreshed\n")
     resync = run_cli(migrated, "--json", "resync")
     assert resync.returncode == 0, resync.stdout + resync.stderr
-    assert scalar(migrated, "SELECT diff_from_previous FROM generations WHERE id = :id",
+    assert query_scalar(migrated, "SELECT diff_from_previous FROM generations WHERE id = :id",
                   id=generation_id) == "./" + written
 
 
@@ -196,7 +203,7 @@ def test_a_reserved_number_the_application_also_took_stays_the_applications(migr
     def application_takes_the_same_number() -> None:
         reserved = latest_version(migrated, project_id)
         assert reserved == before + 1, "the tool reserved its number while planning"
-        execute(migrated, "INSERT INTO generations (id, project_id, user_id, prompt, status, version) "
+        execute_sql(migrated, "INSERT INTO generations (id, project_id, user_id, prompt, status, version) "
                 "SELECT :g, id, user_id, 'next', 'processing', :v FROM projects WHERE id = :p",
                 g=app_generation, v=reserved, p=project_id)
 
@@ -206,7 +213,7 @@ def test_a_reserved_number_the_application_also_took_stays_the_applications(migr
     assert (migrated.root / project_id / "generations" / f"v1__{duplicate}").is_dir(), "not renamed"
     second = run_cli(migrated, "--json", "resync")
     assert second.returncode == 0, second.stdout + second.stderr
-    assert scalar(migrated, "SELECT version FROM generations WHERE id = :g", g=app_generation) == before + 1
-    version = scalar(migrated, "SELECT version FROM generations WHERE id = :g", g=duplicate)
+    assert query_scalar(migrated, "SELECT version FROM generations WHERE id = :g", g=app_generation) == before + 1
+    version = query_scalar(migrated, "SELECT version FROM generations WHERE id = :g", g=duplicate)
     assert version == before + 2, "a fresh number above the application's"
     assert (migrated.root / project_id / "generations" / f"v{version}__{duplicate}" / "source").is_dir()

@@ -27,7 +27,6 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import replace
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -39,7 +38,6 @@ from hypothesis import strategies as st
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from storage_migrator.config import Settings
 from storage_migrator.demo import SampleSize
 from storage_migrator.faults import PAUSE_AT_VARIABLE
 from storage_migrator.storage.layout import StorageLayout
@@ -51,6 +49,7 @@ from tests.support.sandbox import (
     error_lines,
     process_tree,
     run_cli,
+    sqlite_copy,
     tree_digest,
     wait_until_stopped,
 )
@@ -787,14 +786,6 @@ def test_symlinked_generations_folder_is_never_followed(installation: Sandbox, t
 
 
 # -- 8. random corruption of a migrated installation ----------------------------------------------
-
-
-def sqlite_copy(template: Sandbox, destination: Path) -> Sandbox:
-    destination.mkdir()
-    shutil.copytree(template.root, destination / "projects", symlinks=True)
-    shutil.copy2(Path(template.database_url.removeprefix("sqlite:///")), destination / "codebegen.db")
-    settings = Settings(f"sqlite:///{destination / 'codebegen.db'}", destination / "projects", template.settings.path_prefix)
-    return replace(template, settings=settings)
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,15 @@ from pathlib import Path
 import pytest
 
 from storage_migrator.faults import PAUSE_AT_VARIABLE
-from tests.commands.test_resync import execute, rows
-from tests.support.sandbox import Sandbox, build_installation, error_lines, run_cli, wait_until_stopped
+from tests.support.sandbox import (
+    Sandbox,
+    build_installation,
+    error_lines,
+    execute_sql,
+    query_rows,
+    run_cli,
+    wait_until_stopped,
+)
 
 
 @pytest.fixture
@@ -83,12 +90,12 @@ def test_fifo_as_manifest_does_not_hang(installation: Sandbox) -> None:
 
 
 def test_odd_column_types_fail_alone(installation: Sandbox) -> None:
-    ids = [row[0] for row in rows(installation, "SELECT id FROM generations WHERE status = 'completed' "
+    ids = [row[0] for row in query_rows(installation, "SELECT id FROM generations WHERE status = 'completed' "
                                    "ORDER BY project_id, version")]
-    execute(installation, "UPDATE generations SET changes_summary = '[1, 2]' WHERE id = :id", id=ids[0])
-    execute(installation, "UPDATE generations SET changes_summary = '\"text\"' WHERE id = :id", id=ids[1])
-    execute(installation, "UPDATE generations SET created_at = 12345 WHERE id = :id", id=ids[2])
-    execute(installation, "UPDATE generations SET changes_summary = '{not json' WHERE id = :id", id=ids[3])
+    execute_sql(installation, "UPDATE generations SET changes_summary = '[1, 2]' WHERE id = :id", id=ids[0])
+    execute_sql(installation, "UPDATE generations SET changes_summary = '\"text\"' WHERE id = :id", id=ids[1])
+    execute_sql(installation, "UPDATE generations SET created_at = 12345 WHERE id = :id", id=ids[2])
+    execute_sql(installation, "UPDATE generations SET changes_summary = '{not json' WHERE id = :id", id=ids[3])
     result = run_cli(installation, "--json", "run")
     assert "Traceback" not in result.stderr, result.stderr
     assert result.returncode in (0, 1)
@@ -176,10 +183,10 @@ def test_a_run_as_root_leaves_storage_the_application_can_write(installation: Sa
 
 def test_rollback_after_a_version_change_moves_and_reports_truthfully(installation: Sandbox) -> None:
     assert run_cli(installation, "run").returncode == 0
-    generation_id, project_id, version = rows(
+    generation_id, project_id, version = query_rows(
         installation, "SELECT id, project_id, version FROM generations WHERE status = 'completed' "
         "AND storage_path LIKE '%/generations/%' ORDER BY project_id, version")[0]
-    execute(installation, "UPDATE generations SET version = :v WHERE id = :id", v=version + 100, id=generation_id)
+    execute_sql(installation, "UPDATE generations SET version = :v WHERE id = :id", v=version + 100, id=generation_id)
     result = run_cli(installation, "--json", "rollback")
     assert "Traceback" not in result.stderr
     entry = {g["id"]: g for g in json.loads(result.stdout)["generations"]}[generation_id]
@@ -189,14 +196,14 @@ def test_rollback_after_a_version_change_moves_and_reports_truthfully(installati
 
 
 def test_rebuild_keeps_every_file_and_fails_alone_on_a_lone_surrogate(installation: Sandbox) -> None:
-    ids = [row[0] for row in rows(installation, "SELECT id FROM generations WHERE status = 'completed' "
+    ids = [row[0] for row in query_rows(installation, "SELECT id FROM generations WHERE status = 'completed' "
                                   "ORDER BY project_id, version")]
     fine, broken = ids[0], ids[1]
     for generation_id in (fine, broken):
         shutil.rmtree(installation.root / generation_id)
-    execute(installation, "UPDATE generations SET output_files = :files WHERE id = :id", id=fine,
+    execute_sql(installation, "UPDATE generations SET output_files = :files WHERE id = :id", id=fine,
             files=json.dumps({"config.yml": "a: 1\n", ".config.yml.tmp": "draft\n", "app/main.py": "print(1)\n"}))
-    execute(installation, "UPDATE generations SET output_files = :files WHERE id = :id", id=broken,
+    execute_sql(installation, "UPDATE generations SET output_files = :files WHERE id = :id", id=broken,
             files='{"bad\\ud800.py": "x", "ok.py": "\\ud800"}')
     result = run_cli(installation, "--json", "run")
     assert "Traceback" not in result.stderr, result.stderr

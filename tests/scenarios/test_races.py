@@ -6,18 +6,21 @@ from __future__ import annotations
 
 import json
 import shutil
-import signal
-import subprocess
-import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
-from storage_migrator.faults import PAUSE_AT_VARIABLE
-from tests.support.sandbox import Sandbox, build_installation, execute_sql, query_rows, query_scalar, run_cli
+from tests.support.processes import run_paused_at
+from tests.support.sandbox import (
+    Sandbox,
+    build_installation,
+    execute_sql,
+    first_project,
+    query_rows,
+    query_scalar,
+    run_cli,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -25,15 +28,6 @@ pytestmark = pytest.mark.slow
 @pytest.fixture
 def installation(database_url: str, tmp_path: Path) -> Sandbox:
     return build_installation(database_url, tmp_path / "projects")
-
-
-execute = execute_sql
-scalar = query_scalar
-
-
-def first_project(installation: Sandbox) -> str:
-    """The project the run handles first (projects stream in id order)."""
-    return str(scalar(installation, "SELECT MIN(project_id) FROM generations"))
 
 
 def completed_ids(installation: Sandbox, project_id: str) -> list[str]:
@@ -51,33 +45,6 @@ def legacy_generation(installation: Sandbox, project_id: str) -> str:
     return candidates[0]
 
 
-def run_paused_at(installation: Sandbox, step: str, act: Callable[[], None],
-                  command: str = "run", workers: str = "1",
-                  while_paused: Callable[[int], None] | None = None) -> tuple[int, dict]:
-    """Start `command`, wait until it stops itself at ``step``, ``act`` (after ``while_paused``,
-    given the stopped process's id, has looked at it), let it go on."""
-    environment = {**installation.cli_environment(), PAUSE_AT_VARIABLE: step}
-    arguments = [sys.executable, "-m", "storage_migrator", "--json", command, "--workers", workers]
-    process = subprocess.Popen(arguments, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 120
-        while Path(f"/proc/{process.pid}/stat").read_text().split(") ")[1][0] != "T":
-            assert process.poll() is None, f"the run ended before {step}: {process.communicate()}"
-            assert time.monotonic() < deadline, f"the run never reached {step}"
-            time.sleep(0.02)
-        if while_paused is not None:
-            while_paused(process.pid)
-        act()
-        process.send_signal(signal.SIGCONT)
-        stdout, stderr = process.communicate(timeout=300)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    assert "Traceback" not in stderr, stderr
-    return process.returncode, json.loads(stdout)
-
-
 def lines_for(document: dict, generation_id: str) -> list[dict]:
     return [line for line in document["generations"] if line["id"] == generation_id]
 
@@ -88,7 +55,7 @@ def test_a_generation_deleted_after_the_plan_is_gone_not_moved_nor_failed(instal
 
     def application_deletes() -> None:          # GenerationService.delete_generation: files, then the row
         shutil.rmtree(installation.root / victim)
-        execute(installation, "DELETE FROM generations WHERE id = :id", id=victim)
+        execute_sql(installation, "DELETE FROM generations WHERE id = :id", id=victim)
 
     code, document = run_paused_at(installation, "planned", application_deletes)
     assert code == 0, document
@@ -101,7 +68,7 @@ def test_a_generation_archived_after_the_plan_stays_archived(installation: Sandb
     project_id = first_project(installation)
     assert run_cli(installation, "run").returncode == 0
     victim = legacy_generation_in_new_layout(installation, project_id)
-    version = scalar(installation, "SELECT version FROM generations WHERE id = :id", id=victim)
+    version = query_scalar(installation, "SELECT version FROM generations WHERE id = :id", id=victim)
     folder = f"v{version}__{victim}"
     (installation.root / victim).unlink()               # the tool's link: the application wrote none
     scratch = installation.root / victim
@@ -128,8 +95,8 @@ def legacy_generation_in_new_layout(installation: Sandbox, project_id: str) -> s
 
 def test_an_activation_after_the_plan_is_kept(installation: Sandbox) -> None:
     project_id = first_project(installation)
-    execute(installation, "UPDATE projects SET active_generation_id = NULL")
-    execute(installation, "UPDATE generations SET is_active = :f", f=False)
+    execute_sql(installation, "UPDATE projects SET active_generation_id = NULL")
+    execute_sql(installation, "UPDATE generations SET is_active = :f", f=False)
     chosen = legacy_generation(installation, project_id)      # not the newest: the tool would pick another
 
     def application_activates() -> None:        # Project.set_active_generation: flags and the id together
@@ -143,26 +110,26 @@ def test_an_activation_after_the_plan_is_kept(installation: Sandbox) -> None:
 
     code, _ = run_paused_at(installation, "before-database-write", application_activates)
     assert code == 0
-    assert scalar(installation, "SELECT active_generation_id FROM projects WHERE id = :p", p=project_id) == chosen
-    flagged = scalar(installation, "SELECT COUNT(*) FROM generations WHERE project_id = :p AND is_active = :t",
+    assert query_scalar(installation, "SELECT active_generation_id FROM projects WHERE id = :p", p=project_id) == chosen
+    flagged = query_scalar(installation, "SELECT COUNT(*) FROM generations WHERE project_id = :p AND is_active = :t",
                      p=project_id, t=True)
-    assert flagged == 1 and scalar(installation, "SELECT is_active FROM generations WHERE id = :g", g=chosen) in (1, True)
+    assert flagged == 1 and query_scalar(installation, "SELECT is_active FROM generations WHERE id = :g", g=chosen) in (1, True)
 
 
 def test_a_number_the_application_takes_after_the_plan_is_never_lowered(installation: Sandbox) -> None:
     project_id = first_project(installation)
-    highest = int(scalar(installation, "SELECT MAX(version) FROM generations WHERE project_id = :p", p=project_id))
-    execute(installation, "UPDATE projects SET latest_version = :v WHERE id = :p", v=highest - 1, p=project_id)
+    highest = int(query_scalar(installation, "SELECT MAX(version) FROM generations WHERE project_id = :p", p=project_id))
+    execute_sql(installation, "UPDATE projects SET latest_version = :v WHERE id = :p", v=highest - 1, p=project_id)
 
     def application_creates() -> None:          # GenerationService.create_generation: latest_version + 1
-        execute(installation, "INSERT INTO generations (id, project_id, user_id, prompt, status, version) "
+        execute_sql(installation, "INSERT INTO generations (id, project_id, user_id, prompt, status, version) "
                 "SELECT 'app-new-0000-0000-0000-000000000001', id, user_id, 'next', 'processing', :v "
                 "FROM projects WHERE id = :p", v=highest + 1, p=project_id)
-        execute(installation, "UPDATE projects SET latest_version = :v WHERE id = :p", v=highest + 1, p=project_id)
+        execute_sql(installation, "UPDATE projects SET latest_version = :v WHERE id = :p", v=highest + 1, p=project_id)
 
     code, _ = run_paused_at(installation, "before-database-write", application_creates)
     assert code == 0
-    latest = scalar(installation, "SELECT latest_version FROM projects WHERE id = :p", p=project_id)
+    latest = query_scalar(installation, "SELECT latest_version FROM projects WHERE id = :p", p=project_id)
     assert latest == highest + 1, f"latest_version went from {highest + 1} to {latest}"
 
 
@@ -190,7 +157,7 @@ def test_an_edit_through_the_flat_path_after_the_plan_is_picked_up(installation:
     assert run_cli(installation, "verify").returncode == 0
     source = next((installation.root / project_id / "generations").glob(f"v*__{victim}")) / "source"
     assert (source / "EDITED.md").is_file()
-    file_count = scalar(installation, "SELECT file_count FROM generations WHERE id = :id", id=victim)
+    file_count = query_scalar(installation, "SELECT file_count FROM generations WHERE id = :id", id=victim)
     assert file_count == sum(1 for path in source.rglob("*") if path.is_file())
 
 
@@ -235,11 +202,11 @@ def test_resync_removes_the_tools_dangling_link_of_a_deleted_generation(installa
     project_id = first_project(installation)
     victim, kept = [gid for gid in completed_ids(installation, project_id) if (installation.root / gid).is_symlink()][:2]
     generations_dir = installation.root / project_id / "generations"
-    version = scalar(installation, "SELECT version FROM generations WHERE id = :id", id=victim)
+    version = query_scalar(installation, "SELECT version FROM generations WHERE id = :id", id=victim)
     left = generations_dir / f"v{version + 10}__{victim}"
     (generations_dir / f"v{version}__{victim}").rename(left)
     files_before = sorted(str(path.relative_to(left)) for path in left.rglob("*"))
-    execute(installation, "DELETE FROM generations WHERE id IN (:a, :b)", a=victim, b=kept)
+    execute_sql(installation, "DELETE FROM generations WHERE id IN (:a, :b)", a=victim, b=kept)
     assert (installation.root / victim).is_symlink() and not (installation.root / victim).exists()
 
     result = run_cli(installation, "--json", "resync")

@@ -49,7 +49,7 @@ def entry_name(project_id: str, generation_id: str, role: str) -> str:
     return f"{project_id}__{generation_id}__{role}.4242.1700000000000000000"
 
 
-def rows(installation: Sandbox) -> list[tuple[str, str, int, str]]:
+def generation_rows(installation: Sandbox) -> list[tuple[str, str, int, str]]:
     engine = installation.engine()
     with engine.connect() as connection:
         found = connection.execute(sa.text("SELECT project_id, id, version, status FROM generations")).all()
@@ -60,14 +60,14 @@ def rows(installation: Sandbox) -> list[tuple[str, str, int, str]]:
 def two_projects(installation: Sandbox) -> tuple[str, str, str, str]:
     """(project A, a completed generation of A with a folder, project B, one of B's)."""
     with_folder = set(installation.sample.folder_generation_ids)
-    completed = [(p, g) for p, g, _, status in rows(installation) if status == "completed" and g in with_folder]
+    completed = [(p, g) for p, g, _, status in generation_rows(installation) if status == "completed" and g in with_folder]
     a, a_generation = completed[0]
     b, b_generation = next((p, g) for p, g in completed if p != a)
     return a, a_generation, b, b_generation
 
 
 def target_source(installation: Sandbox, project_id: str, generation_id: str) -> Path:
-    version = next(v for p, g, v, _ in rows(installation) if g == generation_id)
+    version = next(v for p, g, v, _ in generation_rows(installation) if g == generation_id)
     return installation.root / project_id / "generations" / f"v{version}__{generation_id}" / "source"
 
 

@@ -31,7 +31,7 @@ from storage_migrator.faults import PAUSE_AT_VARIABLE
 from tests.support.sandbox import (
     Sandbox,
     build_installation,
-    dump_tables,
+    end_state,
     process_tree,
     query_rows,
     run_cli,
@@ -41,14 +41,6 @@ from tests.support.sandbox import (
 
 pytestmark = pytest.mark.postgres
 SIZE = SampleSize(projects=30, generations_per_project=3, files_per_generation=6)
-
-
-def end_state(installation: Sandbox) -> tuple[dict, dict]:
-    tables = dump_tables(installation.database_url)
-    for rows in tables.values():
-        for row in rows:
-            row.pop("updated_at", None)
-    return tree_digest(installation.root), tables
 
 
 def _admin(database_url: str) -> sa.Engine:

@@ -15,8 +15,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from tests.commands.test_resync import execute, rows, verify_json
-from tests.support.sandbox import Sandbox, build_installation, run_cli
+from tests.support.sandbox import Sandbox, build_installation, execute_sql, query_rows, run_cli, verify_json
 
 
 @pytest.fixture
@@ -25,7 +24,7 @@ def installation(database_url: str, tmp_path: Path) -> Sandbox:
 
 
 def demo_generations(installation: Sandbox) -> list[sa.Row]:
-    return rows(installation, "SELECT id, version, status FROM generations WHERE project_id = :p ORDER BY version",
+    return query_rows(installation, "SELECT id, version, status FROM generations WHERE project_id = :p ORDER BY version",
                 p=installation.sample.demo_project_id)
 
 
@@ -33,7 +32,7 @@ def app_inserts(installation: Sandbox, generation_id: str, status: str, version:
     """The application's generate endpoint: no version (the column default, 1 applies)."""
     columns = "id, project_id, user_id, prompt, status" + (", version" if version else "")
     values = ":id, id, user_id, 'again', :status" + (", :version" if version else "")
-    execute(installation, f"INSERT INTO generations ({columns}) SELECT {values} FROM projects WHERE id = :p",
+    execute_sql(installation, f"INSERT INTO generations ({columns}) SELECT {values} FROM projects WHERE id = :p",
             id=generation_id, status=status, version=version, p=installation.sample.demo_project_id)
 
 
@@ -52,12 +51,12 @@ def app_writes_new_layout(installation: Sandbox, generation_id: str, version: in
     patch = subprocess.run(["diff", "-ru", str(previous / "source"), str(target / "source")],
                            capture_output=True).stdout
     (target / f"diff_from_v{version - 1}.patch").write_bytes(patch)
-    execute(installation, "UPDATE generations SET status = 'completed', version = :v, storage_path = :path, "
+    execute_sql(installation, "UPDATE generations SET status = 'completed', version = :v, storage_path = :path, "
             "changes_summary = :summary, file_count = 1, total_size_bytes = 35 WHERE id = :id",
             v=version, id=generation_id, path=f"storage/projects/{project_id}/generations/{target.name}",
             summary=json.dumps({"diff_created_at": "2026-11-25T10:00:00", "from_version": version - 1,
                                 "to_version": version}))
-    execute(installation, "UPDATE projects SET latest_version = :v WHERE id = :p", v=version, p=project_id)
+    execute_sql(installation, "UPDATE projects SET latest_version = :v WHERE id = :p", v=version, p=project_id)
     link = target.parent / "active"
     link.unlink()
     link.symlink_to(target.name)
@@ -67,7 +66,7 @@ def app_writes_new_layout(installation: Sandbox, generation_id: str, version: in
 def later_app_revision(installation: Sandbox) -> None:
     """The application's later revisions: a new column, and the named FK replaced by an unnamed
     one without ON DELETE (on SQLite, where constraints cannot be altered, only the column)."""
-    execute(installation, "ALTER TABLE projects ADD COLUMN auto_created BOOLEAN DEFAULT FALSE")
+    execute_sql(installation, "ALTER TABLE projects ADD COLUMN auto_created BOOLEAN DEFAULT FALSE")
     engine = installation.engine()
     if engine.dialect.name == "postgresql":
         with engine.begin() as connection:
@@ -112,8 +111,8 @@ def test_the_application_keeps_working_beside_the_tool(installation: Sandbox) ->
     archive.mkdir()
     (root / project_id / "generations" / f"v{oldest.version}__{oldest.id}").rename(archive / f"v{oldest.version}__{oldest.id}")
     deleted = completed[1]
-    execute(installation, "UPDATE projects SET active_generation_id = NULL WHERE active_generation_id = :id", id=deleted.id)
-    execute(installation, "DELETE FROM generations WHERE id = :id", id=deleted.id)
+    execute_sql(installation, "UPDATE projects SET active_generation_id = NULL WHERE active_generation_id = :id", id=deleted.id)
+    execute_sql(installation, "DELETE FROM generations WHERE id = :id", id=deleted.id)
     later_app_revision(installation)
 
     resync = run_cli(installation, "--json", "resync")
@@ -127,7 +126,7 @@ def test_the_application_keeps_working_beside_the_tool(installation: Sandbox) ->
     manifest = json.loads((app_target / "manifest.json").read_text())
     assert manifest["metadata"] == {"model": "the application's own key"}
     assert manifest["created_at"] == "2026-11-25T10:00:00" and "checksums" in manifest
-    summary, storage_path = rows(installation, "SELECT changes_summary, storage_path FROM generations WHERE id = :id",
+    summary, storage_path = query_rows(installation, "SELECT changes_summary, storage_path FROM generations WHERE id = :id",
                                  id="app-made-0000-0000-0000-000000000001")[0]
     summary = summary if isinstance(summary, dict) else json.loads(summary)
     assert summary["diff_created_at"] == "2026-11-25T10:00:00" and summary["to_version"] == latest + 1
@@ -136,15 +135,15 @@ def test_the_application_keeps_working_beside_the_tool(installation: Sandbox) ->
     assert (archive / f"v{oldest.version}__{oldest.id}" / "source").is_dir()
     assert not (root / project_id / "generations" / f"v{oldest.version}__{oldest.id}").exists(), "never rebuilt"
     # The duplicate got the next free number; latest_version never went down.
-    renumbered = rows(installation, "SELECT version FROM generations WHERE id = :id",
+    renumbered = query_rows(installation, "SELECT version FROM generations WHERE id = :id",
                       id="app-made-0000-0000-0000-000000000002")[0][0]
     assert renumbered > latest + 2
-    project_latest = rows(installation, "SELECT latest_version FROM projects WHERE id = :p", p=project_id)[0][0]
+    project_latest = query_rows(installation, "SELECT latest_version FROM projects WHERE id = :p", p=project_id)[0][0]
     assert project_latest >= renumbered
     # The failed generation is kept, counted, never a diff base; the edit was picked up.
     failed_target = root / project_id / "generations" / f"v{latest + 2}__app-made-0000-0000-0000-000000000003"
     assert (failed_target / "source" / "half.py").is_file() and not list(failed_target.glob("*.patch"))
-    edited_count = rows(installation, "SELECT file_count FROM generations WHERE id = :id", id=edited.id)[0][0]
+    edited_count = query_rows(installation, "SELECT file_count FROM generations WHERE id = :id", id=edited.id)[0][0]
     assert edited_count == sum(len(files) for _, _, files in os.walk(root / edited.id / ""))
     assert (root / edited.id / "EDITED.md").is_file()
 

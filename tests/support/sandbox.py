@@ -5,11 +5,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import stat
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -262,3 +263,42 @@ def check_json_output(kind: str, text: str) -> dict[str, Any]:
     document = json.loads(text)
     jsonschema.validate(document, {**schema, "oneOf": [{"$ref": f"#/$defs/{kind}"}]})
     return document
+
+
+def end_state(installation: Sandbox) -> tuple[dict, dict]:
+    tables = dump_tables(installation.database_url)
+    for rows in tables.values():
+        for row in rows:
+            row.pop("updated_at", None)
+    return tree_digest(installation.root), tables
+
+
+def sqlite_copy(installation: Sandbox, destination: Path) -> Sandbox:
+    """The same SQLite installation byte for byte in ``destination`` (ROOT with mtimes and links)."""
+    database = Path(installation.database_url.removeprefix("sqlite:///"))
+    destination.mkdir()
+    shutil.copy2(database, destination / database.name)
+    shutil.copytree(installation.root, destination / "projects", symlinks=True)
+    settings = replace(installation.settings, database_url=f"sqlite:///{destination / database.name}",
+                       storage_root=destination / "projects")
+    return replace(installation, settings=settings)
+
+
+def demo_versions(installation: Sandbox) -> list[sa.Row]:
+    return query_rows(installation, "SELECT id, version, file_count, total_size_bytes, changes_summary, diff_from_previous "
+                "FROM generations WHERE project_id = :p AND status = 'completed' ORDER BY version",
+                p=installation.sample.demo_project_id)
+
+
+def source_of(installation: Sandbox, generation_id: str, version: int) -> Path:
+    return installation.root / installation.sample.demo_project_id / "generations" / f"v{version}__{generation_id}" / "source"
+
+
+def verify_json(installation: Sandbox) -> tuple[int, dict]:
+    result = run_cli(installation, "--json", "verify")
+    return result.returncode, json.loads(result.stdout)
+
+
+def first_project(installation: Sandbox) -> str:
+    """The project the run handles first (projects stream in id order)."""
+    return str(query_scalar(installation, "SELECT MIN(project_id) FROM generations"))

@@ -15,7 +15,6 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -27,7 +26,7 @@ from storage_migrator.faults import PAUSE_AT_VARIABLE
 from storage_migrator.storage.handle import Storage
 from storage_migrator.storage.manifest import TreeSummary, fingerprint_digest, summarize_tree
 from storage_migrator.storage.tree import fingerprint_tree, scan_tree
-from tests.scenarios.test_races import run_paused_at
+from tests.support.processes import run_paused_at
 from tests.support.sandbox import (
     Sandbox,
     build_installation,
@@ -36,6 +35,7 @@ from tests.support.sandbox import (
     process_tree,
     query_rows,
     run_cli,
+    sqlite_copy,
     storage_around,
     tree_digest,
     wait_until_stopped,
@@ -176,17 +176,6 @@ def one_project(database_url: str, tmp_path: Path) -> Sandbox:
 
 def children_of(pid: int) -> list[int]:
     return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-
-
-def sqlite_copy(installation: Sandbox, destination: Path) -> Sandbox:
-    """The same SQLite installation byte for byte in ``destination`` (ROOT with mtimes and links)."""
-    database = Path(installation.database_url.removeprefix("sqlite:///"))
-    destination.mkdir()
-    shutil.copy2(database, destination / database.name)
-    shutil.copytree(installation.root, destination / "projects", symlinks=True)
-    settings = replace(installation.settings, database_url=f"sqlite:///{destination / database.name}",
-                       storage_root=destination / "projects")
-    return replace(installation, settings=settings)
 
 
 def test_a_one_project_run_with_a_spare_core_reads_ahead_and_ends_as_a_run_without(
