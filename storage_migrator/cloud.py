@@ -1,15 +1,9 @@
 """The application's cloud copies, for the report only: the tool never calls the cloud.
 
-With ``USE_CLOUD_STORAGE`` on, the application uploads each generation it saves to Supabase
-Storage as ``{project_id}/generations/v{version}__{generation_id}.tar.gz`` in the bucket
-``SUPABASE_BUCKET`` (default ``codebegen-projects``), and finds it again by the row's version.
-When the tool gives a generation another version (a duplicate renumbered), that object keeps
-the old number: a report lists old key → new key so an operator can rename it.
-
-The configuration is the application's own environment variables (an operator sources its
-``.env``), read with the application's spelling: case-sensitive names, and a flag that is true
-for the words pydantic reads as true. Its service key is never read.
-"""
+A generation the tool renumbers keeps its Supabase object (``{project_id}/generations/
+v{version}__{generation_id}.tar.gz`` in ``SUPABASE_BUCKET``) under the old number, so the report
+lists old key → new key for an operator to rename. Read from the application's own environment
+variables, with its spelling (``USE_CLOUD_STORAGE``); its service key is never read."""
 from __future__ import annotations
 
 from collections.abc import Mapping

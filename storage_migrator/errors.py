@@ -1,6 +1,6 @@
 """Errors meant for people, each carrying the exit code the command ends with.
 
-The library raises these; only ``cli.py`` knows Click and turns a ``CommandError`` into one
+The library raises these; only the ``cli`` package knows Click and turns a ``CommandError`` into one
 line on stderr and its exit code. ``GenerationError`` is different: it fails one generation
 and the run goes on.
 """

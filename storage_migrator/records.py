@@ -1,14 +1,11 @@
 """The domain records the planner, the executor and the reports share: a generation and a
-project as read from the database, and the values the tool writes back.
+project as read from the database, the values the tool writes back, and the outcome vocabulary.
 
-Plain frozen dataclasses with no database library behind them, so the planner stays pure.
-They are the one list of the columns the tool works with: the database layer builds its select
-list and row constructor from ``GenerationRow``'s fields, its UPDATE and schema check from
-``GenerationUpdate``'s (``OWNED_GENERATION_COLUMNS``), so adding a column is one edit here and
-one in the schema (``db.generations``), which an import-time check keeps covering them.
-``RowSeen`` is what the plan read of a row: writes and irreversible disk steps go ahead only
-while the row still shows it, because the application changes rows while the tool works.
-"""
+Plain frozen dataclasses with no database library behind them, so the planner stays pure. They
+are the one list of the columns the tool works with: the database layer builds its reads from
+``GenerationRow``'s fields and its writes and schema check from ``GenerationUpdate``'s
+(``OWNED_GENERATION_COLUMNS``), so a new column is one edit here and one in ``db.rows.generations``
+(an import-time check keeps that table covering them)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, fields

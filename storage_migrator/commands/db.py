@@ -1,13 +1,10 @@
 """``storage-migrate db upgrade|downgrade|current``: Alembic's command API with the tool's URL
 handling and errors, so the schema can be migrated wherever the wheel is installed.
 
-A database at a revision these scripts do not know was migrated further by the application
-(its ``add_auto_created_projects``, ``7e78789cc89a`` …): Alembic cannot move it with this tool's
-scripts, so neither command hands it to Alembic. ``upgrade`` there has nothing to do when the
-tool's columns are present (the tool checks columns, not revisions: ``db.check_schema``) and
-says so, exit 0; ``downgrade`` refuses in one line, exit 2: the schema stays, because the
-application's code at that revision needs those columns, and the undo is the storage rollback
-alone (``rollback``, or ``rollback --project ID``)."""
+At a revision these scripts do not know (the application migrated further), nothing is handed to
+Alembic: ``upgrade`` has nothing to do when the tool's columns are there (``db.rows.check_schema``)
+and says so, exit 0; ``downgrade`` refuses in one line, exit 2 — the schema stays, and the undo is
+the storage rollback alone."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator

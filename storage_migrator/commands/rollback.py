@@ -1,27 +1,11 @@
-"""``storage-migrate rollback``: every generation back to ``<ROOT>/<generation_id>/`` byte for byte
-and ``storage_path`` back to ``<prefix>/<generation_id>``, so ``storage-migrate db downgrade
-e011ab9dd223`` can follow.
+"""``storage-migrate rollback [--project ID]``: every generation (or one project's) back to
+``<ROOT>/<generation_id>/`` byte for byte and ``storage_path`` back to ``<prefix>/<generation_id>``,
+so ``storage-migrate db downgrade e011ab9dd223`` can follow.
 
-Crash-safe like ``run``: once a generation is known to be restorable (no symlink on its way,
-``source/`` readable, nothing else at the legacy path) the backward-compatibility link goes first,
-``source/`` goes back by one rename (or a verified copy), the tool's own files are removed after
-it, and the database is written last, through the same batch writer as ``run``. Nothing the
-application wrote (its manifest keys, its ``diff -ru`` patches, files in ``artifacts/``) is
-deleted: such a target folder stays, without ``source/``. Only a generation whose files moved is
-reported restored.
-
-A pending or processing generation is the application's, still being written: it is reported
-skipped and nothing of it — folder, files, row, flat link — is looked at or touched. A symlink at
-any component on the way to a generation's folder (project folder, ``generations/``, the
-``v<N>__<id>`` folder, ``source/``) fails that generation with a line naming the link; nothing
-behind a link is read, changed or deleted.
-
-``rollback --project ID`` does the same for one project, under the same run lock: its
-interrupted steps are recovered and its generations go back as above; nothing of another
-project — its folders, rows, its entries in the tool's state folder, the temp files at ROOT
-of its generations — is looked at. This is the undo at the application's later schema
-revisions, where the schema must stay (the application's later code needs those columns).
-"""
+Crash-safe like ``run`` and under the same run lock: files move first, the database is written
+last through the same batch writer; nothing the application wrote is deleted, pending and
+processing generations are not looked at, and a symlink on the way fails its generation. The
+order of the steps: ``docs/design.md``, "Rolling back"."""
 from __future__ import annotations
 
 import os

@@ -1,19 +1,10 @@
-"""``storage-migrate verify``: a read-only comparison of the database with the disk.
+"""``storage-migrate verify``: a read-only comparison of the database with the disk — the schema,
+per project the active generation and ``latest_version``, per generation the folder, counts,
+sizes, checksums, the patch (by meaning: file list and blob ids) and both links.
 
-It checks the schema (columns, and a foreign key by its columns), per project the active
-generation and ``latest_version``, and per generation the folder, counts, sizes, checksums, the
-patch (by meaning: file list and blob ids), the ``active`` link and the backward-compatibility
-link. Every normal state of the running application is accepted: rows still being written,
-failed rows without files, version gaps and duplicates (resync renumbers), archived versions,
-a patch whose base the application just archived or deleted (resync re-bases it), a generation
-the application wrote itself without a flat link (resync adds it), the application's manifests
-and ``diff -ru`` patches (checked by their file list), and the application's inconsistent rows
-(``triage``: a completed row with NULL ``storage_path`` beside the folder it wrote, NULL
-``storage_path`` with both its flat and its hierarchical folder, failed rows whose folder is
-complete), which the report lists apart, not as problems. No symlink below ROOT is followed: one
-where a project folder, ``generations/``, ``archive/``, a version folder, an archive entry or a
-``source/`` folder should be is a problem, never a reason to skip.
-"""
+Every normal state of the running application is accepted (README, "What ``verify`` accepts"),
+and its inconsistent rows (``engine.triage``) are listed apart, not as problems. No symlink below
+ROOT is followed: one where a folder of the layout should be is a problem, never a reason to skip."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field

@@ -1,20 +1,9 @@
 """``storage-migrate watch``: a watchdog observer on ROOT that resyncs a project a few seconds
 after the last change inside one of its generation folders.
 
-Events are reduced to the top-level name under ROOT (a project id, or a generation id in the
-legacy layout) and debounced; the tool's own writes (manifests, patches, the ``active`` link,
-its state folder) are ignored so a resync does not wake the watcher again.
-
-Two things watch must survive, both met by the application creating folders by the thousand:
-
-* Memory stays flat. Nothing is kept per folder once it has been resynced or deleted: the names
-  waiting for a resync are capped (past the cap, one resync of every project replaces them), and
-  watchdog's per-watch warnings, each a new text that Python's warning registry keeps
-  forever, are silenced.
-* No change is silently lost. When the kernel's event queue overflows, the events in it are gone;
-  watchdog re-adds its watches and signals the loss (``on_events_lost``), and watch resyncs every
-  project and says so on stderr. If watchdog's threads end, watch exits 1 instead of living on deaf.
-"""
+Memory stays flat however many folders come and go, a kernel queue overflow leads to a resync of
+every project (said on stderr), and watch exits 1 (``WatchFailed``) rather than live on deaf.
+How: ``docs/design.md``, "Watching"."""
 from __future__ import annotations
 
 import logging

@@ -1,14 +1,10 @@
 """The one database access layer: connecting, checking that the tables have the columns the
-tool works with, reading a project's rows and writing metadata back in batches.
+tool works with, reading a project's rows, the row claims that guard an irreversible step, and
+conditional writes in batches.
 
-Reads stream project by project (a project's generations, never their ``output_files`` unless a
-folder must be rebuilt), and writes are ``executemany`` batches, so the number of round trips
-grows with the number of batches, not with generations or files. Column types are lenient on
-read: one row with an odd value (an integer ``created_at`` on SQLite, malformed JSON) reads as
-"unknown" instead of aborting the stream for every project after it. Timestamps come out
-timezone-aware in UTC whatever the backend (SQLite hands back naive values, which are UTC), so
-no reader of a row has to know.
-"""
+A caller must know: reads stream project by project and are lenient (a row with an odd value
+reads as "unknown" instead of ending the stream); timestamps come out timezone-aware in UTC on
+every backend; writes are ``executemany`` batches, conditional on the row as the plan saw it."""
 from __future__ import annotations
 
 import os

@@ -1,56 +1,11 @@
 """``run --coordinate`` / ``resync --coordinate``: participants on any number of hosts (and each
-of ``--workers N``) share one ROOT and one PostgreSQL database and split the work by project.
+of ``--workers N``) share one ROOT and one PostgreSQL database and split the work by buckets of
+projects, through advisory locks on one dedicated connection per participant (no table).
 
-Protocol — session-level advisory locks on one dedicated connection per participant, its *lock
-session* (no table, no revision); ``b`` = ``crc32(project id) % BUCKETS``:
-
-1. Join: the run lock's key in shared mode (``pg_try_advisory_lock_shared``). Its holders are the
-   live participants; an exclusive holder (rollback, an uncoordinated run) and we exclude each
-   other (exit 75). Refused: SQLite, and a backend pid that changes between two transactions
-   (a transaction-pooling proxy: session locks would mean nothing) — exit 2.
-2. Claim: ``pg_try_advisory_lock(CLAIM, b)``. Once held, if ``(DONE, b)`` is held by anyone a live
-   participant finished ``b``: let it go. Else plan and carry out ``b``'s projects with the
-   ordinary planner and executor — every statement on the lock session — then take
-   ``(DONE, b)``, kept until exit, and release ``(CLAIM, b)``.
-3. A bucket claimed by another participant is retried until it is done. A claim or done marker
-   that vanishes (its holder died or lost its session: the server released its locks) makes the
-   bucket pending again: it is taken over and re-planned (the planner recognises every
-   half-done state).
-4. Leave, a two-phase barrier: once all ``BUCKETS`` markers are seen, hold ``(BARRIER, 0)``
-   shared until one ``pg_locks`` snapshot shows every participant holding it and every marker
-   held (a marker gone first: its holder died — let go, back to 3); then hold ``(BARRIER, 1)``
-   until every participant holds that, and leave. Nobody leaves before every live participant
-   has seen completion, so a marker that vanishes earlier means a death, never a departure: no
-   finished bucket is redone while its finisher lives.
-5. The orphan scan (``resync``) runs once, after the barrier, by the holder of ``(ORPHANS, 0)``.
-
-Leases: each participant renews its claims on a heartbeat — a thread of its process (so a long
-generation never delays it, and a stopped process stops it too) that runs one statement every
-quarter lease on a second session, the *heartbeat session*, named ``HEARTBEAT_NAME`` + the lock
-session's backend pid; its ``pg_stat_activity.state_change`` is the renewal, on the server's
-clock (no table). A participant that waits (3, 4) ends every other one whose last renewal is
-older than the lease (``STORAGE_MIGRATE_LEASE_SECONDS``, default 60) — ``pg_terminate_backend``
-of both its sessions, which releases its locks — and so takes its buckets over (3).
-
-Fencing: right before every write below ROOT (each project's recovery, a move, a rebuild, a
-manifest and patch, a flat link, the ``active`` link), ``Participant.fence`` checks that the
-lease has not lapsed locally (a process paused longer than the lease stops for good, whether or
-not another ended it yet) and asks the server, on the heartbeat session, whether the lock
-session still holds the bucket's claim (unless the lock session itself completed a statement
-within the last ``FENCE_FRESH_SECONDS``). Database writes are fenced by the lock session itself:
-every statement runs on it, it never reconnects, and a claim is let go only after its bucket's
-last batch. What a check cannot close is the instant between it and the write it guards.
-
-Every wait (a claimed bucket, the barrier) says on stderr what it waits for every
-``WAIT_NOTICE_SECONDS``; a holder that stopped is ended after the lease, so only one that still
-renews (its process runs) can make the others wait longer.
-
-The lock session never reconnects: once the server has dropped it (keepalives detect a dead
-link in seconds), every database step — the row claim before each irreversible disk step, each
-metadata write, each fence — fails, and the participant exits 1 naming the projects it gave up.
-Host name: ``socket.gethostname()``, or
-``STORAGE_MIGRATE_HOSTNAME``.
-"""
+A caller must know: every statement of a participant runs on its lock session, which never
+reconnects; every write below ROOT is preceded by ``Participant.fence``; a participant that lost
+its session or its lease exits 1 naming the projects it gave up. The protocol (claims, the
+two-phase barrier, leases, fencing): ``docs/design.md``, "Several hosts"."""
 from __future__ import annotations
 
 import os

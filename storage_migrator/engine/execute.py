@@ -2,11 +2,12 @@
 the backward-compatibility links — and hands the metadata to the batch writer.
 
 Crash safety comes from the order of steps, not from a journal: each step is one atomic rename
-(see fsops), and ``plan`` recognises every state between two steps (a target without source, a
-source without manifest, both legacy and copy, metadata not yet written) and finishes the job.
-Within a project, versions are handled in order so the diff of v<N> reads v<P> as just written.
-``_handle`` is the one place a generation is handled: any exception there fails that
-generation alone, with a one-line reason, and the run goes on.
+(``storage.steps``), and ``plan`` recognises every state between two steps (a target without
+source, a source without manifest, both legacy and copy, metadata not yet written) and finishes
+the job. Within a project, versions are handled in order so the diff of v<N> reads v<P> as just
+written. ``_handle`` is the one place a generation is handled: an error of
+``FAILS_ONE_GENERATION`` there fails that generation alone, with a one-line reason, and the run
+goes on.
 """
 from __future__ import annotations
 

@@ -1,19 +1,10 @@
 """Reading ahead within one project: a second process reads and hashes (sha256 and git blob id)
 the next generation's legacy folder while this one writes the current generation's manifest and
-patch, so a project of many versions keeps two cores busy (workers split by project; one long
-project had one). Only the records and ids come back, no file's bytes: the patch reads the few
-changed files itself, from the page cache, cheaper than through a pipe.
+patch, and takes half of the stat walks of a project's plan (``summarize_trees``).
 
-What comes back is used only if the folder still stats as it did when it was read (one lstat
-per file), so a scan read ahead is never staler than one read just before the move.
-
-The same process takes half of the stat walks of a project's plan (``summarize_trees``: resync's
-fingerprint check, the dry run's counts), which are most of an unchanged resync's time.
-
-Every wait on the reader is bounded: an answer (or the room to send a request) that does not
-come within ``answer_timeout()`` seconds — a reader stopped (SIGSTOP), swapped out or stuck —
-ends the reader (SIGKILL, reaped), says so in one stderr line, and its work is done here.
-"""
+A caller must know: an answer is used only if the folder still stats as it did when it was read;
+every wait is bounded by ``answer_timeout()``, after which the reader is killed and its work done
+here. Why and how: ``docs/design.md``, "Using both cores"."""
 from __future__ import annotations
 
 import multiprocessing

@@ -2,24 +2,9 @@
 (``application_states`` in every report) and, but for the opt-in ``--adopt-complete``, never
 changes.
 
-At its newest commit the application leaves these states behind (README, "Running beside the
-application"):
-
-* ``failed_but_complete``: its save wrote the whole folder, ``storage_path``, counts and
-  ``output_files``, then its auto-activation raised and the row was marked ``failed``. Here: a
-  failed row whose ``v<N>__<id>/`` holds a manifest and a ``source/`` with exactly the paths of
-  ``output_files``.
-* ``completed_without_storage_path``: a route that drops the column left a completed row with
-  ``storage_path`` NULL beside the ``v<N>__<id>/source/`` it wrote (resync fills the column).
-* ``flat_and_hierarchical_without_storage_path``: ``storage_path`` NULL with both a real
-  ``<ROOT>/<id>/`` and ``v<N>__<id>/source/`` under the application's manifest (a save that broke
-  half-way, or the phased generator's scratch copy beside it). The flat folder is the
-  application's: a leftover, never deleted.
-* ``root_zips`` / ``root_files``: what is at ROOT's top level and not a folder — the
-  application's ``<id>.zip`` downloads apart from anything else. Never touched, never orphans.
-
-``adopted`` lists what ``resync --adopt-complete`` marked completed.
-"""
+The keys — ``failed_but_complete``, ``completed_without_storage_path``,
+``flat_and_hierarchical_without_storage_path``, ``root_zips``, ``root_files`` and ``adopted`` —
+and what the tool does with each are in the README's table ("Running beside the application")."""
 from __future__ import annotations
 
 import hashlib

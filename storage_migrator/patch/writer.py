@@ -202,9 +202,8 @@ def _write_diffed(write: Write, path: str, old_blob: tuple[str, bytes | None],
 class MemoryBlobs:
     """A libgit2 object database in memory, holding the two blobs of the diff being made.
 
-    Why: given two buffers, libgit2 first hashes both with its collision-detecting SHA-1 — 58% of
-    its time on long files with small edits (SQLAlchemy releases: 0.121 of 0.207 s per release).
-    Given two blobs whose ids are already known it hashes nothing; the ids come from hashlib's
+    Why: given two buffers, libgit2 first hashes both with its collision-detecting SHA-1, most of
+    its time on long files with small edits (measured in ``docs/benchmarks.md``). Given two blobs whose ids are already known it hashes nothing; the ids come from hashlib's
     SHA-1 (``git_blob_id``, several times faster), and libgit2's check that an object read back
     matches its id (strict hash verification, a process-wide option) is turned off: the only
     objects this process's libgit2 ever reads are the ones put here under ids hashed here.

@@ -1,44 +1,11 @@
-"""``manifest.json``: what a generation folder holds, written beside ``source/``.
+"""``manifest.json``: what a generation folder holds (files, checksums, stat fingerprints),
+written beside ``source/`` and merged into the keys the application wrote, which stay as they are.
 
-The application reads ``files``; the tool reads ``checksums`` (diffs without re-reading the
-older side) and ``fingerprints`` (resync skips a generation whose files all stat the same: size,
-mtime, ctime and inode per file, ``tree.Fingerprint``). Formats 1 and 2 kept size and mtime alone;
-they are read with ctime and inode unknown, so such a generation counts as changed once, is read
-again, and gets a manifest of the current format.
-The text is a pure function of the tree, the row and the keys already there: the tool merges
-into a manifest the application wrote (its ``metadata`` and ``created_at`` stay), so reruns write
-identical bytes. Its head (counts and a digest of the stat fingerprints) comes first in the file,
-so an unchanged generation costs resync a 4 KiB read, not the parse of every checksum.
-
-Names that are not UTF-8. File names are bytes; in memory the tool holds them as ``os.fsdecode``
-gives them (undecodable bytes as the surrogates U+DC80..U+DCFF). The file itself is always strict
-UTF-8 JSON, because the application reads it with ``json.loads(path.read_text("utf-8"))``:
-
-* a name that is valid UTF-8 is written as itself, everywhere;
-* otherwise ``files`` (the application's list) holds its *display form*: ``\\`` doubled and each
-  undecodable byte as ``\\xNN`` (``b"caf\\xe9.txt"`` → ``caf\\xe9.txt``), plain text, and
-* the keys of ``checksums`` and ``fingerprints`` hold ``"\\u0000"`` + the display form. No real
-  path contains NUL, so the marker cannot collide with a UTF-8 name, and a program that takes the
-  key for a path fails loudly instead of opening another file. On read the marker form is decoded
-  back to the exact bytes, and refused unless it is the one canonical spelling of its name.
-
-Manifests of format 1 (before this representation) held such names as raw bytes; they are still
-read (as ``surrogateescape``), and one that is not strict UTF-8 counts as unreadable, so the next
-resync rewrites it. The application's keys (``metadata``, its ``created_at``, anything not in
-``OWNED_KEYS``) are written back unchanged; a lone surrogate in them (``"\\ud800"``, legal JSON,
-not encodable as UTF-8) is written back as the same ``\\uXXXX`` escape.
-
-A manifest is untrusted input: read with a size cap, never through a symlink or from a FIFO, and
-any unexpected type makes it "unreadable" (rewritten), never an exception. Memory does not grow
-with its size. A file above ``MAX_MANIFEST_BYTES`` (16 MiB: some 80,000 files at the tool's ~200
-bytes a file, parsed in ~70 MB) is never parsed: for the plan and ``verify`` it is "no manifest"
-(the generation is re-read from disk and the manifest rewritten — so a generation that large is
-re-read on every resync), and to merge into it a streaming scan picks out only its top-level keys
-the tool does not own; it keeps them if they total at most ``MAX_APPLICATION_KEY_BYTES`` (1 MiB)
-and otherwise fails that generation rather than drop them. The head read never reads past
-``HEAD_BYTES`` (but to check that a format-1 file is UTF-8); formats 2 and 3 keep the application's
-``created_at`` out of the head, so the head always fits.
-"""
+Written as strict UTF-8 JSON whose bytes depend only on the tree, the row and the keys already
+there, so a rerun writes the same bytes. Read as untrusted input: size-capped, never through a
+link or from a FIFO; anything unexpected reads as "unreadable" (rewritten), never an exception.
+The format, names that are not UTF-8, older formats and the size limits: ``docs/design.md``,
+"Manifests"."""
 from __future__ import annotations
 
 import codecs
@@ -142,7 +109,7 @@ def _json_bytes(document: dict[str, Any]) -> bytes:
     """Strict UTF-8 JSON. Only the application's values can still hold lone surrogates here
     (the names are encoded); they can only sit inside strings, so the JSON escape is exact."""
     # No indent: json's C encoder only runs without one, and this is written once per
-    # generation (pretty-printing cost ~10% of a run). `jq . manifest.json` reads it.
+    # generation (docs/benchmarks.md). `jq . manifest.json` reads it.
     text = json.dumps(document, ensure_ascii=False) + "\n"
     if not text.isascii():
         text = _SURROGATE.sub(_escape_surrogate, text)
@@ -159,8 +126,8 @@ def _parse_object(text: str) -> dict[str, Any] | None:
 
 def fingerprint_digest(fingerprints: Mapping[str, Fingerprint]) -> str:
     """One sha256 over every path and its fingerprint: equal digests mean resync need not read.
-    The text hashed is ``repr`` of the sorted (path, fingerprint) list, spelled out per entry (a
-    third faster: resync makes it for every file). A manifest of an older format recorded a
+    The text hashed is ``repr`` of the sorted (path, fingerprint) list, spelled out per entry (faster
+    than ``repr`` of the list: resync makes it for every file). A manifest of an older format recorded a
     digest of (size, mtime) alone, a different text: it never equals a digest made now."""
     entries = ", ".join([f"({path!r}, ({size}, {mtime}, {ctime}, {inode}))"
                          for path, (size, mtime, ctime, inode) in sorted(fingerprints.items())])

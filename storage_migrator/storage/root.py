@@ -1,41 +1,11 @@
 """The one way to touch anything under ROOT: directory file descriptors, never a followed symlink.
 
-Anyone who can write ROOT may plant symlinks, FIFOs, device nodes, huge files, very deep trees and
-names that are not UTF-8, while this tool often runs as root. So no operation here ever resolves a
-path string below ROOT in one go. ``Root`` holds one descriptor for ROOT itself (ROOT is the
-operator's choice, so it may be reached through a symlink); every component below it is opened
-with ``O_NOFOLLOW | O_DIRECTORY`` relative to the descriptor of the component before it, and the
-final step is an ``*at`` call (``dir_fd=``, ``follow_symlinks=False``, ``src_dir_fd``/
-``dst_dir_fd``) on the descriptor of the already opened parent. A symlink swapped in at any
-component between a check and its use therefore cannot redirect the operation outside ROOT: the
-kernel refuses to follow it, and the check and the use name the same directory inode.
-
-Paths are handed in as tuples of components (``relative_parts`` makes one from a manifest or
-database string and refuses absolute paths, ``..``, empty and ``.`` components and NUL) or as
-such strings. Names are ``str`` in the filesystem encoding with
-``surrogateescape``, so a name that is not UTF-8 survives a round trip through ``walk_files`` and
-back into any method; error messages escape such names so that they are always printable lines.
-
-Rules every method keeps:
-
-* A symlink at any intermediate component is refused with ``UnsafePath`` ("is a symlink"); so is a
-  symlink, FIFO, socket or device where a regular file is read, or a non-directory where a
-  directory is expected. Nothing is opened, created, truncated or removed through a link.
-* Files are opened with ``O_NOFOLLOW | O_NONBLOCK | O_NOCTTY`` after an ``lstat`` that refuses
-  anything but a regular file, then ``fstat``-checked (``O_NONBLOCK`` stays: it changes nothing
-  for a regular file, and clearing it cost two ``fcntl`` calls per file): a FIFO swapped in
-  after the check never blocks the run and is refused.
-* Methods that replace or remove a name (``write_atomic``, ``rename``, ``symlink``, ``unlink``,
-  ``rmtree``) act on the directory entry itself, which a symlink cannot redirect: ``rename(2)`` and
-  ``unlink(2)`` never follow the final component.
-* Tree walks (``walk_files``, ``rmtree``) use an explicit stack and hold at most a few
-  descriptors whatever the depth: they move down with ``openat(name, O_NOFOLLOW)`` and back up
-  with ``openat("..")`` checked against the recorded device and inode of the parent, so a
-  directory moved out of ROOT mid-walk is detected instead of followed.
-* Files this module creates get their final mode from ``fchmod`` (never more than 0o777: no
-  set-user-ID bit copied from a planted file), and temp files have names that cannot collide with a
-  real file (``.<name>.<pid>.<random>.storage-migrate-tmp``, created with ``O_EXCL``).
-"""
+``Root`` holds one descriptor for ROOT; every component below it is opened with ``O_NOFOLLOW``
+relative to the one before, and the final step is an ``*at`` call on the opened parent, so a
+symlink swapped in between a check and its use cannot lead outside ROOT. Paths come in as tuples
+of components (or strings ``relative_parts`` splits). The rules every method keeps (what is
+refused, how files are opened, walks, modes, temp names): ``docs/design.md``, "Descriptors,
+never a followed link"."""
 from __future__ import annotations
 
 import ctypes
@@ -171,7 +141,7 @@ _SYNC_FILE_RANGE_WRITE = 2
 def start_writeback(fd: int) -> None:
     """Start writing a file's dirty pages to disk now, without waiting (``sync_file_range``
     WRITE): the ``sync`` before the next database commit then finds them written instead of
-    writing them all while the run waits (120 MB of patches on a long project: 1 s). Only a
+    writing them all while the run waits (``docs/benchmarks.md``, "Writeback"). Only a
     hint: nothing is promised until that ``sync``; where the call is missing nothing happens."""
     function = _sync_file_range()
     if function is not None:

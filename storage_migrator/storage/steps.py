@@ -4,8 +4,8 @@ half of a file.
 
 Durability is batched, not per file: callers ``flush_to_disk()`` once before they record a batch
 in the database, so the database never claims what a power cut could take back, and a run does
-not pay an fsync per manifest (the profile put ~25% of a run's time in per-file fsyncs). The
-one exception is a cross-filesystem copy, fsynced file by file before its source is removed.
+not pay an fsync per manifest (its cost: ``docs/benchmarks.md``). The one exception is a
+cross-filesystem copy, fsynced file by file before its source is removed.
 Nothing here follows a symlink or removes anything it did not make, except ``discard_tree``,
 which a caller uses only on a folder whose verified copy exists.
 """

@@ -217,8 +217,8 @@ def _read_whole(descriptor: int, status: os.stat_result, full_path: str, max_byt
     try:
         if max_bytes is not None and status.st_size > max_bytes:
             raise GenerationError(f"{full_path} is larger than {max_bytes} bytes; not read")
-        # Plain os.read: a file object per file cost a run ~10% of its time in the profile. At
-        # most max_bytes + 1 bytes are read: a file that grew since its fstat is refused too.
+        # Plain os.read, no file object per file (its cost: docs/benchmarks.md). At most
+        # max_bytes + 1 bytes are read: a file that grew since its fstat is refused too.
         parts = []
         remaining = max_bytes + 1 if max_bytes is not None else -1
         while remaining != 0 and (chunk := os.read(descriptor, CHUNK_SIZE if remaining < 0 else min(remaining, CHUNK_SIZE))):
@@ -306,8 +306,8 @@ def scan_tree(storage: Storage, folder: Path, keep_changed_from: Mapping[str, st
     With ``keep_changed_from`` (the diff base's checksums) the bytes of each small file whose
     checksum is not the base's — the files the patch will read — are kept (up to a bound per
     tree); any other file is read again if a diff needs it. Keeping only those, not every small
-    file, is what keeps memory flat on long files with small edits (a release of SQLAlchemy is
-    60 MiB, of which a patch reads about 15). With ``blob_ids`` each file's git blob id is
+    file, is what keeps memory flat on long files with small edits (a patch reads a fraction of a
+    release). With ``blob_ids`` each file's git blob id is
     hashed in the same pass (``snapshot.blob_ids``), so a patch need not hash it again."""
     snapshot = TreeSnapshot(storage=storage, root=folder, files={})
     kept = 0

@@ -1,4 +1,4 @@
-"""Bad input (SPEC §7): each bad generation fails with its own error, the others are migrated,
+"""Bad input (the SPEC's bad-input rule): each bad generation fails with its own error, the others are migrated,
 the exit code is 1, nothing outside ROOT is read or written, and nothing is lost."""
 from __future__ import annotations
 

@@ -109,7 +109,7 @@ def test_a_rewrite_that_sets_the_mtime_back_is_seen_by_the_next_resync(migrated:
 
 
 def test_a_failed_duplicate_with_nothing_on_disk_gets_the_next_number_once(migrated: Sandbox) -> None:
-    """SPEC §4: versions are unique per project. A failed row sharing v1 with an older generation
+    """Versions are unique per project (the SPEC's metadata rules). A failed row sharing v1 with an older generation
     and with no folder at all takes the next free number; later resyncs take no other."""
     project_id = migrated.sample.demo_project_id
     v1 = demo_versions(migrated)[0]

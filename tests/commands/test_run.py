@@ -1,5 +1,5 @@
 """`storage-migrate --dry-run` and `run` on real SQLite and PostgreSQL against sample installations:
-the plan changes nothing, the run produces SPEC §3–§4 exactly, and a rerun is a no-op."""
+the plan changes nothing, the run produces the SPEC's layout and metadata exactly, and a rerun is a no-op."""
 from __future__ import annotations
 
 import json

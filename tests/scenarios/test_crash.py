@@ -1,17 +1,16 @@
 """kill -9 at every step boundary of the real `run` and `rollback` processes, then a rerun: the end
 state must equal an uninterrupted run byte for byte (disk tree and tables).
 
-Every step boundary is still killed at (74 for `run`, 44 for `rollback` on TINY today). What made
-this slow was not the tool but starting Python: each crash and each rerun paid ~0.4 s of imports
-for ~0.1 s of work. So the crashed command and its rerun come from a fork server (``CliForkServer``):
-one interpreter that imported the tool once and forks a fresh process per command (conftest.py), with the
-command's own environment, working directory, stdout and stderr, and exit status (-9 for the
-kill). The kill is still SIGKILL of a separate OS process in the middle of a step, and workers
-are still forked by the tool itself. The reference runs (the uninterrupted `run` and `rollback`)
-and the random-moment kills still start ``python -m storage_migrator`` from scratch.
+Every step boundary is killed at. Starting Python costs more than a step's work, so the crashed
+command and its rerun come from a fork server (``CliForkServer``): one interpreter that imported
+the tool once and forks a fresh process per command (conftest.py), with the command's own
+environment, working directory, stdout and stderr, and exit status (-9 for the kill). The kill is
+SIGKILL of a separate OS process in the middle of a step, and workers are forked by the tool
+itself. The reference runs (the uninterrupted `run` and `rollback`) and the random-moment kills
+start ``python -m storage_migrator`` from scratch.
 
 Knob: STORAGE_MIGRATOR_CRASH_EXEC=1 starts every crashed command and rerun as a new interpreter
-too (the old way: same steps, same assertions, about 4x slower).
+too (same steps, same assertions, slower: docs/benchmarks.md).
 """
 from __future__ import annotations
 

@@ -12,10 +12,9 @@ the application made must have seen complete files (a flat-path read never finds
 missing during a move, counted apart), no deleted generation keeps a dangling `<ROOT>/<id>` link,
 `verify` is clean and a second resync is a no-op. All counts are collected and printed before anything is asserted.
 
-Duration: STORAGE_MIGRATOR_LOAD_SECONDS (default 30; it was 60 — with seed 1, 30 s already has
-every kind of application operation, at least one cron resync and watch reports, which the test
-asserts, so a shorter load can never silently test less), seed: STORAGE_MIGRATOR_LOAD_SEED
-(default 1).
+Duration: STORAGE_MIGRATOR_LOAD_SECONDS (default 30: with seed 1 that has every kind of
+application operation, at least one cron resync and watch reports, which the test asserts, so a
+shorter load can never silently test less), seed: STORAGE_MIGRATOR_LOAD_SEED (default 1).
 """
 from __future__ import annotations
 

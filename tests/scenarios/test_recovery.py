@@ -14,7 +14,7 @@ import sqlalchemy as sa
 
 from storage_migrator.commands.rollback import rollback
 from storage_migrator.commands.run import run
-from storage_migrator.storage import steps as fsops
+from storage_migrator.storage import steps
 from storage_migrator.storage.handle import Storage, open_storage
 from storage_migrator.storage.layout import (
     StateEntry,
@@ -108,7 +108,7 @@ def test_temp_names_are_read_back_by_the_id_they_stand_for() -> None:
 def test_a_cross_filesystem_move_holds_its_source_aside_under_its_project(
         installation: Sandbox, monkeypatch: pytest.MonkeyPatch) -> None:
     """Both directions: a legacy folder going to its target (run), a ``source/`` going back
-    (rollback) — the latter was named ``source.held-…`` and put back at ``<ROOT>/source``."""
+    (rollback) — each held aside under its own project's name, never put back at ``<ROOT>/source``."""
     a, generation, _, _ = two_projects(installation)
     legacy = installation.root / generation
     source = installation.root / a / "generations" / f"v3__{generation}" / "source"
@@ -116,7 +116,7 @@ def test_a_cross_filesystem_move_holds_its_source_aside_under_its_project(
     moving = state(installation, "moving")
     state(installation, "trash")
     seen: list[str] = []
-    real_rename = fsops.rename_entry
+    real_rename = steps.rename_entry
     direct = {"source": legacy, "destination": source}
 
     def other_filesystem(storage: Storage, origin: Path, destination: Path, *, replace: bool = True) -> None:
@@ -130,17 +130,17 @@ def test_a_cross_filesystem_move_holds_its_source_aside_under_its_project(
         seen.extend(os.listdir(moving))
         raise KeyboardInterrupt                                   # killed with the source held aside
 
-    monkeypatch.setattr(fsops, "rename_entry", other_filesystem)
-    monkeypatch.setattr(fsops, "checkpoint", crash)
+    monkeypatch.setattr(steps, "rename_entry", other_filesystem)
+    monkeypatch.setattr(steps, "checkpoint", crash)
     storage = open_storage(StorageLayout(installation.root, "./storage/projects"))
     with pytest.raises(KeyboardInterrupt):
-        fsops.move_tree(storage, legacy, source, scan_tree(storage, legacy))
+        steps.move_tree(storage, legacy, source, scan_tree(storage, legacy))
     assert [parse_state_entry_name(name) for name in seen] == [StateEntry.of(a, generation, None)]
     shutil.rmtree(moving / seen[0])                               # the copy is in place at source/
     seen.clear()
     direct.update(source=source, destination=legacy)
     with pytest.raises(KeyboardInterrupt):
-        fsops.move_tree(storage, source, legacy, scan_tree(storage, source))
+        steps.move_tree(storage, source, legacy, scan_tree(storage, source))
     assert [parse_state_entry_name(name) for name in seen] == [StateEntry.of(a, generation, 3)]
 
 

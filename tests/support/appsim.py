@@ -3,7 +3,8 @@ concurrent-load test: one process loops over the application's storage behaviour
 through SQLAlchemy (sync) and plain file operations, the way its code does them, and writes a JSON
 line for everything it did.
 
-It imports nothing of the tool: it is the application. What it imitates (see SPEC §1a):
+It imports nothing of the tool: it is the application. What it imitates (the SPEC's
+account of the running application):
 
 * ``generations`` router: INSERT without a version (the column default, 1), status pending, then
   processing.

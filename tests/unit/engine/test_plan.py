@@ -2,8 +2,8 @@
 
 Every case is built by hand: ``GenerationRow``s, a ``ProjectRecord`` and the ``DiskState`` that
 ``probe_disk`` would have seen. The layout is pure path arithmetic under ``/srv/root``, so nothing
-here touches the disk. The contract is ``SPEC.md`` §1a (the application keeps running), §3 (the
-layout, scratch copies, archives), §4 (metadata, diff base, duplicate versions) and §7 (bad input).
+here touches the disk. The contract is the SPEC's rules on the application that keeps running,
+the layout (scratch copies, archives), the metadata (diff base, duplicate versions) and bad input.
 """
 from __future__ import annotations
 
@@ -280,7 +280,7 @@ def test_move_plans_the_folders() -> None:
     assert plan.leftover is None
 
 
-# -- the application's scratch copy (SPEC §3) ---------------------------------------------------------
+# -- the application's scratch copy (the SPEC's layout) -------------------------------------------------
 
 
 @pytest.mark.parametrize("prefix", ["./storage/projects", "storage/projects", "storage/projects/"])
@@ -302,7 +302,7 @@ def test_no_leftover_without_a_real_legacy_folder(legacy: LegacyKind) -> None:
 
 @pytest.mark.parametrize("status", ["completed", "failed"])
 def test_flat_folder_beside_the_applications_own_folder_is_its_leftover(status: str) -> None:
-    """SPEC §1a: NULL storage_path with both <ROOT>/<id>/ and v<N>__<id>/source/ under the
+    """The running application (SPEC): NULL storage_path with both <ROOT>/<id>/ and v<N>__<id>/source/ under the
     application's manifest (a save that broke half-way, or its scratch copy beside it) is the
     application's: never finished as the tool's interrupted copy (which would delete the flat
     folder, or fail every resync when the two differ)."""
@@ -321,7 +321,7 @@ def test_interrupted_copy_has_no_leftover() -> None:
     assert plan.content_changes
 
 
-# -- the diff base P (SPEC §4) -----------------------------------------------------------------------
+# -- the diff base P (the SPEC's metadata) --------------------------------------------------------------
 
 DIFF_BASE_CASES: list[Any] = [
     pytest.param([(row("a", 1), LEGACY_ONLY), (row("b", 2), LEGACY_ONLY)], {"a": None, "b": 1},
@@ -399,7 +399,7 @@ def test_v2_diff_follows_its_base(base: GenerationRow, base_disk: DiskState, sto
     assert_reason(plans["b"], fragment)
 
 
-# -- duplicate versions (SPEC §1a, §4) ----------------------------------------------------------------
+# -- duplicate versions (the running application, the SPEC's metadata) ----------------------------------
 
 RENUMBER_CASES: list[Any] = [
     pytest.param([row("a", 1, created_at=at(1)), row("b", 1, created_at=at(2))], None, {"b": 2},
@@ -498,8 +498,8 @@ def test_three_way_duplicates_chain_their_diff_bases() -> None:
 
 
 def test_renumbered_duplicate_with_scratch_copy_keeps_it_as_leftover() -> None:
-    """SPEC §1a: the application inserts rows at version 1 and its phased generator leaves
-    <ROOT>/<id>/ beside v1__<id>/ with storage_path naming v1__<id>. SPEC §3: that folder is a
+    """The application inserts rows at version 1 and its phased generator leaves <ROOT>/<id>/
+    beside v1__<id>/ with storage_path naming v1__<id>. By the SPEC's layout that folder is a
     leftover, never merged, never deleted, never a failure — also when the row is renumbered."""
     older = settled("a", 1, created_at=at(1))
     later = row("b", 1, storage_path=target_path("b", 1), created_at=at(2), changes_summary=summary(None))
@@ -530,7 +530,7 @@ def test_latest_version(rows: list[GenerationRow], latest: int, expected: int) -
     assert plan.latest_version >= latest
 
 
-# -- rows that cannot be handled (SPEC §7) ------------------------------------------------------------
+# -- rows that cannot be handled (the SPEC's bad-input rule) --------------------------------------------
 
 PROBLEM_CASES: list[Any] = [
     pytest.param(row("..", 1), "fix the row", id="dot-dot-id"),
