@@ -43,7 +43,7 @@ from storage_migrator.engine.installation import open_installation
 from storage_migrator.errors import LockHeld, WatchFailed
 from storage_migrator.metrics import WatchMetrics
 from storage_migrator.report import RunReport
-from storage_migrator.storage.layout import ACTIVE_LINK, is_tool_written, is_utf8_name
+from storage_migrator.storage.layout import ACTIVE_LINK, is_staging_name, is_tool_written, is_utf8_name
 
 POLL_SECONDS = 0.2
 OBSERVER_STOP_SECONDS = 10
@@ -74,7 +74,7 @@ def top_level_name(root: Path, path: str) -> str | None:
     if not parts or parts[0].startswith(".") or not is_utf8_name(parts[0]):
         return None                     # the tool's state folder, or a name no row can have
     name = parts[-1]
-    if name == ACTIVE_LINK or is_tool_written(name) or (name.startswith(".") and name.endswith(".partial")):
+    if name == ACTIVE_LINK or is_tool_written(name) or is_staging_name(name):
         return None
     return parts[0]
 

@@ -196,18 +196,13 @@ class Participant:
         """One ``pg_locks`` snapshot: done markers (bucket → holder pid), participants, and the
         holders of each barrier phase (0: saw every marker; 1: saw everyone at phase 0)."""
         high, low = run_lock_parts()
-        try:
-            with self.engine.connect() as connection:
-                rows = connection.execute(sa.text(
-                    "SELECT classid::bigint AS c, objid::bigint AS o, objsubid AS s, pid, mode FROM pg_locks "
-                    "WHERE locktype = 'advisory' AND granted AND database = "
-                    "(SELECT oid FROM pg_database WHERE datname = current_database()) "
-                    "AND ((objsubid = 2 AND classid::bigint IN (:done, :barrier)) "
-                    "OR (objsubid = 1 AND classid::bigint = :high AND objid::bigint = :low))"),
-                    {"done": DONE_CLASS, "barrier": BARRIER_CLASS, "high": high, "low": low}).all()
-                connection.commit()
-        except sa.exc.DBAPIError as error:
-            raise LockSessionLost(f"the lock session failed ({first_line(error)})") from None
+        rows = self._rows(
+            "SELECT classid::bigint AS c, objid::bigint AS o, objsubid AS s, pid, mode FROM pg_locks "
+            "WHERE locktype = 'advisory' AND granted AND database = "
+            "(SELECT oid FROM pg_database WHERE datname = current_database()) "
+            "AND ((objsubid = 2 AND classid::bigint IN (:done, :barrier)) "
+            "OR (objsubid = 1 AND classid::bigint = :high AND objid::bigint = :low))",
+            done=DONE_CLASS, barrier=BARRIER_CLASS, high=high, low=low)
         done = {row.o: row.pid for row in rows if row.s == 2 and row.c == DONE_CLASS}
         participants = {row.pid for row in rows if row.s == 1 and row.mode == "ShareLock"}
         barrier: dict[int, set[int]] = {0: set(), 1: set()}

@@ -110,22 +110,10 @@ def write_patch(
         _write_section(write, path, None if path in added else old_side, None if path in deleted else new_side)
 
 
-def render_patch(
-    comparison: TreeComparison,
-    read_old: Reader,
-    read_new: Reader,
-    *,
-    old_sizes: Mapping[str, int] | None = None,
-    new_sizes: Mapping[str, int] | None = None,
-    blob_id_old: BlobIdOf | None = None,
-    blob_id_new: BlobIdOf | None = None,
-    old_ids: Mapping[str, str] | None = None,
-    new_ids: Mapping[str, str] | None = None,
-) -> bytes:
-    """``write_patch`` into bytes (for comparing a stored patch with a fresh one)."""
+def render_patch(comparison: TreeComparison, read_old: Reader, read_new: Reader, **options: Any) -> bytes:
+    """``write_patch`` into bytes, with the same keyword options."""
     buffer = io.BytesIO()
-    write_patch(buffer, comparison, read_old, read_new, old_sizes=old_sizes, new_sizes=new_sizes,
-                blob_id_old=blob_id_old, blob_id_new=blob_id_new, old_ids=old_ids, new_ids=new_ids)
+    write_patch(buffer, comparison, read_old, read_new, **options)
     return buffer.getvalue()
 
 

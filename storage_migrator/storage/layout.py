@@ -28,7 +28,7 @@ HELD_SEPARATOR = ".held-"             # the previous version's names in moving/:
 LEGACY_ROLE = "legacy"
 UNKNOWN_PROJECT_KEY = "%"              # a discard whose project the caller did not say
 LOCK_FILE = "lock"
-PARTIAL_SOURCE_DIR = ".source.partial"
+STAGING_SUFFIX = ".partial"            # a copy assembled beside its final name: .<name>.partial
 TEMP_SUFFIX = ".storage-migrate-tmp"   # every temp file or temp link the tool writes ends so
 MAX_COMPONENT_LENGTH = 255
 
@@ -344,6 +344,19 @@ def artifacts_dir(target_dir: Path) -> Path:
 
 def manifest_path(target_dir: Path) -> Path:
     return target_dir / MANIFEST_FILE
+
+
+def staging_name(name: str) -> str:
+    """The one staging-name rule: where a copy of ``name`` is assembled, in the same folder, before
+    one rename gives it its name; only the tool writes such names, so a leftover is safe to discard."""
+    return f".{name}{STAGING_SUFFIX}"
+
+
+def is_staging_name(name: str) -> bool:
+    return name.startswith(".") and name.endswith(STAGING_SUFFIX)
+
+
+PARTIAL_SOURCE_DIR = staging_name(SOURCE_DIR)
 
 
 def partial_source_dir(target_dir: Path) -> Path:

@@ -32,6 +32,7 @@ from storage_migrator.storage.layout import (
     StateEntry,
     is_temp_name,
     parse_target_dir_name,
+    staging_name,
     state_entry_name,
 )
 from storage_migrator.storage.tree import FileRecord, Fingerprint, TreeSnapshot, fingerprint_tree, scan_tree
@@ -151,7 +152,7 @@ def move_tree(storage: Storage, source: Path, destination: Path, expected: TreeS
     except OSError as error:
         if error.errno != errno.EXDEV:
             raise _failed(error, "move", source) from error
-    staging = destination.with_name(f".{destination.name}.partial")
+    staging = destination.with_name(staging_name(destination.name))
     discard_partial(storage, staging)
     try:
         copied = copy_tree_verified(storage, source, staging, expected)
