@@ -18,7 +18,6 @@ from storage_migrator.db.rows import iter_project_records, load_projects
 from storage_migrator.engine.batch import BatchWriter
 from storage_migrator.engine.installation import open_installation
 from storage_migrator.engine.lock import RunLock
-from storage_migrator.engine.plan import is_archived
 from storage_migrator.errors import (
     FAILS_ONE_GENERATION,
     GenerationError,
@@ -30,7 +29,7 @@ from storage_migrator.errors import (
 from storage_migrator.faults import checkpoint
 from storage_migrator.records import GenerationRow, GenerationUpdate, ProjectRecord
 from storage_migrator.report import GenerationOutcome, Outcome, RunReport
-from storage_migrator.storage.handle import Storage
+from storage_migrator.storage.handle import Storage, is_archived
 from storage_migrator.storage.layout import (
     ARTIFACTS_DIR,
     MANIFEST_FILE,

@@ -25,14 +25,14 @@ from sqlalchemy.engine import Engine
 
 from storage_migrator.db.rows import GenerationClaim, claimed_generation, read_row_seen
 from storage_migrator.engine.batch import DEFAULT_BATCH_SIZE, BatchWriter
-from storage_migrator.engine.plan import Action, GenerationPlan, ProjectPlan, is_archived
+from storage_migrator.engine.plan import Action, GenerationPlan, ProjectPlan
 from storage_migrator.engine.scan_ahead import ScanAhead
 from storage_migrator.errors import FAILS_ONE_GENERATION, GenerationError, UnsafePathComponent, failure_line
 from storage_migrator.faults import checkpoint
 from storage_migrator.patch import compare
 from storage_migrator.records import GenerationRow, GenerationUpdate, ProjectUpdate, RowDrift, RowSeen, as_utc
 from storage_migrator.report import GenerationOutcome, Outcome, RunReport
-from storage_migrator.storage.handle import Storage
+from storage_migrator.storage.handle import Storage, is_archived
 from storage_migrator.storage.layout import (
     ARTIFACTS_DIR,
     PARTIAL_SOURCE_DIR,

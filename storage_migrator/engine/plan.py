@@ -19,7 +19,7 @@ from typing import Any
 from storage_migrator.engine.scan_ahead import ScanAhead, SummaryOrError, summarize_trees
 from storage_migrator.errors import FAILS_ONE_GENERATION, GenerationError, UnsafePathComponent, failure_line
 from storage_migrator.records import GenerationRow, Outcome, ProjectRecord, RowSeen, Tally, as_utc
-from storage_migrator.storage.handle import Storage
+from storage_migrator.storage.handle import Storage, is_archived
 from storage_migrator.storage.layout import (
     StorageLayout,
     check_path_component,
@@ -220,15 +220,6 @@ def _fingerprints_checked(disks: dict[str, DiskState], sources: Mapping[str, Pat
             continue
         disks[generation_id] = replace(disk, fingerprints_match=matches)
 
-
-def is_archived(storage: Storage, generation: GenerationRow) -> bool:
-    """``<ROOT>/<project>/archive/v<N>__<id>/`` is a real folder, reached through real folders
-    only (a link at any component is not an archive: nothing is decided through a link)."""
-    try:
-        archive = storage.layout.archive_dir(generation.project_id, generation.version or 0, generation.id)
-    except UnsafePathComponent:
-        return False                    # an id that cannot name a folder has no archive either
-    return storage.is_folder(archive)
 
 
 def _sort_key(generation: GenerationRow) -> tuple[datetime, str]:

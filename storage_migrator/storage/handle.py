@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-from storage_migrator.errors import UnsafePath, UsageError
+from storage_migrator.errors import UnsafePath, UnsafePathComponent, UsageError
+from storage_migrator.records import GenerationRow
 from storage_migrator.storage.layout import StorageLayout
 from storage_migrator.storage.root import Root
 
@@ -172,3 +173,13 @@ def _check_state_dir(storage: Storage) -> None:
         raise UsageError(f"{state_dir} is on another filesystem than {storage.path}; "
                          "unmount whatever is there and rerun")
     storage.keep_state_dir_fresh()
+
+
+def is_archived(storage: Storage, generation: GenerationRow) -> bool:
+    """``<ROOT>/<project>/archive/v<N>__<id>/`` is a real folder, reached through real folders
+    only (a link at any component is not an archive: nothing is decided through a link)."""
+    try:
+        archive = storage.layout.archive_dir(generation.project_id, generation.version or 0, generation.id)
+    except UnsafePathComponent:
+        return False                    # an id that cannot name a folder has no archive either
+    return storage.is_folder(archive)
