@@ -20,7 +20,6 @@ from storage_migrator.engine.coordinate import carry_out_coordinated, require_po
 from storage_migrator.engine.installation import Installation, open_installation
 from storage_migrator.engine.lock import RunLock
 from storage_migrator.engine.orphans import find_orphans, remove_dangling_links
-from storage_migrator.engine.plan import plan_project
 from storage_migrator.engine.projects import (
     RunOptions,
     carry_out_in_workers,
@@ -31,6 +30,7 @@ from storage_migrator.engine.projects import (
     plan_outcome,
 )
 from storage_migrator.engine.scan_ahead import ScanAhead
+from storage_migrator.engine.survey import plan_project
 from storage_migrator.engine.triage import project_states, root_files
 from storage_migrator.engine.workers import WorkerDied
 from storage_migrator.report import ProgressFactory, RunReport, Workload, merge_states

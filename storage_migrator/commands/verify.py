@@ -16,7 +16,7 @@ from storage_migrator.config import Settings
 from storage_migrator.db.rows import has_active_generation_key, iter_project_records, load_output_files, missing_columns
 from storage_migrator.engine.installation import open_installation
 from storage_migrator.engine.lock import current_holder
-from storage_migrator.engine.plan import has_application_manifest
+from storage_migrator.engine.survey import has_application_manifest
 from storage_migrator.engine.triage import project_states, root_files
 from storage_migrator.errors import (
     EXIT_OK,

@@ -26,8 +26,9 @@ from storage_migrator.db.rows import (
     reserve_version,
 )
 from storage_migrator.engine.execute import Executor
-from storage_migrator.engine.plan import Action, GenerationPlan, ProjectPlan, plan_project
+from storage_migrator.engine.plan import Action, GenerationPlan, ProjectPlan
 from storage_migrator.engine.scan_ahead import ScanAhead, SummaryOrError, summarize_trees
+from storage_migrator.engine.survey import plan_project
 from storage_migrator.engine.triage import adopt_complete, project_states
 from storage_migrator.engine.workers import chunked, run_in_workers
 from storage_migrator.errors import FAILS_ONE_GENERATION, failure_line

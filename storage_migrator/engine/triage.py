@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy.engine import Engine
 
 from storage_migrator.db.rows import adopt_failed_generation
-from storage_migrator.engine.plan import has_application_manifest
+from storage_migrator.engine.survey import has_application_manifest
 from storage_migrator.errors import FAILS_ONE_GENERATION, UnsafePathComponent
 from storage_migrator.records import GenerationRow, ProjectRecord, RowSeen
 from storage_migrator.report import ROOT_FILES, ROOT_ZIPS, ApplicationState, empty_states
