@@ -13,7 +13,6 @@ import sqlalchemy as sa
 
 from storage_migrator.config import BASE_REVISION, HEAD_REVISION
 from storage_migrator.db.revisions import downgrade_schema, upgrade_schema
-from tests.support.sandbox import query_rows
 
 REPO = Path(__file__).resolve().parents[3]
 NEW_GENERATION_COLUMNS = {
@@ -132,7 +131,7 @@ def test_version_defaults_to_one_and_duplicates_are_accepted(migrated: sa.Engine
         connection.execute(sa.text(
             "INSERT INTO generations (id, project_id, user_id, prompt, status) "
             "VALUES ('gen-dup', 'proj-main', 'user-1', 'p', 'processing')"))
-    assert query_rows(migrated, "SELECT version FROM generations WHERE id IN ('gen-new', 'gen-dup')") == [(1,), (1,)]
+    assert rows(migrated, "SELECT version FROM generations WHERE id IN ('gen-new', 'gen-dup')") == [(1,), (1,)]
     indexes = {index["name"]: index for index in sa.inspect(migrated).get_indexes("generations")}
     assert indexes["ix_generations_project_id_version"]["unique"] in (False, 0)
 
@@ -142,18 +141,18 @@ def test_deleting_the_active_generation_sets_null(migrated: sa.Engine) -> None:
         if connection.dialect.name == "sqlite":
             connection.exec_driver_sql("PRAGMA foreign_keys = ON")
         connection.execute(sa.text("DELETE FROM generations WHERE id = 'gen-b'"))
-    assert query_rows(migrated, "SELECT active_generation_id FROM projects WHERE id = 'proj-main'") == [(None,)]
+    assert rows(migrated, "SELECT active_generation_id FROM projects WHERE id = 'proj-main'") == [(None,)]
 
 
 def test_downgrade_drops_the_new_schema_and_keeps_the_data(migrated: sa.Engine, database_url: str) -> None:
-    before = query_rows(migrated, "SELECT id, project_id, status, prompt FROM generations ORDER BY id")
+    before = rows(migrated, "SELECT id, project_id, status, prompt FROM generations ORDER BY id")
     downgrade_schema(database_url, BASE_REVISION)
     assert columns(migrated, "generations").isdisjoint(NEW_GENERATION_COLUMNS)
     assert len(columns(migrated, "generations")) == 21
     assert len(columns(migrated, "projects")) == 15
     key_names = {key["name"] for key in sa.inspect(migrated).get_foreign_keys("projects")}
     assert "fk_projects_active_generation" not in key_names
-    assert query_rows(migrated, "SELECT id, project_id, status, prompt FROM generations ORDER BY id") == before
+    assert rows(migrated, "SELECT id, project_id, status, prompt FROM generations ORDER BY id") == before
     upgrade_schema(database_url, HEAD_REVISION)
     assert_seed_data_steps(migrated)
 
