@@ -989,13 +989,16 @@ class Root(_OpenDirectory):
         except OSError as error:
             raise _os_error(error, self._display(checked)) from None
 
-    def set_times(self, parts: Parts, mtime_ns: int) -> None:
-        """Set access and modification time of the entry ``parts`` itself (a link is not followed)."""
+    def set_times(self, parts: Parts, mtime_ns: int, *, durable: bool = True) -> None:
+        """Set access and modification time of the entry ``parts`` itself (a link is not followed);
+        made durable at the next ``make_durable`` unless ``durable`` is False (a time nobody
+        relies on after a crash: no sync is owed for it)."""
         checked = _check_parts(parts)
         try:
             with self._parent(checked) as (parent, name):
                 os.utime(name, ns=(mtime_ns, mtime_ns), dir_fd=parent, follow_symlinks=False)
-                self._touched(parent, checked[:-1], checked)
+                if durable:
+                    self._touched(parent, checked[:-1], checked)
         except OSError as error:
             raise _os_error(error, self._display(checked)) from None
 

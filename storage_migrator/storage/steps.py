@@ -308,9 +308,12 @@ def discard_partial(storage: Storage, path: Path) -> None:
 
 def prepare_state_dir(storage: Storage) -> None:
     """Create ``<ROOT>/.storage-migrate`` and its ``trash/`` and ``moving/`` as real folders
-    (mode 0700: only the tool's user writes there), refusing a symlink at any of them."""
+    (mode 0700: only the tool's user writes there), refusing a symlink at any of them. Folders
+    already there (every command but the first) are only looked at."""
     state_dir = storage.layout.state_dir
     for folder in (state_dir, state_dir / TRASH_DIR, state_dir / MOVING_DIR):
+        if storage.is_folder(folder):
+            continue
         try:
             storage.root.makedirs(storage.parts(folder), mode=0o700)
         except OSError as error:
