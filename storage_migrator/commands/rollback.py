@@ -63,7 +63,7 @@ def rollback(settings: Settings, keep_all: bool = True, project_id: str | None =
             records = iter_project_records(engine) if project_id is None else iter(_one_project(engine, project_id))
             prepare_state_dir(storage)
             root_temps = RootTempFiles.listed(storage)
-            writer = BatchWriter(engine, report)
+            writer = BatchWriter(storage, engine, report)
             try:
                 for record in records:
                     recover_project(storage, record.project_id, [g.id for g in record.generations], root_temps)

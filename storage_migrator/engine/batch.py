@@ -1,5 +1,6 @@
 """The one batch writer: generations' outcomes and their metadata are queued and written to
-the database in one transaction per batch, after one ``sync`` makes the disk state durable.
+the database in one transaction per batch, after the disk state is made durable (one ``syncfs``
+of each filesystem written to, ``steps.flush_to_disk``).
 A row the application deleted or changed since it was planned is not written; its line says
 "gone" or "changed" (the next resync picks it up), never "failed".
 
@@ -22,9 +23,11 @@ from storage_migrator.db.rows import (
     write_generation_updates,
     write_project_update,
 )
+from storage_migrator.errors import FilesystemError
 from storage_migrator.faults import checkpoint
 from storage_migrator.records import GenerationUpdate, ProjectUpdate, RowDrift
 from storage_migrator.report import GenerationOutcome, RunReport
+from storage_migrator.storage.handle import Storage
 from storage_migrator.storage.steps import flush_to_disk
 
 DEFAULT_BATCH_SIZE = ROWS_PER_STATEMENT     # generations per batch: one executemany, one transaction
@@ -41,6 +44,7 @@ class BatchWriter:
     """Queue with ``add``; ``flush`` (or ``flush_if_full``) writes. The report learns of a
     generation only once its metadata is committed, so it never claims what the database lost."""
 
+    storage: Storage
     engine: Engine
     report: RunReport
     batch_size: int = DEFAULT_BATCH_SIZE
@@ -68,11 +72,12 @@ class BatchWriter:
         return {generation_id: RowDrift.GONE for generation_id in failed if generation_id not in still_there}
 
     def flush(self) -> None:
-        """Make the disk durable, then write the batch in one transaction. On a database error
-        the generations of this batch that had metadata to write are reported failed."""
+        """Make the disk durable, then write the batch in one transaction. On a database error,
+        or if the disk cannot be made durable (nothing is written then), the generations of this
+        batch that had metadata to write are reported failed."""
         updates = [pending.update for pending in self._pending if pending.update is not None]
         try:
-            flush_to_disk()
+            flush_to_disk(self.storage)
             checkpoint("before-database-write")
             drifted = write_generation_updates(self.engine, updates)
             for project_update in self._project_updates:
@@ -83,8 +88,9 @@ class BatchWriter:
                 drift = drifted.get(pending.outcome.id) if pending.update is not None or pending.outcome.failed \
                     else None
                 self.report.add(pending.outcome.drifted(drift) if drift else pending.outcome)
-        except sa.exc.DBAPIError as error:
-            message = f"database write failed ({first_line(error)}); rerun to finish"
+        except (sa.exc.DBAPIError, FilesystemError) as error:
+            message = f"database write failed ({first_line(error)}); rerun to finish" \
+                if isinstance(error, sa.exc.DBAPIError) else f"{error}; nothing written to the database — rerun to finish"
             for pending in self._pending:
                 outcome = pending.outcome
                 if pending.update is not None and not outcome.failed:

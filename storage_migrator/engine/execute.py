@@ -56,7 +56,7 @@ from storage_migrator.storage.steps import (
     atomic_write_bytes,
     discard_partial,
     discard_tree,
-    fsync_dir,
+    flush_to_disk,
     is_prepared_link,
     make_owned_dirs,
     move_tree,
@@ -118,7 +118,7 @@ class Executor:
     _published: dict[str, RowSeen] = field(init=False, default_factory=dict)   # id -> the row as the tool wrote it
 
     def __post_init__(self) -> None:
-        self._writer = BatchWriter(self.engine, self.report, self.batch_size)
+        self._writer = BatchWriter(self.storage, self.engine, self.report, self.batch_size)
 
     @property
     def layout(self) -> StorageLayout:
@@ -352,7 +352,8 @@ class Executor:
 
     def _publish(self, plan: GenerationPlan, claim: GenerationClaim, undo: Callable[[], None]) -> None:
         """Right after a move or a renumbering rename, while the row is still held: the flat
-        link, then the rename made durable, then ``storage_path`` and ``version`` — so the
+        link, then the rename made durable (``flush_to_disk``: one ``syncfs``, which also covers
+        whatever the batch wrote before), then ``storage_path`` and ``version`` — so the
         application's flat path and its row point at the files again within one step, not at
         the end of a batch (its delete removes ``storage_path``; its edits go to ``<ROOT>/<id>``).
         A link that cannot be written undoes the rename. The rest follows in the batch."""
@@ -363,9 +364,7 @@ class Executor:
         except GenerationError:
             undo()
             raise
-        target = _target(plan)
-        for folder in (target, target.parent, target.parent.parent, self.layout.root):
-            fsync_dir(self.storage, folder)
+        flush_to_disk(self.storage)
         version = plan.generation.version
         if claim.record_place(plan.storage_path, version):
             self._published[plan.id] = RowSeen(plan.row_seen.status, version, plan.storage_path)

@@ -135,10 +135,11 @@ class Storage:
         """Set the tool's state folder's modification time to now, if it is a real folder: the
         application's ``cleanup_old_files`` removes every top-level entry of ROOT older than its
         age limit (30 days), so the folder is touched by every command that opens ROOT and
-        periodically by ``watch``. A ROOT mounted read-only leaves it as it is."""
+        periodically by ``watch``. A ROOT mounted read-only leaves it as it is. The time owes no
+        sync: one a crash takes back is set again by the next command."""
         if self.is_folder(self.layout.state_dir):
             try:
-                self.set_mtime(self.layout.state_dir, time.time_ns())
+                self.root.set_times(self.parts(self.layout.state_dir), time.time_ns(), durable=False)
             except OSError:
                 pass
 

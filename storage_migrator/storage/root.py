@@ -14,8 +14,9 @@ import functools
 import os
 import secrets
 import stat
-from collections.abc import Callable, Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, BinaryIO
 
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CHUNK_SIZE",
     "DirHandle",
+    "Durable",
     "FolderFiles",
     "Parts",
     "Root",
@@ -136,16 +138,65 @@ def _sync_file_range() -> Callable[..., int] | None:
 
 
 _SYNC_FILE_RANGE_WRITE = 2
+WRITEBACK_MIN_BYTES = 256 << 10
+"""Files at least this large get their write-back started as soon as they are written
+(``start_writeback``); a smaller file (a manifest) is not worth the system call: the next
+``make_durable`` writes it with the rest."""
 
 
 def start_writeback(fd: int) -> None:
     """Start writing a file's dirty pages to disk now, without waiting (``sync_file_range``
-    WRITE): the ``sync`` before the next database commit then finds them written instead of
-    writing them all while the run waits (``docs/benchmarks.md``, "Writeback"). Only a
-    hint: nothing is promised until that ``sync``; where the call is missing nothing happens."""
+    WRITE): the ``make_durable`` before the next database commit then finds them written
+    instead of writing them all while the run waits (``docs/benchmarks.md``, "Writeback"). Only a
+    hint: nothing is promised until ``make_durable``; where the call is missing nothing happens."""
     function = _sync_file_range()
     if function is not None:
         function(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)
+
+
+def _syncfs_function() -> Callable[..., int] | None:
+    return _libc_function("syncfs", ctypes.c_int)
+
+
+def _syncfs(fd: int) -> bool:
+    """``syncfs(2)``: everything written to the filesystem that holds ``fd`` (data, renames,
+    creations) made durable; True if done. False where libc or the kernel lacks it (nothing
+    done: the caller fsyncs what it touched instead); an I/O error raises."""
+    function = _syncfs_function()
+    if function is None:
+        return False
+    if function(fd) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code == errno.ENOSYS:
+        return False
+    raise OSError(code, os.strerror(code))
+
+
+@functools.cache
+def _umask() -> int:
+    """The process's umask, read once (``/proc/self/status`` where it says, else set and set
+    back at first use): a file created with a mode the umask leaves whole needs no ``fchmod``."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    current = os.umask(0o022)
+    os.umask(current)
+    return current
+
+
+@dataclass(frozen=True)
+class Durable:
+    """What one ``Root.make_durable`` did: how many filesystems it synced (``syncfs``, one per
+    filesystem written to), or, where ``syncfs`` is missing, which entries it fsynced (each
+    touched directory and written file once)."""
+
+    synced_filesystems: int = 0
+    fsynced: tuple[tuple[str, ...], ...] = ()
 
 
 def _renameat2(src_fd: int, src: str, dst_fd: int, dst: str, flags: int) -> bool:
@@ -404,6 +455,17 @@ class Root(_OpenDirectory):
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = os.path.abspath(os.fspath(path))
         self.fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        self._device = os.fstat(self.fd).st_dev
+        self._unsynced: dict[tuple[str, ...], int] = {}     # entry -> its filesystem (st_dev)
+        self._sync_fds: dict[int, int] = {self._device: self.fd}  # a directory descriptor per filesystem
+        self._known_dirs: dict[tuple[str, ...], None] = {}  # folders seen to exist, newest last
+
+    def close(self) -> None:
+        for fd in self._sync_fds.values():
+            if fd != self.fd:
+                _close_quietly(fd)
+        self._sync_fds = {}
+        super().close()
 
     @classmethod
     def open(cls, path: str | os.PathLike[str]) -> Root:
@@ -625,8 +687,9 @@ class Root(_OpenDirectory):
         """Replace (or create) the regular file ``parts`` in one rename: a temp file
         ``.<name>.<pid>.<random>.storage-migrate-tmp`` is created with ``O_EXCL | O_NOFOLLOW`` in
         the same directory descriptor, filled from ``content`` (bytes, or a callable given the
-        binary file object), given ``mode`` with ``fchmod``, fsynced when ``fsync``, then renamed
-        over the name.
+        binary file object), given ``mode`` (at creation where the umask leaves it whole, else
+        with ``fchmod``), fsynced when ``fsync``, then renamed over the name. Without ``fsync``
+        the file and the rename are durable at the next ``make_durable``.
 
         An existing symlink (or any non-regular entry) at the name is refused with
         ``UnsafePath``: it means someone else put it there and the operator should know. Safety
@@ -641,8 +704,9 @@ class Root(_OpenDirectory):
             existing = _lstat_named(parent, name, display)
             if existing is not None and not stat.S_ISREG(existing.st_mode):
                 raise UnsafePath(display, _kind(existing.st_mode))
+            whole = mode & _umask() == 0
             try:
-                temp, fd = self._create_temp(parent, name)
+                temp, fd = self._create_temp(parent, name, mode if whole else 0o600)
             except OSError as error:
                 raise _os_error(error, display) from None
             try:
@@ -652,10 +716,11 @@ class Root(_OpenDirectory):
                     else:
                         handle.write(content)
                     handle.flush()
-                    os.fchmod(handle.fileno(), mode)
+                    if not whole:
+                        os.fchmod(handle.fileno(), mode)
                     if fsync:
                         os.fsync(handle.fileno())
-                    else:
+                    elif handle.tell() >= WRITEBACK_MIN_BYTES:
                         start_writeback(handle.fileno())
                 os.replace(temp, name, src_dir_fd=parent, dst_dir_fd=parent)
             except OSError as error:
@@ -666,33 +731,28 @@ class Root(_OpenDirectory):
                 raise
             if fsync:
                 os.fsync(parent)
+            else:
+                self._touched(parent, checked[:-1], checked)
 
     def makedirs(self, parts: Parts, mode: int = 0o755, owner: tuple[int, int] | None = None) -> list[Parts]:
         """Create the directory ``parts`` and any missing parents (``mode`` minus the umask, as
         ``os.makedirs``); existing directories are fine, a symlink at any component is refused.
         Returns the directories it created, outermost first; each is given ``owner`` (uid, gid)
-        right after its ``mkdir``, through its parent's descriptor, when one is asked for (as
-        root). One pass down from ROOT: each component is made and opened relative to the one
-        before, nothing is looked up twice."""
+        right after its ``mkdir`` when one is asked for (as root) and it is not already theirs.
+        One pass down from ROOT: each component is made and opened relative to the one before,
+        nothing is looked up twice; a folder this ``Root`` saw lately is only opened (no
+        ``mkdir`` that would fail with ``EEXIST``), made again if it was removed meanwhile."""
         checked = _check_parts(parts)
         created: list[Parts] = []
         fd = self.fd
         try:
             for index, name in enumerate(checked):
-                display = self._display(checked[: index + 1])
-                try:
-                    os.mkdir(name, mode, dir_fd=fd)
-                    created.append(checked[: index + 1])
-                    if owner is not None:           # the entry itself, never through a link
-                        os.chown(name, *owner, dir_fd=fd, follow_symlinks=False)
-                except FileExistsError:
-                    pass
-                except OSError as error:
-                    raise _os_error(error, display) from None
-                try:
-                    child = os.open(name, DIR_FLAGS, dir_fd=fd)
-                except OSError as error:
-                    raise _explain(fd, name, display, error, "is not a directory") from None
+                here = checked[: index + 1]
+                child = self._open_known_dir(fd, here)
+                if child is None:
+                    if self._mkdir(fd, checked[:index], name, mode):
+                        created.append(here)
+                    child = self._open_made_dir(fd, name, here, owner if created and created[-1] == here else None)
                 if fd != self.fd:
                     os.close(fd)
                 fd = child
@@ -700,6 +760,57 @@ class Root(_OpenDirectory):
             if fd != self.fd:
                 _close_quietly(fd)
         return created
+
+    _KNOWN_DIRS = 256
+    """Folders ``makedirs`` remembers as existing (the newest): a project's folders are reused by
+    each of its generations, and memory stays flat over any number of projects."""
+
+    def _open_known_dir(self, parent: int, parts: tuple[str, ...]) -> int | None:
+        """A descriptor of the folder ``parts`` (in ``parent``) if it was seen lately and is still
+        there; None if it must be made (or looked at the slow way: ``_mkdir`` then open)."""
+        if self._known_dirs.pop(parts, False) is False:
+            return None
+        try:
+            child = os.open(parts[-1], DIR_FLAGS, dir_fd=parent)
+            self._known_dirs[parts] = None          # the newest again
+            return child
+        except FileNotFoundError:
+            return None
+        except OSError as error:
+            raise _explain(parent, parts[-1], self._display(parts), error, "is not a directory") from None
+
+    def _mkdir(self, parent: int, parent_parts: tuple[str, ...], name: str, mode: int) -> bool:
+        """``mkdir`` ``name`` in ``parent``; False if something is there already."""
+        try:
+            os.mkdir(name, mode, dir_fd=parent)
+        except FileExistsError:
+            return False
+        except OSError as error:
+            raise _os_error(error, self._display((*parent_parts, name))) from None
+        self._touched(parent, parent_parts)
+        return True
+
+    def _open_made_dir(self, parent: int, name: str, parts: tuple[str, ...], owner: tuple[int, int] | None) -> int:
+        """Open the folder ``name`` just made or found (never through a link), give it ``owner``
+        if asked and it differs from what ``fstat`` shows, and remember it as existing."""
+        try:
+            child = os.open(name, DIR_FLAGS, dir_fd=parent)
+        except OSError as error:
+            raise _explain(parent, name, self._display(parts), error, "is not a directory") from None
+        try:
+            if owner is not None:
+                status = os.fstat(child)
+                if (status.st_uid, status.st_gid) != owner:
+                    os.fchown(child, *owner)
+                    self._touched(child, parts)
+        except OSError as error:
+            os.close(child)
+            raise _os_error(error, self._display(parts)) from None
+        self._known_dirs.pop(parts, None)
+        self._known_dirs[parts] = None
+        if len(self._known_dirs) > self._KNOWN_DIRS:
+            del self._known_dirs[next(iter(self._known_dirs))]
+        return child
 
     def owner_of(self, parts: Parts = ()) -> tuple[int, int] | None:
         """(uid, gid) of the entry ``parts`` (ROOT by default) when the tool runs as root and so
@@ -729,6 +840,8 @@ class Root(_OpenDirectory):
             except OSError as error:
                 code = error.errno if error.errno is not None else errno.EIO
                 raise OSError(code, error.strerror or os.strerror(code), display) from None
+            self._touched(src_fd, src[:-1])
+            self._touched(dst_fd, dst[:-1])
 
     def exchange(self, a_parts: Parts, b_parts: Parts) -> bool:
         """Swap the entries ``a_parts`` and ``b_parts`` (both must exist, neither is followed) in
@@ -740,9 +853,13 @@ class Root(_OpenDirectory):
         display = f"{printable(self._display(a))} <-> {printable(self._display(b))}"
         with self._parent(a) as (a_fd, a_name), self._parent(b) as (b_fd, b_name):
             try:
-                return _renameat2_exchange(a_fd, a_name, b_fd, b_name)
+                exchanged = _renameat2_exchange(a_fd, a_name, b_fd, b_name)
             except OSError as error:
                 raise OSError(error.errno, error.strerror, display) from None
+            if exchanged:
+                self._touched(a_fd, a[:-1])
+                self._touched(b_fd, b[:-1])
+            return exchanged
 
     def rename_and_link(self, src_parts: Parts, dst_parts: Parts, link_parts: Parts, target: str) -> None:
         """Rename ``src_parts`` to ``dst_parts`` (which must not exist) and make ``link_parts``
@@ -781,6 +898,8 @@ class Root(_OpenDirectory):
                 except OSError:
                     pass
                 raise _os_error(error, self._display(link)) from None
+            for fd, folder in ((src_fd, src[:-1]), (dst_fd, dst[:-1]), (link_fd, link[:-1])):
+                self._touched(fd, folder)
 
     def _make_temp_link(self, parent: int, name: str, target: str, display: str) -> str:
         """A new symlink to ``target`` under a free temp name for ``name`` in ``parent``."""
@@ -806,6 +925,7 @@ class Root(_OpenDirectory):
                 os.symlink(target, name, dir_fd=parent)
             except OSError as error:
                 raise _os_error(error, self._display(checked)) from None
+            self._touched(parent, checked[:-1])
 
     def symlink(self, parts: Parts, target: str) -> None:
         """Make ``parts`` a symlink to ``target`` (stored as given, never resolved here),
@@ -825,6 +945,7 @@ class Root(_OpenDirectory):
             except OSError as error:
                 self._discard_temp(parent, temp)
                 raise _os_error(error, display) from None
+            self._touched(parent, checked[:-1])
 
     def unlink(self, parts: Parts, *, missing_ok: bool = False) -> None:
         """Remove the non-directory entry ``parts`` (a symlink is removed itself, never its
@@ -834,6 +955,7 @@ class Root(_OpenDirectory):
         try:
             with self._parent(checked) as (parent, name):
                 os.unlink(name, dir_fd=parent)
+                self._touched(parent, checked[:-1])
         except FileNotFoundError as error:
             if not missing_ok:
                 raise _os_error(error, display) from None
@@ -863,15 +985,20 @@ class Root(_OpenDirectory):
         try:
             with self._parent(checked) as (parent, name):
                 os.rmdir(name, dir_fd=parent)
+                self._touched(parent, checked[:-1])
         except OSError as error:
             raise _os_error(error, self._display(checked)) from None
 
-    def set_times(self, parts: Parts, mtime_ns: int) -> None:
-        """Set access and modification time of the entry ``parts`` itself (a link is not followed)."""
+    def set_times(self, parts: Parts, mtime_ns: int, *, durable: bool = True) -> None:
+        """Set access and modification time of the entry ``parts`` itself (a link is not followed);
+        made durable at the next ``make_durable`` unless ``durable`` is False (a time nobody
+        relies on after a crash: no sync is owed for it)."""
         checked = _check_parts(parts)
         try:
             with self._parent(checked) as (parent, name):
                 os.utime(name, ns=(mtime_ns, mtime_ns), dir_fd=parent, follow_symlinks=False)
+                if durable:
+                    self._touched(parent, checked[:-1], checked)
         except OSError as error:
             raise _os_error(error, self._display(checked)) from None
 
@@ -888,6 +1015,7 @@ class Root(_OpenDirectory):
                 current = os.stat(name, dir_fd=parent, follow_symlinks=False)
                 if model is not None and (current.st_uid, current.st_gid) != (model.st_uid, model.st_gid):
                     os.chown(name, model.st_uid, model.st_gid, dir_fd=parent, follow_symlinks=False)
+                    self._touched(parent, checked[:-1], checked)
         except OSError as error:
             raise _os_error(error, self._display(checked)) from None
 
@@ -895,6 +1023,82 @@ class Root(_OpenDirectory):
         """fsync the directory ``parts`` so renames and creations in it survive a power cut."""
         with self.open_dir(parts) as handle:
             os.fsync(handle.fd)
+
+    # -- durability ----------------------------------------------------------------------------
+
+    def _touched(self, parent_fd: int, parent: tuple[str, ...], *entries: tuple[str, ...]) -> None:
+        """Note, until the next ``make_durable``, that the directory ``parent`` (open as
+        ``parent_fd``) changed — an entry made, renamed or removed in it — and that ``entries``
+        below it were written. Each directory's filesystem is looked up once per batch."""
+        device = self._unsynced.get(parent)
+        if device is None:
+            device = self._device if parent_fd == self.fd else os.fstat(parent_fd).st_dev
+            if device not in self._sync_fds:           # a filesystem mounted below ROOT
+                self._sync_fds[device] = os.dup(parent_fd)
+            self._unsynced[parent] = device
+        for entry in entries:
+            self._unsynced[entry] = device
+
+    def unsynced(self) -> frozenset[tuple[str, ...]]:
+        """What ``make_durable`` would make durable now: the directories changed and the files
+        written through this ``Root`` since its last call."""
+        return frozenset(self._unsynced)
+
+    def make_durable(self) -> Durable:
+        """Make durable every change made through this ``Root`` since the last call: one
+        ``syncfs`` per filesystem written to (ROOT's, and any mounted below it), or, where libc
+        or the kernel lacks ``syncfs``, one fsync of each changed directory and written file.
+        Call it before the database commit that points at those changes; with nothing changed
+        it does nothing. An I/O error raises, and what was to be made durable stays pending."""
+        if not self._unsynced:
+            return Durable()
+        devices = set(self._unsynced.values())
+        if all(_syncfs(self._sync_fds[device]) for device in devices):
+            done = Durable(synced_filesystems=len(devices))
+        else:
+            done = Durable(fsynced=self._fsync_each(self._unsynced))
+        self._unsynced = {}
+        for fd in self._sync_fds.values():
+            if fd != self.fd:
+                _close_quietly(fd)
+        self._sync_fds = {self._device: self.fd}
+        return done
+
+    def _fsync_each(self, entries: Iterable[tuple[str, ...]]) -> tuple[tuple[str, ...], ...]:
+        """fsync each of ``entries`` that is still a directory or regular file (deepest first);
+        one gone since, or replaced by a link, is skipped: its parent's fsync covers its removal."""
+        done: list[tuple[str, ...]] = []
+        for parts in sorted(entries, key=len, reverse=True):
+            fd = self._open_for_fsync(parts)
+            if fd is None:
+                continue
+            try:
+                os.fsync(fd)
+            except OSError as error:
+                raise _os_error(error, self._display(parts)) from None
+            finally:
+                if fd != self.fd:
+                    os.close(fd)
+            done.append(parts)
+        return tuple(done)
+
+    def _open_for_fsync(self, parts: tuple[str, ...]) -> int | None:
+        """A descriptor of the directory or regular file ``parts`` (ROOT's own for ``()``), or
+        None if it is gone or anything else now (never opened: a FIFO or device is not touched)."""
+        if not parts:
+            return self.fd
+        try:
+            with self._parent(parts) as (parent, name):
+                status = _lstat_at(parent, name)
+                if status is None or not (stat.S_ISDIR(status.st_mode) or stat.S_ISREG(status.st_mode)):
+                    return None
+                return os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=parent)
+        except (FileNotFoundError, UnsafePath):
+            return None
+        except OSError as error:
+            if error.errno in (errno.ELOOP, errno.ENOTDIR, errno.ENXIO):
+                return None
+            raise _os_error(error, self._display(parts)) from None
 
     def rmtree(self, parts: Parts, *, missing_ok: bool = False) -> None:
         """Remove the directory ``parts`` and everything in it without following any symlink.
@@ -975,6 +1179,7 @@ class Root(_OpenDirectory):
                 os.rmdir(name, dir_fd=parent)
             except OSError as error:
                 raise _os_error(error, display) from None
+            self._touched(parent, checked[:-1])
 
     def copy_tree(self, src_parts: Parts, dst_parts: Parts) -> None:
         """Copy the directory ``src_parts`` to the new directory ``dst_parts`` (its parent must
@@ -991,6 +1196,7 @@ class Root(_OpenDirectory):
         try:
             with self._parent(dst) as (parent, name):
                 target = _Cursor(self._make_dir_at(parent, name, self._display(dst)), self._display(dst))
+                self._touched(parent, dst[:-1])
             try:
                 self._copy_walk(source, target)
             finally:

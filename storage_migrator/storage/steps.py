@@ -2,10 +2,12 @@
 one rename, so a caller killed between any two calls finds the old state or the new one, never
 half of a file.
 
-Durability is batched, not per file: callers ``flush_to_disk()`` once before they record a batch
-in the database, so the database never claims what a power cut could take back, and a run does
-not pay an fsync per manifest (its cost: ``docs/benchmarks.md``). The one exception is a
-cross-filesystem copy, fsynced file by file before its source is removed.
+Durability is batched, not per file: every change below ROOT is noted by the opened ``Root``,
+and callers ``flush_to_disk(storage)`` once before they record a batch in the database (one
+``syncfs`` of each filesystem written to), so the database never claims what a power cut could
+take back, and a run does not pay an fsync per manifest or per directory (the cost:
+``docs/benchmarks.md``). The one exception is a cross-filesystem copy, fsynced file by file
+before its source is removed.
 Nothing here follows a symlink or removes anything it did not make, except ``discard_tree``,
 which a caller uses only on a folder whose verified copy exists.
 """
@@ -35,6 +37,7 @@ from storage_migrator.storage.layout import (
     staging_name,
     state_entry_name,
 )
+from storage_migrator.storage.root import Durable
 from storage_migrator.storage.tree import FileRecord, Fingerprint, TreeSnapshot, fingerprint_tree, scan_tree
 
 
@@ -42,10 +45,15 @@ def _failed(error: OSError, verb: str, path: Path) -> FilesystemError:
     return FilesystemError.of(error, verb, path)
 
 
-def flush_to_disk() -> None:
-    """Make every rename and write so far durable (sync(2)); called before each database commit.
-    sync rather than syncfs: ROOT may hold mount points, and their writes count too."""
-    os.sync()
+def flush_to_disk(storage: Storage) -> Durable:
+    """Make every change made below ROOT since the last call durable (``Root.make_durable``:
+    one ``syncfs`` per filesystem written to, mount points below ROOT included); called before
+    each database commit that points at those changes. Raises ``FilesystemError`` on an I/O
+    error: nothing may be committed then."""
+    try:
+        return storage.root.make_durable()
+    except OSError as error:
+        raise _failed(error, "sync the filesystem of", storage.path) from error
 
 
 def atomic_write(storage: Storage, final: Path, write: Callable[[BinaryIO], object]) -> None:
@@ -300,9 +308,12 @@ def discard_partial(storage: Storage, path: Path) -> None:
 
 def prepare_state_dir(storage: Storage) -> None:
     """Create ``<ROOT>/.storage-migrate`` and its ``trash/`` and ``moving/`` as real folders
-    (mode 0700: only the tool's user writes there), refusing a symlink at any of them."""
+    (mode 0700: only the tool's user writes there), refusing a symlink at any of them. Folders
+    already there (every command but the first) are only looked at."""
     state_dir = storage.layout.state_dir
     for folder in (state_dir, state_dir / TRASH_DIR, state_dir / MOVING_DIR):
+        if storage.is_folder(folder):
+            continue
         try:
             storage.root.makedirs(storage.parts(folder), mode=0o700)
         except OSError as error:

@@ -10,6 +10,7 @@ import pytest
 import sqlalchemy as sa
 
 from storage_migrator.commands.run import run
+from storage_migrator.storage import root as root_module
 from storage_migrator.storage.layout import StorageLayout
 from tests.support.sandbox import (
     Sandbox,
@@ -142,6 +143,35 @@ def test_rerun_is_a_no_op(installation: Sandbox) -> None:
     assert document["migrated"] == 0 and document["failed"] == 0
     assert tree_digest(installation.root) == tree
     assert dump_tables(installation.database_url) == tables
+
+
+def test_a_second_run_makes_no_folder_that_exists_and_owes_no_sync(
+    installation: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing changed since the first run: the second one tries no ``mkdir`` that fails with
+    EEXIST, and finds nothing to make durable before its commits (no sync of any kind)."""
+    assert run(installation.settings).failed == 0
+    existing: list[str] = []
+    durable: list[root_module.Durable] = []
+    real_mkdir, real_make_durable = os.mkdir, root_module.Root.make_durable
+
+    def mkdir(name: str, mode: int = 0o777, *, dir_fd: int | None = None) -> None:
+        try:
+            real_mkdir(name, mode, dir_fd=dir_fd)
+        except FileExistsError:
+            existing.append(name)
+            raise
+
+    def make_durable(root: root_module.Root) -> root_module.Durable:
+        durable.append(real_make_durable(root))
+        return durable[-1]
+
+    monkeypatch.setattr(os, "mkdir", mkdir)
+    monkeypatch.setattr(root_module.Root, "make_durable", make_durable)
+    report = run(installation.settings, resync=True)
+    assert report.failed == 0 and report.migrated == 0
+    assert existing == []
+    assert durable and set(durable) == {root_module.Durable()}
 
 
 def test_database_not_at_head_is_refused(tmp_path: Path, sqlite_url: str) -> None:

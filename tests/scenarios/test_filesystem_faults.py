@@ -27,12 +27,14 @@ def installation(sqlite_url: str, tmp_path: Path) -> Sandbox:
 @pytest.fixture
 def fake_disk(installation: Sandbox, monkeypatch: pytest.MonkeyPatch) -> Iterator:
     """The installation's ROOT inside a fake filesystem (writes stay in memory). libc's
-    renameat2 would act on the real disk behind the fake one's back: the tool runs as on a libc
-    without it (its fallbacks: check-then-rename, link renamed into place right after a move).
+    renameat2 and syncfs would act on the real disk behind the fake one's back: the tool runs as
+    on a libc without them (its fallbacks: check-then-rename, link renamed into place right after
+    a move, an fsync of each directory and file written instead of one syncfs).
     pyfakefs also changes a file's ctime on every read, which Linux never does: here the
     fingerprint leaves ctime out (the real cross-filesystem tests on tmpfs, in test_hostile_fs,
     hold the whole fingerprint)."""
     monkeypatch.setattr(root_module, "_renameat2_function", lambda: None)
+    monkeypatch.setattr(root_module, "_syncfs_function", lambda: None)
     monkeypatch.setattr(tree_module, "fingerprint_of", lambda status, size=None: (
         status.st_size if size is None else size, status.st_mtime_ns, 0, status.st_ino))
     legacy = {g: scan(installation.root / g).checksums()

@@ -96,6 +96,20 @@ def tmpfs() -> Iterator[Callable[..., Path]]:
             subprocess.run(["umount", "-l", str(path)], check=False, capture_output=True)
 
 
+
+def test_a_filesystem_mounted_below_root_is_synced_too(tmp_path: Path, tmpfs) -> None:
+    """Writes below a mount point inside ROOT are on another filesystem: ``make_durable`` syncs
+    it as well as ROOT's own, once each, and only those written to."""
+    tmpfs(tmp_path / "project")
+    with Root(tmp_path) as root:
+        root.write_atomic("project/manifest.json", b"{}", fsync=False)
+        assert root.make_durable().synced_filesystems == 1          # only the mount was written
+        root.write_atomic("project/manifest.json", b"[]", fsync=False)
+        root.makedirs("project/generations/v1")
+        root.write_atomic("top.json", b"{}", fsync=False)
+        assert root.make_durable().synced_filesystems == 2
+        assert root.make_durable().synced_filesystems == 0
+
 def regular_files(folder: Path) -> dict[str, str]:
     """Every regular file below ``folder`` (never through a symlink) → sha256; iterative, so a
     tree 1,000 levels deep is fine."""

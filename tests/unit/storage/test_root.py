@@ -7,6 +7,7 @@ mtimes must be exactly the same afterwards.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -1040,3 +1041,123 @@ def test_a_folder_reader_never_follows_a_link_swapped_in_for_a_kept_directory(tm
             assert read("a/two.txt") == b"two"
         with pytest.raises(GenerationError, match="is a symlink"):
             read_with(storage, root_path / "src", "a/two.txt")
+
+
+# -- durability and folders made once ------------------------------------------------------------
+
+
+def _touch_a_batch(root: Root) -> None:
+    """What a batch of two generations does to the disk: folders made, files written, a folder
+    renamed into place, a link made."""
+    for version in (1, 2):
+        root.makedirs(f"p/generations/v{version}/artifacts")
+        root.write_atomic(f"p/generations/v{version}/manifest.json", b"{}", fsync=False)
+        root.write_atomic(f"p/generations/v{version}/changes.patch", b"", fsync=False)
+    root.makedirs("legacy")
+    root.rename("legacy", "p/generations/v2/source")
+    root.symlink("g2", "p/generations/v2/source")
+
+
+def test_make_durable_fsyncs_each_touched_directory_and_written_file_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(rootfs, "_syncfs_function", lambda: None)      # a libc without syncfs
+    with Root(tmp_path) as root:
+        _touch_a_batch(root)
+        done = root.make_durable()
+        assert done.synced_filesystems == 0
+        assert len(done.fsynced) == len(set(done.fsynced))               # each once
+        generations = ("p", "generations")
+        assert set(done.fsynced) == {
+            (), ("p",), generations,
+            *((*generations, f"v{v}") for v in (1, 2)),
+            *((*generations, f"v{v}", name) for v in (1, 2) for name in ("manifest.json", "changes.patch")),
+        }
+        assert root.unsynced() == frozenset()
+        assert root.make_durable() == rootfs.Durable()                   # nothing new: nothing done
+        root.write_atomic("p/generations/v1/manifest.json", b"[]", fsync=False)
+        assert root.make_durable().fsynced == (("p", "generations", "v1", "manifest.json"),
+                                               ("p", "generations", "v1"))
+
+
+def test_make_durable_is_one_syncfs_per_batch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[int] = []
+    real = rootfs._syncfs_function()
+    if real is None:
+        pytest.skip("this libc has no syncfs")
+
+    def counting(fd: int) -> int:
+        calls.append(fd)
+        return real(fd)
+
+    monkeypatch.setattr(rootfs, "_syncfs_function", lambda: counting)
+    with Root(tmp_path) as root:
+        _touch_a_batch(root)
+        assert root.make_durable() == rootfs.Durable(synced_filesystems=1)
+        assert calls == [root.fd]
+        assert root.make_durable() == rootfs.Durable()
+        assert calls == [root.fd]
+
+
+def test_a_failed_sync_keeps_what_was_to_be_made_durable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def failing(fd: int) -> None:
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    with Root(tmp_path) as root:
+        root.write_atomic("f", b"x", fsync=False)
+        monkeypatch.setattr(rootfs, "_syncfs", failing)
+        with pytest.raises(OSError, match="Input/output"):
+            root.make_durable()
+        assert root.unsynced() == frozenset({(), ("f",)})
+        monkeypatch.undo()
+        root.make_durable()
+        assert root.unsynced() == frozenset()
+
+
+def test_makedirs_makes_no_folder_twice_and_remakes_a_removed_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    made: list[tuple[str, bool]] = []
+    real_mkdir = os.mkdir
+
+    def mkdir(name: str, mode: int = 0o777, *, dir_fd: int | None = None) -> None:
+        try:
+            real_mkdir(name, mode, dir_fd=dir_fd)
+        except FileExistsError:
+            made.append((name, False))
+            raise
+        made.append((name, True))
+
+    with Root(tmp_path) as root:
+        root.makedirs("p/generations/v1/artifacts")
+        monkeypatch.setattr(os, "mkdir", mkdir)
+        for version in (2, 3):
+            assert root.makedirs(f"p/generations/v{version}/artifacts") == [
+                ("p", "generations", f"v{version}"), ("p", "generations", f"v{version}", "artifacts")]
+        assert made == [("v2", True), ("artifacts", True), ("v3", True), ("artifacts", True)]   # no EEXIST
+        shutil.rmtree(tmp_path / "p")                   # the application removed the project meanwhile
+        made.clear()
+        assert root.makedirs("p/generations/v4") == [("p",), ("p", "generations"), ("p", "generations", "v4")]
+        assert made == [("p", True), ("generations", True), ("v4", True)]
+    assert (tmp_path / "p/generations/v4").is_dir()
+
+
+def test_write_atomic_gives_the_mode_without_fchmod_unless_the_umask_takes_bits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[int] = []
+    real = os.fchmod
+    monkeypatch.setattr(os, "fchmod", lambda fd, mode: (calls.append(mode), real(fd, mode)))
+    with Root(tmp_path) as root:
+        monkeypatch.setattr(rootfs, "_umask", lambda: 0o022)
+        previous = os.umask(0o022)
+        try:
+            root.write_atomic("plain", b"x", mode=0o644, fsync=False)
+            monkeypatch.setattr(rootfs, "_umask", lambda: 0o077)
+            os.umask(0o077)
+            root.write_atomic("private-umask", b"x", mode=0o644, fsync=False)
+        finally:
+            os.umask(previous)
+    assert calls == [0o644]
+    assert stat.S_IMODE((tmp_path / "plain").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "private-umask").stat().st_mode) == 0o644
