@@ -11,8 +11,7 @@ import pytest
 from storage_migrator.demo import SampleSize
 from storage_migrator.errors import EXIT_INTERNAL_ERROR
 from storage_migrator.faults import BUG_AT_VARIABLE
-from tests.scenarios.test_crash import end_state, sqlite_copy
-from tests.support.sandbox import Sandbox, build_installation, error_lines, run_cli
+from tests.support.sandbox import Sandbox, build_installation, end_state, error_lines, run_cli, sqlite_copy
 
 TINY = SampleSize(projects=5, generations_per_project=2, files_per_generation=4)
 INTERNAL_ERROR = "storage-migrate: internal error: InjectedBug: injected at the step"
