@@ -2,7 +2,8 @@
 
 The library raises these; only the ``cli`` package knows Click and turns a ``CommandError`` into one
 line on stderr and its exit code. ``GenerationError`` is different: it fails one generation
-and the run goes on.
+and the run goes on. Any exception not listed here (nor an ``OSError`` or a database error) is
+a bug: the command stops and the CLI asks for a report (exit ``EXIT_INTERNAL_ERROR``).
 """
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ EXIT_OK = 0
 EXIT_SOME_FAILED = 1
 EXIT_USAGE = 2
 EXIT_VERIFY_PROBLEMS = 3
+EXIT_INTERNAL_ERROR = 70
+"""A bug in the tool (sysexits' EX_SOFTWARE): an exception it does not expect ended the command."""
 EXIT_LOCKED = 75
 EXIT_INTERRUPTED = 130
 
@@ -47,12 +50,23 @@ class UnsafePath(OSError):
         return (type(self), (self.path, self.reason))
 
 
-class UnsafePathComponent(ValueError):
-    """An id that cannot be used as one folder name: it would escape or confuse the layout."""
-
-
 class GenerationError(Exception):
     """One generation cannot be handled now; the message says what and what to do."""
+
+
+class InvalidInput(GenerationError):
+    """Something the tool read is not what it must be (a row's value, a manifest, a name): the
+    generation it belongs to fails, or the input counts as absent — never the command."""
+
+
+class UnsafePathComponent(InvalidInput):
+    """An id or a path from a row or a manifest that cannot be used below ROOT: it would escape
+    or confuse the layout."""
+
+
+class MalformedManifest(InvalidInput):
+    """A ``manifest.json`` whose content is not of the tool's shape: read as "no manifest" (it is
+    rewritten), or by ``verify`` reported as a problem."""
 
 
 _HINTS = {
@@ -85,11 +99,14 @@ def describe_reason(error: OSError) -> str:
     return _HINTS.get(error.errno or 0, error.strerror or (os.strerror(error.errno) if error.errno else str(error)))
 
 
-FAILS_ONE_GENERATION: tuple[type[Exception], ...] = (GenerationError, OSError, ValueError, RecursionError)
-"""What fails one generation (or one project's step) and lets the run go on: a ``GenerationError``,
-an ``OSError`` from a step not yet wrapped, a ``ValueError`` from a path rule (an unsafe id), a
-``UnicodeError`` from a name (both ValueErrors), a ``RecursionError`` from a pathological
-document. Anything else (a database error, a bug) ends the command."""
+FAILS_ONE_GENERATION: tuple[type[Exception], ...] = (GenerationError, OSError)
+"""What fails one generation (or one project's step) and lets the run go on: a ``GenerationError``
+(``InvalidInput`` included: what the tool read is not what it must be) or an ``OSError`` from a
+step not yet wrapped. A reader of untrusted text converts its parser's errors (``ValueError``,
+``UnicodeDecodeError``, ``RecursionError``) into ``InvalidInput`` where it parses, so none of
+them is caught here. Anything else ends the command: a database error is reported as one (by
+the command's report or the CLI's one line), and any other exception is a bug (exit
+``EXIT_INTERNAL_ERROR``)."""
 
 
 def failure_line(error: BaseException) -> str:

@@ -7,6 +7,7 @@ import functools
 import os
 import signal
 import sys
+import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,13 +26,20 @@ from storage_migrator.config import (
     default_path_prefix,
     normalize_database_url,
 )
-from storage_migrator.errors import EXIT_INTERRUPTED, EXIT_USAGE, CommandError, LockHeld
+from storage_migrator.errors import (
+    EXIT_INTERNAL_ERROR,
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    CommandError,
+    LockHeld,
+    printable,
+)
 
 
 class ToolGroup(click.Group):
     """Click's group with the library's boundary: a ``CommandError`` becomes one line on stderr
-    and its exit code; a database error that escapes a command does too. Nothing else is caught:
-    a traceback means a bug."""
+    and its exit code; a database error that escapes a command does too. Any other exception is
+    a bug: one line asking for a report (the traceback with -v) and exit ``EXIT_INTERNAL_ERROR``."""
 
     def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
              standalone_mode: bool = True, **extra: Any) -> Any:
@@ -70,6 +78,23 @@ class ToolGroup(click.Group):
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             ctx.exit(EXIT_INTERRUPTED)
+        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise                       # Click's own ways out (ctx.exit raises Exit, a RuntimeError)
+        except Exception as error:      # noqa: BLE001 - the one place a bug is caught: to say so
+            _report_bug(error, verbose=_is_verbose(ctx))
+            ctx.exit(EXIT_INTERNAL_ERROR)
+
+
+def _report_bug(error: Exception, verbose: bool) -> None:
+    """An exception the tool does not expect, on stderr: with -v its traceback, then one line
+    naming it. What the command had done stays consistent (every step is resumable, the lock
+    is released on the way out), so rerunning after a fix is safe."""
+    if verbose:
+        traceback.print_exception(error, file=sys.stderr)
+    lines = str(error).splitlines()
+    what = f"{type(error).__name__}: {printable(lines[0])}" if lines else type(error).__name__
+    hint = "please report this" + ("" if verbose else ", with the output of the same command run with -v")
+    click.echo(f"storage-migrate: internal error: {what} — {hint}", err=True)
 
 
 @contextmanager
@@ -108,8 +133,17 @@ def _remember_given(click_context: click.Context, parameter: click.Parameter, va
 
 
 def _is_quiet(click_context: click.Context) -> bool:
+    return _global_flag(click_context, "quiet")
+
+
+def _is_verbose(click_context: click.Context) -> bool:
+    return _global_flag(click_context, "verbose")
+
+
+def _global_flag(click_context: click.Context, name: str) -> bool:
+    """A global option's value: given after the command, else on the group."""
     given_after = click_context.meta.get(_GIVEN_AFTER_COMMAND, {})
-    return bool(given_after.get("quiet", click_context.find_root().params.get("quiet")))
+    return bool(given_after.get(name, click_context.find_root().params.get(name)))
 
 
 def _invocation(click_context: click.Context) -> Invocation:
@@ -149,7 +183,8 @@ DISTRIBUTION = "storage-migrator"
 EXIT_CODES_HELP = """\b
 Exit codes: 0 all done; 1 some generations failed (the others are done) or watch can no
 longer watch; 2 usage, configuration or precondition error; 3 verify found problems;
-75 another run holds the lock; 130 interrupted (Ctrl-C or SIGTERM)."""
+70 internal error (a bug: please report it, with the output of -v); 75 another run holds
+the lock; 130 interrupted (Ctrl-C or SIGTERM)."""
 
 
 def _global_options(*, after_the_command: bool) -> Callable[[Callable], Callable]:

@@ -23,6 +23,7 @@ from storage_migrator.errors import (
     EXIT_VERIFY_PROBLEMS,
     FAILS_ONE_GENERATION,
     GenerationError,
+    InvalidInput,
     LockHeld,
     UnsafePathComponent,
     failure_line,
@@ -264,7 +265,7 @@ def _manifest_or_problem(storage: Storage, path: Path) -> tuple[Manifest | None,
         return None, f"{path} is unreadable; remove it and run `storage-migrate resync`"
     try:
         return Manifest.from_document(document), None
-    except (ValueError, KeyError, TypeError):
+    except InvalidInput:
         if _TOOL_ONLY_KEYS & document.keys():
             return None, f"{path} is the tool's but unreadable; remove it and run `storage-migrate resync`"
         return None, None

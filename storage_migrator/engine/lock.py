@@ -64,13 +64,25 @@ def take_shared_run_lock(connection: Connection, command: str) -> None:
                    "try again when it has finished")
 
 
+_LATEST_TIMESTAMP = 253402300799
+"""The last second of the year 9999: a later ``since`` is no time ``localtime`` can spell."""
+
+
 def _holder_description(storage: Storage, lock_file: Path) -> str:
+    """Who the lock file says holds the lock; "an unknown process" when it says nothing usable
+    (a holder killed while writing it, or bytes someone else put there)."""
+    unknown = "an unknown process"
     try:
         holder = json.loads(read_regular_file(storage, lock_file.parent, lock_file.name, max_bytes=4096))
-        return (f"{holder['command']} (pid {holder['pid']} on {holder['host']}, "
-                f"since {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(holder['since']))})")
-    except (GenerationError, ValueError, KeyError, TypeError, OverflowError):
-        return "an unknown process"
+    except (GenerationError, OSError, ValueError, RecursionError):     # ValueError: not UTF-8 or not JSON
+        return unknown
+    if not isinstance(holder, dict) or not {"command", "pid", "host"} <= holder.keys():
+        return unknown
+    since = holder.get("since")
+    if isinstance(since, bool) or not isinstance(since, (int, float)) or not 0 <= since <= _LATEST_TIMESTAMP:
+        return unknown
+    return (f"{holder['command']} (pid {holder['pid']} on {holder['host']}, "
+            f"since {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(since))})")
 
 
 def current_holder(storage: Storage, engine: Engine) -> str | None:

@@ -107,5 +107,5 @@ def _target_present(storage: Storage, link_text: str) -> bool:
     """Anything at the link's target (reached through real folders only; an unreadable path counts)."""
     try:
         return storage.occupied(storage.path / link_text)
-    except (OSError, ValueError):
+    except OSError:
         return True

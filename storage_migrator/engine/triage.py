@@ -17,7 +17,7 @@ from sqlalchemy.engine import Engine
 
 from storage_migrator.db.rows import adopt_failed_generation
 from storage_migrator.engine.survey import has_application_manifest
-from storage_migrator.errors import FAILS_ONE_GENERATION, UnsafePathComponent
+from storage_migrator.errors import FAILS_ONE_GENERATION
 from storage_migrator.records import GenerationRow, ProjectRecord, RowSeen
 from storage_migrator.report import ROOT_FILES, ROOT_ZIPS, ApplicationState, empty_states
 from storage_migrator.storage.handle import Storage
@@ -56,9 +56,7 @@ def application_state(storage: Storage, generation: GenerationRow, output_files:
             files = output_files(generation.id)
             if _paths_match(files, set(fingerprint_tree(storage, source_dir(target)))):
                 return ApplicationState.FAILED_BUT_COMPLETE
-    except FAILS_ONE_GENERATION:
-        return None
-    except UnsafePathComponent:
+    except FAILS_ONE_GENERATION:         # an unsafe id (InvalidInput) included
         return None
     return None
 
@@ -67,6 +65,15 @@ def _paths_match(files: Mapping[str, Any] | None, on_disk: set[str]) -> bool:
     if not files:
         return False
     return all(isinstance(content, str) for content in files.values()) and set(files) == on_disk
+
+
+def _utf8_checksums(files: Mapping[str, Any]) -> dict[str, str] | None:
+    """The sha256 of each ``output_files`` content as the application writes it (UTF-8); None
+    if one cannot be UTF-8 (a lone surrogate, legal in JSON): then no file on disk matches it."""
+    try:
+        return {path: hashlib.sha256(content.encode("utf-8")).hexdigest() for path, content in files.items()}
+    except UnicodeEncodeError:
+        return None
 
 
 def project_states(storage: Storage, record: ProjectRecord, output_files: OutputFiles) -> dict[str, list[str]]:
@@ -94,8 +101,7 @@ def adopt_complete(storage: Storage, engine: Engine, record: ProjectRecord,
             on_disk = scan_tree(storage, source_dir(storage.layout.generation_target(generation))).checksums()
         except FAILS_ONE_GENERATION:
             continue
-        recorded = {path: hashlib.sha256(content.encode("utf-8")).hexdigest() for path, content in files.items()}
-        if on_disk != recorded:
+        if on_disk != _utf8_checksums(files):
             continue
         if adopt_failed_generation(engine, generation.id, RowSeen.of(generation), generation.file_count,
                                    generation.total_size_bytes):

@@ -19,7 +19,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from storage_migrator.errors import GenerationError
+from storage_migrator.errors import GenerationError, InvalidInput, MalformedManifest
 from storage_migrator.records import as_utc
 from storage_migrator.storage.layout import check_relative_paths
 from storage_migrator.storage.tree import CHUNK_SIZE, Fingerprint, TreeSnapshot, fingerprint_tree, open_regular_file
@@ -38,6 +38,7 @@ MAX_APPLICATION_KEY_BYTES = 1 << 20
 # Keys the tool writes; every other key of an existing manifest is the application's and stays.
 OWNED_KEYS = frozenset({"format", "generation_id", "project_id", "version", "file_count", "total_size_bytes",
                         "fingerprint_digest", "files", "checksums", "fingerprints"})
+_REQUIRED_KEYS = frozenset({"generation_id", "project_id", "version", "file_count", "total_size_bytes", "checksums"})
 HEAD_BYTES = 4096
 _HEAD_END = ', "files": '
 
@@ -55,7 +56,7 @@ def _has_surrogate(name: str) -> bool:
 def _escape_byte(match: re.Match[str]) -> str:
     code = ord(match.group())
     if not 0xDC80 <= code <= 0xDCFF:
-        raise ValueError(f"{code:#x} is a lone surrogate, not an undecodable byte of a file name")
+        raise MalformedManifest(f"{code:#x} is a lone surrogate, not an undecodable byte of a file name")
     return f"\\x{code - 0xDC00:02x}"
 
 
@@ -80,12 +81,12 @@ def _unescape(match: re.Match[str]) -> str:
 
 
 def decode_name(key: str) -> str:
-    """The name a manifest key stands for. Raises ValueError for a marker form that is not the
+    """The name a manifest key stands for. Raises MalformedManifest for a marker form that is not the
     canonical one (two keys must never name one file) or a surrogate no file name can hold."""
     if key.startswith(NAME_MARKER):
         name = _NAME_ESCAPE.sub(_unescape, key[1:])
         if encode_name(name) != key:
-            raise ValueError("a manifest key is not the canonical form of a file name")
+            raise MalformedManifest("a manifest key is not the canonical form of a file name")
         return name
     if _has_surrogate(key):         # format 1: raw bytes, read as surrogateescape
         display_name(key)           # raises for a surrogate that is not an undecodable byte
@@ -95,7 +96,7 @@ def decode_name(key: str) -> str:
 def _decoded_keys(mapping: dict[str, Any]) -> dict[str, Any]:
     decoded = {decode_name(key): value for key, value in mapping.items()}
     if len(decoded) != len(mapping):
-        raise ValueError("two manifest keys name the same file")
+        raise MalformedManifest("two manifest keys name the same file")
     return decoded
 
 
@@ -119,7 +120,7 @@ def _json_bytes(document: dict[str, Any]) -> bytes:
 def _parse_object(text: str) -> dict[str, Any] | None:
     try:
         document = json.loads(text)
-    except (ValueError, RecursionError):     # untrusted bytes: "no manifest"
+    except (ValueError, RecursionError):     # untrusted text (a 5,000-digit number is a ValueError too)
         return None
     return document if isinstance(document, dict) else None
 
@@ -239,24 +240,28 @@ class Manifest:
 
     @classmethod
     def from_document(cls, document: dict[str, Any]) -> Manifest:
-        """Raises ValueError/TypeError/KeyError for anything not of the expected shape."""
+        """Raises ``InvalidInput`` (``MalformedManifest``, or ``UnsafePathComponent`` for a key
+        that is no plain relative path) for anything not of the expected shape."""
+        missing = _REQUIRED_KEYS - document.keys()
+        if missing:
+            raise MalformedManifest(f"the manifest lacks {', '.join(sorted(missing))}")
         checksums = document["checksums"]
         fingerprints = document.get("fingerprints", {})
         if not isinstance(checksums, dict) or not isinstance(fingerprints, dict):
-            raise TypeError("checksums and fingerprints must be objects")
+            raise MalformedManifest("checksums and fingerprints must be objects")
         if not all(isinstance(k, str) and isinstance(v, str) for k, v in checksums.items()):
-            raise TypeError("checksums must map paths to strings")
+            raise MalformedManifest("checksums must map paths to strings")
         checksums, fingerprints = _decoded_keys(checksums), _decoded_keys(fingerprints)
         check_relative_paths([*checksums, *fingerprints])    # a key like ../../etc/shadow is never read
         older = document.get("format") in OLDER_FINGERPRINT_FORMATS
         pairs: dict[str, Fingerprint] = {}
         for path, pair in fingerprints.items():
             if not (isinstance(pair, list) and len(pair) == (2 if older else 4) and all(type(n) is int for n in pair)):
-                raise TypeError("a fingerprint must be [size, mtime_ns, ctime_ns, inode]")
+                raise MalformedManifest("a fingerprint must be [size, mtime_ns, ctime_ns, inode]")
             pairs[path] = (pair[0], pair[1], UNKNOWN, UNKNOWN) if older else (pair[0], pair[1], pair[2], pair[3])
         integers = [document["version"], document["file_count"], document["total_size_bytes"]]
         if not all(type(number) is int for number in integers):
-            raise TypeError("version, file_count and total_size_bytes must be integers")
+            raise MalformedManifest("version, file_count and total_size_bytes must be integers")
         created_at = document.get("created_at")
         return cls(
             generation_id=str(document["generation_id"]),
@@ -346,10 +351,13 @@ def _parse_head(storage: Storage, path: Path, prefix: bytes) -> tuple[int, Manif
         return None
     try:
         head = json.loads(text[:end] + "}")
-        numbers = [head["format"], head["version"], head["file_count"], head["total_size_bytes"]]
-        digest = head["fingerprint_digest"]
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, RecursionError):
         return None
+    if not isinstance(head, dict):
+        return None
+    numbers: list[Any] = [head.get("format"), head.get("version"), head.get("file_count"),
+                          head.get("total_size_bytes")]
+    digest = head.get("fingerprint_digest")
     if not all(type(number) is int for number in numbers) or not isinstance(digest, str) \
             or numbers[0] not in READABLE_FORMATS:
         return None
@@ -387,7 +395,7 @@ def read_manifest(storage: Storage, path: Path) -> Manifest | None:
         return None
     try:
         return Manifest.from_document(document)
-    except (ValueError, KeyError, TypeError):
+    except InvalidInput:
         return None
 
 
@@ -422,13 +430,13 @@ class _Chunks:
             self.position = _WHITESPACE.match(self.buffer, self.position).end()   # type: ignore[union-attr]
             if self.position < len(self.buffer):
                 return self.buffer[self.position]
-        raise ValueError("the manifest ends early")
+        raise MalformedManifest("the manifest ends early")
 
     def at_end(self) -> bool:
         """Whether only whitespace is left, as json.loads demands of a whole document."""
         try:
             self.next_byte()
-        except ValueError:
+        except MalformedManifest:
             return True
         return False
 
@@ -436,7 +444,7 @@ class _Chunks:
         """Consume the next byte, which must be one of ``expected``."""
         byte = self.next_byte()
         if byte not in expected:
-            raise ValueError(f"unexpected {chr(byte)!r} in the manifest")
+            raise MalformedManifest(f"unexpected {chr(byte)!r} in the manifest")
         self.position += 1
         return byte
 
@@ -522,7 +530,7 @@ def _skip_value(chunks: _Chunks, keep: int) -> bytes | None:
             kept.append(chunks.buffer[start:chunks.position])
         if end >= 0:
             return b"".join(kept) if kept is not None else None
-    raise ValueError("the manifest ends early")
+    raise MalformedManifest("the manifest ends early")
 
 
 def _application_keys(descriptor: int, path: Path) -> dict[str, Any] | None:
@@ -552,12 +560,15 @@ def _application_keys(descriptor: int, path: Path) -> dict[str, Any] | None:
                 kept[key] = _parse_text(value_text)
             if chunks.take(b",}") == ord("}"):
                 return kept if chunks.at_end() else None
-    except (ValueError, RecursionError):
+    except MalformedManifest:
         return None
 
 
 def _parse_text(text: bytes) -> Any:
-    return json.loads(text.decode("utf-8", "surrogateescape"))
+    try:
+        return json.loads(text.decode("utf-8", "surrogateescape"))
+    except (ValueError, RecursionError) as error:
+        raise MalformedManifest(f"not JSON: {error}") from None
 
 
 def format_timestamp(value: datetime | str | None) -> str | None:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from storage_migrator.demo import SampleSize
 from tests.support.sandbox import Sandbox, build_installation, execute_sql, run_cli, tree_digest
 
 SECRET = b"TOP-SECRET-OUTSIDE-ROOT"
@@ -170,3 +171,50 @@ def test_output_files_holding_json_null_is_not_a_rebuild(installation: Sandbox) 
     assert entries[failed_id]["action"] == "skipped"
     assert entries[completed_id]["action"] == "failed"
     assert_others_migrated(document, {completed_id})
+
+
+def _wrong_type(document: dict) -> str:
+    return json.dumps({**document, "checksums": ["not", "an", "object"]})
+
+
+def _missing_key(document: dict) -> str:
+    return json.dumps({key: value for key, value in document.items() if key != "version"})
+
+
+def _non_canonical_name(document: dict) -> str:
+    """The marker form of a name that is UTF-8 anyway: two keys could name one file."""
+    return json.dumps({**document, "checksums": {**document["checksums"], "\x00plain.txt": "0" * 64}})
+
+
+def _number_too_long_to_parse(document: dict) -> str:
+    """json.loads raises a ValueError (not a JSONDecodeError) for an integer of over 4,300 digits."""
+    return json.dumps({**document, "version": "HERE"}).replace('"HERE"', "9" * 5000)
+
+
+MALFORMED_MANIFESTS = [_wrong_type, _missing_key, _non_canonical_name, _number_too_long_to_parse]
+
+
+def test_malformed_manifests_are_each_their_generations_problem_never_an_internal_error(
+        sqlite_url: str, tmp_path: Path) -> None:
+    """A manifest of the tool's that is not of its shape is an expected error (``InvalidInput``):
+    verify names that generation alone, resync goes on; following verify's advice repairs it."""
+    installation = build_installation(sqlite_url, tmp_path / "projects", SampleSize(5, 2, 3))
+    assert run_cli(installation, "run").returncode == 0
+    manifests = sorted(installation.root.glob("*/generations/v*__*/manifest.json"))[:len(MALFORMED_MANIFESTS)]
+    corrupted: set[str] = set()
+    for path, corrupt in zip(manifests, MALFORMED_MANIFESTS, strict=True):
+        document = json.loads(path.read_text("utf-8"))
+        path.write_text(corrupt(document), "utf-8")
+        corrupted.add(document["generation_id"])
+    result = run_cli(installation, "--json", "verify")
+    assert result.returncode == 3 and "internal error" not in result.stderr, result.stderr
+    problems = json.loads(result.stdout)["problems"]
+    assert {(problem["generation_id"], problem["kind"]) for problem in problems} == \
+        {(generation_id, "manifest") for generation_id in corrupted}
+    assert all("remove it and run `storage-migrate resync`" in problem["detail"] for problem in problems)
+    resync = run_cli(installation, "resync")
+    assert resync.returncode in (0, 1) and "internal error" not in resync.stderr, resync.stderr
+    for path in manifests:
+        path.unlink()
+    assert run_cli(installation, "resync").returncode == 0
+    assert run_cli(installation, "verify").returncode == 0

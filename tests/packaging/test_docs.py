@@ -2,11 +2,14 @@
 command appears in it, and each has help text (the idea of sqlite-utils' tests/packaging/test_docs.py)."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import click
 import pytest
 
+from storage_migrator import errors
+from storage_migrator.cli.group import EXIT_CODES_HELP
 from storage_migrator.cli.main import main
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
@@ -45,3 +48,14 @@ def test_every_option_has_help(path: str, command: click.Command) -> None:
     for parameter in command.params:
         if isinstance(parameter, click.Option) and not parameter.hidden:
             assert (parameter.help or "").strip(), f"{parameter.opts} of `storage-migrate {path}` has no help"
+
+
+EXIT_CODES = sorted((name, value) for name, value in vars(errors).items() if name.startswith("EXIT_"))
+
+
+@pytest.mark.parametrize(("name", "code"), EXIT_CODES, ids=[name for name, _ in EXIT_CODES])
+def test_every_exit_code_is_documented(name: str, code: int) -> None:
+    """In the README's list and in the --help epilog, as `<code>` / "<code> <what>"."""
+    readme_list = README[README.index("Exit codes:"):].split("\n\n", 1)[0]
+    assert f"`{code}`" in readme_list, f"{name} ({code}) is not in the README's exit codes"
+    assert re.search(rf"(?<!\d){code} [a-z]", EXIT_CODES_HELP), f"{name} ({code}) is not in --help's exit codes"

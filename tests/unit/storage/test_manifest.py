@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from storage_migrator.demo import SampleSize
-from storage_migrator.errors import GenerationError
+from storage_migrator.errors import FAILS_ONE_GENERATION, GenerationError, InvalidInput
 from storage_migrator.storage import manifest as manifest_module
 from storage_migrator.storage.manifest import (
     OWNED_KEYS,
@@ -135,6 +136,53 @@ def test_a_manifest_the_old_writer_left_with_raw_bytes_is_rewritten(installation
     repaired = read_strict(target / "manifest.json")
     assert "na\\xefve.txt" in repaired["files"]
     assert read_manifest(target / "manifest.json") == manifest
+
+
+# -- malformed manifests: an expected error, never a bug's --------------------------------------------
+
+def _good_document() -> dict:
+    manifest = Manifest("g", "p", 1, None, 1, 5, {"a.txt": "0" * 64}, {"a.txt": (5, 1, 2, 3)})
+    return json.loads(manifest.to_bytes())
+
+
+MALFORMED = {
+    "without checksums": lambda d: {k: v for k, v in d.items() if k != "checksums"},
+    "without a version": lambda d: {k: v for k, v in d.items() if k != "version"},
+    "checksums a list": lambda d: {**d, "checksums": ["a.txt"]},
+    "a checksum not text": lambda d: {**d, "checksums": {"a.txt": 7}},
+    "a fingerprint of three numbers": lambda d: {**d, "fingerprints": {"a.txt": [5, 1, 2]}},
+    "a version in words": lambda d: {**d, "version": "one"},
+    "a marker key for a UTF-8 name": lambda d: {**d, "checksums": {"\x00a.txt": "0" * 64}},
+    "two keys for one file": lambda d: {**d, "checksums": {"caf\udce9.txt": "0" * 64, "\x00caf\\xe9.txt": "1" * 64}},
+    "a lone surrogate no name holds": lambda d: {**d, "checksums": {"\ud800.txt": "0" * 64}},
+    "a key that leaves the folder": lambda d: {**d, "checksums": {"../../etc/shadow": "0" * 64}},
+}
+
+
+@pytest.mark.parametrize("malformed", MALFORMED.values(), ids=MALFORMED.keys())
+def test_a_malformed_manifest_is_invalid_input_which_fails_one_generation_at_most(
+        tmp_path: Path, malformed: Callable[[dict], dict]) -> None:
+    """Whatever is wrong with a manifest is ``InvalidInput`` (one of ``FAILS_ONE_GENERATION``),
+    never a ``TypeError`` or ``KeyError`` that would pass for a bug; read, it is "no manifest"."""
+    document = malformed(_good_document())
+    with pytest.raises(InvalidInput) as caught:
+        Manifest.from_document(document)
+    assert isinstance(caught.value, FAILS_ONE_GENERATION)
+    path = tmp_path / "manifest.json"
+    path.write_text(json.dumps(document), "utf-8")
+    assert read_manifest(path) is None
+
+
+def test_a_number_json_refuses_to_parse_is_no_manifest(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """json.loads raises a plain ValueError (not a JSONDecodeError) for an integer of over 4,300
+    digits: in the head, the whole file or the streaming scan it is still "no manifest"."""
+    path = tmp_path / "manifest.json"
+    path.write_text(json.dumps({**_good_document(), "version": "HERE"}).replace('"HERE"', "9" * 5000), "utf-8")
+    assert read_manifest(path) is None and read_manifest_head(path) is None
+    assert read_manifest_document(path) is None
+    monkeypatch.setattr(manifest_module, "MAX_MANIFEST_BYTES", 0)     # every manifest is "too large"
+    path.write_text(json.dumps({**_good_document(), "metadata": "HERE"}).replace('"HERE"', "9" * 5000), "utf-8")
+    assert read_manifest_document(path) is None
 
 
 # -- the application's keys ----------------------------------------------------------------------
