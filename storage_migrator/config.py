@@ -16,20 +16,25 @@ HEAD_REVISION = "39e7f45c72f1"
 BASE_REVISION = "e011ab9dd223"
 DB_UPGRADE_COMMAND = "storage-migrate db upgrade"
 
-# Every spelling of a PostgreSQL URL the application uses; this tool talks psycopg 3 for all.
-_POSTGRES_SCHEMES = ("postgresql+asyncpg://", "postgresql+psycopg2://", "postgresql+psycopg://",
-                     "postgresql://", "postgres://")
+# Every driver name of a PostgreSQL URL the application uses; this tool talks psycopg 3 for all.
+_POSTGRES_DRIVERNAMES = frozenset({"postgres", "postgresql", "postgresql+asyncpg", "postgresql+psycopg2"})
 
 
 def normalize_database_url(url: str) -> str:
     """Spell a URL the way SQLAlchemy 2 needs it here: every PostgreSQL spelling means psycopg 3.
 
     SQLAlchemy would otherwise pick psycopg2 or asyncpg, which this project does not install.
+    Any other URL, and one that does not parse (opening it names the problem), is returned as given.
     """
-    for scheme in _POSTGRES_SCHEMES:
-        if url.startswith(scheme):
-            return "postgresql+psycopg://" + url[len(scheme):]
-    return url
+    import sqlalchemy as sa  # here, not at the top: --help and --version do not load SQLAlchemy
+
+    try:
+        parsed = sa.make_url(url)
+    except (sa.exc.ArgumentError, ValueError):
+        return url
+    if parsed.drivername not in _POSTGRES_DRIVERNAMES:
+        return url
+    return parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
 
 
 def database_url_from_env() -> str:

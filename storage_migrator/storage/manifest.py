@@ -535,7 +535,8 @@ def _skip_value(chunks: _Chunks, keep: int) -> bytes | None:
 
 def _application_keys(descriptor: int, path: Path) -> dict[str, Any] | None:
     """The top-level keys the tool does not own, from a streaming scan of the whole file;
-    None if it is not one JSON object."""
+    None if it is not one JSON object.
+    Not ijson: no faster, and its C backend alters or refuses lone surrogates and Infinity (docs/benchmarks.md)."""
     chunks = _Chunks(descriptor)
     kept: dict[str, Any] = {}
     budget = MAX_APPLICATION_KEY_BYTES
