@@ -5,7 +5,10 @@ Written as strict UTF-8 JSON whose bytes depend only on the tree, the row and th
 there, so a rerun writes the same bytes. Read as untrusted input: size-capped, never through a
 link or from a FIFO; anything unexpected reads as "unreadable" (rewritten), never an exception.
 The format, names that are not UTF-8, older formats and the size limits: ``docs/design.md``,
-"Manifests"."""
+"Manifests".
+
+Long because the bounded streaming reader (kept over ``ijson``: ``docs/design.md``) and the
+writer of the same format belong together."""
 from __future__ import annotations
 
 import codecs

@@ -5,12 +5,13 @@ relative to the one before, and the final step is an ``*at`` call on the opened 
 symlink swapped in between a check and its use cannot lead outside ROOT. Paths come in as tuples
 of components (or strings ``relative_parts`` splits). The rules every method keeps (what is
 refused, how files are opened, walks, modes, temp names): ``docs/design.md``, "Descriptors,
-never a followed link"."""
+never a followed link".
+
+Long because it is one class on purpose: every method keeps the same confinement rules over
+the same descriptors, and a rule kept in one place cannot drift between two."""
 from __future__ import annotations
 
-import ctypes
 import errno
-import functools
 import os
 import secrets
 import stat
@@ -21,6 +22,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, BinaryIO
 
 from storage_migrator.errors import UnsafePath, printable
+from storage_migrator.storage import libc
 from storage_migrator.storage.layout import _component_problem, relative_parts, temp_name
 
 if TYPE_CHECKING:
@@ -33,8 +35,6 @@ __all__ = [
     "FolderFiles",
     "Parts",
     "Root",
-    "UnsafePath",
-    "printable",
     "relative_parts",
 ]
 
@@ -44,8 +44,6 @@ CHUNK_SIZE = 1 << 20
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_NOCTTY | os.O_CLOEXEC
-_RENAME_NOREPLACE = 1
-_RENAME_EXCHANGE = 2
 
 Parts = str | Sequence[str]
 """A relative path below ROOT: a '/'-separated string (checked by ``relative_parts``) or its
@@ -117,78 +115,6 @@ def _close_quietly(fd: int) -> None:
         pass
 
 
-@functools.cache
-def _libc_function(name: str, *argtypes: type) -> Callable[..., int] | None:
-    """libc's ``name`` (returning an int, errno kept), or None where libc does not export it."""
-    try:
-        function = getattr(ctypes.CDLL(None, use_errno=True), name)
-    except (OSError, AttributeError):
-        return None
-    function.argtypes = list(argtypes)
-    function.restype = ctypes.c_int
-    return function
-
-
-def _renameat2_function() -> Callable[..., int] | None:
-    return _libc_function("renameat2", ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint)
-
-
-def _sync_file_range() -> Callable[..., int] | None:
-    return _libc_function("sync_file_range", ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
-
-
-_SYNC_FILE_RANGE_WRITE = 2
-WRITEBACK_MIN_BYTES = 256 << 10
-"""Files at least this large get their write-back started as soon as they are written
-(``start_writeback``); a smaller file (a manifest) is not worth the system call: the next
-``make_durable`` writes it with the rest."""
-
-
-def start_writeback(fd: int) -> None:
-    """Start writing a file's dirty pages to disk now, without waiting (``sync_file_range``
-    WRITE): the ``make_durable`` before the next database commit then finds them written
-    instead of writing them all while the run waits (``docs/benchmarks.md``, "Writeback"). Only a
-    hint: nothing is promised until ``make_durable``; where the call is missing nothing happens."""
-    function = _sync_file_range()
-    if function is not None:
-        function(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)
-
-
-def _syncfs_function() -> Callable[..., int] | None:
-    return _libc_function("syncfs", ctypes.c_int)
-
-
-def _syncfs(fd: int) -> bool:
-    """``syncfs(2)``: everything written to the filesystem that holds ``fd`` (data, renames,
-    creations) made durable; True if done. False where libc or the kernel lacks it (nothing
-    done: the caller fsyncs what it touched instead); an I/O error raises."""
-    function = _syncfs_function()
-    if function is None:
-        return False
-    if function(fd) == 0:
-        return True
-    code = ctypes.get_errno()
-    if code == errno.ENOSYS:
-        return False
-    raise OSError(code, os.strerror(code))
-
-
-@functools.cache
-def _umask() -> int:
-    """The process's umask, read once (``/proc/self/status`` where it says, else set and set
-    back at first use): a file created with a mode the umask leaves whole needs no ``fchmod``."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    current = os.umask(0o022)
-    os.umask(current)
-    return current
-
-
 @dataclass(frozen=True)
 class Durable:
     """What one ``Root.make_durable`` did: how many filesystems it synced (``syncfs``, one per
@@ -197,30 +123,6 @@ class Durable:
 
     synced_filesystems: int = 0
     fsynced: tuple[tuple[str, ...], ...] = ()
-
-
-def _renameat2(src_fd: int, src: str, dst_fd: int, dst: str, flags: int) -> bool:
-    """``renameat2`` with ``flags``: True if done, False when libc or the filesystem does not
-    offer it (nothing changed; the caller falls back); any other failure raises."""
-    function = _renameat2_function()
-    if function is None:
-        return False
-    if function(src_fd, os.fsencode(src), dst_fd, os.fsencode(dst), flags) == 0:
-        return True
-    code = ctypes.get_errno()
-    if code in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
-        return False
-    raise OSError(code, os.strerror(code))
-
-
-def _renameat2_noreplace(src_fd: int, src: str, dst_fd: int, dst: str) -> bool:
-    """``renameat2(RENAME_NOREPLACE)``: an existing target raises; False: check-then-rename instead."""
-    return _renameat2(src_fd, src, dst_fd, dst, _RENAME_NOREPLACE)
-
-
-def _renameat2_exchange(a_fd: int, a: str, b_fd: int, b: str) -> bool:
-    """``renameat2(RENAME_EXCHANGE)``: True if the two entries swapped places."""
-    return _renameat2(a_fd, a, b_fd, b, _RENAME_EXCHANGE)
 
 
 class _OpenDirectory:
@@ -704,7 +606,7 @@ class Root(_OpenDirectory):
             existing = _lstat_named(parent, name, display)
             if existing is not None and not stat.S_ISREG(existing.st_mode):
                 raise UnsafePath(display, _kind(existing.st_mode))
-            whole = mode & _umask() == 0
+            whole = mode & libc.umask() == 0
             try:
                 temp, fd = self._create_temp(parent, name, mode if whole else 0o600)
             except OSError as error:
@@ -720,8 +622,8 @@ class Root(_OpenDirectory):
                         os.fchmod(handle.fileno(), mode)
                     if fsync:
                         os.fsync(handle.fileno())
-                    elif handle.tell() >= WRITEBACK_MIN_BYTES:
-                        start_writeback(handle.fileno())
+                    elif handle.tell() >= libc.WRITEBACK_MIN_BYTES:
+                        libc.start_writeback(handle.fileno())
                 os.replace(temp, name, src_dir_fd=parent, dst_dir_fd=parent)
             except OSError as error:
                 self._discard_temp(parent, temp)
@@ -833,7 +735,7 @@ class Root(_OpenDirectory):
             try:
                 if overwrite:
                     os.replace(src_name, dst_name, src_dir_fd=src_fd, dst_dir_fd=dst_fd)
-                elif not _renameat2_noreplace(src_fd, src_name, dst_fd, dst_name):
+                elif not libc.renameat2_noreplace(src_fd, src_name, dst_fd, dst_name):
                     if _lstat_at(dst_fd, dst_name) is not None:
                         raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST))
                     os.rename(src_name, dst_name, src_dir_fd=src_fd, dst_dir_fd=dst_fd)
@@ -853,7 +755,7 @@ class Root(_OpenDirectory):
         display = f"{printable(self._display(a))} <-> {printable(self._display(b))}"
         with self._parent(a) as (a_fd, a_name), self._parent(b) as (b_fd, b_name):
             try:
-                exchanged = _renameat2_exchange(a_fd, a_name, b_fd, b_name)
+                exchanged = libc.renameat2_exchange(a_fd, a_name, b_fd, b_name)
             except OSError as error:
                 raise OSError(error.errno, error.strerror, display) from None
             if exchanged:
@@ -881,7 +783,7 @@ class Root(_OpenDirectory):
                 raise UnsafePath(self._display(link), f"{_kind(existing.st_mode)}, not a symlink")
             temp = self._make_temp_link(link_fd, link_name, target, self._display(link))
             try:
-                if not _renameat2_noreplace(src_fd, src_name, dst_fd, dst_name):
+                if not libc.renameat2_noreplace(src_fd, src_name, dst_fd, dst_name):
                     if _lstat_at(dst_fd, dst_name) is not None:
                         raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST))
                     os.rename(src_name, dst_name, src_dir_fd=src_fd, dst_dir_fd=dst_fd)
@@ -1053,7 +955,7 @@ class Root(_OpenDirectory):
         if not self._unsynced:
             return Durable()
         devices = set(self._unsynced.values())
-        if all(_syncfs(self._sync_fds[device]) for device in devices):
+        if all(libc.syncfs(self._sync_fds[device]) for device in devices):
             done = Durable(synced_filesystems=len(devices))
         else:
             done = Durable(fsynced=self._fsync_each(self._unsynced))

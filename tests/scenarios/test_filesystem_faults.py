@@ -14,7 +14,7 @@ from pyfakefs.fake_filesystem_unittest import Patcher
 
 from storage_migrator.commands.run import run
 from storage_migrator.patch import writer
-from storage_migrator.storage import root as root_module
+from storage_migrator.storage import libc
 from storage_migrator.storage import tree as tree_module
 from tests.support.sandbox import Sandbox, build_installation, scan
 
@@ -33,8 +33,8 @@ def fake_disk(installation: Sandbox, monkeypatch: pytest.MonkeyPatch) -> Iterato
     pyfakefs also changes a file's ctime on every read, which Linux never does: here the
     fingerprint leaves ctime out (the real cross-filesystem tests on tmpfs, in test_hostile_fs,
     hold the whole fingerprint)."""
-    monkeypatch.setattr(root_module, "_renameat2_function", lambda: None)
-    monkeypatch.setattr(root_module, "_syncfs_function", lambda: None)
+    monkeypatch.setattr(libc, "renameat2_function", lambda: None)
+    monkeypatch.setattr(libc, "syncfs_function", lambda: None)
     monkeypatch.setattr(tree_module, "fingerprint_of", lambda status, size=None: (
         status.st_size if size is None else size, status.st_mtime_ns, 0, status.st_ino))
     legacy = {g: scan(installation.root / g).checksums()

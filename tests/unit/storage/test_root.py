@@ -28,8 +28,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from storage_migrator.errors import GenerationError, UnsafePath
+from storage_migrator.storage import libc, tree
 from storage_migrator.storage import root as rootfs
-from storage_migrator.storage import tree
 from storage_migrator.storage.handle import Storage, open_storage
 from storage_migrator.storage.layout import TEMP_SUFFIX, StorageLayout, is_temp_name
 from storage_migrator.storage.root import Root, relative_parts
@@ -1061,7 +1061,7 @@ def _touch_a_batch(root: Root) -> None:
 def test_make_durable_fsyncs_each_touched_directory_and_written_file_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(rootfs, "_syncfs_function", lambda: None)      # a libc without syncfs
+    monkeypatch.setattr(libc, "syncfs_function", lambda: None)      # a libc without syncfs
     with Root(tmp_path) as root:
         _touch_a_batch(root)
         done = root.make_durable()
@@ -1082,7 +1082,7 @@ def test_make_durable_fsyncs_each_touched_directory_and_written_file_once(
 
 def test_make_durable_is_one_syncfs_per_batch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[int] = []
-    real = rootfs._syncfs_function()
+    real = libc.syncfs_function()
     if real is None:
         pytest.skip("this libc has no syncfs")
 
@@ -1090,7 +1090,7 @@ def test_make_durable_is_one_syncfs_per_batch(tmp_path: Path, monkeypatch: pytes
         calls.append(fd)
         return real(fd)
 
-    monkeypatch.setattr(rootfs, "_syncfs_function", lambda: counting)
+    monkeypatch.setattr(libc, "syncfs_function", lambda: counting)
     with Root(tmp_path) as root:
         _touch_a_batch(root)
         assert root.make_durable() == rootfs.Durable(synced_filesystems=1)
@@ -1105,7 +1105,7 @@ def test_a_failed_sync_keeps_what_was_to_be_made_durable(tmp_path: Path, monkeyp
 
     with Root(tmp_path) as root:
         root.write_atomic("f", b"x", fsync=False)
-        monkeypatch.setattr(rootfs, "_syncfs", failing)
+        monkeypatch.setattr(libc, "syncfs", failing)
         with pytest.raises(OSError, match="Input/output"):
             root.make_durable()
         assert root.unsynced() == frozenset({(), ("f",)})
@@ -1149,11 +1149,11 @@ def test_write_atomic_gives_the_mode_without_fchmod_unless_the_umask_takes_bits(
     real = os.fchmod
     monkeypatch.setattr(os, "fchmod", lambda fd, mode: (calls.append(mode), real(fd, mode)))
     with Root(tmp_path) as root:
-        monkeypatch.setattr(rootfs, "_umask", lambda: 0o022)
+        monkeypatch.setattr(libc, "umask", lambda: 0o022)
         previous = os.umask(0o022)
         try:
             root.write_atomic("plain", b"x", mode=0o644, fsync=False)
-            monkeypatch.setattr(rootfs, "_umask", lambda: 0o077)
+            monkeypatch.setattr(libc, "umask", lambda: 0o077)
             os.umask(0o077)
             root.write_atomic("private-umask", b"x", mode=0o644, fsync=False)
         finally:
