@@ -546,7 +546,7 @@ def _claim_rows(connection: Connection, seen: dict[str, RowSeen]) -> dict[str, R
 
 
 @contextmanager
-def claimed_generations(engine: Engine, seen: dict[str, RowSeen]) -> Iterator[GenerationClaims]:
+def claimed_generations(connection: Connection, seen: dict[str, RowSeen]) -> Iterator[GenerationClaims]:
     """Hold generations' rows (``seen``: what the plan saw of each) for their irreversible disk
     steps (a move, a rebuild, a rename, a discard); each one's ``drift`` says whether its row
     still shows what the plan saw.
@@ -555,11 +555,14 @@ def claimed_generations(engine: Engine, seen: dict[str, RowSeen]) -> Iterator[Ge
     block's end, so the application's delete or update of one of these rows waits for the
     batch's disk steps, never for the run; on SQLite (one writer for the whole file) the rows
     are read again just before the steps instead. Without ``publish`` the block ends in a
-    rollback: nothing is written.
+    rollback: nothing is written. ``connection`` is one the caller keeps for its claims (no
+    pool check-out, so no pre-ping, per batch).
     """
-    with engine.connect() as connection:
+    try:
         drifts = _claim_rows(connection, seen)
         yield GenerationClaims(connection, dict(seen), drifts)
+    finally:
+        connection.rollback()
 
 
 def reserve_version(engine: Engine, project_id: str, at_least: int) -> int | None:

@@ -21,7 +21,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, ClassVar
 
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from storage_migrator.db.rows import GenerationClaims, Place, claimed_generations, read_row_seen
 from storage_migrator.engine.batch import DEFAULT_BATCH_SIZE, BatchWriter
@@ -138,6 +138,7 @@ class Executor:
     _next_move: dict[str, GenerationPlan] = field(init=False, default_factory=dict)  # plan id -> the move after it
     _published: dict[str, RowSeen] = field(init=False, default_factory=dict)   # id -> the row as the tool wrote it
     _staged: dict[str, _Staged] = field(init=False, default_factory=dict)   # id -> its move, done by a claim batch
+    _claims: Connection | None = field(init=False, default=None)   # the connection every claim is made on
 
     def __post_init__(self) -> None:
         self._writer = BatchWriter(self.engine, self.report, self.batch_size)
@@ -174,7 +175,18 @@ class Executor:
         self._writer.flush_if_full()
 
     def finish(self) -> None:
-        self._writer.flush()
+        try:
+            self._writer.flush()
+        finally:
+            if self._claims is not None:
+                self._claims.close()
+                self._claims = None
+
+    def _claims_connection(self) -> Connection:
+        """The one connection the executor claims rows on, opened on first use and kept."""
+        if self._claims is None:
+            self._claims = self.engine.connect()
+        return self._claims
 
     # -- one generation ------------------------------------------------------------------
 
@@ -266,7 +278,7 @@ class Executor:
         if not scanned:
             return
         moved: list[tuple[GenerationPlan, TreeSnapshot, dict[str, FileRecord] | None]] = []
-        with claimed_generations(self.engine, {plan.id: self._expected_row(plan) for plan, _ in scanned}) as claims:
+        with claimed_generations(self._claims_connection(), {plan.id: self._expected_row(plan) for plan, _ in scanned}) as claims:
             try:
                 for plan, snapshot in scanned:
                     try:
@@ -420,7 +432,7 @@ class Executor:
         """Guard one irreversible step: the row still shows what the plan saw (on PostgreSQL it
         stays locked for the step), and the disk still shows it too. Else ``RowDrifted``:
         nothing is done, nothing comes back."""
-        with claimed_generations(self.engine, {plan.id: self._expected_row(plan)}) as claims:
+        with claimed_generations(self._claims_connection(), {plan.id: self._expected_row(plan)}) as claims:
             self._check_claim(plan, claims, legacy_must_exist)
             yield claims
 
