@@ -77,7 +77,7 @@ def round_trips_for(postgres_url: str, folder: Path, size: SampleSize) -> tuple[
     server = sa.make_url(postgres_url)
     with _round_trip_counter()(server.host or "127.0.0.1", server.port or 5432) as relay:
         relayed = server.set(host="127.0.0.1", port=relay.port).render_as_string(hide_password=False)
-        report = migrate(replace(installation.settings, database_url=relayed))
+        report = run(replace(installation.settings, database_url=relayed))
         round_trips = relay.round_trips
     assert report.failed == 0 and report.migrated > 0
     return round_trips, report.migrated
