@@ -95,7 +95,7 @@ class FailedInPlace(Exception):
         self.tree = tree
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Staged:
     """What a claim batch did for one move: its folder moved and published (``snapshot``, the
     tree as read before the move, and ``copied``, a cross-filesystem copy's records), or the
