@@ -63,7 +63,8 @@ def test_statements_do_not_grow_with_files_or_generations(database_url: str, tmp
 
 def _round_trip_counter() -> type:
     """benchmarks/round_trips.py's relay: round trips counted on the wire, as the benchmark does."""
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "round_trips.py"
+    path = next(folder / "benchmarks" / "round_trips.py" for folder in Path(__file__).resolve().parents
+                if (folder / "benchmarks" / "round_trips.py").is_file())
     spec = importlib.util.spec_from_file_location("round_trips", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
