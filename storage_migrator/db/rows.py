@@ -435,60 +435,134 @@ def read_row_seen(connection: Connection, generation_id: str, for_update: bool =
     return None if row is None else RowSeen(row.status, row.version, row.storage_path)
 
 
+Place = tuple[str | None, int | None]
+"""A generation's ``storage_path`` and ``version`` once its folder has moved or been renamed."""
+
+
 @dataclass
-class GenerationClaim:
-    """One generation's row, held for one irreversible disk step. ``drift`` is None if the row
-    still shows what the plan saw; ``record_place`` writes the folder's new place in the same
-    transaction, so the row never names a folder that is gone for longer than the step."""
+class GenerationClaims:
+    """Generations' rows, held together for their irreversible disk steps (a claim batch: a few
+    generations of one project, never a project or a run). ``drift(id)`` is None if the row
+    still shows what the plan saw; ``publish`` writes the folders' new places in the same
+    transaction and ends it, so a row never names a folder that is gone for longer than the
+    batch's disk steps."""
 
     connection: Connection
-    generation_id: str
-    seen: RowSeen
-    drift: RowDrift | None
+    seen: dict[str, RowSeen]
+    drifts: dict[str, RowDrift | None]
 
-    def number_taken(self, project_id: str, version: int) -> bool:
+    def drift(self, generation_id: str) -> RowDrift | None:
+        return self.drifts[generation_id]
+
+    def number_taken(self, generation_id: str, project_id: str, version: int) -> bool:
         """Another row of the project holds ``version`` now: the application's lock-free
         ``latest_version + 1`` read the value just before a reservation and took the same number."""
         return self.connection.execute(
             sa.select(sa.func.count()).select_from(generations).where(
                 generations.c.project_id == project_id, generations.c.version == version,
-                generations.c.id != self.generation_id)
+                generations.c.id != generation_id)
         ).scalar_one() > 0
 
-    def record_place(self, storage_path: str | None, version: int | None) -> bool:
-        """The row's ``storage_path`` and ``version`` once the folder has moved or been renamed
-        (the rename made durable first); conditional on the row as planned. False if it drifted
-        meanwhile (SQLite, where the row is not locked)."""
-        written = self.connection.execute(
-            generations.update()
-            .where(generations.c.id == self.generation_id, generations.c.status == self.seen.status,
-                   generations.c.version.is_not_distinct_from(self.seen.version),
-                   generations.c.storage_path.is_not_distinct_from(self.seen.storage_path))
-            .values(storage_path=storage_path, version=version)
-        ).rowcount
-        return written == 1
+    def publish(self, places: dict[str, Place]) -> set[str]:
+        """Write each row's new place (the disk made durable first), conditional on the row as
+        claimed, and commit: the rows are released. Returns the ids written; one missing drifted
+        meanwhile (SQLite, where rows are not locked). On PostgreSQL one statement for the whole
+        batch, a round trip; on SQLite one per row (a local file: only the commit costs)."""
+        if places and self.connection.dialect.name == "postgresql":
+            written = set(self.connection.execute(_place_statement(places, self.seen)).scalars())
+        else:
+            written = {generation_id for generation_id, place in places.items()
+                       if self.connection.execute(_RECORD_PLACE, _place_parameters(generation_id, place,
+                                                                                   self.seen[generation_id])
+                                                  ).rowcount == 1}
+        self.connection.commit()
+        return written
+
+
+_RECORD_PLACE = (
+    generations.update()
+    .where(generations.c.id == sa.bindparam("b_id"),
+           generations.c.status == sa.bindparam("b_seen_status", type_=generations.c.status.type),
+           generations.c.version.is_not_distinct_from(sa.bindparam("b_seen_version", type_=sa.Integer)),
+           generations.c.storage_path.is_not_distinct_from(sa.bindparam("b_seen_storage_path", type_=sa.String)))
+    .values(storage_path=sa.bindparam("b_storage_path", type_=sa.String),
+            version=sa.bindparam("b_version", type_=sa.Integer))
+)
+
+
+def _place_parameters(generation_id: str, place: Place, seen: RowSeen) -> dict[str, Any]:
+    return {"b_id": generation_id, "b_seen_status": seen.status, "b_seen_version": seen.version,
+            "b_seen_storage_path": seen.storage_path, "b_storage_path": place[0], "b_version": place[1]}
+
+
+def _place_statement(places: dict[str, Place], seen: dict[str, RowSeen]) -> sa.UpdateBase:
+    """``UPDATE generations … FROM (VALUES …) RETURNING id``: every row's new place, each written
+    only where the row still shows what was claimed."""
+    placed = sa.values(
+        sa.column("id", sa.String), sa.column("seen_status", sa.String), sa.column("seen_version", sa.Integer),
+        sa.column("seen_storage_path", sa.String), sa.column("storage_path", sa.String),
+        sa.column("version", sa.Integer), name="placed",
+    ).data([(generation_id, seen[generation_id].status, seen[generation_id].version,
+             seen[generation_id].storage_path, storage_path, version)
+            for generation_id, (storage_path, version) in sorted(places.items())])
+    return (
+        generations.update()
+        .where(generations.c.id == placed.c.id, generations.c.status == placed.c.seen_status,
+               generations.c.version.is_not_distinct_from(placed.c.seen_version),
+               generations.c.storage_path.is_not_distinct_from(placed.c.seen_storage_path))
+        .values(storage_path=placed.c.storage_path, version=placed.c.version)
+        .returning(generations.c.id)
+    )
+
+
+def _rows_seen(connection: Connection, generation_ids: Sequence[str], lock: str | None) -> dict[str, RowSeen]:
+    """The rows' status, version and storage_path now (a deleted row is absent). ``lock``
+    "wait" or "skip" takes them FOR UPDATE on PostgreSQL, in id order (the order the
+    application's ORM locks rows in, so the two never wait on each other in a cycle); "skip"
+    leaves out the rows another transaction holds."""
+    query = (sa.select(generations.c.id, generations.c.status, generations.c.version, generations.c.storage_path)
+             .where(generations.c.id.in_(generation_ids)).order_by(generations.c.id))
+    if lock is not None and connection.dialect.name == "postgresql":
+        query = query.with_for_update(skip_locked=lock == "skip")
+    return {row.id: RowSeen(row.status, row.version, row.storage_path) for row in connection.execute(query)}
+
+
+def _claim_rows(connection: Connection, seen: dict[str, RowSeen]) -> dict[str, RowDrift | None]:
+    """Lock the rows and say how each differs from what was seen. A row the application holds
+    for longer than the lock timeout counts as changed; the others are still claimed."""
+    ids = sorted(seen)
+    try:
+        current = _rows_seen(connection, ids, lock="wait")
+        held: set[str] = set()
+    except sa.exc.DBAPIError as error:
+        if not is_lock_timeout(error):
+            raise
+        connection.rollback()
+        current = _rows_seen(connection, ids, lock="skip")
+        missing = [generation_id for generation_id in ids if generation_id not in current]
+        held = set(_rows_seen(connection, missing, lock=None)) if missing else set()
+    return {generation_id: RowDrift.CHANGED if generation_id in held else RowDrift.of(current.get(generation_id), row)
+            for generation_id, row in seen.items()}
 
 
 @contextmanager
-def claimed_generation(engine: Engine, generation_id: str, seen: RowSeen) -> Iterator[GenerationClaim]:
-    """Hold one generation's row for one irreversible disk step (a move, a rebuild, a rename, a
-    discard); the claim's ``drift`` says whether the row still shows what the plan saw.
+def claimed_generations(connection: Connection, seen: dict[str, RowSeen]) -> Iterator[GenerationClaims]:
+    """Hold generations' rows (``seen``: what the plan saw of each) for their irreversible disk
+    steps (a move, a rebuild, a rename, a discard); each one's ``drift`` says whether its row
+    still shows what the plan saw.
 
-    On PostgreSQL the row is locked (``SELECT … FOR UPDATE``) until the block ends, so the
-    application's delete or update of this one row waits for the step, never for the run; on
-    SQLite (one writer for the whole file) the row is read again just before the step instead.
-    A row the application holds for longer than the lock timeout counts as changed.
+    On PostgreSQL the rows are locked (one ``SELECT … FOR UPDATE``) until ``publish`` or the
+    block's end, so the application's delete or update of one of these rows waits for the
+    batch's disk steps, never for the run; on SQLite (one writer for the whole file) the rows
+    are read again just before the steps instead. Without ``publish`` the block ends in a
+    rollback: nothing is written. ``connection`` is one the caller keeps for its claims (no
+    pool check-out, so no pre-ping, per batch).
     """
-    with engine.begin() as connection:
-        try:
-            drift = RowDrift.of(read_row_seen(connection, generation_id, for_update=True), seen)
-        except sa.exc.DBAPIError as error:
-            if not is_lock_timeout(error):
-                raise
-            connection.rollback()
-            yield GenerationClaim(connection, generation_id, seen, RowDrift.CHANGED)
-            return
-        yield GenerationClaim(connection, generation_id, seen, drift)
+    try:
+        drifts = _claim_rows(connection, seen)
+        yield GenerationClaims(connection, dict(seen), drifts)
+    finally:
+        connection.rollback()
 
 
 def reserve_version(engine: Engine, project_id: str, at_least: int) -> int | None:

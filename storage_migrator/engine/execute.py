@@ -21,9 +21,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, ClassVar
 
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
-from storage_migrator.db.rows import GenerationClaim, claimed_generation, read_row_seen
+from storage_migrator.db.rows import GenerationClaims, Place, claimed_generations, read_row_seen
 from storage_migrator.engine.batch import DEFAULT_BATCH_SIZE, BatchWriter
 from storage_migrator.engine.plan import Action, GenerationPlan, ProjectPlan
 from storage_migrator.engine.scan_ahead import ScanAhead
@@ -68,13 +68,19 @@ from storage_migrator.storage.steps import (
     rename_relinking,
     replace_symlink,
 )
-from storage_migrator.storage.tree import TreeSnapshot, read_regular_file, scan_tree
+from storage_migrator.storage.tree import CONTENT_CACHE_LIMIT, FileRecord, TreeSnapshot, read_regular_file, scan_tree
 
 Handled = tuple[GenerationOutcome, GenerationUpdate | None, "SourceTree | None"]
 """What handling one generation gives: its report line, the metadata to write (if any), and
 its tree as the next version's diff base (if it ends on disk)."""
 
 Step = Callable[["Executor", GenerationPlan, "SourceTree | None", "int | None"], Handled]
+
+CLAIM_BATCH = 8
+"""Consecutive moves of a project claimed, moved and published together: one ``SELECT … FOR
+UPDATE``, one publishing statement and one commit for the batch. Small, because the application
+waits for the batch's disk steps (renames and directory fsyncs, never a read of the files) if it
+writes one of these rows meanwhile."""
 
 
 class FailedInPlace(Exception):
@@ -89,12 +95,27 @@ class FailedInPlace(Exception):
         self.tree = tree
 
 
+@dataclass(frozen=True)
+class _Staged:
+    """What a claim batch did for one move: its folder moved and published (``snapshot``, the
+    tree as read before the move, and ``copied``, a cross-filesystem copy's records), or the
+    exception that stopped it, raised again when the generation's turn comes."""
+
+    snapshot: TreeSnapshot | None = None
+    copied: dict[str, FileRecord] | None = None
+    error: Exception | None = None
+
+
 class RowDrifted(Exception):
     """The application deleted or changed the row since it was planned: the step is not taken."""
 
     def __init__(self, drift: RowDrift) -> None:
         super().__init__(drift.value)
         self.drift = drift
+
+
+_STOPS_ONE_MOVE: tuple[type[Exception], ...] = (RowDrifted, *FAILS_ONE_GENERATION)
+"""What stops one move of a claim batch, the others going on: kept until its generation's turn."""
 
 
 @dataclass
@@ -116,6 +137,8 @@ class Executor:
     _writer: BatchWriter = field(init=False)
     _next_move: dict[str, GenerationPlan] = field(init=False, default_factory=dict)  # plan id -> the move after it
     _published: dict[str, RowSeen] = field(init=False, default_factory=dict)   # id -> the row as the tool wrote it
+    _staged: dict[str, _Staged] = field(init=False, default_factory=dict)   # id -> its move, done by a claim batch
+    _claims: Connection | None = field(init=False, default=None)   # the connection every claim is made on
 
     def __post_init__(self) -> None:
         self._writer = BatchWriter(self.storage, self.engine, self.report, self.batch_size)
@@ -128,8 +151,11 @@ class Executor:
         previous: SourceTree | None = None
         previous_version: int | None = None
         self._next_move = _next_moves(plan.generations) if self.scan_ahead is not None else {}
+        self._staged.clear()
         checkpoint("planned")
-        for generation_plan in plan.generations:
+        for position, generation_plan in enumerate(plan.generations):
+            if generation_plan.action == Action.MOVE and generation_plan.id not in self._staged:
+                self._stage_moves(_claim_batch(plan.generations, position), previous)
             outcome, update, tree = self._handle(generation_plan, previous, previous_version)
             self._published.pop(generation_plan.id, None)
             self._writer.add(outcome, update)
@@ -149,7 +175,18 @@ class Executor:
         self._writer.flush_if_full()
 
     def finish(self) -> None:
-        self._writer.flush()
+        try:
+            self._writer.flush()
+        finally:
+            if self._claims is not None:
+                self._claims.close()
+                self._claims = None
+
+    def _claims_connection(self) -> Connection:
+        """The one connection the executor claims rows on, opened on first use and kept."""
+        if self._claims is None:
+            self._claims = self.engine.connect()
+        return self._claims
 
     # -- one generation ------------------------------------------------------------------
 
@@ -211,20 +248,16 @@ class Executor:
         return GenerationOutcome.from_plan(plan, Outcome.UNCHANGED, plan.storage_path), None, tree
 
     def _move(self, plan: GenerationPlan, previous: SourceTree | None, previous_version: int | None) -> Handled:
-        """The legacy folder becomes ``source/`` (one rename, or a verified copy), published at once."""
-        self._renumber_folder(plan)
-        snapshot = self._scan_legacy(plan, previous)        # reads and checks all before a move
-        source = source_dir(_target(plan))
-        with self._row_still_as_planned(plan, legacy_must_exist=True) as claim:
-            self._prepare_target(plan)
-            checkpoint("target-prepared")
-            self.fence()
-            copied = move_tree(self.storage, _legacy(plan), source, snapshot, leave_link=self._link_text(plan))
-            checkpoint("folder-moved")
-            self._publish(plan, claim, undo=lambda: self._undo_move(plan))
-        snapshot.root = source
-        if copied is not None:
-            snapshot.files = copied         # the copy's fingerprints go into its manifest
+        """The legacy folder became ``source/`` (one rename, or a verified copy) and was published
+        by its claim batch (``_stage_moves``); now its manifest, patch and metadata."""
+        staged = self._staged.pop(plan.id)
+        if staged.error is not None:
+            raise staged.error
+        snapshot = staged.snapshot
+        assert snapshot is not None, "a staged move without an error has its snapshot"
+        snapshot.root = source_dir(_target(plan))
+        if staged.copied is not None:
+            snapshot.files = staged.copied  # the copy's fingerprints go into its manifest
         checkpoint("moved")
         try:
             return self._record(plan, snapshot, previous, previous_version)
@@ -233,6 +266,67 @@ class Executor:
                 raise                       # once published, the row names the new place: stay there
             self._undo_move(plan)           # back in the legacy folder: not a diff base
             raise failed.cause from None
+
+    # -- a claim batch: consecutive moves claimed, moved and published together -----------------
+
+    def _stage_moves(self, batch: Sequence[GenerationPlan], previous: SourceTree | None) -> None:
+        """Read each folder of ``batch`` (each checked before any move), then claim their rows at
+        once, move each, make the moves durable and publish them in one statement and one commit.
+        What each move came to waits in ``_staged`` for its generation's turn; a generation that
+        cannot go on (its row drifted, a collision, an unreadable file) stops alone."""
+        scanned = self._scan_batch(batch, previous)
+        if not scanned:
+            return
+        moved: list[tuple[GenerationPlan, TreeSnapshot, dict[str, FileRecord] | None]] = []
+        with claimed_generations(self._claims_connection(), {plan.id: self._expected_row(plan) for plan, _ in scanned}) as claims:
+            try:
+                for plan, snapshot in scanned:
+                    try:
+                        self._check_claim(plan, claims, legacy_must_exist=True)
+                        moved.append((plan, snapshot, self._move_claimed(plan, snapshot)))
+                    except _STOPS_ONE_MOVE as error:
+                        self._staged[plan.id] = _Staged(error=error)
+            finally:
+                try:
+                    self._publish(claims, [plan for plan, _, _ in moved])
+                except OSError as error:            # not durable: not published, each move fails
+                    for plan, _, _ in moved:
+                        self._staged[plan.id] = _Staged(error=error)
+        for plan, snapshot, copied in moved:
+            self._staged.setdefault(plan.id, _Staged(snapshot, copied))
+
+    def _scan_batch(self, batch: Sequence[GenerationPlan], previous: SourceTree | None
+                    ) -> list[tuple[GenerationPlan, TreeSnapshot]]:
+        """The batch's folders read, each against the one before it as diff base; the batch ends
+        early once the bytes kept for patches reach one tree's bound (memory stays flat), and
+        the moves left out start the next batch."""
+        scanned: list[tuple[GenerationPlan, TreeSnapshot]] = []
+        base, kept = previous, 0
+        for plan in batch:
+            try:
+                self._renumber_folder(plan)
+                snapshot = self._scan_legacy(plan, base)   # reads and checks all before a move
+            except _STOPS_ONE_MOVE as error:
+                self._staged[plan.id] = _Staged(error=error)
+                continue
+            scanned.append((plan, snapshot))
+            base = snapshot if plan.is_diff_base else base
+            kept += sum(len(content) for content in snapshot.contents.values())
+            if kept >= CONTENT_CACHE_LIMIT:
+                break
+        return scanned
+
+    def _move_claimed(self, plan: GenerationPlan, snapshot: TreeSnapshot) -> dict[str, FileRecord] | None:
+        """One move of a claim batch, its row held: the target prepared, the folder moved and the
+        flat link left to it. A link that cannot be written undoes the move."""
+        self._prepare_target(plan)
+        checkpoint("target-prepared")
+        self.fence()
+        copied = move_tree(self.storage, _legacy(plan), source_dir(_target(plan)), snapshot,
+                           leave_link=self._link_text(plan))
+        checkpoint("folder-moved")
+        self._link_in_place(plan, undo=lambda: self._undo_move(plan))
+        return copied
 
     def _finish_move(self, plan: GenerationPlan, previous: SourceTree | None, previous_version: int | None) -> Handled:
         """A killed copy left both: the legacy copy goes once it equals ``source/``."""
@@ -324,39 +418,42 @@ class Executor:
         if self.storage.is_folder(old) and not self.storage.occupied(_target(plan)):
             link = self.layout.legacy_dir(generation.id)
             relink = self._link_text(plan) if self._link_is_ours(plan) and self.storage.is_link(link) else None
-            with self._row_still_as_planned(plan) as claim:
+            with self._row_still_as_planned(plan) as claims:
                 if relink is None:
                     rename_dir(self.storage, old, _target(plan))
                 else:                       # the flat path follows within two system calls
                     rename_relinking(self.storage, old, _target(plan), link, relink)
-                self._publish(plan, claim, undo=lambda: rename_dir(self.storage, _target(plan), old))
+                self._link_in_place(plan, undo=lambda: rename_dir(self.storage, _target(plan), old))
+                self._publish(claims, [plan])
             checkpoint("renumbered")
 
     @contextmanager
-    def _row_still_as_planned(self, plan: GenerationPlan, legacy_must_exist: bool = False) -> Iterator[GenerationClaim]:
+    def _row_still_as_planned(self, plan: GenerationPlan, legacy_must_exist: bool = False) -> Iterator[GenerationClaims]:
         """Guard one irreversible step: the row still shows what the plan saw (on PostgreSQL it
-        stays locked for the step), and the disk still shows it too — not archived meanwhile,
-        the legacy folder still there. Else ``RowDrifted``: nothing is done, nothing comes back."""
-        with claimed_generation(self.engine, plan.id, self._expected_row(plan)) as claim:
-            drift = claim.drift
-            if drift is None and is_archived(self.storage, replace(plan.generation, version=plan.row_seen.version)):
-                drift = RowDrift.CHANGED
-            if drift is None and legacy_must_exist and not self.storage.is_folder(_legacy(plan)):
-                drift = RowDrift.CHANGED
-            if drift is None and plan.renumbered_from is not None and \
-                    claim.number_taken(plan.generation.project_id, plan.generation.version or 0):
-                drift = RowDrift.CHANGED            # the application took the reserved number: next resync
-            if drift is not None:
-                raise RowDrifted(drift)
-            yield claim
+        stays locked for the step), and the disk still shows it too. Else ``RowDrifted``:
+        nothing is done, nothing comes back."""
+        with claimed_generations(self._claims_connection(), {plan.id: self._expected_row(plan)}) as claims:
+            self._check_claim(plan, claims, legacy_must_exist)
+            yield claims
 
-    def _publish(self, plan: GenerationPlan, claim: GenerationClaim, undo: Callable[[], None]) -> None:
+    def _check_claim(self, plan: GenerationPlan, claims: GenerationClaims, legacy_must_exist: bool) -> None:
+        """``RowDrifted`` unless the claimed row still shows what the plan saw and the disk does
+        too: not archived meanwhile, the legacy folder still there, the new number still free."""
+        drift = claims.drift(plan.id)
+        if drift is None and is_archived(self.storage, replace(plan.generation, version=plan.row_seen.version)):
+            drift = RowDrift.CHANGED
+        if drift is None and legacy_must_exist and not self.storage.is_folder(_legacy(plan)):
+            drift = RowDrift.CHANGED
+        if drift is None and plan.renumbered_from is not None and \
+                claims.number_taken(plan.id, plan.generation.project_id, plan.generation.version or 0):
+            drift = RowDrift.CHANGED            # the application took the reserved number: next resync
+        if drift is not None:
+            raise RowDrifted(drift)
+
+    def _link_in_place(self, plan: GenerationPlan, undo: Callable[[], None]) -> None:
         """Right after a move or a renumbering rename, while the row is still held: the flat
-        link, then the rename made durable (``flush_to_disk``: one ``syncfs``, which also covers
-        whatever the batch wrote before), then ``storage_path`` and ``version`` — so the
-        application's flat path and its row point at the files again within one step, not at
-        the end of a batch (its delete removes ``storage_path``; its edits go to ``<ROOT>/<id>``).
-        A link that cannot be written undoes the rename. The rest follows in the batch."""
+        link, so the application's flat path reaches the files again within one step (its edits
+        go to ``<ROOT>/<id>``). A link that cannot be written undoes the rename."""
         try:
             self._keep_legacy_link(plan)
             if self.storage.is_link(self.layout.legacy_dir(plan.id)) and self._link_is_ours(plan):
@@ -364,10 +461,21 @@ class Executor:
         except GenerationError:
             undo()
             raise
+
+    def _publish(self, claims: GenerationClaims, plans: Sequence[GenerationPlan]) -> None:
+        """The renames of ``plans`` made durable (``flush_to_disk``: one ``syncfs``, which also
+        covers whatever the batch wrote before), then their rows'
+        ``storage_path`` and ``version`` in one statement and one commit, while the rows are
+        still held — so the application's row points at the files again within the claim
+        batch, not at the end of a metadata batch (its delete removes ``storage_path``). The
+        rest follows in the batch writer. A failed fsync raises, nothing published."""
+        if not plans:
+            return
         flush_to_disk(self.storage)
-        version = plan.generation.version
-        if claim.record_place(plan.storage_path, version):
-            self._published[plan.id] = RowSeen(plan.row_seen.status, version, plan.storage_path)
+        places: dict[str, Place] = {plan.id: (plan.storage_path, plan.generation.version) for plan in plans}
+        for generation_id in claims.publish(places):
+            plan = next(plan for plan in plans if plan.id == generation_id)
+            self._published[generation_id] = RowSeen(plan.row_seen.status, plan.generation.version, plan.storage_path)
 
     def _expected_row(self, plan: GenerationPlan) -> RowSeen:
         """What the row should show now unless the application touched it: what the tool itself
@@ -581,6 +689,14 @@ def _new_number_only(plan: GenerationPlan) -> GenerationUpdate | None:
     if plan.renumbered_from is None or plan.generation.version == plan.row_seen.version:
         return None
     return GenerationUpdate.from_row(plan.generation, seen=plan.row_seen)
+
+
+def _claim_batch(plans: Sequence[GenerationPlan], start: int) -> Sequence[GenerationPlan]:
+    """The moves from ``start`` on, up to ``CLAIM_BATCH``, that follow each other in the plan."""
+    end = start
+    while end < len(plans) and end - start < CLAIM_BATCH and plans[end].action == Action.MOVE:
+        end += 1
+    return plans[start:end]
 
 
 def _next_moves(plans: Sequence[GenerationPlan]) -> dict[str, GenerationPlan]:

@@ -161,6 +161,33 @@ def test_an_edit_through_the_flat_path_after_the_plan_is_picked_up(installation:
     assert file_count == sum(1 for path in source.rglob("*") if path.is_file())
 
 
+def test_a_row_changed_in_a_claim_batch_skips_that_generation_alone(installation: Sandbox) -> None:
+    """Moves are claimed a batch at a time (one lock for several rows): the application changes
+    the row of the second move after the plan; that generation alone is left where it is, for
+    the next resync, and the moves before and after it in the same batch are moved and published."""
+    project_id = first_project(installation)
+    found = query_rows(installation, "SELECT id FROM generations WHERE project_id = :p AND status IN "
+                       "('completed', 'failed') ORDER BY version, created_at, id", p=project_id)
+    moves = [row.id for row in found if (installation.root / row.id).is_dir() and not (installation.root / row.id).is_symlink()]
+    assert len(moves) >= 3, "the sample's first project has three moves in a row"
+    victim = moves[1]
+    victim_path = query_scalar(installation, "SELECT storage_path FROM generations WHERE id = :id", id=victim)
+
+    def application_changes_the_row() -> None:      # a regeneration's outcome written to the row
+        execute_sql(installation, "UPDATE generations SET status = CASE WHEN status = 'failed' THEN 'completed' "
+                "ELSE 'failed' END WHERE id = :id", id=victim)
+
+    code, document = run_paused_at(installation, "planned", application_changes_the_row)
+    assert code == 0, document
+    assert [line["action"] for line in lines_for(document, victim)] == ["changed"]
+    assert (installation.root / victim).is_dir() and not (installation.root / victim).is_symlink(), "not moved"
+    assert query_scalar(installation, "SELECT storage_path FROM generations WHERE id = :id", id=victim) == victim_path
+    for neighbour in (moves[0], moves[2]):
+        assert [line["action"] for line in lines_for(document, neighbour)] == ["moved"], neighbour
+        path = query_scalar(installation, "SELECT storage_path FROM generations WHERE id = :id", id=neighbour)
+        assert "/generations/v" in str(path) and (installation.root / neighbour).is_symlink(), (neighbour, path)
+
+
 def legacy_files(root: Path) -> dict[str, str]:
     """One file (relative path) of every legacy folder ``<ROOT>/<id>/`` there is now."""
     found = {}

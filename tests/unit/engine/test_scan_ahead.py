@@ -15,11 +15,13 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from storage_migrator.demo import SampleSize
+from storage_migrator.engine.execute import CLAIM_BATCH
 from storage_migrator.engine.scan_ahead import ANSWER_TIMEOUT_VARIABLE, ScanAhead, SummaryOrError, summarize_trees
 from storage_migrator.errors import GenerationError
 from storage_migrator.faults import PAUSE_AT_VARIABLE
@@ -153,10 +155,10 @@ def test_a_reader_leaves_with_its_parent(two_versions: tuple[Storage, Path, Path
 # -- end to end: the real command ------------------------------------------------------------
 
 
-def one_project_installation(database_url: str, root: Path) -> Sandbox:
+def one_project_installation(database_url: str, root: Path, size: SampleSize = SAMPLE) -> Sandbox:
     """The sample installation cut down to the project with the most legacy folders: the other
     projects' rows and folders are gone, as if the application had deleted them."""
-    installation = build_installation(database_url, root, SAMPLE, seed=3)
+    installation = build_installation(database_url, root, size, seed=3)
     legacy_count: Counter[str] = Counter(
         row.project_id for row in query_rows(installation, "SELECT id, project_id FROM generations")
         if (root / row.id).is_dir() and not (root / row.id).is_symlink())
@@ -193,14 +195,18 @@ def test_a_one_project_run_with_a_spare_core_reads_ahead_and_ends_as_a_run_witho
     assert run_cli(reading_ahead, "verify").returncode == 0
 
 
-def test_an_edit_made_while_the_next_folder_was_read_ahead_is_in_its_manifest(one_project: Sandbox) -> None:
-    """Stopped after the first move, with the next folder's read ahead begun (the run has one
-    child: the reader), the application edits that folder through its flat path; without a
-    resync the generation's manifest must already have the edit."""
-    rows = query_rows(one_project, "SELECT id FROM generations WHERE status = 'completed' ORDER BY version")
-    legacy = [row.id for row in rows if (one_project.root / row.id).is_dir()]
-    assert len(legacy) >= 2, "the sample has two legacy generations to move"
-    victim = legacy[1]
+def test_an_edit_made_while_the_next_folder_was_read_ahead_is_in_its_manifest(database_url: str,
+                                                                             tmp_path: Path) -> None:
+    """Stopped after the first claim batch of moves, with the next batch's first folder read
+    ahead (the run has one child: the reader), the application edits that folder through its
+    flat path; without a resync the generation's manifest must already have the edit."""
+    one_project = one_project_installation(database_url, tmp_path / "projects",
+                                           replace(SAMPLE, generations_per_project=3 * CLAIM_BATCH))
+    rows = query_rows(one_project, "SELECT id, status FROM generations ORDER BY version, created_at, id")
+    legacy = [row for row in rows if row.status in ("completed", "failed") and (one_project.root / row.id).is_dir()]
+    assert len(legacy) > CLAIM_BATCH and all(row.status == "completed" for row in legacy[: CLAIM_BATCH + 1]), \
+        "the sample has a first claim batch of moves, and a completed move after it"
+    victim = legacy[CLAIM_BATCH].id
     new_text = "edited while the next folder was read ahead\n"
     seen_children: list[int] = []
 
