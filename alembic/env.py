@@ -2,11 +2,11 @@
 batch mode on SQLite, whose ALTER TABLE cannot change columns or constraints in place."""
 from __future__ import annotations
 
-from alembic import context
 from pathlib import Path
 
 from sqlalchemy import create_engine, make_url, pool
 
+from alembic import context
 from storage_migrator.config import database_url_from_env, ensure_sqlite_parent, normalize_database_url
 
 config = context.config

@@ -30,7 +30,7 @@ from pathlib import Path, PurePosixPath
 import sqlalchemy as sa
 
 from storage_migrator.config import BASE_REVISION
-from storage_migrator.db.rows import current_revision
+from storage_migrator.db.tables import current_revision
 
 CACHE = Path(__file__).resolve().parent / ".cache"
 RELEASES: dict[str, tuple[str, ...]] = {

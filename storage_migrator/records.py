@@ -4,7 +4,7 @@ project as read from the database, the values the tool writes back, and the outc
 Plain frozen dataclasses with no database library behind them, so the planner stays pure. They
 are the one list of the columns the tool works with: the database layer builds its reads from
 ``GenerationRow``'s fields and its writes and schema check from ``GenerationUpdate``'s
-(``OWNED_GENERATION_COLUMNS``), so a new column is one edit here and one in ``db.rows.generations``
+(``OWNED_GENERATION_COLUMNS``), so a new column is one edit here and one in ``db.tables.generations``
 (an import-time check keeps that table covering them)."""
 from __future__ import annotations
 

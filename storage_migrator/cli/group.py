@@ -72,7 +72,7 @@ class ToolGroup(click.Group):
                 click.echo(f"error: {error.message}", err=True)
             ctx.exit(error.exit_code)
         except sa.exc.DBAPIError as error:
-            from storage_migrator.db.rows import first_line
+            from storage_migrator.db.connect import first_line
             click.echo(f"error: the database failed: {first_line(error)}; nothing is lost — rerun when it is back", err=True)
             ctx.exit(EXIT_USAGE)
         except KeyboardInterrupt:
@@ -159,7 +159,7 @@ def _invocation(click_context: click.Context) -> Invocation:
                         values["path_prefix"], values["legacy_links"])
     output = Output(values["as_json"], values["quiet"], values["verbose"])
     if not output.quiet and not click_context.meta.get(_ANNOUNCED):
-        from storage_migrator.db.rows import display_url  # SQLAlchemy: not imported for --help and --version
+        from storage_migrator.db.connect import display_url  # SQLAlchemy: not imported for --help and --version
 
         click_context.meta[_ANNOUNCED] = True
         click.echo(f"storage-migrate: database {display_url(settings.database_url)}, "

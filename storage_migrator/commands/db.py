@@ -2,7 +2,7 @@
 handling and errors, so the schema can be migrated wherever the wheel is installed.
 
 At a revision these scripts do not know (the application migrated further), nothing is handed to
-Alembic: ``upgrade`` has nothing to do when the tool's columns are there (``db.rows.check_schema``)
+Alembic: ``upgrade`` has nothing to do when the tool's columns are there (``db.tables.check_schema``)
 and says so, exit 0; ``downgrade`` refuses in one line, exit 2 — the schema stays, and the undo is
 the storage rollback alone."""
 from __future__ import annotations
@@ -14,8 +14,9 @@ from typing import NoReturn
 import sqlalchemy as sa
 
 from storage_migrator.config import HEAD_REVISION, Settings
+from storage_migrator.db.connect import create_database_engine, display_url, first_line
 from storage_migrator.db.revisions import downgrade_schema, known_revisions, upgrade_schema
-from storage_migrator.db.rows import create_database_engine, current_revision, display_url, first_line, missing_columns
+from storage_migrator.db.tables import current_revision, missing_columns
 from storage_migrator.engine.lock import DatabaseLock, RunLock
 from storage_migrator.errors import DatabaseUnavailable, UsageError
 from storage_migrator.storage.handle import open_storage

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from storage_migrator.config import Settings
-from storage_migrator.db.rows import load_projects
+from storage_migrator.db.reads import load_projects
 from storage_migrator.engine.installation import open_installation
 from storage_migrator.errors import GenerationError, UnsafePathComponent, UsageError
 from storage_migrator.patch import compare

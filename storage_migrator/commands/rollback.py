@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from storage_migrator.config import Settings
-from storage_migrator.db.rows import iter_project_records, load_projects
+from storage_migrator.db.reads import iter_project_records, load_projects
 from storage_migrator.engine.batch import BatchWriter
 from storage_migrator.engine.installation import open_installation
 from storage_migrator.engine.lock import RunLock

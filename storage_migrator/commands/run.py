@@ -10,12 +10,8 @@ from dataclasses import replace
 import sqlalchemy as sa
 
 from storage_migrator.config import Settings
-from storage_migrator.db.rows import (
-    count_generations,
-    first_line,
-    iter_project_ids,
-    iter_project_records,
-)
+from storage_migrator.db.connect import first_line
+from storage_migrator.db.reads import count_generations, iter_project_ids, iter_project_records
 from storage_migrator.engine.coordinate import carry_out_coordinated, require_postgresql
 from storage_migrator.engine.installation import Installation, open_installation
 from storage_migrator.engine.lock import RunLock

@@ -13,7 +13,8 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from storage_migrator.config import Settings
-from storage_migrator.db.rows import has_active_generation_key, iter_project_records, load_output_files, missing_columns
+from storage_migrator.db.reads import iter_project_records, load_output_files
+from storage_migrator.db.tables import has_active_generation_key, missing_columns
 from storage_migrator.engine.installation import open_installation
 from storage_migrator.engine.lock import current_holder
 from storage_migrator.engine.survey import has_application_manifest

@@ -38,7 +38,8 @@ from watchdog.observers.api import BaseObserver
 
 from storage_migrator.commands.run import run
 from storage_migrator.config import Settings
-from storage_migrator.db.rows import ROWS_PER_STATEMENT, project_ids_for_names
+from storage_migrator.db.reads import project_ids_for_names
+from storage_migrator.db.tables import ROWS_PER_STATEMENT
 from storage_migrator.engine.installation import open_installation
 from storage_migrator.errors import LockHeld, WatchFailed
 from storage_migrator.metrics import WatchMetrics

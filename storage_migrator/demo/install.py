@@ -7,8 +7,9 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from storage_migrator.config import BASE_REVISION, Settings
+from storage_migrator.db.connect import create_database_engine, display_url, first_line
 from storage_migrator.db.revisions import downgrade_schema, upgrade_schema
-from storage_migrator.db.rows import create_database_engine, current_revision, display_url, first_line
+from storage_migrator.db.tables import current_revision
 from storage_migrator.demo.generate import SampleInstallation, generate_installation
 from storage_migrator.demo.sizes import SampleSize
 from storage_migrator.errors import UsageError

@@ -9,7 +9,7 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from storage_migrator.config import BASE_REVISION
-from storage_migrator.db.rows import current_revision
+from storage_migrator.db.tables import current_revision
 from storage_migrator.demo.blueprint import EPOCH, GenerationKind, ProjectBlueprint, sample_uuid
 
 LEGACY_TABLES = ("users", "organizations", "projects", "generations")

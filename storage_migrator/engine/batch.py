@@ -16,13 +16,10 @@ from dataclasses import dataclass, field
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from storage_migrator.db.rows import (
-    ROWS_PER_STATEMENT,
-    existing_generation_ids,
-    first_line,
-    write_generation_updates,
-    write_project_update,
-)
+from storage_migrator.db.connect import first_line
+from storage_migrator.db.reads import existing_generation_ids
+from storage_migrator.db.tables import ROWS_PER_STATEMENT
+from storage_migrator.db.writes import write_generation_updates, write_project_update
 from storage_migrator.errors import FilesystemError
 from storage_migrator.faults import checkpoint
 from storage_migrator.records import GenerationUpdate, ProjectUpdate, RowDrift

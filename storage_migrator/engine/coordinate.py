@@ -22,7 +22,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from storage_migrator.config import normalize_database_url
-from storage_migrator.db.rows import count_generations, first_line, iter_project_ids
+from storage_migrator.db.connect import first_line
+from storage_migrator.db.reads import count_generations, iter_project_ids
 from storage_migrator.engine.installation import Installation
 from storage_migrator.engine.lease import (
     BEATS_PER_LEASE,

@@ -23,7 +23,8 @@ from typing import Any, ClassVar
 
 from sqlalchemy.engine import Connection, Engine
 
-from storage_migrator.db.rows import GenerationClaims, Place, claimed_generations, read_row_seen
+from storage_migrator.db.reads import read_row_seen
+from storage_migrator.db.writes import GenerationClaims, Place, claimed_generations
 from storage_migrator.engine.batch import DEFAULT_BATCH_SIZE, BatchWriter
 from storage_migrator.engine.plan import Action, GenerationPlan, ProjectPlan
 from storage_migrator.engine.scan_ahead import ScanAhead

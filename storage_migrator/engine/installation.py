@@ -9,7 +9,8 @@ from types import TracebackType
 from sqlalchemy.engine import Engine
 
 from storage_migrator.config import Settings
-from storage_migrator.db.rows import check_schema, create_database_engine
+from storage_migrator.db.connect import create_database_engine
+from storage_migrator.db.tables import check_schema
 from storage_migrator.storage.handle import Storage, open_storage
 from storage_migrator.storage.layout import StorageLayout
 

@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from storage_migrator.config import normalize_database_url
-from storage_migrator.db.rows import LOCK_TIMEOUT, first_line
+from storage_migrator.db.connect import LOCK_TIMEOUT, first_line
 
 BEATS_PER_LEASE = 4
 """Renewals (and, by a waiting participant, checks of the others' renewals) per lease."""

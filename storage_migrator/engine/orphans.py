@@ -16,7 +16,8 @@ from pathlib import Path
 
 from sqlalchemy.engine import Engine
 
-from storage_migrator.db.rows import ROWS_PER_STATEMENT, existing_generation_ids
+from storage_migrator.db.reads import existing_generation_ids
+from storage_migrator.db.tables import ROWS_PER_STATEMENT
 from storage_migrator.storage.handle import Storage
 from storage_migrator.storage.layout import (
     ARCHIVE_DIR,

@@ -17,14 +17,10 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from storage_migrator.db.rows import (
-    create_database_engine,
-    first_line,
-    generations,
-    iter_project_records,
-    load_output_files,
-    reserve_version,
-)
+from storage_migrator.db.connect import create_database_engine, first_line
+from storage_migrator.db.reads import iter_project_records, load_output_files
+from storage_migrator.db.tables import generations
+from storage_migrator.db.writes import reserve_version
 from storage_migrator.engine.execute import Executor
 from storage_migrator.engine.plan import Action, GenerationPlan, ProjectPlan
 from storage_migrator.engine.scan_ahead import ScanAhead, SummaryOrError, summarize_trees

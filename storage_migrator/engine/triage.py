@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
-from storage_migrator.db.rows import adopt_failed_generation
+from storage_migrator.db.writes import adopt_failed_generation
 from storage_migrator.engine.survey import has_application_manifest
 from storage_migrator.errors import FAILS_ONE_GENERATION
 from storage_migrator.records import GenerationRow, ProjectRecord, RowSeen

@@ -16,7 +16,7 @@ import pytest
 import sqlalchemy as sa
 
 from storage_migrator.config import HEAD_REVISION
-from storage_migrator.db.rows import create_database_engine
+from storage_migrator.db.connect import create_database_engine
 from storage_migrator.demo import SampleSize
 from storage_migrator.engine.lock import RunLock
 from storage_migrator.faults import CRASH_AT_VARIABLE

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from storage_migrator.db.rows import create_database_engine
+from storage_migrator.db.connect import create_database_engine
 from storage_migrator.engine.lock import RunLock
 from storage_migrator.storage.handle import open_storage
 from storage_migrator.storage.layout import StorageLayout

@@ -126,7 +126,7 @@ def test_adopt_complete_marks_only_matching_failed_generations(installation: San
 
 
 def test_adoption_is_conditional_on_the_row_as_read(installation: Sandbox) -> None:
-    from storage_migrator.db.rows import adopt_failed_generation
+    from storage_migrator.db.writes import adopt_failed_generation
     from storage_migrator.records import RowSeen
 
     generation_id, _ = app_saves(installation, next_version(installation), status="failed", with_storage_path=True)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from storage_migrator.db.rows import create_database_engine
+from storage_migrator.db.connect import create_database_engine
 from storage_migrator.engine.lock import RunLock
 from storage_migrator.faults import PAUSE_AT_VARIABLE
 from storage_migrator.storage.handle import open_storage

@@ -553,7 +553,7 @@ def test_the_orphan_scan_runs_once_and_the_host_name_is_the_systems(installation
 
 
 def test_the_database_lock_for_db_commands_excludes_coordinated_runs(installation: Sandbox) -> None:
-    from storage_migrator.db.rows import create_database_engine
+    from storage_migrator.db.connect import create_database_engine
     from storage_migrator.engine.lock import DatabaseLock
     from storage_migrator.errors import LockHeld
 
