@@ -67,18 +67,20 @@ LONG_RELEASES: dict[str, tuple[str, ...]] = {
                    "2.0.51", "2.0.52", "2.0.53", "2.0.54", "2.0.55", "2.0.56", "2.0.57", "2.0.58"),
 }
 APP_RELEASES: dict[str, tuple[str, ...]] = {
-    # The application's shape: many projects, each a long run of small generations (tens of files, 30
-    # to 150 here). Small pure-Python packages, each the newest 24 non-pre-release versions with an
-    # sdist on the day they were pinned (yanked ones skipped by the index), oldest first; pinned for
-    # the same reason as RELEASES. Left out for not fitting: fewer than 30 files in a release at one
-    # end of the range (asgiref, croniter, cloudpickle, colorama, idna, pathspec, portalocker,
-    # responses, semver, platformdirs, pytest-mock, cachecontrol, rich-click) or in the middle of it
-    # (arrow 0.15.3: 20; packaging 20.5 and 20.7: 14 and 17; build: 9 to 17 in eight releases;
-    # freezegun: 26 to 29 in three; flake8's package folder: 27 in two); more than 150 with a package
-    # folder of fewer than 30 (tomlkit, pyparsing, wcwidth, pip-tools, cattrs); a release whose sdist
-    # is missing, or whose metadata no longer builds or names another version (more-itertools,
+    # The application's shape: many projects, each a long run of small generations (tens of files,
+    # 30 to 150 here). Small, mostly pure-Python packages, each the newest 24 non-pre-release
+    # versions with an sdist on the day they were pinned (yanked ones skipped by the index), oldest
+    # first; pinned for the same reason as RELEASES. Left out for not fitting: fewer than 30 files
+    # in a release at one end of the range (asgiref, croniter, cloudpickle, colorama, idna,
+    # pathspec, portalocker, responses, semver, platformdirs, pytest-mock, cachecontrol, rich-click)
+    # or in the middle of it (arrow 0.15.3: 20; packaging 20.5 and 20.7: 14 and 17; build: 9 to 17
+    # in eight releases; freezegun: 26 to 29 in three; flake8's package folder: 27 in two; execnet
+    # 2.0.0: 23); more than 150 with a package folder of fewer than 30 (tomlkit, pyparsing, wcwidth,
+    # pip-tools, cattrs) or in one release (pytest-cov 2.7.0: 208); a release whose sdist is
+    # missing, or whose metadata no longer builds or names another version (more-itertools,
     # sqlparse, filelock, flask-cors 2.1.1, flask-migrate 2.5.0, pipdeptree 4.2.16, flit-core 2.0.2,
-    # jsonpickle 4.1.3).
+    # jsonpickle 4.1.3; setuptools-scm 10.0.2 and 10.0.3, whose build backend lies outside the
+    # sdist).
     "anyio": ("4.1.0", "4.2.0", "4.3.0", "4.4.0", "4.5.0", "4.5.1", "4.5.2", "4.6.0", "4.6.1",
               "4.6.2.post1", "4.7.0", "4.8.0", "4.9.0", "4.10.0", "4.11.0", "4.12.0", "4.12.1",
               "4.13.0", "4.14.0", "4.14.1", "4.14.2", "4.15.0", "4.15.1", "4.16.0"),
@@ -94,9 +96,6 @@ APP_RELEASES: dict[str, tuple[str, ...]] = {
     "click": ("8.0.1", "8.0.2", "8.0.3", "8.0.4", "8.1.0", "8.1.1", "8.1.2", "8.1.3", "8.1.4", "8.1.5",
               "8.1.6", "8.1.7", "8.1.8", "8.2.0", "8.2.1", "8.3.0", "8.3.1", "8.3.2", "8.3.3", "8.4.0",
               "8.4.1", "8.4.2", "8.5.0", "8.5.1"),
-    "execnet": ("1.0.5", "1.0.6", "1.0.7", "1.0.8", "1.0.9", "1.1", "1.2.0", "1.3.0", "1.4.0", "1.4.1",
-                "1.5.0", "1.6.0", "1.6.1", "1.7.0", "1.7.1", "1.8.0", "1.8.1", "1.9.0", "2.0.0",
-                "2.0.1", "2.0.2", "2.1.0", "2.1.1", "2.1.2"),
     "hatchling": ("1.18.0", "1.19.0", "1.20.0", "1.21.0", "1.21.1", "1.22.2", "1.22.3", "1.22.4",
                   "1.22.5", "1.23.0", "1.24.0", "1.24.1", "1.24.2", "1.25.0", "1.26.3", "1.27.0",
                   "1.28.0", "1.29.0", "1.30.1", "1.31.0", "1.32.0", "1.32.3", "1.32.4", "1.33.0"),
@@ -106,6 +105,9 @@ APP_RELEASES: dict[str, tuple[str, ...]] = {
     "httpx": ("0.18.2", "0.19.0", "0.20.0", "0.21.0", "0.21.1", "0.21.2", "0.21.3", "0.22.0", "0.23.0",
               "0.23.1", "0.23.2", "0.23.3", "0.24.0", "0.24.1", "0.25.0", "0.25.1", "0.25.2", "0.26.0",
               "0.27.0", "0.27.1", "0.27.2", "0.28.0", "0.28.1", "0.29.0"),
+    "humanfriendly": ("4.12.1", "4.13", "4.14", "4.15", "4.15.1", "4.16", "4.16.1", "4.17", "4.18", "5.0",
+                      "6.0", "6.1", "7.0", "7.1", "7.1.1", "7.2", "7.3", "8.0", "8.1", "8.2", "9.0", "9.1",
+                      "9.2", "10.0"),
     "humanize": ("4.0.0", "4.1.0", "4.2.0", "4.2.1", "4.2.2", "4.2.3", "4.3.0", "4.4.0", "4.5.0",
                  "4.6.0", "4.7.0", "4.8.0", "4.9.0", "4.10.0", "4.11.0", "4.12.0", "4.12.1", "4.12.2",
                  "4.12.3", "4.13.0", "4.14.0", "4.15.0", "4.16.0", "4.17.0"),
@@ -124,6 +126,9 @@ APP_RELEASES: dict[str, tuple[str, ...]] = {
     "markdown": ("3.3.7", "3.4", "3.4.1", "3.4.2", "3.4.3", "3.4.4", "3.5", "3.5.1", "3.5.2", "3.6",
                  "3.7", "3.8", "3.8.1", "3.8.2", "3.9", "3.10", "3.10.1", "3.10.2", "3.10.3", "3.11",
                  "3.11.1", "3.11.2", "3.11.3", "3.11.4"),
+    "markdown-it-py": ("0.4.9", "0.5.0", "0.5.1", "0.5.2", "0.5.3", "0.5.4", "0.5.5", "0.5.6", "0.5.7",
+                       "0.5.8", "0.6.0", "0.6.1", "0.6.2", "1.0.0", "1.1.0", "2.0.0", "2.0.1", "2.1.0",
+                       "2.2.0", "3.0.0", "4.0.0", "4.1.0", "4.2.0", "4.3.0"),
     "marshmallow": ("3.23.1", "3.23.2", "3.23.3", "3.24.0", "3.24.1", "3.24.2", "3.25.0", "3.25.1",
                     "3.26.0", "3.26.1", "3.26.2", "4.0.0", "4.0.1", "4.1.0", "4.1.1", "4.1.2", "4.2.0",
                     "4.2.1", "4.2.2", "4.2.3", "4.2.4", "4.3.0", "4.3.1", "4.4.0"),
@@ -154,9 +159,6 @@ APP_RELEASES: dict[str, tuple[str, ...]] = {
                        "0.23.7", "0.23.8", "0.24.0", "0.25.0", "0.25.1", "0.25.2", "0.25.3", "0.26.0",
                        "1.0.0", "1.1.0", "1.1.1", "1.2.0", "1.3.0", "1.4.0", "1.4.1", "1.4.1.post1",
                        "1.5.0"),
-    "pytest-cov": ("2.6.1", "2.7.0", "2.7.1", "2.8.0", "2.8.1", "2.9.0", "2.10.0", "2.10.1", "2.11.0",
-                   "2.11.1", "2.12.0", "2.12.1", "3.0.0", "4.0.0", "4.1.0", "5.0.0", "6.0.0", "6.1.0",
-                   "6.1.1", "6.2.0", "6.2.1", "6.3.0", "7.0.0", "7.1.0"),
     "pytest-xdist": ("1.29.0", "1.30.0", "1.31.0", "1.32.0", "1.33.0", "1.34.0", "2.0.0", "2.1.0",
                      "2.2.0", "2.2.1", "2.3.0", "2.4.0", "2.5.0", "3.0.2", "3.1.0", "3.2.0", "3.2.1",
                      "3.3.0", "3.3.1", "3.4.0", "3.5.0", "3.6.1", "3.7.0", "3.8.0"),
@@ -167,9 +169,9 @@ APP_RELEASES: dict[str, tuple[str, ...]] = {
                          "0.0.19", "0.0.20", "0.0.21", "0.0.22", "0.0.23", "0.0.24", "0.0.25", "0.0.26",
                          "0.0.27", "0.0.28", "0.0.29", "0.0.30", "0.0.31", "0.0.32", "0.0.33",
                          "0.0.34"),
-    "setuptools-scm": ("7.1.0", "8.0.1", "8.0.2", "8.0.3", "8.0.4", "8.1.0", "8.2.0", "8.3.0", "8.3.1",
-                       "9.2.0", "9.2.1", "9.2.2", "10.0.2", "10.0.3", "10.0.4", "10.0.5", "10.1.1",
-                       "10.1.2", "10.2.0", "10.2.1", "10.2.2", "10.2.3", "10.3.3", "10.3.4"),
+    "simplejson": ("3.15.0", "3.16.0", "3.17.0", "3.17.2", "3.17.3", "3.17.4", "3.17.5", "3.17.6",
+                   "3.18.0", "3.18.1", "3.18.2", "3.18.3", "3.18.4", "3.19.1", "3.19.2", "3.19.3",
+                   "3.20.1", "3.20.2", "4.0.1", "4.1.0", "4.1.1", "4.1.2", "4.2.0", "4.3.0"),
     "soupsieve": ("2.4", "2.4.1", "2.5", "2.6", "2.7", "2.8", "2.8.1", "2.8.2", "2.8.3", "2.8.4", "2.9",
                   "2.9.1", "2.9.2", "2.10", "3.0.2", "3.0.3", "3.0.4", "4.0", "4.0.1", "4.1", "4.1.1",
                   "4.1.2", "4.1.3", "4.1.4"),
@@ -194,6 +196,9 @@ APP_RELEASES: dict[str, tuple[str, ...]] = {
     "validators": ("0.20.0", "0.21.0", "0.21.1", "0.21.2", "0.22.0", "0.23.0", "0.23.1", "0.23.2",
                    "0.24.0", "0.25.0", "0.26.0", "0.27.0", "0.28.0", "0.28.1", "0.28.2", "0.28.3",
                    "0.29.0", "0.30.0", "0.31.0", "0.32.0", "0.33.0", "0.34.0", "0.35.0", "0.36.0"),
+    "watchdog": ("2.1.2", "2.1.3", "2.1.4", "2.1.5", "2.1.6", "2.1.7", "2.1.8", "2.1.9", "2.2.0", "2.2.1",
+                 "2.3.0", "2.3.1", "3.0.0", "4.0.0", "4.0.1", "4.0.2", "5.0.0", "5.0.1", "5.0.2", "5.0.3",
+                 "6.0.0", "7.0.0", "7.1.0", "7.1.1"),
     "wheel": ("0.35.1", "0.36.0", "0.36.1", "0.36.2", "0.37.0", "0.37.1", "0.38.1", "0.38.2", "0.38.3",
               "0.38.4", "0.40.0", "0.41.0", "0.41.1", "0.41.2", "0.41.3", "0.42.0", "0.43.0", "0.44.0",
               "0.45.0", "0.45.1", "0.46.2", "0.46.3", "0.47.0", "0.48.0"),
@@ -238,11 +243,11 @@ class ReleaseCorpus:
     title: str
     releases: Mapping[str, tuple[str, ...]] = field(hash=False)
     package_folders: Mapping[str, tuple[str, ...]] = field(default_factory=dict, hash=False)
+    """For a package whose whole sdist is too big for the corpus's shape: the folders (relative to
+    the unpacked sdist, first one present wins) whose content alone is each generation."""
     files_per_generation: tuple[int, int] | None = None
     """The fewest and most files one generation may hold (None: any): a pin that breaks the
     corpus's shape fails the benchmark rather than quietly measuring another shape."""
-    """For a package whose whole sdist is too big for the corpus's shape: the folders (relative to
-    the unpacked sdist, first one present wins) whose content alone is each generation."""
 
     def generation_folder(self, release: Release, tree: Path) -> Path:
         """What one release's generation holds: its unpacked sdist, or only its package folder."""
@@ -583,13 +588,17 @@ def build_real_installation(engine: sa.Engine, root: Path, scale: int = 1,
 
 
 def print_corpus(corpus: ReleaseCorpus, cache: Path) -> None:
-    """Fetch one corpus and print each package's range and size, and its file lengths."""
+    """Fetch one corpus and print each package's range and size, and its file lengths; then refuse
+    it, as the benchmark would, if a generation falls outside its ``files_per_generation``."""
     trees = ensure_corpus(cache, corpus)
     for package, versions in corpus.releases.items():
         sizes = [tree_size(trees[Release(package, version)]) for version in versions]
+        files = [size.files for size in sizes]
         print(f"{package}: {versions[0]} .. {versions[-1]} ({len(versions)} releases), "
-              f"{sum(s.files for s in sizes):,} files, {sum(s.bytes for s in sizes) / 1024**2:.0f} MiB")
+              f"{sum(files):,} files ({min(files)} to {max(files)} per generation), "
+              f"{sum(s.bytes for s in sizes) / 1024**2:.0f} MiB")
     print(f"{corpus.name}: {line_lengths({release.label: tree for release, tree in trees.items()}).describe()}")
+    _check_shape(corpus, {release: tree_size(tree) for release, tree in trees.items()})
 
 
 def main() -> None:
