@@ -82,7 +82,7 @@ def require_postgresql(database_url: str) -> None:
     """Exit 2 before anything is opened (not even an SQLite file) unless the URL is PostgreSQL."""
     try:
         backend = sa.make_url(normalize_database_url(database_url)).get_backend_name()
-    except sa.exc.ArgumentError:
+    except (sa.exc.ArgumentError, ValueError):   # ValueError: a port that is not a number
         return      # a malformed URL: opening the installation names the problem
     if backend != "postgresql":
         raise UsageError(f"--coordinate needs PostgreSQL (the participants meet in its advisory locks); "
