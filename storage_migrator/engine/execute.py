@@ -8,6 +8,9 @@ the job. Within a project, versions are handled in order so the diff of v<N> rea
 written. ``_handle`` is the one place a generation is handled: an error of
 ``FAILS_ONE_GENERATION`` there fails that generation alone, with a one-line reason, and the run
 goes on.
+
+Long because it is one class whose step order is the crash safety: each action's claim, disk
+steps, publish and undo stay side by side so the order can be read in one place.
 """
 from __future__ import annotations
 
