@@ -14,7 +14,8 @@ import sqlalchemy as sa
 
 from storage_migrator.config import BASE_REVISION
 from storage_migrator.db.revisions import upgrade_schema
-from storage_migrator.demo import (
+from storage_migrator.demo import SampleInstallation, SampleSize, generate_installation
+from storage_migrator.demo.paths import (
     BINARY_PATHS,
     CRLF_PATH,
     EMPTY_PATH,
@@ -23,9 +24,6 @@ from storage_migrator.demo import (
     NO_FINAL_NEWLINE_PATH,
     SPACE_NAME_PATH,
     UNICODE_NAME_PATH,
-    SampleInstallation,
-    SampleSize,
-    generate_installation,
 )
 
 SMALL = SampleSize(projects=6, generations_per_project=5, files_per_generation=18)
