@@ -138,6 +138,10 @@ class Executor:
     each project's ``active`` link: a coordinated participant's raises once it may no longer
     write (``coordinate.Participant.fence``) — never one of ``FAILS_ONE_GENERATION``, so the
     command stops there."""
+    keep_claim_session: bool = True
+    """Claims are made on one connection kept for the executor's life (no pool check-out, so no
+    pre-ping, per claim batch); False where the engine has a single session that every statement
+    shares (a coordinated participant's): each claim then checks the session out and back."""
     _writer: BatchWriter = field(init=False)
     _next_move: dict[str, GenerationPlan] = field(init=False, default_factory=dict)  # plan id -> the move after it
     _published: dict[str, RowSeen] = field(init=False, default_factory=dict)   # id -> the row as the tool wrote it
@@ -186,11 +190,16 @@ class Executor:
                 self._claims.close()
                 self._claims = None
 
-    def _claims_connection(self) -> Connection:
-        """The one connection the executor claims rows on, opened on first use and kept."""
+    @contextmanager
+    def _claim_session(self) -> Iterator[Connection]:
+        """The connection to claim rows on: the kept one (opened on first use), or a check-out."""
+        if not self.keep_claim_session:
+            with self.engine.connect() as connection:
+                yield connection
+            return
         if self._claims is None:
             self._claims = self.engine.connect()
-        return self._claims
+        yield self._claims
 
     # -- one generation ------------------------------------------------------------------
 
@@ -282,7 +291,8 @@ class Executor:
         if not scanned:
             return
         moved: list[tuple[GenerationPlan, TreeSnapshot, dict[str, FileRecord] | None]] = []
-        with claimed_generations(self._claims_connection(), {plan.id: self._expected_row(plan) for plan, _ in scanned}) as claims:
+        expected = {plan.id: self._expected_row(plan) for plan, _ in scanned}
+        with self._claim_session() as session, claimed_generations(session, expected) as claims:
             try:
                 for plan, snapshot in scanned:
                     try:
@@ -436,7 +446,7 @@ class Executor:
         """Guard one irreversible step: the row still shows what the plan saw (on PostgreSQL it
         stays locked for the step), and the disk still shows it too. Else ``RowDrifted``:
         nothing is done, nothing comes back."""
-        with claimed_generations(self._claims_connection(), {plan.id: self._expected_row(plan)}) as claims:
+        with self._claim_session() as session, claimed_generations(session, {plan.id: self._expected_row(plan)}) as claims:
             self._check_claim(plan, claims, legacy_must_exist)
             yield claims
 

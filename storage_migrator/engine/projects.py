@@ -121,13 +121,14 @@ def legacy_bytes(storage: Storage, engine: Engine) -> int:
 
 def carry_out_projects(storage: Storage, engine: Engine, report: RunReport, options: RunOptions,
                         only: Sequence[str] | None, tick: Callable[[int], None], root_temps: RootTempFiles,
-                        fence: Callable[[], None] = lambda: None) -> None:
+                        fence: Callable[[], None] = lambda: None, keep_claim_session: bool = True) -> None:
     """The executor over a stream of projects; the last batch is written even when interrupted.
-    Each project is recovered right before it is planned, by whoever carries it out."""
+    Each project is recovered right before it is planned, by whoever carries it out.
+    ``keep_claim_session``: see ``Executor.keep_claim_session``."""
     with ExitStack() as stack:
         scan_ahead = stack.enter_context(ScanAhead(storage)) if options.read_ahead else None
         executor = Executor(storage, engine, report, legacy_links=options.legacy_links, on_generation=tick,
-                            scan_ahead=scan_ahead, fence=fence)
+                            scan_ahead=scan_ahead, fence=fence, keep_claim_session=keep_claim_session)
         try:
             for record in iter_project_records(engine, only=only):
                 _carry_out_project(storage, engine, executor, options, record, root_temps)
@@ -138,8 +139,10 @@ def carry_out_projects(storage: Storage, engine: Engine, report: RunReport, opti
 def carry_out_claimed(storage: Storage, engine: Engine, report: RunReport, options: RunOptions,
                       project_ids: Sequence[str], tick: Callable[[int], None], fence: Callable[[], None]) -> None:
     """A coordinated participant's claimed projects, through the same per-project loop; ``fence``
-    raises once the participant may no longer write (see ``Executor.fence``)."""
-    carry_out_projects(storage, engine, report, options, project_ids, tick, RootTempFiles.listed(storage), fence)
+    raises once the participant may no longer write (see ``Executor.fence``). Its engine has one
+    session, shared by every statement: no connection is kept aside for claims."""
+    carry_out_projects(storage, engine, report, options, project_ids, tick, RootTempFiles.listed(storage), fence,
+                       keep_claim_session=False)
 
 
 def _carry_out_project(storage: Storage, engine: Engine, executor: Executor, options: RunOptions,
