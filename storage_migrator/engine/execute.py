@@ -612,6 +612,8 @@ class Executor:
         target = _target(plan)
         remove_temp_files(self.storage, target)
         if not self.storage.is_folder(artifacts_dir(target)):
+            if not self.storage.is_folder(target):      # deleted since it was published: never made again
+                raise GenerationError(f"{target} is gone (the application deleted the generation meanwhile?)")
             make_owned_dirs(self.storage, artifacts_dir(target))  # a folder put in place by hand or by an older run
         existing = read_manifest_document(self.storage, manifest_path(target))
         manifest = tree.full() if isinstance(tree, ManifestTree) else Manifest.from_snapshot(
