@@ -10,7 +10,9 @@ export STORAGE_ROOT ?= ./storage/projects
 UV_VERSION := 0.13.9
 UV := $(BIN)/uv
 # uv installs into this venv (not one of its own), and --inexact keeps uv itself in it.
-SYNC := UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync --inexact --extra test
+# --compile-bytecode: uv writes no .pyc by default, and where PYTHONDONTWRITEBYTECODE is set
+# every process the tests start would compile SQLAlchemy, Alembic and Click again (~1.5 s each).
+SYNC := UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync --inexact --extra test --compile-bytecode
 
 $(UV):
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +22,7 @@ $(UV):
 # moved without the lock. Refresh the lock with `make lock`.
 $(BIN)/storage-migrate: pyproject.toml uv.lock $(UV)
 	$(SYNC) --locked --quiet
+	$(BIN)/python -m compileall -q storage_migrator
 	touch $@
 
 # Sample data -> schema migration -> dry run -> migration -> diff of the demo project.
