@@ -145,7 +145,7 @@ def test_read_only_commands_create_no_database(installation: Sandbox, tmp_path: 
 
 @pytest.mark.parametrize("signal_number", [signal.SIGINT, signal.SIGTERM])
 def test_interrupt_reports_what_was_done_and_exits_130(installation: Sandbox, signal_number: int) -> None:
-    environment = {**installation.cli_environment(), PAUSE_AT_VARIABLE: "12"}
+    environment = {**installation.cli_environment(), PAUSE_AT_VARIABLE: "40"}
     # SIGINT as a terminal's Ctrl-C finds it: Python turns SIGINT into KeyboardInterrupt only if
     # the process did not inherit it ignored, and what the test runner's process inherited or was
     # left with must not decide this test (it failed twice in full runs, never alone).
