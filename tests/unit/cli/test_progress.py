@@ -36,7 +36,7 @@ def read_until(master: int, wanted: bytes, seen: bytearray, seconds: float) -> b
 
 def test_the_bar_counts_bytes_and_ctrl_c_clears_it(sqlite_url: str, tmp_path: Path) -> None:
     installation = build_installation(sqlite_url, tmp_path / "projects",
-                                      SampleSize(projects=6, generations_per_project=20, files_per_generation=120))
+                                      SampleSize(projects=6, generations_per_project=40, files_per_generation=120))
     master, terminal = os.openpty()
     fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 100, 0, 0))
     process = subprocess.Popen([sys.executable, "-m", "storage_migrator", "run", "--workers", "1"],
