@@ -9,10 +9,9 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 from storage_migrator.faults import PAUSE_AT_VARIABLE
-from tests.support.sandbox import Sandbox
+from tests.support.sandbox import Sandbox, wait_until_stopped
 
 Cli = Callable[..., subprocess.CompletedProcess[str]]
 
@@ -26,11 +25,7 @@ def run_paused_at(installation: Sandbox, step: str, act: Callable[[], None],
     arguments = [sys.executable, "-m", "storage_migrator", "--json", command, "--workers", workers]
     process = subprocess.Popen(arguments, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 120
-        while Path(f"/proc/{process.pid}/stat").read_text().split(") ")[1][0] != "T":
-            assert process.poll() is None, f"the run ended before {step}: {process.communicate()}"
-            assert time.monotonic() < deadline, f"the run never reached {step}"
-            time.sleep(0.02)
+        wait_until_stopped(process)
         if while_paused is not None:
             while_paused(process.pid)
         act()
