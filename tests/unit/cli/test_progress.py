@@ -14,7 +14,8 @@ import time
 from pathlib import Path
 
 from storage_migrator.demo import SampleSize
-from tests.support.sandbox import build_installation
+from storage_migrator.faults import PAUSE_AT_VARIABLE
+from tests.support.sandbox import build_installation, wait_until_stopped
 
 CLEAR_LINE = b"\r\x1b[K"
 
@@ -35,18 +36,23 @@ def read_until(master: int, wanted: bytes, seen: bytearray, seconds: float) -> b
 
 
 def test_the_bar_counts_bytes_and_ctrl_c_clears_it(sqlite_url: str, tmp_path: Path) -> None:
+    """Ctrl-C comes while the run is stopped at its 40th step (a few claim batches in), so the
+    run is still going when it is interrupted however fast the machine is."""
     installation = build_installation(sqlite_url, tmp_path / "projects",
-                                      SampleSize(projects=6, generations_per_project=40, files_per_generation=120))
+                                      SampleSize(projects=6, generations_per_project=12, files_per_generation=60))
     master, terminal = os.openpty()
     fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 100, 0, 0))
     process = subprocess.Popen([sys.executable, "-m", "storage_migrator", "run", "--workers", "1"],
-                               env=installation.cli_environment(), stdin=subprocess.DEVNULL,
-                               stdout=subprocess.PIPE, stderr=terminal, start_new_session=True)
+                               env={**installation.cli_environment(), PAUSE_AT_VARIABLE: "40"},
+                               stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=terminal,
+                               start_new_session=True)
     os.close(terminal)
     seen = bytearray()
     try:
-        assert read_until(master, b"B/s", seen, 60), seen.decode(errors="replace")
+        wait_until_stopped(process)
+        assert read_until(master, b"B/s", seen, 10), seen.decode(errors="replace")
         process.send_signal(signal.SIGINT)
+        process.send_signal(signal.SIGCONT)
         stdout, _ = process.communicate(timeout=120)
         read_until(master, b"interrupted", seen, 10)
     finally:
