@@ -1,4 +1,4 @@
-"""The look at the disk a plan is made from — stats, link texts and manifest heads, never file
+"""The look at the disk a plan is made from — stats, link texts and manifests, never file
 content — and ``plan_project``, which hands the rows and that look to the pure
 ``plan.decide_project``. Nothing here follows a symlink."""
 from __future__ import annotations
@@ -55,9 +55,9 @@ def _legacy_kind(storage: Storage, generation: GenerationRow) -> LegacyKind:
 
 
 def probe_disk(storage: Storage, generation: GenerationRow) -> DiskState:
-    """Look at one generation's folders: stats and at most its manifest's head, never file
-    content; resync's fingerprint check comes after (``plan_project``). Nothing here follows a
-    symlink."""
+    """Look at one generation's folders: stats and its manifest if intact (``read_manifest_head``:
+    the head parsed and the rest hashed), never file content; resync's fingerprint check comes
+    after (``plan_project``). Nothing here follows a symlink."""
     legacy_kind = _legacy_kind(storage, generation)
     target = storage.layout.generation_target(generation)
     source_exists = storage.is_folder(source_dir(target))     # reached through real folders only

@@ -2,21 +2,22 @@
 written beside ``source/`` and merged into the keys the application wrote, which stay as they are.
 
 Written as strict UTF-8 JSON whose bytes depend only on the tree, the row and the keys already
-there, so a rerun writes the same bytes. Read as untrusted input: size-capped, never through a
+there, so a rerun writes the same bytes; its head holds the sha256 of the rest (the seal), so a
+damaged body is found without parsing it. Read as untrusted input: size-capped, never through a
 link or from a FIFO; anything unexpected reads as "unreadable" (rewritten), never an exception.
-The format, names that are not UTF-8, older formats and the size limits: ``docs/design.md``,
-"Manifests".
+The format, the seal, names that are not UTF-8, older formats and the size limits:
+``docs/design.md``, "Manifests".
 
 Long because the bounded streaming reader (kept over ``ijson``: ``docs/design.md``) and the
 writer of the same format belong together."""
 from __future__ import annotations
 
-import codecs
 import hashlib
+import itertools
 import json
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -30,20 +31,28 @@ from storage_migrator.storage.tree import CHUNK_SIZE, Fingerprint, TreeSnapshot,
 if TYPE_CHECKING:
     from storage_migrator.storage.handle import Storage
 
-MANIFEST_FORMAT = 3
-READABLE_FORMATS = (1, 2, 3)
+MANIFEST_FORMAT = 4
+READABLE_FORMATS = (1, 2, 3, 4)
 OLDER_FINGERPRINT_FORMATS = (1, 2)
 """Formats whose fingerprints hold (size, mtime) alone: read with ctime and inode ``UNKNOWN``,
 which no file has, so such a generation is read again once (and its manifest rewritten)."""
+SEALED_FORMATS = (4,)
+"""Formats whose head carries ``manifest_sha256``, the sha256 of every other byte of the file:
+checking it tells an intact body from a damaged one without parsing it. A manifest of another
+format is intact only if it parses whole."""
 UNKNOWN = -1
 MAX_MANIFEST_BYTES = 16 << 20
 MAX_APPLICATION_KEY_BYTES = 1 << 20
 # Keys the tool writes; every other key of an existing manifest is the application's and stays.
 OWNED_KEYS = frozenset({"format", "generation_id", "project_id", "version", "file_count", "total_size_bytes",
-                        "fingerprint_digest", "files", "checksums", "fingerprints"})
+                        "fingerprint_digest", "manifest_sha256", "files", "checksums", "fingerprints"})
 _REQUIRED_KEYS = frozenset({"generation_id", "project_id", "version", "file_count", "total_size_bytes", "checksums"})
 HEAD_BYTES = 4096
 _HEAD_END = ', "files": '
+_SEAL_FIELD = b'"manifest_sha256": "'      # its 64 hex digits follow
+_SEAL_LENGTH = 64
+_UNSEALED = "0" * _SEAL_LENGTH
+_HEX_DIGEST = re.compile(r"[0-9a-f]{64}")
 
 NAME_MARKER = "\x00"
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -128,6 +137,34 @@ def _parse_object(text: str) -> dict[str, Any] | None:
     return document if isinstance(document, dict) else None
 
 
+def _seal(data: bytes) -> bytes:
+    """``data``, the tool's manifest whose ``manifest_sha256`` is still ``_UNSEALED``, with it filled in."""
+    start = data.index(_SEAL_FIELD) + len(_SEAL_FIELD)
+    rest = data[start + _SEAL_LENGTH:]
+    return data[:start] + _seal_digest(data[:start], [rest]).encode("ascii") + rest
+
+
+def _seal_digest(before: bytes, after: Iterable[bytes]) -> str:
+    """sha256 of a manifest's bytes but the 64 digits of its own ``manifest_sha256``."""
+    digest = hashlib.sha256(before)
+    for chunk in after:
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _seal_holds(first: bytes, rest: Iterable[bytes], recorded: str) -> bool:
+    """Whether the manifest whose bytes are ``first`` (holding its head) then ``rest`` is the one
+    ``recorded`` (its head's ``manifest_sha256``, 64 hex digits, as parsed) was made for."""
+    start = first.find(_SEAL_FIELD, 0, HEAD_BYTES)
+    if start < 0:
+        return False
+    start += len(_SEAL_FIELD)
+    end = start + _SEAL_LENGTH
+    if first[start:end] != recorded.encode("ascii"):      # the digest parsed is the one found here
+        return False
+    return _seal_digest(first[:start], itertools.chain([first[end:]], rest)) == recorded
+
+
 def fingerprint_digest(fingerprints: Mapping[str, Fingerprint]) -> str:
     """One sha256 over every path and its fingerprint: equal digests mean resync need not read.
     The text hashed is ``repr`` of the sorted (path, fingerprint) list, spelled out per entry (faster
@@ -160,11 +197,13 @@ def summarize_tree(storage: Storage, folder: Path) -> TreeSummary:
 
 @dataclass(frozen=True)
 class ManifestHead:
-    """The first keys of a manifest: enough to decide that a generation is unchanged. ``load``
-    reads the whole manifest when checksums are needed (a diff against the next version)."""
+    """The first keys of a sealed manifest whose bytes were found intact: enough to decide that a
+    generation is unchanged. ``load`` reads the whole manifest when checksums are needed (a diff
+    against the next version)."""
 
     storage: Storage = field(repr=False, compare=False)
     path: Path
+    format: int
     version: int
     file_count: int
     total_size_bytes: int
@@ -185,6 +224,7 @@ class Manifest:
     checksums: dict[str, str]
     fingerprints: dict[str, Fingerprint]
     extra: dict[str, Any] = field(default_factory=dict, compare=False)   # the application's keys
+    format: int | None = field(default=MANIFEST_FORMAT, compare=False)   # as read; written: MANIFEST_FORMAT
 
     @property
     def files(self) -> list[str]:
@@ -221,8 +261,9 @@ class Manifest:
                         self.total_size_bytes, self.checksums, self.fingerprints, extra)
 
     def to_bytes(self) -> bytes:
-        """The file's text. The head (up to ``files``) holds only numbers, ids and the digest, so
-        it fits in ``HEAD_BYTES`` whatever ``created_at`` the application put in."""
+        """The file's text. The head (up to ``files``) holds only numbers, ids and the two
+        digests, so it fits in ``HEAD_BYTES`` whatever ``created_at`` the application put in;
+        ``manifest_sha256``, last in it, is the sha256 of every other byte of the file."""
         document = {
             "format": MANIFEST_FORMAT,
             "generation_id": self.generation_id,
@@ -231,6 +272,7 @@ class Manifest:
             "file_count": self.file_count,
             "total_size_bytes": self.total_size_bytes,
             "fingerprint_digest": self.fingerprint_digest,
+            "manifest_sha256": _UNSEALED,
             "files": sorted(display_name(path) for path in self.checksums),
             "created_at": self.extra.get("created_at", self.created_at),
             "checksums": {encode_name(path): digest for path, digest in sorted(self.checksums.items())},
@@ -239,7 +281,7 @@ class Manifest:
             },
         }
         document.update((key, value) for key, value in self.extra.items() if key not in document)
-        return _json_bytes(document)
+        return _seal(_json_bytes(document))
 
     @classmethod
     def from_document(cls, document: dict[str, Any]) -> Manifest:
@@ -266,6 +308,7 @@ class Manifest:
         if not all(type(number) is int for number in integers):
             raise MalformedManifest("version, file_count and total_size_bytes must be integers")
         created_at = document.get("created_at")
+        written_as = document.get("format")
         return cls(
             generation_id=str(document["generation_id"]),
             project_id=str(document["project_id"]),
@@ -276,6 +319,7 @@ class Manifest:
             checksums=checksums,
             fingerprints=pairs,
             extra={key: value for key, value in document.items() if key not in OWNED_KEYS},
+            format=written_as if type(written_as) is int else None,
         )
 
 
@@ -324,10 +368,12 @@ def read_manifest_document(storage: Storage, path: Path) -> dict[str, Any] | Non
         os.close(descriptor)
 
 
-def read_manifest_head(storage: Storage, path: Path) -> ManifestHead | None:
-    """The head of the tool's manifest at ``path`` from its first 4 KiB; never reads the rest
-    (but to check that a format-1 file is UTF-8). None if missing, unreadable, too large to be
-    loaded later, or without a head — an older manifest or the application's: rewrite it."""
+def read_manifest_head(storage: Storage, path: Path) -> ManifestHead | Manifest | None:
+    """What resync needs to tell an unchanged generation, from the tool's manifest at ``path`` if
+    all of it is intact: of a sealed manifest its head (the first 4 KiB parsed, the rest hashed,
+    never parsed); of an older format the whole manifest, parsed (only that tells its body is
+    intact). None if missing, unreadable, damaged, not strict UTF-8, too large to be loaded
+    later, or without a head — an older manifest or the application's: rewrite it."""
     opened = _open(storage, path)
     if opened is None:
         return None
@@ -335,19 +381,47 @@ def read_manifest_head(storage: Storage, path: Path) -> ManifestHead | None:
     try:
         if status.st_size > MAX_MANIFEST_BYTES:
             return None
-        prefix = os.read(descriptor, HEAD_BYTES)
-        head = _parse_head(storage, path, prefix)
-        if head is None or (head[0] == 1 and not _rest_is_utf8(descriptor, prefix)):
+        chunks = _chunks(descriptor, status.st_size)
+        first = next(chunks, b"")
+        parsed = _parse_head(storage, path, first[:HEAD_BYTES])
+        if parsed is None:
             return None
-        return head[1]
-    except OSError:
+        head, seal = parsed
+        if seal is not None:
+            return head if _seal_holds(first, chunks, seal) else None
+        raw = b"".join([first, *chunks])
+        raw.decode("utf-8")         # strict: a format-1 file holding raw bytes is rewritten too
+        manifest = _manifest_from_bytes(raw)
+        if manifest is None or (head.format not in OLDER_FINGERPRINT_FORMATS
+                                and manifest.fingerprint_digest != head.fingerprint_digest):
+            return None             # the body's fingerprints are not those the head's digest was made of
+        return manifest
+    except (OSError, MalformedManifest, UnicodeDecodeError):
         return None
     finally:
         os.close(descriptor)
 
 
-def _parse_head(storage: Storage, path: Path, prefix: bytes) -> tuple[int, ManifestHead] | None:
-    """(format, head) from the first bytes of the tool's manifest, or None."""
+def _chunks(descriptor: int, expected: int) -> Iterator[bytes]:
+    """The open file from its offset to its end. The first read asks for the ``expected`` bytes
+    fstat saw and one more (at least ``HEAD_BYTES``, at most a chunk), so a manifest that did
+    not grow meanwhile takes that read and the empty one that ends it. Raises MalformedManifest past
+    ``MAX_MANIFEST_BYTES`` (the file grew since it was stat'ed)."""
+    total = 0
+    while True:
+        request = min(max(expected + 1 - total, HEAD_BYTES), max(CHUNK_SIZE, HEAD_BYTES))
+        chunk = os.read(descriptor, request)
+        if not chunk:
+            return
+        total += len(chunk)
+        if total > MAX_MANIFEST_BYTES:
+            raise MalformedManifest("the manifest grew past the size limit while it was read")
+        yield chunk
+
+
+def _parse_head(storage: Storage, path: Path, prefix: bytes) -> tuple[ManifestHead, str | None] | None:
+    """The head from the first bytes of the tool's manifest and, if its format is sealed, the
+    ``manifest_sha256`` it records (64 hex digits); None if there is no such head."""
     text = prefix.decode("utf-8", "surrogateescape")
     end = text.find(_HEAD_END)
     if not text.startswith('{"format": ') or end < 0:
@@ -364,42 +438,45 @@ def _parse_head(storage: Storage, path: Path, prefix: bytes) -> tuple[int, Manif
     if not all(type(number) is int for number in numbers) or not isinstance(digest, str) \
             or numbers[0] not in READABLE_FORMATS:
         return None
-    return numbers[0], ManifestHead(storage, path, numbers[1], numbers[2], numbers[3], digest)
-
-
-def _rest_is_utf8(descriptor: int, prefix: bytes) -> bool:
-    """Whether the file (``prefix`` already read) is strict UTF-8, read in chunks."""
-    decoder = codecs.getincrementaldecoder("utf-8")("strict")
-    try:
-        decoder.decode(prefix)
-        while chunk := os.read(descriptor, CHUNK_SIZE):
-            decoder.decode(chunk)
-        decoder.decode(b"", final=True)
-    except UnicodeDecodeError:
-        return False
-    return True
+    seal = head.get("manifest_sha256") if numbers[0] in SEALED_FORMATS else None
+    if numbers[0] in SEALED_FORMATS and not (isinstance(seal, str) and _HEX_DIGEST.fullmatch(seal)):
+        return None
+    return ManifestHead(storage, path, numbers[0], numbers[1], numbers[2], numbers[3], digest), seal
 
 
 def read_manifest(storage: Storage, path: Path) -> Manifest | None:
-    """The tool's manifest at ``path``, or None if missing, unreadable, above the size limit or
-    not the tool's format (then it is rewritten, keeping the application's keys)."""
+    """The tool's manifest at ``path``, or None if missing, unreadable, above the size limit,
+    damaged (a sealed one whose bytes do not hash to its ``manifest_sha256``) or not the tool's
+    format (then it is rewritten, keeping the application's keys)."""
     opened = _open(storage, path)
     if opened is None:
         return None
     descriptor, status = opened
     try:
-        text = _read_text(descriptor) if status.st_size <= MAX_MANIFEST_BYTES else None
-    except OSError:
+        if status.st_size > MAX_MANIFEST_BYTES:
+            return None
+        raw = b"".join(_chunks(descriptor, status.st_size))
+    except (OSError, MalformedManifest):
         return None
     finally:
         os.close(descriptor)
-    document = _parse_object(text) if text is not None else None
+    return _manifest_from_bytes(raw)
+
+
+def _manifest_from_bytes(raw: bytes) -> Manifest | None:
+    """The manifest ``raw`` holds if it is of the tool's shape and, if sealed, intact; else None."""
+    document = _parse_object(raw.decode("utf-8", "surrogateescape"))
     if document is None:
         return None
     try:
-        return Manifest.from_document(document)
+        manifest = Manifest.from_document(document)
     except InvalidInput:
         return None
+    if manifest.format in SEALED_FORMATS:
+        seal = document.get("manifest_sha256")
+        if not (isinstance(seal, str) and _HEX_DIGEST.fullmatch(seal) and _seal_holds(raw, (), seal)):
+            return None
+    return manifest
 
 
 # -- the application's keys of a manifest too large to parse ----------------------------------------

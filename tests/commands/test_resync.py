@@ -16,6 +16,8 @@ import sqlalchemy as sa
 from storage_migrator.commands.run import run
 from storage_migrator.config import BASE_REVISION
 from storage_migrator.db.revisions import downgrade_schema, upgrade_schema
+from storage_migrator.demo import SampleSize
+from storage_migrator.storage.manifest import HEAD_BYTES
 from tests.support.sandbox import (
     Sandbox,
     build_installation,
@@ -141,6 +143,52 @@ def test_resync_of_unchanged_storage_reads_no_file(migrated: Sandbox, monkeypatc
     report = run(migrated.settings, resync=True)
     assert report.migrated == 0 and report.failed == 0
     assert opened == []
+
+
+def test_a_manifest_damaged_past_its_first_4_kib_is_rewritten_by_resync(database_url: str, tmp_path: Path) -> None:
+    """Resync decides "unchanged" from a manifest's head (its first 4 KiB) and a stat of the files;
+    a body cut short or with a checksum digit changed behind an intact head is found all the same:
+    that generation alone is refreshed, its manifest written again byte for byte as the run wrote
+    it, and every other generation stays unchanged."""
+    installation = build_installation(database_url, tmp_path / "projects",
+                                      SampleSize(projects=5, generations_per_project=4, files_per_generation=40))
+    assert run_cli(installation, "run").returncode == 0
+    clean = run_cli(installation, "--json", "resync")
+    assert clean.returncode == 0, clean.stderr
+    unchanged = {entry["id"] for entry in json.loads(clean.stdout)["generations"] if entry["action"] == "unchanged"}
+    # The last completed version of two projects: no later version takes its diff from it.
+    last = {}
+    for project_id, generation_id, version in query_rows(
+            installation, "SELECT project_id, id, version FROM generations WHERE status = 'completed' ORDER BY version"):
+        last[project_id] = (generation_id, version)
+    victims = [(project_id, *last[project_id]) for project_id in sorted(last) if last[project_id][0] in unchanged][:2]
+    assert len(victims) == 2
+    manifests = [tmp_path / "projects" / project_id / "generations" / f"v{version}__{generation_id}" / "manifest.json"
+                 for project_id, generation_id, version in victims]
+    written = [path.read_bytes() for path in manifests]
+    assert all(len(data) > HEAD_BYTES + 1000 for data in written)
+    manifests[0].write_bytes(written[0][:HEAD_BYTES + 500])
+    digit = written[1].index(b'"', written[1].index(b'": "', HEAD_BYTES) + 4) - 1    # a checksum's last digit
+    manifests[1].write_bytes(written[1][:digit] + (b"0" if written[1][digit:digit + 1] != b"0" else b"1")
+                             + written[1][digit + 1:])
+    with pytest.raises(ValueError):
+        json.loads(manifests[0].read_text("utf-8"))                # the application cannot read it
+    assert json.loads(manifests[1].read_text("utf-8"))["checksums"] != json.loads(written[1])["checksums"]
+
+    result = run_cli(installation, "--json", "resync")
+    assert result.returncode == 0, result.stderr
+    entries = {entry["id"]: entry for entry in json.loads(result.stdout)["generations"]}
+    for _, generation_id, _ in victims:
+        assert entries[generation_id]["action"] == "refreshed", entries[generation_id]
+        assert "unreadable" in entries[generation_id]["reason"], entries[generation_id]
+    assert {gid for gid, entry in entries.items() if entry["action"] == "unchanged"} == \
+        unchanged - {generation_id for _, generation_id, _ in victims}
+    assert [path.read_bytes() for path in manifests] == written
+    assert all(json.loads(path.read_text("utf-8")) for path in manifests)
+    again = run_cli(installation, "--json", "resync")
+    assert {entry["id"] for entry in json.loads(again.stdout)["generations"] if entry["action"] == "unchanged"} == unchanged
+    code, document = verify_json(installation)
+    assert (code, document["problems"]) == (0, [])
 
 
 def test_resync_migrates_stragglers_and_completed_since_run(migrated: Sandbox) -> None:

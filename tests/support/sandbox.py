@@ -171,7 +171,8 @@ def tree_digest(root: Path) -> dict[str, str]:
 
 def _manifest_digest(path: Path) -> str:
     """A manifest by content, but for its fingerprints (ctime and inode differ between two
-    installations whatever happened), which must instead be those of ``source/`` beside it now."""
+    installations whatever happened), which must instead be those of ``source/`` beside it now,
+    and its ``manifest_sha256`` (which hashes them too), which must hold."""
     content = path.read_bytes()
     try:
         document = json.loads(content)
@@ -181,13 +182,14 @@ def _manifest_digest(path: Path) -> str:
         return f"file:{hashlib.sha256(content).hexdigest()}"
     recorded = document.pop("fingerprint_digest", None)
     document.pop("fingerprints")
+    sealed = document.pop("manifest_sha256", None) is None or manifest_at(path) is not None
     with storage_around(path.parent) as storage:
         try:
             current = summarize_tree(storage, path.parent / "source").fingerprint_digest == recorded
         except GenerationError:
             current = False
     rest = hashlib.sha256(json.dumps(document, sort_keys=True).encode("utf-8", "surrogatepass")).hexdigest()
-    return f"manifest:{rest}:fingerprints {'current' if current else 'stale'}"
+    return f"manifest:{rest}:fingerprints {'current' if current else 'stale'}{'' if sealed else ':seal broken'}"
 
 
 def dump_tables(database_url: str) -> dict[str, list[dict]]:

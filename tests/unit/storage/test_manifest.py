@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from storage_migrator.demo import SampleSize
 from storage_migrator.errors import FAILS_ONE_GENERATION, GenerationError, InvalidInput
 from storage_migrator.storage import manifest as manifest_module
 from storage_migrator.storage.manifest import (
+    MANIFEST_FORMAT,
     OWNED_KEYS,
     Manifest,
 )
@@ -352,12 +354,123 @@ def test_a_manifest_with_the_older_fingerprints_is_read_again_once(installation:
     line = {g["id"]: g for g in json.loads(upgrade.stdout)["generations"]}[target.name.split("__", 1)[1]]
     assert line["action"] != "unchanged", line
     rewritten = read_strict(target / "manifest.json")
-    assert rewritten["format"] == 3 and all(len(fingerprint) == 4 for fingerprint in rewritten["fingerprints"].values())
+    assert rewritten["format"] == MANIFEST_FORMAT and all(len(fingerprint) == 4 for fingerprint in rewritten["fingerprints"].values())
     relative = edited.relative_to(target / "source").as_posix()
     assert rewritten["checksums"][relative] == hashlib.sha256(edited.read_bytes()).hexdigest()
     assert run_cli(installation, "verify").returncode == 0
     again = run_cli(installation, "--json", "resync")
     assert {g["action"] for g in json.loads(again.stdout)["generations"] if g["id"] == line["id"]} == {"unchanged"}
+
+
+# -- a damaged body behind an intact head -------------------------------------------------------------
+
+def large_manifest(written_as: int = MANIFEST_FORMAT) -> bytes:
+    """60 files' manifest (some 14 KiB: most of it beyond ``HEAD_BYTES``) as the tool writes it, or
+    as format ``written_as`` (3: the same keys, no ``manifest_sha256``) wrote it."""
+    names = [f"src/package/module_{index:03d}.py" for index in range(60)]
+    manifest = Manifest("g", "p", 2, "2024-05-01T10:00:00+00:00", len(names), 100 * len(names),
+                        {name: hashlib.sha256(name.encode()).hexdigest() for name in names},
+                        {name: (100, 10**18 + i, 10**18 + 2 * i, 5000 + i) for i, name in enumerate(names)})
+    data = manifest.to_bytes()
+    assert len(data) > 3 * manifest_module.HEAD_BYTES
+    if written_as == MANIFEST_FORMAT:
+        return data
+    document = json.loads(data)
+    del document["manifest_sha256"]
+    return (json.dumps({**document, "format": written_as}, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+def beyond_head(data: bytes, pattern: bytes) -> re.Match[bytes]:
+    """The first match of ``pattern`` past the first 4 KiB: damage there is never in the head."""
+    match = re.compile(pattern).search(data, manifest_module.HEAD_BYTES)
+    assert match is not None, pattern
+    return match
+
+
+def change_at(data: bytes, offset: int, replacement: bytes) -> bytes:
+    """``data`` with the bytes at ``offset`` replaced by as many others: the length stays."""
+    return data[:offset] + replacement + data[offset + len(replacement):]
+
+
+def other_digit(byte: int) -> bytes:
+    return b"1" if byte != ord("1") else b"2"
+
+
+DAMAGE: dict[str, Callable[[bytes], bytes]] = {
+    "truncated after 4 KiB": lambda data: data[:manifest_module.HEAD_BYTES + 700],
+    "cut just after the head": lambda data: data[:data.index(b', "files": ') + len(b', "files": ')],
+    "a checksum digit changed": lambda data: change_at(
+        data, (m := beyond_head(data, rb'": "([0-9a-f]{64})"')).start(1) + 7, other_digit(m.group(1)[7])),
+    "a fingerprint number changed": lambda data: change_at(
+        data, (m := beyond_head(data, rb"\[100, (\d+),")).start(1) + 5, other_digit(m.group(1)[5])),
+    "a name in files changed": lambda data: data.replace(b'"src/package/module_007.py", ', b'"src/package/module_070.py", ', 1),
+    "the checksums key renamed": lambda data: data.replace(b'"checksums": ', b'"checksumz": ', 1),
+    "the fingerprints key renamed": lambda data: data.replace(b'"fingerprints": ', b'"fingerprintz": ', 1),
+    "not UTF-8 after 4 KiB": lambda data: change_at(data, beyond_head(data, rb"[0-9a-f]{64}").start() + 3, b"\xff"),
+    "invalid JSON after 4 KiB": lambda data: change_at(data, beyond_head(data, rb'", "').start() + 1, b";"),
+    "bytes appended": lambda data: data + b'{"more": 1}\n',
+    "whitespace appended": lambda data: data + b" \n",
+}
+STILL_LOADS = {"a checksum digit changed", "a fingerprint number changed", "a name in files changed",
+               "whitespace appended"}
+"""Damage ``json.loads`` and the tool's checks of shape accept: only the seal finds it."""
+
+
+@pytest.mark.parametrize("chunk", [None, 1], ids=["one read", "read a head at a time"])
+@pytest.mark.parametrize("kind", DAMAGE)
+def test_a_sealed_manifest_with_an_intact_head_and_a_damaged_body_is_not_taken(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, kind: str, chunk: int | None) -> None:
+    """Every kind of damage behind the head (the first 4 KiB the same) makes the manifest
+    unreadable to the head reader resync plans from, as to the whole-file reader: the generation
+    is read again and its manifest rewritten, never called unchanged."""
+    if chunk is not None:
+        monkeypatch.setattr(manifest_module, "CHUNK_SIZE", chunk)
+    intact = large_manifest()
+    path = tmp_path / "manifest.json"
+    path.write_bytes(intact)
+    head = read_manifest_head(path)
+    assert isinstance(head, manifest_module.ManifestHead) and head.format == MANIFEST_FORMAT
+    loaded = read_manifest(path)
+    assert loaded is not None and head.fingerprint_digest == loaded.fingerprint_digest
+
+    damaged = DAMAGE[kind](intact)
+    head_end = intact.index(b', "files": ')
+    assert damaged != intact and damaged[:head_end] == intact[:head_end], "the head itself is intact"
+    path.write_bytes(damaged)
+    assert read_manifest_head(path) is None
+    assert read_manifest(path) is None
+    if kind in STILL_LOADS:      # what the seal adds: the shape alone passes it
+        assert Manifest.from_document(json.loads(damaged)) is not None
+
+
+UNSEALED_BLIND_SPOTS = {"a checksum digit changed", "a name in files changed", "whitespace appended"}
+"""Damage to a format-3 manifest that parses, and agrees with its head's fingerprint digest."""
+
+
+@pytest.mark.parametrize("kind", DAMAGE)
+def test_an_unsealed_manifest_with_an_intact_head_is_taken_only_if_it_loads_whole(tmp_path: Path, kind: str) -> None:
+    """Format 3 had no seal: its head is believed only once the whole file parses and its
+    fingerprints make the head's digest (it is then taken whole, a ``Manifest``). What still
+    passes cannot be told without reading the files (``verify`` does); the seal closes that."""
+    intact = large_manifest(written_as=3)
+    path = tmp_path / "manifest.json"
+    path.write_bytes(intact)
+    whole = read_manifest_head(path)
+    assert isinstance(whole, Manifest) and whole.format == 3
+    assert whole == read_manifest(path)
+    path.write_bytes(DAMAGE[kind](intact))
+    assert (read_manifest_head(path) is None) == (kind not in UNSEALED_BLIND_SPOTS)
+
+
+def test_the_seal_is_the_sha256_of_every_other_byte_and_a_rewrite_is_byte_identical() -> None:
+    """What another reader needs to check a manifest: ``manifest_sha256`` is in the head, before
+    ``files``, and hashes the file without its own 64 digits."""
+    data = large_manifest()
+    seal = json.loads(data)["manifest_sha256"]
+    before, after = data.split(seal.encode("ascii"))
+    assert hashlib.sha256(before + after).hexdigest() == seal
+    assert before.endswith(b'"manifest_sha256": "') and len(before) < data.index(b', "files": ')
+    assert large_manifest() == data
 
 
 # Every byte a Linux name may hold but '/' and NUL, in names the application may meet: a path
