@@ -21,7 +21,7 @@ from storage_migrator.storage.layout import (
     StorageLayout,
     check_path_component,
 )
-from storage_migrator.storage.manifest import Manifest, ManifestHead
+from storage_migrator.storage.manifest import MANIFEST_FORMAT, Manifest, ManifestHead
 
 
 class Action(str, Enum):
@@ -199,12 +199,13 @@ def _decide_on_disk(
         return Action.REFRESH, "storage_path not written yet"
     if disk.manifest.file_count != generation.file_count or disk.manifest.total_size_bytes != generation.total_size_bytes:
         return Action.REFRESH, "file_count or total_size_bytes disagree with the manifest"
-    if generation.status != "completed":
-        return Action.UNCHANGED, None       # a failed generation gets no diff
-    if not _summary_is_ours(generation, expected_from):
-        return Action.REFRESH, f"diff must be taken from {f'v{expected_from}' if expected_from else 'nothing'}"
-    if disk.patch_versions != ((expected_from,) if expected_from else ()):
-        return Action.REFRESH, "patch file missing or stale"
+    if generation.status == "completed":    # a failed generation gets no diff
+        if not _summary_is_ours(generation, expected_from):
+            return Action.REFRESH, f"diff must be taken from {f'v{expected_from}' if expected_from else 'nothing'}"
+        if disk.patch_versions != ((expected_from,) if expected_from else ()):
+            return Action.REFRESH, "patch file missing or stale"
+    if disk.fingerprints_match and disk.manifest.format != MANIFEST_FORMAT:
+        return Action.REFRESH, "manifest of an older format (rewritten once, from its checksums)"
     return Action.UNCHANGED, None
 
 

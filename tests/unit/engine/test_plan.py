@@ -25,7 +25,7 @@ from storage_migrator.engine.plan import (
 )
 from storage_migrator.records import GenerationRow, ProjectRecord
 from storage_migrator.storage.layout import StorageLayout
-from storage_migrator.storage.manifest import Manifest
+from storage_migrator.storage.manifest import MANIFEST_FORMAT, Manifest
 
 PROJECT = "p1"
 PREFIX = "storage/projects"
@@ -90,8 +90,9 @@ def settled(gid: str, version: int, from_version: int | None = None, status: str
     return row(gid, version, status, storage_path=target_path(gid, version, prefix), **kw)
 
 
-def manifest(gid: str, version: int, file_count: int = FILES, total_size_bytes: int = SIZE) -> Manifest:
-    return Manifest(gid, PROJECT, version, None, file_count, total_size_bytes, {}, {})
+def manifest(gid: str, version: int, file_count: int = FILES, total_size_bytes: int = SIZE,
+             written_as: int = MANIFEST_FORMAT) -> Manifest:
+    return Manifest(gid, PROJECT, version, None, file_count, total_size_bytes, {}, {}, format=written_as)
 
 
 def disk(
@@ -216,6 +217,13 @@ SINGLE_CASES: list[Any] = [
                  Action.REFRESH, "diff must be taken", id="odd-summary-type"),
     pytest.param(settled("g", 1), on_disk(row("g", 1), patches=(1,)), Action.REFRESH, "patch",
                  id="stale-patch-file"),
+    pytest.param(settled("g", 1), on_disk(row("g", 1), manifest=manifest("g", 1, written_as=3)), Action.REFRESH,
+                 "older format", id="older-format-with-the-same-files-rewritten"),
+    pytest.param(settled("g", 1), on_disk(row("g", 1), manifest=manifest("g", 1, written_as=3), fingerprints_match=None),
+                 Action.UNCHANGED, None, id="older-format-fingerprints-not-checked"),
+    pytest.param(settled("g", 1, status="failed", changes_summary=None),
+                 on_disk(row("g", 1), manifest=manifest("g", 1, written_as=3)), Action.REFRESH, "older format",
+                 id="older-format-of-a-failed-generation-rewritten"),
     pytest.param(settled("g", 1), on_disk(row("g", 1)), Action.UNCHANGED, None, id="consistent"),
     pytest.param(settled("g", 1), on_disk(row("g", 1), legacy=LegacyKind.MISSING), Action.UNCHANGED, None,
                  id="consistent-without-link"),
@@ -384,6 +392,9 @@ DIFF_REFRESH_CASES: list[Any] = [
                  id="base-manifest-rebuilt"),
     pytest.param(settled("a", 1), on_disk(row("a", 1), fingerprints_match=False), 1, Action.REFRESH, "v1 changed",
                  id="base-files-changed"),
+    # a base's manifest rewritten in the current format from its own checksums: same content
+    pytest.param(settled("a", 1), on_disk(row("a", 1), manifest=manifest("a", 1, written_as=3)), 1, Action.UNCHANGED,
+                 None, id="base-older-format-only"),
     # only metadata of the base is redone: its content is the same, the diff stands
     pytest.param(row("a", 1, storage_path=legacy_path("a"), changes_summary=summary(None)), on_disk(row("a", 1)),
                  1, Action.UNCHANGED, None, id="base-path-only"),

@@ -362,6 +362,33 @@ def test_a_manifest_with_the_older_fingerprints_is_read_again_once(installation:
     assert {g["action"] for g in json.loads(again.stdout)["generations"] if g["id"] == line["id"]} == {"unchanged"}
 
 
+def test_a_format_3_manifest_of_unchanged_files_is_sealed_once_from_its_own_checksums(installation: Sandbox) -> None:
+    """The manifests format 3 wrote have no seal, so each would cost resync a whole parse: the
+    first resync that finds the files unchanged rewrites the manifest in the current format
+    (refreshed, "older format") from its checksums — the bytes a run writes, the next version's
+    diff left alone — and the resync after it finds everything unchanged."""
+    assert run_cli(installation, "run").returncode == 0
+    clean = run_cli(installation, "--json", "resync")
+    unchanged = {g["id"] for g in json.loads(clean.stdout)["generations"] if g["action"] == "unchanged"}
+    target = migrated_target(installation)
+    generation_id = target.name.split("__", 1)[1]
+    assert generation_id in unchanged and len(unchanged) > 1
+    assert list(target.parent.glob("v2__*/diff_from_v1.patch")), "the next version's diff is taken from this one"
+    sealed = (target / "manifest.json").read_bytes()
+    document = json.loads(sealed)
+    del document["manifest_sha256"]
+    (target / "manifest.json").write_text(json.dumps({**document, "format": 3}, ensure_ascii=False) + "\n", "utf-8")
+
+    upgrade = run_cli(installation, "--json", "resync")
+    assert upgrade.returncode == 0, upgrade.stderr
+    actions = {g["id"]: g for g in json.loads(upgrade.stdout)["generations"]}
+    assert actions[generation_id]["action"] == "refreshed" and "older format" in actions[generation_id]["reason"]
+    assert {gid for gid, g in actions.items() if g["action"] == "unchanged"} == unchanged - {generation_id}
+    assert (target / "manifest.json").read_bytes() == sealed
+    again = run_cli(installation, "--json", "resync")
+    assert {g["id"] for g in json.loads(again.stdout)["generations"] if g["action"] == "unchanged"} == unchanged
+
+
 # -- a damaged body behind an intact head -------------------------------------------------------------
 
 def large_manifest(written_as: int = MANIFEST_FORMAT) -> bytes:
