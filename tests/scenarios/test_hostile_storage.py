@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from storage_migrator.faults import PAUSE_AT_VARIABLE
+from tests.support.processes import ctrl_c_as_at_a_terminal
 from tests.support.sandbox import (
     Sandbox,
     build_installation,
@@ -146,12 +147,9 @@ def test_read_only_commands_create_no_database(installation: Sandbox, tmp_path: 
 @pytest.mark.parametrize("signal_number", [signal.SIGINT, signal.SIGTERM])
 def test_interrupt_reports_what_was_done_and_exits_130(installation: Sandbox, signal_number: int) -> None:
     environment = {**installation.cli_environment(), PAUSE_AT_VARIABLE: "40"}
-    # SIGINT as a terminal's Ctrl-C finds it: Python turns SIGINT into KeyboardInterrupt only if
-    # the process did not inherit it ignored, and what the test runner's process inherited or was
-    # left with must not decide this test (it failed twice in full runs, never alone).
     process = subprocess.Popen([sys.executable, "-m", "storage_migrator", "--json", "run", "--workers", "1"],
                                env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                               preexec_fn=ctrl_c_as_at_a_terminal)
     try:
         wait_until_stopped(process)
         process.send_signal(signal_number)

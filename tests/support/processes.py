@@ -16,6 +16,13 @@ from tests.support.sandbox import Sandbox, wait_until_stopped
 Cli = Callable[..., subprocess.CompletedProcess[str]]
 
 
+def ctrl_c_as_at_a_terminal() -> None:
+    """``preexec_fn`` for a command a test interrupts with SIGINT: Python turns SIGINT into
+    KeyboardInterrupt only if the process did not inherit it ignored, and a test runner started
+    in the background by a non-interactive shell (``make test &``, CI) passes it on ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def run_paused_at(installation: Sandbox, step: str, act: Callable[[], None],
                   command: str = "run", workers: str = "1",
                   while_paused: Callable[[int], None] | None = None) -> tuple[int, dict]:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from storage_migrator.demo import SampleSize
 from storage_migrator.faults import PAUSE_AT_VARIABLE
+from tests.support.processes import ctrl_c_as_at_a_terminal
 from tests.support.sandbox import build_installation, wait_until_stopped
 
 CLEAR_LINE = b"\r\x1b[K"
@@ -45,7 +46,7 @@ def test_the_bar_counts_bytes_and_ctrl_c_clears_it(sqlite_url: str, tmp_path: Pa
     process = subprocess.Popen([sys.executable, "-m", "storage_migrator", "run", "--workers", "1"],
                                env={**installation.cli_environment(), PAUSE_AT_VARIABLE: "40"},
                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=terminal,
-                               start_new_session=True)
+                               start_new_session=True, preexec_fn=ctrl_c_as_at_a_terminal)
     os.close(terminal)
     seen = bytearray()
     try:
