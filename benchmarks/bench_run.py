@@ -323,12 +323,14 @@ def bench_database(label: str, database_url: str, corpus: Corpus, work: Path, wo
 
 @dataclass(frozen=True)
 class Baselines:
-    """What the tool is measured against: the shell pipeline, and two floors that read every byte
-    once (sha256sum: and hash it; cat: nothing more)."""
+    """What the tool is measured against: the shell pipeline, and three floors that read every byte
+    once (sha256sum: and hash it; cat: nothing more; python: the least a Python program does per
+    file for what `run` records, ``hash_floor.py``)."""
 
     shell: Timing
     sha256sum: Timing
     cat: Timing
+    python: Timing
 
 
 def bench_baselines(corpus: Corpus, work: Path) -> Baselines:
@@ -347,7 +349,12 @@ def bench_baselines(corpus: Corpus, work: Path) -> Baselines:
     seconds, rss = timed(["bash", "-c", f"find {shlex.quote(str(root))} -type f -print0 | xargs -0 cat > /dev/null"])
     cat = Timing("cat of every file (floor)", "-", seconds, rss, corpus.files)
     shutil.rmtree(work / "cat", ignore_errors=True)
-    return Baselines(shell, floor, cat)
+    root, _ = fresh_copy(corpus, work / "python", corpus.sqlite_url)
+    seconds, rss = timed([sys.executable, str(Path(__file__).with_name("hash_floor.py")), str(root)])
+    python = Timing("Python: open, read, sha256 + git sha1 of every file (floor, default workers)", "-", seconds, rss,
+                    corpus.files)
+    shutil.rmtree(work / "python", ignore_errors=True)
+    return Baselines(shell, floor, cat, python)
 
 
 # --------------------------------------------------------------------------- report
@@ -368,7 +375,8 @@ def timings_table(by_database: dict[str, dict[str, Timing]], baselines: Baseline
     shell, floor, cat = baselines.shell, baselines.sha256sum, baselines.cat
     lines = ["| contender | database | wall s | peak RSS MB | files/s | / shell | / sha256sum | / cat |",
              "|---|---|---|---|---|---|---|---|"]
-    every = [timing for timings in by_database.values() for timing in timings.values()] + [shell, floor, cat]
+    every = [timing for timings in by_database.values() for timing in timings.values()] + [shell, floor, cat,
+                                                                                           baselines.python]
     for timing in every:
         rate = timing.files / timing.seconds if timing.seconds else float("inf")
         lines.append(f"| {timing.contender} | {timing.database} | {timing.seconds:.2f} | {timing.peak_rss_mb:.0f} "
