@@ -1,12 +1,14 @@
-"""The libc calls Python's ``os`` lacks (``renameat2``, ``syncfs``, ``sync_file_range``) through
-ctypes, each with its fallback where libc or the kernel does not offer it, and the umask read once.
-Tests replace ``renameat2_function``/``syncfs_function`` to run as on a libc without them."""
+"""The libc calls Python's ``os`` lacks (``renameat2``, ``syncfs``, ``sync_file_range``,
+``getdents64``) through ctypes, each with its fallback where libc or the kernel does not offer it, and the umask read once.
+Tests replace ``renameat2_function``/``syncfs_function``/``getdents64_function`` to run as on a
+libc without them."""
 from __future__ import annotations
 
 import ctypes
 import errno
 import functools
 import os
+import struct
 from collections.abc import Callable
 
 RENAME_NOREPLACE = 1
@@ -85,6 +87,51 @@ def umask() -> int:
     return current
 
 
+
+
+DT_UNKNOWN = 0
+DT_DIR = 4
+DT_REG = 8
+_DIRENT_HEAD = struct.Struct("=QqHB")   # d_ino, d_off, d_reclen, d_type; d_name follows, NUL-ended
+_DIRENT_BUFFER = 64 << 10
+
+
+def getdents64_function() -> Callable[..., int] | None:
+    return libc_function("getdents64", ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t)
+
+
+def read_directory(fd: int) -> list[tuple[str, int, int]] | None:
+    """(name, d_type, d_ino) of every entry of the open directory ``fd`` but ``.`` and ``..``,
+    in the order the filesystem gives, read from the descriptor's offset to the end with
+    ``getdents64`` on ``fd`` itself. ``os.scandir(fd)`` and ``os.listdir(fd)`` list a ``dup`` of the
+    descriptor (dup, fstat, two fcntl, then lseek back and close: six calls more per directory),
+    which a walk pays for every folder it enters. A name is ``str`` with surrogateescape, as
+    ``os.listdir`` gives it; ``d_type`` is ``DT_UNKNOWN`` where the filesystem does not say
+    (the caller lstats). None where libc has no ``getdents64`` (nothing read: the caller lists
+    another way); a failure raises ``OSError``."""
+    function = getdents64_function()
+    if function is None:
+        return None
+    buffer = ctypes.create_string_buffer(_DIRENT_BUFFER)
+    found: list[tuple[str, int, int]] = []
+    while True:
+        length = function(fd, buffer, _DIRENT_BUFFER)
+        if length < 0:
+            code = ctypes.get_errno()
+            if code == errno.ENOSYS and not found:
+                return None
+            raise OSError(code, os.strerror(code))
+        if length == 0:
+            return found
+        data = ctypes.string_at(buffer, length)
+        position = 0
+        while position < length:
+            inode, _, record_length, kind = _DIRENT_HEAD.unpack_from(data, position)
+            start = position + _DIRENT_HEAD.size
+            name = data[start:data.index(b"\0", start)]
+            position += record_length
+            if name != b"." and name != b"..":
+                found.append((os.fsdecode(name), kind, inode))
 
 
 def renameat2(src_fd: int, src: str, dst_fd: int, dst: str, flags: int) -> bool:

@@ -19,7 +19,7 @@ from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 from storage_migrator.errors import UnsafePath, printable
 from storage_migrator.storage import libc
@@ -32,6 +32,7 @@ __all__ = [
     "CHUNK_SIZE",
     "DirHandle",
     "Durable",
+    "Entry",
     "FolderFiles",
     "Parts",
     "Root",
@@ -115,6 +116,70 @@ def _close_quietly(fd: int) -> None:
         pass
 
 
+class Entry(Protocol):
+    """One entry of a directory listing, as a walk hands it out: ``os.DirEntry`` or ``ListedEntry``."""
+
+    @property
+    def name(self) -> str: ...
+
+    def is_file(self, *, follow_symlinks: bool = ...) -> bool: ...
+
+    def stat(self, *, follow_symlinks: bool = ...) -> os.stat_result: ...
+
+
+class ListedEntry:
+    """An entry of a listing made on the directory's own descriptor (``libc.read_directory``):
+    ``is_file`` from the type the listing gave (an lstat only where the filesystem gives none),
+    ``stat`` the entry's lstat, taken at the first call, relative to ``dir_fd`` — which must still
+    be open then. Links are never followed: ``follow_symlinks=True`` is refused."""
+
+    __slots__ = ("_dir_fd", "_kind", "_status", "name")
+
+    def __init__(self, name: str, dir_fd: int, kind: int) -> None:
+        self.name = name
+        self._dir_fd = dir_fd
+        self._kind = kind
+        self._status: os.stat_result | None = None
+
+    def is_file(self, *, follow_symlinks: bool = False) -> bool:
+        if self._kind != libc.DT_UNKNOWN:
+            _never_followed(follow_symlinks)
+            return self._kind == libc.DT_REG
+        try:
+            return stat.S_ISREG(self.stat(follow_symlinks=follow_symlinks).st_mode)
+        except FileNotFoundError:
+            return False
+
+    def stat(self, *, follow_symlinks: bool = False) -> os.stat_result:
+        _never_followed(follow_symlinks)
+        if self._status is None:
+            self._status = os.stat(self.name, dir_fd=self._dir_fd, follow_symlinks=False)
+        return self._status
+
+    def __repr__(self) -> str:
+        return f"<ListedEntry {self.name!r}>"
+
+
+def _never_followed(follow_symlinks: bool) -> None:
+    if follow_symlinks:
+        raise ValueError("an entry below ROOT is never looked at through a link")
+
+
+def _listing(fd: int) -> list[tuple[str, Entry]]:
+    """(name, entry) of every entry of the open directory ``fd``, sorted by name, listed on ``fd``
+    itself from its current offset (a descriptor opened for this listing); where libc cannot,
+    through ``os.scandir`` (which lists a duplicate and rewinds it)."""
+    listed = libc.read_directory(fd)
+    found: list[tuple[str, Entry]]
+    if listed is None:
+        with os.scandir(fd) as iterator:
+            found = [(entry.name, entry) for entry in iterator]
+    else:
+        found = [(name, ListedEntry(name, fd, kind)) for name, kind, _ in listed]
+    found.sort(key=lambda item: item[0])
+    return found
+
+
 @dataclass(frozen=True)
 class Durable:
     """What one ``Root.make_durable`` did: how many filesystems it synced (``syncfs``, one per
@@ -153,16 +218,22 @@ class DirHandle(_OpenDirectory):
     def __init__(self, fd: int, display: str) -> None:
         self.fd = fd
         self.display = display
+        self._listed = False
 
     def names(self) -> list[str]:
         """Every entry's name, sorted; nothing is stat'ed."""
-        return sorted(os.listdir(self.fd))
+        return [name for name, _ in self._entries()]
 
     def entries(self) -> list[tuple[str, os.stat_result]]:
         """(name, lstat) of every entry, sorted by name; symlinks are reported, not followed."""
-        with os.scandir(self.fd) as iterator:
-            found = [(entry.name, entry.stat(follow_symlinks=False)) for entry in iterator]
-        return sorted(found, key=lambda item: item[0])
+        return [(name, entry.stat(follow_symlinks=False)) for name, entry in self._entries()]
+
+    def _entries(self) -> list[tuple[str, Entry]]:
+        """The listing, made on ``fd`` itself: from its start again if listed before."""
+        if self._listed:
+            os.lseek(self.fd, 0, os.SEEK_SET)
+        self._listed = True
+        return _listing(self.fd)
 
 
 _KEPT_PARENTS = 8
@@ -497,7 +568,7 @@ class Root(_OpenDirectory):
 
     def walk_entries(
         self, parts: Parts = (), *, max_depth: int | None = None
-    ) -> Generator[tuple[str, os.DirEntry[str], int, str], None, None]:
+    ) -> Generator[tuple[str, Entry, int, str], None, None]:
         """Yield (path relative to ``parts``, directory entry, descriptor of its directory, name)
         for every regular file below the directory ``parts``, sorted by name within a directory,
         files before subdirectories. The descriptor is valid until the next item: open the file
@@ -552,19 +623,16 @@ class Root(_OpenDirectory):
             cursor.close()
 
     @staticmethod
-    def _list(cursor: _Cursor) -> list[tuple[str, os.DirEntry[str]]]:
-        """(name, entry) of every entry of the cursor's directory, sorted, listing fully first so
-        no extra descriptor stays open while the caller works."""
+    def _list(cursor: _Cursor) -> list[tuple[str, Entry]]:
+        """(name, entry) of every entry of the cursor's directory (just entered: each is listed
+        once), sorted, listing fully first so the caller works on a complete listing."""
         try:
-            with os.scandir(cursor.fd) as iterator:
-                found = [(entry.name, entry) for entry in iterator]
+            return _listing(cursor.fd)
         except OSError as error:
             raise _os_error(error, cursor.path()) from None
-        found.sort(key=lambda item: item[0])
-        return found
 
     @staticmethod
-    def _lstat_entry(cursor: _Cursor, entry: os.DirEntry[str]) -> os.stat_result | None:
+    def _lstat_entry(cursor: _Cursor, entry: Entry) -> os.stat_result | None:
         """An entry's lstat (None: removed since the listing)."""
         try:
             return entry.stat(follow_symlinks=False)

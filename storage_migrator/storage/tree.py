@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from storage_migrator.errors import GenerationError, UnsafePath
 from storage_migrator.patch.blob import git_blob_digest, git_blob_id
-from storage_migrator.storage.root import CHUNK_SIZE, READ_FLAGS, FolderFiles, relative_parts
+from storage_migrator.storage.root import CHUNK_SIZE, READ_FLAGS, Entry, FolderFiles, relative_parts
 
 if TYPE_CHECKING:
     from storage_migrator.storage.handle import Storage
@@ -106,7 +106,7 @@ def _read_error(error: OSError, display: object) -> GenerationError:
     return GenerationError(f"cannot read {error.filename or display}: {error.strerror}")
 
 
-def _walk_entries(storage: Storage, folder: Path) -> Iterator[tuple[str, os.DirEntry[str], int, str]]:
+def _walk_entries(storage: Storage, folder: Path) -> Iterator[tuple[str, Entry, int, str]]:
     """(relative '/' path, directory entry, directory descriptor, name) of every regular file
     below ``folder``; a symlink, FIFO, socket or device anywhere in the tree raises GenerationError."""
     try:

@@ -613,6 +613,62 @@ def test_walk_files_refuses_fifos_and_reports_files_sorted(tmp_path: Path) -> No
         assert f"{tmp_path}/b/pipe: is not a regular file" in str(refused)
 
 
+def test_read_directory_lists_every_entry_on_the_descriptor_itself(tmp_path: Path) -> None:
+    """More entries than one getdents64 buffer holds, a name that is not UTF-8, a folder and a
+    link among them: the same names os.listdir gives (no "." or ".."), with their types."""
+    base = os.fsencode(tmp_path)
+    names = {f"{index:04d}-{'x' * 60}" for index in range(1500)}
+    for name in names:
+        (tmp_path / name).write_bytes(b"")
+    os.mkdir(base + b"/d\xff")
+    os.symlink("/etc", tmp_path / "link")
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        listed = libc.read_directory(fd)
+        assert libc.read_directory(fd) == []            # read from the descriptor's offset: at its end now
+    finally:
+        os.close(fd)
+    assert listed is not None
+    assert sorted(name for name, _, _ in listed) == sorted(os.listdir(tmp_path))
+    kinds = {name: kind for name, kind, _ in listed}
+    if set(kinds.values()) != {libc.DT_UNKNOWN}:        # a filesystem that gives types
+        assert kinds["d\udcff"] == libc.DT_DIR and kinds["0000-" + "x" * 60] == libc.DT_REG
+        assert kinds["link"] not in (libc.DT_DIR, libc.DT_REG)
+    assert {name: inode for name, _, inode in listed}["link"] == os.lstat(tmp_path / "link").st_ino
+
+
+def test_walks_and_listings_need_no_scandir_and_give_the_same_without_getdents64(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where libc has getdents64, nothing lists through os.scandir / os.listdir (each lists a dup
+    of the descriptor: six system calls more per folder); where it has not, the walk, the scan
+    and the listings fall back to os.scandir and give exactly the same."""
+    (tmp_path / "b" / "c").mkdir(parents=True)
+    for path in ("a", "b/z", "b/c/y", "b/c/x"):
+        (tmp_path / path).write_bytes(path.encode())
+    os.symlink("a", tmp_path / "b" / "alink")
+
+    def look(storage: Storage) -> tuple[object, ...]:
+        with storage.root.open_dir("b") as handle:
+            twice = (handle.entries(), handle.names(), handle.entries())
+        return (sorted(tree.fingerprint_tree(storage, tmp_path / "b" / "c").items()),
+                tree.scan_tree(storage, tmp_path / "b" / "c", {}).contents,
+                [name for name, _ in twice[0]], twice[1], [name for name, _ in twice[2]])
+
+    def refused(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("listed through a duplicate descriptor")
+
+    with opened(tmp_path) as storage, pytest.MonkeyPatch.context() as patch:
+        patch.setattr(os, "scandir", refused)
+        patch.setattr(os, "listdir", refused)
+        with_getdents = look(storage)
+    monkeypatch.setattr(libc, "getdents64_function", lambda: None)
+    with opened(tmp_path) as storage:
+        assert look(storage) == with_getdents
+    assert with_getdents[1] == {"x": b"b/c/x", "y": b"b/c/y"}
+    assert with_getdents[2] == with_getdents[3] == with_getdents[4] == ["alink", "c", "z"]
+
+
 # -- names that are not UTF-8 ------------------------------------------------------------------
 
 
