@@ -324,6 +324,7 @@ class Executor:
                 self._staged[plan.id] = _Staged(error=error)
                 continue
             scanned.append((plan, snapshot))
+            kept += _kept_for_next(base, snapshot, plan)
             base = snapshot if plan.is_diff_base else base
             kept += sum(len(content) for content in snapshot.contents.values())
             if kept >= CONTENT_CACHE_LIMIT:
@@ -346,7 +347,7 @@ class Executor:
         """A killed copy left both: the legacy copy goes once it equals ``source/``."""
         self._renumber_folder(plan)
         source = source_dir(_target(plan))
-        snapshot = scan_tree(self.storage, source, _diff_base(previous))
+        snapshot = _scan(self.storage, source, plan, previous)
         if scan_tree(self.storage, _legacy(plan)).checksums() != snapshot.checksums():
             raise GenerationError(
                 f"{_legacy(plan)} and {source} both exist with different content: "
@@ -364,7 +365,7 @@ class Executor:
             self._prepare_target(plan)
         self._rebuild_from_database(plan)
         checkpoint("rebuilt")
-        tree = scan_tree(self.storage, source_dir(_target(plan)), _diff_base(previous))
+        tree = _scan(self.storage, source_dir(_target(plan)), plan, previous)
         return self._record(plan, tree, previous, previous_version)
 
     def _refresh(self, plan: GenerationPlan, previous: SourceTree | None, previous_version: int | None) -> Handled:
@@ -377,7 +378,7 @@ class Executor:
                 summarize_tree(self.storage, source).fingerprint_digest == plan.manifest.fingerprint_digest:
             tree = ManifestTree(self.storage, source, plan.manifest)    # only metadata or the diff to redo
         else:
-            tree = scan_tree(self.storage, source, _diff_base(previous))
+            tree = _scan(self.storage, source, plan, previous)
         return self._record(plan, tree, previous, previous_version)
 
     def _scan_legacy(self, plan: GenerationPlan, previous: SourceTree | None) -> TreeSnapshot:
@@ -386,7 +387,7 @@ class Executor:
         read ahead."""
         snapshot = self.scan_ahead.take(_legacy(plan)) if self.scan_ahead is not None else None
         if snapshot is None:
-            snapshot = scan_tree(self.storage, _legacy(plan), _diff_base(previous))
+            snapshot = scan_tree(self.storage, _legacy(plan), _diff_base(previous), spare=plan.is_diff_base)
         upcoming = self._next_move.get(plan.id)
         if self.scan_ahead is not None and upcoming is not None:
             self.scan_ahead.start(_legacy(upcoming))
@@ -724,6 +725,24 @@ def _next_moves(plans: Sequence[GenerationPlan]) -> dict[str, GenerationPlan]:
 def _diff_base(previous: SourceTree | None) -> dict[str, str] | None:
     """What a scan compares with to keep only the bytes the patch will read (none without a base)."""
     return previous.checksums() if previous is not None else None
+
+
+def _scan(storage: Storage, folder: Path, plan: GenerationPlan, previous: SourceTree | None) -> TreeSnapshot:
+    """A generation's folder read against its diff base: the bytes both sides of its patch need
+    are kept (``_kept_for_next``), and, if it is the next version's base, its spare bytes too."""
+    snapshot = scan_tree(storage, folder, _diff_base(previous), spare=plan.is_diff_base)
+    _kept_for_next(previous, snapshot, plan)
+    return snapshot
+
+
+def _kept_for_next(base: SourceTree | None, scanned: TreeSnapshot, plan: GenerationPlan) -> int:
+    """``scanned`` (of ``plan``) was read against ``base``: if it is the next version that base's
+    patch goes to (a completed generation: a failed one gets no patch, and the base stays the base
+    of the one after), the base keeps the spare bytes of the files that patch reads
+    (``TreeSnapshot.keep_for_next``) and drops the rest; the bytes it kept."""
+    if not isinstance(base, TreeSnapshot) or not plan.is_diff_base:
+        return 0
+    return base.keep_for_next(scanned.checksums())
 
 
 def _target(plan: GenerationPlan) -> Path:

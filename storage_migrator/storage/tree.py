@@ -30,6 +30,11 @@ if TYPE_CHECKING:
 CONTENT_CACHE_LIMIT = 48 << 20
 # A single file larger than this is never kept in memory whole by a scan.
 KEEP_FILE_LIMIT = 8 << 20
+# Bytes of a diff base's other small files a scan keeps aside (``TreeSnapshot.spare``) until the
+# next version is scanned, which takes the ones it changed (the old side of its patch) and drops
+# the rest: at most two trees hold spare bytes at once (the one scanned last and the one it was
+# scanned against), so this adds at most twice as much to memory, whatever the run's size.
+SPARE_LIMIT = 8 << 20
 
 
 Fingerprint = tuple[int, int, int, int]
@@ -68,6 +73,9 @@ class TreeSnapshot:
     contents: dict[str, bytes] = field(default_factory=dict, repr=False)
     blob_ids: dict[str, str] = field(default_factory=dict, repr=False)
     """git blob ids hashed in the same pass as the checksums (``scan_tree(blob_ids=True)``)."""
+    spare: dict[str, bytes] = field(default_factory=dict, repr=False)
+    """Bytes of other small files, kept until the next version is scanned (``scan_tree(spare=True)``,
+    ``keep_for_next``): the old side of the patch to it is then read from memory too."""
 
     @property
     def file_count(self) -> int:
@@ -87,6 +95,19 @@ class TreeSnapshot:
         """Each file's fingerprint as it was read: a folder that stats the same now was not
         written since (what a copy or a scan read ahead is checked with)."""
         return {path: record.fingerprint for path, record in self.files.items()}
+
+    def keep_for_next(self, next_checksums: Mapping[str, str]) -> int:
+        """The next version was scanned (its checksums): of the spare bytes, those of the files
+        it changed or deleted — what the patch to it reads of this tree — join ``contents``
+        (within ``CONTENT_CACHE_LIMIT``); the others are dropped. Returns the bytes kept."""
+        room = CONTENT_CACHE_LIMIT - sum(len(content) for content in self.contents.values())
+        taken = 0
+        for path, content in self.spare.items():
+            if next_checksums.get(path) != self.files[path].sha256 and taken + len(content) <= room:
+                self.contents[path] = content
+                taken += len(content)
+        self.spare = {}
+        return taken
 
     def read(self, path: str) -> bytes:
         """The bytes of ``path``: from memory if kept, else read again (without following links)."""
@@ -300,30 +321,40 @@ def git_blob_id_file(storage: Storage, folder: Path, relative_path: str) -> str:
 
 
 def scan_tree(storage: Storage, folder: Path, keep_changed_from: Mapping[str, str] | None = None,
-              blob_ids: bool = False) -> TreeSnapshot:
+              blob_ids: bool = False, spare: bool = False) -> TreeSnapshot:
     """Read and hash every file below ``folder`` once, in chunks.
 
     With ``keep_changed_from`` (the diff base's checksums) the bytes of each small file whose
     checksum is not the base's — the files the patch will read — are kept (up to a bound per
     tree); any other file is read again if a diff needs it. Keeping only those, not every small
     file, is what keeps memory flat on long files with small edits (a patch reads a fraction of a
-    release). With ``blob_ids`` each file's git blob id is
-    hashed in the same pass (``snapshot.blob_ids``), so a patch need not hash it again."""
+    release). With ``spare`` (a tree that will be the next version's diff base) the other small
+    files are kept aside too, up to ``SPARE_LIMIT``, until the next version's scan calls
+    ``keep_for_next``: the patch to it then reads no file of this tree again. With ``blob_ids``
+    each file's git blob id is hashed in the same pass (``snapshot.blob_ids``), so a patch need
+    not hash it again."""
     snapshot = TreeSnapshot(storage=storage, root=folder, files={})
-    kept = 0
+    kept = spared = 0
     for relative_path, _, dir_fd, name in _walk_entries(storage, folder):
         room = CONTENT_CACHE_LIMIT - kept if keep_changed_from is not None else -1
+        spare_room = SPARE_LIMIT - spared if spare else -1
         display = os.path.join(folder, relative_path)
         descriptor, status = _open_at(dir_fd, name, display)        # its fstat: no lstat needed
         blob_digest = git_blob_digest(status.st_size) if blob_ids else None
-        checksum, size, content = _hash_descriptor(descriptor, status, display, keep_up_to=min(room, KEEP_FILE_LIMIT),
+        checksum, size, content = _hash_descriptor(descriptor, status, display,
+                                                   keep_up_to=min(max(room, spare_room), KEEP_FILE_LIMIT),
                                                    also=blob_digest)
         snapshot.files[relative_path] = FileRecord(relative_path, checksum, fingerprint_of(status, size))
         if blob_digest is not None and size == status.st_size:   # the id's header named this size
             snapshot.blob_ids[relative_path] = blob_digest.hexdigest()
-        if content is not None and keep_changed_from is not None and keep_changed_from.get(relative_path) != checksum:
+        if content is None:
+            continue
+        if keep_changed_from is not None and keep_changed_from.get(relative_path) != checksum and size <= room:
             snapshot.contents[relative_path] = content
             kept += size
+        elif size <= spare_room:
+            snapshot.spare[relative_path] = content
+            spared += size
     snapshot.files = dict(sorted(snapshot.files.items()))
     return snapshot
 

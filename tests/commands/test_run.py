@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -172,6 +174,30 @@ def test_a_second_run_makes_no_folder_that_exists_and_owes_no_sync(
     assert report.failed == 0 and report.migrated == 0
     assert existing == []
     assert durable and set(durable) == {root_module.Durable()}
+
+
+def test_a_run_opens_each_file_once_for_its_hash_and_its_patches(
+    installation: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The scan's bytes serve both patches a file is in: the new side of its own version's (the
+    files it changed) and the old side of the next version's (kept aside until that version is
+    scanned). No regular file is opened for reading twice in a run."""
+    opened: dict[tuple[int, int], list[str]] = {}
+    real_open = os.open
+
+    def recording_open(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        fd = real_open(path, flags, *args, **kwargs)
+        if not flags & (os.O_DIRECTORY | os.O_WRONLY | os.O_RDWR):
+            status = os.fstat(fd)
+            if stat.S_ISREG(status.st_mode):
+                opened.setdefault((status.st_dev, status.st_ino), []).append(os.fsdecode(path))
+        return fd
+
+    monkeypatch.setattr(os, "open", recording_open)
+    report = run(installation.settings)
+    assert report.migrated > 0 and report.failed == 0
+    assert len(opened) > 100
+    assert {names[0]: len(names) for names in opened.values() if len(names) > 1} == {}
 
 
 def test_database_not_at_head_is_refused(tmp_path: Path, sqlite_url: str) -> None:

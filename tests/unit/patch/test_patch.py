@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from storage_migrator.errors import GenerationError
 from storage_migrator.patch import blob, compare, reader, writer
+from storage_migrator.storage import tree as tree_module
 from storage_migrator.storage.source_tree import write_tree_patch
 from storage_migrator.storage.tree import scan_tree
 from tests.support.sandbox import storage_around
@@ -724,3 +725,34 @@ def test_a_file_edited_after_its_scan_fails_its_patch_instead_of_naming_a_stale_
         comparison = compare.compare_trees(old.checksums(), new.checksums())
         with pytest.raises(GenerationError, match="changed while its patch was made"):
             write_tree_patch(io.BytesIO(), old, new, comparison)
+
+
+def test_the_patch_from_a_base_scanned_with_spare_bytes_reads_no_file_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A diff base scanned with ``spare`` keeps its other small files aside; the next version's
+    scan hands it the old side of their patch (the edited and deleted files) and the rest is
+    dropped. The patch then opens no file of either tree, and is the one a re-read makes."""
+    old_files = {"a.py": b"one\n", "same.py": b"same\n", "gone.py": b"bye\n", "big.txt": b"x" * 300}
+    new_files = {"a.py": b"two\n", "same.py": b"same\n", "added.py": b"hi\n", "big.txt": b"y" * 300}
+    write_tree(tmp_path / "old", old_files)
+    write_tree(tmp_path / "new", new_files)
+    monkeypatch.setattr(tree_module, "SPARE_LIMIT", 20)        # room for the small files, not big.txt
+    with storage_around(tmp_path / "old") as storage:
+        old = scan_tree(storage, tmp_path / "old", spare=True)
+        assert old.contents == {} and set(old.spare) == {"a.py", "same.py", "gone.py"}
+        new = scan_tree(storage, tmp_path / "new", old.checksums())
+        assert new.spare == {}                                 # not asked for: nothing kept aside
+        assert old.keep_for_next(new.checksums()) == len(b"one\n") + len(b"bye\n")
+        assert old.contents == {"a.py": b"one\n", "gone.py": b"bye\n"} and old.spare == {}
+        comparison = compare.compare_trees(old.checksums(), new.checksums())
+        opened: list[object] = []
+        real_open = os.open
+        monkeypatch.setattr(os, "open", lambda path, *a, **k: (opened.append(path), real_open(path, *a, **k))[1])
+        kept_patch = io.BytesIO()
+        write_tree_patch(kept_patch, old, new, comparison)
+        assert opened == ["old", "big.txt"]       # only the old side of the file past the bound
+        monkeypatch.setattr(os, "open", real_open)
+        reread = io.BytesIO()
+        write_tree_patch(reread, scan_tree(storage, tmp_path / "old"), scan_tree(storage, tmp_path / "new"), comparison)
+    assert kept_patch.getvalue() == reread.getvalue() == make_patch(old_files, new_files)
