@@ -590,7 +590,6 @@ class Executor:
                     raise GenerationError(f"output_files names {relative_path!r} twice (or as a file and a folder)")
                 make_owned_dirs(self.storage, destination.parent)
                 atomic_write_bytes(self.storage, destination, content.encode("utf-8", "surrogateescape"))
-                adopt_owner(self.storage, destination)
                 self.storage.set_mtime(destination, timestamp_ns)
             with self._row_still_as_planned(plan):
                 rename_entry(self.storage, staging, source_dir(target))
@@ -634,7 +633,6 @@ class Executor:
         comparison = compare.compare_trees(previous.checksums(), tree.checksums())
         patch_file = target / patch_file_name(previous_version)
         atomic_write(self.storage, patch_file, lambda stream: write_tree_patch(stream, previous, tree, comparison))
-        adopt_owner(self.storage, patch_file)
         _remove_patches(self.storage, target, keep=previous_version)
         checkpoint("patch-written")
         patch_path = self.layout.patch_storage_path(
@@ -766,7 +764,6 @@ def _write_if_different(storage: Storage, path: Path, content: bytes) -> None:
     except GenerationError:
         pass
     atomic_write_bytes(storage, path, content)
-    adopt_owner(storage, path)
 
 
 def _remove_patches(storage: Storage, target: Path, keep: int | None) -> None:

@@ -19,7 +19,7 @@ from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, BinaryIO, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from storage_migrator.errors import UnsafePath, printable
 from storage_migrator.storage import libc
@@ -34,6 +34,7 @@ __all__ = [
     "Durable",
     "Entry",
     "FolderFiles",
+    "Output",
     "Parts",
     "Root",
     "relative_parts",
@@ -50,7 +51,40 @@ Parts = str | Sequence[str]
 """A relative path below ROOT: a '/'-separated string (checked by ``relative_parts``) or its
 components. ``()`` is ROOT itself."""
 
-Content = bytes | bytearray | memoryview | Callable[[BinaryIO], object]
+class Output(Protocol):
+    """Where ``write_atomic`` hands a writing callable its file: ``write`` takes bytes and returns
+    how many it took (all of them), as a binary file object does."""
+
+    def write(self, data: bytes | bytearray | memoryview, /) -> int: ...
+
+
+Content = bytes | bytearray | memoryview | Callable[[Output], object]
+
+
+class _DescriptorOutput:
+    """The ``Output`` of ``write_atomic``: bytes gathered and written with ``os.write`` in pieces
+    of ``CHUNK_SIZE``. A file object (``os.fdopen``) would cost an fstat, an ioctl and two lseeks
+    per file on top of the writes."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._pending = bytearray()
+        self.written = 0
+
+    def write(self, data: bytes | bytearray | memoryview, /) -> int:
+        self._pending += data
+        if len(self._pending) >= CHUNK_SIZE:
+            self.flush()
+        return len(data)
+
+    def flush(self) -> None:
+        done, total = 0, len(self._pending)
+        with memoryview(self._pending) as view:
+            while done < total:
+                with view[done:] as rest:
+                    done += os.write(self._fd, rest)
+        self.written += total
+        self._pending.clear()
 
 
 def _check_parts(parts: Parts) -> tuple[str, ...]:
@@ -133,18 +167,19 @@ class ListedEntry:
     ``stat`` the entry's lstat, taken at the first call, relative to ``dir_fd`` — which must still
     be open then. Links are never followed: ``follow_symlinks=True`` is refused."""
 
-    __slots__ = ("_dir_fd", "_kind", "_status", "name")
+    __slots__ = ("_dir_fd", "_status", "kind", "name")
 
     def __init__(self, name: str, dir_fd: int, kind: int) -> None:
         self.name = name
+        self.kind = kind
+        """``d_type`` as listed (``libc.DT_UNKNOWN`` where the filesystem does not say)."""
         self._dir_fd = dir_fd
-        self._kind = kind
         self._status: os.stat_result | None = None
 
     def is_file(self, *, follow_symlinks: bool = False) -> bool:
-        if self._kind != libc.DT_UNKNOWN:
+        if self.kind != libc.DT_UNKNOWN:
             _never_followed(follow_symlinks)
-            return self._kind == libc.DT_REG
+            return self.kind == libc.DT_REG
         try:
             return stat.S_ISREG(self.stat(follow_symlinks=follow_symlinks).st_mode)
         except FileNotFoundError:
@@ -432,6 +467,8 @@ class Root(_OpenDirectory):
         self._unsynced: dict[tuple[str, ...], int] = {}     # entry -> its filesystem (st_dev)
         self._sync_fds: dict[int, int] = {self._device: self.fd}  # a directory descriptor per filesystem
         self._known_dirs: dict[tuple[str, ...], None] = {}  # folders seen to exist, newest last
+        self._as_root = os.geteuid() == 0                    # the one thing owners depend on
+        self._root_owner: tuple[int, int] | None = None     # ROOT's (uid, gid), read at first need
 
     def close(self) -> None:
         for fd in self._sync_fds.values():
@@ -653,13 +690,15 @@ class Root(_OpenDirectory):
 
     # -- writing -----------------------------------------------------------------------------
 
-    def write_atomic(self, parts: Parts, content: Content, *, mode: int = 0o644, fsync: bool = True) -> None:
+    def write_atomic(self, parts: Parts, content: Content, *, mode: int = 0o644, fsync: bool = True,
+                     owner: tuple[int, int] | None = None) -> None:
         """Replace (or create) the regular file ``parts`` in one rename: a temp file
         ``.<name>.<pid>.<random>.storage-migrate-tmp`` is created with ``O_EXCL | O_NOFOLLOW`` in
-        the same directory descriptor, filled from ``content`` (bytes, or a callable given the
-        binary file object), given ``mode`` (at creation where the umask leaves it whole, else
-        with ``fchmod``), fsynced when ``fsync``, then renamed over the name. Without ``fsync``
-        the file and the rename are durable at the next ``make_durable``.
+        the same directory descriptor, filled from ``content`` (bytes, or a callable given an
+        ``Output``), given ``mode`` (at creation where the umask leaves it whole, else with
+        ``fchmod``) and ``owner`` (uid, gid; ``fchown`` where the new file's differ), fsynced when
+        ``fsync``, then renamed over the name: the file appears with its mode and owner. Without
+        ``fsync`` the file and the rename are durable at the next ``make_durable``.
 
         An existing symlink (or any non-regular entry) at the name is refused with
         ``UnsafePath``: it means someone else put it there and the operator should know. Safety
@@ -680,18 +719,25 @@ class Root(_OpenDirectory):
             except OSError as error:
                 raise _os_error(error, display) from None
             try:
-                with os.fdopen(fd, "wb") as handle:
+                try:
+                    output = _DescriptorOutput(fd)
                     if callable(content):
-                        content(handle)
+                        content(output)
                     else:
-                        handle.write(content)
-                    handle.flush()
+                        output.write(content)
+                    output.flush()
                     if not whole:
-                        os.fchmod(handle.fileno(), mode)
+                        os.fchmod(fd, mode)
+                    if owner is not None:
+                        made = os.fstat(fd)
+                        if (made.st_uid, made.st_gid) != owner:
+                            os.fchown(fd, *owner)
                     if fsync:
-                        os.fsync(handle.fileno())
-                    elif handle.tell() >= libc.WRITEBACK_MIN_BYTES:
-                        libc.start_writeback(handle.fileno())
+                        os.fsync(fd)
+                    elif output.written >= libc.WRITEBACK_MIN_BYTES:
+                        libc.start_writeback(fd)
+                finally:
+                    os.close(fd)
                 os.replace(temp, name, src_dir_fd=parent, dst_dir_fd=parent)
             except OSError as error:
                 self._discard_temp(parent, temp)
@@ -785,10 +831,19 @@ class Root(_OpenDirectory):
     def owner_of(self, parts: Parts = ()) -> tuple[int, int] | None:
         """(uid, gid) of the entry ``parts`` (ROOT by default) when the tool runs as root and so
         must hand what it creates to the application's user; None otherwise (nothing to do)."""
-        if os.geteuid() != 0:
+        if not self._as_root:
             return None
+        if not parts:
+            return self._owner_of_root()
         model = self.lstat(parts)
         return None if model is None else (model.st_uid, model.st_gid)
+
+    def _owner_of_root(self) -> tuple[int, int]:
+        """ROOT's (uid, gid), read once per opened ROOT: what everything the tool creates gets."""
+        if self._root_owner is None:
+            model = os.fstat(self.fd)
+            self._root_owner = (model.st_uid, model.st_gid)
+        return self._root_owner
 
     def rename(self, src_parts: Parts, dst_parts: Parts, *, overwrite: bool = False) -> None:
         """Rename the entry ``src_parts`` to ``dst_parts`` (parents must exist) through the two
@@ -976,15 +1031,15 @@ class Root(_OpenDirectory):
         """Give the entry ``parts`` (never followed) the owner and group of ``like`` (ROOT by
         default), so what a run as root creates stays writable by the application's user.
         A no-op unless the tool runs as root."""
-        if os.geteuid() != 0:
+        model = self.owner_of(like)
+        if model is None:
             return
         checked = _check_parts(parts)
-        model = self.lstat(like)
         try:
             with self._parent(checked) as (parent, name):
                 current = os.stat(name, dir_fd=parent, follow_symlinks=False)
-                if model is not None and (current.st_uid, current.st_gid) != (model.st_uid, model.st_gid):
-                    os.chown(name, model.st_uid, model.st_gid, dir_fd=parent, follow_symlinks=False)
+                if (current.st_uid, current.st_gid) != model:
+                    os.chown(name, *model, dir_fd=parent, follow_symlinks=False)
                     self._touched(parent, checked[:-1], checked)
         except OSError as error:
             raise _os_error(error, self._display(checked)) from None

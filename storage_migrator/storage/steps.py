@@ -21,7 +21,6 @@ from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
-from typing import BinaryIO
 
 from storage_migrator.errors import FilesystemError, GenerationError, UsageError
 from storage_migrator.faults import checkpoint
@@ -37,7 +36,7 @@ from storage_migrator.storage.layout import (
     staging_name,
     state_entry_name,
 )
-from storage_migrator.storage.root import Durable
+from storage_migrator.storage.root import Durable, Output
 from storage_migrator.storage.tree import FileRecord, Fingerprint, TreeSnapshot, fingerprint_tree, scan_tree
 
 
@@ -56,12 +55,14 @@ def flush_to_disk(storage: Storage) -> Durable:
         raise _failed(error, "sync the filesystem of", storage.path) from error
 
 
-def atomic_write(storage: Storage, final: Path, write: Callable[[BinaryIO], object]) -> None:
+def atomic_write(storage: Storage, final: Path, write: Callable[[Output], object]) -> None:
     """Write ``final`` through a temp sibling (a name only the tool uses) and rename it into
     place, resolved below ROOT without following any symlink (durable at the next
-    ``flush_to_disk``)."""
+    ``flush_to_disk``). The file appears with ROOT's owner and group when the tool runs as root
+    (``adopt_owner``'s rule, applied before the rename), so the application's user can write it."""
     try:
-        storage.root.write_atomic(storage.parts(final), write, mode=0o644, fsync=False)
+        storage.root.write_atomic(storage.parts(final), write, mode=0o644, fsync=False,
+                                  owner=storage.root.owner_of())
     except OSError as error:
         raise _failed(error, "write", final) from error
 

@@ -740,6 +740,32 @@ def test_write_atomic_writes_and_leaves_no_temp_file(tmp_path: Path) -> None:
     assert os.listdir(tmp_path / "etc") == ["config.yml"]
 
 
+def test_write_atomic_writes_every_byte_of_a_stream_longer_than_a_chunk_and_the_owner_before_the_rename(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A writing callable's pieces, small and past ``CHUNK_SIZE``, all land in order; no file
+    object is made for it; ``owner`` is the file's when it appears (as root; else the owner the
+    file already has is asked for, and nothing is changed)."""
+    pieces = [b"head\n", secrets.token_bytes(3 * MiB + 17), b"", b"x" * (MiB - 5), b"tail\n"]
+    monkeypatch.setattr(os, "fdopen", lambda *args, **kwargs: pytest.fail("a file object was made"))
+    owner = (12345, 23456) if os.geteuid() == 0 else (os.geteuid(), os.getegid())
+    renamed_with: list[tuple[int, int]] = []
+    real_replace = os.replace
+
+    def replace(src: Any, dst: Any, **kwargs: Any) -> None:
+        made = os.stat(src, dir_fd=kwargs["src_dir_fd"], follow_symlinks=False)
+        renamed_with.append((made.st_uid, made.st_gid))
+        real_replace(src, dst, **kwargs)
+
+    with Root(tmp_path) as root:
+        root.write_atomic("streamed", lambda out: [out.write(piece) for piece in pieces], fsync=False)
+        monkeypatch.setattr(os, "replace", replace)
+        root.write_atomic("owned", b"".join(pieces), fsync=False, owner=owner)
+    assert (tmp_path / "streamed").read_bytes() == (tmp_path / "owned").read_bytes() == b"".join(pieces)
+    assert renamed_with == [owner]
+    assert ((tmp_path / "owned").stat().st_uid, (tmp_path / "owned").stat().st_gid) == owner
+
+
 def test_write_atomic_never_collides_with_a_real_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "config.yml").write_bytes(b"old")
     (tmp_path / ".config.yml.tmp").write_bytes(b"someone's real file")
