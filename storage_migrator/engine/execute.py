@@ -768,9 +768,9 @@ def _write_if_different(storage: Storage, path: Path, content: bytes) -> None:
 
 def _remove_patches(storage: Storage, target: Path, keep: int | None) -> None:
     """Remove the tool's stale patches; a directory of that name is not the tool's and stays."""
-    for name, status in storage.entries(target):
+    for name, is_folder in storage.folder_marks(target):
         version = parse_patch_file_name(name)
-        if version is not None and version != keep and not stat.S_ISDIR(status.st_mode):
+        if version is not None and version != keep and not is_folder:
             storage.remove_entry(target / name)
 
 

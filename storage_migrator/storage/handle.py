@@ -117,6 +117,12 @@ class Storage:
         with self.root.open_dir(self.parts(path)) as handle:
             return handle.entries()
 
+    def folder_marks(self, path: Path) -> list[tuple[str, bool]]:
+        """(name, is a real folder) of each entry of the real folder ``path``, sorted by name: no
+        lstat where the listing gives the type (``DirHandle.folder_marks``)."""
+        with self.root.open_dir(self.parts(path)) as handle:
+            return handle.folder_marks()
+
     # -- changing ------------------------------------------------------------------------------
 
     def remove_entry(self, path: Path) -> None:

@@ -195,6 +195,16 @@ class ListedEntry:
         return f"<ListedEntry {self.name!r}>"
 
 
+def _is_folder(entry: Entry) -> bool:
+    """The entry is a real folder (a link to one is not), from its listed type where known."""
+    if isinstance(entry, ListedEntry) and entry.kind != libc.DT_UNKNOWN:
+        return entry.kind == libc.DT_DIR
+    try:
+        return stat.S_ISDIR(entry.stat(follow_symlinks=False).st_mode)
+    except FileNotFoundError:
+        return False
+
+
 def _never_followed(follow_symlinks: bool) -> None:
     if follow_symlinks:
         raise ValueError("an entry below ROOT is never looked at through a link")
@@ -262,6 +272,11 @@ class DirHandle(_OpenDirectory):
     def entries(self) -> list[tuple[str, os.stat_result]]:
         """(name, lstat) of every entry, sorted by name; symlinks are reported, not followed."""
         return [(name, entry.stat(follow_symlinks=False)) for name, entry in self._entries()]
+
+    def folder_marks(self) -> list[tuple[str, bool]]:
+        """(name, is a real folder) of every entry, sorted by name: the type the listing gives, an
+        lstat only where the filesystem gives none (an entry gone since then is not a folder)."""
+        return [(name, _is_folder(entry)) for name, entry in self._entries()]
 
     def _entries(self) -> list[tuple[str, Entry]]:
         """The listing, made on ``fd`` itself: from its start again if listed before."""

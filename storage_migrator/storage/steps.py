@@ -417,8 +417,11 @@ def remove_temp_files(storage: Storage, folder: Path) -> None:
 
 def temp_names(storage: Storage, folder: Path) -> list[str]:
     """The tool's temp files and links directly in ``folder`` (reached without following a link)."""
-    return [name for name, status in state_entries(storage, folder)
-            if is_temp_name(name) and not stat.S_ISDIR(status.st_mode)]
+    try:
+        listed = storage.folder_marks(folder)
+    except OSError:
+        return []
+    return [name for name, is_folder in listed if is_temp_name(name) and not is_folder]
 
 
 def _remove_quietly(storage: Storage, path: Path) -> None:

@@ -650,10 +650,10 @@ def test_walks_and_listings_need_no_scandir_and_give_the_same_without_getdents64
 
     def look(storage: Storage) -> tuple[object, ...]:
         with storage.root.open_dir("b") as handle:
-            twice = (handle.entries(), handle.names(), handle.entries())
+            twice = (handle.entries(), handle.names(), handle.entries(), handle.folder_marks())
         return (sorted(tree.fingerprint_tree(storage, tmp_path / "b" / "c").items()),
                 tree.scan_tree(storage, tmp_path / "b" / "c", {}).contents,
-                [name for name, _ in twice[0]], twice[1], [name for name, _ in twice[2]])
+                [name for name, _ in twice[0]], twice[1], [name for name, _ in twice[2]], twice[3])
 
     def refused(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError("listed through a duplicate descriptor")
@@ -667,6 +667,7 @@ def test_walks_and_listings_need_no_scandir_and_give_the_same_without_getdents64
         assert look(storage) == with_getdents
     assert with_getdents[1] == {"x": b"b/c/x", "y": b"b/c/y"}
     assert with_getdents[2] == with_getdents[3] == with_getdents[4] == ["alink", "c", "z"]
+    assert with_getdents[5] == [("alink", False), ("c", True), ("z", False)]     # a link is no folder
 
 
 # -- names that are not UTF-8 ------------------------------------------------------------------
