@@ -546,11 +546,13 @@ class Executor:
         target = _target(plan)
         generation = plan.generation
         for folder in (self.layout.project_dir(generation.project_id), self.layout.generations_dir(generation.project_id)):
-            if self.storage.occupied(folder) and not self.storage.is_folder(folder):
+            found = self.storage.status(folder)
+            if found is not None and not stat.S_ISDIR(found.st_mode):
                 raise GenerationError(f"{folder} is not a plain folder (a symlink is never followed); fix it and rerun")
-        if self.storage.is_link(target):
+        found = self.storage.status(target)
+        if found is not None and stat.S_ISLNK(found.st_mode):
             raise GenerationError(f"{target} is a symlink; it is never followed — remove it and rerun")
-        if self.storage.is_folder(target):
+        if found is not None and stat.S_ISDIR(found.st_mode):
             prepared = self.layout.legacy_link_text(generation.project_id, generation.version or 0, generation.id)
             for name, status in self.storage.entries(target):
                 if name == PARTIAL_SOURCE_DIR:
@@ -623,7 +625,8 @@ class Executor:
             manifest = Manifest(generation.id, generation.project_id, generation.version or 0, manifest.created_at,
                                 manifest.file_count, manifest.total_size_bytes, manifest.checksums,
                                 manifest.fingerprints)
-        _write_if_different(self.storage, manifest_path(target), manifest.with_extra(existing).to_bytes())
+        _write_if_different(self.storage, manifest_path(target), manifest.with_extra(existing).to_bytes(),
+                            compare=existing is not None)
         checkpoint("manifest-written")
         if generation.status != "completed":
             return None, None
@@ -757,9 +760,12 @@ def _is_empty_artifacts(storage: Storage, entry: Path, status: os.stat_result) -
     return entry.name == ARTIFACTS_DIR and stat.S_ISDIR(status.st_mode) and not storage.names(entry)
 
 
-def _write_if_different(storage: Storage, path: Path, content: bytes) -> None:
+def _write_if_different(storage: Storage, path: Path, content: bytes, compare: bool = True) -> None:
+    """Write ``path`` unless it holds ``content`` already. ``compare`` False: the caller just
+    found no JSON object there (missing, unreadable, or other bytes), so it cannot hold
+    ``content`` and is not read again."""
     try:
-        if read_regular_file(storage, path.parent, path.name, max_bytes=len(content)) == content:
+        if compare and read_regular_file(storage, path.parent, path.name, max_bytes=len(content)) == content:
             return
     except GenerationError:
         pass
