@@ -333,14 +333,16 @@ class Executor:
 
     def _move_claimed(self, plan: GenerationPlan, snapshot: TreeSnapshot) -> dict[str, FileRecord] | None:
         """One move of a claim batch, its row held: the target prepared, the folder moved and the
-        flat link left to it. A link that cannot be written undoes the move."""
-        self._prepare_target(plan)
-        checkpoint("target-prepared")
-        self.fence()
-        copied = move_tree(self.storage, _legacy(plan), source_dir(_target(plan)), snapshot,
-                           leave_link=self._link_text(plan))
-        checkpoint("folder-moved")
-        self._link_in_place(plan, undo=lambda: self._undo_move(plan))
+        flat link left to it. A link that cannot be written undoes the move. The steps reach the
+        target folder through one held chain of descriptors (``Root.holding``)."""
+        with self.storage.root.holding(self.storage.parts(_target(plan))):
+            self._prepare_target(plan)
+            checkpoint("target-prepared")
+            self.fence()
+            copied = move_tree(self.storage, _legacy(plan), source_dir(_target(plan)), snapshot,
+                               leave_link=self._link_text(plan))
+            checkpoint("folder-moved")
+            self._link_in_place(plan, undo=lambda: self._undo_move(plan))
         return copied
 
     def _finish_move(self, plan: GenerationPlan, previous: SourceTree | None, previous_version: int | None) -> Handled:
@@ -404,8 +406,9 @@ class Executor:
         generation = plan.generation
         self.fence()                    # a move or a copy may have taken long: still ours?
         try:
-            summary, patch_path = self._write_manifest_and_patch(plan, tree, previous, previous_version)
-            self._keep_legacy_link(plan)
+            with self.storage.root.holding(self.storage.parts(_target(plan))):
+                summary, patch_path = self._write_manifest_and_patch(plan, tree, previous, previous_version)
+                self._keep_legacy_link(plan)
         except FAILS_ONE_GENERATION as error:
             raise FailedInPlace(error, tree) from error
         update = GenerationUpdate.from_row(

@@ -467,6 +467,56 @@ def _explain(dir_fd: int, name: str, display: str, error: OSError, mismatch: str
     return _os_error(error, display)
 
 
+class _HeldChain:
+    """The folders of one path below ROOT held open (``Root.holding``): ``fds[i]`` is the folder
+    ``parts[: i + 1]``, opened with O_NOFOLLOW from the one above it, and ``ids[i]`` its device and
+    inode. Only the levels that exist are open; a level is opened at the first use that needs it."""
+
+    def __init__(self, parts: tuple[str, ...]) -> None:
+        self.parts = parts
+        self.fds: list[int] = []
+        self.ids: list[tuple[int, int]] = []
+
+    def deepest(self, root_fd: int, depth: int) -> tuple[int, int]:
+        """(descriptor, levels) of the deepest of ``parts[:depth]`` reachable now: each level
+        checked (one lstat: the name still names the folder held, same device and inode); a level
+        that fails the check is let go with those below it and opened again by name. Where that
+        fails too (missing, a link, not a folder) it stops above: the caller opens the rest by
+        name from there, as a walk from ROOT would, and meets the same refusal. ``root_fd`` and 0
+        levels when none is reachable."""
+        parent = root_fd
+        for index in range(depth):
+            name = self.parts[index]
+            if index < len(self.fds):
+                try:
+                    named = os.stat(name, dir_fd=parent, follow_symlinks=False)
+                except OSError:
+                    named = None
+                if named is not None and (named.st_dev, named.st_ino) == self.ids[index]:
+                    parent = self.fds[index]
+                    continue
+                self.release(index)
+            try:
+                child = os.open(name, DIR_FLAGS, dir_fd=parent)
+            except OSError:
+                return parent, index
+            try:
+                opened = os.fstat(child)
+            except BaseException:
+                os.close(child)
+                raise
+            self.fds.append(child)
+            self.ids.append((opened.st_dev, opened.st_ino))
+            parent = child
+        return parent, depth
+
+    def release(self, depth: int = 0) -> None:
+        """Close the levels from ``depth`` down."""
+        while len(self.fds) > depth:
+            _close_quietly(self.fds.pop())
+            self.ids.pop()
+
+
 class Root(_OpenDirectory):
     """The storage folder ROOT, held open as a directory descriptor; every method resolves paths
     below it component by component without following symlinks.
@@ -483,6 +533,7 @@ class Root(_OpenDirectory):
         self._sync_fds: dict[int, int] = {self._device: self.fd}  # a directory descriptor per filesystem
         self._known_dirs: dict[tuple[str, ...], None] = {}  # folders seen to exist, newest last
         self._as_root = os.geteuid() == 0                    # the one thing owners depend on
+        self._held: _HeldChain | None = None                 # the folder a ``holding`` block is about
         self._root_owner: tuple[int, int] | None = None     # ROOT's (uid, gid), read at first need
 
     def close(self) -> None:
@@ -490,6 +541,8 @@ class Root(_OpenDirectory):
             if fd != self.fd:
                 _close_quietly(fd)
         self._sync_fds = {}
+        if self._held is not None:
+            self._held.release()
         super().close()
 
     @classmethod
@@ -507,44 +560,83 @@ class Root(_OpenDirectory):
 
     def _open_dir_fd(self, parts: tuple[str, ...]) -> int:
         """A new descriptor for the directory ``parts``, each component opened with O_NOFOLLOW
-        from the descriptor of the one before (the first from ROOT's own)."""
+        from the descriptor of the one before (the first from ROOT's own, or from the held
+        folder's chain: ``holding``)."""
+        fd, owned = self._dir_fd(parts)
+        return fd if owned else os.open(".", DIR_FLAGS, dir_fd=fd)
+
+    def _dir_fd(self, parts: tuple[str, ...]) -> tuple[int, bool]:
+        """A descriptor of the directory ``parts`` and whether the caller owns (closes) it: ROOT's
+        own for ``()``, a level of the held chain (checked, see ``_HeldChain.level``) for the
+        folder ``holding`` holds or one above it, else a new one opened from the nearest of those."""
         if self.fd < 0:
             raise ValueError(f"{self!r} is closed")
         if not parts:
-            return os.open(".", DIR_FLAGS, dir_fd=self.fd)
-        fd = self.fd
+            return self.fd, False
+        start, depth = self._held_start(parts)
+        if depth == len(parts):
+            return start, False
+        fd = start
         try:
-            for index, name in enumerate(parts):
+            for index in range(depth, len(parts)):
+                name = parts[index]
                 try:
                     child = os.open(name, DIR_FLAGS, dir_fd=fd)
                 except OSError as error:
                     display = self._display(parts[: index + 1])
                     raise _explain(fd, name, display, error, "is not a directory") from None
-                if fd != self.fd:
+                if fd != start:
                     os.close(fd)
                 fd = child
         except BaseException:
-            if fd != self.fd:
+            if fd != start:
                 _close_quietly(fd)
             raise
-        return fd
+        return fd, True
+
+    def _held_start(self, parts: tuple[str, ...]) -> tuple[int, int]:
+        """Where a walk to ``parts`` starts: (descriptor, components already reached) — the
+        deepest level of the held chain on its way (checked), else ROOT and 0."""
+        held = self._held
+        if held is None:
+            return self.fd, 0
+        shared = 0
+        while shared < min(len(parts), len(held.parts)) and parts[shared] == held.parts[shared]:
+            shared += 1
+        return held.deepest(self.fd, shared) if shared else (self.fd, 0)
 
     @contextmanager
     def _parent(self, parts: tuple[str, ...]) -> Iterator[tuple[int, str]]:
         """(descriptor of the parent directory, final name) for a non-empty ``parts``; for an
-        entry directly in ROOT, ROOT's own descriptor (nothing is opened)."""
+        entry directly in ROOT, ROOT's own descriptor, and in a folder ``holding`` holds (or one
+        above it), the held one (nothing is opened)."""
         if not parts:
             raise ValueError("this operation needs a path below ROOT, not ROOT itself")
-        if len(parts) == 1:
-            if self.fd < 0:
-                raise ValueError(f"{self!r} is closed")
-            yield self.fd, parts[0]
-            return
-        fd = self._open_dir_fd(parts[:-1])
+        fd, owned = self._dir_fd(parts[:-1])
         try:
             yield fd, parts[-1]
         finally:
-            os.close(fd)
+            if owned:
+                os.close(fd)
+
+    @contextmanager
+    def holding(self, parts: Parts) -> Iterator[None]:
+        """Within the block, the folder ``parts`` and each folder above it are held open, each
+        opened with O_NOFOLLOW from the one above at the first use that needs it, so a series of
+        steps in one folder (a generation's move, manifest, patch and link) does not walk to it
+        from ROOT for each step. Every later use checks the chain first: one lstat per level shows
+        that each name still names the folder held (same device and inode: a folder, not a link)
+        — what opening them again by name would reach. A level that fails the check (renamed,
+        replaced, removed) is opened again by name, and where that fails the step walks from
+        ROOT as outside the block, meeting the same refusal or error. An inner block holds its
+        own folder until it ends; every held descriptor is closed at the block's end."""
+        outer, self._held = self._held, _HeldChain(_check_parts(parts))
+        try:
+            yield
+        finally:
+            held, self._held = self._held, outer
+            if held is not None:
+                held.release()
 
     def open_regular(self, parts: Parts) -> tuple[int, os.stat_result]:
         """A read descriptor (the caller closes it) on the regular file ``parts`` and its fstat."""
@@ -770,25 +862,27 @@ class Root(_OpenDirectory):
         ``os.makedirs``); existing directories are fine, a symlink at any component is refused.
         Returns the directories it created, outermost first; each is given ``owner`` (uid, gid)
         right after its ``mkdir`` when one is asked for (as root) and it is not already theirs.
-        One pass down from ROOT: each component is made and opened relative to the one before,
+        One pass down from ROOT (or from the deepest folder on the way that a ``holding`` block
+        holds, checked): each component is made and opened relative to the one before,
         nothing is looked up twice; a folder this ``Root`` saw lately is only opened (no
         ``mkdir`` that would fail with ``EEXIST``), made again if it was removed meanwhile."""
         checked = _check_parts(parts)
         created: list[Parts] = []
-        fd = self.fd
+        start, reached = self._held_start(checked)
+        fd = start
         try:
-            for index, name in enumerate(checked):
-                here = checked[: index + 1]
+            for index in range(reached, len(checked)):
+                name, here = checked[index], checked[: index + 1]
                 child = self._open_known_dir(fd, here)
                 if child is None:
                     if self._mkdir(fd, checked[:index], name, mode):
                         created.append(here)
                     child = self._open_made_dir(fd, name, here, owner if created and created[-1] == here else None)
-                if fd != self.fd:
+                if fd != start:
                     os.close(fd)
                 fd = child
         finally:
-            if fd != self.fd:
+            if fd != start:
                 _close_quietly(fd)
         return created
 

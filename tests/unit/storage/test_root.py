@@ -300,6 +300,55 @@ def test_a_link_swapped_in_after_the_check_is_still_not_followed(
     assert no_temp_files(root_path / "dir")
 
 
+def test_holding_reaches_a_folder_once_and_never_through_a_folder_moved_out_or_a_link_swapped_in(
+    world: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Within ``holding``, steps in the held folder open none of its components again; yet each
+    step goes where walking by name would: a held folder moved out of ROOT is not written to
+    (the new folder at its name is), a level replaced by a link is refused as a link, a missing
+    one is missing — and every held descriptor is closed at the block's end."""
+    root: Root = world["root"]
+    root_path: Path = world["root_path"]
+    outside: Path = world["outside"]
+    root.makedirs("p/generations/v1")
+    opened_names: list[Any] = []
+    real_open = os.open
+    before = open_fds()
+
+    def recording_open(path: Any, *args: Any, **kwargs: Any) -> int:
+        opened_names.append(path)
+        return real_open(path, *args, **kwargs)
+
+    with root.holding("p/generations/v1"):
+        monkeypatch.setattr(os, "open", recording_open)
+        root.write_atomic("p/generations/v1/one", b"1", fsync=False)
+        root.write_atomic("p/generations/v1/two", b"2", fsync=False)
+        root.makedirs("p/generations/v1/source")
+        root.rename("p/generations/v1/two", "p/generations/v1/source/two")
+        assert root.lstat("p/generations/v1/source/two") is not None
+        assert root.lstat("p/generations/missing") is None
+        assert [name for name in opened_names if name in ("p", "generations", "v1")] == ["p", "generations", "v1"]
+        with root.open_dir("p/generations/v1") as handle:
+            assert handle.names() == ["one", "source"]
+        # The held folder is moved out of ROOT and another made at its name: steps follow the name.
+        os.rename(root_path / "p/generations/v1", outside / "planted/v1")
+        (root_path / "p/generations/v1").mkdir()
+        root.write_atomic("p/generations/v1/three", b"3", fsync=False)
+        # A level above it is swapped for a link to outside ROOT: refused as a link, as always.
+        os.rename(root_path / "p/generations", root_path / "p/old")
+        os.symlink(outside / "planted", root_path / "p/generations")
+        with pytest.raises(UnsafePath, match="is a symlink"):
+            root.write_atomic("p/generations/v1/four", b"4", fsync=False)
+        os.unlink(root_path / "p/generations")
+        with pytest.raises(FileNotFoundError):
+            root.write_atomic("p/generations/v1/five", b"5", fsync=False)
+    monkeypatch.setattr(os, "open", real_open)
+    assert open_fds() == before
+    assert sorted(os.listdir(outside / "planted/v1")) == ["one", "source"]      # nothing written after the move
+    assert os.listdir(root_path / "p/old/v1") == ["three"]
+    assert not (outside / "planted/four").exists() and not (outside / "planted/v1/four").exists()
+
+
 def test_rmtree_stops_when_a_directory_is_moved_out_of_root_mid_walk(
     world: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
