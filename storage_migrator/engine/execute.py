@@ -146,6 +146,7 @@ class Executor:
     _next_move: dict[str, GenerationPlan] = field(init=False, default_factory=dict)  # plan id -> the move after it
     _published: dict[str, RowSeen] = field(init=False, default_factory=dict)   # id -> the row as the tool wrote it
     _staged: dict[str, _Staged] = field(init=False, default_factory=dict)   # id -> its move, done by a claim batch
+    _made_targets: set[str] = field(init=False, default_factory=set)   # ids whose target folder this run made
     _claims: Connection | None = field(init=False, default=None)   # the connection every claim is made on
 
     def __post_init__(self) -> None:
@@ -160,6 +161,7 @@ class Executor:
         previous_version: int | None = None
         self._next_move = _next_moves(plan.generations) if self.scan_ahead is not None else {}
         self._staged.clear()
+        self._made_targets.clear()
         checkpoint("planned")
         for position, generation_plan in enumerate(plan.generations):
             if generation_plan.action == Action.MOVE and generation_plan.id not in self._staged:
@@ -571,7 +573,8 @@ class Executor:
                     )
         owner_like = plan.legacy_dir if plan.legacy_dir is not None and self.storage.is_folder(plan.legacy_dir) \
             else None
-        make_owned_dirs(self.storage, artifacts_dir(target), like=owner_like)
+        if target in make_owned_dirs(self.storage, artifacts_dir(target), like=owner_like):
+            self._made_targets.add(plan.id)     # no killed write can have left a temp file in it
 
     def _rebuild_from_database(self, plan: GenerationPlan) -> None:
         """Write the ``output_files`` column into ``source/`` through a staging folder, so the
@@ -615,7 +618,9 @@ class Executor:
         generation gets a manifest but no diff: it is never compared."""
         generation = plan.generation
         target = _target(plan)
-        remove_temp_files(self.storage, target)
+        if plan.id not in self._made_targets:       # made by this run: only its own writes are there
+            remove_temp_files(self.storage, target)
+        self._made_targets.discard(plan.id)
         if not self.storage.is_folder(artifacts_dir(target)):
             if not self.storage.is_folder(target):      # deleted since it was published: never made again
                 raise GenerationError(f"{target} is gone (the application deleted the generation meanwhile?)")

@@ -857,7 +857,7 @@ class Root(_OpenDirectory):
             else:
                 self._touched(parent, checked[:-1], checked)
 
-    def makedirs(self, parts: Parts, mode: int = 0o755, owner: tuple[int, int] | None = None) -> list[Parts]:
+    def makedirs(self, parts: Parts, mode: int = 0o755, owner: tuple[int, int] | None = None) -> list[tuple[str, ...]]:
         """Create the directory ``parts`` and any missing parents (``mode`` minus the umask, as
         ``os.makedirs``); existing directories are fine, a symlink at any component is refused.
         Returns the directories it created, outermost first; each is given ``owner`` (uid, gid)
@@ -867,7 +867,7 @@ class Root(_OpenDirectory):
         nothing is looked up twice; a folder this ``Root`` saw lately is only opened (no
         ``mkdir`` that would fail with ``EEXIST``), made again if it was removed meanwhile."""
         checked = _check_parts(parts)
-        created: list[Parts] = []
+        created: list[tuple[str, ...]] = []
         start, reached = self._held_start(checked)
         fd = start
         try:
@@ -1166,12 +1166,19 @@ class Root(_OpenDirectory):
         below it were written. Each directory's filesystem is looked up once per batch."""
         device = self._unsynced.get(parent)
         if device is None:
-            device = self._device if parent_fd == self.fd else os.fstat(parent_fd).st_dev
+            device = self._device if parent_fd == self.fd else self._device_of(parent_fd)
             if device not in self._sync_fds:           # a filesystem mounted below ROOT
                 self._sync_fds[device] = os.dup(parent_fd)
             self._unsynced[parent] = device
         for entry in entries:
             self._unsynced[entry] = device
+
+    def _device_of(self, fd: int) -> int:
+        """The filesystem of the open directory ``fd``: known already for a held folder."""
+        held = self._held
+        if held is not None and fd in held.fds:
+            return held.ids[held.fds.index(fd)][0]
+        return os.fstat(fd).st_dev
 
     def unsynced(self) -> frozenset[tuple[str, ...]]:
         """What ``make_durable`` would make durable now: the directories changed and the files

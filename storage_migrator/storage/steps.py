@@ -94,15 +94,17 @@ def adopt_owner(storage: Storage, path: Path, like: Path | None = None) -> None:
         raise _failed(error, "set the owner of", path) from error
 
 
-def make_owned_dirs(storage: Storage, path: Path, like: Path | None = None) -> None:
+def make_owned_dirs(storage: Storage, path: Path, like: Path | None = None) -> list[Path]:
     """Create ``path`` and its missing parents in one pass down from ROOT, each created folder
     given the owner of ``like`` (default ROOT) when run as root, so storage created by a
-    migration run as root stays writable by the application's user."""
+    migration run as root stays writable by the application's user. Returns the folders it
+    created, outermost first."""
     try:
         owner = storage.root.owner_of(storage.parts(like) if like is not None else ())
-        storage.root.makedirs(storage.parts(path), owner=owner)
+        made = storage.root.makedirs(storage.parts(path), owner=owner)
     except OSError as error:
         raise _failed(error, "create", path) from error
+    return [storage.path.joinpath(*parts) for parts in made]
 
 
 def rename_entry(storage: Storage, source: Path, destination: Path, *, replace: bool = True) -> None:

@@ -12,8 +12,9 @@ import pytest
 import sqlalchemy as sa
 
 from storage_migrator.commands.run import run
+from storage_migrator.engine import execute as execute_module
 from storage_migrator.storage import root as root_module
-from storage_migrator.storage.layout import StorageLayout
+from storage_migrator.storage.layout import TEMP_SUFFIX, StorageLayout
 from tests.support.sandbox import (
     Sandbox,
     build_installation,
@@ -198,6 +199,30 @@ def test_a_run_opens_each_file_once_for_its_hash_and_its_patches(
     assert report.migrated > 0 and report.failed == 0
     assert len(opened) > 100
     assert {names[0]: len(names) for names in opened.values() if len(names) > 1} == {}
+
+
+def test_a_killed_writes_temp_file_in_a_target_is_swept_and_a_target_the_run_made_is_not_listed_for_one(
+    installation: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A target a killed run left (its artifacts folder and a temp manifest) is swept of the
+    temp file; a target this run made itself cannot hold one, so it is not listed for one."""
+    rows = rows_by_id(installation, "generations")
+    layout = StorageLayout(installation.root, "./storage/projects")
+    moved = sorted((row for row in rows.values() if row["status"] == "completed" and row["version"]
+                    and (installation.root / row["id"]).is_dir()), key=lambda row: (row["project_id"], row["version"]))
+    left = layout.target_dir(moved[0]["project_id"], moved[0]["version"], moved[0]["id"])
+    (left / "artifacts").mkdir(parents=True)
+    leftover = left / f".manifest.json.4242.{'0' * 16}{TEMP_SUFFIX}"
+    leftover.write_text("half a manifest")
+    swept: list[Path] = []
+    real_remove_temp_files = execute_module.remove_temp_files
+    monkeypatch.setattr(execute_module, "remove_temp_files",
+                        lambda storage, folder: (swept.append(folder), real_remove_temp_files(storage, folder))[1])
+    report = run(installation.settings)
+    assert report.failed == 0
+    assert not leftover.exists() and (left / "manifest.json").is_file()
+    targets = [path for path in swept if path.parent.name == "generations"]
+    assert targets == [left]
 
 
 def test_database_not_at_head_is_refused(tmp_path: Path, sqlite_url: str) -> None:
