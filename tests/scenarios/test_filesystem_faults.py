@@ -27,14 +27,17 @@ def installation(sqlite_url: str, tmp_path: Path) -> Sandbox:
 @pytest.fixture
 def fake_disk(installation: Sandbox, monkeypatch: pytest.MonkeyPatch) -> Iterator:
     """The installation's ROOT inside a fake filesystem (writes stay in memory). libc's
-    renameat2 and syncfs would act on the real disk behind the fake one's back: the tool runs as
-    on a libc without them (its fallbacks: check-then-rename, link renamed into place right after
-    a move, an fsync of each directory and file written instead of one syncfs).
+    renameat2, syncfs and getdents64 would act on the real disk behind the fake one's back (a
+    descriptor pyfakefs hands out is only a number in its own table: the real one of that number
+    is /dev/null or any file the process has open): the tool runs as on a libc without them (its
+    fallbacks: check-then-rename, link renamed into place right after a move, an fsync of each
+    directory and file written instead of one syncfs, os.scandir for a listing).
     pyfakefs also changes a file's ctime on every read, which Linux never does: here the
     fingerprint leaves ctime out (the real cross-filesystem tests on tmpfs, in test_hostile_fs,
     hold the whole fingerprint)."""
     monkeypatch.setattr(libc, "renameat2_function", lambda: None)
     monkeypatch.setattr(libc, "syncfs_function", lambda: None)
+    monkeypatch.setattr(libc, "getdents64_function", lambda: None)
     monkeypatch.setattr(tree_module, "fingerprint_of", lambda status, size=None: (
         status.st_size if size is None else size, status.st_mtime_ns, 0, status.st_ino))
     legacy = {g: scan(installation.root / g).checksums()
