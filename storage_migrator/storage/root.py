@@ -470,12 +470,19 @@ def _explain(dir_fd: int, name: str, display: str, error: OSError, mismatch: str
 class _HeldChain:
     """The folders of one path below ROOT held open (``Root.holding``): ``fds[i]`` is the folder
     ``parts[: i + 1]``, opened with O_NOFOLLOW from the one above it, and ``ids[i]`` its device and
-    inode. Only the levels that exist are open; a level is opened at the first use that needs it."""
+    inode. Only the levels that exist are open; a level is opened at the first use that needs it.
+
+    A level let go because its check failed is not closed before the block ends (``retired``): a
+    step that takes two folders (``rename``, ``exchange``, ``rename_and_link``) may still hold the
+    descriptor it was given for the first when the lookup of the second finds a level replaced, and
+    a closed number would be reused by the very next ``open`` — the step would then act in another
+    folder than the one it looked up."""
 
     def __init__(self, parts: tuple[str, ...]) -> None:
         self.parts = parts
         self.fds: list[int] = []
         self.ids: list[tuple[int, int]] = []
+        self.retired: list[int] = []
 
     def deepest(self, root_fd: int, depth: int) -> tuple[int, int]:
         """(descriptor, levels) of the deepest of ``parts[:depth]`` reachable now: each level
@@ -495,7 +502,7 @@ class _HeldChain:
                 if named is not None and (named.st_dev, named.st_ino) == self.ids[index]:
                     parent = self.fds[index]
                     continue
-                self.release(index)
+                self.retire(index)
             try:
                 child = os.open(name, DIR_FLAGS, dir_fd=parent)
             except OSError:
@@ -510,11 +517,17 @@ class _HeldChain:
             parent = child
         return parent, depth
 
-    def release(self, depth: int = 0) -> None:
-        """Close the levels from ``depth`` down."""
+    def retire(self, depth: int) -> None:
+        """Let go of the levels from ``depth`` down, kept open until ``release`` (see the class)."""
         while len(self.fds) > depth:
-            _close_quietly(self.fds.pop())
+            self.retired.append(self.fds.pop())
             self.ids.pop()
+
+    def release(self) -> None:
+        """Close every level and every retired descriptor: the block is over."""
+        self.retire(0)
+        while self.retired:
+            _close_quietly(self.retired.pop())
 
 
 class Root(_OpenDirectory):

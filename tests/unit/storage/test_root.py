@@ -349,6 +349,40 @@ def test_holding_reaches_a_folder_once_and_never_through_a_folder_moved_out_or_a
     assert not (outside / "planted/four").exists() and not (outside / "planted/v1/four").exists()
 
 
+def test_holding_keeps_a_step_s_first_folder_when_its_second_lookup_finds_the_held_one_replaced(
+    world: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rename in the held folder looks up its source's folder, then its destination's: if the
+    held folder is replaced between the two, the second lookup opens the new one by name — and the
+    source's descriptor still names the folder it was looked up as (as two walks from ROOT would
+    give), not a closed number the new open took over. Every descriptor is closed at the end."""
+    root: Root = world["root"]
+    root_path: Path = world["root_path"]
+    outside: Path = world["outside"]
+    root.makedirs("p/generations/v1")
+    (root_path / "p/generations/v1/a").write_bytes(b"a")
+    before = open_fds()
+    real_deepest = rootfs._HeldChain.deepest
+    lookups: list[int] = []
+
+    def deepest_after_a_swap(self: Any, root_fd: int, depth: int) -> tuple[int, int]:
+        lookups.append(depth)
+        if len(lookups) == 2:       # the rename's second lookup: v1 is moved out, another made
+            os.rename(root_path / "p/generations/v1", outside / "planted/v1")
+            (root_path / "p/generations/v1").mkdir()
+        return real_deepest(self, root_fd, depth)
+
+    with root.holding("p/generations/v1"):
+        assert root.lstat("p/generations/v1/a") is not None       # the chain is open
+        monkeypatch.setattr(rootfs._HeldChain, "deepest", deepest_after_a_swap)
+        root.rename("p/generations/v1/a", "p/generations/v1/b")
+    monkeypatch.setattr(rootfs._HeldChain, "deepest", real_deepest)
+    assert len(lookups) == 2
+    assert os.listdir(outside / "planted/v1") == []
+    assert os.listdir(root_path / "p/generations/v1") == ["b"]
+    assert open_fds() == before
+
+
 def test_rmtree_stops_when_a_directory_is_moved_out_of_root_mid_walk(
     world: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
