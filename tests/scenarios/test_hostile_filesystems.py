@@ -40,13 +40,16 @@ from packaging.utils import canonicalize_name
 
 from storage_migrator.demo import SampleSize
 from storage_migrator.faults import PAUSE_AT_VARIABLE
+from storage_migrator.patch.writer import LARGE_FILE_LIMIT
 from storage_migrator.storage.layout import StorageLayout
 from storage_migrator.storage.root import Root
+from storage_migrator.storage.tree import KEEP_FILE_LIMIT
 from tests.support.sandbox import (
     Sandbox,
     build_installation,
     dump_tables,
     error_lines,
+    first_project,
     process_tree,
     run_cli,
     sqlite_copy,
@@ -481,29 +484,36 @@ def test_disk_full_mid_run_fails_every_unfinished_generation(database_url: str, 
 
 def test_unreadable_patch_base_after_the_move_is_a_failure(database_url: str, tmp_path: Path) -> None:
     """A patch base that cannot be read once the next version has moved (and its row was
-    published) fails that version with its reason, exit 1 — not "changed by the application"."""
+    published) fails that version with its reason, exit 1 — not "changed by the application".
+
+    The base's file is one the patch must read from disk again: larger than any scan keeps in
+    memory (``KEEP_FILE_LIMIT``). A small file's bytes are kept from the base's own scan, the
+    bytes its manifest records, and its patch is made from them without reading the base again
+    (damage to a base done after its scan is ``verify``'s to find)."""
     installation = build_installation(database_url, tmp_path / "projects")
-    process = start_paused(installation, "manifest-written", "--json", "run", "--workers", "1")
-    (first_source,) = installation.root.glob("*/generations/v1__*/source")
-    project_id = first_source.parent.parent.parent.name
+    project_id = first_project(installation)
     engine = installation.engine()
     with engine.connect() as connection:
-        next_id = connection.execute(sa.text(
-            "SELECT id FROM generations WHERE project_id = :p AND version > 1 AND status = 'completed' "
-            "ORDER BY version LIMIT 1"), {"p": project_id}).scalar_one()     # the next diff against v1
+        first_id, next_id = connection.execute(sa.text(
+            "SELECT id FROM generations WHERE project_id = :p AND status = 'completed' "
+            "ORDER BY version LIMIT 2"), {"p": project_id}).scalars()     # v1 and the next diff against it
     engine.dispose()
-    following = regular_files(installation.root / next_id)
-    modified = sorted(path for path, checksum in regular_files(first_source).items()
-                      if path in following and following[path] != checksum)
-    assert modified, "the next version modifies no file of v1: the test proves nothing"
-    (first_source / modified[0]).unlink()
-    (first_source / modified[0]).mkdir()        # v1's bytes for the patch can no longer be read
+    big = "data/past_the_keep_limit.txt"
+    body = b"".join(b"line %08d\n" % number for number in range(KEEP_FILE_LIMIT // 14 + 1))
+    assert KEEP_FILE_LIMIT < len(body) < LARGE_FILE_LIMIT, "the file must be read again, and diffed"
+    for generation_id, tail in ((first_id, b"v1\n"), (next_id, b"next\n")):
+        (installation.root / generation_id / "data").mkdir(exist_ok=True)
+        (installation.root / generation_id / big).write_bytes(body + tail)
+    process = start_paused(installation, "manifest-written", "--json", "run", "--workers", "1")
+    (first_source,) = installation.root.glob(f"{project_id}/generations/v1__{first_id}/source")
+    (first_source / big).unlink()
+    (first_source / big).mkdir()        # v1's bytes for the patch can no longer be read
     stdout, stderr = resume(process)
     assert "Traceback" not in stderr, stderr
     assert process.returncode == 1, stdout + stderr
     lines = {line["id"]: line for line in json.loads(stdout)["generations"]}
     assert lines[next_id]["action"] == "failed", lines[next_id]
-    assert modified[0] in lines[next_id]["error"], lines[next_id]
+    assert big in lines[next_id]["error"], lines[next_id]
     assert not [line for line in lines.values() if line["action"] in ("changed", "gone")]
     failed = [line["id"] for line in lines.values() if line["action"] == "failed"]
     assert failed == [next_id], "the failure poisoned the versions after it"
