@@ -24,11 +24,13 @@ from storage_migrator.engine.projects import (
     move_summaries,
     output_files_reader,
     plan_outcome,
+    unplanned_outcomes,
 )
 from storage_migrator.engine.scan_ahead import ScanAhead
 from storage_migrator.engine.survey import plan_project
 from storage_migrator.engine.triage import project_states, root_files
 from storage_migrator.engine.workers import WorkerDied
+from storage_migrator.errors import FAILS_ONE_GENERATION
 from storage_migrator.report import ProgressFactory, RunReport, Workload, merge_states
 from storage_migrator.storage.recovery import RootTempFiles, sweep_state
 from storage_migrator.storage.steps import prepare_state_dir
@@ -97,9 +99,14 @@ def _plan_only(installation: Installation, report: RunReport, resync: bool, only
     with ExitStack() as stack:
         ahead = stack.enter_context(ScanAhead(storage)) if workers >= 2 else None
         for record in iter_project_records(engine, only=only):
-            merge_states(report.application_states, project_states(storage, record, output_files_reader(engine)))
-            plan = plan_project(record, storage, resync, output_files_reader(engine), ahead=ahead)
-            summaries = move_summaries(storage, plan, ahead)
+            try:
+                merge_states(report.application_states, project_states(storage, record, output_files_reader(engine)))
+                plan = plan_project(record, storage, resync, output_files_reader(engine), ahead=ahead)
+                summaries = move_summaries(storage, plan, ahead)
+            except FAILS_ONE_GENERATION as error:
+                for outcome in unplanned_outcomes(record, error):
+                    report.add(outcome)
+                continue
             for generation_plan in plan.generations:
                 report.add(plan_outcome(generation_plan, summaries))
                 if generation_plan.leftover is not None:

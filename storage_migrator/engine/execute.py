@@ -184,6 +184,13 @@ class Executor:
                                                    record.active_generation_id))
         self._writer.flush_if_full()
 
+    def fail_unplanned(self, outcomes: Sequence[GenerationOutcome]) -> None:
+        """Report the failed lines of a project that could not be planned; nothing is written."""
+        for outcome in outcomes:
+            self._writer.add(outcome)
+            self.on_generation(1)
+        self._writer.flush_if_full()
+
     def finish(self) -> None:
         try:
             self._writer.flush()

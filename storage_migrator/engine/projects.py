@@ -28,7 +28,7 @@ from storage_migrator.engine.survey import plan_project
 from storage_migrator.engine.triage import adopt_complete, project_states
 from storage_migrator.engine.workers import chunked, run_in_workers
 from storage_migrator.errors import FAILS_ONE_GENERATION, failure_line
-from storage_migrator.records import ProjectRecord
+from storage_migrator.records import Outcome, ProjectRecord
 from storage_migrator.report import ADOPTED, GenerationOutcome, RunReport, merge_states
 from storage_migrator.storage.handle import Storage, open_storage
 from storage_migrator.storage.layout import StorageLayout
@@ -149,15 +149,29 @@ def _carry_out_project(storage: Storage, engine: Engine, executor: Executor, opt
                        record: ProjectRecord, root_temps: RootTempFiles) -> None:
     generation_ids = [generation.id for generation in record.generations]
     executor.fence()
-    recover_project(storage, record.project_id, generation_ids, root_temps)
-    states = executor.report.application_states
-    if options.adopt_complete:
-        record, adopted = adopt_complete(storage, engine, record, output_files_reader(engine))
-        states[ADOPTED].extend(adopted)
-    merge_states(states, project_states(storage, record, output_files_reader(engine)))
     with handling_project(record.project_id, generation_ids):
-        executor.carry_out(plan_project(record, storage, options.resync, output_files_reader(engine),
-                                        reserve=version_reserver(engine), ahead=executor.scan_ahead))
+        try:
+            recover_project(storage, record.project_id, generation_ids, root_temps)
+            states = executor.report.application_states
+            if options.adopt_complete:
+                record, adopted = adopt_complete(storage, engine, record, output_files_reader(engine))
+                states[ADOPTED].extend(adopted)
+            merge_states(states, project_states(storage, record, output_files_reader(engine)))
+            plan = plan_project(record, storage, options.resync, output_files_reader(engine),
+                                reserve=version_reserver(engine), ahead=executor.scan_ahead)
+        except FAILS_ONE_GENERATION as error:
+            executor.fail_unplanned(unplanned_outcomes(record, error))
+            return
+        executor.carry_out(plan)
+
+
+def unplanned_outcomes(record: ProjectRecord, error: BaseException) -> list[GenerationOutcome]:
+    """The lines of a project whose folders could not be looked at while it was recovered or
+    planned (a ``generations`` folder that cannot be listed, say): each generation failed with
+    that one line, nothing written for it; the other projects go on."""
+    reason = f"cannot look at the project's folders: {failure_line(error)}; fix that and rerun"
+    return [GenerationOutcome.of_row(generation, Outcome.FAILED, generation.storage_path, error=reason)
+            for generation in record.generations]
 
 
 def carry_out_in_workers(layout: StorageLayout, engine: Engine, report: RunReport, options: RunOptions,

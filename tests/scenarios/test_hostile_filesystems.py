@@ -600,48 +600,98 @@ def _tool_environment_for(user: pwd.struct_passwd, folder: Path) -> Path | None:
     return python
 
 
-def test_directory_without_execute_permission_fails_that_generation_alone(tmpfs) -> None:
+@pytest.fixture(scope="module")
+def nobody_tool() -> Iterator[Path]:
+    """The interpreter of a virtualenv with the tool that the user nobody can run."""
+    require(os.geteuid() == 0, "these tests need root (to run the tool as another user)")
     nobody = pwd.getpwnam("nobody")
-    base = Path(tempfile.mkdtemp(prefix="hostile-nobody-", dir="/tmp"))
     tool = Path(tempfile.mkdtemp(prefix="hostile-nobody-tool-", dir="/tmp"))
     try:
-        os.chmod(base, 0o755)
         os.chmod(tool, 0o755)
-        installation = build_installation(f"sqlite:///{base / 'codebegen.db'}", base / "projects")
-        victim = demo_generation_ids(installation)[1]
-        locked = installation.root / victim / "locked"
-        locked.mkdir()
-        (locked / "inside.txt").write_text("behind a folder without x\n")
-        for directory, folders, files in os.walk(base):
-            for name in [directory, *(os.path.join(directory, entry) for entry in folders + files)]:
-                os.chown(name, nobody.pw_uid, nobody.pw_gid, follow_symlinks=False)
-        os.chmod(locked, 0o600)
-        before = legacy_contents(installation)
         python = _tool_environment_for(nobody, tool)
         require(python is not None, "no Python interpreter of this version that the user nobody can run")
         assert python is not None
-        environment = {key: value for key, value in installation.cli_environment().items() if key != "PYTHONPATH"}
-        environment.update(HOME=str(base), PYTHONNOUSERSITE="1")
-        result = subprocess.run([str(python), "-m", "storage_migrator", "--json", "run"], check=False, env=environment, cwd=base,
-                                user=nobody.pw_uid, group=nobody.pw_gid, extra_groups=[],
-                                capture_output=True, text=True, timeout=300)
-        assert "Traceback" not in result.stderr, result.stderr
-        assert result.returncode == 1, result.stdout[-2000:] + result.stderr
-        document = json.loads(result.stdout)
-        failed = failures(document)
-        assert list(failed) == [victim], failed
-        assert one_line(failed[victim]) and "permission" in failed[victim].lower(), failed[victim]
-        assert document["migrated"] > 5
-        assert is_real_dir(installation.root / victim)
-        os.chmod(locked, 0o700)
-        assert_nothing_lost(installation, before | {victim: {**before[victim], "locked/inside.txt":
-                                                             hashlib.sha256(b"behind a folder without x\n").hexdigest()}})
+        yield python
     finally:
-        for locked_folder in base.glob("projects/*/locked"):
-            if is_real_dir(locked_folder):
-                os.chmod(locked_folder, 0o700)
-        shutil.rmtree(base, ignore_errors=True)
         shutil.rmtree(tool, ignore_errors=True)
+
+
+@pytest.fixture
+def nobody_installation() -> Iterator[Sandbox]:
+    """A demo installation in a folder of /tmp the user nobody owns (every file of it)."""
+    base = Path(tempfile.mkdtemp(prefix="hostile-nobody-", dir="/tmp"))
+    try:
+        os.chmod(base, 0o755)
+        yield build_installation(f"sqlite:///{base / 'codebegen.db'}", base / "projects")
+    finally:
+        for folder in base.rglob("*"):
+            if is_real_dir(folder):
+                os.chmod(folder, 0o755)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _as_nobody(python: Path, installation: Sandbox, *arguments: str) -> subprocess.CompletedProcess[str]:
+    """The tool run by the user nobody, every file of the installation given to nobody first."""
+    nobody = pwd.getpwnam("nobody")
+    base = installation.root.parent
+    for directory, folders, files in os.walk(base):
+        for name in [directory, *(os.path.join(directory, entry) for entry in folders + files)]:
+            os.chown(name, nobody.pw_uid, nobody.pw_gid, follow_symlinks=False)
+    environment = {key: value for key, value in installation.cli_environment().items() if key != "PYTHONPATH"}
+    environment.update(HOME=str(base), PYTHONNOUSERSITE="1")
+    return subprocess.run([str(python), "-m", "storage_migrator", "--json", *arguments], check=False, env=environment,
+                          cwd=base, user=nobody.pw_uid, group=nobody.pw_gid, extra_groups=[], capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_directory_without_execute_permission_fails_that_generation_alone(nobody_tool: Path,
+                                                                          nobody_installation: Sandbox) -> None:
+    installation = nobody_installation
+    victim = demo_generation_ids(installation)[1]
+    locked = installation.root / victim / "locked"
+    locked.mkdir()
+    (locked / "inside.txt").write_text("behind a folder without x\n")
+    before = legacy_contents(installation)
+    locked.chmod(0o600)
+    result = _as_nobody(nobody_tool, installation, "run")
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.returncode == 1, result.stdout[-2000:] + result.stderr
+    document = json.loads(result.stdout)
+    failed = failures(document)
+    assert list(failed) == [victim], failed
+    assert one_line(failed[victim]) and "permission" in failed[victim].lower(), failed[victim]
+    assert document["migrated"] > 5
+    assert is_real_dir(installation.root / victim)
+    locked.chmod(0o700)
+    assert_nothing_lost(installation, before | {victim: {**before[victim], "locked/inside.txt":
+                                                         hashlib.sha256(b"behind a folder without x\n").hexdigest()}})
+
+
+def test_an_unreadable_project_folder_fails_that_projects_generations_alone(nobody_tool: Path,
+                                                                           nobody_installation: Sandbox) -> None:
+    """A folder the tool cannot list while it plans a project (not while it handles one
+    generation) is that project's failure, said in one line, exit 1 — never an internal error,
+    and the other projects are resynced."""
+    installation = nobody_installation
+    assert _as_nobody(nobody_tool, installation, "run").returncode in (0, 1)
+    project = installation.sample.demo_project_id
+    generations = installation.root / project / "generations"
+    generations.chmod(0o300)            # no listing; what is below stays reachable by name
+    try:
+        result = _as_nobody(nobody_tool, installation, "resync")
+        dry_run = _as_nobody(nobody_tool, installation, "run", "--dry-run")
+    finally:
+        generations.chmod(0o755)
+    assert "internal error" not in dry_run.stderr and dry_run.returncode == 1, dry_run.stderr
+    assert set(failures(json.loads(dry_run.stdout))) == set(failures(json.loads(result.stdout)))
+    assert "Traceback" not in result.stderr and "internal error" not in result.stderr, result.stderr
+    assert result.returncode == 1, result.stdout[-2000:] + result.stderr
+    document = json.loads(result.stdout)
+    failed = failures(document)
+    in_project = {line["id"] for line in document["generations"] if line["project_id"] == project}
+    assert failed and set(failed) == in_project, (failed, in_project)
+    assert all(one_line(reason) and "permission denied" in reason.lower() for reason in failed.values()), failed
+    assert any(line["project_id"] != project for line in document["generations"])
 
 
 # -- 5. a 1,000-level deep tree across filesystems ---------------------------------------------
