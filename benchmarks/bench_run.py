@@ -4,7 +4,7 @@
 on copies of one corpus, in one run, per corpus.
 
     .venv/bin/python benchmarks/bench_run.py [--corpus app|real|long|synthetic|both|all] [--scale K]
-                                              [--database sqlite,postgresql]
+                                              [--database sqlite,postgresql] [--no-output-files]
                                               [--generations 1000 --files 60000]
 
 The corpora that count are real code history (benchmarks/real_corpus.py, fetched once into
@@ -14,7 +14,10 @@ first; `real` is consecutive releases of five popular packages (hundreds of shor
 generation); `long` is one project whose files run to thousands of lines with small edits
 between releases (SQLAlchemy); `synthetic` is sample_data's generated one. `both` is real and
 synthetic, `all` is app, real, long and synthetic. `--scale K` lays out K copies of each app,
-real or long project, or K times the synthetic size.
+real or long project, or K times the synthetic size. Every completed generation's row holds its
+text files in `output_files` (path -> text, a JSON object), as the application writes it: on
+SQLite a row that big is rewritten whole, overflow pages and journal, whenever a write changes
+its size; `--no-output-files` leaves the column NULL, for comparison.
 Every contender gets a fresh copy — `cp -al`: new folders, the files hard links to the corpus's,
 since nothing the tool or the pipeline does writes into a legacy file (10x was 2.5 min per `cp -a`)
 — and a warm page cache (the corpus is read once before each timing: dropping caches needs
@@ -95,14 +98,16 @@ class PostgresCopy:
 @dataclass(frozen=True)
 class Tolls:
     """What one counting run cost, in total: system calls, fsyncs (fsync, fdatasync and syncfs:
-    each makes something durable), whole-machine sync() calls, and database round trips (None:
-    not counted, SQLite)."""
+    each makes something durable), whole-machine sync() calls, pwrite64 calls (SQLite writes
+    its pages and its journal with them, the tool its files with write: on SQLite they are
+    the database's writes), and database round trips (None: not counted, SQLite)."""
 
     command: str
     database: str
     syscalls: int
     fsyncs: int
     syncs: int
+    pwrites: int
     round_trips: int | None
 
 
@@ -134,26 +139,34 @@ def _legacy_database(folder: Path) -> tuple[str, sa.Engine]:
     return url, sa.create_engine(url)
 
 
-def build_synthetic(folder: Path, size: SampleSize) -> Corpus:
-    """sample_data's generated corpus, rows at the base revision, output_files left NULL."""
+def _rows_hold(store_output_files: bool) -> str:
+    return "rows hold output_files" if store_output_files else "output_files NULL"
+
+
+def build_synthetic(folder: Path, size: SampleSize, store_output_files: bool) -> Corpus:
+    """sample_data's generated corpus, rows at the base revision; each completed row holds its
+    text files in output_files, as the application writes it, unless ``store_output_files`` is
+    False."""
     url, engine = _legacy_database(folder)
-    sample = generate_installation(engine, folder / "projects", size, store_output_files=False)
+    sample = generate_installation(engine, folder / "projects", size, store_output_files=store_output_files)
     engine.dispose()
     description = (f"synthetic (sample_data): {size.projects} projects x ~{size.generations_per_project} "
-                   f"generations, {sample.file_count:,} files, {sample.total_bytes / 1024**2:.0f} MiB")
+                   f"generations, {sample.file_count:,} files, {sample.total_bytes / 1024**2:.0f} MiB, "
+                   f"{_rows_hold(store_output_files)}")
     lengths = line_lengths({"": folder / "projects"}).describe()
     return Corpus("synthetic", description, lengths, folder, url, sample.file_count,
                   len(sample.folder_generation_ids))
 
 
-def build_real(folder: Path, scale: int, name: str = "real") -> Corpus:
-    """Consecutive releases of real packages (benchmarks/real_corpus.py: ``real`` or ``long``),
-    K copies of each project for --scale K."""
+def build_real(folder: Path, scale: int, name: str = "real", store_output_files: bool = True) -> Corpus:
+    """Consecutive releases of real packages (benchmarks/real_corpus.py: ``app``, ``real`` or
+    ``long``), K copies of each project for --scale K; rows hold output_files unless
+    ``store_output_files`` is False."""
     url, engine = _legacy_database(folder)
-    installation = build_real_installation(engine, folder / "projects", scale, CORPORA[name])
+    installation = build_real_installation(engine, folder / "projects", scale, CORPORA[name], store_output_files)
     engine.dispose()
-    return Corpus(name, installation.describe(), installation.lines.describe(), folder, url, installation.files,
-                  installation.generations)
+    return Corpus(name, f"{installation.describe()}, {_rows_hold(store_output_files)}", installation.lines.describe(),
+                  folder, url, installation.files, installation.generations)
 
 
 # --------------------------------------------------------------------------- databases
@@ -167,10 +180,10 @@ def copy_rows(source_url: str, target_url: str) -> None:
     metadata.reflect(bind=source, only=LEGACY_TABLES)
     with source.connect() as reading, target.begin() as writing:
         for name in LEGACY_TABLES:
-            table = metadata.tables[name]
-            rows = [dict(row._mapping) for row in reading.execute(table.select())]
-            for start in range(0, len(rows), 1000):
-                writing.execute(sa.Table(name, sa.MetaData(), autoload_with=writing).insert(), rows[start:start + 1000])
+            table, written = metadata.tables[name], sa.Table(name, sa.MetaData(), autoload_with=writing)
+            # A few rows at a time: a generation's row may hold its whole folder (output_files).
+            for rows in reading.execution_options(yield_per=50).execute(table.select()).partitions():
+                writing.execute(written.insert(), [dict(row._mapping) for row in rows])
     source.dispose()
     target.dispose()
 
@@ -281,7 +294,7 @@ def counted(command: str, database: str, arguments: tuple[str, ...], environment
     before = relay.round_trips if relay else 0
     calls = strace_counts([*TOOL, *arguments], environment) or {}
     fsyncs = sum(calls.get(name, 0) for name in ("fsync", "fdatasync", "syncfs"))
-    return Tolls(command, database, calls.get("total", 0), fsyncs, calls.get("sync", 0),
+    return Tolls(command, database, calls.get("total", 0), fsyncs, calls.get("sync", 0), calls.get("pwrite64", 0),
                  relay.round_trips - before if relay else None)
 
 
@@ -387,18 +400,18 @@ def timings_table(by_database: dict[str, dict[str, Timing]], baselines: Baseline
 
 def tolls_table(tolls: list[Tolls], corpus: Corpus) -> list[str]:
     """The counting runs' tolls per generation and per file: system calls (every process, start-up
-    and database included), fsyncs (fsync, fdatasync, syncfs), whole-machine sync() calls, and database
-    round trips on the wire (PostgreSQL only)."""
+    and database included), fsyncs (fsync, fdatasync, syncfs), whole-machine sync() calls, pwrite64
+    calls, and database round trips on the wire (PostgreSQL only)."""
     lines = ["| command | database | system calls | per file | per generation | fsyncs per generation "
-             "| sync() calls | round trips | per generation |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| sync() calls | pwrite64 per generation | round trips | per generation |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     generations = max(corpus.generations, 1)
     for toll in tolls:
         trips = "n/a" if toll.round_trips is None else f"{toll.round_trips:,}"
         per_generation = "n/a" if toll.round_trips is None else f"{toll.round_trips / generations:.2f}"
         lines.append(f"| {toll.command} | {toll.database} | {toll.syscalls:,} | {toll.syscalls / max(corpus.files, 1):.1f} "
                      f"| {toll.syscalls / generations:.0f} | {toll.fsyncs / generations:.2f} | {toll.syncs} "
-                     f"| {trips} | {per_generation} |")
+                     f"| {toll.pwrites / generations:.1f} | {trips} | {per_generation} |")
     return lines
 
 
@@ -422,11 +435,12 @@ def bench_corpus(name: str, arguments: argparse.Namespace, work: Path) -> None:
     work.mkdir(parents=True, exist_ok=True)
     folder = work / "corpus"
     folder.mkdir()
+    store_output_files = not arguments.no_output_files
     if name in CORPORA:
-        corpus = build_real(folder, arguments.scale, name)
+        corpus = build_real(folder, arguments.scale, name, store_output_files)
     else:
         corpus = build_synthetic(folder, SampleSize.scaled(arguments.generations * arguments.scale,
-                                                           arguments.files * arguments.scale))
+                                                           arguments.files * arguments.scale), store_output_files)
     databases = [label.strip() for label in arguments.database.split(",") if label.strip()]
     postgres = prepare_postgres(corpus.sqlite_url) if "postgresql" in databases else None
     try:
@@ -457,6 +471,9 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=60_000, help="synthetic corpus only")
     parser.add_argument("--database", default="sqlite,postgresql")
     parser.add_argument("--workers", type=int, default=None, help="for run and resync; default: the tool's own")
+    parser.add_argument("--no-output-files", action="store_true",
+                        help="leave output_files NULL in every row (rows the application wrote before it kept "
+                             "files there); by default each row holds its text files, as the application writes them")
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--keep", action="store_true")
     arguments = parser.parse_args()

@@ -500,9 +500,25 @@ def _project_row(package: str, copy: int, user_id: str, created_at: datetime) ->
     }
 
 
-def _generation_row(project: dict[str, object], release: Release, copy: int,
-                    created_at: datetime) -> dict[str, object]:
-    # Columns left out are NULL: output_files stays NULL, as for the synthetic benchmark corpus.
+def output_files(tree: Path) -> dict[str, str]:
+    """What the application stores in a completed generation's ``output_files``: relative path
+    (POSIX spelling) -> the file's text, for every file that is UTF-8. The application's
+    generator only ever produces text; where it reads a folder back into that shape it skips a
+    file that does not decode (``UnicodeDecodeError``), and so does this."""
+    files: dict[str, str] = {}
+    for path in sorted(_walk_files(tree)):
+        try:
+            files[path.relative_to(tree).as_posix()] = path.read_bytes().decode("utf-8")
+        except UnicodeDecodeError:
+            continue
+    return files
+
+
+def _generation_row(project: dict[str, object], release: Release, copy: int, created_at: datetime,
+                    files: dict[str, str] | None) -> dict[str, object]:
+    """A completed generation as the application leaves it; columns left out are NULL.
+    ``files`` is its ``output_files`` (None: NULL, as a row the application wrote before it kept
+    files in the row)."""
     return {
         "id": _uuid("generation", release.package, release.version, copy),
         "created_at": created_at,
@@ -512,6 +528,7 @@ def _generation_row(project: dict[str, object], release: Release, copy: int,
         "prompt": f"Release {release.package} {release.version}",
         "status": "completed",
         "total_time": 180.0,
+        "output_files": files,
     }
 
 
@@ -524,22 +541,23 @@ class _Target:
     tables: dict[str, sa.Table]
     trees: Mapping[Release, Path]
     root: Path
+    store_output_files: bool
 
 
 def _lay_out_project(target: _Target, package: str, versions: tuple[str, ...], copy: int,
                      user_id: str, started: datetime) -> int:
     """One project's row, then one generation and one folder per release, a day apart from
-    ``started``; returns how many generations it has."""
+    ``started``; returns how many generations it has. Rows go in one at a time: with
+    ``output_files`` a row holds its whole release (tens of MiB in the long corpus)."""
     project = _project_row(package, copy, user_id, started)
     target.connection.execute(target.tables["projects"].insert(), [project])
-    rows = []
     for position, version in enumerate(versions):
         release, moment = Release(package, version), started + timedelta(days=position + 1)
-        row = _generation_row(project, release, copy, moment)
+        files = output_files(target.trees[release]) if target.store_output_files else None
+        row = _generation_row(project, release, copy, moment, files)
         _copy_tree(target.trees[release], target.root / str(row["id"]), moment)
-        rows.append(row)
-    target.connection.execute(target.tables["generations"].insert(), rows)
-    return len(rows)
+        target.connection.execute(target.tables["generations"].insert(), [row])
+    return len(versions)
 
 
 def _check_shape(corpus: ReleaseCorpus, sizes: Mapping[Release, TreeSize]) -> None:
@@ -554,10 +572,12 @@ def _check_shape(corpus: ReleaseCorpus, sizes: Mapping[Release, TreeSize]) -> No
 
 
 def build_real_installation(engine: sa.Engine, root: Path, scale: int = 1,
-                            corpus: ReleaseCorpus = REAL) -> RealInstallation:
+                            corpus: ReleaseCorpus = REAL, store_output_files: bool = True) -> RealInstallation:
     """Insert users, projects and generations at revision e011ab9dd223 and write one folder
     ``<root>/<generation_id>/`` per release of ``corpus``; ``scale`` K lays out K copies of each
-    project with fresh ids, to grow the corpus without downloading more.
+    project with fresh ids, to grow the corpus without downloading more. Each row holds its
+    folder's text files in ``output_files``, as the application writes it, unless
+    ``store_output_files`` is False (NULL: a row the application wrote before it kept them).
 
     Releases follow version order, one day apart, so created_at order is release order. Projects
     start an hour apart, in the corpus's order, copy after copy. The rows go in one transaction;
@@ -576,7 +596,7 @@ def build_real_installation(engine: sa.Engine, root: Path, scale: int = 1,
     projects = generations = 0
     with engine.begin() as connection:
         connection.execute(tables["users"].insert(), [user])
-        target = _Target(connection, tables, trees, root)
+        target = _Target(connection, tables, trees, root, store_output_files)
         for copy in range(scale):
             for index, (package, versions) in enumerate(corpus.releases.items()):
                 started = _EPOCH + timedelta(hours=len(corpus.releases) * copy + index)
