@@ -72,7 +72,8 @@ def test_a_renumbering_whose_database_write_was_lost_is_finished_from_the_disk(p
         # The connection drops (a failover), and meanwhile the application takes latest_version + 1.
         with admin.connect() as connection:
             connection.execute(sa.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE "
-                                       "application_name LIKE 'storage-migrate%' AND pid <> pg_backend_pid()"))
+                                       "application_name LIKE 'storage-migrate%' AND datname = current_database() "
+                                       "AND pid <> pg_backend_pid()"))
         taken = latest_version(installation, project_id) + 1
         execute_sql(installation, "INSERT INTO generations (id, project_id, user_id, prompt, status, version) "
                 "SELECT 'app-next-0000-0000-0000-000000000001', id, user_id, 'next', 'processing', :v "

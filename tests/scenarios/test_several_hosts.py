@@ -253,8 +253,8 @@ def test_a_participant_that_loses_its_lock_session_stops(installation: Sandbox, 
     admin = _admin(postgres_url)
     with admin.connect() as connection:
         terminated = connection.execute(sa.text(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name LIKE '%host=cutoff%'"
-        )).scalars().all()
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name LIKE '%host=cutoff%' AND datname = :name"
+        ), {"name": sa.make_url(postgres_url).database}).scalars().all()
     admin.dispose()
     assert terminated == [True]
     others = [participant(installation, f"other-{index}") for index in range(2)]
@@ -597,8 +597,8 @@ def test_a_participant_that_lost_its_claim_after_a_move_writes_nothing(installat
         admin = _admin(postgres_url)
         with admin.connect() as connection:
             terminated = connection.execute(sa.text(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name LIKE '%host=stale%'"
-            )).scalars().all()
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name LIKE '%host=stale%' AND datname = :name"
+            ), {"name": sa.make_url(postgres_url).database}).scalars().all()
         admin.dispose()
         assert terminated == [True]
         flat = installation.root / moved[0]
