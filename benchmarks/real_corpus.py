@@ -326,8 +326,10 @@ def fetch_sdist(release: Release, cache: Path = CACHE) -> Path:
     """Download one sdist with pip (the registry's own client), into its own cache folder.
 
     One pip call per release: pip refuses two versions of one package in a single call. pip
-    prepares the sdist's metadata, but nothing is built or installed. The archive lands in a
-    scratch folder first so that an interrupted download never looks cached.
+    prepares the sdist's metadata, but nothing is built or installed. ``--no-binary`` names the
+    package alone: its build backend comes as a wheel (``:all:`` would build setuptools and the
+    rest from source for every release). The archive lands in a scratch folder first so that an
+    interrupted download never looks cached.
     """
     cached = sdist_path(release, cache)
     if cached:
@@ -336,7 +338,7 @@ def fetch_sdist(release: Release, cache: Path = CACHE) -> Path:
     scratch = Path(tempfile.mkdtemp(prefix=f".{release.label}-", dir=cache))
     try:
         result = subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:",
+            [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", release.package,
              "--disable-pip-version-check", "-d", str(scratch), f"{release.package}=={release.version}"],
             capture_output=True, text=True, check=False)
         archives = [path for path in scratch.iterdir() if path.name.endswith((".tar.gz", ".zip"))]
