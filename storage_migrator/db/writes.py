@@ -121,6 +121,19 @@ class GenerationClaims:
         self.connection.commit()
         return written
 
+    def publish_updates(self, updates: Sequence[GenerationUpdate]) -> set[str]:
+        """``publish`` with every column the tool owns (a new place and the metadata, known
+        once the disk steps are done): each row conditional on the row as claimed (its
+        ``seen``), then commit. Returns the ids written, as ``publish`` does."""
+        ordered = sorted(updates, key=lambda update: update.generation_id)
+        if ordered and self.connection.dialect.name == "postgresql":
+            written = set(self.connection.execute(_updates_statement(ordered)).scalars())
+        else:
+            written = {update.generation_id for update in ordered
+                       if self.connection.execute(_UPDATE_GENERATION, _update_parameters(update)).rowcount == 1}
+        self.connection.commit()
+        return written
+
 
 _RECORD_PLACE = (
     generations.update()
@@ -154,6 +167,26 @@ def _place_statement(places: dict[str, Place], seen: dict[str, RowSeen]) -> sa.U
                generations.c.version.is_not_distinct_from(placed.c.seen_version),
                generations.c.storage_path.is_not_distinct_from(placed.c.seen_storage_path))
         .values(storage_path=placed.c.storage_path, version=placed.c.version)
+        .returning(generations.c.id)
+    )
+
+
+def _updates_statement(updates: Sequence[GenerationUpdate]) -> sa.UpdateBase:
+    """``UPDATE generations … FROM (VALUES …) RETURNING id``: every owned column of each row,
+    each row written only where it still shows what its update saw."""
+    written = sa.values(
+        sa.column("id", sa.String), sa.column("seen_status", sa.String), sa.column("seen_version", sa.Integer),
+        sa.column("seen_storage_path", sa.String),
+        *(sa.column(name, generations.c[name].type) for name in OWNED_GENERATION_COLUMNS), name="written",
+    ).data([(update.generation_id, update.seen.status, update.seen.version, update.seen.storage_path,
+             *update.column_values().values()) for update in updates])
+    return (
+        generations.update()
+        .where(generations.c.id == written.c.id, generations.c.status == written.c.seen_status,
+               generations.c.version.is_not_distinct_from(written.c.seen_version),
+               generations.c.storage_path.is_not_distinct_from(written.c.seen_storage_path))
+        # A VALUES column whose parameters are JSON text is text: cast back to each column's type.
+        .values({name: sa.cast(written.c[name], generations.c[name].type) for name in OWNED_GENERATION_COLUMNS})
         .returning(generations.c.id)
     )
 

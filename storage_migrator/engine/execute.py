@@ -1,5 +1,6 @@
 """The executor: carries out a ``ProjectPlan`` — moves, manifests, patches, the ``active`` link,
-the backward-compatibility links — and hands the metadata to the batch writer.
+the backward-compatibility links — and hands the metadata to the batch writer (a move's is
+written with its new place, by its claim batch).
 
 Crash safety comes from the order of steps, not from a journal: each step is one atomic rename
 (``storage.steps``), and ``plan`` recognises every state between two steps (a target without
@@ -81,10 +82,11 @@ its tree as the next version's diff base (if it ends on disk)."""
 Step = Callable[["Executor", GenerationPlan, "SourceTree | None", "int | None"], Handled]
 
 CLAIM_BATCH = 8
-"""Consecutive moves of a project claimed, moved and published together: one ``SELECT … FOR
-UPDATE``, one publishing statement and one commit for the batch. Small, because the application
-waits for the batch's disk steps (renames and directory fsyncs, never a read of the files) if it
-writes one of these rows meanwhile."""
+"""Consecutive moves of a project claimed, moved, recorded and published together: one ``SELECT …
+FOR UPDATE``, one publishing statement and one commit for the batch. Small, because the
+application waits for the batch's disk steps if it writes one of these rows meanwhile: renames,
+flat links, manifests and patches (a patch reads the changed files, mostly kept in memory from
+the scan before the claim) and one ``syncfs``; never the scan of the folders."""
 
 
 class FailedInPlace(Exception):
@@ -101,12 +103,11 @@ class FailedInPlace(Exception):
 
 @dataclass(frozen=True)
 class _Staged:
-    """What a claim batch did for one move: its folder moved and published (``snapshot``, the
-    tree as read before the move, and ``copied``, a cross-filesystem copy's records), or the
-    exception that stopped it, raised again when the generation's turn comes."""
+    """What a claim batch did for one move: the move handled (its folder moved, its manifest,
+    patch and link written, its row published with all its metadata: the update is None then),
+    or the exception that stopped it, raised again when the generation's turn comes."""
 
-    snapshot: TreeSnapshot | None = None
-    copied: dict[str, FileRecord] | None = None
+    handled: Handled | None = None
     error: Exception | None = None
 
 
@@ -165,7 +166,7 @@ class Executor:
         checkpoint("planned")
         for position, generation_plan in enumerate(plan.generations):
             if generation_plan.action == Action.MOVE and generation_plan.id not in self._staged:
-                self._stage_moves(_claim_batch(plan.generations, position), previous)
+                self._stage_moves(_claim_batch(plan.generations, position), previous, previous_version)
             outcome, update, tree = self._handle(generation_plan, previous, previous_version)
             self._published.pop(generation_plan.id, None)
             self._writer.add(outcome, update)
@@ -270,53 +271,70 @@ class Executor:
         return GenerationOutcome.from_plan(plan, Outcome.UNCHANGED, plan.storage_path), None, tree
 
     def _move(self, plan: GenerationPlan, previous: SourceTree | None, previous_version: int | None) -> Handled:
-        """The legacy folder became ``source/`` (one rename, or a verified copy) and was published
-        by its claim batch (``_stage_moves``); now its manifest, patch and metadata."""
+        """The legacy folder became ``source/`` (one rename, or a verified copy), got its
+        manifest, patch and link, and was published, metadata and all, by its claim batch
+        (``_stage_moves``); or what stopped it is raised here."""
         staged = self._staged.pop(plan.id)
         if staged.error is not None:
             raise staged.error
-        snapshot = staged.snapshot
-        assert snapshot is not None, "a staged move without an error has its snapshot"
-        snapshot.root = source_dir(_target(plan))
-        if staged.copied is not None:
-            snapshot.files = staged.copied  # the copy's fingerprints go into its manifest
-        checkpoint("moved")
-        try:
-            return self._record(plan, snapshot, previous, previous_version)
-        except FailedInPlace as failed:
-            if plan.id in self._published:
-                raise                       # once published, the row names the new place: stay there
-            self._undo_move(plan)           # back in the legacy folder: not a diff base
-            raise failed.cause from None
+        assert staged.handled is not None, "a staged move without an error was handled"
+        return staged.handled
 
-    # -- a claim batch: consecutive moves claimed, moved and published together -----------------
+    # -- a claim batch: consecutive moves claimed, moved, recorded and published together ---------
 
-    def _stage_moves(self, batch: Sequence[GenerationPlan], previous: SourceTree | None) -> None:
+    def _stage_moves(self, batch: Sequence[GenerationPlan], previous: SourceTree | None,
+                     previous_version: int | None) -> None:
         """Read each folder of ``batch`` (each checked before any move), then claim their rows at
-        once, move each, make the moves durable and publish them in one statement and one commit.
-        What each move came to waits in ``_staged`` for its generation's turn; a generation that
-        cannot go on (its row drifted, a collision, an unreadable file) stops alone."""
+        once; move each and write its manifest, patch and link; make all of it durable and
+        publish the rows — new place and metadata, each row written once — in one statement and
+        one commit. What each move came to waits in ``_staged`` for its generation's turn; a
+        generation that cannot go on (its row drifted, a collision, an unreadable file, a full
+        disk) stops alone, its move undone if it got that far. ``previous`` and
+        ``previous_version`` are the diff base before the batch; within it each move's diff base
+        is the batch's last one before it, as ``carry_out`` would hand it."""
         scanned = self._scan_batch(batch, previous)
         if not scanned:
             return
-        moved: list[tuple[GenerationPlan, TreeSnapshot, dict[str, FileRecord] | None]] = []
+        recorded: list[tuple[GenerationPlan, Handled]] = []
         expected = {plan.id: self._expected_row(plan) for plan, _ in scanned}
+        base, base_version = previous, previous_version
         with self._claim_session() as session, claimed_generations(session, expected) as claims:
             try:
                 for plan, snapshot in scanned:
                     try:
                         self._check_claim(plan, claims, legacy_must_exist=True)
-                        moved.append((plan, snapshot, self._move_claimed(plan, snapshot)))
+                        handled = self._record_move(plan, snapshot, self._move_claimed(plan, snapshot),
+                                                    base, base_version)
                     except _STOPS_ONE_MOVE as error:
                         self._staged[plan.id] = _Staged(error=error)
+                        continue
+                    recorded.append((plan, handled))
+                    if plan.is_diff_base:
+                        base, base_version = handled[2], plan.generation.version
             finally:
                 try:
-                    self._publish(claims, [plan for plan, _, _ in moved])
+                    recorded = self._publish_moves(claims, recorded)
                 except OSError as error:            # not durable: not published, each move fails
-                    for plan, _, _ in moved:
+                    for plan, _ in recorded:
                         self._staged[plan.id] = _Staged(error=error)
-        for plan, snapshot, copied in moved:
-            self._staged.setdefault(plan.id, _Staged(snapshot, copied))
+        for plan, handled in recorded:
+            self._staged.setdefault(plan.id, _Staged(handled))
+
+    def _record_move(self, plan: GenerationPlan, snapshot: TreeSnapshot, copied: dict[str, FileRecord] | None,
+                     previous: SourceTree | None, previous_version: int | None) -> Handled:
+        """A claimed move's manifest, patch and link, from the tree as read before the move (a
+        cross-filesystem copy's records for its fingerprints). A manifest, patch or link that
+        cannot be written undoes the move: its row, not yet published, still names the legacy
+        folder, and the generation fails alone."""
+        snapshot.root = source_dir(_target(plan))
+        if copied is not None:
+            snapshot.files = copied             # the copy's fingerprints go into its manifest
+        checkpoint("moved")
+        try:
+            return self._record(plan, snapshot, previous, previous_version)
+        except FailedInPlace as failed:
+            self._undo_move(plan)               # back in the legacy folder: not a diff base
+            raise failed.cause from None
 
     def _scan_batch(self, batch: Sequence[GenerationPlan], previous: SourceTree | None
                     ) -> list[tuple[GenerationPlan, TreeSnapshot]]:
@@ -489,13 +507,35 @@ class Executor:
             undo()
             raise
 
+    def _publish_moves(self, claims: GenerationClaims, recorded: list[tuple[GenerationPlan, Handled]]
+                       ) -> list[tuple[GenerationPlan, Handled]]:
+        """The claim batch's moves, manifests, patches and links made durable (``flush_to_disk``:
+        one ``syncfs``), then every owned column of their rows (``storage_path``, ``version`` and
+        the metadata) in one statement and one commit, while the rows are still held: so the
+        application's row points at the files again within the claim batch, and each row is
+        written once (on SQLite a row holding ``output_files`` is rewritten whole, overflow
+        pages and journal, by every write that changes its size). Returns ``recorded`` with the
+        published rows' updates taken out (written); a row that drifted meanwhile (SQLite, where
+        rows are not locked) keeps its update, and the batch writer reports it. A failed fsync
+        raises, nothing published."""
+        updates = [handled[1] for _, handled in recorded if handled[1] is not None]
+        if not updates:
+            return recorded
+        flush_to_disk(self.storage)
+        written = claims.publish_updates(updates)
+        published = []
+        for plan, (outcome, update, tree) in recorded:
+            if update is not None and update.generation_id in written:
+                self._published[plan.id] = RowSeen(plan.row_seen.status, update.version, update.storage_path)
+                update = None
+            published.append((plan, (outcome, update, tree)))
+        return published
+
     def _publish(self, claims: GenerationClaims, plans: Sequence[GenerationPlan]) -> None:
-        """The renames of ``plans`` made durable (``flush_to_disk``: one ``syncfs``, which also
-        covers whatever the batch wrote before), then their rows'
+        """A renumbering rename made durable (``flush_to_disk``: one ``syncfs``), then the rows'
         ``storage_path`` and ``version`` in one statement and one commit, while the rows are
-        still held — so the application's row points at the files again within the claim
-        batch, not at the end of a metadata batch (its delete removes ``storage_path``). The
-        rest follows in the batch writer. A failed fsync raises, nothing published."""
+        still held, so the application's row names the renamed folder within the step. The
+        metadata follows in the batch writer. A failed fsync raises, nothing published."""
         if not plans:
             return
         flush_to_disk(self.storage)

@@ -225,6 +225,29 @@ def test_a_killed_writes_temp_file_in_a_target_is_swept_and_a_target_the_run_mad
     assert targets == [left]
 
 
+def test_a_moved_generations_row_is_written_once(tmp_path: Path, sqlite_url: str) -> None:
+    """A move's new place and its metadata go to its row in one write (the claim batch's
+    publish), not in two: on SQLite a row that holds ``output_files`` is rewritten whole,
+    overflow pages and journal, by every write that changes its size. A trigger counts the
+    writes of the columns the tool owns, per row."""
+    installation = build_installation(sqlite_url, tmp_path / "projects")
+    owned = "storage_path, version, file_count, total_size_bytes, diff_from_previous, changes_summary"
+    engine = installation.engine()
+    with engine.begin() as connection:
+        connection.execute(sa.text("CREATE TABLE row_writes (generation_id TEXT)"))
+        connection.execute(sa.text(f"CREATE TRIGGER count_row_writes AFTER UPDATE OF {owned} ON generations "
+                                   "BEGIN INSERT INTO row_writes VALUES (new.id); END"))
+    result = run_cli(installation, "--json", "run")
+    assert result.returncode == 0, result.stderr
+    moved = [line["id"] for line in json.loads(result.stdout)["generations"] if line["action"] == "moved"]
+    assert len(moved) >= 5, "the sample has moves"
+    with engine.connect() as connection:
+        writes = {row.generation_id: row.writes for row in connection.execute(sa.text(
+            "SELECT generation_id, count(*) AS writes FROM row_writes GROUP BY generation_id"))}
+    engine.dispose()
+    assert {generation_id: writes.get(generation_id) for generation_id in moved} == dict.fromkeys(moved, 1)
+
+
 def test_database_not_at_head_is_refused(tmp_path: Path, sqlite_url: str) -> None:
     installation = build_installation(sqlite_url, tmp_path / "projects", to_head=False)
     before = tree_digest(installation.root)
