@@ -111,28 +111,31 @@ class GenerationClaims:
         claimed, and commit: the rows are released. Returns the ids written; one missing drifted
         meanwhile (SQLite, where rows are not locked). On PostgreSQL one statement for the whole
         batch, a round trip; on SQLite one per row (a local file: only the commit costs)."""
-        if places and self.connection.dialect.name == "postgresql":
-            written = set(self.connection.execute(_place_statement(places, self.seen)).scalars())
+        return self.publish_updates([], places)
+
+    def publish_updates(self, updates: Sequence[GenerationUpdate], places: dict[str, Place] | None = None) -> set[str]:
+        """``publish`` with every column the tool owns (a new place and the metadata, known
+        once the disk steps are done) for ``updates``, and the new place alone for ``places``
+        (a move that stays where it is without its metadata), in one transaction: each row
+        conditional on the row as claimed, then commit. Returns the ids written, as
+        ``publish`` does."""
+        written = self._write_places(places or {})
+        ordered = sorted(updates, key=lambda update: update.generation_id)
+        if ordered and self.connection.dialect.name == "postgresql":
+            written |= set(self.connection.execute(_updates_statement(ordered)).scalars())
         else:
-            written = {generation_id for generation_id, place in places.items()
-                       if self.connection.execute(_RECORD_PLACE, _place_parameters(generation_id, place,
-                                                                                   self.seen[generation_id])
-                                                  ).rowcount == 1}
+            written |= {update.generation_id for update in ordered
+                        if self.connection.execute(_UPDATE_GENERATION, _update_parameters(update)).rowcount == 1}
         self.connection.commit()
         return written
 
-    def publish_updates(self, updates: Sequence[GenerationUpdate]) -> set[str]:
-        """``publish`` with every column the tool owns (a new place and the metadata, known
-        once the disk steps are done): each row conditional on the row as claimed (its
-        ``seen``), then commit. Returns the ids written, as ``publish`` does."""
-        ordered = sorted(updates, key=lambda update: update.generation_id)
-        if ordered and self.connection.dialect.name == "postgresql":
-            written = set(self.connection.execute(_updates_statement(ordered)).scalars())
-        else:
-            written = {update.generation_id for update in ordered
-                       if self.connection.execute(_UPDATE_GENERATION, _update_parameters(update)).rowcount == 1}
-        self.connection.commit()
-        return written
+    def _write_places(self, places: dict[str, Place]) -> set[str]:
+        if places and self.connection.dialect.name == "postgresql":
+            return set(self.connection.execute(_place_statement(places, self.seen)).scalars())
+        return {generation_id for generation_id, place in places.items()
+                if self.connection.execute(_RECORD_PLACE, _place_parameters(generation_id, place,
+                                                                            self.seen[generation_id])
+                                           ).rowcount == 1}
 
 
 _RECORD_PLACE = (

@@ -288,14 +288,18 @@ class Executor:
         once; move each and write its manifest, patch and link; make all of it durable and
         publish the rows — new place and metadata, each row written once — in one statement and
         one commit. What each move came to waits in ``_staged`` for its generation's turn; a
-        generation that cannot go on (its row drifted, a collision, an unreadable file, a full
-        disk) stops alone, its move undone if it got that far. ``previous`` and
+        generation that cannot go on (its row drifted, a collision, an unreadable file) stops
+        alone. A move whose manifest, patch or link cannot be written (a full disk, an
+        unreadable patch base) stays in place and its new place alone is published with the
+        batch (``FailedInPlace``): it fails alone and stays the next version's diff base, as the
+        plan counted on, and its row never names a folder that is gone. ``previous`` and
         ``previous_version`` are the diff base before the batch; within it each move's diff base
         is the batch's last one before it, as ``carry_out`` would hand it."""
         scanned = self._scan_batch(batch, previous)
         if not scanned:
             return
         recorded: list[tuple[GenerationPlan, Handled]] = []
+        in_place: list[GenerationPlan] = []
         expected = {plan.id: self._expected_row(plan) for plan, _ in scanned}
         base, base_version = previous, previous_version
         with self._claim_session() as session, claimed_generations(session, expected) as claims:
@@ -305,6 +309,12 @@ class Executor:
                         self._check_claim(plan, claims, legacy_must_exist=True)
                         handled = self._record_move(plan, snapshot, self._move_claimed(plan, snapshot),
                                                     base, base_version)
+                    except FailedInPlace as failed:
+                        self._staged[plan.id] = _Staged(error=failed)
+                        in_place.append(plan)
+                        if plan.is_diff_base and self.storage.is_folder(failed.tree.root):
+                            base, base_version = failed.tree, plan.generation.version
+                        continue
                     except _STOPS_ONE_MOVE as error:
                         self._staged[plan.id] = _Staged(error=error)
                         continue
@@ -313,10 +323,11 @@ class Executor:
                         base, base_version = handled[2], plan.generation.version
             finally:
                 try:
-                    recorded = self._publish_moves(claims, recorded)
+                    recorded = self._publish_moves(claims, recorded, in_place)
                 except OSError as error:            # not durable: not published, each move fails
-                    for plan, _ in recorded:
+                    for plan in [plan for plan, _ in recorded] + in_place:
                         self._staged[plan.id] = _Staged(error=error)
+        checkpoint("published")                     # the batch's rows name its moves' new places
         for plan, handled in recorded:
             self._staged.setdefault(plan.id, _Staged(handled))
 
@@ -324,17 +335,13 @@ class Executor:
                      previous: SourceTree | None, previous_version: int | None) -> Handled:
         """A claimed move's manifest, patch and link, from the tree as read before the move (a
         cross-filesystem copy's records for its fingerprints). A manifest, patch or link that
-        cannot be written undoes the move: its row, not yet published, still names the legacy
-        folder, and the generation fails alone."""
+        cannot be written raises ``FailedInPlace``: the move stays, and its claim batch
+        publishes its new place alone."""
         snapshot.root = source_dir(_target(plan))
         if copied is not None:
             snapshot.files = copied             # the copy's fingerprints go into its manifest
         checkpoint("moved")
-        try:
-            return self._record(plan, snapshot, previous, previous_version)
-        except FailedInPlace as failed:
-            self._undo_move(plan)               # back in the legacy folder: not a diff base
-            raise failed.cause from None
+        return self._record(plan, snapshot, previous, previous_version)
 
     def _scan_batch(self, batch: Sequence[GenerationPlan], previous: SourceTree | None
                     ) -> list[tuple[GenerationPlan, TreeSnapshot]]:
@@ -507,8 +514,8 @@ class Executor:
             undo()
             raise
 
-    def _publish_moves(self, claims: GenerationClaims, recorded: list[tuple[GenerationPlan, Handled]]
-                       ) -> list[tuple[GenerationPlan, Handled]]:
+    def _publish_moves(self, claims: GenerationClaims, recorded: list[tuple[GenerationPlan, Handled]],
+                       in_place: Sequence[GenerationPlan]) -> list[tuple[GenerationPlan, Handled]]:
         """The claim batch's moves, manifests, patches and links made durable (``flush_to_disk``:
         one ``syncfs``), then every owned column of their rows (``storage_path``, ``version`` and
         the metadata) in one statement and one commit, while the rows are still held: so the
@@ -516,13 +523,19 @@ class Executor:
         written once (on SQLite a row holding ``output_files`` is rewritten whole, overflow
         pages and journal, by every write that changes its size). Returns ``recorded`` with the
         published rows' updates taken out (written); a row that drifted meanwhile (SQLite, where
-        rows are not locked) keeps its update, and the batch writer reports it. A failed fsync
-        raises, nothing published."""
+        rows are not locked) keeps its update, and the batch writer reports it. The moves
+        ``in_place`` (moved, their manifest, patch or link not written) get their new place
+        alone, in the same statement's transaction: their rows name the folder that is there. A
+        failed fsync raises, nothing published."""
         updates = [handled[1] for _, handled in recorded if handled[1] is not None]
-        if not updates:
+        if not updates and not in_place:
             return recorded
         flush_to_disk(self.storage)
-        written = claims.publish_updates(updates)
+        places: dict[str, Place] = {plan.id: (plan.storage_path, plan.generation.version) for plan in in_place}
+        written = claims.publish_updates(updates, places)
+        for plan in in_place:
+            if plan.id in written:
+                self._published[plan.id] = RowSeen(plan.row_seen.status, plan.generation.version, plan.storage_path)
         published = []
         for plan, (outcome, update, tree) in recorded:
             if update is not None and update.generation_id in written:
@@ -564,7 +577,7 @@ class Executor:
         return generation.diff_from_previous if same else patch_path
 
     def _undo_move(self, plan: GenerationPlan) -> None:
-        """A move whose manifest, patch or link could not be written (a full disk): ``source/``
+        """A move whose flat link could not be left to it (a full disk): ``source/``
         goes back to the legacy folder by one rename (over the link the move left there), so
         the application still finds the files where its row says they are. Across filesystems
         the rename is refused and the verified copy stays in place for the next run."""

@@ -584,11 +584,11 @@ def _stop(process: subprocess.Popen[str]) -> None:
 
 def test_a_participant_that_lost_its_claim_after_a_move_writes_nothing(installation: Sandbox,
                                                                         postgres_url: str) -> None:
-    # A stops right after its first claim batch of moves (published: the rows and the flat links
+    # A stops right after its first claim batch of moves is published (the rows and the flat links
     # name the new places) and its lock session is terminated; the application edits a file of that generation
     # through its flat path; B finishes everything (its manifest holds the edit). Continued, A
     # holds a scan from before the edit: it must write nothing — no stale manifest — and exit 1.
-    stale = participant(installation, "stale", extra_environment={PAUSE_AT_VARIABLE: "moved"})
+    stale = participant(installation, "stale", extra_environment={PAUSE_AT_VARIABLE: "published"})
     try:
         wait_until_stopped(stale)
         moved = [row[0] for row in query_rows(
