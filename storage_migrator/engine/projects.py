@@ -149,19 +149,20 @@ def _carry_out_project(storage: Storage, engine: Engine, executor: Executor, opt
                        record: ProjectRecord, root_temps: RootTempFiles) -> None:
     generation_ids = [generation.id for generation in record.generations]
     executor.fence()
-    with handling_project(record.project_id, generation_ids):
-        try:
-            recover_project(storage, record.project_id, generation_ids, root_temps)
-            states = executor.report.application_states
-            if options.adopt_complete:
-                record, adopted = adopt_complete(storage, engine, record, output_files_reader(engine))
-                states[ADOPTED].extend(adopted)
-            merge_states(states, project_states(storage, record, output_files_reader(engine)))
+    try:
+        recover_project(storage, record.project_id, generation_ids, root_temps)
+        states = executor.report.application_states
+        if options.adopt_complete:
+            record, adopted = adopt_complete(storage, engine, record, output_files_reader(engine))
+            states[ADOPTED].extend(adopted)
+        merge_states(states, project_states(storage, record, output_files_reader(engine)))
+        with handling_project(record.project_id, generation_ids):
             plan = plan_project(record, storage, options.resync, output_files_reader(engine),
                                 reserve=version_reserver(engine), ahead=executor.scan_ahead)
-        except FAILS_ONE_GENERATION as error:
-            executor.fail_unplanned(unplanned_outcomes(record, error))
-            return
+    except FAILS_ONE_GENERATION as error:
+        executor.fail_unplanned(unplanned_outcomes(record, error))
+        return
+    with handling_project(record.project_id, generation_ids):
         executor.carry_out(plan)
 
 
