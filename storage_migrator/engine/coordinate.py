@@ -37,6 +37,7 @@ from storage_migrator.engine.orphans import find_orphans
 from storage_migrator.engine.projects import RunOptions, carry_out_claimed
 from storage_migrator.engine.workers import run_in_workers
 from storage_migrator.errors import UsageError
+from storage_migrator.faults import checkpoint
 from storage_migrator.report import ProgressFactory, RunReport, Workload
 from storage_migrator.storage.handle import open_storage
 from storage_migrator.storage.layout import StorageLayout
@@ -267,6 +268,8 @@ class Participant:
             if progressed:
                 self._waiting_since = None
             else:
+                # every pending bucket was tried in this pass and is claimed by another participant
+                checkpoint("waiting-for-claims")
                 self._wait(partial(self._claims_of, [bucket for bucket in pending if bucket not in seen]))
         if scanner and orphan_scan is not None:
             orphan_scan()

@@ -26,7 +26,7 @@ import sqlalchemy as sa
 
 from storage_migrator.config import Settings
 from storage_migrator.demo import SampleSize
-from storage_migrator.engine.coordinate import BUCKETS, DONE_CLASS
+from storage_migrator.engine.coordinate import BUCKETS
 from storage_migrator.faults import PAUSE_AT_VARIABLE
 from tests.support.sandbox import (
     Sandbox,
@@ -40,6 +40,8 @@ from tests.support.sandbox import (
 )
 
 pytestmark = pytest.mark.postgres
+# a survivor stops here after finding every bucket left claimed by another participant
+WAITING = "waiting-for-claims"
 SIZE = SampleSize(projects=30, generations_per_project=3, files_per_generation=6)
 
 
@@ -134,24 +136,6 @@ def wait_for_participants(installation: Sandbox, count: int, timeout: float = 60
     raise AssertionError(f"fewer than {count} participants joined")
 
 
-def wait_for_done_markers(installation: Sandbox, count: int, timeout: float = 300) -> None:
-    engine = installation.engine()
-    deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline:
-            with engine.connect() as connection:
-                done = connection.execute(sa.text(
-                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 2 "
-                    "AND classid::bigint = :done AND database = "
-                    "(SELECT oid FROM pg_database WHERE datname = current_database())"), {"done": DONE_CLASS}).scalar_one()
-            if done >= count:
-                return
-            time.sleep(0.05)
-    finally:
-        engine.dispose()
-    raise AssertionError(f"fewer than {count} buckets were done")
-
-
 def all_ids(installation: Sandbox) -> set[str]:
     with installation.engine().connect() as connection:
         return {row[0] for row in connection.execute(sa.text("SELECT id FROM generations"))}
@@ -202,10 +186,15 @@ def test_a_killed_participant_is_taken_over(installation: Sandbox, reference: tu
     step = random.Random(18).randint(5, 40)
     victim = participant(installation, "victim", extra_environment={PAUSE_AT_VARIABLE: str(step)})
     wait_until_stopped(victim)
-    survivors = [participant(installation, f"survivor-{index}") for index in range(2)]
-    wait_for_done_markers(installation, BUCKETS - 1)
+    # each survivor stops once it has tried the victim's bucket and found it claimed
+    survivors = [participant(installation, f"survivor-{index}", extra_environment={PAUSE_AT_VARIABLE: WAITING})
+                 for index in range(2)]
+    for survivor in survivors:
+        wait_until_stopped(survivor)
     victim.send_signal(signal.SIGKILL)
     victim.wait(timeout=60)
+    for survivor in survivors:
+        survivor.send_signal(signal.SIGCONT)
     results = [finish(process) for process in survivors]
     for returncode, _, stderr in results:
         assert returncode == 0, stderr
@@ -231,11 +220,13 @@ def test_two_participants_killed_at_step_boundaries_are_taken_over(installation:
         victim = participant(installation, f"victim-{index}", extra_environment={PAUSE_AT_VARIABLE: step})
         wait_until_stopped(victim)
         victims.append(victim)
-    survivor = participant(installation, "survivor")
-    wait_for_done_markers(installation, BUCKETS - 2)        # all but the victims' claimed buckets
+    # the survivor does every other bucket, then stops having found the victims' buckets claimed
+    survivor = participant(installation, "survivor", extra_environment={PAUSE_AT_VARIABLE: WAITING})
+    wait_until_stopped(survivor)
     for victim in victims:
         victim.send_signal(signal.SIGKILL)
         victim.wait(timeout=60)
+    survivor.send_signal(signal.SIGCONT)
     returncode, stdout, stderr = finish(survivor)
     assert returncode == 0, stderr
     document = json.loads(stdout)
