@@ -12,13 +12,16 @@ short files, about 370 a generation); and ``long``, 24 consecutive patch release
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import os
+import re
 import shutil
 import statistics
-import subprocess
-import sys
 import tarfile
 import tempfile
+import threading
+import urllib.request
 import uuid
 import zipfile
 from collections.abc import Iterator, Mapping
@@ -60,8 +63,7 @@ LONG_RELEASES: dict[str, tuple[str, ...]] = {
     # edit a few lines of some of them. 2.0.35 .. 2.0.58 are the newest 24 of the 2.0 line, all
     # patch releases, none yanked, no pre-release among them: every pair is one small step. Pinned
     # for the same reason as RELEASES. The sdist also ships the built HTML docs, long pages that
-    # change by a few lines per release. Preparing its metadata needs Cython: the first pip
-    # download builds Cython from source (two minutes), pip's wheel cache serves the rest.
+    # change by a few lines per release.
     "sqlalchemy": ("2.0.35", "2.0.36", "2.0.37", "2.0.38", "2.0.39", "2.0.40", "2.0.41", "2.0.42",
                    "2.0.43", "2.0.44", "2.0.45", "2.0.46", "2.0.47", "2.0.48", "2.0.49", "2.0.50",
                    "2.0.51", "2.0.52", "2.0.53", "2.0.54", "2.0.55", "2.0.56", "2.0.57", "2.0.58"),
@@ -217,9 +219,7 @@ _EPOCH = datetime(2025, 1, 6, 9, 0, 0, tzinfo=UTC)
 _NAMED_PACKAGES = 8
 """A corpus of more packages than this is described by their count, not their names."""
 _DOWNLOAD_JOBS = 8
-"""pip spends most of its time waiting (on the index, on its build-isolation subprocesses), not
-computing, and the app corpus alone is nearly a thousand sdists: a cold fetch still takes the
-better part of an hour on a busy 2-core machine."""
+"""Downloads wait on the network, not on the machine: the app corpus is nearly a thousand sdists."""
 
 
 @dataclass(frozen=True)
@@ -322,30 +322,66 @@ def sdist_path(release: Release, cache: Path = CACHE) -> Path | None:
     return found[0] if found else None
 
 
-def fetch_sdist(release: Release, cache: Path = CACHE) -> Path:
-    """Download one sdist with pip (the registry's own client), into its own cache folder.
+INDEX_URL = os.environ.get("PIP_INDEX_URL", "https://pypi.org/simple").rstrip("/")
+"""The package index's simple API (PEP 691, JSON): the same files pip would download."""
+_index_pages: dict[str, list[dict]] = {}
+_index_lock = threading.Lock()
 
-    One pip call per release: pip refuses two versions of one package in a single call. pip
-    prepares the sdist's metadata, but nothing is built or installed. ``--no-binary`` names the
-    package alone: its build backend comes as a wheel (``:all:`` would build setuptools and the
-    rest from source for every release). The archive lands in a scratch folder first so that an
-    interrupted download never looks cached.
+
+def _normalized(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _index_files(package: str) -> list[dict]:
+    """The index's file list for ``package``, asked for once per process."""
+    with _index_lock:
+        if package not in _index_pages:
+            request = urllib.request.Request(f"{INDEX_URL}/{_normalized(package)}/",
+                                             headers={"Accept": "application/vnd.pypi.simple.v1+json"})
+            with urllib.request.urlopen(request, timeout=120) as response:
+                _index_pages[package] = json.load(response)["files"]
+        return _index_pages[package]
+
+
+def _sdist_entry(release: Release) -> dict:
+    """The index's entry for the release's sdist: ``<name>-<version>.tar.gz`` (or ``.zip``), the
+    name compared as PEP 503 normalizes it."""
+    for entry in _index_files(release.package):
+        filename = entry["filename"]
+        for suffix in (".tar.gz", ".zip"):
+            stem = filename[:-len(suffix)] if filename.endswith(suffix) else None
+            if stem and stem.endswith(f"-{release.version}") \
+                    and _normalized(stem[:-len(release.version) - 1]) == _normalized(release.package):
+                return entry
+    raise RuntimeError(f"{release.label}: the index at {INDEX_URL} lists no sdist of it")
+
+
+def fetch_sdist(release: Release, cache: Path = CACHE) -> Path:
+    """Download one sdist from the index's simple API into its own cache folder, checked against
+    the SHA-256 the index gives.
+
+    Nothing is built, not even metadata: the archive is all the corpus needs (``pip download``
+    prepares each sdist's metadata, a build per release). The archive lands in a scratch folder
+    first so that an interrupted download never looks cached.
     """
     cached = sdist_path(release, cache)
     if cached:
         return cached
+    entry = _sdist_entry(release)
     target = cache / "sdists" / release.label
     scratch = Path(tempfile.mkdtemp(prefix=f".{release.label}-", dir=cache))
     try:
-        result = subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", release.package,
-             "--disable-pip-version-check", "-d", str(scratch), f"{release.package}=={release.version}"],
-            capture_output=True, text=True, check=False)
-        archives = [path for path in scratch.iterdir() if path.name.endswith((".tar.gz", ".zip"))]
-        if result.returncode != 0 or len(archives) != 1:
-            raise RuntimeError(f"pip download {release.label} failed ({result.returncode}):\n{result.stderr[-2000:]}")
+        archive = scratch / entry["filename"]
+        digest = hashlib.sha256()
+        with urllib.request.urlopen(entry["url"], timeout=300) as response, archive.open("wb") as sink:
+            while chunk := response.read(1 << 20):
+                digest.update(chunk)
+                sink.write(chunk)
+        expected = entry.get("hashes", {}).get("sha256")
+        if expected and digest.hexdigest() != expected:
+            raise RuntimeError(f"{release.label}: {entry['filename']} does not match the index's SHA-256")
         target.mkdir(parents=True, exist_ok=True)
-        return Path(shutil.move(str(archives[0]), target / archives[0].name))
+        return Path(shutil.move(str(archive), target / archive.name))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
@@ -400,18 +436,12 @@ def extracted_tree(release: Release, cache: Path = CACHE) -> Path:
 
 def ensure_corpus(cache: Path = CACHE, corpus: ReleaseCorpus = REAL) -> dict[Release, Path]:
     """Every release's generation folder (its unpacked tree, or the package folder in it that
-    ``corpus`` names), fetching only what the cache lacks.
-
-    The first release is fetched alone: a build dependency pip must build from source to read
-    an sdist's metadata (Cython, for SQLAlchemy) is then built once, not once per download job.
-    """
+    ``corpus`` names), fetching only what the cache lacks."""
     cache.mkdir(parents=True, exist_ok=True)
-    first, *rest = corpus.all_releases()
-    trees = [extracted_tree(first, cache)]
+    releases = corpus.all_releases()
     with ThreadPoolExecutor(_DOWNLOAD_JOBS) as pool:
-        trees += pool.map(lambda release: extracted_tree(release, cache), rest)
-    return {release: corpus.generation_folder(release, tree)
-            for release, tree in zip([first, *rest], trees, strict=True)}
+        trees = list(pool.map(lambda release: extracted_tree(release, cache), releases))
+    return {release: corpus.generation_folder(release, tree) for release, tree in zip(releases, trees, strict=True)}
 
 
 def tree_size(tree: Path) -> TreeSize:
