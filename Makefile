@@ -69,7 +69,7 @@ lock: $(UV)
 	$(UV) lock --upgrade
 
 # Every corpus, the application-shaped one (app) first, then real, long and synthetic, each on SQLite
-# and PostgreSQL (TEST_DATABASE_URL's server). The first call fetches the pinned sdists (tens of minutes).
+# and PostgreSQL (TEST_DATABASE_URL's server). The first call fetches the pinned sdists (about a minute).
 bench: $(BIN)/storage-migrate
 	$(BIN)/python benchmarks/bench_run.py --corpus all --database sqlite,postgresql
 

@@ -31,6 +31,11 @@ fdatasync and syncfs calls, whole-machine sync() counted apart), and, on Postgre
 counted on the wire by a relay between the tool and the server (benchmarks/round_trips.py: each
 time a client speaks after the server has, on every connection, pre-pings and log-ins included;
 SQLite has none, its commits show as fsyncs).
+
+Two more floors say what no implementation of `run` or `resync` can skip: `write_floor.py`, the
+database alone taking run's one write per row (the finished run's values into fresh rows, 8 per
+transaction), per database; and `find -printf` of every file's size, mtime, ctime and inode (an
+lstat each, nothing read), what an unchanged resync must look at before it may say "unchanged".
 """
 from __future__ import annotations
 
@@ -61,6 +66,7 @@ TOOL = [sys.executable, "-m", "storage_migrator"]
 SERVER_URL = os.environ.get("TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 LEGACY_TABLES = ("users", "organizations", "projects", "generations")
 DRY_RUN, RUN_ONE, RUN, RESYNC = "dry-run", "run --workers 1", "run", "resync"
+WRITE_FLOOR = "write floor"
 CORPUS_GROUPS = {"both": ("real", "synthetic"), "all": ("app", "real", "long", "synthetic")}
 """--corpus names that stand for several corpora, benchmarked in this order."""
 
@@ -319,6 +325,7 @@ def bench_database(label: str, database_url: str, corpus: Corpus, work: Path, wo
     check = subprocess.run([*TOOL, "-q", "verify"], env=tool_env(root, url), capture_output=True, text=True, check=False)
     if check.returncode != 0:
         sys.exit(f"verify failed after the run on {label}:\n{check.stdout[-3000:]}{check.stderr[-2000:]}")
+    timings[WRITE_FLOOR] = write_floor(label, url, corpus, work, postgres)
     server = sa.make_url(database_url)
     with contextlib.ExitStack() as stack:
         relay = stack.enter_context(RoundTripCounter(server.host or "127.0.0.1", server.port or 5432)) if postgres else None
@@ -334,6 +341,32 @@ def bench_database(label: str, database_url: str, corpus: Corpus, work: Path, wo
     return timings, tolls
 
 
+def write_floor(label: str, done_url: str, corpus: Corpus, work: Path, postgres: PostgresCopy | None) -> Timing:
+    """``write_floor.py``: the finished run's column values written into a fresh copy of the
+    legacy rows, one UPDATE per row, 8 rows per transaction; the writes alone are timed."""
+    if postgres:
+        fresh = f"{sa.make_url(postgres.url).database}_floor"
+        _admin([f'DROP DATABASE IF EXISTS "{fresh}"', f'CREATE DATABASE "{fresh}" TEMPLATE "{postgres.template}"'])
+        fresh_url = sa.make_url(postgres.url).set(database=fresh).render_as_string(hide_password=False)
+    else:
+        copy = work / f"{label}-floor.db"
+        shutil.copy2(corpus.folder / "codebegen.db", copy)
+        fresh_url = f"sqlite:///{copy}"
+    try:
+        result = subprocess.run([sys.executable, str(Path(__file__).with_name("write_floor.py")), done_url, fresh_url],
+                                capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            sys.exit(f"write_floor.py failed on {label}:\n{result.stderr[-3000:]}")
+        seconds = float(result.stdout.split()[-1])
+    finally:
+        if postgres:
+            _admin([f'DROP DATABASE IF EXISTS "{fresh}"'])
+        else:
+            copy.unlink(missing_ok=True)
+    return Timing("the database alone: run's one write per row, 8 rows per transaction (floor)", label, seconds, 0,
+                  corpus.files)
+
+
 @dataclass(frozen=True)
 class Baselines:
     """What the tool is measured against: the shell pipeline, and three floors that read every byte
@@ -344,6 +377,8 @@ class Baselines:
     sha256sum: Timing
     cat: Timing
     python: Timing
+    stat: Timing
+    """An lstat of every file and nothing read (find -printf): the least an unchanged resync does."""
 
 
 def bench_baselines(corpus: Corpus, work: Path) -> Baselines:
@@ -367,7 +402,12 @@ def bench_baselines(corpus: Corpus, work: Path) -> Baselines:
     python = Timing("Python: open, read, sha256 + git sha1 of every file (floor, default workers)", "-", seconds, rss,
                     corpus.files)
     shutil.rmtree(work / "python", ignore_errors=True)
-    return Baselines(shell, floor, cat, python)
+    root, _ = fresh_copy(corpus, work / "stat", corpus.sqlite_url)
+    seconds, rss = timed(["bash", "-c", f"find {shlex.quote(str(root))} -type f -printf '%s %T@ %C@ %i\\n' > /dev/null"])
+    stat_floor = Timing("lstat of every file, nothing read: find -printf size, mtime, ctime, inode (floor of resync)",
+                        "-", seconds, rss, corpus.files)
+    shutil.rmtree(work / "stat", ignore_errors=True)
+    return Baselines(shell, floor, cat, python, stat_floor)
 
 
 # --------------------------------------------------------------------------- report
@@ -388,8 +428,8 @@ def timings_table(by_database: dict[str, dict[str, Timing]], baselines: Baseline
     shell, floor, cat = baselines.shell, baselines.sha256sum, baselines.cat
     lines = ["| contender | database | wall s | peak RSS MB | files/s | / shell | / sha256sum | / cat |",
              "|---|---|---|---|---|---|---|---|"]
-    every = [timing for timings in by_database.values() for timing in timings.values()] + [shell, floor, cat,
-                                                                                           baselines.python]
+    every = [timing for timings in by_database.values() for timing in timings.values()] + [
+        shell, floor, cat, baselines.python, baselines.stat]
     for timing in every:
         rate = timing.files / timing.seconds if timing.seconds else float("inf")
         lines.append(f"| {timing.contender} | {timing.database} | {timing.seconds:.2f} | {timing.peak_rss_mb:.0f} "
@@ -417,13 +457,16 @@ def tolls_table(tolls: list[Tolls], corpus: Corpus) -> list[str]:
 
 def ratios_table(by_database: dict[str, dict[str, Timing]], baselines: Baselines) -> list[str]:
     shell, floor, cat = baselines.shell, baselines.sha256sum, baselines.cat
-    lines = ["| database | run/shell | run/sha256sum | run/cat | run --workers 1/shell | resync/run | peak RSS of run MB |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| database | run/shell | run/sha256sum | run/cat | run --workers 1/shell | resync/run "
+             "| write floor/sha256sum | stat floor/sha256sum | resync/stat floor | peak RSS of run MB |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for label, timings in by_database.items():
-        run, single, resync = timings[RUN], timings[RUN_ONE], timings[RESYNC]
+        run, single, resync, writes = timings[RUN], timings[RUN_ONE], timings[RESYNC], timings[WRITE_FLOOR]
         lines.append(f"| {label} | {_ratio(run.seconds, shell.seconds)} | {_ratio(run.seconds, floor.seconds)} "
                      f"| {_ratio(run.seconds, cat.seconds)} | {_ratio(single.seconds, shell.seconds)} "
-                     f"| {_ratio(resync.seconds, run.seconds)} | {run.peak_rss_mb:.0f} |")
+                     f"| {_ratio(resync.seconds, run.seconds)} | {_ratio(writes.seconds, floor.seconds)} "
+                     f"| {_ratio(baselines.stat.seconds, floor.seconds)} | {_ratio(resync.seconds, baselines.stat.seconds)} "
+                     f"| {run.peak_rss_mb:.0f} |")
     return lines
 
 

@@ -31,6 +31,8 @@ def printable(path: str | bytes) -> str:
     else:
         raw = path
     text = raw.decode("utf-8", "backslashreplace")
+    if text.isprintable():
+        return text
     return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text)
 
 

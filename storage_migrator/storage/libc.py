@@ -9,6 +9,7 @@ import errno
 import functools
 import os
 import struct
+import threading
 from collections.abc import Callable
 
 RENAME_NOREPLACE = 1
@@ -96,6 +97,17 @@ _DIRENT_HEAD = struct.Struct("=QqHB")   # d_ino, d_off, d_reclen, d_type; d_name
 _DIRENT_BUFFER = 64 << 10
 
 
+_buffers = threading.local()
+
+
+def _dirent_buffer() -> ctypes.Array[ctypes.c_char]:
+    """This thread's listing buffer, made once: a fresh one is 64 KiB zeroed per directory."""
+    buffer = getattr(_buffers, "dirent", None)
+    if buffer is None:
+        buffer = _buffers.dirent = ctypes.create_string_buffer(_DIRENT_BUFFER)
+    return buffer
+
+
 def getdents64_function() -> Callable[..., int] | None:
     return libc_function("getdents64", ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t)
 
@@ -112,7 +124,7 @@ def read_directory(fd: int) -> list[tuple[str, int, int]] | None:
     function = getdents64_function()
     if function is None:
         return None
-    buffer = ctypes.create_string_buffer(_DIRENT_BUFFER)
+    buffer = _dirent_buffer()
     found: list[tuple[str, int, int]] = []
     while True:
         length = function(fd, buffer, _DIRENT_BUFFER)
