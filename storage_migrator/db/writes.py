@@ -3,6 +3,7 @@ batch of generations before an irreversible disk step, their publication, the ba
 writer's updates, project updates and version reservations."""
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -122,7 +123,8 @@ class GenerationClaims:
         written = self._write_places(places or {})
         ordered = sorted(updates, key=lambda update: update.generation_id)
         if ordered and self.connection.dialect.name == "postgresql":
-            written |= set(self.connection.execute(_updates_statement(ordered)).scalars())
+            statement, parameters = _updates_statement(ordered)
+            written |= set(self.connection.execute(statement, parameters).scalars())
         else:
             written |= {update.generation_id for update in ordered
                         if self.connection.execute(_UPDATE_GENERATION, _update_parameters(update)).rowcount == 1}
@@ -131,7 +133,8 @@ class GenerationClaims:
 
     def _write_places(self, places: dict[str, Place]) -> set[str]:
         if places and self.connection.dialect.name == "postgresql":
-            return set(self.connection.execute(_place_statement(places, self.seen)).scalars())
+            statement, parameters = _place_statement(places, self.seen)
+            return set(self.connection.execute(statement, parameters).scalars())
         return {generation_id for generation_id, place in places.items()
                 if self.connection.execute(_RECORD_PLACE, _place_parameters(generation_id, place,
                                                                             self.seen[generation_id])
@@ -154,42 +157,52 @@ def _place_parameters(generation_id: str, place: Place, seen: RowSeen) -> dict[s
             "b_seen_storage_path": seen.storage_path, "b_storage_path": place[0], "b_version": place[1]}
 
 
-def _place_statement(places: dict[str, Place], seen: dict[str, RowSeen]) -> sa.UpdateBase:
-    """``UPDATE generations … FROM (VALUES …) RETURNING id``: every row's new place, each written
-    only where the row still shows what was claimed."""
-    placed = sa.values(
-        sa.column("id", sa.String), sa.column("seen_status", sa.String), sa.column("seen_version", sa.Integer),
-        sa.column("seen_storage_path", sa.String), sa.column("storage_path", sa.String),
-        sa.column("version", sa.Integer), name="placed",
-    ).data([(generation_id, seen[generation_id].status, seen[generation_id].version,
-             seen[generation_id].storage_path, storage_path, version)
-            for generation_id, (storage_path, version) in sorted(places.items())])
-    return (
-        generations.update()
-        .where(generations.c.id == placed.c.id, generations.c.status == placed.c.seen_status,
-               generations.c.version.is_not_distinct_from(placed.c.seen_version),
-               generations.c.storage_path.is_not_distinct_from(placed.c.seen_storage_path))
-        .values(storage_path=placed.c.storage_path, version=placed.c.version)
-        .returning(generations.c.id)
-    )
+def _place_statement(places: dict[str, Place], seen: dict[str, RowSeen]) -> tuple[sa.UpdateBase, dict[str, Any]]:
+    """Every row's new place, each written only where the row still shows what was claimed."""
+    rows = [(generation_id, seen[generation_id], {"storage_path": storage_path, "version": version})
+            for generation_id, (storage_path, version) in sorted(places.items())]
+    return _conditional_update(("storage_path", "version"), len(rows)), _row_parameters(rows)
 
 
-def _updates_statement(updates: Sequence[GenerationUpdate]) -> sa.UpdateBase:
-    """``UPDATE generations … FROM (VALUES …) RETURNING id``: every owned column of each row,
-    each row written only where it still shows what its update saw."""
-    written = sa.values(
-        sa.column("id", sa.String), sa.column("seen_status", sa.String), sa.column("seen_version", sa.Integer),
-        sa.column("seen_storage_path", sa.String),
-        *(sa.column(name, generations.c[name].type) for name in OWNED_GENERATION_COLUMNS), name="written",
-    ).data([(update.generation_id, update.seen.status, update.seen.version, update.seen.storage_path,
-             *update.column_values().values()) for update in updates])
+def _updates_statement(updates: Sequence[GenerationUpdate]) -> tuple[sa.UpdateBase, dict[str, Any]]:
+    """Every owned column of each row, each written only where the row still shows what its
+    update saw."""
+    rows = [(update.generation_id, update.seen, update.column_values()) for update in updates]
+    return _conditional_update(OWNED_GENERATION_COLUMNS, len(rows)), _row_parameters(rows)
+
+
+def _row_parameters(rows: Sequence[tuple[str, RowSeen, dict[str, Any]]]) -> dict[str, Any]:
+    """The parameters of ``_conditional_update``: ``<column>_<row index>``."""
+    parameters: dict[str, Any] = {}
+    for index, (generation_id, seen, values) in enumerate(rows):
+        row = {"id": generation_id, "seen_status": seen.status, "seen_version": seen.version,
+               "seen_storage_path": seen.storage_path, **values}
+        parameters.update({f"{name}_{index}": value for name, value in row.items()})
+    return parameters
+
+
+_SEEN_COLUMNS: tuple[tuple[str, sa.types.TypeEngine[Any]], ...] = (
+    ("id", sa.String()), ("seen_status", sa.String()), ("seen_version", sa.Integer()),
+    ("seen_storage_path", sa.String()))
+
+
+@functools.lru_cache(maxsize=64)
+def _conditional_update(columns: tuple[str, ...], count: int) -> sa.UpdateBase:
+    """``UPDATE generations … FROM (SELECT … UNION ALL SELECT …) AS written … RETURNING id`` for
+    ``count`` rows: ``columns`` of each, where the row still shows what was seen. One statement
+    per (columns, count), built and compiled once: its parameters are named, never inlined —
+    and not a VALUES list, which SQLAlchemy never caches (every batch would be compiled anew)."""
+    typed: list[tuple[str, sa.types.TypeEngine[Any]]] = [
+        *_SEEN_COLUMNS, *((name, generations.c[name].type) for name in columns)]
+    rows: list[sa.Select[Any]] = [sa.select(*(sa.bindparam(f"{name}_{index}", type_=type_).label(name) for name, type_ in typed))
+            for index in range(count)]
+    written = (sa.union_all(*rows) if count > 1 else rows[0]).subquery("written")
     return (
         generations.update()
         .where(generations.c.id == written.c.id, generations.c.status == written.c.seen_status,
                generations.c.version.is_not_distinct_from(written.c.seen_version),
                generations.c.storage_path.is_not_distinct_from(written.c.seen_storage_path))
-        # A VALUES column whose parameters are JSON text is text: cast back to each column's type.
-        .values({name: sa.cast(written.c[name], generations.c[name].type) for name in OWNED_GENERATION_COLUMNS})
+        .values({name: written.c[name] for name in columns})
         .returning(generations.c.id)
     )
 
