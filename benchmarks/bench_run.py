@@ -76,7 +76,7 @@ class Timing:
     contender: str
     database: str
     seconds: float
-    peak_rss_mb: float
+    peak_rss_mb: float | None     # None: timed inside a process that does more than this
     files: int
 
 
@@ -363,7 +363,7 @@ def write_floor(label: str, done_url: str, corpus: Corpus, work: Path, postgres:
             _admin([f'DROP DATABASE IF EXISTS "{fresh}"'])
         else:
             copy.unlink(missing_ok=True)
-    return Timing("the database alone: run's one write per row, 8 rows per transaction (floor)", label, seconds, 0,
+    return Timing("the database alone: run's one write per row, 8 rows per transaction (floor)", label, seconds, None,
                   corpus.files)
 
 
@@ -424,6 +424,10 @@ def _ratio(numerator: float, denominator: float) -> str:
     return f"{numerator / denominator:.2f}" if denominator else "n/a"
 
 
+def _megabytes(peak_rss_mb: float | None) -> str:
+    return "-" if peak_rss_mb is None else f"{peak_rss_mb:.0f}"
+
+
 def timings_table(by_database: dict[str, dict[str, Timing]], baselines: Baselines) -> list[str]:
     shell, floor, cat = baselines.shell, baselines.sha256sum, baselines.cat
     lines = ["| contender | database | wall s | peak RSS MB | files/s | / shell | / sha256sum | / cat |",
@@ -432,7 +436,7 @@ def timings_table(by_database: dict[str, dict[str, Timing]], baselines: Baseline
         shell, floor, cat, baselines.python, baselines.stat]
     for timing in every:
         rate = timing.files / timing.seconds if timing.seconds else float("inf")
-        lines.append(f"| {timing.contender} | {timing.database} | {timing.seconds:.2f} | {timing.peak_rss_mb:.0f} "
+        lines.append(f"| {timing.contender} | {timing.database} | {timing.seconds:.2f} | {_megabytes(timing.peak_rss_mb)} "
                      f"| {rate:,.0f} | {_ratio(timing.seconds, shell.seconds)} | {_ratio(timing.seconds, floor.seconds)} "
                      f"| {_ratio(timing.seconds, cat.seconds)} |")
     return lines
@@ -466,7 +470,7 @@ def ratios_table(by_database: dict[str, dict[str, Timing]], baselines: Baselines
                      f"| {_ratio(run.seconds, cat.seconds)} | {_ratio(single.seconds, shell.seconds)} "
                      f"| {_ratio(resync.seconds, run.seconds)} | {_ratio(writes.seconds, floor.seconds)} "
                      f"| {_ratio(baselines.stat.seconds, floor.seconds)} | {_ratio(resync.seconds, baselines.stat.seconds)} "
-                     f"| {run.peak_rss_mb:.0f} |")
+                     f"| {_megabytes(run.peak_rss_mb)} |")
     return lines
 
 
