@@ -8,7 +8,6 @@ import time
 from contextlib import suppress
 from typing import Any
 
-import psycopg
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
@@ -65,6 +64,7 @@ class Heartbeat:
         self.lease = lease
         self.lock_pid = lock_pid
         self._engine = single_session_engine(database_url, f"{HEARTBEAT_NAME}{lock_pid}")
+        self._driver_error: type[Exception] = self._engine.dialect.loaded_dbapi.Error   # the driver's own base error
         self._connection: Any = None
         self._renewed = time.monotonic()
         self._lost: str | None = None
@@ -124,7 +124,7 @@ class Heartbeat:
             with self._session:
                 if self._lost is None:
                     return self._connection.driver_connection.execute(sql, parameters).fetchone()[0]
-        except psycopg.Error as error:
+        except self._driver_error as error:
             self._lost = self._lost or f"its heartbeat session failed ({first_line(error)})"
         self.check()
         return None
