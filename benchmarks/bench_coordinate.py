@@ -1,8 +1,11 @@
 """Benchmark: `storage-migrate run --coordinate` with 1 and with N participants (separate processes,
-each `--workers 1`, named as hosts by STORAGE_MIGRATE_HOSTNAME) on copies of the real-code corpus
+each `--workers 1`, named as hosts by STORAGE_MIGRATE_HOSTNAME) on copies of a real-code corpus
 and one PostgreSQL database, against the uncoordinated `run --workers 1`; then `verify`.
 
-    .venv/bin/python benchmarks/bench_coordinate.py [--scale K] [--participants 1,2] [--rounds R]
+    .venv/bin/python benchmarks/bench_coordinate.py [--corpus app|real|long] [--scale K] [--participants 1,2]
+        [--rounds R]
+
+The `app` corpus (the application's shape: many small generations) is the default.
 
 Wall time is from the first participant's start to the last one's end; each participant's
 `coordination` document gives its buckets, takeovers and time spent waiting. On one machine the
@@ -24,7 +27,17 @@ from storage_migrator.config import HEAD_REVISION
 from storage_migrator.db.revisions import upgrade_schema
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_run import TOOL, build_real, drop_postgres, fresh_copy, machine, prepare_postgres, reset_postgres, tool_env
+from bench_run import (
+    CORPORA,
+    TOOL,
+    build_real,
+    drop_postgres,
+    fresh_copy,
+    machine,
+    prepare_postgres,
+    reset_postgres,
+    tool_env,
+)
 
 
 def run_participants(root: Path, url: str, participants: int) -> tuple[float, list[dict]]:
@@ -55,7 +68,8 @@ def run_participants(root: Path, url: str, participants: int) -> tuple[float, li
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scale", type=int, default=4, help="K copies of each real project (5 per copy)")
+    parser.add_argument("--corpus", choices=tuple(CORPORA), default="app")
+    parser.add_argument("--scale", type=int, default=1, help="K copies of each project of the corpus")
     parser.add_argument("--participants", default="1,2")
     parser.add_argument("--rounds", type=int, default=2, help="timings per contender; the best is shown")
     arguments = parser.parse_args()
@@ -64,7 +78,7 @@ def main() -> None:
     try:
         folder = work / "corpus"
         folder.mkdir()
-        corpus = build_real(folder, arguments.scale)
+        corpus = build_real(folder, arguments.scale, arguments.corpus)
         postgres = prepare_postgres(corpus.sqlite_url)
         upgrade_schema(corpus.sqlite_url, HEAD_REVISION)
         rows = []
@@ -87,7 +101,7 @@ def main() -> None:
             drop_postgres(postgres)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    print(f"## run --coordinate, real corpus\n\nmachine: {machine()}\ncorpus: {corpus.description}; "
+    print(f"## run --coordinate, {arguments.corpus} corpus\n\nmachine: {machine()}\ncorpus: {corpus.description}; "
           f"PostgreSQL; best of {arguments.rounds}\n")
     print("| contender | wall s | speed-up over 1 participant | generations/s | buckets per participant "
           "| taken over | waited s (sum) | peak RSS per participant MB |")
