@@ -15,7 +15,6 @@ steps, publish and undo stay side by side so the order can be read in one place.
 """
 from __future__ import annotations
 
-import itertools
 import os
 import stat
 from collections.abc import Callable, Iterator, Sequence
@@ -31,7 +30,6 @@ from storage_migrator.db.reads import read_row_seen
 from storage_migrator.db.writes import GenerationClaims, Place, claimed_generations
 from storage_migrator.engine.batch import DEFAULT_BATCH_SIZE, BatchWriter
 from storage_migrator.engine.plan import Action, GenerationPlan, ProjectPlan
-from storage_migrator.engine.scan_ahead import ScanAhead
 from storage_migrator.errors import FAILS_ONE_GENERATION, GenerationError, UnsafePathComponent, failure_line
 from storage_migrator.faults import checkpoint
 from storage_migrator.patch import compare
@@ -133,7 +131,6 @@ class Executor:
     legacy_links: bool = True
     batch_size: int = DEFAULT_BATCH_SIZE
     on_generation: Callable[[int], None] = lambda count: None
-    scan_ahead: ScanAhead | None = None
     fence: Callable[[], None] = lambda: None
     """Called right before writes below ROOT — a move, a rebuild, a manifest and patch, a link,
     each project's ``active`` link: a coordinated participant's raises once it may no longer
@@ -144,7 +141,6 @@ class Executor:
     pre-ping, per claim batch); False where the engine has a single session that every statement
     shares (a coordinated participant's): each claim then checks the session out and back."""
     _writer: BatchWriter = field(init=False)
-    _next_move: dict[str, GenerationPlan] = field(init=False, default_factory=dict)  # plan id -> the move after it
     _published: dict[str, RowSeen] = field(init=False, default_factory=dict)   # id -> the row as the tool wrote it
     _staged: dict[str, _Staged] = field(init=False, default_factory=dict)   # id -> its move, done by a claim batch
     _made_targets: set[str] = field(init=False, default_factory=set)   # ids whose target folder this run made
@@ -160,7 +156,6 @@ class Executor:
     def carry_out(self, plan: ProjectPlan) -> None:
         previous: SourceTree | None = None
         previous_version: int | None = None
-        self._next_move = _next_moves(plan.generations) if self.scan_ahead is not None else {}
         self._staged.clear()
         self._made_targets.clear()
         checkpoint("planned")
@@ -353,7 +348,7 @@ class Executor:
         for plan in batch:
             try:
                 self._renumber_folder(plan)
-                snapshot = self._scan_legacy(plan, base)   # reads and checks all before a move
+                snapshot = scan_tree(self.storage, _legacy(plan), _diff_base(base), spare=plan.is_diff_base)
             except _STOPS_ONE_MOVE as error:
                 self._staged[plan.id] = _Staged(error=error)
                 continue
@@ -416,18 +411,6 @@ class Executor:
         else:
             tree = _scan(self.storage, source, plan, previous)
         return self._record(plan, tree, previous, previous_version)
-
-    def _scan_legacy(self, plan: GenerationPlan, previous: SourceTree | None) -> TreeSnapshot:
-        """The legacy folder about to be moved, read ahead (while the previous generation's patch
-        was written) if it was and nothing changed there since; then the next move's folder is
-        read ahead."""
-        snapshot = self.scan_ahead.take(_legacy(plan)) if self.scan_ahead is not None else None
-        if snapshot is None:
-            snapshot = scan_tree(self.storage, _legacy(plan), _diff_base(previous), spare=plan.is_diff_base)
-        upcoming = self._next_move.get(plan.id)
-        if self.scan_ahead is not None and upcoming is not None:
-            self.scan_ahead.start(_legacy(upcoming))
-        return snapshot
 
     _STEPS: ClassVar[dict[Action, Step]] = {
         Action.SKIP: _skip, Action.FAIL: _fail, Action.UNCHANGED: _unchanged, Action.MOVE: _move,
@@ -783,12 +766,6 @@ def _claim_batch(plans: Sequence[GenerationPlan], start: int) -> Sequence[Genera
     while end < len(plans) and end - start < CLAIM_BATCH and plans[end].action == Action.MOVE:
         end += 1
     return plans[start:end]
-
-
-def _next_moves(plans: Sequence[GenerationPlan]) -> dict[str, GenerationPlan]:
-    """For each move of a project, the move that follows it (the folder worth reading ahead)."""
-    moves = [plan for plan in plans if plan.action == Action.MOVE and plan.legacy_dir is not None]
-    return {plan.id: following for plan, following in itertools.pairwise(moves)}
 
 
 def _diff_base(previous: SourceTree | None) -> dict[str, str] | None:

@@ -95,8 +95,9 @@ class RunOptions:
     """``resync --adopt-complete``: failed-but-complete generations whose files are their
     ``output_files`` are marked completed (``triage.adopt_complete``) before they are planned."""
     read_ahead: bool = False
-    """Each process carrying out projects has a second one reading ahead (``scan_ahead``): set
-    when there are at least twice as many workers as processes the projects can keep busy."""
+    """Each process carrying out projects has a second one that takes half of the stat walks of
+    each plan (``scan_ahead``): set when there are at least twice as many workers as processes
+    the projects can keep busy."""
     lease_seconds: float = 60.0
     """``--coordinate``: how long a participant may go without renewing its claims before the
     others end it (``coordinate.py``)."""
@@ -126,12 +127,12 @@ def carry_out_projects(storage: Storage, engine: Engine, report: RunReport, opti
     Each project is recovered right before it is planned, by whoever carries it out.
     ``keep_claim_session``: see ``Executor.keep_claim_session``."""
     with ExitStack() as stack:
-        scan_ahead = stack.enter_context(ScanAhead(storage)) if options.read_ahead else None
+        ahead = stack.enter_context(ScanAhead(storage)) if options.read_ahead else None
         executor = Executor(storage, engine, report, legacy_links=options.legacy_links, on_generation=tick,
-                            scan_ahead=scan_ahead, fence=fence, keep_claim_session=keep_claim_session)
+                            fence=fence, keep_claim_session=keep_claim_session)
         try:
             for record in iter_project_records(engine, only=only):
-                _carry_out_project(storage, engine, executor, options, record, root_temps)
+                _carry_out_project(storage, engine, executor, options, record, root_temps, ahead)
         finally:
             executor.finish()
 
@@ -146,7 +147,7 @@ def carry_out_claimed(storage: Storage, engine: Engine, report: RunReport, optio
 
 
 def _carry_out_project(storage: Storage, engine: Engine, executor: Executor, options: RunOptions,
-                       record: ProjectRecord, root_temps: RootTempFiles) -> None:
+                       record: ProjectRecord, root_temps: RootTempFiles, ahead: ScanAhead | None) -> None:
     generation_ids = [generation.id for generation in record.generations]
     executor.fence()
     try:
@@ -158,7 +159,7 @@ def _carry_out_project(storage: Storage, engine: Engine, executor: Executor, opt
         merge_states(states, project_states(storage, record, output_files_reader(engine)))
         with handling_project(record.project_id, generation_ids):
             plan = plan_project(record, storage, options.resync, output_files_reader(engine),
-                                reserve=version_reserver(engine), ahead=executor.scan_ahead)
+                                reserve=version_reserver(engine), ahead=ahead)
     except FAILS_ONE_GENERATION as error:
         executor.fail_unplanned(unplanned_outcomes(record, error))
         return

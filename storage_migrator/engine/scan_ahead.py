@@ -1,10 +1,9 @@
-"""Reading ahead within one project: a second process reads and hashes (sha256 and git blob id)
-the next generation's legacy folder while this one writes the current generation's manifest and
-patch, and takes half of the stat walks of a project's plan (``summarize_trees``).
+"""Reading ahead within one project: a second process takes half of the stat walks of a
+project's plan (``summarize_trees``) — what a resync and a dry run of one project are made of.
 
-A caller must know: an answer is used only if the folder still stats as it did when it was read;
-every wait is bounded by ``answer_timeout()``, after which the reader is killed and its work done
-here. Why and how: ``docs/design.md``, "Using both cores"."""
+A caller must know: every answer is one made during the call that asked for it (nothing is
+kept between calls); every wait is bounded by ``answer_timeout()``, after which the reader is
+killed and its work done here. Why and how: ``docs/design.md``, "Using both cores"."""
 from __future__ import annotations
 
 import multiprocessing
@@ -25,15 +24,11 @@ from storage_migrator.engine.workers import die_with_parent
 from storage_migrator.errors import FAILS_ONE_GENERATION
 from storage_migrator.storage.handle import Storage
 from storage_migrator.storage.manifest import TreeSummary, summarize_tree
-from storage_migrator.storage.steps import fingerprints_or_none
-from storage_migrator.storage.tree import FileRecord, TreeSnapshot, scan_tree
 
-ScanResult = tuple[dict[str, FileRecord], dict[str, str]]
-"""A scan read ahead: the file records and the blob ids."""
 SummaryOrError = TreeSummary | Exception
 """A folder's summary, or what walking it raised (one of ``FAILS_ONE_GENERATION``)."""
-SCAN, SUMMARIZE = "scan", "summarize"
-"""The two requests the reader serves: (SCAN, folder) and (SUMMARIZE, folders)."""
+SUMMARIZE = "summarize"
+"""The request the reader serves: (SUMMARIZE, folders)."""
 ANSWER_TIMEOUT_SECONDS = 60.0
 """How long this process waits for one answer of the reader (or to hand it one request) before
 it ends the reader and does the work itself: far beyond any one folder's read on a sane disk,
@@ -60,21 +55,18 @@ class _NoAnswer(Exception):
 
 @dataclass
 class ReadAheadCount:
-    """How the scans asked of ``take`` went (what the tests look at)."""
+    """What the reader did (what the tests look at)."""
 
-    used: int = 0
-    stale: int = 0
-    missed: int = 0
     summarized: int = 0
     """Folders whose stat walk the reader made (``take_summaries``)."""
 
 
 class ScanAhead:
-    """One forked process that scans, on request, one folder at a time (``start``), and hands the
-    result back (``take``). It inherits the opened ROOT's descriptor, so it reads exactly the
-    tree this process would, never through a link; it dies with this process (a killed run
-    leaves no reader behind) and writes nothing. A dead or failing reader only costs speed:
-    ``take`` returns None and the caller scans the folder itself."""
+    """One forked process that walks, on request, folders for their summaries
+    (``start_summaries``), and hands them back (``take_summaries``). It inherits the opened
+    ROOT's descriptor, so it walks exactly the tree this process would, never through a link; it
+    dies with this process (a killed run leaves no reader behind) and writes nothing. A dead or
+    failing reader only costs speed: the caller walks what it did not answer itself."""
 
     def __init__(self, storage: Storage) -> None:
         context = multiprocessing.get_context("fork")
@@ -96,11 +88,6 @@ class ScanAhead:
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
                  trace: TracebackType | None) -> None:
         self.close()
-
-    def start(self, folder: Path) -> None:
-        """Begin scanning ``folder`` (as ``scan_tree(storage, folder, blob_ids=True)``, no bytes
-        kept); a scan begun earlier and not taken is dropped."""
-        self._send((SCAN, os.fspath(folder)))
 
     def start_summaries(self, folders: Sequence[Path]) -> bool:
         """Begin ``summarize_tree`` of each of ``folders``; False if the reader is gone."""
@@ -132,30 +119,6 @@ class ScanAhead:
             return False
         self._pending = request
         return True
-
-    def ready(self, timeout: float) -> bool:
-        """Whether the scan begun by ``start`` has finished (waits up to ``timeout`` seconds)."""
-        return self._pending is not None and not self._broken and \
-            _readable(self._socket, time.monotonic() + timeout)
-
-    def take(self, folder: Path) -> TreeSnapshot | None:
-        """The scan of ``folder`` begun by ``start``, if there was one, it succeeded, and every file
-        below ``folder`` still has the size and mtime it was read with (no file added or gone);
-        else None — then the caller scans ``folder`` itself, and sees its own errors."""
-        if self._pending != (SCAN, os.fspath(folder)):
-            self._drop_pending()
-            self.count.missed += 1
-            return None
-        result: ScanResult | None = self._receive()
-        if result is None:
-            self.count.missed += 1
-            return None
-        snapshot = TreeSnapshot(storage=self._storage, root=folder, files=result[0], blob_ids=result[1])
-        if fingerprints_or_none(self._storage, folder) != snapshot.fingerprints():
-            self.count.stale += 1          # the application wrote there since it was read
-            return None
-        self.count.used += 1
-        return snapshot
 
     def close(self) -> None:
         self._socket.close()
@@ -222,8 +185,7 @@ def _summary_or_error(storage: Storage, folder: Path) -> SummaryOrError:
 def _serve(storage: Storage, connection: socket.socket, parent_end: socket.socket) -> None:
     """The reader's loop: one request, one answer ("ok", result) or ("failed", None), until the
     parent closes its end (the copy of that end this fork inherited is closed first, or the end
-    would never come). A scan answers (files, blob ids); summaries answer {folder: TreeSummary}
-    for the folders it could walk. Its own waits are the parent's to bound (it ends the reader)."""
+    would never come). Summaries answer {folder: TreeSummary} for the folders it could walk. Its own waits are the parent's to bound (it ends the reader)."""
     parent_end.close()
     die_with_parent()
     while True:
@@ -242,9 +204,6 @@ def _serve(storage: Storage, connection: socket.socket, parent_end: socket.socke
 
 
 def _answer(storage: Storage, kind: str, argument: Any) -> Any:
-    if kind == SCAN:
-        snapshot = scan_tree(storage, Path(argument), blob_ids=True)
-        return snapshot.files, snapshot.blob_ids
     summaries = {folder: _summary_or_error(storage, Path(folder)) for folder in argument}
     return {folder: summary for folder, summary in summaries.items() if isinstance(summary, TreeSummary)}
 

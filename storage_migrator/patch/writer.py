@@ -59,7 +59,6 @@ class _Side:
     read: Reader
     sizes: Mapping[str, int] | None
     blob_id: BlobIdOf | None
-    known_ids: Mapping[str, str]
 
     def known_to_be_large(self, path: str) -> bool:
         size = self.sizes.get(path) if self.sizes is not None else None
@@ -67,17 +66,10 @@ class _Side:
 
     def blob_id_of(self, path: str, content: bytes | None) -> str:
         """A large file's id: streamed by ``blob_id`` if given, never from its bytes in memory."""
-        known = self.known_ids.get(path)
-        if known is not None:
-            return known
         if self.blob_id is not None:
             return self.blob_id(path)
         return git_blob_id(content if content is not None else self.read(path))
 
-    def id_of(self, path: str, content: bytes) -> str:
-        """The id of ``content``, the bytes just read of ``path``: hashed by the scan, or now."""
-        known = self.known_ids.get(path)
-        return known if known is not None else git_blob_id(content)
 
 
 def write_patch(
@@ -90,20 +82,17 @@ def write_patch(
     new_sizes: Mapping[str, int] | None = None,
     blob_id_old: BlobIdOf | None = None,
     blob_id_new: BlobIdOf | None = None,
-    old_ids: Mapping[str, str] | None = None,
-    new_ids: Mapping[str, str] | None = None,
 ) -> None:
     """Stream the patch, file by file in path order; only changed paths are read, and a file that
     ``old_sizes``/``new_sizes`` say is over ``LARGE_FILE_LIMIT`` is not read at all: its ids come
-    from ``blob_id_old``/``blob_id_new``, which must therefore come with the sizes. ``old_ids`` and
-    ``new_ids`` are blob ids already hashed over the bytes the readers give (a scan's); a path
-    not in them is hashed here. The text goes to ``out`` in pieces as it is made (a file's hunks
+    from ``blob_id_old``/``blob_id_new``, which must therefore come with the sizes; every other
+    changed file's id is hashed here from the bytes read. The text goes to ``out`` in pieces as it is made (a file's hunks
     are never copied into one string)."""
     for sizes, blob_id, side in ((old_sizes, blob_id_old, "old"), (new_sizes, blob_id_new, "new")):
         if sizes is not None and blob_id is None:
             raise TypeError(f"{side}_sizes needs blob_id_{side}: a large file's id must come without reading it")
-    old_side = _Side(read_old, old_sizes, blob_id_old, old_ids or {})
-    new_side = _Side(read_new, new_sizes, blob_id_new, new_ids or {})
+    old_side = _Side(read_old, old_sizes, blob_id_old)
+    new_side = _Side(read_new, new_sizes, blob_id_new)
     added, deleted = set(comparison.added), set(comparison.deleted)
     write = out.write
     for path in comparison.changed_paths():
@@ -129,8 +118,8 @@ def _write_section(write: Write, path: str, old_side: _Side | None, new_side: _S
         return
     if old == new:                      # the same bytes after all (changed back): nothing to apply
         return
-    old_id = old_side.id_of(path, old) if old_side is not None and old is not None else NULL_BLOB_ID
-    new_id = new_side.id_of(path, new) if new_side is not None and new is not None else NULL_BLOB_ID
+    old_id = git_blob_id(old) if old is not None else NULL_BLOB_ID
+    new_id = git_blob_id(new) if new is not None else NULL_BLOB_ID
     if old is None and new is not None and not _is_binary(new):
         _write_whole_file(write, path, new, new_id, added=True)
     elif new is None and old is not None and not _is_binary(old):

@@ -54,20 +54,14 @@ SourceTree = TreeSnapshot | ManifestTree
 def write_tree_patch(stream: Any, old: SourceTree, new: SourceTree, comparison: compare.TreeComparison) -> None:
     """The patch between two trees; files above the size limit are named, never read whole.
     The changed files are read in path order, each tree's through one ``FolderReader``."""
-    with FolderReader(old.storage, old.root, _kept(old), _blob_ids(old)) as read_old, \
-            FolderReader(new.storage, new.root, _kept(new), _blob_ids(new)) as read_new:
+    with FolderReader(old.storage, old.root, _kept(old)) as read_old, \
+            FolderReader(new.storage, new.root, _kept(new)) as read_new:
         writer.write_patch(
             stream, comparison, read_old, read_new,
             old_sizes=old.sizes(), new_sizes=new.sizes(),
             blob_id_old=lambda path: git_blob_id_file(old.storage, old.root, path),
             blob_id_new=lambda path: git_blob_id_file(new.storage, new.root, path),
-            old_ids=_blob_ids(old), new_ids=_blob_ids(new),
         )
-
-
-def _blob_ids(tree: SourceTree) -> dict[str, str]:
-    """The blob ids a scan hashed (a manifest keeps none)."""
-    return tree.blob_ids if isinstance(tree, TreeSnapshot) else {}
 
 
 def _kept(tree: SourceTree) -> dict[str, bytes]:

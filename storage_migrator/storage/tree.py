@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from storage_migrator.errors import GenerationError, UnsafePath
-from storage_migrator.patch.blob import git_blob_digest, git_blob_id
+from storage_migrator.patch.blob import git_blob_digest
 from storage_migrator.storage.root import CHUNK_SIZE, READ_FLAGS, Entry, FolderFiles, relative_parts
 
 if TYPE_CHECKING:
@@ -71,8 +71,6 @@ class TreeSnapshot:
     root: Path
     files: dict[str, FileRecord]
     contents: dict[str, bytes] = field(default_factory=dict, repr=False)
-    blob_ids: dict[str, str] = field(default_factory=dict, repr=False)
-    """git blob ids hashed in the same pass as the checksums (``scan_tree(blob_ids=True)``)."""
     spare: dict[str, bytes] = field(default_factory=dict, repr=False)
     """Bytes of other small files, kept until the next version is scanned (``scan_tree(spare=True)``,
     ``keep_for_next``): the old side of the patch to it is then read from memory too."""
@@ -93,7 +91,7 @@ class TreeSnapshot:
 
     def fingerprints(self) -> dict[str, Fingerprint]:
         """Each file's fingerprint as it was read: a folder that stats the same now was not
-        written since (what a copy or a scan read ahead is checked with)."""
+        written since (what a copy is checked with)."""
         return {path: record.fingerprint for path, record in self.files.items()}
 
     def keep_for_next(self, next_checksums: Mapping[str, str]) -> int:
@@ -195,15 +193,10 @@ class FolderReader:
     """Reads files below one folder, many in a row in path order (a patch's reads): bytes a scan
     kept come from memory; any other file is opened from a kept chain of directory descriptors
     (``Root.folder_files``, opened at the first such read), not walked to from ROOT each time.
-    A file read again whose blob id the scan hashed (``scanned_ids``) must still have that id:
-    else it changed since the scan, and GenerationError says so — a patch never pairs an id with
-    other bytes than the ones it was hashed from. A context manager: the descriptors are closed
-    at its end."""
+    A context manager: the descriptors are closed at its end."""
 
-    def __init__(self, storage: Storage, folder: Path, kept: Mapping[str, bytes],
-                 scanned_ids: Mapping[str, str] | None = None) -> None:
+    def __init__(self, storage: Storage, folder: Path, kept: Mapping[str, bytes]) -> None:
         self._storage, self._folder, self._kept = storage, folder, kept
-        self._scanned_ids = scanned_ids or {}
         self._files: FolderFiles | None = None
 
     def __enter__(self) -> FolderReader:
@@ -220,12 +213,7 @@ class FolderReader:
         full_path = os.path.join(self._folder, relative_path)
         descriptor, status = _opened_or_refused(lambda: self._folder_files().open_regular(relative_parts(relative_path)),
                                                 full_path)
-        content = _read_whole(descriptor, status, full_path, None)
-        scanned = self._scanned_ids.get(relative_path)
-        if scanned is not None and git_blob_id(content) != scanned:
-            raise GenerationError(f"{full_path} changed while its patch was made (the application is writing it); "
-                                  "the next resync redoes it")
-        return content
+        return _read_whole(descriptor, status, full_path, None)
 
     def _folder_files(self) -> FolderFiles:
         if self._files is None:
@@ -271,11 +259,11 @@ def hash_file(storage: Storage, folder: Path, relative_path: str, keep_up_to: in
 
 
 def _hash_descriptor(descriptor: int, status: os.stat_result, display: str,
-                     keep_up_to: int, also: hashlib._Hash | None = None) -> tuple[str, int, bytes | None]:
+                     keep_up_to: int) -> tuple[str, int, bytes | None]:
     """Hash an open regular file (and close it). The first read asks for one byte more than
     ``status`` says the file holds, so a file that did not grow is read in one call and its end
     is known without a second (a regular file reads short only at its end); a file that grew is
-    read on to its end in chunks. ``also`` (a git blob digest, say) is fed the same bytes."""
+    read on to its end in chunks."""
     digest = hashlib.sha256()
     kept: list[bytes] | None = []
     size = 0
@@ -283,8 +271,6 @@ def _hash_descriptor(descriptor: int, status: os.stat_result, display: str,
     try:
         while chunk := os.read(descriptor, wanted):
             digest.update(chunk)
-            if also is not None:
-                also.update(chunk)
             size += len(chunk)
             if kept is not None:
                 kept.append(chunk)
@@ -321,7 +307,7 @@ def git_blob_id_file(storage: Storage, folder: Path, relative_path: str) -> str:
 
 
 def scan_tree(storage: Storage, folder: Path, keep_changed_from: Mapping[str, str] | None = None,
-              blob_ids: bool = False, spare: bool = False) -> TreeSnapshot:
+              spare: bool = False) -> TreeSnapshot:
     """Read and hash every file below ``folder`` once, in chunks.
 
     With ``keep_changed_from`` (the diff base's checksums) the bytes of each small file whose
@@ -330,9 +316,7 @@ def scan_tree(storage: Storage, folder: Path, keep_changed_from: Mapping[str, st
     file, is what keeps memory flat on long files with small edits (a patch reads a fraction of a
     release). With ``spare`` (a tree that will be the next version's diff base) the other small
     files are kept aside too, up to ``SPARE_LIMIT``, until the next version's scan calls
-    ``keep_for_next``: the patch to it then reads no file of this tree again. With ``blob_ids``
-    each file's git blob id is hashed in the same pass (``snapshot.blob_ids``), so a patch need
-    not hash it again."""
+    ``keep_for_next``: the patch to it then reads no file of this tree again."""
     snapshot = TreeSnapshot(storage=storage, root=folder, files={})
     kept = spared = 0
     for relative_path, _, dir_fd, name in _walk_entries(storage, folder):
@@ -340,13 +324,9 @@ def scan_tree(storage: Storage, folder: Path, keep_changed_from: Mapping[str, st
         spare_room = SPARE_LIMIT - spared if spare else -1
         display = os.path.join(folder, relative_path)
         descriptor, status = _open_at(dir_fd, name, display)        # its fstat: no lstat needed
-        blob_digest = git_blob_digest(status.st_size) if blob_ids else None
         checksum, size, content = _hash_descriptor(descriptor, status, display,
-                                                   keep_up_to=min(max(room, spare_room), KEEP_FILE_LIMIT),
-                                                   also=blob_digest)
+                                                   keep_up_to=min(max(room, spare_room), KEEP_FILE_LIMIT))
         snapshot.files[relative_path] = FileRecord(relative_path, checksum, fingerprint_of(status, size))
-        if blob_digest is not None and size == status.st_size:   # the id's header named this size
-            snapshot.blob_ids[relative_path] = blob_digest.hexdigest()
         if content is None:
             continue
         if keep_changed_from is not None and keep_changed_from.get(relative_path) != checksum and size <= room:

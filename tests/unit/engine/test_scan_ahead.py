@@ -1,8 +1,7 @@
-"""Reading ahead (``scan_ahead``): the forked reader's scan is the scan this process would make,
-and it is used only while the folder still stats as it was read — written, grown, added to or
-emptied since, it is read again here; a reader that died or failed costs only the speed.
-End to end: a one-project run with a spare core reads ahead and ends as a run without it, and an
-edit the application makes while the tool is stopped between two generations is in the manifest."""
+"""Reading ahead (``scan_ahead``): the forked reader walks every other folder of a plan, and the
+summaries are the walks this process would make; a reader that died, failed or stopped costs
+only the speed, and every wait for it is bounded. End to end: a one-project run and resync with
+a spare core use the reader and end as they would without it."""
 from __future__ import annotations
 
 import hashlib
@@ -10,37 +9,29 @@ import json
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
-from dataclasses import replace
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from storage_migrator.demo import SampleSize
-from storage_migrator.engine.execute import CLAIM_BATCH
 from storage_migrator.engine.scan_ahead import ANSWER_TIMEOUT_VARIABLE, ScanAhead, SummaryOrError, summarize_trees
 from storage_migrator.errors import GenerationError
-from storage_migrator.faults import PAUSE_AT_VARIABLE
 from storage_migrator.storage.handle import Storage
 from storage_migrator.storage.manifest import TreeSummary, fingerprint_digest, summarize_tree
-from storage_migrator.storage.tree import fingerprint_tree, scan_tree
-from tests.support.processes import run_paused_at
+from storage_migrator.storage.tree import fingerprint_tree
 from tests.support.sandbox import (
     Sandbox,
     build_installation,
     dump_tables,
     execute_sql,
-    process_tree,
     query_rows,
     run_cli,
     sqlite_copy,
     storage_around,
     tree_digest,
-    wait_until_stopped,
 )
 
 SAMPLE = SampleSize(projects=5, generations_per_project=6, files_per_generation=10)
@@ -67,89 +58,38 @@ def two_versions(tmp_path: Path) -> Iterator[tuple[Storage, Path, Path]]:
         storage.close()
 
 
-def read_ahead(storage: Storage, folder: Path) -> ScanAhead:
-    """A reader with the scan of ``folder`` begun and finished (nothing taken yet)."""
-    reader = ScanAhead(storage)
-    reader.start(folder)
-    assert reader.ready(timeout=30), "the reader never answered"
-    return reader
-
-
-def test_a_scan_read_ahead_is_the_scan_this_process_would_make(two_versions: tuple[Storage, Path, Path]) -> None:
-    """The same records; no file's bytes through the pipe; every file's blob id, as git names it."""
-    storage, _, newer = two_versions
-    with read_ahead(storage, newer) as reader:
-        taken = reader.take(newer)
-    assert taken is not None and reader.count.used == 1
-    assert taken.root == newer and taken.storage is storage
-    assert taken.files == scan_tree(storage, newer).files
-    assert taken.contents == {}
-    git_ids = subprocess.run(["git", "hash-object", *taken.files], cwd=newer, capture_output=True, text=True,
-                             check=True).stdout.split()
-    assert taken.blob_ids == dict(zip(taken.files, git_ids, strict=True))
-
-
-WRITES: dict[str, Callable[[Path], None]] = {
-    "a file rewritten": lambda folder: os.utime(folder / "pkg/module_3.py", ns=(1, 1)),
-    "a file grown": lambda folder: (folder / "pkg/module_1.py").write_bytes(b"line\n" * 41),
-    "a file added": lambda folder: (folder / "pkg/EDITED.md").write_text("edited\n"),
-    "a file removed": lambda folder: (folder / "pkg/module_5.py").unlink(),
-}
-
-
-@pytest.mark.parametrize("write", WRITES.values(), ids=WRITES.keys())
-def test_a_folder_written_after_it_was_read_ahead_is_read_again(
-        two_versions: tuple[Storage, Path, Path], write: Callable[[Path], None]) -> None:
-    """The reader has answered; the application writes; the answer is not used."""
-    storage, older, newer = two_versions
-    with read_ahead(storage, newer) as reader:
-        write(newer)
-        assert reader.take(newer) is None
-        assert (reader.count.used, reader.count.stale) == (0, 1)
-
-
-def test_a_scan_begun_for_another_folder_is_dropped_and_the_next_one_answers(
-        two_versions: tuple[Storage, Path, Path]) -> None:
-    storage, older, newer = two_versions
-    with read_ahead(storage, older) as reader:
-        assert reader.take(newer) is None           # not what was read ahead: the answer is dropped
-        reader.start(newer)
-        reader.start(older)                         # the first one is never taken either
-        taken = reader.take(older)
-    assert taken is not None and taken.files == scan_tree(storage, older).files
-    assert (reader.count.used, reader.count.missed) == (1, 1)
-
-
-def test_a_folder_the_reader_cannot_read_is_left_to_this_process(two_versions: tuple[Storage, Path, Path]) -> None:
-    """A link inside: the reader answers "failed", and the scan here raises the one-line error."""
-    storage, older, newer = two_versions
-    os.symlink("/etc/passwd", newer / "pkg" / "link.py")
-    with read_ahead(storage, newer) as reader:
-        assert reader.take(newer) is None
-    with pytest.raises(GenerationError, match="link"):
-        scan_tree(storage, newer)
-
-
-def test_a_reader_that_died_costs_only_the_read_ahead(two_versions: tuple[Storage, Path, Path]) -> None:
-    storage, older, newer = two_versions
-    with ScanAhead(storage) as reader:
-        pid = reader._process.pid
-        assert pid is not None
-        os.kill(pid, signal.SIGKILL)
-        reader._process.join(timeout=10)
-        reader.start(newer)
-        assert reader.take(newer) is None
-        reader.start(older)                         # still no error: reading ahead is off now
-        assert reader.take(older) is None
-
-
 def test_a_reader_leaves_with_its_parent(two_versions: tuple[Storage, Path, Path]) -> None:
     """Closed, the reader's process is gone: a run leaves no process behind."""
-    storage, _, newer = two_versions
-    reader = read_ahead(storage, newer)
+    storage, older, newer = two_versions
+    reader = ScanAhead(storage)
+    summarize_trees(storage, [older, newer], reader)
+    assert reader.count.summarized == 1
     process = reader._process
     reader.close()
     assert not process.is_alive()
+
+
+def test_a_stopped_reader_is_ended_and_its_walks_are_made_here(
+        two_versions: tuple[Storage, Path, Path], monkeypatch: pytest.MonkeyPatch,
+        capfd: pytest.CaptureFixture[str]) -> None:
+    """The reader stopped (SIGSTOP): this process waits for its answer no longer than the
+    timeout (1 s here), ends it (killed and reaped), says so in one stderr line, and walks the
+    folders itself; the summaries are the ones it would have made."""
+    storage, older, newer = two_versions
+    monkeypatch.setenv(ANSWER_TIMEOUT_VARIABLE, "1")
+    with ScanAhead(storage) as reader:
+        pid = reader._process.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGSTOP)
+        started = time.monotonic()
+        found = summarize_trees(storage, [older, newer], reader)
+        waited = time.monotonic() - started
+        assert reader.count.summarized == 0
+        assert as_compared(found) == walked_here(storage, [older, newer])
+        assert waited < 30, f"waited {waited:.1f} s for a stopped reader"
+        assert not Path(f"/proc/{pid}").exists(), "the stopped reader was not ended and reaped"
+    said = [line for line in capfd.readouterr().err.splitlines() if "read-ahead helper" in line]
+    assert len(said) == 1 and f"pid {pid}" in said[0] and "its work is done here" in said[0], said
 
 
 # -- end to end: the real command ------------------------------------------------------------
@@ -176,11 +116,7 @@ def one_project(database_url: str, tmp_path: Path) -> Sandbox:
     return one_project_installation(database_url, tmp_path / "projects")
 
 
-def children_of(pid: int) -> list[int]:
-    return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-
-
-def test_a_one_project_run_with_a_spare_core_reads_ahead_and_ends_as_a_run_without(
+def test_a_one_project_run_with_a_spare_core_walks_half_its_plan_ahead_and_ends_as_a_run_without(
         sqlite_url: str, tmp_path: Path) -> None:
     reading_ahead = one_project_installation(sqlite_url, tmp_path / "projects")
     alone = sqlite_copy(reading_ahead, tmp_path / "alone")
@@ -194,69 +130,6 @@ def test_a_one_project_run_with_a_spare_core_reads_ahead_and_ends_as_a_run_witho
     assert dump_tables(reading_ahead.database_url) == dump_tables(alone.database_url)
     assert run_cli(reading_ahead, "verify").returncode == 0
 
-
-def test_an_edit_made_while_the_next_folder_was_read_ahead_is_in_its_manifest(database_url: str,
-                                                                             tmp_path: Path) -> None:
-    """Stopped after the first claim batch of moves, with the next batch's first folder read
-    ahead (the run has one child: the reader), the application edits that folder through its
-    flat path; without a resync the generation's manifest must already have the edit."""
-    one_project = one_project_installation(database_url, tmp_path / "projects",
-                                           replace(SAMPLE, generations_per_project=3 * CLAIM_BATCH))
-    rows = query_rows(one_project, "SELECT id, status FROM generations ORDER BY version, created_at, id")
-    legacy = [row for row in rows if row.status in ("completed", "failed") and (one_project.root / row.id).is_dir()]
-    assert len(legacy) > CLAIM_BATCH and all(row.status == "completed" for row in legacy[: CLAIM_BATCH + 1]), \
-        "the sample has a first claim batch of moves, and a completed move after it"
-    victim = legacy[CLAIM_BATCH].id
-    new_text = "edited while the next folder was read ahead\n"
-    seen_children: list[int] = []
-
-    def application_edits() -> None:
-        time.sleep(0.5)                             # the reader has read the victim by now
-        edited = next(path for path in sorted((one_project.root / victim).rglob("*")) if path.is_file())
-        edited.write_text(new_text)
-
-    code, document = run_paused_at(one_project, "moved", application_edits, workers="2",
-                                   while_paused=lambda pid: seen_children.extend(children_of(pid)))
-    assert code == 0, document
-    assert len(seen_children) == 1, f"a one-project run on two workers has one reader, saw {seen_children}"
-    verify = run_cli(one_project, "--json", "verify")
-    assert verify.returncode == 0, verify.stdout
-    target = next(one_project.root.glob(f"*/generations/v*__{victim}"))
-    manifest = json.loads((target / "manifest.json").read_text())
-    digest = hashlib.sha256(new_text.encode()).hexdigest()
-    assert digest in manifest["checksums"].values(), "the edit is missing from the manifest"
-
-
-
-def test_a_stopped_reader_is_ended_and_the_run_finishes(one_project: Sandbox) -> None:
-    """The reader stopped (SIGSTOP) while the run is paused after its first move: the run waits
-    for its answer no longer than the timeout (2 s here), ends it (killed and reaped), says so
-    in one stderr line, reads the folders itself and ends as it would have."""
-    legacy = [row.id for row in query_rows(one_project, "SELECT id FROM generations WHERE status = 'completed'")
-              if (one_project.root / row.id).is_dir()]
-    assert len(legacy) >= 3, "the sample has a move whose folder is read ahead after the reader stops"
-    environment = {**one_project.cli_environment(), PAUSE_AT_VARIABLE: "moved", ANSWER_TIMEOUT_VARIABLE: "2"}
-    process = subprocess.Popen([sys.executable, "-m", "storage_migrator", "--json", "run", "--workers", "2"],
-                               env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        wait_until_stopped(process)
-        (reader,) = children_of(process.pid)
-        os.kill(reader, signal.SIGSTOP)
-        process.send_signal(signal.SIGCONT)
-        stdout, stderr = process.communicate(timeout=60)
-    finally:
-        if process.poll() is None:
-            for pid in process_tree(process.pid):
-                os.kill(pid, signal.SIGKILL)
-            process.wait()
-    assert process.returncode == 0, stdout + stderr
-    said = [line for line in stderr.splitlines() if "read-ahead helper" in line]
-    assert len(said) == 1 and f"pid {reader}" in said[0] and "its work is done here" in said[0], stderr
-    assert not Path(f"/proc/{reader}").exists(), "the stopped reader was not ended and reaped"
-    document = json.loads(stdout)
-    assert document["failed"] == 0 and all(line["action"] != "failed" for line in document["generations"])
-    verify = run_cli(one_project, "verify")
-    assert verify.returncode == 0, verify.stdout + verify.stderr
 
 # -- the stat walks of a plan (summarize_trees) ----------------------------------------------
 

@@ -13,7 +13,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from storage_migrator.errors import GenerationError
 from storage_migrator.patch import blob, compare, reader, writer
 from storage_migrator.storage import tree as tree_module
 from storage_migrator.storage.source_tree import write_tree_patch
@@ -676,55 +675,6 @@ def test_no_git_config_file_is_read(tmp_path: Path) -> None:
     expected = writer.render_patch(compare.compare_trees({"a.py": "1"}, {"a.py": "2"}), lambda p: b"one\ntwo\n",
                                  lambda p: b"one\n2\n")
     assert result.stdout == expected and b"@@ -1,2 +1,2 @@" in expected
-
-
-def test_blob_ids_a_scan_hashed_are_the_ones_the_index_lines_name() -> None:
-    """Given the ids (a scan hashed them with the checksums), the patch is the same bytes and no
-    id is hashed again: ids that are not the content's show up in the ``index`` lines as given."""
-    old = {"edited.py": b"one\ntwo\n", "gone.py": b"bye\n", "big.bin": b"\0" * 10}
-    new = {"edited.py": b"one\n2\n", "added.py": b"hi\n", "big.bin": b"\0" * 11}
-    comparison = compare.compare_trees(checksums(old), checksums(new))
-
-    def ids(tree: Tree) -> dict[str, str]:
-        return {path: blob.git_blob_id(content) for path, content in tree.items()}
-
-    plain = make_patch(old, new)
-    assert writer.render_patch(comparison, old.__getitem__, new.__getitem__,
-                             old_ids=ids(old), new_ids=ids(new)) == plain
-    named_old = {path: f"{index:040x}" for index, path in enumerate(old, start=1)}
-    named_new = {path: f"{index:040x}" for index, path in enumerate(new, start=7)}
-    named = writer.render_patch(comparison, old.__getitem__, new.__getitem__, old_ids=named_old, new_ids=named_new)
-    index_lines = set(re.findall(rb"(?m)^index (\w+)\.\.(\w+)", named))
-    assert index_lines == {(named_old["edited.py"].encode(), named_new["edited.py"].encode()),
-                           (named_old["gone.py"].encode(), blob.NULL_BLOB_ID.encode()),
-                           (blob.NULL_BLOB_ID.encode(), named_new["added.py"].encode()),
-                           (named_old["big.bin"].encode(), named_new["big.bin"].encode())}
-
-
-def test_a_pair_with_equal_ids_and_different_bytes_never_makes_a_patch_that_drops_the_change() -> None:
-    """An id taken from a scan and bytes read after an edit: both sides named by one id. The
-    store would keep one content and the patch would show only the header; it fails instead."""
-    old, new = {"edited.py": b"one\ntwo\n"}, {"edited.py": b"one\n2\n"}
-    comparison = compare.compare_trees(checksums(old), checksums(new))
-    stale = {"edited.py": blob.git_blob_id(old["edited.py"])}
-    with pytest.raises(GenerationError, match="two different contents"):
-        writer.render_patch(comparison, old.__getitem__, new.__getitem__, old_ids=stale, new_ids=stale)
-
-
-def test_a_file_edited_after_its_scan_fails_its_patch_instead_of_naming_a_stale_id(tmp_path: Path) -> None:
-    """The scan hashed the new version's file (its id) without keeping its bytes; then the
-    application rewrote it. The patch reads the file again: its id is not the scan's, so the
-    patch is refused rather than written with an ``index`` line naming other bytes."""
-    write_tree(tmp_path / "old", {"a.py": b"one\n", "same.py": b"same\n"})
-    write_tree(tmp_path / "new", {"a.py": b"two\n", "same.py": b"same\n"})
-    with storage_around(tmp_path / "old") as storage:
-        old = scan_tree(storage, tmp_path / "old", blob_ids=True)
-        new = scan_tree(storage, tmp_path / "new", blob_ids=True)       # no diff base: no bytes kept
-        assert not new.contents and "a.py" in new.blob_ids
-        (tmp_path / "new" / "a.py").write_bytes(b"one\n")                # back to the old bytes
-        comparison = compare.compare_trees(old.checksums(), new.checksums())
-        with pytest.raises(GenerationError, match="changed while its patch was made"):
-            write_tree_patch(io.BytesIO(), old, new, comparison)
 
 
 def test_the_patch_from_a_base_scanned_with_spare_bytes_reads_no_file_again(
