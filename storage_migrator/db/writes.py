@@ -194,8 +194,9 @@ def _conditional_update(columns: tuple[str, ...], count: int) -> sa.UpdateBase:
     and not a VALUES list, which SQLAlchemy never caches (every batch would be compiled anew)."""
     typed: list[tuple[str, sa.types.TypeEngine[Any]]] = [
         *_SEEN_COLUMNS, *((name, generations.c[name].type) for name in columns)]
-    rows: list[sa.Select[Any]] = [sa.select(*(sa.bindparam(f"{name}_{index}", type_=type_).label(name) for name, type_ in typed))
-            for index in range(count)]
+    rows: list[sa.Select[Any]] = [
+        sa.select(*(sa.bindparam(f"{name}_{index}", type_=type_).label(name) for name, type_ in typed))
+        for index in range(count)]
     written = (sa.union_all(*rows) if count > 1 else rows[0]).subquery("written")
     return (
         generations.update()

@@ -348,7 +348,7 @@ class Executor:
         for plan in batch:
             try:
                 self._renumber_folder(plan)
-                snapshot = scan_tree(self.storage, _legacy(plan), _diff_base(base), spare=plan.is_diff_base)
+                snapshot = _read_against(self.storage, _legacy(plan), plan, base)
             except _STOPS_ONE_MOVE as error:
                 self._staged[plan.id] = _Staged(error=error)
                 continue
@@ -776,9 +776,15 @@ def _diff_base(previous: SourceTree | None) -> dict[str, str] | None:
 def _scan(storage: Storage, folder: Path, plan: GenerationPlan, previous: SourceTree | None) -> TreeSnapshot:
     """A generation's folder read against its diff base: the bytes both sides of its patch need
     are kept (``_kept_for_next``), and, if it is the next version's base, its spare bytes too."""
-    snapshot = scan_tree(storage, folder, _diff_base(previous), spare=plan.is_diff_base)
+    snapshot = _read_against(storage, folder, plan, previous)
     _kept_for_next(previous, snapshot, plan)
     return snapshot
+
+
+def _read_against(storage: Storage, folder: Path, plan: GenerationPlan, base: SourceTree | None) -> TreeSnapshot:
+    """``folder`` read and hashed, keeping the bytes its patch from ``base`` will read and, if
+    ``plan`` is the next version's base, its spare bytes."""
+    return scan_tree(storage, folder, _diff_base(base), spare=plan.is_diff_base)
 
 
 def _kept_for_next(base: SourceTree | None, scanned: TreeSnapshot, plan: GenerationPlan) -> int:

@@ -27,8 +27,6 @@ from storage_migrator.storage.manifest import TreeSummary, summarize_tree
 
 SummaryOrError = TreeSummary | Exception
 """A folder's summary, or what walking it raised (one of ``FAILS_ONE_GENERATION``)."""
-SUMMARIZE = "summarize"
-"""The request the reader serves: (SUMMARIZE, folders)."""
 ANSWER_TIMEOUT_SECONDS = 60.0
 """How long this process waits for one answer of the reader (or to hand it one request) before
 it ends the reader and does the work itself: far beyond any one folder's read on a sane disk,
@@ -78,7 +76,7 @@ class ScanAhead:
         reader_end.close()
         self._socket.setblocking(False)             # every wait here goes through _wait, with a deadline
         self._timeout = answer_timeout()
-        self._pending: tuple[str, Any] | None = None        # the request sent and not answered yet
+        self._pending: tuple[str, ...] | None = None        # the folders asked for and not answered yet
         self._broken = False
         self.count = ReadAheadCount()
 
@@ -91,19 +89,19 @@ class ScanAhead:
 
     def start_summaries(self, folders: Sequence[Path]) -> bool:
         """Begin ``summarize_tree`` of each of ``folders``; False if the reader is gone."""
-        return self._send((SUMMARIZE, tuple(os.fspath(folder) for folder in folders)))
+        return self._send(tuple(os.fspath(folder) for folder in folders))
 
     def take_summaries(self, folders: Sequence[Path]) -> dict[Path, TreeSummary]:
         """The summaries begun by ``start_summaries(folders)`` of those the reader could walk;
         the caller walks the rest itself (and sees its own errors)."""
-        if self._pending != (SUMMARIZE, tuple(os.fspath(folder) for folder in folders)):
+        if self._pending != tuple(os.fspath(folder) for folder in folders):
             self._drop_pending()
             return {}
         result: dict[str, TreeSummary] | None = self._receive()
         self.count.summarized += len(result or {})
         return {Path(folder): summary for folder, summary in (result or {}).items()}
 
-    def _send(self, request: tuple[str, Any]) -> bool:
+    def _send(self, request: tuple[str, ...]) -> bool:
         if self._broken:
             return False
         self._drop_pending()
@@ -183,28 +181,26 @@ def _summary_or_error(storage: Storage, folder: Path) -> SummaryOrError:
 
 
 def _serve(storage: Storage, connection: socket.socket, parent_end: socket.socket) -> None:
-    """The reader's loop: one request, one answer ("ok", result) or ("failed", None), until the
-    parent closes its end (the copy of that end this fork inherited is closed first, or the end
-    would never come). Summaries answer {folder: TreeSummary} for the folders it could walk. Its own waits are the parent's to bound (it ends the reader)."""
+    """The reader's loop: one request (the folders to walk), one answer ("ok", {folder:
+    TreeSummary} of those it could walk), until the parent closes its end (the copy of that end
+    this fork inherited is closed first, or the end would never come). Its own waits are the
+    parent's to bound (it ends the reader)."""
     parent_end.close()
     die_with_parent()
     while True:
         try:
-            kind, argument = _receive_frame(connection, None)
+            folders: tuple[str, ...] = _receive_frame(connection, None)
         except (EOFError, OSError):
             return
         try:
-            answer: tuple[str, Any] = ("ok", _answer(storage, kind, argument))
-        except FAILS_ONE_GENERATION:
-            answer = ("failed", None)
-        try:
-            _send_frame(connection, answer, None)
+            _send_frame(connection, ("ok", _walked(storage, folders)), None)
         except OSError:
             return
 
 
-def _answer(storage: Storage, kind: str, argument: Any) -> Any:
-    summaries = {folder: _summary_or_error(storage, Path(folder)) for folder in argument}
+def _walked(storage: Storage, folders: tuple[str, ...]) -> dict[str, TreeSummary]:
+    """The summaries of the folders the reader could walk (this process walks the rest)."""
+    summaries = {folder: _summary_or_error(storage, Path(folder)) for folder in folders}
     return {folder: summary for folder, summary in summaries.items() if isinstance(summary, TreeSummary)}
 
 

@@ -71,7 +71,6 @@ class _Side:
         return git_blob_id(content if content is not None else self.read(path))
 
 
-
 def write_patch(
     out: BinaryIO,
     comparison: TreeComparison,
@@ -86,8 +85,8 @@ def write_patch(
     """Stream the patch, file by file in path order; only changed paths are read, and a file that
     ``old_sizes``/``new_sizes`` say is over ``LARGE_FILE_LIMIT`` is not read at all: its ids come
     from ``blob_id_old``/``blob_id_new``, which must therefore come with the sizes; every other
-    changed file's id is hashed here from the bytes read. The text goes to ``out`` in pieces as it is made (a file's hunks
-    are never copied into one string)."""
+    changed file's id is hashed here from the bytes read. The text goes to ``out`` in pieces as
+    it is made (a file's hunks are never copied into one string)."""
     for sizes, blob_id, side in ((old_sizes, blob_id_old, "old"), (new_sizes, blob_id_new, "new")):
         if sizes is not None and blob_id is None:
             raise TypeError(f"{side}_sizes needs blob_id_{side}: a large file's id must come without reading it")
@@ -221,15 +220,16 @@ class MemoryBlobs:
     def holding(self, *blobs: tuple[str, bytes | None]) -> Iterator[list[Any]]:
         """The blobs (id, content; ``None`` content: that side does not exist) as libgit2 objects
         for the ``with`` block; they leave the store after it, so it never holds more than one diff.
-        Two different contents under one id (an id hashed from other bytes than these) raise
-        GenerationError: the store would keep one, and the patch would silently drop the change."""
+        Two different contents under one id (a SHA-1 collision: each id is hashed from the bytes
+        beside it) raise GenerationError: the store would keep one, and the patch would silently
+        drop the change."""
         try:
             for blob_id, content in blobs:
                 if content is None:
                     continue
                 if self._held.get(blob_id, content) != content:
-                    raise GenerationError(f"two different contents were named {blob_id}: a file changed between "
-                                          "its hashing and its reading; the next resync redoes the patch")
+                    raise GenerationError(f"two different contents have the git blob id {blob_id} (a SHA-1 "
+                                          "collision); the patch cannot name both")
                 self._held[blob_id] = content
             yield [None if content is None else self._repository[blob_id] for blob_id, content in blobs]
         finally:
