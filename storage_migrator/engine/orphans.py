@@ -95,9 +95,11 @@ def remove_dangling_links(storage: Storage, engine: Engine) -> list[str]:
         batch = links[start:start + ORPHAN_LOOKUP_BATCH]
         known = existing_generation_ids(engine, batch)
         for name in batch:
+            if name in known:
+                continue                # its row is there: the link is not read again
             link = storage.path / name
             text = storage.link_text(link)
-            if name in known or text is None or _target_present(storage, text):
+            if text is None or _target_present(storage, text):
                 continue
             remove_symlink(storage, link)
             removed.append(str(link))
