@@ -9,6 +9,7 @@ import errno
 import functools
 import os
 import struct
+import sys
 import threading
 from collections.abc import Callable
 
@@ -95,6 +96,8 @@ DT_DIR = 4
 DT_REG = 8
 _DIRENT_HEAD = struct.Struct("=QqHB")   # d_ino, d_off, d_reclen, d_type; d_name follows, NUL-ended
 _DIRENT_BUFFER = 64 << 10
+_FS_ENCODING, _FS_ERRORS = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
+"""What ``os.fsdecode`` decodes a name with, read once: a listing decodes every entry's name."""
 
 
 _buffers = threading.local()
@@ -143,7 +146,7 @@ def read_directory(fd: int) -> list[tuple[str, int, int]] | None:
             name = data[start:data.index(b"\0", start)]
             position += record_length
             if name != b"." and name != b"..":
-                found.append((os.fsdecode(name), kind, inode))
+                found.append((name.decode(_FS_ENCODING, _FS_ERRORS), kind, inode))
 
 
 def renameat2(src_fd: int, src: str, dst_fd: int, dst: str, flags: int) -> bool:

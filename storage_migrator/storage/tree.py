@@ -319,10 +319,11 @@ def scan_tree(storage: Storage, folder: Path, keep_changed_from: Mapping[str, st
     ``keep_for_next``: the patch to it then reads no file of this tree again."""
     snapshot = TreeSnapshot(storage=storage, root=folder, files={})
     kept = spared = 0
+    prefix = os.path.join(folder, "")       # a file's display path is prefix + its relative path
     for relative_path, _, dir_fd, name in _walk_entries(storage, folder):
         room = CONTENT_CACHE_LIMIT - kept if keep_changed_from is not None else -1
         spare_room = SPARE_LIMIT - spared if spare else -1
-        display = os.path.join(folder, relative_path)
+        display = prefix + relative_path
         descriptor, status = _open_at(dir_fd, name, display)        # its fstat: no lstat needed
         checksum, size, content = _hash_descriptor(descriptor, status, display,
                                                    keep_up_to=min(max(room, spare_room), KEEP_FILE_LIMIT))
