@@ -24,10 +24,18 @@ class WorkerDied(CommandError):
 
 
 def chunked(items: Sequence[Chunk], workers: int, most: int) -> list[Sequence[Chunk]]:
-    """Split ``items`` into chunks of at most ``most``, small enough that ``workers`` processes
-    share the load evenly (about four chunks per worker)."""
-    size = max(1, min(most, len(items) // (workers * 4) or 1))
-    return [items[start : start + size] for start in range(0, len(items), size)]
+    """Split ``items``, in order, into chunks that shrink as the work runs out: each takes
+    ``1 / (2 * workers)`` of the items still left (at most ``most``, at least one). The first
+    chunks are large, so a worker's per-chunk start (its engine, its first queries) is paid a
+    few times only; the last are single items, so the worker that finishes first takes the next
+    and no worker is left with several items while the others wait at the end of the run."""
+    chunks: list[Sequence[Chunk]] = []
+    start = 0
+    while start < len(items):
+        size = max(1, min(most, (len(items) - start) // (2 * workers)))
+        chunks.append(items[start : start + size])
+        start += size
+    return chunks
 
 
 def run_in_workers(function: Callable[[Chunk], Result], chunks: Sequence[Chunk], workers: int) -> Iterator[Result]:
