@@ -36,6 +36,7 @@ from bench_run import (
     machine,
     prepare_postgres,
     reset_postgres,
+    settle,
     tool_env,
 )
 
@@ -81,6 +82,7 @@ def main() -> None:
         corpus = build_real(folder, arguments.scale, arguments.corpus)
         postgres = prepare_postgres(corpus.sqlite_url)
         upgrade_schema(corpus.sqlite_url, HEAD_REVISION)
+        settle()                    # the corpus's scratch folders removed: see bench_run.QUIET_SECONDS
         rows = []
         try:
             for count in counts:

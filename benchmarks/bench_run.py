@@ -21,8 +21,11 @@ its size; `--no-output-files` leaves the column NULL, for comparison.
 Every contender gets a fresh copy — `cp -al`: new folders, the files hard links to the corpus's,
 since nothing the tool or the pipeline does writes into a legacy file (10x was 2.5 min per `cp -a`)
 — and a warm page cache (the corpus is read once before each timing: dropping caches needs
-privileges a CI machine may lack). Wall time and peak RSS come
-from GNU time. The tool's result is checked with `storage-migrate verify` (not timed).
+privileges a CI machine may lack). No copy is removed while a corpus is timed, and the first
+timing waits a minute after the last removal (`settle`): on ext4 without a journal, as on this
+machine, removing a copy charged the next timed command up to 1.5 s of kernel time. Wall time
+and peak RSS come from GNU time. The tool's result is checked with `storage-migrate verify`
+(not timed).
 
 Besides the timings, two untimed counting runs per database, `run --workers 1` on a fresh copy
 and an unchanged `resync --workers 1`, give the per-generation tolls: system calls and fsyncs
@@ -48,6 +51,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -225,12 +229,30 @@ def drop_postgres(copy: PostgresCopy) -> None:
 # --------------------------------------------------------------------------- contenders
 
 
-def fresh_copy(corpus: Corpus, destination: Path, database_url: str) -> tuple[Path, str]:
-    """A copy of the folders (new folders, each file a hard link: same bytes, same mtime) and, for
-    SQLite, of the database file; warm cache."""
-    if destination.exists():
-        shutil.rmtree(destination)
-    destination.mkdir(parents=True)
+QUIET_SECONDS = 65
+"""How long after removing files a timing waits. ext4 without a journal (this machine's disk)
+skips, when it allocates an inode, every one freed less than 60 s ago (longer while its inode
+table block is unwritten), reading each one's deletion time: whoever creates files next pays for
+the last removal. Measured on the app corpus, PostgreSQL, `run`: kernel time 1.4 s on copies made
+with nothing removed since, 2.0-2.9 s right after two copies were removed, and wall time up by
+~15%."""
+
+
+def settle() -> None:
+    """Flush, then wait ``QUIET_SECONDS``: called after files were removed (a corpus built from
+    scratch folders, an earlier corpus's copies) and before the first timing."""
+    subprocess.run(["sync"], check=True)
+    time.sleep(QUIET_SECONDS)
+
+
+def fresh_copy(corpus: Corpus, copies: Path, database_url: str) -> tuple[Path, str]:
+    """A new copy below ``copies`` — never one made before, and nothing removed (see
+    ``QUIET_SECONDS``: the copies go with the corpus's work folder) — of the folders (new folders,
+    each file a hard link: same bytes, same mtime) and, for SQLite, of the database file; warm
+    cache."""
+    copies.mkdir(parents=True, exist_ok=True)
+    destination = copies / f"copy-{uuid.uuid4().hex[:8]}"
+    destination.mkdir()
     subprocess.run(["cp", "-al", str(corpus.folder / "projects"), str(destination / "projects")], check=True)
     if database_url.startswith("sqlite"):
         shutil.copy2(corpus.folder / "codebegen.db", destination / "codebegen.db")
@@ -337,7 +359,6 @@ def bench_database(label: str, database_url: str, corpus: Corpus, work: Path, wo
             reset_postgres(postgres)
         relayed = server.set(host="127.0.0.1", port=relay.port).render_as_string(hide_password=False) if relay else url
         tolls.insert(0, counted("run --workers 1", label, ("-q", "run", "--workers", "1"), tool_env(root, relayed), relay))
-    shutil.rmtree(work / label, ignore_errors=True)
     return timings, tolls
 
 
@@ -382,31 +403,26 @@ class Baselines:
 
 
 def bench_baselines(corpus: Corpus, work: Path) -> Baselines:
-    """The shell pipeline, the sha256sum floor and the cat floor, each on its own fresh copy."""
+    """The shell pipeline and the floors, each on its own fresh copy."""
     root, url = fresh_copy(corpus, work / "shell", corpus.sqlite_url)
     script = work / "pipeline.sh"
     script.write_text(shell_pipeline(url, root))
     seconds, rss = timed(["bash", str(script)])
     shell = Timing("shell pipeline (mv, find \\| wc, du -sb, diff -ruN)", "-", seconds, rss, corpus.files)
-    shutil.rmtree(work / "shell", ignore_errors=True)
     root, _ = fresh_copy(corpus, work / "floor", corpus.sqlite_url)
     seconds, rss = timed(["bash", "-c", f"find {shlex.quote(str(root))} -type f -print0 | xargs -0 sha256sum > /dev/null"])
     floor = Timing("sha256sum of every file (floor)", "-", seconds, rss, corpus.files)
-    shutil.rmtree(work / "floor", ignore_errors=True)
     root, _ = fresh_copy(corpus, work / "cat", corpus.sqlite_url)
     seconds, rss = timed(["bash", "-c", f"find {shlex.quote(str(root))} -type f -print0 | xargs -0 cat > /dev/null"])
     cat = Timing("cat of every file (floor)", "-", seconds, rss, corpus.files)
-    shutil.rmtree(work / "cat", ignore_errors=True)
     root, _ = fresh_copy(corpus, work / "python", corpus.sqlite_url)
     seconds, rss = timed([sys.executable, str(Path(__file__).with_name("hash_floor.py")), str(root)])
     python = Timing("Python: open, read, sha256 + git sha1 of every file (floor, default workers)", "-", seconds, rss,
                     corpus.files)
-    shutil.rmtree(work / "python", ignore_errors=True)
     root, _ = fresh_copy(corpus, work / "stat", corpus.sqlite_url)
     seconds, rss = timed(["bash", "-c", f"find {shlex.quote(str(root))} -type f -printf '%s %T@ %C@ %i\\n' > /dev/null"])
     stat_floor = Timing("lstat of every file, nothing read: find -printf size, mtime, ctime, inode (floor of resync)",
                         "-", seconds, rss, corpus.files)
-    shutil.rmtree(work / "stat", ignore_errors=True)
     return Baselines(shell, floor, cat, python, stat_floor)
 
 
@@ -492,6 +508,7 @@ def bench_corpus(name: str, arguments: argparse.Namespace, work: Path) -> None:
     postgres = prepare_postgres(corpus.sqlite_url) if "postgresql" in databases else None
     try:
         upgrade_schema(corpus.sqlite_url, HEAD_REVISION)
+        settle()                    # the corpus's scratch folders, an earlier corpus's copies
         by_database, tolls = {}, []
         for label in databases:
             url = corpus.sqlite_url if label == "sqlite" else postgres.url  # type: ignore[union-attr]
