@@ -25,6 +25,7 @@ from storage_migrator.errors import FAILS_ONE_GENERATION, GenerationError, Unsaf
 from storage_migrator.records import GenerationRow, ProjectRecord
 from storage_migrator.storage.handle import Storage, is_archived
 from storage_migrator.storage.layout import (
+    SOURCE_DIR,
     check_path_component,
     is_temp_name,
     manifest_path,
@@ -60,21 +61,31 @@ def probe_disk(storage: Storage, generation: GenerationRow) -> DiskState:
     after (``plan_project``). Nothing here follows a symlink."""
     legacy_kind = _legacy_kind(storage, generation)
     target = storage.layout.generation_target(generation)
-    source_exists = storage.is_folder(source_dir(target))     # reached through real folders only
-    target_exists = source_exists or storage.is_folder(target)
+    marks = _folder_marks(storage, target)
+    target_exists = marks is not None
+    source_exists = bool(marks and marks.get(SOURCE_DIR))     # a real folder, as the listing says
     manifest = read_manifest_head(storage, manifest_path(target)) if source_exists else None
-    patch_versions: tuple[int, ...] = ()
-    has_temp_files = False
-    if target_exists:
-        names = storage.names(target)
-        patch_versions = tuple(sorted(
-            version for name in names if (version := parse_patch_file_name(name)) is not None
-        ))
-        has_temp_files = any(is_temp_name(name) for name in names)
+    patch_versions = tuple(sorted(
+        version for name in marks or () if (version := parse_patch_file_name(name)) is not None
+    ))
+    has_temp_files = any(is_temp_name(name) for name in marks or ())
     archived = is_archived(storage, generation)
     application = source_exists and legacy_kind == LegacyKind.DIR and has_application_manifest(storage, target)
     return DiskState(legacy_kind, target_exists, source_exists, manifest, patch_versions, None, archived,
                      has_temp_files, application)
+
+
+def _folder_marks(storage: Storage, target: Path) -> dict[str, bool] | None:
+    """Name -> is a real folder, of every entry of ``target`` (one listing tells both whether
+    ``source/`` is there and which patches and temp files are); None where ``target`` is not a
+    real folder reached through real folders (``Storage.is_folder``). A folder that cannot be
+    listed raises, as listing it always did."""
+    try:
+        return dict(storage.folder_marks(target))
+    except OSError:
+        if storage.is_folder(target):
+            raise
+        return None
 
 
 def has_application_manifest(storage: Storage, target: Path) -> bool:
