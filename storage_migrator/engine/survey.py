@@ -25,6 +25,7 @@ from storage_migrator.errors import FAILS_ONE_GENERATION, GenerationError, Unsaf
 from storage_migrator.records import GenerationRow, ProjectRecord
 from storage_migrator.storage.handle import Storage, is_archived
 from storage_migrator.storage.layout import (
+    ARCHIVE_DIR,
     SOURCE_DIR,
     check_path_component,
     is_temp_name,
@@ -33,6 +34,7 @@ from storage_migrator.storage.layout import (
     parse_patch_file_name,
     parse_target_dir_name,
     source_dir,
+    target_dir_name,
 )
 from storage_migrator.storage.manifest import TreeSummary, read_manifest, read_manifest_head
 
@@ -55,10 +57,12 @@ def _legacy_kind(storage: Storage, generation: GenerationRow) -> LegacyKind:
     return LegacyKind.OUR_LINK if place[1] == (generation.version or 0) else LegacyKind.STALE_LINK
 
 
-def probe_disk(storage: Storage, generation: GenerationRow) -> DiskState:
+def probe_disk(storage: Storage, generation: GenerationRow, archived_names: frozenset[str] | None = None) -> DiskState:
     """Look at one generation's folders: stats and its manifest if intact (``read_manifest_head``:
     the head parsed and the rest hashed), never file content; resync's fingerprint check comes
-    after (``plan_project``). Nothing here follows a symlink."""
+    after (``plan_project``). ``archived_names``: the project's ``archive/`` as listed for all its
+    generations (``archived_folder_names``); None: looked up for this one. Nothing here follows
+    a symlink."""
     legacy_kind = _legacy_kind(storage, generation)
     target = storage.layout.generation_target(generation)
     marks = _folder_marks(storage, target)
@@ -69,10 +73,26 @@ def probe_disk(storage: Storage, generation: GenerationRow) -> DiskState:
         version for name in marks or () if (version := parse_patch_file_name(name)) is not None
     ))
     has_temp_files = any(is_temp_name(name) for name in marks or ())
-    archived = is_archived(storage, generation)
+    archived = is_archived(storage, generation) if archived_names is None \
+        else target_dir_name(generation.version or 0, generation.id) in archived_names
     application = source_exists and legacy_kind == LegacyKind.DIR and has_application_manifest(storage, target)
     return DiskState(legacy_kind, target_exists, source_exists, manifest, patch_versions, None, archived,
                      has_temp_files, application)
+
+
+def archived_folder_names(storage: Storage, project_id: str) -> frozenset[str] | None:
+    """The names of the real folders in ``<project>/archive/`` — one listing answers
+    ``is_archived`` for every generation of the project — and none where there is no such
+    folder (or the id cannot name one). None where something is there that cannot be listed (a
+    link, a file, a folder without read permission): then each generation is looked up alone."""
+    try:
+        archive = storage.layout.project_dir(project_id) / ARCHIVE_DIR
+    except UnsafePathComponent:
+        return frozenset()
+    try:
+        return frozenset(name for name, is_folder in storage.folder_marks(archive) if is_folder)
+    except OSError:
+        return None if storage.occupied(archive) else frozenset()
 
 
 def _folder_marks(storage: Storage, target: Path) -> dict[str, bool] | None:
@@ -150,6 +170,7 @@ def plan_project(
     disks: dict[str, DiskState] = {}
     unprobed: dict[str, str] = {}
     sources: dict[str, Path] = {}          # resync: the source/ folders whose stats are checked
+    archived_names = archived_folder_names(storage, record.project_id)
     for generation in record.generations:
         if unsafe_reason(generation) or not isinstance(generation.version, int):
             continue
@@ -158,7 +179,7 @@ def plan_project(
             if storage.is_folder(storage.layout.generation_target(moved)):
                 generation = moved
         try:
-            disks[generation.id] = probe_disk(storage, generation)
+            disks[generation.id] = probe_disk(storage, generation, archived_names)
         except FAILS_ONE_GENERATION as error:
             unprobed[generation.id] = f"cannot look at its folders: {failure_line(error)}"
             continue
