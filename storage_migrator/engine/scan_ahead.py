@@ -126,18 +126,18 @@ class ScanAhead:
             self._process.join(timeout=REAP_SECONDS)
 
     def _receive(self) -> Any:
-        """The answer to the pending request (None: it failed, the reader is gone, or it gave no
-        answer within the timeout — then it is ended and the caller does the work)."""
+        """The answer to the pending request (None: the reader is gone, or it gave no answer
+        within the timeout — then it is ended and the caller does the work)."""
         self._pending = None
         try:
-            outcome: tuple[str, Any] = _receive_frame(self._socket, time.monotonic() + self._timeout)
+            answer: Any = _receive_frame(self._socket, time.monotonic() + self._timeout)
         except _NoAnswer:
             self._end_reader("gave no answer")
             return None
         except (EOFError, OSError, pickle.UnpicklingError):
             self._broken = True
             return None
-        return outcome[1]
+        return answer
 
     def _end_reader(self, what: str) -> None:
         """A reader that is stopped or stuck: SIGKILL, reaped, said on one stderr line; from now
@@ -181,8 +181,8 @@ def _summary_or_error(storage: Storage, folder: Path) -> SummaryOrError:
 
 
 def _serve(storage: Storage, connection: socket.socket, parent_end: socket.socket) -> None:
-    """The reader's loop: one request (the folders to walk), one answer ("ok", {folder:
-    TreeSummary} of those it could walk), until the parent closes its end (the copy of that end
+    """The reader's loop: one request (the folders to walk), one answer ({folder: TreeSummary}
+    of those it could walk), until the parent closes its end (the copy of that end
     this fork inherited is closed first, or the end would never come). Its own waits are the
     parent's to bound (it ends the reader)."""
     parent_end.close()
@@ -193,7 +193,7 @@ def _serve(storage: Storage, connection: socket.socket, parent_end: socket.socke
         except (EOFError, OSError):
             return
         try:
-            _send_frame(connection, ("ok", _walked(storage, folders)), None)
+            _send_frame(connection, _walked(storage, folders), None)
         except OSError:
             return
 

@@ -23,9 +23,8 @@ from storage_migrator.engine.plan import (
 from storage_migrator.engine.scan_ahead import ScanAhead, SummaryOrError, summarize_trees
 from storage_migrator.errors import FAILS_ONE_GENERATION, GenerationError, UnsafePathComponent, failure_line
 from storage_migrator.records import GenerationRow, ProjectRecord
-from storage_migrator.storage.handle import Storage, is_archived
+from storage_migrator.storage.handle import Storage, archived_folder_names, is_archived
 from storage_migrator.storage.layout import (
-    ARCHIVE_DIR,
     SOURCE_DIR,
     check_path_component,
     is_temp_name,
@@ -34,7 +33,6 @@ from storage_migrator.storage.layout import (
     parse_patch_file_name,
     parse_target_dir_name,
     source_dir,
-    target_dir_name,
 )
 from storage_migrator.storage.manifest import TreeSummary, read_manifest, read_manifest_head
 
@@ -73,26 +71,10 @@ def probe_disk(storage: Storage, generation: GenerationRow, archived_names: froz
         version for name in marks or () if (version := parse_patch_file_name(name)) is not None
     ))
     has_temp_files = any(is_temp_name(name) for name in marks or ())
-    archived = is_archived(storage, generation) if archived_names is None \
-        else target_dir_name(generation.version or 0, generation.id) in archived_names
+    archived = is_archived(storage, generation, archived_names)
     application = source_exists and legacy_kind == LegacyKind.DIR and has_application_manifest(storage, target)
     return DiskState(legacy_kind, target_exists, source_exists, manifest, patch_versions, None, archived,
                      has_temp_files, application)
-
-
-def archived_folder_names(storage: Storage, project_id: str) -> frozenset[str] | None:
-    """The names of the real folders in ``<project>/archive/`` — one listing answers
-    ``is_archived`` for every generation of the project — and none where there is no such
-    folder (or the id cannot name one). None where something is there that cannot be listed (a
-    link, a file, a folder without read permission): then each generation is looked up alone."""
-    try:
-        archive = storage.layout.project_dir(project_id) / ARCHIVE_DIR
-    except UnsafePathComponent:
-        return frozenset()
-    try:
-        return frozenset(name for name, is_folder in storage.folder_marks(archive) if is_folder)
-    except OSError:
-        return None if storage.occupied(archive) else frozenset()
 
 
 def _folder_marks(storage: Storage, target: Path) -> dict[str, bool] | None:

@@ -14,7 +14,7 @@ from types import TracebackType
 
 from storage_migrator.errors import UnsafePath, UnsafePathComponent, UsageError
 from storage_migrator.records import GenerationRow
-from storage_migrator.storage.layout import StorageLayout
+from storage_migrator.storage.layout import ARCHIVE_DIR, StorageLayout
 from storage_migrator.storage.root import Root
 
 
@@ -182,11 +182,27 @@ def _check_state_dir(storage: Storage) -> None:
     storage.keep_state_dir_fresh()
 
 
-def is_archived(storage: Storage, generation: GenerationRow) -> bool:
+def is_archived(storage: Storage, generation: GenerationRow, listed: frozenset[str] | None = None) -> bool:
     """``<ROOT>/<project>/archive/v<N>__<id>/`` is a real folder, reached through real folders
-    only (a link at any component is not an archive: nothing is decided through a link)."""
+    only (a link at any component is not an archive: nothing is decided through a link).
+    ``listed``: the project's ``archived_folder_names``, answering without a look of its own."""
     try:
         archive = storage.layout.archive_dir(generation.project_id, generation.version or 0, generation.id)
     except UnsafePathComponent:
         return False                    # an id that cannot name a folder has no archive either
-    return storage.is_folder(archive)
+    return archive.name in listed if listed is not None else storage.is_folder(archive)
+
+
+def archived_folder_names(storage: Storage, project_id: str) -> frozenset[str] | None:
+    """The names of the real folders in ``<project>/archive/`` — one listing answers
+    ``is_archived`` for every generation of the project — and none where there is no such
+    folder (or the id cannot name one). None where something is there that cannot be listed (a
+    link, a file, a folder without read permission): then each generation is looked up alone."""
+    try:
+        archive = storage.layout.project_dir(project_id) / ARCHIVE_DIR
+    except UnsafePathComponent:
+        return frozenset()
+    try:
+        return frozenset(name for name, is_folder in storage.folder_marks(archive) if is_folder)
+    except OSError:
+        return None if storage.occupied(archive) else frozenset()

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from storage_migrator.engine.survey import archived_folder_names, probe_disk
+from storage_migrator.engine.survey import probe_disk
 from storage_migrator.records import GenerationRow
-from storage_migrator.storage.handle import Storage, is_archived
+from storage_migrator.storage.handle import Storage, archived_folder_names, is_archived
 from tests.support.sandbox import storage_around
 
 PROJECT = "7f3c2a10-0000-4000-8000-000000000001"
