@@ -1,4 +1,4 @@
 """``python -m storage_migrator`` is the ``storage-migrate`` command."""
-from storage_migrator.cli.main import main
+from storage_migrator.cli.main import console_script
 
-main()
+console_script()

@@ -29,6 +29,26 @@ def test_version_prints_the_installed_distributions_version(tmp_path: Path) -> N
     assert result.stdout.strip() == f"storage-migrate {version('storage-migrator')}"
 
 
+@pytest.mark.parametrize("launch", [
+    "from storage_migrator.cli.main import console_script; console_script()",   # the installed command's entry
+    "import runpy; runpy.run_module('storage_migrator', run_name='__main__')",   # python -m storage_migrator
+])
+def test_the_command_process_freezes_what_its_modules_left_and_collects_young_objects_less_often(
+        tmp_path: Path, launch: str) -> None:
+    from importlib.metadata import entry_points
+
+    from storage_migrator.cli.main import YOUNG_COLLECTION_THRESHOLD
+
+    script = entry_points(group="console_scripts")["storage-migrate"]
+    assert script.value == "storage_migrator.cli.main:console_script", "the installed command skips the set-up"
+    report = ("import atexit, gc, sys; sys.argv = ['storage-migrate', '--version']; "
+              f"atexit.register(lambda: print(gc.get_threshold()[0], gc.get_freeze_count() > 1000)); {launch}")
+    result = subprocess.run([sys.executable, "-c", report], cwd=tmp_path, env=CLEAN_ENVIRONMENT,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == f"{YOUNG_COLLECTION_THRESHOLD} True", result.stdout
+
+
 @pytest.mark.parametrize(("option", "minimum"), [("--projects", 5), ("--generations", 1), ("--files", 1)])
 def test_demo_data_takes_its_minimum_and_refuses_one_less_in_one_line(tmp_path: Path, option: str,
                                                                       minimum: int) -> None:
