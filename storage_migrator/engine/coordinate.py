@@ -49,6 +49,7 @@ DONE_CLASS = 0x534D_4302
 BARRIER_CLASS = 0x534D_4303
 ORPHANS_CLASS = 0x534D_4304
 POLL_SECONDS = 0.2
+FIRST_POLL_SECONDS = 0.01
 JOIN_PID_CHECKS = 5
 HOSTNAME_VARIABLE = "STORAGE_MIGRATE_HOSTNAME"
 COORDINATE_VARIABLE = "STORAGE_MIGRATE_COORDINATE"
@@ -69,6 +70,14 @@ class PoolingProxy(UsageError):
         super().__init__(f"--coordinate needs a session of its own: pg_backend_pid() changed between two transactions "
                          f"({', '.join(map(str, pids))}), as behind a transaction-pooling proxy (pgbouncer "
                          "pool_mode=transaction); point DATABASE_URL at PostgreSQL itself or a session-pooling port")
+
+
+def poll_interval(waited: float) -> float:
+    """How long a wait sleeps next, ``waited`` seconds into it: a quarter of that, at least
+    ``FIRST_POLL_SECONDS``, at most ``POLL_SECONDS``. A wait that ends soon is seen soon (the
+    barrier after the last bucket: each participant there waits only for the others' last
+    poll), and one that lasts costs the server one query every ``POLL_SECONDS``."""
+    return min(POLL_SECONDS, max(FIRST_POLL_SECONDS, waited / 4))
 
 
 def host_name() -> str:
@@ -336,7 +345,7 @@ class Participant:
         if started - self._noticed >= WAIT_NOTICE_SECONDS:
             self._noticed = started
             self._say(f"waiting {started - self._waiting_since:.0f} s for {waiting_for()}")
-        time.sleep(POLL_SECONDS)
+        time.sleep(poll_interval(started - self._waiting_since))
         self.stats.waited_seconds += time.monotonic() - started
 
     def _say(self, text: str) -> None:
