@@ -11,6 +11,7 @@ cleanly, never with a traceback.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import sqlalchemy as sa
@@ -22,7 +23,7 @@ from storage_migrator.db.tables import ROWS_PER_STATEMENT
 from storage_migrator.db.writes import write_generation_updates, write_project_update
 from storage_migrator.errors import FilesystemError
 from storage_migrator.faults import checkpoint
-from storage_migrator.records import GenerationUpdate, ProjectUpdate, RowDrift
+from storage_migrator.records import GenerationUpdate, ProjectUpdate, RowDrift, Tally
 from storage_migrator.report import GenerationOutcome, RunReport
 from storage_migrator.storage.handle import Storage
 from storage_migrator.storage.steps import flush_to_disk
@@ -45,6 +46,11 @@ class BatchWriter:
     engine: Engine
     report: RunReport
     batch_size: int = DEFAULT_BATCH_SIZE
+    after_commit: Callable[[set[str], set[str]], dict[str, str]] = lambda flushed, done: {}
+    """Called once per flush with the ids of its lines and of those whose work is recorded (moved,
+    rebuilt, refreshed…: their rows written or already published; none if the write failed),
+    after the commit and before the lines reach the report; returns the ids whose disk step
+    after the commit failed, with why: their lines say failed."""
     _pending: list[_Pending] = field(default_factory=list)
     _project_updates: list[ProjectUpdate] = field(default_factory=list)
 
@@ -68,6 +74,12 @@ class BatchWriter:
         still_there = existing_generation_ids(self.engine, failed)
         return {generation_id: RowDrift.GONE for generation_id in failed if generation_id not in still_there}
 
+    @staticmethod
+    def _as_written(pending: _Pending, drifted: dict[str, RowDrift]) -> GenerationOutcome:
+        """A line as the commit left it: "changed" or "gone" if its row drifted before it was written."""
+        drift = drifted.get(pending.outcome.id) if pending.update is not None or pending.outcome.failed else None
+        return pending.outcome.drifted(drift) if drift else pending.outcome
+
     def flush(self) -> None:
         """Make the disk durable, then write the batch in one transaction. On a database error,
         or if the disk cannot be made durable (nothing is written then), the generations of this
@@ -81,11 +93,14 @@ class BatchWriter:
                 write_project_update(self.engine, project_update)
             checkpoint("after-database-write")
             drifted.update(self._deleted_since_failing())
-            for pending in self._pending:
-                drift = drifted.get(pending.outcome.id) if pending.update is not None or pending.outcome.failed \
-                    else None
-                self.report.add(pending.outcome.drifted(drift) if drift else pending.outcome)
+            outcomes = [self._as_written(pending, drifted) for pending in self._pending]
+            done = {outcome.id for outcome in outcomes if outcome.tally is Tally.MIGRATED}
+            failures = self.after_commit({outcome.id for outcome in outcomes}, done)
+            for outcome in outcomes:
+                failure = failures.get(outcome.id)
+                self.report.add(outcome.failed_with(failure) if failure and not outcome.failed else outcome)
         except (sa.exc.DBAPIError, FilesystemError) as error:
+            self.after_commit({pending.outcome.id for pending in self._pending}, set())
             message = f"database write failed ({first_line(error)}); rerun to finish" \
                 if isinstance(error, sa.exc.DBAPIError) else f"{error}; nothing written to the database — rerun to finish"
             for pending in self._pending:

@@ -100,6 +100,16 @@ class FailedInPlace(Exception):
 
 
 @dataclass(frozen=True)
+class _HeldManifest:
+    """A manifest recording new bytes of a folder in place, written once the rows made from those
+    bytes are committed (``Executor._hold_manifest``)."""
+
+    generation_id: str
+    path: Path
+    manifest: Manifest
+
+
+@dataclass(frozen=True)
 class _Staged:
     """What a claim batch did for one move: the move handled (its folder moved, its manifest,
     patch and link written, its row published with all its metadata: the update is None then),
@@ -144,10 +154,13 @@ class Executor:
     _published: dict[str, RowSeen] = field(init=False, default_factory=dict)   # id -> the row as the tool wrote it
     _staged: dict[str, _Staged] = field(init=False, default_factory=dict)   # id -> its move, done by a claim batch
     _made_targets: set[str] = field(init=False, default_factory=set)   # ids whose target folder this run made
+    _diffed_from: dict[str, GenerationPlan] = field(init=False, default_factory=dict)   # base id -> the plan diffed from it
+    _manifests_after: dict[str, list[_HeldManifest]] = field(init=False, default_factory=dict)   # see _hold_manifest
     _claims: Connection | None = field(init=False, default=None)   # the connection every claim is made on
 
     def __post_init__(self) -> None:
-        self._writer = BatchWriter(self.storage, self.engine, self.report, self.batch_size)
+        self._writer = BatchWriter(self.storage, self.engine, self.report, self.batch_size,
+                                   after_commit=self._write_held_manifests)
 
     @property
     def layout(self) -> StorageLayout:
@@ -158,6 +171,7 @@ class Executor:
         previous_version: int | None = None
         self._staged.clear()
         self._made_targets.clear()
+        self._diffed_from = _diffed_from(plan.generations)
         checkpoint("planned")
         for position, generation_plan in enumerate(plan.generations):
             if generation_plan.action == Action.MOVE and generation_plan.id not in self._staged:
@@ -676,9 +690,12 @@ class Executor:
             manifest = Manifest(generation.id, generation.project_id, generation.version or 0, manifest.created_at,
                                 manifest.file_count, manifest.total_size_bytes, manifest.checksums,
                                 manifest.fingerprints)
-        _write_if_different(self.storage, manifest_path(target), manifest.with_extra(existing).to_bytes(),
-                            compare=existing is not None)
-        checkpoint("manifest-written")
+        if plan.action == Action.REFRESH and plan.content_changes:
+            self._hold_manifest(plan, _HeldManifest(plan.id, manifest_path(target), manifest))
+        else:
+            _write_if_different(self.storage, manifest_path(target), manifest.with_extra(existing).to_bytes(),
+                                compare=existing is not None)
+            checkpoint("manifest-written")
         if generation.status != "completed":
             return None, None
         if previous is None or previous_version is None:
@@ -693,6 +710,41 @@ class Executor:
             generation.project_id, generation.version or 0, generation.id, previous_version
         )
         return compare.ChangeSummary.from_comparison(comparison, previous_version), patch_path
+
+    def _hold_manifest(self, plan: GenerationPlan, held: _HeldManifest) -> None:
+        """The manifest of a folder already in place whose bytes changed waits until the rows of
+        this version and of the version diffed from it are committed: the patches and changes
+        summaries made from the new bytes are then recorded. The planner learns that bytes
+        changed only from a manifest that no longer matches, so written any earlier, a kill
+        before those rows are committed would leave the old patches and summaries for good."""
+        released_by = self._diffed_from.get(plan.id, plan).id
+        self._manifests_after.setdefault(released_by, []).append(held)
+
+    def _write_held_manifests(self, flushed: set[str], done: set[str]) -> dict[str, str]:
+        """The batch writer's hook after each flush: every held manifest released by a line of
+        this batch is written if both rows it waits for were written; otherwise it is dropped,
+        and the next resync, finding the old manifest, does that version and the next again.
+        Returns the ids whose manifest could not be written, with why."""
+        failures: dict[str, str] = {}
+        released = [(released_by, self._manifests_after.pop(released_by))
+                    for released_by in sorted(flushed & self._manifests_after.keys())]
+        if any({held.generation_id, released_by} <= done for released_by, manifests in released
+               for held in manifests):
+            self.fence()                # still this participant's to write below ROOT?
+        for released_by, manifests in released:
+            for held in manifests:
+                if not {held.generation_id, released_by} <= done:
+                    continue
+                try:
+                    existing = read_manifest_document(self.storage, held.path)   # the application's keys, as now
+                    _write_if_different(self.storage, held.path, held.manifest.with_extra(existing).to_bytes(),
+                                        compare=existing is not None)
+                except FAILS_ONE_GENERATION as error:
+                    failures[held.generation_id] = (f"its patches are recorded but not its manifest "
+                                                    f"({failure_line(error)}); rerun resync")
+                    continue
+                checkpoint("manifest-written")
+        return failures
 
     def _keep_legacy_link(self, plan: GenerationPlan) -> None:
         """``<ROOT>/<id>`` → ``<project>/generations/v<N>__<id>/source``, so the application's
@@ -758,6 +810,22 @@ def _new_number_only(plan: GenerationPlan) -> GenerationUpdate | None:
     if plan.renumbered_from is None or plan.generation.version == plan.row_seen.version:
         return None
     return GenerationUpdate.from_row(plan.generation, seen=plan.row_seen)
+
+
+def _diffed_from(plans: Sequence[GenerationPlan]) -> dict[str, GenerationPlan]:
+    """Each diff base's id → the plan of the version whose patch this run takes from it (the
+    plan's own rule: the last diff base before it, when its ``from_version`` is that base's),
+    if that version writes one: one skipped, failed or unchanged by plan never releases a
+    held manifest, which would then be held, and the base redone, at every resync."""
+    diffed: dict[str, GenerationPlan] = {}
+    base: GenerationPlan | None = None
+    for plan in plans:
+        if base is not None and plan.from_version is not None and plan.from_version == base.generation.version \
+                and plan.action not in (Action.SKIP, Action.FAIL, Action.UNCHANGED):
+            diffed[base.id] = plan
+        if plan.is_diff_base:
+            base = plan
+    return diffed
 
 
 def _claim_batch(plans: Sequence[GenerationPlan], start: int) -> Sequence[GenerationPlan]:

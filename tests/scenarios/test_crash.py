@@ -25,12 +25,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
-import sqlalchemy as sa
 
 from storage_migrator.demo import SampleSize
 from storage_migrator.faults import CRASH_AT_VARIABLE
 from tests.support.processes import Cli, rerun_until_done
-from tests.support.sandbox import Sandbox, build_installation, end_state, query_rows, run_cli, sqlite_copy
+from tests.support.sandbox import (
+    Sandbox,
+    build_installation,
+    edit_a_diff_base_in_place,
+    end_state,
+    run_cli,
+    sqlite_copy,
+)
 
 if TYPE_CHECKING:
     from tests.conftest import CliForkServer
@@ -125,27 +131,6 @@ def test_kill_at_every_step_of_rollback(cli: Cli, template: Sandbox, tmp_path: P
     assert step > 10
 
 
-def _edit_a_diff_base_in_place(installation: Sandbox) -> None:
-    """One byte of one file changed, its size kept, in a completed version that a later one of
-    its project is diffed from: only the fingerprint (mtime, ctime) says the file was written."""
-    rows = query_rows(installation, "SELECT project_id, id, version FROM generations WHERE status = 'completed' "
-                                    "ORDER BY project_id, version")
-    by_project: dict[str, list[sa.Row]] = {}
-    for row in rows:
-        by_project.setdefault(row.project_id, []).append(row)
-    base = next(versions[0] for versions in by_project.values() if len(versions) >= 2)
-    (source,) = installation.root.glob(f"{base.project_id}/generations/v{base.version}__{base.id}/source")
-    edited = next(path for path in sorted(source.rglob("*")) if path.is_file() and path.stat().st_size > 0)
-    content = bytearray(edited.read_bytes())
-    content[len(content) // 2] = ord("Q") if content[len(content) // 2] != ord("Q") else ord("R")
-    edited.write_bytes(bytes(content))
-
-
-@pytest.mark.xfail(strict=True, reason=(
-    "a known bug: the edited version's manifest is written before the patches and summaries made from "
-    "its bytes (its own, and the next version's) are written and committed; killed in between, the "
-    "rerun finds the fingerprints matching the new manifest, calls both versions unchanged, and the "
-    "stale patch or changes_summary stays (verify exits 3). docs/design.md, \"A known gap\", has the analysis and the fix."))
 def test_kill_at_every_step_of_a_resync_that_records_an_edit(cli: Cli, template: Sandbox, tmp_path: Path) -> None:
     """Killed anywhere in the resync that records an edit (size kept) of a diff base, a rerun
     still redoes both patches read from the old bytes — the edited version's own and the next
@@ -153,7 +138,7 @@ def test_kill_at_every_step_of_a_resync_that_records_an_edit(cli: Cli, template:
     the uninterrupted resync does; ``verify`` then finds nothing."""
     edited = sqlite_copy(template, tmp_path / "edited")
     assert run_cli(edited, "run", "--workers", "1").returncode == 0
-    _edit_a_diff_base_in_place(edited)
+    edit_a_diff_base_in_place(edited)
     uninterrupted = sqlite_copy(edited, tmp_path / "uninterrupted")
     assert run_cli(uninterrupted, "resync", "--workers", "1").returncode == 0
     assert run_cli(uninterrupted, "verify").returncode == 0

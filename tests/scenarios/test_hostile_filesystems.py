@@ -48,6 +48,7 @@ from tests.support.sandbox import (
     Sandbox,
     build_installation,
     dump_tables,
+    edit_a_diff_base_in_place,
     error_lines,
     first_project,
     process_tree,
@@ -480,6 +481,32 @@ def test_disk_full_mid_run_fails_every_unfinished_generation(database_url: str, 
     verify = run_cli(installation, "verify")
     assert verify.returncode == 0, verify.stdout + verify.stderr
     assert_nothing_lost(installation, before)
+
+
+def test_disk_full_before_an_edits_manifest_is_recorded_fails_its_line(database_url: str, tmp_path: Path,
+                                                                        tmpfs) -> None:
+    """A resync records an edit (size kept) of a diff base: the edited version's manifest waits
+    until the rows made from its new bytes are committed. The disk fills after the next
+    version's patch: that manifest cannot be written, so its line says failed (exit 1), never
+    refreshed; once there is room, the next resync, finding the old manifest, records it."""
+    disk = tmpfs(tmp_path / "disk", size="24m")
+    installation = build_installation(database_url, disk / "projects")
+    assert run_cli(installation, "run").returncode == 0
+    _, edited_id = edit_a_diff_base_in_place(installation)
+    process = start_paused(installation, "patch-written", "--json", "resync", "--workers", "1")
+    filler = fill(disk)
+    stdout, stderr = resume(process)
+    assert "Traceback" not in stderr, stderr
+    assert process.returncode == 1, stdout + stderr
+    lines = {line["id"]: line for line in json.loads(stdout)["generations"]}
+    assert lines[edited_id]["action"] == "failed", lines[edited_id]
+    assert "manifest" in lines[edited_id]["error"] and "disk is full" in lines[edited_id]["error"], lines[edited_id]
+    filler.unlink()
+    again = run_cli(installation, "--json", "resync")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert {line["id"]: line["action"] for line in json.loads(again.stdout)["generations"]}[edited_id] == "refreshed"
+    verify = run_cli(installation, "verify")
+    assert verify.returncode == 0, verify.stdout + verify.stderr
 
 
 def test_unreadable_patch_base_after_the_move_is_a_failure(database_url: str, tmp_path: Path) -> None:

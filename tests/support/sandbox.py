@@ -275,6 +275,23 @@ def end_state(installation: Sandbox) -> tuple[dict, dict]:
     return tree_digest(installation.root), tables
 
 
+def edit_a_diff_base_in_place(installation: Sandbox) -> tuple[str, str]:
+    """One byte of one file changed, its size kept, in a completed version that a later one of
+    its project is diffed from: only the fingerprint (mtime, ctime) says the file was written."""
+    rows = query_rows(installation, "SELECT project_id, id, version FROM generations WHERE status = 'completed' "
+                                    "ORDER BY project_id, version")
+    by_project: dict[str, list[sa.Row]] = {}
+    for row in rows:
+        by_project.setdefault(row.project_id, []).append(row)
+    base = next(versions[0] for versions in by_project.values() if len(versions) >= 2)
+    (source,) = installation.root.glob(f"{base.project_id}/generations/v{base.version}__{base.id}/source")
+    edited = next(path for path in sorted(source.rglob("*")) if path.is_file() and path.stat().st_size > 0)
+    content = bytearray(edited.read_bytes())
+    content[len(content) // 2] = ord("Q") if content[len(content) // 2] != ord("Q") else ord("R")
+    edited.write_bytes(bytes(content))
+    return base.project_id, base.id
+
+
 def sqlite_copy(installation: Sandbox, destination: Path) -> Sandbox:
     """The same SQLite installation byte for byte in ``destination`` (ROOT with mtimes and links)."""
     database = Path(installation.database_url.removeprefix("sqlite:///"))
