@@ -682,7 +682,6 @@ class Executor:
             if not self.storage.is_folder(target):      # deleted since it was published: never made again
                 raise GenerationError(f"{target} is gone (the application deleted the generation meanwhile?)")
             make_owned_dirs(self.storage, artifacts_dir(target))  # a folder put in place by hand or by an older run
-        existing = read_manifest_document(self.storage, manifest_path(target))
         manifest = tree.full() if isinstance(tree, ManifestTree) else Manifest.from_snapshot(
             tree, generation.id, generation.project_id, generation.version or 0, generation.created_at
         )
@@ -693,8 +692,7 @@ class Executor:
         if plan.action == Action.REFRESH and plan.content_changes:
             self._hold_manifest(plan, _HeldManifest(plan.id, manifest_path(target), manifest))
         else:
-            _write_if_different(self.storage, manifest_path(target), manifest.with_extra(existing).to_bytes(),
-                                compare=existing is not None)
+            _write_merged_manifest(self.storage, manifest_path(target), manifest)
             checkpoint("manifest-written")
         if generation.status != "completed":
             return None, None
@@ -725,25 +723,19 @@ class Executor:
         this batch is written if both rows it waits for were written; otherwise it is dropped,
         and the next resync, finding the old manifest, does that version and the next again.
         Returns the ids whose manifest could not be written, with why."""
-        failures: dict[str, str] = {}
-        released = [(released_by, self._manifests_after.pop(released_by))
-                    for released_by in sorted(flushed & self._manifests_after.keys())]
-        if any({held.generation_id, released_by} <= done for released_by, manifests in released
-               for held in manifests):
+        ready = [held for released_by in sorted(flushed & self._manifests_after.keys())
+                 for held in self._manifests_after.pop(released_by) if {held.generation_id, released_by} <= done]
+        if ready:
             self.fence()                # still this participant's to write below ROOT?
-        for released_by, manifests in released:
-            for held in manifests:
-                if not {held.generation_id, released_by} <= done:
-                    continue
-                try:
-                    existing = read_manifest_document(self.storage, held.path)   # the application's keys, as now
-                    _write_if_different(self.storage, held.path, held.manifest.with_extra(existing).to_bytes(),
-                                        compare=existing is not None)
-                except FAILS_ONE_GENERATION as error:
-                    failures[held.generation_id] = (f"its patches are recorded but not its manifest "
-                                                    f"({failure_line(error)}); rerun resync")
-                    continue
-                checkpoint("manifest-written")
+        failures: dict[str, str] = {}
+        for held in ready:
+            try:
+                _write_merged_manifest(self.storage, held.path, held.manifest)
+            except FAILS_ONE_GENERATION as error:
+                failures[held.generation_id] = (f"its patches are recorded but not its manifest "
+                                                f"({failure_line(error)}); rerun resync")
+                continue
+            checkpoint("manifest-written")
         return failures
 
     def _keep_legacy_link(self, plan: GenerationPlan) -> None:
@@ -877,6 +869,13 @@ def _legacy(plan: GenerationPlan) -> Path:
 
 def _is_empty_artifacts(storage: Storage, entry: Path, status: os.stat_result) -> bool:
     return entry.name == ARTIFACTS_DIR and stat.S_ISDIR(status.st_mode) and not storage.names(entry)
+
+
+def _write_merged_manifest(storage: Storage, path: Path, manifest: Manifest) -> None:
+    """``manifest`` merged into the document at ``path`` as it is now (the application's keys
+    kept), written unless that is what is there already."""
+    existing = read_manifest_document(storage, path)
+    _write_if_different(storage, path, manifest.with_extra(existing).to_bytes(), compare=existing is not None)
 
 
 def _write_if_different(storage: Storage, path: Path, content: bytes, compare: bool = True) -> None:

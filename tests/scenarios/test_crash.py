@@ -66,6 +66,24 @@ def crash_then_rerun(cli: Cli, installation: Sandbox, command: str, step: int, w
     return True
 
 
+def kill_at_every_step(cli: Cli, start: Sandbox, command: str, expected: tuple[dict, dict], tmp_path: Path,
+                       verify: bool = False) -> int:
+    """``command`` on a copy of ``start`` killed at step 1, 2, … and rerun, until it finishes
+    before the step; after each rerun the end state must be ``expected`` (and, with ``verify``,
+    ``verify`` must find nothing). Returns the first step it did not reach."""
+    step = 0
+    while True:
+        step += 1
+        installation = sqlite_copy(start, tmp_path / f"{command}{step}")
+        if not crash_then_rerun(cli, installation, command, step):
+            return step
+        if verify:
+            checked = run_cli(installation, "verify")
+            assert checked.returncode == 0, f"{command} killed at step {step}: {checked.stdout}"
+        assert end_state(installation) == expected, f"{command} killed at step {step}"
+        shutil.rmtree(tmp_path / f"{command}{step}")
+
+
 @pytest.fixture(scope="module")
 def template(tmp_path_factory: pytest.TempPathFactory) -> Sandbox:
     folder = tmp_path_factory.mktemp("template")
@@ -119,16 +137,8 @@ def test_kill_at_every_step_of_rollback(cli: Cli, template: Sandbox, tmp_path: P
     assert run_cli(migrated, "run").returncode == 0
     uninterrupted = sqlite_copy(migrated, tmp_path / "uninterrupted")
     assert run_cli(uninterrupted, "rollback").returncode == 0
-    expected = end_state(uninterrupted)
-    step = 0
-    while True:
-        step += 1
-        installation = sqlite_copy(migrated, tmp_path / f"rollback{step}")
-        if not crash_then_rerun(cli, installation, "rollback", step):
-            break
-        assert end_state(installation) == expected, f"rollback killed at step {step}"
-        shutil.rmtree(tmp_path / f"rollback{step}")
-    assert step > 10
+    steps = kill_at_every_step(cli, migrated, "rollback", end_state(uninterrupted), tmp_path)
+    assert steps > 10
 
 
 def test_kill_at_every_step_of_a_resync_that_records_an_edit(cli: Cli, template: Sandbox, tmp_path: Path) -> None:
@@ -142,15 +152,5 @@ def test_kill_at_every_step_of_a_resync_that_records_an_edit(cli: Cli, template:
     uninterrupted = sqlite_copy(edited, tmp_path / "uninterrupted")
     assert run_cli(uninterrupted, "resync", "--workers", "1").returncode == 0
     assert run_cli(uninterrupted, "verify").returncode == 0
-    expected = end_state(uninterrupted)
-    step = 0
-    while True:
-        step += 1
-        installation = sqlite_copy(edited, tmp_path / f"resync{step}")
-        if not crash_then_rerun(cli, installation, "resync", step):
-            break
-        checked = run_cli(installation, "verify")
-        assert checked.returncode == 0, f"resync killed at step {step}: {checked.stdout}"
-        assert end_state(installation) == expected, f"resync killed at step {step}"
-        shutil.rmtree(tmp_path / f"resync{step}")
-    assert step > 3, "the resync should pass several step boundaries"
+    steps = kill_at_every_step(cli, edited, "resync", end_state(uninterrupted), tmp_path, verify=True)
+    assert steps > 3, "the resync should pass several step boundaries"
