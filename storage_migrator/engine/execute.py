@@ -156,6 +156,7 @@ class Executor:
     _made_targets: set[str] = field(init=False, default_factory=set)   # ids whose target folder this run made
     _diffed_from: dict[str, GenerationPlan] = field(init=False, default_factory=dict)   # base id -> the plan diffed from it
     _manifests_after: dict[str, list[_HeldManifest]] = field(init=False, default_factory=dict)   # see _hold_manifest
+    _as_recorded: set[int] = field(init=False, default_factory=set)   # versions: see _note_bytes_as_recorded
     _claims: Connection | None = field(init=False, default=None)   # the connection every claim is made on
 
     def __post_init__(self) -> None:
@@ -172,6 +173,7 @@ class Executor:
         self._staged.clear()
         self._made_targets.clear()
         self._diffed_from = _diffed_from(plan.generations)
+        self._as_recorded.clear()
         checkpoint("planned")
         for position, generation_plan in enumerate(plan.generations):
             if generation_plan.action == Action.MOVE and generation_plan.id not in self._staged:
@@ -276,6 +278,7 @@ class Executor:
         """Nothing to write; its manifest (read by the plan) is the next version's diff base."""
         assert plan.manifest is not None, "the plan calls a generation unchanged only with a manifest"
         tree = ManifestTree(self.storage, source_dir(_target(plan)), plan.manifest)
+        self._note_bytes_as_recorded(plan, True)
         self._keep_legacy_link(plan)
         return GenerationOutcome.from_plan(plan, Outcome.UNCHANGED, plan.storage_path), None, tree
 
@@ -415,16 +418,28 @@ class Executor:
 
     def _refresh(self, plan: GenerationPlan, previous: SourceTree | None, previous_version: int | None) -> Handled:
         """Already in the new layout: manifest, patch or metadata redone; the files are read only
-        if they differ from the manifest's fingerprints."""
+        if they differ from the manifest's fingerprints (as planned, or since: looked at again)."""
         self._renumber_folder(plan)
         source = source_dir(_target(plan))
         tree: SourceTree
-        if plan.manifest is not None and \
+        if plan.manifest is not None and not plan.content_changes and \
                 summarize_tree(self.storage, source).fingerprint_digest == plan.manifest.fingerprint_digest:
             tree = ManifestTree(self.storage, source, plan.manifest)    # only metadata or the diff to redo
+            self._note_bytes_as_recorded(plan, True)
         else:
             tree = _scan(self.storage, source, plan, previous)
+            recorded = plan.manifest.load() if plan.manifest is not None else None
+            self._note_bytes_as_recorded(plan, recorded is not None and recorded.checksums == tree.checksums())
         return self._record(plan, tree, previous, previous_version)
+
+    def _note_bytes_as_recorded(self, plan: GenerationPlan, as_recorded: bool) -> None:
+        """Whether this run found the generation's files holding the bytes its manifest records
+        (only stats moved, if anything). Its patch and changes summary are then still right if
+        their names and keys are (``patch_current``) and its diff base's bytes are as recorded
+        too: ``_write_manifest_and_patch`` keeps them. Kept by version, the one key the next
+        version's step is given for its base; no two plans that reach here share one."""
+        if as_recorded and plan.generation.version is not None:
+            self._as_recorded.add(plan.generation.version)
 
     _STEPS: ClassVar[dict[Action, Step]] = {
         Action.SKIP: _skip, Action.FAIL: _fail, Action.UNCHANGED: _unchanged, Action.MOVE: _move,
@@ -672,7 +687,8 @@ class Executor:
         self, plan: GenerationPlan, tree: SourceTree, previous: SourceTree | None, previous_version: int | None
     ) -> tuple[compare.ChangeSummary | None, str | None]:
         """The manifest (merged into the application's), then the patch from P. A failed
-        generation gets a manifest but no diff: it is never compared."""
+        generation gets a manifest but no diff: it is never compared. The patch on disk is kept
+        when neither side's bytes changed since it was written (``_note_bytes_as_recorded``)."""
         generation = plan.generation
         target = _target(plan)
         if plan.id not in self._made_targets:       # made by this run: only its own writes are there
@@ -689,7 +705,8 @@ class Executor:
             manifest = Manifest(generation.id, generation.project_id, generation.version or 0, manifest.created_at,
                                 manifest.file_count, manifest.total_size_bytes, manifest.checksums,
                                 manifest.fingerprints)
-        if plan.action == Action.REFRESH and plan.content_changes:
+        as_recorded = generation.version in self._as_recorded
+        if plan.action == Action.REFRESH and plan.content_changes and not as_recorded:
             self._hold_manifest(plan, _HeldManifest(plan.id, manifest_path(target), manifest))
         else:
             _write_merged_manifest(self.storage, manifest_path(target), manifest)
@@ -700,10 +717,11 @@ class Executor:
             _remove_patches(self.storage, target, keep=None)
             return compare.ChangeSummary.first_version(tree.file_count), None
         comparison = compare.compare_trees(previous.checksums(), tree.checksums())
-        patch_file = target / patch_file_name(previous_version)
-        atomic_write(self.storage, patch_file, lambda stream: write_tree_patch(stream, previous, tree, comparison))
-        _remove_patches(self.storage, target, keep=previous_version)
-        checkpoint("patch-written")
+        if not (plan.patch_current and as_recorded and previous_version in self._as_recorded):
+            patch_file = target / patch_file_name(previous_version)
+            atomic_write(self.storage, patch_file, lambda stream: write_tree_patch(stream, previous, tree, comparison))
+            _remove_patches(self.storage, target, keep=previous_version)
+            checkpoint("patch-written")
         patch_path = self.layout.patch_storage_path(
             generation.project_id, generation.version or 0, generation.id, previous_version
         )

@@ -94,6 +94,7 @@ class GenerationPlan:
     storage_path: str | None = None       # what storage_path will be
     from_version: int | None = None       # P, the version the diff will be taken from
     content_changes: bool = False         # source/ is new or differs from its manifest
+    patch_current: bool = False           # its patch and changes_summary are from_version's (_patch_is_current)
     renumbered_from: int | None = None    # the duplicate version it had; its folder is renamed
     leftover: Path | None = None          # the application's scratch copy beside the target
     manifest: Manifest | ManifestHead | None = field(default=None, repr=False)   # as probed; reused
@@ -185,6 +186,16 @@ def _summary_is_ours(generation: GenerationRow, expected_from: int | None) -> bo
     return counts_ok and to_version_ok and "from_version" in summary and summary.get("from_version") == expected_from
 
 
+def _patch_is_current(generation: GenerationRow, disk: DiskState, expected_from: int | None) -> bool:
+    """The patch file beside the folder and the row's ``changes_summary`` are the ones taken from
+    ``expected_from``, by their names and keys. Their content is right as long as neither side's
+    bytes changed since they were written: the executor keeps them, instead of writing them again,
+    when it finds both folders' checksums as their manifests record them (a ``chown -R`` or a
+    hard-link backup moves every file's ctime, so its fingerprint, and changes no byte)."""
+    return generation.status == "completed" and expected_from is not None \
+        and _summary_is_ours(generation, expected_from) and disk.patch_versions == (expected_from,)
+
+
 def _decide_on_disk(
     generation: GenerationRow, disk: DiskState, path_is_right: bool, expected_from: int | None
 ) -> tuple[Action, str | None]:
@@ -255,7 +266,8 @@ def _renumbered(plan: GenerationPlan, old_version: int | None) -> GenerationPlan
         return replace(plan, renumbered_from=old_version)
     action = Action.REFRESH if plan.action == Action.UNCHANGED else plan.action
     reason = f"version {old_version} is shared with an older generation; renumbered to v{plan.generation.version}"
-    return replace(plan, action=action, reason=reason, renumbered_from=old_version, content_changes=True)
+    return replace(plan, action=action, reason=reason, renumbered_from=old_version, content_changes=True,
+                   patch_current=False)
 
 
 def _decide_generation(
@@ -293,7 +305,7 @@ def _decide_generation(
             action, reason = Action.REFRESH, f"v{previous.generation.version} changed, so the diff from it is redone"
         changes = action == Action.REFRESH and (disk.manifest is None or disk.fingerprints_match is False)
         return replace(base, action=action, reason=reason, content_changes=changes, manifest=disk.manifest,
-                       leftover=leftover)
+                       leftover=leftover, patch_current=_patch_is_current(generation, disk, base.from_version))
     scratch = base.legacy_dir if disk.legacy_kind == LegacyKind.DIR else None
     if disk.archived:
         return replace(_row_as_is(base, reason="archived by the application (archive/ folder); left as it is"),

@@ -23,6 +23,7 @@ from tests.support.sandbox import (
     build_installation,
     demo_versions,
     dump_tables,
+    edit_a_diff_base_in_place,
     execute_sql,
     query_rows,
     run_cli,
@@ -108,6 +109,52 @@ def test_a_rewrite_that_sets_the_mtime_back_is_seen_by_the_next_resync(migrated:
     manifest = json.loads((middle.parent / "manifest.json").read_text("utf-8"))
     assert manifest["checksums"][edited.relative_to(middle).as_posix()] == hashlib.sha256(edited.read_bytes()).hexdigest()
     assert summary(demo_versions(migrated)[1])["modified"] == summary(v2)["modified"] + 1
+
+
+def _patch_files(installation: Sandbox) -> dict[Path, tuple[int, bytes]]:
+    return {path: (path.stat().st_ino, path.read_bytes())
+            for path in sorted(installation.root.glob("*/generations/v*__*/diff_from_v*.patch"))}
+
+
+@pytest.mark.parametrize("and_one_edit", [False, True], ids=["stats-only", "and-one-edit"])
+def test_a_resync_after_every_files_ctime_moved_reads_them_and_keeps_the_patches(
+        migrated: Sandbox, and_one_edit: bool) -> None:
+    """What ``chown -R``, ``chmod -R`` or a hard-link backup of ROOT do: every fingerprint moves,
+    no byte does. Resync reads every folder again (a rewrite that kept size and mtime looks the
+    same), records the new fingerprints, and keeps every patch and changes summary, whose two
+    sides hold the bytes they were written from; with one base edited in place as well, the
+    patch from it, and its own, are written again, and only those."""
+    patches = _patch_files(migrated)
+    for path in migrated.root.glob("*/generations/*/source/**/*"):
+        if path.is_file() and not path.is_symlink():
+            os.chmod(path, path.stat().st_mode & 0o7777)
+    edited: set[Path] = set()
+    if and_one_edit:
+        project_id, base_id = edit_a_diff_base_in_place(migrated)
+        rows = query_rows(migrated, "SELECT id, version FROM generations WHERE project_id = :p AND status = 'completed' "
+                                    "ORDER BY version", p=project_id)
+        ids = [row.id for row in rows]
+        touched = ids[ids.index(base_id):ids.index(base_id) + 2]
+        edited = {path for path in patches if path.parent.name.split("__")[1] in touched}
+        assert len(edited) >= 1
+    columns = "id, file_count, total_size_bytes, diff_from_previous, changes_summary"
+    rows_before = query_rows(migrated, f"SELECT {columns} FROM generations ORDER BY id")
+
+    result = run_cli(migrated, "--json", "resync")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["failed"] == 0
+    after = _patch_files(migrated)
+    assert after.keys() == patches.keys()
+    rewritten = {path for path in patches if after[path][0] != patches[path][0]}
+    assert rewritten == edited, "a patch is written again only where a side's bytes changed"
+    assert {path for path in patches if after[path][1] != patches[path][1]} <= edited
+    if not and_one_edit:
+        assert query_rows(migrated, f"SELECT {columns} FROM generations ORDER BY id") == rows_before
+    code, document = verify_json(migrated)
+    assert (code, document["problems"]) == (0, [])
+    again = run_cli(migrated, "--json", "resync")
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["migrated"] == 0, "the new fingerprints were recorded"
 
 
 def test_a_failed_duplicate_with_nothing_on_disk_gets_the_next_number_once(migrated: Sandbox) -> None:
