@@ -21,6 +21,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -154,3 +155,58 @@ def test_kill_at_every_step_of_a_resync_that_records_an_edit(cli: Cli, template:
     assert run_cli(uninterrupted, "verify").returncode == 0
     steps = kill_at_every_step(cli, edited, "resync", end_state(uninterrupted), tmp_path, verify=True)
     assert steps > 3, "the resync should pass several step boundaries"
+
+
+def _wait_for(condition: str, check: Callable[[], object], seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert time.monotonic() < deadline, f"{condition} within {seconds} s"
+        time.sleep(0.05)
+
+
+def watch_killed_while_it_records_an_edit(installation: Sandbox, step: int, folder: Path) -> bool:
+    """``watch --json`` killed at ``step``; the edit (``edit_a_diff_base_in_place``) is made once
+    it watches. True if the kill came before watch reported the resync of that edit; otherwise
+    watch is stopped (SIGTERM) and False is returned."""
+    out, err = folder / f"watch{step}.out", folder / f"watch{step}.err"
+    with open(out, "wb") as stdout, open(err, "wb") as stderr:
+        process = subprocess.Popen([sys.executable, "-m", "storage_migrator", "--json", "watch", "--debounce", "0.2"],
+                                   env={**installation.cli_environment(), CRASH_AT_VARIABLE: str(step)},
+                                   stdout=stdout, stderr=stderr)
+    try:
+        _wait_for("watch watches", lambda: b"watch: watching" in err.read_bytes() or process.poll() is not None)
+        assert process.poll() is None, err.read_text()
+        edit_a_diff_base_in_place(installation)
+        _wait_for("watch reports the edit's resync or is killed", lambda: process.poll() is not None or out.read_bytes())
+        if process.poll() is None:
+            return False
+        assert process.returncode == -signal.SIGKILL, err.read_text()
+        return True
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=60)
+
+
+def test_kill_at_every_step_of_a_watch_that_records_an_edit(cli: Cli, template: Sandbox, tmp_path: Path) -> None:
+    """watch calls the same resync, so the same order: killed anywhere while it records an edit
+    (size kept) of a diff base, the cron's next resync still redoes both patches read from the
+    old bytes and ends where an uninterrupted resync of that edit ends; ``verify`` finds nothing."""
+    migrated = sqlite_copy(template, tmp_path / "migrated")
+    assert run_cli(migrated, "run", "--workers", "1").returncode == 0
+    uninterrupted = sqlite_copy(migrated, tmp_path / "uninterrupted")
+    edit_a_diff_base_in_place(uninterrupted)
+    assert run_cli(uninterrupted, "resync", "--workers", "1").returncode == 0
+    expected = end_state(uninterrupted)
+    step = 0
+    while True:
+        step += 1
+        installation = sqlite_copy(migrated, tmp_path / f"watch{step}")
+        if not watch_killed_while_it_records_an_edit(installation, step, tmp_path):
+            break
+        rerun_until_done(cli, installation, "resync", "--workers", "1")
+        checked = run_cli(installation, "verify")
+        assert checked.returncode == 0, f"watch killed at step {step}: {checked.stdout}"
+        assert end_state(installation) == expected, f"watch killed at step {step}"
+        shutil.rmtree(tmp_path / f"watch{step}")
+    assert step > 3, "the watch's resync should pass several step boundaries"

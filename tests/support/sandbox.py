@@ -277,7 +277,8 @@ def end_state(installation: Sandbox) -> tuple[dict, dict]:
 
 def edit_a_diff_base_in_place(installation: Sandbox) -> tuple[str, str]:
     """One byte of one file changed, its size kept, in a completed version that a later one of
-    its project is diffed from: only the fingerprint (mtime, ctime) says the file was written."""
+    its project is diffed from: only the fingerprint (mtime, ctime) says the file was written.
+    The new mtime is the old one plus a second, so two copies edited apart end alike."""
     rows = query_rows(installation, "SELECT project_id, id, version FROM generations WHERE status = 'completed' "
                                     "ORDER BY project_id, version")
     by_project: dict[str, list[sa.Row]] = {}
@@ -288,7 +289,9 @@ def edit_a_diff_base_in_place(installation: Sandbox) -> tuple[str, str]:
     edited = next(path for path in sorted(source.rglob("*")) if path.is_file() and path.stat().st_size > 0)
     content = bytearray(edited.read_bytes())
     content[len(content) // 2] = ord("Q") if content[len(content) // 2] != ord("Q") else ord("R")
+    status = edited.stat()
     edited.write_bytes(bytes(content))
+    os.utime(edited, ns=(status.st_atime_ns, status.st_mtime_ns + 1_000_000_000))
     return base.project_id, base.id
 
 
