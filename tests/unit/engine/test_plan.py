@@ -410,6 +410,34 @@ def test_v2_diff_follows_its_base(base: GenerationRow, base_disk: DiskState, sto
     assert_reason(plans["b"], fragment)
 
 
+PATCH_CURRENT_CASES: list[Any] = [
+    pytest.param(settled("b", 2, 1), {"fingerprints_match": False}, True, id="stats-moved"),
+    pytest.param(settled("b", 2, 1), {}, True, id="unchanged"),
+    pytest.param(settled("b", 2, 1), {"patches": ()}, False, id="patch-missing"),
+    pytest.param(settled("b", 2, 1), {"patches": (1, 3)}, False, id="stale-patch-beside"),
+    pytest.param(settled("b", 2, None), {}, False, id="summary-from-nothing"),
+    pytest.param(settled("b", 2, 1, status="failed"), {}, False, id="failed-gets-no-diff"),
+    pytest.param(settled("b", 2, 1, changes_summary={"added": 1}), {}, False, id="summary-not-ours"),
+]
+
+
+@pytest.mark.parametrize(("v2", "v2_disk", "current"), PATCH_CURRENT_CASES)
+def test_patch_current_only_when_the_patch_and_summary_name_the_planned_base(
+        v2: GenerationRow, v2_disk: dict[str, Any], current: bool) -> None:
+    """What lets the executor keep a patch whose two sides' bytes it finds as recorded (a
+    ``chown -R``): the patch file and the summary are from the base the plan diffs from."""
+    base = settled("a", 1)
+    plans = by_id(decide(project(base, v2), {"a": on_disk(base), "b": on_disk(v2, 1, **v2_disk)}))
+    assert plans["b"].patch_current is current
+    assert plans["a"].patch_current is False, "a first version has no patch"
+
+
+def test_a_renumbered_generation_never_keeps_its_patch() -> None:
+    older, duplicate = settled("a", 1, created_at=at(1)), settled("b", 1, created_at=at(2))
+    plans = by_id(decide(project(older, duplicate), {"a": on_disk(older), "b": on_disk(duplicate)}))
+    assert plans["b"].renumbered_from == 1 and plans["b"].patch_current is False
+
+
 # -- duplicate versions (the running application, the SPEC's metadata) ----------------------------------
 
 RENUMBER_CASES: list[Any] = [
