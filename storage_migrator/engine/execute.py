@@ -278,7 +278,7 @@ class Executor:
         """Nothing to write; its manifest (read by the plan) is the next version's diff base."""
         assert plan.manifest is not None, "the plan calls a generation unchanged only with a manifest"
         tree = ManifestTree(self.storage, source_dir(_target(plan)), plan.manifest)
-        self._note_bytes_as_recorded(plan, True)
+        self._note_bytes_as_recorded(plan)
         self._keep_legacy_link(plan)
         return GenerationOutcome.from_plan(plan, Outcome.UNCHANGED, plan.storage_path), None, tree
 
@@ -417,28 +417,30 @@ class Executor:
         return self._record(plan, tree, previous, previous_version)
 
     def _refresh(self, plan: GenerationPlan, previous: SourceTree | None, previous_version: int | None) -> Handled:
-        """Already in the new layout: manifest, patch or metadata redone; the files are read only
-        if they differ from the manifest's fingerprints (as planned, or since: looked at again)."""
+        """Already in the new layout: manifest, patch or metadata redone. The files are read if the
+        plan saw them differ from the manifest's fingerprints (or renumbered the folder), or if they
+        differ now; otherwise they are known from the manifest."""
         self._renumber_folder(plan)
         source = source_dir(_target(plan))
         tree: SourceTree
         if plan.manifest is not None and not plan.content_changes and \
                 summarize_tree(self.storage, source).fingerprint_digest == plan.manifest.fingerprint_digest:
             tree = ManifestTree(self.storage, source, plan.manifest)    # only metadata or the diff to redo
-            self._note_bytes_as_recorded(plan, True)
+            self._note_bytes_as_recorded(plan)
         else:
             tree = _scan(self.storage, source, plan, previous)
             recorded = plan.manifest.load() if plan.manifest is not None else None
-            self._note_bytes_as_recorded(plan, recorded is not None and recorded.checksums == tree.checksums())
+            if recorded is not None and recorded.checksums == tree.checksums():
+                self._note_bytes_as_recorded(plan)
         return self._record(plan, tree, previous, previous_version)
 
-    def _note_bytes_as_recorded(self, plan: GenerationPlan, as_recorded: bool) -> None:
-        """Whether this run found the generation's files holding the bytes its manifest records
-        (only stats moved, if anything). Its patch and changes summary are then still right if
+    def _note_bytes_as_recorded(self, plan: GenerationPlan) -> None:
+        """This run found the generation's files holding the bytes its manifest records (only
+        stats moved, if anything). Its patch and changes summary are then still right if
         their names and keys are (``patch_current``) and its diff base's bytes are as recorded
         too: ``_write_manifest_and_patch`` keeps them. Kept by version, the one key the next
         version's step is given for its base; no two plans that reach here share one."""
-        if as_recorded and plan.generation.version is not None:
+        if plan.generation.version is not None:
             self._as_recorded.add(plan.generation.version)
 
     _STEPS: ClassVar[dict[Action, Step]] = {

@@ -68,15 +68,17 @@ def crash_then_rerun(cli: Cli, installation: Sandbox, command: str, step: int, w
 
 
 def kill_at_every_step(cli: Cli, start: Sandbox, command: str, expected: tuple[dict, dict], tmp_path: Path,
-                       verify: bool = False) -> int:
+                       verify: bool = False, killed: Callable[[Sandbox, int], bool] | None = None) -> int:
     """``command`` on a copy of ``start`` killed at step 1, 2, … and rerun, until it finishes
     before the step; after each rerun the end state must be ``expected`` (and, with ``verify``,
-    ``verify`` must find nothing). Returns the first step it did not reach."""
+    ``verify`` must find nothing). ``killed(installation, step)`` kills and reruns in another
+    way (default: ``crash_then_rerun`` of ``command``). Returns the first step it did not reach."""
+    kill = killed or (lambda installation, step: crash_then_rerun(cli, installation, command, step))
     step = 0
     while True:
         step += 1
         installation = sqlite_copy(start, tmp_path / f"{command}{step}")
-        if not crash_then_rerun(cli, installation, command, step):
+        if not kill(installation, step):
             return step
         if verify:
             checked = run_cli(installation, "verify")
@@ -197,16 +199,12 @@ def test_kill_at_every_step_of_a_watch_that_records_an_edit(cli: Cli, template: 
     uninterrupted = sqlite_copy(migrated, tmp_path / "uninterrupted")
     edit_a_diff_base_in_place(uninterrupted)
     assert run_cli(uninterrupted, "resync", "--workers", "1").returncode == 0
-    expected = end_state(uninterrupted)
-    step = 0
-    while True:
-        step += 1
-        installation = sqlite_copy(migrated, tmp_path / f"watch{step}")
+
+    def killed(installation: Sandbox, step: int) -> bool:
         if not watch_killed_while_it_records_an_edit(installation, step, tmp_path):
-            break
+            return False
         rerun_until_done(cli, installation, "resync", "--workers", "1")
-        checked = run_cli(installation, "verify")
-        assert checked.returncode == 0, f"watch killed at step {step}: {checked.stdout}"
-        assert end_state(installation) == expected, f"watch killed at step {step}"
-        shutil.rmtree(tmp_path / f"watch{step}")
-    assert step > 3, "the watch's resync should pass several step boundaries"
+        return True
+
+    steps = kill_at_every_step(cli, migrated, "watch", end_state(uninterrupted), tmp_path, verify=True, killed=killed)
+    assert steps > 3, "the watch's resync should pass several step boundaries"
