@@ -42,6 +42,7 @@ from tests.support.sandbox import (
 pytestmark = pytest.mark.postgres
 # a survivor stops here after finding every bucket left claimed by another participant
 WAITING = "waiting-for-claims"
+LEASE_VARIABLE = "STORAGE_MIGRATE_LEASE_SECONDS"
 SIZE = SampleSize(projects=30, generations_per_project=3, files_per_generation=6)
 
 
@@ -528,17 +529,29 @@ def test_the_orphan_scan_runs_once_and_the_host_name_is_the_systems(installation
     (orphan / "main.py").write_text("print('nobody owns me')\n")
     environment = {key: value for key, value in installation.cli_environment().items()
                    if key != "STORAGE_MIGRATE_HOSTNAME"}
-    # One participant is a "host" of its own: a UTS namespace with its own host name.
-    uts = subprocess.Popen(["unshare", "--uts", "sh", "-c",
-                            f'hostname uts-host && exec "{sys.executable}" -m storage_migrator --json resync --coordinate '
-                            "--workers 1"], env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    others = [participant(installation, f"scan-{index}", command="resync") for index in range(2)]
-    results = [finish(process) for process in (uts, *others)]
+    # A holder, paused with a bucket (a lease far longer than the test), keeps the run open until
+    # every participant has joined it: one that started after the others had finished and left
+    # would be a run of its own, with an orphan scan of its own.
+    holder = participant(installation, "holder", command="resync",
+                         extra_environment={PAUSE_AT_VARIABLE: "planned", LEASE_VARIABLE: "600"})
+    try:
+        wait_until_stopped(holder)
+        # One participant is a "host" of its own: a UTS namespace with its own host name.
+        uts = subprocess.Popen(["unshare", "--uts", "sh", "-c",
+                                f'hostname uts-host && exec "{sys.executable}" -m storage_migrator --json resync '
+                                "--coordinate --workers 1"], env=environment, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+        others = [participant(installation, f"scan-{index}", command="resync") for index in range(2)]
+        wait_for_participants(installation, 4)
+        holder.send_signal(signal.SIGCONT)
+        results = [finish(process) for process in (uts, *others, holder)]
+    finally:
+        _stop(holder)
     for returncode, _, stderr in results:
         assert returncode == 0, stderr
     documents = [json.loads(stdout) for _, stdout, _ in results]
     assert documents[0]["coordination"]["host"] == "uts-host"
-    assert sorted(len(document["orphans"]) for document in documents) == [0, 0, 1]
+    assert sorted(len(document["orphans"]) for document in documents) == [0, 0, 0, 1]
     assert any(str(orphan) in document["orphans"] for document in documents)
     assert orphan.is_dir(), "reported, never deleted"
 
@@ -562,8 +575,6 @@ def test_the_database_lock_for_db_commands_excludes_coordinated_runs(installatio
         engine.dispose()
     assert finish(paused)[0] == 0
 
-
-LEASE_VARIABLE = "STORAGE_MIGRATE_LEASE_SECONDS"
 
 
 def _stop(process: subprocess.Popen[str]) -> None:
