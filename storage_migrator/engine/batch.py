@@ -46,11 +46,12 @@ class BatchWriter:
     engine: Engine
     report: RunReport
     batch_size: int = DEFAULT_BATCH_SIZE
-    after_commit: Callable[[set[str], set[str]], dict[str, str]] = lambda flushed, done: {}
-    """Called once per flush with the ids of its lines and of those whose work is recorded (moved,
+    after_commit: Callable[[list[GenerationOutcome], set[str]], list[GenerationOutcome]] = \
+        lambda outcomes, done: outcomes
+    """Called once per flush with its lines and the ids of those whose work is recorded (moved,
     rebuilt, refreshed…: their rows written or already published; none if the write failed),
-    after the commit and before the lines reach the report; returns the ids whose disk step
-    after the commit failed, with why: their lines say failed."""
+    after the commit and before the lines reach the report; returns the lines as they end (one
+    whose disk step after the commit failed says so)."""
     _pending: list[_Pending] = field(default_factory=list)
     _project_updates: list[ProjectUpdate] = field(default_factory=list)
 
@@ -95,12 +96,10 @@ class BatchWriter:
             drifted.update(self._deleted_since_failing())
             outcomes = [self._as_written(pending, drifted) for pending in self._pending]
             done = {outcome.id for outcome in outcomes if outcome.tally is Tally.MIGRATED}
-            failures = self.after_commit({outcome.id for outcome in outcomes}, done)
-            for outcome in outcomes:
-                failure = failures.get(outcome.id)
-                self.report.add(outcome.failed_with(failure) if failure and not outcome.failed else outcome)
+            for outcome in self.after_commit(outcomes, done):
+                self.report.add(outcome)
         except (sa.exc.DBAPIError, FilesystemError) as error:
-            self.after_commit({pending.outcome.id for pending in self._pending}, set())
+            self.after_commit([pending.outcome for pending in self._pending], set())
             message = f"database write failed ({first_line(error)}); rerun to finish" \
                 if isinstance(error, sa.exc.DBAPIError) else f"{error}; nothing written to the database — rerun to finish"
             for pending in self._pending:

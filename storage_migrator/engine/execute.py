@@ -104,8 +104,7 @@ class _HeldManifest:
     """A manifest recording new bytes of a folder in place, written once the rows made from those
     bytes are committed (``Executor._hold_manifest``)."""
 
-    generation_id: str
-    path: Path
+    plan: GenerationPlan
     manifest: Manifest
 
 
@@ -709,7 +708,7 @@ class Executor:
                                 manifest.fingerprints)
         as_recorded = generation.version in self._as_recorded
         if plan.action == Action.REFRESH and plan.content_changes and not as_recorded:
-            self._hold_manifest(plan, _HeldManifest(plan.id, manifest_path(target), manifest))
+            self._hold_manifest(plan, _HeldManifest(plan, manifest))
         else:
             _write_merged_manifest(self.storage, manifest_path(target), manifest)
             checkpoint("manifest-written")
@@ -738,25 +737,27 @@ class Executor:
         released_by = self._diffed_from.get(plan.id, plan).id
         self._manifests_after.setdefault(released_by, []).append(held)
 
-    def _write_held_manifests(self, flushed: set[str], done: set[str]) -> dict[str, str]:
+    def _write_held_manifests(self, outcomes: list[GenerationOutcome], done: set[str]) -> list[GenerationOutcome]:
         """The batch writer's hook after each flush: every held manifest released by a line of
         this batch is written if both rows it waits for were written; otherwise it is dropped,
         and the next resync, finding the old manifest, does that version and the next again.
-        Returns the ids whose manifest could not be written, with why."""
+        Returns the lines as they end: one whose manifest could not be written is failed — or,
+        if the application deleted, changed or archived it meanwhile, says so (``_failed``)."""
+        flushed = {outcome.id for outcome in outcomes}
         ready = [held for released_by in sorted(flushed & self._manifests_after.keys())
-                 for held in self._manifests_after.pop(released_by) if {held.generation_id, released_by} <= done]
+                 for held in self._manifests_after.pop(released_by) if {held.plan.id, released_by} <= done]
         if ready:
             self.fence()                # still this participant's to write below ROOT?
-        failures: dict[str, str] = {}
+        ended: dict[str, GenerationOutcome] = {}
         for held in ready:
             try:
-                _write_merged_manifest(self.storage, held.path, held.manifest)
+                _write_merged_manifest(self.storage, manifest_path(_target(held.plan)), held.manifest)
             except FAILS_ONE_GENERATION as error:
-                failures[held.generation_id] = (f"its patches are recorded but not its manifest "
-                                                f"({failure_line(error)}); rerun resync")
+                reason = f"its patches are recorded but not its manifest ({failure_line(error)}); rerun resync"
+                ended[held.plan.id] = self._failed(held.plan, reason, None)
                 continue
             checkpoint("manifest-written")
-        return failures
+        return [ended.get(outcome.id, outcome) for outcome in outcomes]
 
     def _keep_legacy_link(self, plan: GenerationPlan) -> None:
         """``<ROOT>/<id>`` → ``<project>/generations/v<N>__<id>/source``, so the application's

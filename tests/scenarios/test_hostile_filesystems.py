@@ -509,6 +509,30 @@ def test_disk_full_before_an_edits_manifest_is_recorded_fails_its_line(database_
     assert verify.returncode == 0, verify.stdout + verify.stderr
 
 
+def test_an_edit_archived_before_its_manifest_is_recorded_is_changed_not_failed(database_url: str,
+                                                                                tmp_path: Path) -> None:
+    """As above, but the application archives the edited version (its folder moved into
+    ``archive/``, the row untouched) after the next version's patch: the rows are committed, the
+    held manifest has no folder left to go to. That is the application's change, not a failure
+    (exit 0, the line says changed); the archived folder is left as the application put it."""
+    installation = build_installation(database_url, tmp_path / "projects")
+    assert run_cli(installation, "run").returncode == 0
+    project_id, edited_id = edit_a_diff_base_in_place(installation)
+    process = start_paused(installation, "patch-written", "--json", "resync", "--workers", "1")
+    (folder,) = installation.root.glob(f"{project_id}/generations/v*__{edited_id}")
+    archived = installation.root / project_id / "archive" / folder.name
+    archived.parent.mkdir(exist_ok=True)
+    folder.rename(archived)
+    stdout, stderr = resume(process)
+    assert "Traceback" not in stderr, stderr
+    assert process.returncode == 0, stdout + stderr
+    lines = {line["id"]: line for line in json.loads(stdout)["generations"]}
+    assert lines[edited_id]["action"] == "changed", lines[edited_id]
+    assert (archived / "source").is_dir() and not folder.exists()
+    verify = run_cli(installation, "verify")
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
 def test_unreadable_patch_base_after_the_move_is_a_failure(database_url: str, tmp_path: Path) -> None:
     """A patch base that cannot be read once the next version has moved (and its row was
     published) fails that version with its reason, exit 1 — not "changed by the application".
