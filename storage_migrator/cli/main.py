@@ -314,11 +314,11 @@ YOUNG_COLLECTION_THRESHOLD = 20_000
 def console_script() -> None:
     """The ``storage-migrate`` process (and ``python -m storage_migrator``): ``main``, with
     Python's cyclic collector set for a command that allocates a few short-lived objects per
-    file and per generation and holds few cycles. Whatever is alive once the modules are loaded
-    (SQLAlchemy's, click's, the tool's: the bulk of the heap) is frozen, so a full collection no
-    longer walks it, and a forked worker does not touch those pages; young collections run
-    ~30 times less often. Only the process that runs a command is set, never a caller's (tests
-    invoke ``main``)."""
+    file and per generation and holds few cycles: young collections run ~30 times less often.
+    What is alive before ``main`` (click's and the command line's modules) is frozen, so a full
+    collection no longer walks it; SQLAlchemy, psycopg and pygit2 load later, with the command
+    that needs them (``--help`` and ``--version`` never do), and are not frozen. Only the process
+    that runs a command is set, never a caller's (tests invoke ``main``)."""
     gc.freeze()
     gc.set_threshold(YOUNG_COLLECTION_THRESHOLD, *gc.get_threshold()[1:])
     main()
