@@ -69,6 +69,7 @@ def read_tree(top: str) -> dict[str, FileRead]:
 
 def diff_versions(folders: list[str]) -> Counts:
     """One project's versions, in order, each read and hashed; each changed file diffed as `run` does."""
+    # Loaded here, in the worker, as run loads pygit2 at its first patch: the plain floor never pays for it.
     from pygit2 import Patch
 
     from storage_migrator.patch.writer import CONTEXT_LINES, libgit2_flags, memory_blobs
